@@ -40,8 +40,14 @@ mod tests {
                 display_name: "李伟".into(),
                 ..Default::default()
             }),
-            content: Some(Content { text: "你好".into(), ..Default::default() }),
-            sent_at: Some(pbjson_types::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+            content: Some(Content {
+                text: "你好".into(),
+                ..Default::default()
+            }),
+            sent_at: Some(pbjson_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
             ..Default::default()
         };
         let bytes = event.encode_to_vec();
@@ -52,7 +58,10 @@ mod tests {
         assert_eq!(json["sender"]["displayName"], "李伟");
         // RFC 3339, as the protobuf JSON mapping requires.
         let sent_at = json["sentAt"].as_str().unwrap();
-        assert!(sent_at.starts_with("2023-11-14T22:13:20.000000005"), "{sent_at}");
+        assert!(
+            sent_at.starts_with("2023-11-14T22:13:20.000000005"),
+            "{sent_at}"
+        );
         let back: ConversationEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
     }

@@ -1,0 +1,397 @@
+//! The API channel's JSON message and its normalization into a
+//! [`ConversationEvent`]: pure functions, unit tested and fuzzable.
+
+use std::collections::BTreeMap;
+
+use omni_model::{Handle, HandleKind, Region};
+use omni_proto::{
+    Timestamp,
+    v1::{
+        Attachment, ChannelKind, Content, ConversationEvent, Direction, EventKind, IdentityHandle,
+        ThreadingHints,
+    },
+};
+use serde::Deserialize;
+
+/// Limits that keep one request's cost bounded (the body size itself is
+/// limited by the daemon before the request reaches the channel).
+pub const MAX_EXTERNAL_ID_BYTES: usize = 256;
+pub const MAX_ATTACHMENTS: usize = 32;
+pub const MAX_RECIPIENTS: usize = 32;
+pub const MAX_METADATA_ENTRIES: usize = 32;
+pub const MAX_METADATA_KEY_BYTES: usize = 64;
+pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
+
+/// The request body senders post. Unknown fields are rejected, so a typo
+/// (`txt`) is an error, not a silently empty message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiMessage {
+    /// The sender's own id for this message; the idempotency key.
+    pub external_id: String,
+    pub sender: ApiHandle,
+    #[serde(default)]
+    pub recipients: Vec<ApiHandle>,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub html: String,
+    #[serde(default)]
+    pub subject: String,
+    /// RFC 3339 time the person sent it.
+    #[serde(default)]
+    pub sent_at: Option<Timestamp>,
+    /// The sender system's conversation id, as a threading hint.
+    #[serde(default)]
+    pub conversation_id: String,
+    /// External id of the message this one replies to.
+    #[serde(default)]
+    pub reply_to: String,
+    #[serde(default)]
+    pub attachments: Vec<ApiAttachment>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiHandle {
+    /// `email`, `phone`, `external`, `telegram`, `whatsapp`,
+    /// `wechat_openid`, `wechat_unionid` or `chat_visitor`.
+    pub kind: String,
+    pub value: String,
+    #[serde(default)]
+    pub display_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAttachment {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub media_type: String,
+    #[serde(default)]
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content, when the sender knows it.
+    #[serde(default)]
+    pub sha256: String,
+    /// Where the content can be fetched.
+    pub url: String,
+}
+
+/// Why a body is not a message. `code` is a bounded, stable reason (the
+/// dead-letter reason and the error code of the 400 reply).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ParseError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What normalization needs to know about the channel.
+#[derive(Debug, Clone)]
+pub struct NormalizeOptions<'a> {
+    pub channel_id: &'a str,
+    pub default_region: Option<Region>,
+    pub trust_sender: bool,
+    pub received_at: Timestamp,
+}
+
+/// Parses and normalizes one request body.
+pub fn parse(body: &[u8], options: &NormalizeOptions<'_>) -> Result<ConversationEvent, ParseError> {
+    // serde would also accept a struct written as an array; a message is
+    // only ever an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ParseError::new(
+            "invalid_json",
+            "body must be a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let message: ApiMessage = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ParseError::new("invalid_json", format!("body is not valid JSON: {inner}"))
+        } else {
+            ParseError::new("invalid_field", format!("{path}: {inner}"))
+        }
+    })?;
+    deserializer.end().map_err(|e| {
+        ParseError::new(
+            "invalid_json",
+            format!("trailing data after the JSON object: {e}"),
+        )
+    })?;
+    normalize(message, options)
+}
+
+/// Turns a well-formed message into the stream's event.
+pub fn normalize(
+    message: ApiMessage,
+    options: &NormalizeOptions<'_>,
+) -> Result<ConversationEvent, ParseError> {
+    let external_id = message.external_id.trim();
+    if external_id.is_empty() {
+        return Err(ParseError::new(
+            "invalid_field",
+            "external_id: must not be empty",
+        ));
+    }
+    if external_id.len() > MAX_EXTERNAL_ID_BYTES || external_id.chars().any(char::is_control) {
+        return Err(ParseError::new(
+            "invalid_field",
+            format!("external_id: at most {MAX_EXTERNAL_ID_BYTES} bytes, no control characters"),
+        ));
+    }
+    if message.text.trim().is_empty()
+        && message.html.trim().is_empty()
+        && message.attachments.is_empty()
+    {
+        return Err(ParseError::new(
+            "invalid_field",
+            "text: a message needs text, html or attachments",
+        ));
+    }
+    check_count("recipients", message.recipients.len(), MAX_RECIPIENTS)?;
+    check_count("attachments", message.attachments.len(), MAX_ATTACHMENTS)?;
+    check_count("metadata", message.metadata.len(), MAX_METADATA_ENTRIES)?;
+    for (key, value) in &message.metadata {
+        if key.len() > MAX_METADATA_KEY_BYTES || value.len() > MAX_METADATA_VALUE_BYTES {
+            return Err(ParseError::new(
+                "invalid_field",
+                format!(
+                    "metadata.{key}: keys at most {MAX_METADATA_KEY_BYTES} bytes, values at most {MAX_METADATA_VALUE_BYTES}"
+                ),
+            ));
+        }
+    }
+
+    let sender = handle("sender", &message.sender, options, options.trust_sender)?;
+    let recipients = message
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| handle(&format!("recipients[{i}]"), r, options, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let attachments = message
+        .attachments
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| attachment(i, a))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(ConversationEvent {
+        event_id: omni_model::event_id(options.channel_id, external_id).to_string(),
+        channel_id: options.channel_id.to_owned(),
+        channel_kind: ChannelKind::Api as i32,
+        direction: Direction::Inbound as i32,
+        kind: EventKind::Message as i32,
+        sender: Some(sender),
+        recipients,
+        provider_message_id: external_id.to_owned(),
+        sent_at: message.sent_at,
+        received_at: Some(options.received_at),
+        ingested_at: Some(options.received_at),
+        content: Some(Content {
+            text: message.text,
+            html: message.html,
+            subject: message.subject.trim().to_owned(),
+            new_text: String::new(),
+            attachments,
+        }),
+        threading: Some(ThreadingHints {
+            provider_chat_id: message.conversation_id,
+            reply_to_provider_message_id: message.reply_to,
+            ..Default::default()
+        }),
+        provider_metadata: message.metadata.into_iter().collect(),
+        delivery: None,
+    })
+}
+
+fn check_count(field: &str, count: usize, max: usize) -> Result<(), ParseError> {
+    if count > max {
+        return Err(ParseError::new(
+            "invalid_field",
+            format!("{field}: at most {max} entries, got {count}"),
+        ));
+    }
+    Ok(())
+}
+
+fn handle(
+    field: &str,
+    raw: &ApiHandle,
+    options: &NormalizeOptions<'_>,
+    verified: bool,
+) -> Result<IdentityHandle, ParseError> {
+    let invalid = |reason: String| ParseError::new("invalid_field", format!("{field}: {reason}"));
+    let kind: HandleKind = raw.kind.parse().map_err(|_| {
+        invalid(format!(
+            "unknown handle kind `{}`",
+            raw.kind.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let handle = match kind {
+        HandleKind::Email => Handle::email(&raw.value),
+        HandleKind::Phone => Handle::phone(&raw.value, options.default_region),
+        // Ids the posting system invents are only unique within its channel.
+        HandleKind::External | HandleKind::ChatVisitor => {
+            Handle::provider(kind, &raw.value, Some(options.channel_id))
+        }
+        other => Handle::provider(other, &raw.value, None),
+    }
+    .map_err(|e| invalid(e.to_string()))?;
+    Ok(omni_connector::handle::to_proto(
+        &handle,
+        &raw.display_name,
+        verified,
+    ))
+}
+
+fn attachment(index: usize, raw: ApiAttachment) -> Result<Attachment, ParseError> {
+    let sha256 = raw.sha256.trim().to_ascii_lowercase();
+    if !sha256.is_empty() && (sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ParseError::new(
+            "invalid_field",
+            format!("attachments[{index}].sha256: not a hex SHA-256"),
+        ));
+    }
+    if !(raw.url.starts_with("https://") || raw.url.starts_with("http://")) || raw.url.len() > 2048
+    {
+        return Err(ParseError::new(
+            "invalid_field",
+            format!("attachments[{index}].url: an http(s) URL of at most 2048 bytes"),
+        ));
+    }
+    Ok(Attachment {
+        name: omni_model::normalize_display_name(&raw.name),
+        media_type: raw.media_type.trim().to_ascii_lowercase(),
+        size: raw.size,
+        sha256,
+        uri: raw.url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omni_proto::v1::HandleKind as ProtoKind;
+
+    fn options() -> NormalizeOptions<'static> {
+        NormalizeOptions {
+            channel_id: "acme-api",
+            default_region: Some("IR".parse().unwrap()),
+            trust_sender: false,
+            received_at: Timestamp {
+                seconds: 1_763_884_800,
+                nanos: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn normalizes_a_full_message() {
+        let body = include_bytes!("../tests/payloads/full.json");
+        let event = parse(body, &options()).unwrap();
+        assert_eq!(
+            event.event_id,
+            omni_model::event_id("acme-api", "ord-7781/msg-1").to_string()
+        );
+        assert_eq!(event.provider_message_id, "ord-7781/msg-1");
+        let sender = event.sender.as_ref().unwrap();
+        assert_eq!(sender.kind, ProtoKind::Phone as i32);
+        assert_eq!(sender.value, "+989121234567");
+        assert_eq!(sender.display_name, "سارا محمدی");
+        assert!(!sender.verified);
+        assert_eq!(event.recipients[0].value, "support@xn--bcher-kva.example");
+        let content = event.content.as_ref().unwrap();
+        assert_eq!(content.text, "سلام، سفارش من هنوز نرسیده است");
+        assert_eq!(content.attachments[0].sha256.len(), 64);
+        assert_eq!(
+            event.threading.as_ref().unwrap().provider_chat_id,
+            "ticket-19"
+        );
+        assert_eq!(event.provider_metadata["order"], "7781");
+        assert_eq!(event.sent_at.as_ref().unwrap().seconds, 1_763_884_740);
+    }
+
+    #[test]
+    fn external_ids_are_scoped_by_channel_and_trust_marks_verified() {
+        let body =
+            br#"{"external_id":"a","sender":{"kind":"external","value":"user-1"},"text":"hi"}"#;
+        let mut opts = options();
+        opts.trust_sender = true;
+        let event = parse(body, &opts).unwrap();
+        let sender = event.sender.unwrap();
+        assert_eq!((sender.scope.as_str(), sender.verified), ("acme-api", true));
+    }
+
+    #[test]
+    fn same_external_id_same_event_id() {
+        let body =
+            br#"{"external_id":"x-1","sender":{"kind":"email","value":"A@B.example"},"text":"hi"}"#;
+        let first = parse(body, &options()).unwrap();
+        let mut later = options();
+        later.received_at.seconds += 3600;
+        assert_eq!(first.event_id, parse(body, &later).unwrap().event_id);
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            (b"{", "invalid_json", ""),
+            (b"[]", "invalid_json", ""),
+            (br#"{"external_id":"1","sender":{"kind":"email","value":"a@b.c"},"text":"x"} {}"#, "invalid_json", "trailing"),
+            (br#"{"sender":{"kind":"email","value":"a@b.c"},"text":"x"}"#, "invalid_field", "external_id"),
+            (br#"{"external_id":"1","sender":{"kind":"email","value":"a@b.c"},"txt":"x"}"#, "invalid_field", "txt"),
+            (br#"{"external_id":"1","sender":{"kind":"fax","value":"1"},"text":"x"}"#, "invalid_field", "sender"),
+            (br#"{"external_id":"1","sender":{"kind":"phone","value":"12"},"text":"x"}"#, "invalid_field", "sender"),
+            (br#"{"external_id":" ","sender":{"kind":"email","value":"a@b.c"},"text":"x"}"#, "invalid_field", "external_id"),
+            (br#"{"external_id":"1","sender":{"kind":"email","value":"a@b.c"}}"#, "invalid_field", "text"),
+            (br#"{"external_id":1,"sender":{"kind":"email","value":"a@b.c"},"text":"x"}"#, "invalid_field", "external_id"),
+            (br#"{"external_id":"1","sender":{"kind":"email","value":"a@b.c"},"text":"x","sent_at":"yesterday"}"#, "invalid_field", "sent_at"),
+            (br#"{"external_id":"1","sender":{"kind":"email","value":"a@b.c"},"attachments":[{"url":"file:///etc/passwd"}]}"#, "invalid_field", "attachments[0].url"),
+        ];
+        for (body, code, field) in cases {
+            let err = parse(body, &options()).unwrap_err();
+            assert_eq!(err.code, *code, "{}: {err}", String::from_utf8_lossy(body));
+            assert!(
+                err.message.contains(field),
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_bodies_never_panic() {
+        let deep = "[".repeat(100_000);
+        let _ = parse(deep.as_bytes(), &options());
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let seed = include_bytes!("../tests/payloads/full.json");
+        for _ in 0..5000 {
+            let mut body = seed.to_vec();
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state as usize) % body.len();
+                body[at] = (state >> 32) as u8;
+            }
+            let _ = parse(&body, &options());
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The connector SDK: everything a channel crate needs, and nothing that
+//! ties it to a transport or a storage backend.
+//!
+//! A connector verifies, parses and normalizes input, hands each event to an
+//! [`EventSender`], and acknowledges upstream (a webhook's 2xx, an IMAP
+//! checkpoint, a Telegram offset) only once the returned [`Ack`] resolves,
+//! which happens when the event is durable in the event log. That one rule
+//! is what makes "nothing acknowledged is lost" hold for every channel.
+
+pub mod config;
+pub mod connector;
+pub mod handle;
+pub mod secret;
+pub mod sender;
+pub mod signature;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod webhook;
+
+pub use config::{ConfigError, parse_settings};
+pub use connector::{ChannelContext, Connector, ConnectorError, ConnectorFactory};
+pub use secret::{Secret, SecretRef};
+pub use sender::{Ack, EventSender, EventSink, LogEntry, Receipt, SendError};
+pub use webhook::{WebhookHandler, WebhookRequest, WebhookResponse};

@@ -1,0 +1,77 @@
+//! How connectors hand events to the event log without depending on it.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use omni_proto::v1::{ConversationEvent, DeadLetter};
+
+/// What a connector can append.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    /// A normalized message for the inbound (or outbound) stream.
+    Event(Box<ConversationEvent>),
+    /// Authentic input that could not be normalized.
+    DeadLetter(Box<DeadLetter>),
+}
+
+/// Where an entry landed, once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why an entry was not stored. Every variant means "not durable": the
+/// connector must not acknowledge upstream and should let the provider
+/// retry.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("event log is overloaded")]
+    Overloaded,
+    #[error("event log is shut down")]
+    Closed,
+    #[error("event log failed to store the entry: {0}")]
+    Failed(String),
+}
+
+/// Resolves when the entry is durable (Ok) or will never be (Err).
+pub type Ack = BoxFuture<'static, Result<Receipt, SendError>>;
+
+/// The event log as connectors see it, implemented by the daemon.
+///
+/// `submit` enqueues the entry before it returns, so entries submitted one
+/// after another keep their order in the log even though their
+/// acknowledgements are awaited concurrently; only the returned future
+/// waits for durability.
+pub trait EventSink: Send + Sync + 'static {
+    fn submit(&self, entry: LogEntry) -> Ack;
+}
+
+/// A connector's handle to the event log.
+#[derive(Clone)]
+pub struct EventSender {
+    sink: Arc<dyn EventSink>,
+}
+
+impl std::fmt::Debug for EventSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSender").finish_non_exhaustive()
+    }
+}
+
+impl EventSender {
+    pub fn new(sink: Arc<dyn EventSink>) -> Self {
+        Self { sink }
+    }
+
+    /// Appends a normalized event; see [`EventSink::submit`] for ordering.
+    pub fn send_event(&self, event: ConversationEvent) -> Ack {
+        self.sink.submit(LogEntry::Event(Box::new(event)))
+    }
+
+    /// Appends a dead-letter record.
+    pub fn send_dead_letter(&self, dead_letter: DeadLetter) -> Ack {
+        self.sink
+            .submit(LogEntry::DeadLetter(Box::new(dead_letter)))
+    }
+}
