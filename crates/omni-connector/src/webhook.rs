@@ -33,7 +33,7 @@ pub type WebhookResponse = http::Response<Bytes>;
 
 /// The webhook endpoint of one configured channel.
 #[async_trait]
-pub trait WebhookHandler: Send + Sync + 'static {
+pub trait WebhookHandler: Send + Sync + std::fmt::Debug + 'static {
     async fn handle(&self, request: WebhookRequest) -> WebhookResponse;
 }
 

@@ -1,0 +1,291 @@
+//! The writer thread: group commit.
+//!
+//! One OS thread owns the only writing connection. It blocks for the first
+//! queued command, drains whatever else is queued (up to `max_batch`),
+//! writes it all in one transaction and commits once, so every append in
+//! the batch shares one fsync. Only after the commit returned does it answer
+//! the waiters; if anything fails, every waiter in the batch gets the error.
+//! Blocking SQLite calls never run on the async runtime this way.
+
+use std::{collections::HashMap, path::PathBuf, sync::mpsc::Receiver};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+
+use crate::{LogError, Position};
+
+/// A record on its way to the writer, with its headers already encoded by
+/// the appending task (spreading that work over the runtime's threads).
+#[derive(Debug)]
+pub(super) struct PendingRecord {
+    pub topic: String,
+    pub key: Bytes,
+    pub headers: Vec<u8>,
+    pub payload: Bytes,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug)]
+pub(super) enum Command {
+    Append {
+        record: PendingRecord,
+        reply: oneshot::Sender<Result<Position, LogError>>,
+    },
+    CommitOffset {
+        group: String,
+        topic: String,
+        next_offset: i64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Sent once by `close`: everything queued before it is committed and
+    /// answered, everything after it is refused.
+    Shutdown,
+}
+
+/// What the writer knows about a topic: its id and the offset its next
+/// record gets. Valid only while no other connection writes to the topic,
+/// which `data_version` checks at the start of every batch.
+#[derive(Debug, Clone, Copy)]
+struct TopicState {
+    id: i64,
+    next_offset: i64,
+}
+
+pub(super) struct Writer {
+    path: PathBuf,
+    conn: Connection,
+    rx: Receiver<Command>,
+    max_batch: usize,
+    topics: HashMap<String, TopicState>,
+    /// `PRAGMA data_version` after our last transaction; a different value
+    /// at the start of the next one means another connection committed.
+    data_version: Option<i64>,
+    /// Bumped after every commit that added records, to wake subscriptions.
+    appended: watch::Sender<u64>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        path: PathBuf,
+        conn: Connection,
+        rx: Receiver<Command>,
+        max_batch: usize,
+        appended: watch::Sender<u64>,
+    ) -> Self {
+        Writer {
+            path,
+            conn,
+            rx,
+            max_batch,
+            topics: HashMap::new(),
+            data_version: None,
+            appended,
+        }
+    }
+
+    /// Runs until `close` sends [`Command::Shutdown`] or every sender is gone
+    /// (the log was dropped without `close`).
+    pub(super) fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut shutdown = false;
+        while !shutdown {
+            // Blocks without spinning; Err means every sender is gone and the
+            // queue is empty, so nothing is left to acknowledge.
+            let Ok(first) = self.rx.recv() else { break };
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Shutdown => {
+                        shutdown = true;
+                        break;
+                    }
+                    command => batch.push(command),
+                }
+                if batch.len() < self.max_batch {
+                    // Empty or disconnected: write what we have.
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.write_batch(&mut batch);
+            }
+        }
+        // Appends that raced with `close` and got queued after Shutdown.
+        while let Ok(command) = self.rx.try_recv() {
+            refuse(command);
+        }
+        tracing::debug!(path = %self.path.display(), "event log writer stopped");
+    }
+
+    fn write_batch(&mut self, batch: &mut Vec<Command>) {
+        let mut staged = HashMap::new();
+        let mut positions = Vec::with_capacity(batch.len());
+        let result = self.write(batch, &mut staged, &mut positions);
+        if let Err(error) = result {
+            if !self.conn.is_autocommit()
+                && let Err(rollback) = self.conn.execute_batch("ROLLBACK")
+            {
+                tracing::error!(path = %self.path.display(), error = %rollback, "event log rollback failed");
+            }
+            // A failed COMMIT may still have reached the disk; forget what
+            // we believe about offsets and reload them from the file.
+            self.topics.clear();
+            self.data_version = None;
+            let error = LogError::storage(
+                format!(
+                    "cannot commit {} command(s) to event log {}",
+                    batch.len(),
+                    self.path.display()
+                ),
+                error,
+            );
+            tracing::error!(path = %self.path.display(), batch = batch.len(), error = %error, "event log commit failed");
+            for command in batch.drain(..) {
+                match command {
+                    Command::Append { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Command::CommitOffset { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Command::Shutdown => {}
+                }
+            }
+            return;
+        }
+
+        // Committed: only now do the offsets become real and the waiters hear Ok.
+        self.topics.extend(staged);
+        let mut positions = positions.into_iter();
+        let mut appended = false;
+        for command in batch.drain(..) {
+            match command {
+                Command::Append { reply, .. } => {
+                    appended = true;
+                    let offset = positions.next().unwrap_or_default();
+                    // The waiter may have given up (its future dropped); the
+                    // record is durable regardless.
+                    let _ = reply.send(Ok(Position {
+                        partition: 0,
+                        offset,
+                    }));
+                }
+                Command::CommitOffset { reply, .. } => {
+                    let _ = reply.send(Ok(()));
+                }
+                Command::Shutdown => {}
+            }
+        }
+        if appended {
+            self.appended
+                .send_modify(|generation| *generation = generation.wrapping_add(1));
+        }
+    }
+
+    /// Writes the batch in one transaction. `staged` collects the topics'
+    /// new state and `positions` the offsets of the appends, in order; both
+    /// apply only if this returns Ok (the commit succeeded).
+    fn write(
+        &mut self,
+        batch: &[Command],
+        staged: &mut HashMap<String, TopicState>,
+        positions: &mut Vec<i64>,
+    ) -> rusqlite::Result<()> {
+        let conn = &self.conn;
+        // IMMEDIATE takes the write lock now, so nothing can commit between
+        // the data_version check and our inserts.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let data_version: i64 = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.data_version != Some(data_version) {
+            // Another connection (another process on the same file) may
+            // have appended: our cached offsets could be stale.
+            self.topics.clear();
+        }
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO log_records (topic_id, record_offset, timestamp_ms, key, headers, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for command in batch {
+            match command {
+                Command::Append { record, .. } => {
+                    let topic = record.topic.as_str();
+                    let mut state = match staged.get(topic).or_else(|| self.topics.get(topic)) {
+                        Some(state) => *state,
+                        None => load_topic(conn, topic)?,
+                    };
+                    insert.execute(params![
+                        state.id,
+                        state.next_offset,
+                        record.timestamp_ms,
+                        record.key.as_ref(),
+                        record.headers,
+                        record.payload.as_ref(),
+                    ])?;
+                    positions.push(state.next_offset);
+                    state.next_offset += 1;
+                    match staged.get_mut(topic) {
+                        Some(staged) => *staged = state,
+                        None => {
+                            staged.insert(record.topic.clone(), state);
+                        }
+                    }
+                }
+                Command::CommitOffset {
+                    group,
+                    topic,
+                    next_offset,
+                    ..
+                } => {
+                    conn.prepare_cached(
+                        "INSERT INTO log_consumer_offsets (group_id, topic, partition_id, next_offset)
+                         VALUES (?1, ?2, 0, ?3)
+                         ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset",
+                    )?
+                    .execute(params![group, topic, next_offset])?;
+                }
+                Command::Shutdown => {}
+            }
+        }
+        drop(insert);
+        // synchronous=FULL: this fsyncs the WAL before returning.
+        conn.execute_batch("COMMIT")?;
+        self.data_version = Some(data_version);
+        Ok(())
+    }
+}
+
+/// Looks a topic up in the file, creating it if new (inside the batch's
+/// transaction, so a failed batch does not leave it behind).
+fn load_topic(conn: &Connection, name: &str) -> rusqlite::Result<TopicState> {
+    let id: Option<i64> = conn
+        .prepare_cached("SELECT id FROM log_topics WHERE name = ?1")?
+        .query_row([name], |row| row.get(0))
+        .optional()?;
+    let Some(id) = id else {
+        conn.prepare_cached("INSERT INTO log_topics (name) VALUES (?1)")?
+            .execute([name])?;
+        return Ok(TopicState {
+            id: conn.last_insert_rowid(),
+            next_offset: 0,
+        });
+    };
+    let next_offset: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic_id = ?1",
+        )?
+        .query_row([id], |row| row.get(0))?;
+    Ok(TopicState { id, next_offset })
+}
+
+fn refuse(command: Command) {
+    match command {
+        Command::Append { reply, .. } => {
+            let _ = reply.send(Err(LogError::Closed));
+        }
+        Command::CommitOffset { reply, .. } => {
+            let _ = reply.send(Err(LogError::Closed));
+        }
+        Command::Shutdown => {}
+    }
+}

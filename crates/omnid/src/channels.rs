@@ -1,0 +1,340 @@
+//! Channel files: one TOML file per channel instance under the channels
+//! directory, each with a unique `id`, a `kind` naming a registered
+//! factory, and the kind's own settings. Loading is all-or-nothing: one bad
+//! file rejects the whole set, so a reload never half-applies.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use omni_connector::{ChannelContext, Connector, ConnectorFactory, EventSender, WebhookHandler};
+use sha2::{Digest, Sha256};
+
+/// The explicit registry of connector factories, one per channel kind.
+/// Adding a channel crate means adding one line here.
+pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
+    vec![Box::new(omni_api::ApiFactory)]
+}
+
+/// One problem in one channel file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelFileError {
+    pub file: PathBuf,
+    /// The offending key (`.` for the file as a whole).
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ChannelFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: key `{}`: {}",
+            self.file.display(),
+            self.key,
+            self.reason
+        )
+    }
+}
+
+/// A built channel.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: String,
+    pub kind: String,
+    pub file: PathBuf,
+    /// SHA-256 of the file's text: an unchanged file keeps its running
+    /// connector across reloads.
+    pub fingerprint: String,
+    pub connector: Arc<dyn Connector>,
+    pub webhook: Option<Arc<dyn WebhookHandler>>,
+}
+
+/// Every configured channel, by id.
+pub type ChannelSet = BTreeMap<String, Channel>;
+
+/// A fingerprint of the directory listing (names, sizes, modification
+/// times), to notice edits cheaply between reloads.
+pub fn directory_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut stamp: Vec<_> = channel_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(&path).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (path, len, modified)
+        })
+        .collect();
+    stamp.sort();
+    stamp
+}
+
+fn channel_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads and builds every channel in `dir`. `previous` channels whose file
+/// is unchanged are reused as they are. Returns every error found, not just
+/// the first, so `omnid check-config` shows them all at once.
+pub fn load(
+    dir: &Path,
+    factories: &[Box<dyn ConnectorFactory>],
+    sender: &EventSender,
+    public_base_url: Option<&str>,
+    previous: Option<&ChannelSet>,
+) -> Result<ChannelSet, Vec<ChannelFileError>> {
+    let dir_error = |reason: String| {
+        vec![ChannelFileError {
+            file: dir.to_path_buf(),
+            key: ".".into(),
+            reason,
+        }]
+    };
+    let files =
+        channel_files(dir).map_err(|e| dir_error(format!("cannot read channel directory: {e}")))?;
+    let by_kind: HashMap<&str, &dyn ConnectorFactory> =
+        factories.iter().map(|f| (f.kind(), f.as_ref())).collect();
+
+    let mut channels = ChannelSet::new();
+    let mut errors = Vec::new();
+    let mut first_file_of: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        let error = |key: &str, reason: String| ChannelFileError {
+            file: file.clone(),
+            key: key.into(),
+            reason,
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(error(".", format!("cannot read file: {e}")));
+                continue;
+            }
+        };
+        let mut table: toml::Table = match toml::from_str(&text) {
+            Ok(table) => table,
+            Err(e) => {
+                errors.push(error(
+                    ".",
+                    format!("invalid TOML: {}", e.to_string().trim_end()),
+                ));
+                continue;
+            }
+        };
+        let id = match take_string(&mut table, "id") {
+            Ok(id) => id,
+            Err(reason) => {
+                errors.push(error("id", reason));
+                continue;
+            }
+        };
+        if let Err(reason) = validate_id(&id) {
+            errors.push(error("id", reason));
+            continue;
+        }
+        if let Some(other) = first_file_of.get(&id) {
+            errors.push(error(
+                "id",
+                format!(
+                    "duplicate channel id `{id}`, also used by {}",
+                    other.display()
+                ),
+            ));
+            continue;
+        }
+        first_file_of.insert(id.clone(), file.clone());
+        let kind = match take_string(&mut table, "kind") {
+            Ok(kind) => kind,
+            Err(reason) => {
+                errors.push(error("kind", reason));
+                continue;
+            }
+        };
+        let Some(factory) = by_kind.get(kind.as_str()) else {
+            let mut known: Vec<_> = by_kind.keys().copied().collect();
+            known.sort_unstable();
+            errors.push(error(
+                "kind",
+                format!(
+                    "unknown channel kind `{kind}`, expected one of {}",
+                    known.join(", ")
+                ),
+            ));
+            continue;
+        };
+        let fingerprint = hex::encode(Sha256::digest(text.as_bytes()));
+        if let Some(old) = previous
+            .and_then(|p| p.get(&id))
+            .filter(|old| old.fingerprint == fingerprint && old.file == file)
+        {
+            channels.insert(id, old.clone());
+            continue;
+        }
+        let context = ChannelContext {
+            channel_id: id.clone(),
+            sender: sender.clone(),
+            public_base_url: public_base_url.map(str::to_owned),
+        };
+        match factory.build(context, table) {
+            Ok(connector) => {
+                let webhook = connector.webhook();
+                channels.insert(
+                    id.clone(),
+                    Channel {
+                        id,
+                        kind,
+                        file: file.clone(),
+                        fingerprint,
+                        connector,
+                        webhook,
+                    },
+                );
+            }
+            Err(e) => errors.push(error(&e.key, e.reason)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(channels)
+    } else {
+        Err(errors)
+    }
+}
+
+fn take_string(table: &mut toml::Table, key: &str) -> Result<String, String> {
+    match table.remove(key) {
+        Some(toml::Value::String(value)) => Ok(value),
+        Some(other) => Err(format!("expected a string, found {}", other.type_str())),
+        None => Err("missing required key".into()),
+    }
+}
+
+/// Ids appear in URLs, metric labels and event ids: keep them boring.
+fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid channel id `{id}`: use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omni_connector::{Ack, EventSink, LogEntry};
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn submit(&self, _: LogEntry) -> Ack {
+            Box::pin(async { Err(omni_connector::SendError::Closed) })
+        }
+    }
+
+    fn load_dir(
+        files: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Result<ChannelSet, Vec<ChannelFileError>>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let text = text.replace("$DIR", &dir.path().display().to_string());
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(dir.path().join("secret"), "k").unwrap();
+        let sender = EventSender::new(Arc::new(NoSink));
+        let result = load(dir.path(), &registry(), &sender, None, None);
+        (dir, result)
+    }
+
+    const SECRET: &str = "secret = { file = \"$DIR/secret\" }";
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let cases = [
+            (
+                "a.toml",
+                format!(
+                    "id = \"a\"\nkind = \"api\"\n{}\nreplay_window_secs = \"soon\"",
+                    SECRET
+                ),
+                "replay_window_secs",
+                "invalid type",
+            ),
+            (
+                "b.toml",
+                format!("id = \"b\"\nkind = \"api\"\n{}\nsecrt = 1", SECRET),
+                "secrt",
+                "unknown field",
+            ),
+            (
+                "c.toml",
+                "id = \"c\"\nkind = \"fax\"".to_owned(),
+                "kind",
+                "unknown channel kind `fax`",
+            ),
+            (
+                "d.toml",
+                "kind = \"api\"".to_owned(),
+                "id",
+                "missing required key",
+            ),
+            (
+                "e.toml",
+                "id = \"E!\"\nkind = \"api\"".to_owned(),
+                "id",
+                "invalid channel id",
+            ),
+            (
+                "f.toml",
+                "id = \"f\"\nkind = \"api\"\nsecret = { env = \"OMNI_SURELY_UNSET_VAR\" }"
+                    .to_owned(),
+                "secret",
+                "OMNI_SURELY_UNSET_VAR is not set",
+            ),
+            (
+                "g.toml",
+                "id = \"g\"\nkind = \"api\"\nsecret = [".to_owned(),
+                ".",
+                "invalid TOML",
+            ),
+        ];
+        for (name, text, key, reason) in &cases {
+            let (_guard, result) = load_dir(&[(name, text)]);
+            let errors = result.unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].file.ends_with(name), "{}", errors[0]);
+            assert_eq!(errors[0].key, *key, "{}", errors[0]);
+            assert!(errors[0].reason.contains(reason), "{}", errors[0]);
+        }
+    }
+
+    #[test]
+    fn valid_channels_load_and_duplicate_ids_are_rejected() {
+        let text = format!("id = \"shop\"\nkind = \"api\"\n{}", SECRET);
+        let (_g, result) = load_dir(&[("shop.toml", &text)]);
+        let channels = result.unwrap();
+        assert!(channels["shop"].webhook.is_some());
+        let (_g, result) = load_dir(&[("1.toml", &text), ("2.toml", &text)]);
+        let errors = result.unwrap_err();
+        assert!(
+            errors[0].reason.contains("duplicate channel id `shop`"),
+            "{errors:?}"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! `omnid`: the omnichannel message-ingestion daemon.
+
+mod channels;
+mod server;
+mod settings;
+mod sink;
+mod tail;
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use omni_connector::{Ack, EventSender, EventSink, LogEntry, SendError};
+use omni_log::{EventLog, SqliteLog, SqliteLogConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    channels::ChannelSet,
+    settings::{Settings, Topics},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "omnid",
+    version,
+    about = "Omnichannel message-ingestion daemon"
+)]
+struct Cli {
+    /// The daemon's config file; `OMNID__*` environment variables override
+    /// its keys (`OMNID__HTTP__LISTEN=0.0.0.0:8080`).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "OMNID_CONFIG",
+        default_value = "config/omnid.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run,
+    /// Validate the daemon config and every channel file, then exit:
+    /// 0 when valid, 1 with one line per problem otherwise.
+    CheckConfig,
+    /// Print records of a topic as JSON lines.
+    Tail(tail::TailArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run => run(&cli.config).await,
+            Command::CheckConfig => check_config(&cli.config),
+            Command::Tail(args) => tail::tail(&cli.config, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An event sink that stores nothing, for validating channel files without
+/// opening the log.
+struct DiscardSink;
+
+impl EventSink for DiscardSink {
+    fn submit(&self, _entry: LogEntry) -> Ack {
+        Box::pin(async { Err(SendError::Closed) })
+    }
+}
+
+fn check_config(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    let settings = match Settings::load(config) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+    };
+    let sender = EventSender::new(Arc::new(DiscardSink));
+    let public = settings.http.public_base_url.as_deref();
+    match channels::load(
+        &settings.channels.dir,
+        &channels::registry(),
+        &sender,
+        public,
+        None,
+    ) {
+        Ok(channels) => {
+            let ids: Vec<_> = channels
+                .values()
+                .map(|c| format!("{} ({})", c.id, c.kind))
+                .collect();
+            println!(
+                "ok: {} and {} channel(s): {}",
+                config.display(),
+                ids.len(),
+                ids.join(", ")
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("error: {error}");
+            }
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    let path = settings.sqlite_path();
+    let config = SqliteLogConfig {
+        max_batch: settings.log.sqlite.max_batch,
+        queue_capacity: settings.log.sqlite.queue_capacity,
+    };
+    let log = SqliteLog::open(&path, config)
+        .with_context(|| format!("cannot open event log {}", path.display()))?;
+    Ok(Arc::new(log))
+}
+
+async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    let settings = Settings::load(config)?;
+    let format = settings.telemetry.log_format.parse()?;
+    omni_telemetry::init_tracing(format, &settings.telemetry.log_level)?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+        .ok();
+
+    let log = open_log(&settings)?;
+    let topics = Topics::new(&settings.log.topic_prefix);
+    let sender = EventSender::new(Arc::new(sink::LogSink::new(log.clone(), topics)));
+    let factories = channels::registry();
+    let public = settings.http.public_base_url.clone();
+    let initial = channels::load(
+        &settings.channels.dir,
+        &factories,
+        &sender,
+        public.as_deref(),
+        None,
+    )
+    .map_err(|errors| {
+        let lines: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid channel configuration:\n  {}", lines.join("\n  "))
+    })?;
+    omni_telemetry::events::ChannelsReloaded {
+        channels: initial.len(),
+        error: None,
+    }
+    .emit();
+
+    let shutdown = CancellationToken::new();
+    let mut runners = Runners::default();
+    runners.sync(&initial, &shutdown);
+    let state = server::AppState::new(
+        initial,
+        settings.http.max_body_bytes,
+        public.clone(),
+        prometheus,
+    );
+
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+
+    let reloader = tokio::spawn(reload_loop(
+        settings.clone(),
+        factories,
+        sender,
+        state.clone(),
+        runners,
+        shutdown.clone(),
+    ));
+
+    let app = server::router(
+        state.clone(),
+        Duration::from_secs(settings.http.request_timeout_secs),
+    );
+    state.set_ready(true);
+    let stop = shutdown.clone();
+    let signal_state = state.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        signal_state.set_ready(false);
+        stop.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("http server failed")?;
+
+    // In-flight requests are answered; now stop connectors and flush the log.
+    let grace = Duration::from_secs(settings.shutdown_timeout_secs);
+    if let Ok(Ok(mut runners)) = tokio::time::timeout(grace, reloader).await {
+        runners.stop_all(grace).await;
+    }
+    match tokio::time::timeout(grace, log.close()).await {
+        Ok(Ok(())) => tracing::info!("event log closed, bye"),
+        Ok(Err(error)) => tracing::error!(error = %error, "event log did not close cleanly"),
+        Err(_) => tracing::error!("event log did not close within the shutdown timeout"),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The background tasks of pull connectors, one per channel. A task is
+/// restarted exactly when its channel's connector was rebuilt (its file
+/// changed, or a SIGHUP rebuilt everything).
+#[derive(Default)]
+struct Runners {
+    running: HashMap<String, Runner>,
+}
+
+/// A running connector task, its connector and its stop switch.
+struct Runner {
+    connector: Arc<dyn omni_connector::Connector>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Runners {
+    fn sync(&mut self, channels: &ChannelSet, shutdown: &CancellationToken) {
+        self.running.retain(|id, runner| {
+            let current = channels
+                .get(id)
+                .is_some_and(|c| Arc::ptr_eq(&c.connector, &runner.connector));
+            if !current {
+                runner.stop.cancel();
+            }
+            current
+        });
+        for channel in channels.values() {
+            if self.running.contains_key(&channel.id) {
+                continue;
+            }
+            let token = shutdown.child_token();
+            let connector = channel.connector.clone();
+            let id = channel.id.clone();
+            let run_token = token.clone();
+            let handle = tokio::spawn(async move {
+                if let Err(error) = connector.run(run_token).await {
+                    tracing::error!(channel = %id, error = %error, "connector stopped with an error");
+                }
+            });
+            self.running.insert(
+                channel.id.clone(),
+                Runner {
+                    connector: channel.connector.clone(),
+                    stop: token,
+                    task: handle,
+                },
+            );
+        }
+    }
+
+    async fn stop_all(&mut self, grace: Duration) {
+        for runner in self.running.values() {
+            runner.stop.cancel();
+        }
+        let handles: Vec<_> = self
+            .running
+            .drain()
+            .map(|(_, runner)| runner.task)
+            .collect();
+        if tokio::time::timeout(grace, futures::future::join_all(handles))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connectors did not stop within the shutdown timeout");
+        }
+    }
+}
+
+/// Reloads channel files when the directory changes (polled) or on SIGHUP.
+/// A rejected reload keeps the previous channels running.
+async fn reload_loop(
+    settings: Settings,
+    factories: Vec<Box<dyn omni_connector::ConnectorFactory>>,
+    sender: EventSender,
+    state: server::AppState,
+    mut runners: Runners,
+    shutdown: CancellationToken,
+) -> Runners {
+    use tokio::signal::unix::{SignalKind, signal};
+    let dir = settings.channels.dir.clone();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let interval = Duration::from_secs(settings.channels.reload_interval_secs.max(1));
+    let polling = settings.channels.reload_interval_secs > 0;
+    let mut stamp = channels::directory_stamp(&dir);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return runners,
+            _ = tokio::time::sleep(interval), if polling => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let current = channels::directory_stamp(&dir);
+        if !forced && current == stamp {
+            continue;
+        }
+        stamp = current;
+        let previous = state.channels();
+        let public = settings.http.public_base_url.as_deref();
+        let reuse = if forced {
+            None
+        } else {
+            Some(previous.as_ref())
+        };
+        match channels::load(&dir, &factories, &sender, public, reuse) {
+            Ok(loaded) => {
+                omni_telemetry::events::ChannelsReloaded {
+                    channels: loaded.len(),
+                    error: None,
+                }
+                .emit();
+                runners.sync(&loaded, &shutdown);
+                state.replace_channels(loaded);
+            }
+            Err(errors) => {
+                let text: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                omni_telemetry::events::ChannelsReloaded {
+                    channels: previous.len(),
+                    error: Some(&text.join("; ")),
+                }
+                .emit();
+            }
+        }
+    }
+}

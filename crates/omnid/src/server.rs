@@ -1,0 +1,191 @@
+//! The HTTP surface: webhooks, health, metrics. Handlers stay small; the
+//! channel's own [`WebhookHandler`] does the work.
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use metrics_exporter_prometheus::PrometheusHandle;
+use omni_connector::{WebhookHandler, WebhookRequest, webhook::error_response};
+use omni_telemetry::events::{WebhookOutcome, names};
+
+use crate::channels::ChannelSet;
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channels: RwLock<Arc<ChannelSet>>,
+    max_body_bytes: usize,
+    public_base_url: Option<String>,
+    ready: AtomicBool,
+    prometheus: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(
+        channels: ChannelSet,
+        max_body_bytes: usize,
+        public_base_url: Option<String>,
+        prometheus: Option<PrometheusHandle>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                channels: RwLock::new(Arc::new(channels)),
+                max_body_bytes,
+                public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
+                ready: AtomicBool::new(false),
+                prometheus,
+            }),
+        }
+    }
+
+    pub fn channels(&self) -> Arc<ChannelSet> {
+        self.inner
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace_channels(&self, channels: ChannelSet) {
+        *self
+            .inner
+            .channels
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::SeqCst);
+    }
+
+    fn webhook(&self, channel_id: &str) -> Option<Arc<dyn WebhookHandler>> {
+        self.channels()
+            .get(channel_id)
+            .and_then(|c| c.webhook.clone())
+    }
+}
+
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/webhooks/{channel_id}", any(webhook))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .with_state(state)
+}
+
+fn into_axum(response: omni_connector::WebhookResponse) -> Response {
+    response.map(Body::from)
+}
+
+async fn webhook(
+    State(state): State<AppState>,
+    Path(channel_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received_at = SystemTime::now();
+    let Some(handler) = state.webhook(&channel_id) else {
+        return into_axum(error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_channel",
+            "no webhook channel with this id",
+        ));
+    };
+    let max = state.inner.max_body_bytes;
+    let too_large = || {
+        metrics::counter!(names::WEBHOOK_REQUESTS_TOTAL, "channel" => channel_id.clone(), "outcome" => WebhookOutcome::TooLarge.as_str())
+            .increment(1);
+        tracing::warn!(channel = %channel_id, max_body_bytes = max, "webhook rejected, body too large");
+        into_axum(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {max} bytes"),
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return too_large();
+    }
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Err(error) => {
+            return into_axum(error_response(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("cannot read body: {error}"),
+            ));
+        }
+    };
+    let public_url = state.inner.public_base_url.as_ref().map(|base| {
+        format!(
+            "{base}{}",
+            uri.path_and_query().map_or("", |pq| pq.as_str())
+        )
+    });
+    let request = WebhookRequest {
+        method,
+        uri,
+        headers,
+        body,
+        received_at,
+        public_url,
+    };
+    into_axum(handler.handle(request).await)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inner.ready.load(Ordering::SeqCst) {
+        axum::Json(serde_json::json!({ "status": "ready", "channels": state.channels().len() }))
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "not_ready" })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.inner.prometheus {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}

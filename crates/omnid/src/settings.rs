@@ -1,0 +1,264 @@
+//! The daemon's own configuration: `omnid.toml`, overridden by `OMNID__*`
+//! environment variables (`OMNID__HTTP__LISTEN` sets `http.listen`).
+//! Relative paths are resolved against the working directory, as with most
+//! daemons; deployments should use absolute ones.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded event log (and later the threading state) lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub channels: ChannelSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// Upper bound (seconds) on draining in-flight requests and queued
+    /// events at shutdown.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the HTTP server (webhooks, query API, health, metrics).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted (bytes); larger bodies get 413 before
+    /// any channel code sees them.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// A request taking longer than this (seconds) is answered 408. The
+    /// event may still become durable; the sender's retry is deduplicated by
+    /// its event id.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// The URL providers reach this daemon at (scheme, host, optional path
+    /// prefix), e.g. `https://omnid.example.com`. Needed by channels whose
+    /// signatures cover the URL, since a proxy may rewrite the host.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `sqlite`: the embedded default.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Prefix of every topic name (`omni.` gives `omni.inbound.v1`).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default)]
+    pub sqlite: SqliteSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSettings {
+    /// Log file; default `<data_dir>/events.sqlite3`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Most appends committed in one transaction (one fsync).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Appends waiting for the writer before webhooks get 503.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// Directory of channel files (`*.toml`, one channel each).
+    #[serde(default = "default_channels_dir")]
+    pub dir: PathBuf,
+    /// How often (seconds) the directory is checked for changes; 0 turns
+    /// polling off (SIGHUP still reloads).
+    #[serde(default = "default_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `auto` (pretty on a terminal, JSON otherwise), `pretty` or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    /// A tracing filter, e.g. `info` or `info,omni_api=debug`; `RUST_LOG`
+    /// overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+const fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+const fn default_request_timeout_secs() -> u64 {
+    30
+}
+const fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+fn default_backend() -> String {
+    "sqlite".into()
+}
+fn default_topic_prefix() -> String {
+    "omni.".into()
+}
+const fn default_max_batch() -> usize {
+    1024
+}
+const fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_channels_dir() -> PathBuf {
+    PathBuf::from("config/channels")
+}
+const fn default_reload_interval_secs() -> u64 {
+    2
+}
+fn default_log_format() -> String {
+    "auto".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+macro_rules! default_from_serde {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                // Every field has a serde default, so an empty table is valid.
+                match toml::from_str("") {
+                    Ok(value) => value,
+                    Err(error) => unreachable!("defaults of {} must deserialize: {error}", stringify!($ty)),
+                }
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    HttpSettings,
+    LogSettings,
+    SqliteSettings,
+    ChannelSettings,
+    TelemetrySettings
+);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct SettingsError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl Settings {
+    /// Loads `path` (optional when absent: all defaults) and `OMNID__*`
+    /// environment overrides.
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        let error = |reason: String| SettingsError {
+            path: path.display().to_string(),
+            reason,
+        };
+        let loaded = config::Config::builder()
+            .add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(false),
+            )
+            .add_source(
+                config::Environment::with_prefix("OMNID")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| error(e.to_string()))?;
+        let settings: Settings = loaded.try_deserialize().map_err(|e| error(e.to_string()))?;
+        settings.validate().map_err(error)?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.log.backend != "sqlite" {
+            return Err(format!(
+                "log.backend: unknown backend `{}`, expected `sqlite`",
+                self.log.backend
+            ));
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err("http.max_body_bytes: must be at least 1".into());
+        }
+        if self.log.sqlite.max_batch == 0 || self.log.sqlite.queue_capacity == 0 {
+            return Err("log.sqlite: max_batch and queue_capacity must be at least 1".into());
+        }
+        self.telemetry
+            .log_format
+            .parse::<omni_telemetry::LogFormat>()
+            .map_err(|e| format!("telemetry.log_format: {e}"))?;
+        if let Some(base) = &self.http.public_base_url
+            && !(base.starts_with("https://") || base.starts_with("http://"))
+        {
+            return Err("http.public_base_url: must start with https:// or http://".into());
+        }
+        Ok(())
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.log
+            .sqlite
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("events.sqlite3"))
+    }
+}
+
+/// Topic names, derived once from the prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub inbound: String,
+    pub timeline: String,
+    pub outbound: String,
+    pub deadletter: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            inbound: format!("{prefix}inbound.v1"),
+            timeline: format!("{prefix}timeline.v1"),
+            outbound: format!("{prefix}outbound.v1"),
+            deadletter: format!("{prefix}deadletter.v1"),
+        }
+    }
+
+    /// Resolves a short name (`inbound`) or a full topic name.
+    pub fn resolve(&self, name: &str) -> String {
+        match name {
+            "inbound" => self.inbound.clone(),
+            "timeline" => self.timeline.clone(),
+            "outbound" => self.outbound.clone(),
+            "deadletter" => self.deadletter.clone(),
+            other => other.to_owned(),
+        }
+    }
+}
