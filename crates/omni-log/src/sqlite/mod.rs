@@ -166,6 +166,22 @@ impl SqliteLog {
                 )
             })?;
 
+        let checkpointer = schema::open_checkpointer(path)?;
+        let (appended, done) = (appended_rx.clone(), done_rx.clone());
+        let thread_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("omni-log-checkpointer".into())
+            .spawn(move || run_checkpointer(&thread_path, checkpointer, appended, done))
+            .map_err(|e| {
+                LogError::storage(
+                    format!(
+                        "cannot start the checkpointer of event log {}",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+
         tracing::info!(path = %path.display(), max_batch = config.max_batch, queue_capacity = config.queue_capacity, "event log opened");
         Ok(SqliteLog {
             inner: Arc::new(Inner {
@@ -222,6 +238,37 @@ impl SqliteLog {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(LogError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
+        }
+    }
+}
+
+/// How often the background checkpointer looks for new commits.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Copies committed WAL frames into the database file while the writer
+/// keeps appending; stops once the writer has stopped (or vanished).
+fn run_checkpointer(
+    path: &Path,
+    conn: Connection,
+    mut appended: watch::Receiver<u64>,
+    done: watch::Receiver<bool>,
+) {
+    loop {
+        std::thread::sleep(CHECKPOINT_INTERVAL);
+        if *done.borrow() || done.has_changed().is_err() {
+            return;
+        }
+        match appended.has_changed() {
+            Ok(true) => {
+                appended.borrow_and_update();
+            }
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            // Harmless for durability (the WAL holds the data); the writer's
+            // own checkpoint does the work instead.
+            tracing::warn!(path = %path.display(), error = %error, "background checkpoint failed");
         }
     }
 }
