@@ -241,10 +241,16 @@ mod tests {
     use std::sync::Arc;
 
     fn webhook(sink: &MemorySink, verify: bool) -> ApiWebhook {
-        let dir = std::env::temp_dir().join(format!("omni-api-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("secret");
-        std::fs::write(&file, "s3cret\n").unwrap();
+        // Written once per process: tests run in parallel and must never
+        // see each other's half-written file.
+        static SECRET_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        let file = SECRET_FILE.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("omni-api-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("secret");
+            std::fs::write(&file, "s3cret\n").unwrap();
+            file
+        });
         let settings = format!(
             "secret = {{ file = {:?} }}\nverify_signatures = {verify}\ndefault_region = \"IR\"\n",
             file.display().to_string()
