@@ -14,12 +14,17 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# A C compiler (the embedded SQLite is compiled from source) and a Rust
+# A C toolchain (the embedded SQLite and librdkafka are compiled from
+# source, librdkafka against the system's OpenSSL and zlib) and a Rust
 # toolchain (via rustup when cargo is missing: Debian's rustc is too old for
 # edition 2024).
 ensure_build_tools() {
-  if ! command -v cc >/dev/null 2>&1; then
-    apt_install build-essential pkg-config
+  if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+    apt_install build-essential
+  fi
+  if ! command -v pkg-config >/dev/null 2>&1 \
+    || ! pkg-config --exists openssl zlib 2>/dev/null; then
+    apt_install pkg-config libssl-dev zlib1g-dev
   fi
   if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
@@ -29,4 +34,16 @@ ensure_build_tools() {
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+}
+
+# The Kafka-protocol broker the tests run against (Tansu). Building it takes
+# about 12 minutes on two cores, so it is installed once into
+# ~/.cargo/bin and reused (CI caches that directory).
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+  local tansu="$HOME/.cargo/bin/tansu"
+  if [ -x "$tansu" ] && "$tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return
+  fi
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
 }

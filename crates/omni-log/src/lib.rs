@@ -24,9 +24,13 @@ use bytes::Bytes;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 mod headers;
+mod kafka;
+mod spool;
 mod sqlite;
 
 pub use headers::HeaderDecodeError;
+pub use kafka::{KafkaLog, KafkaLogConfig, TopicSpec};
+pub use spool::{SPOOL_TOPIC, SPOOLED_PARTITION, SpoolConfig, SpoolStatus, SpooledLog};
 pub use sqlite::{SqliteLog, SqliteLogConfig};
 
 /// A record as a producer hands it to the log.

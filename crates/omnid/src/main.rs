@@ -11,7 +11,10 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use omni_connector::{Ack, EventSender, EventSink, LogEntry, SendError};
-use omni_log::{EventLog, SqliteLog, SqliteLogConfig};
+use omni_log::{
+    EventLog, KafkaLog, KafkaLogConfig, SpoolConfig, SpooledLog, SqliteLog, SqliteLogConfig,
+    TopicSpec,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -129,15 +132,72 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<std::process::ExitCo
     }
 }
 
-fn open_log(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
-    let path = settings.sqlite_path();
-    let config = SqliteLogConfig {
-        max_batch: settings.log.sqlite.max_batch,
-        queue_capacity: settings.log.sqlite.queue_capacity,
-    };
-    let log = SqliteLog::open(&path, config)
-        .with_context(|| format!("cannot open event log {}", path.display()))?;
-    Ok(Arc::new(log))
+/// Who opens the log: the daemon writes (topics checked, spool started);
+/// a reader such as `omnid tail` only reads, and must never drain the
+/// daemon's spool behind its back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogUse {
+    Daemon,
+    Reader,
+}
+
+/// Opens the configured event log. For Kafka, the daemon checks (and
+/// creates, when allowed) the topics first, so a wrong cluster or missing
+/// topic is a startup error rather than a stream of failed webhooks.
+async fn open_log(settings: &Settings, usage: LogUse) -> anyhow::Result<Arc<dyn EventLog>> {
+    match settings.log.backend.as_str() {
+        "kafka" => {
+            let kafka = &settings.log.kafka;
+            let log = KafkaLog::new(KafkaLogConfig {
+                brokers: kafka.brokers.clone(),
+                client_id: kafka.client_id.clone(),
+                linger_ms: kafka.linger_ms,
+                delivery_timeout_ms: kafka.delivery_timeout_ms,
+                max_in_flight_records: kafka.max_in_flight_records,
+                librdkafka: kafka.librdkafka.clone(),
+                ..KafkaLogConfig::default()
+            })?;
+            if usage == LogUse::Reader {
+                return Ok(Arc::new(log));
+            }
+            let topics: Vec<TopicSpec> = Topics::new(&settings.log.topic_prefix)
+                .all()
+                .iter()
+                .map(|name| TopicSpec {
+                    name: (*name).to_owned(),
+                    partitions: kafka.partitions,
+                    replication_factor: kafka.replication_factor,
+                    config: Default::default(),
+                })
+                .collect();
+            log.ensure_topics(&topics, kafka.create_topics)
+                .await
+                .with_context(|| format!("kafka cluster {} is not ready", kafka.brokers))?;
+            let spool = &settings.log.spool;
+            if !spool.enabled {
+                return Ok(Arc::new(log));
+            }
+            let path = settings.spool_path();
+            let file = SqliteLog::open(&path, SqliteLogConfig::default())
+                .with_context(|| format!("cannot open spool {}", path.display()))?;
+            let config = SpoolConfig {
+                max_records: spool.max_records,
+                spool_after: Duration::from_millis(spool.spool_after_ms),
+            };
+            let spooled = SpooledLog::new(Arc::new(log), file, config).await?;
+            Ok(Arc::new(spooled))
+        }
+        _ => {
+            let path = settings.sqlite_path();
+            let config = SqliteLogConfig {
+                max_batch: settings.log.sqlite.max_batch,
+                queue_capacity: settings.log.sqlite.queue_capacity,
+            };
+            let log = SqliteLog::open(&path, config)
+                .with_context(|| format!("cannot open event log {}", path.display()))?;
+            Ok(Arc::new(log))
+        }
+    }
 }
 
 async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
@@ -149,9 +209,10 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok();
 
-    let log = open_log(&settings)?;
+    let log = open_log(&settings, LogUse::Daemon).await?;
     let topics = Topics::new(&settings.log.topic_prefix);
-    let sender = EventSender::new(Arc::new(sink::LogSink::new(log.clone(), topics)));
+    let encoding = sink::Encoding::from_setting(&settings.log.encoding);
+    let sender = EventSender::new(Arc::new(sink::LogSink::new(log.clone(), topics, encoding)));
     let factories = channels::registry();
     let public = settings.http.public_base_url.clone();
     let initial = channels::load(

@@ -61,8 +61,70 @@ pub struct LogSettings {
     /// Prefix of every topic name (`omni.` gives `omni.inbound.v1`).
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
+    /// Payload encoding: `protobuf` (default) or `json` (the protobuf JSON
+    /// mapping), announced by each record's `content-type` header.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
     #[serde(default)]
     pub sqlite: SqliteSettings,
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub spool: SpoolSettings,
+}
+
+/// The durable local spool in front of Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// Spool while Kafka is unreachable or slow (only with `backend =
+    /// "kafka"`). Off: webhooks get 503 until the broker answers again.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Spool file; default `<data_dir>/spool.sqlite3`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Records the spool may hold before webhooks get 503.
+    #[serde(default = "default_spool_max_records")]
+    pub max_records: u64,
+    /// Milliseconds Kafka may take to acknowledge before records are
+    /// spooled instead (and acknowledged from the spool).
+    #[serde(default = "default_spool_after_ms")]
+    pub spool_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port...]` of the cluster.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Create missing topics at start; otherwise a missing topic is a
+    /// startup error.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions of created topics (and the minimum accepted for existing
+    /// ones).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Producer `linger.ms`: batching delay before a produce request.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u32,
+    /// Producer `message.timeout.ms`: how long a record may take to be
+    /// acknowledged, retries included, before its append fails.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u32,
+    /// Records held by the producer before appends fail with 503.
+    #[serde(default = "default_max_in_flight_records")]
+    pub max_in_flight_records: u32,
+    /// Further librdkafka properties, passed through unchanged (security,
+    /// compression): `"security.protocol" = "SASL_SSL"`.
+    #[serde(default)]
+    pub librdkafka: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +183,39 @@ const fn default_shutdown_timeout_secs() -> u64 {
 fn default_backend() -> String {
     "sqlite".into()
 }
+fn default_encoding() -> String {
+    "protobuf".into()
+}
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_client_id() -> String {
+    "omnid".into()
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_partitions() -> i32 {
+    6
+}
+const fn default_replication_factor() -> i32 {
+    1
+}
+const fn default_spool_max_records() -> u64 {
+    1_000_000
+}
+const fn default_spool_after_ms() -> u64 {
+    2_000
+}
+const fn default_linger_ms() -> u32 {
+    5
+}
+const fn default_delivery_timeout_ms() -> u32 {
+    120_000
+}
+const fn default_max_in_flight_records() -> u32 {
+    100_000
+}
 fn default_topic_prefix() -> String {
     "omni.".into()
 }
@@ -160,6 +255,8 @@ default_from_serde!(
     HttpSettings,
     LogSettings,
     SqliteSettings,
+    KafkaSettings,
+    SpoolSettings,
     ChannelSettings,
     TelemetrySettings
 );
@@ -199,11 +296,20 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.log.backend != "sqlite" {
+        if !matches!(self.log.backend.as_str(), "sqlite" | "kafka") {
             return Err(format!(
-                "log.backend: unknown backend `{}`, expected `sqlite`",
+                "log.backend: unknown backend `{}`, expected `sqlite` or `kafka`",
                 self.log.backend
             ));
+        }
+        if !matches!(self.log.encoding.as_str(), "protobuf" | "json") {
+            return Err(format!(
+                "log.encoding: unknown encoding `{}`, expected `protobuf` or `json`",
+                self.log.encoding
+            ));
+        }
+        if self.log.kafka.partitions < 1 || self.log.kafka.replication_factor < 1 {
+            return Err("log.kafka: partitions and replication_factor must be at least 1".into());
         }
         if self.http.max_body_bytes == 0 {
             return Err("http.max_body_bytes: must be at least 1".into());
@@ -221,6 +327,14 @@ impl Settings {
             return Err("http.public_base_url: must start with https:// or http://".into());
         }
         Ok(())
+    }
+
+    pub fn spool_path(&self) -> PathBuf {
+        self.log
+            .spool
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spool.sqlite3"))
     }
 
     pub fn sqlite_path(&self) -> PathBuf {
@@ -242,6 +356,14 @@ pub struct Topics {
 }
 
 impl Topics {
+    pub fn all(&self) -> [&str; 4] {
+        [
+            &self.inbound,
+            &self.timeline,
+            &self.outbound,
+            &self.deadletter,
+        ]
+    }
     pub fn new(prefix: &str) -> Self {
         Self {
             inbound: format!("{prefix}inbound.v1"),

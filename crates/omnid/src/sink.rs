@@ -14,17 +14,57 @@ use omni_telemetry::events::{LogAppended, LogMetrics};
 
 use crate::settings::Topics;
 
+/// How payloads are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Binary protobuf (`application/protobuf`): compact, the default.
+    Protobuf,
+    /// The protobuf JSON mapping (`application/json`), for consumers
+    /// without protobuf tooling.
+    Json,
+}
+
+impl Encoding {
+    /// From the validated `log.encoding` setting.
+    pub fn from_setting(value: &str) -> Self {
+        if value == "json" {
+            Self::Json
+        } else {
+            Self::Protobuf
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Protobuf => cloudevents::CONTENT_TYPE_PROTOBUF,
+            Self::Json => cloudevents::CONTENT_TYPE_JSON,
+        }
+    }
+
+    fn encode<M: Message + serde::Serialize>(self, message: &M) -> Vec<u8> {
+        match self {
+            Self::Protobuf => message.encode_to_vec(),
+            // Generated types always serialize (string map keys, no
+            // non-finite floats); an empty body would still be stored and
+            // visible, never dropped.
+            Self::Json => serde_json::to_vec(message).unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LogSink {
     log: Arc<dyn EventLog>,
     topics: Topics,
+    encoding: Encoding,
     inbound_metrics: LogMetrics,
     deadletter_metrics: LogMetrics,
 }
 
 impl LogSink {
-    pub fn new(log: Arc<dyn EventLog>, topics: Topics) -> Self {
+    pub fn new(log: Arc<dyn EventLog>, topics: Topics, encoding: Encoding) -> Self {
         Self {
+            encoding,
             inbound_metrics: LogMetrics::register(&topics.inbound),
             deadletter_metrics: LogMetrics::register(&topics.deadletter),
             log,
@@ -42,10 +82,16 @@ impl LogSink {
                     source: cloudevents::source_for_channel(&event.channel_id),
                     ty: cloudevents::TYPE_CONVERSATION_EVENT.to_owned(),
                     time: now,
-                    content_type: cloudevents::CONTENT_TYPE_PROTOBUF.to_owned(),
+                    content_type: self.encoding.content_type().to_owned(),
                     traceparent: None,
                 };
-                let record = record(&self.topics.inbound, key, &ce, event.encode_to_vec(), now);
+                let record = record(
+                    &self.topics.inbound,
+                    key,
+                    &ce,
+                    self.encoding.encode(event.as_ref()),
+                    now,
+                );
                 (record, self.inbound_metrics.clone())
             }
             LogEntry::DeadLetter(dead_letter) => {
@@ -54,7 +100,7 @@ impl LogSink {
                     source: cloudevents::source_for_channel(&dead_letter.channel_id),
                     ty: cloudevents::TYPE_DEAD_LETTER.to_owned(),
                     time: now,
-                    content_type: cloudevents::CONTENT_TYPE_PROTOBUF.to_owned(),
+                    content_type: self.encoding.content_type().to_owned(),
                     traceparent: None,
                 };
                 let key = dead_letter.channel_id.clone();
@@ -62,7 +108,7 @@ impl LogSink {
                     &self.topics.deadletter,
                     key,
                     &ce,
-                    dead_letter.encode_to_vec(),
+                    self.encoding.encode(dead_letter.as_ref()),
                     now,
                 );
                 (record, self.deadletter_metrics.clone())

@@ -30,33 +30,42 @@ pub struct TailArgs {
 
 pub async fn tail(config: &Path, args: TailArgs) -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings::load(config)?;
-    let log = crate::open_log(&settings)?;
+    let log = crate::open_log(&settings, crate::LogUse::Reader).await?;
     let topic = Topics::new(&settings.log.topic_prefix).resolve(&args.topic);
-    let end = log.end_offset(&topic, 0).await?;
-    let mut next = match args.last {
-        Some(last) => (end - last).max(0),
-        None => args.offset,
-    };
+    // Partition by partition: Kafka topics have several, and order is per
+    // partition (so per key).
+    let partitions = log.partition_count(&topic).await?.max(1);
+    let mut next = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        let end = log.end_offset(&topic, partition).await?;
+        next.push(match args.last {
+            Some(last) => (end - last).max(0),
+            None => args.offset,
+        });
+    }
     let stdout = std::io::stdout();
     loop {
-        let records = log.read(&topic, 0, next, 512).await?;
-        if records.is_empty() {
+        let mut printed = 0;
+        for (partition, next) in (0..partitions).zip(next.iter_mut()) {
+            let records = log.read(&topic, partition, *next, 512).await?;
+            printed += records.len();
+            let mut out = stdout.lock();
+            for record in &records {
+                *next = record.position.offset + 1;
+                if writeln!(out, "{}", to_json(record)).is_err() {
+                    // The reader went away (`omnid tail | head`): not an error.
+                    let _ = log.close().await;
+                    return Ok(std::process::ExitCode::SUCCESS);
+                }
+            }
+            let _ = out.flush();
+        }
+        if printed == 0 {
             if !args.follow {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
         }
-        let mut out = stdout.lock();
-        for record in &records {
-            next = record.position.offset + 1;
-            if writeln!(out, "{}", to_json(record)).is_err() {
-                // The reader went away (`omnid tail | head`): not an error.
-                let _ = log.close().await;
-                return Ok(std::process::ExitCode::SUCCESS);
-            }
-        }
-        let _ = out.flush();
     }
     log.close().await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -80,11 +89,17 @@ pub fn to_json(stored: &StoredRecord) -> Value {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let payload = record.payload.as_ref();
-    let value = match ce_type {
-        cloudevents::TYPE_CONVERSATION_EVENT => decode::<v1::ConversationEvent>(payload),
-        cloudevents::TYPE_DEAD_LETTER => decode::<v1::DeadLetter>(payload),
-        cloudevents::TYPE_TIMELINE_EVENT => decode::<v1::TimelineEvent>(payload),
-        _ => None,
+    let json =
+        headers.get("content-type").and_then(Value::as_str) == Some(cloudevents::CONTENT_TYPE_JSON);
+    let value = if json {
+        serde_json::from_slice(payload).ok()
+    } else {
+        match ce_type {
+            cloudevents::TYPE_CONVERSATION_EVENT => decode::<v1::ConversationEvent>(payload),
+            cloudevents::TYPE_DEAD_LETTER => decode::<v1::DeadLetter>(payload),
+            cloudevents::TYPE_TIMELINE_EVENT => decode::<v1::TimelineEvent>(payload),
+            _ => None,
+        }
     };
     json!({
         "topic": record.topic,

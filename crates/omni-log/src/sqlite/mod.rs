@@ -195,6 +195,51 @@ impl SqliteLog {
         })
     }
 
+    /// Deletes the records of `topic` up to and including `through_offset`
+    /// (never the newest one, so offsets continue across restarts). For the
+    /// spool, which only needs what has not been forwarded yet; the main
+    /// log keeps everything.
+    pub async fn trim(&self, topic: &str, through_offset: i64) -> Result<(), LogError> {
+        validate_topic(topic)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .send_blocking(Command::Trim {
+                topic: topic.to_owned(),
+                through_offset,
+                reply,
+            })
+            .await?;
+        rx.await.unwrap_or(Err(LogError::Closed))
+    }
+
+    /// The offset group `group` resumes `topic` from: one past its last
+    /// commit, 0 if it never committed.
+    pub async fn committed_offset(&self, group: &str, topic: &str) -> Result<i64, LogError> {
+        validate_topic(topic)?;
+        let (group, topic) = (group.to_owned(), topic.to_owned());
+        let context = format!(
+            "cannot read offsets of group {group} from event log {}",
+            self.inner.path.display()
+        );
+        self.inner
+            .with_reader(move |conn| {
+                conn.prepare_cached(
+                    "SELECT next_offset FROM log_consumer_offsets
+                     WHERE group_id = ?1 AND topic = ?2 AND partition_id = 0",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(rusqlite::params![group, topic], |row| row.get::<_, i64>(0))
+                        .optional()
+                })
+                .map(Option::unwrap_or_default)
+                .map_err(|e| LogError::storage(context, e))
+            })
+            .await
+    }
+
     /// Validates and queues `record`; the returned receiver resolves once
     /// the writer committed it.
     fn enqueue(

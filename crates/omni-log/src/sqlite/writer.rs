@@ -38,6 +38,14 @@ pub(super) enum Command {
         next_offset: i64,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// Deletes records of `topic` up to and including `through_offset`,
+    /// except the newest record, whose offset is what the next append
+    /// continues from after a restart.
+    Trim {
+        topic: String,
+        through_offset: i64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
     /// Sent once by `close`: everything queued before it is committed and
     /// answered, everything after it is refused.
     Shutdown,
@@ -146,7 +154,7 @@ impl Writer {
                     Command::Append { reply, .. } => {
                         let _ = reply.send(Err(error.clone()));
                     }
-                    Command::CommitOffset { reply, .. } => {
+                    Command::CommitOffset { reply, .. } | Command::Trim { reply, .. } => {
                         let _ = reply.send(Err(error.clone()));
                     }
                     Command::Shutdown => {}
@@ -171,7 +179,7 @@ impl Writer {
                         offset,
                     }));
                 }
-                Command::CommitOffset { reply, .. } => {
+                Command::CommitOffset { reply, .. } | Command::Trim { reply, .. } => {
                     let _ = reply.send(Ok(()));
                 }
                 Command::Shutdown => {}
@@ -242,7 +250,21 @@ impl Writer {
                          VALUES (?1, ?2, 0, ?3)
                          ON CONFLICT (group_id, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset",
                     )?
-                    .execute(params![group, topic, next_offset])?;
+                                        .execute(params![group, topic, next_offset])?;
+                }
+                Command::Trim {
+                    topic,
+                    through_offset,
+                    ..
+                } => {
+                    conn.prepare_cached(
+                        "DELETE FROM log_records
+                         WHERE topic_id = (SELECT id FROM log_topics WHERE name = ?1)
+                           AND record_offset <= ?2
+                           AND record_offset < (SELECT MAX(record_offset) FROM log_records
+                                                WHERE topic_id = (SELECT id FROM log_topics WHERE name = ?1))",
+                    )?
+                    .execute(params![topic, through_offset])?;
                 }
                 Command::Shutdown => {}
             }
@@ -283,7 +305,7 @@ fn refuse(command: Command) {
         Command::Append { reply, .. } => {
             let _ = reply.send(Err(LogError::Closed));
         }
-        Command::CommitOffset { reply, .. } => {
+        Command::CommitOffset { reply, .. } | Command::Trim { reply, .. } => {
             let _ = reply.send(Err(LogError::Closed));
         }
         Command::Shutdown => {}

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -21,6 +23,11 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// A deployment whose `omnid.toml` ends with `extra` (more sections).
+    pub fn with_config(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let deployment = Self { dir };
         std::fs::create_dir_all(deployment.channels_dir()).unwrap();
@@ -32,7 +39,7 @@ impl Deployment {
                 "data_dir = \"{}\"\nshutdown_timeout_secs = 10\n[http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n[channels]\ndir = \"{}\"\nreload_interval_secs = 1\n[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n",
                 deployment.data_dir().display(),
                 deployment.channels_dir().display()
-            ),
+            ) + extra,
         )
         .unwrap();
         deployment
