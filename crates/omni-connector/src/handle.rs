@@ -27,15 +27,21 @@ pub fn proto_kind(kind: HandleKind) -> v1::HandleKind {
     }
 }
 
+/// The model's kind of a stream handle kind (None for unspecified).
+pub fn model_kind(kind: v1::HandleKind) -> Option<HandleKind> {
+    HandleKind::ALL.into_iter().find(|k| proto_kind(*k) == kind)
+}
+
 /// The partitioning key of a handle on `omni.inbound.v1`:
-/// `kind:value`, or `kind:scope:value` for scoped kinds. All messages of one
-/// sender share a key, so they keep their order. Consumers should treat it
-/// as opaque and read the handle from the payload.
+/// `kind:value`, or `kind:scope:value` for scoped kinds, with the kind
+/// spelled as everywhere else (`email`, `phone`, `telegram`, ...). All
+/// messages of one sender share a key, so they keep their order. Consumers
+/// should treat it as opaque and read the handle from the payload.
 pub fn partition_key(handle: &IdentityHandle) -> String {
     let kind = v1::HandleKind::try_from(handle.kind)
-        .map(|k| k.as_str_name())
-        .unwrap_or("HANDLE_KIND_UNSPECIFIED");
-    let kind = kind.trim_start_matches("HANDLE_KIND_").to_ascii_lowercase();
+        .ok()
+        .and_then(model_kind)
+        .map_or("unspecified", HandleKind::as_str);
     if handle.scope.is_empty() {
         format!("{kind}:{}", handle.value)
     } else {
@@ -63,5 +69,14 @@ mod tests {
         );
         assert_eq!(partition_key(&ext), "external:acme:u-42");
         assert!(ext.verified);
+        let telegram = to_proto(
+            &Handle::provider(HandleKind::TelegramUser, "777", None).unwrap(),
+            "",
+            true,
+        );
+        assert_eq!(partition_key(&telegram), "telegram:777");
+        for kind in HandleKind::ALL {
+            assert_eq!(model_kind(proto_kind(kind)), Some(kind));
+        }
     }
 }
