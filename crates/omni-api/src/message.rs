@@ -80,23 +80,7 @@ pub struct ApiAttachment {
     pub url: String,
 }
 
-/// Why a body is not a message. `code` is a bounded, stable reason (the
-/// dead-letter reason and the error code of the 400 reply).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ParseError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ParseError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
+pub use omni_connector::ParseError;
 
 /// What normalization needs to know about the channel.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod connector;
 pub mod handle;
+mod parse;
 pub mod secret;
 pub mod sender;
 pub mod signature;
@@ -19,6 +20,7 @@ pub mod webhook;
 
 pub use config::{ConfigError, parse_settings};
 pub use connector::{ChannelContext, Connector, ConnectorError, ConnectorFactory};
+pub use parse::ParseError;
 pub use secret::{Secret, SecretRef};
 pub use sender::{Ack, EventSender, EventSink, LogEntry, Receipt, SendError};
 pub use webhook::{WebhookHandler, WebhookRequest, WebhookResponse};

@@ -110,25 +110,10 @@ pub struct AttachmentBody {
     pub bytes: Bytes,
 }
 
-/// Why a message cannot be normalized. `code` is a bounded, stable reason
-/// (the dead-letter reason and a metric label): `too_large`, `too_deep`,
+/// Why a message cannot be normalized; codes: `too_large`, `too_deep`,
 /// `too_many_parts`, `headers_too_large`, `invalid_mime`, `not_rfc5322`,
 /// `missing_sender`, `invalid_sender`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ParseError {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ParseError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
+pub use omni_connector::ParseError;
 
 /// Parses and normalizes one raw message (the exact bytes fetched from the
 /// mailbox).
