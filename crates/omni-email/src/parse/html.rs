@@ -400,26 +400,7 @@ impl Writer {
     fn finish(self) -> String {
         // Lines never end in spaces and never hold more than one blank line
         // in a row.
-        let mut result = String::with_capacity(self.out.len());
-        let mut blank_run = 0;
-        for line in self.out.split('\n') {
-            let line = line.trim_end();
-            if line.is_empty() {
-                blank_run += 1;
-                if blank_run > 1 {
-                    continue;
-                }
-            } else {
-                blank_run = 0;
-            }
-            result.push_str(line);
-            result.push('\n');
-        }
-        let end = result.trim_end().len();
-        result.truncate(end);
-        let start = result.len() - result.trim_start_matches('\n').len();
-        result.drain(..start);
-        result
+        super::tidy::tidy_lines(self.out.split('\n'), self.out.len())
     }
 }
 

@@ -13,6 +13,7 @@ mod html;
 mod quote;
 mod shape;
 mod subject;
+mod tidy;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

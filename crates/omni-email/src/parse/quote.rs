@@ -165,25 +165,7 @@ pub fn strip_quoted_reply(text: &str) -> Option<String> {
     if !stripped {
         return None;
     }
-    let mut out = String::with_capacity(text.len());
-    let mut blank_run = 0;
-    for line in kept {
-        let line = line.trim_end();
-        if line.is_empty() {
-            blank_run += 1;
-            if blank_run > 1 {
-                continue;
-            }
-        } else {
-            blank_run = 0;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    let end = out.trim_end().len();
-    out.truncate(end);
-    let start = out.len() - out.trim_start_matches(['\n', '\r']).len();
-    out.drain(..start);
+    let out = super::tidy::tidy_lines(kept, text.len());
     if out.trim().is_empty() {
         None
     } else {
