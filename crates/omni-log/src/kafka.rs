@@ -146,17 +146,13 @@ impl KafkaLog {
     /// partitions; creates missing ones when `create` is true. Errors name
     /// the topic and what is wrong.
     pub async fn ensure_topics(&self, topics: &[TopicSpec], create: bool) -> Result<(), LogError> {
-        let config = self.config.clone();
+        let timeout = self.config.request_timeout;
         let topics = topics.to_vec();
-        let missing = tokio::task::spawn_blocking(move || -> Result<Vec<TopicSpec>, LogError> {
-            let consumer: BaseConsumer = config
-                .client_config()
-                .create()
-                .map_err(|e| kafka_error("cannot create a kafka client", e))?;
+        let missing = with_client(self.config.client_config(), move |consumer| {
             let mut missing = Vec::new();
             for topic in topics {
                 let metadata = consumer
-                    .fetch_metadata(Some(&topic.name), config.request_timeout)
+                    .fetch_metadata(Some(&topic.name), timeout)
                     .map_err(|e| {
                         kafka_error(format!("cannot fetch metadata of topic {}", topic.name), e)
                     })?;
@@ -179,8 +175,7 @@ impl KafkaLog {
             }
             Ok(missing)
         })
-        .await
-        .map_err(|e| LogError::storage("topic check task failed", e))??;
+        .await?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -245,6 +240,23 @@ impl KafkaLog {
             .set("enable.partition.eof", "false");
         config
     }
+}
+
+/// Runs `work` with a fresh client of `config` on the blocking pool:
+/// metadata, watermark and assignment reads are blocking librdkafka calls,
+/// and async code never blocks.
+async fn with_client<T: Send + 'static>(
+    config: ClientConfig,
+    work: impl FnOnce(&BaseConsumer) -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config
+            .create()
+            .map_err(|e| kafka_error("cannot create a kafka client", e))?;
+        work(&client)
+    })
+    .await
+    .map_err(|e| LogError::storage("kafka client task failed", e))?
 }
 
 fn owned_headers(headers: &[(String, Bytes)]) -> OwnedHeaders {
@@ -353,10 +365,7 @@ impl EventLog for KafkaLog {
             .set("enable.auto.commit", "false")
             .set("group.id", "omnid-reader");
         let (topic, timeout) = (topic.to_owned(), self.config.request_timeout);
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config
-                .create()
-                .map_err(|e| kafka_error("cannot create a kafka consumer", e))?;
+        with_client(config, move |consumer| {
             let mut assignment = TopicPartitionList::new();
             assignment
                 .add_partition_offset(&topic, partition, Offset::Offset(from_offset))
@@ -385,44 +394,28 @@ impl EventLog for KafkaLog {
             Ok(records)
         })
         .await
-        .map_err(|e| LogError::storage("kafka read task failed", e))?
     }
 
     async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, LogError> {
         validate_topic(topic)?;
-        let (config, topic, timeout) = (
-            self.config.client_config(),
-            topic.to_owned(),
-            self.config.request_timeout,
-        );
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config
-                .create()
-                .map_err(|e| kafka_error("cannot create a kafka client", e))?;
-            match consumer.fetch_watermarks(&topic, partition, timeout) {
-                Ok((_, high)) => Ok(high),
-                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(0),
-                Err(error) => Err(kafka_error(
-                    format!("cannot fetch the end offset of {topic}"),
-                    error,
-                )),
-            }
+        let (topic, timeout) = (topic.to_owned(), self.config.request_timeout);
+        with_client(self.config.client_config(), move |consumer| match consumer
+            .fetch_watermarks(&topic, partition, timeout)
+        {
+            Ok((_, high)) => Ok(high),
+            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(0),
+            Err(error) => Err(kafka_error(
+                format!("cannot fetch the end offset of {topic}"),
+                error,
+            )),
         })
         .await
-        .map_err(|e| LogError::storage("kafka watermark task failed", e))?
     }
 
     async fn partition_count(&self, topic: &str) -> Result<i32, LogError> {
         validate_topic(topic)?;
-        let (config, topic, timeout) = (
-            self.config.client_config(),
-            topic.to_owned(),
-            self.config.request_timeout,
-        );
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config
-                .create()
-                .map_err(|e| kafka_error("cannot create a kafka client", e))?;
+        let (topic, timeout) = (topic.to_owned(), self.config.request_timeout);
+        with_client(self.config.client_config(), move |consumer| {
             let metadata = consumer
                 .fetch_metadata(Some(&topic), timeout)
                 .map_err(|e| kafka_error(format!("cannot fetch metadata of {topic}"), e))?;
@@ -433,7 +426,6 @@ impl EventLog for KafkaLog {
                 .map_or(0, |t| t.partitions().len() as i32))
         })
         .await
-        .map_err(|e| LogError::storage("kafka metadata task failed", e))?
     }
 
     async fn subscribe(
