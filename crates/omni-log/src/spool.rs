@@ -272,7 +272,10 @@ impl Router {
                     Some(Request::Close { reply }) => {
                         // Everything accepted must be durable before close
                         // returns: spool what the primary still owes.
-                        self.start_spooling("shutting down");
+                        let spooled = self.spool_in_flight();
+                        if spooled > 0 {
+                            tracing::info!(records = spooled, "shutting down: spooled what the primary had not acknowledged");
+                        }
                         let _ = reply.send(());
                         return;
                     }
@@ -369,28 +372,31 @@ impl Router {
         notify.notify_waiters();
     }
 
-    /// Switches to spooling and spools every unanswered in-flight record in
-    /// call order (the BTreeMap is ordered by sequence).
+    /// Switches to spooling (logged once per episode) and spools what the
+    /// primary still owes.
     fn start_spooling(&mut self, why: &str) {
+        if !self.state.spooling {
+            tracing::warn!(reason = why, "spooling to local disk");
+            self.state.spooling = true;
+        }
+        self.spool_in_flight();
+    }
+
+    /// Spools every in-flight record not yet answered, in call order (the
+    /// map is ordered by sequence); their originals stay queued in the
+    /// primary and are tracked for the drainer. Returns how many.
+    fn spool_in_flight(&mut self) -> usize {
         let owed: Vec<u64> = self
             .in_flight
             .iter()
             .filter(|(_, f)| f.reply.is_some())
             .map(|(seq, _)| *seq)
             .collect();
-        if !self.state.spooling && (!owed.is_empty() || why != "shutting down") {
-            tracing::warn!(
-                reason = why,
-                in_flight = owed.len(),
-                "spooling to local disk"
-            );
-        }
-        self.state.spooling = self.state.spooling || !owed.is_empty() || why != "shutting down";
         {
             let (lock, _) = &*self.originals;
             lock.lock().unwrap_or_else(|e| e.into_inner()).pending += owed.len();
         }
-        for seq in owed {
+        for &seq in &owed {
             if let Some(entry) = self.in_flight.get_mut(&seq)
                 && let Some(reply) = entry.reply.take()
             {
@@ -399,6 +405,7 @@ impl Router {
             }
         }
         self.publish();
+        owed.len()
     }
 
     fn spool_record(
