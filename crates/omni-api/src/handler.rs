@@ -90,9 +90,8 @@ impl ApiWebhook {
         if self.secrets.is_empty() {
             return Ok(());
         }
-        let secrets: Vec<&[u8]> = self.secrets.iter().map(Secret::expose).collect();
         signature::verify(
-            &secrets,
+            &self.secrets,
             request.header(signature::TIMESTAMP_HEADER),
             request.header(signature::SIGNATURE_HEADER),
             &request.body,

@@ -47,8 +47,8 @@ pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 ///
 /// The signature header may list several `v1=` values separated by commas,
 /// so a sender rotating secrets can sign with both.
-pub fn verify(
-    secrets: &[&[u8]],
+pub fn verify<S: AsRef<[u8]>>(
+    secrets: &[S],
     timestamp: Option<&str>,
     signature: Option<&str>,
     body: &[u8],
@@ -69,8 +69,11 @@ pub fn verify(
     {
         for secret in secrets {
             // No early exit: the work done does not depend on which matched.
-            matched |=
-                verify_hmac_sha256_hex(secret, &[timestamp.as_bytes(), b".", body], candidate);
+            matched |= verify_hmac_sha256_hex(
+                secret.as_ref(),
+                &[timestamp.as_bytes(), b".", body],
+                candidate,
+            );
         }
     }
     if matched {

@@ -28,6 +28,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl AsRef<[u8]> for Secret {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl Secret {
     pub fn expose(&self) -> &[u8] {
         &self.0
