@@ -15,7 +15,6 @@ use omni_proto::{
     v1::{ChannelKind, DeadLetter},
 };
 use omni_telemetry::events::{DeadLettered, WebhookHandled, WebhookMetrics, WebhookOutcome};
-use sha2::{Digest, Sha256};
 
 use crate::{
     config::ApiChannelConfig,
@@ -186,7 +185,7 @@ impl WebhookHandler for ApiWebhook {
                 // Authentic but not a message: keep the raw input so nothing
                 // is dropped silently, then tell the sender what is wrong.
                 let dead_letter = DeadLetter {
-                    dead_letter_id: dead_letter_id(&self.channel_id, &request.body),
+                    dead_letter_id: omni_connector::dead_letter_id(&self.channel_id, &request.body),
                     channel_id: self.channel_id.clone(),
                     channel_kind: ChannelKind::Api as i32,
                     reason: error.code.to_owned(),
@@ -215,13 +214,6 @@ impl WebhookHandler for ApiWebhook {
             }
         }
     }
-}
-
-/// Deterministic, so a sender retrying the same bad body produces one
-/// dead-letter id.
-fn dead_letter_id(channel_id: &str, body: &[u8]) -> String {
-    let digest = hex::encode(Sha256::digest(body));
-    omni_model::event_id(channel_id, &format!("dead-letter/{digest}")).to_string()
 }
 
 fn timestamp(time: SystemTime) -> Timestamp {
@@ -256,11 +248,7 @@ mod tests {
         );
         let config: ApiChannelConfig =
             omni_connector::parse_settings(toml::from_str(&settings).unwrap()).unwrap();
-        let context = ChannelContext {
-            channel_id: "acme-api".into(),
-            sender: EventSender::new(Arc::new(sink.clone())),
-            public_base_url: None,
-        };
+        let context = ChannelContext::new("acme-api", EventSender::new(Arc::new(sink.clone())));
         ApiWebhook::new(context, config).unwrap()
     }
 

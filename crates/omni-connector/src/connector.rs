@@ -7,7 +7,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ConfigError, sender::EventSender, webhook::WebhookHandler};
+use crate::{
+    attachments::{AttachmentStore, MemoryAttachmentStore},
+    config::ConfigError,
+    outbound::OutboundHandler,
+    sender::EventSender,
+    state::ChannelState,
+    webhook::WebhookHandler,
+};
 
 /// What the daemon gives a channel when building it.
 #[derive(Debug, Clone)]
@@ -19,9 +26,26 @@ pub struct ChannelContext {
     /// The daemon's public base URL (scheme, host, optional path prefix),
     /// if configured; providers that sign the URL need it.
     pub public_base_url: Option<String>,
+    /// Durable checkpoints and seen ids, for pull channels.
+    pub state: ChannelState,
+    /// Where attachment bytes go.
+    pub attachments: Arc<dyn AttachmentStore>,
 }
 
 impl ChannelContext {
+    /// A context whose state and attachments live in memory: what tests and
+    /// `omnid check-config` need. The daemon replaces both with durable
+    /// stores before building channels that ingest.
+    pub fn new(channel_id: &str, sender: EventSender) -> Self {
+        Self {
+            channel_id: channel_id.to_owned(),
+            sender,
+            public_base_url: None,
+            state: ChannelState::memory(channel_id),
+            attachments: Arc::new(MemoryAttachmentStore::default()),
+        }
+    }
+
     /// The public URL of this channel's webhook, if the base is known.
     pub fn webhook_url(&self) -> Option<String> {
         self.public_base_url.as_ref().map(|base| {
@@ -46,6 +70,11 @@ pub struct ConnectorError {
 pub trait Connector: Send + Sync + std::fmt::Debug + 'static {
     /// The handler of `POST /webhooks/{channel_id}`, for push channels.
     fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
+        None
+    }
+
+    /// The sender of replies, for channels that can send.
+    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
         None
     }
 

@@ -7,20 +7,26 @@
 //! which happens when the event is durable in the event log. That one rule
 //! is what makes "nothing acknowledged is lost" hold for every channel.
 
+pub mod attachments;
 pub mod config;
 pub mod connector;
 pub mod handle;
+pub mod outbound;
 mod parse;
 pub mod secret;
 pub mod sender;
 pub mod signature;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod webhook;
 
+pub use attachments::{AttachmentStore, FsAttachmentStore, StoredAttachment};
 pub use config::{ConfigError, parse_settings};
 pub use connector::{ChannelContext, Connector, ConnectorError, ConnectorFactory};
+pub use outbound::{Delivered, DeliveryError, OutboundHandler};
 pub use parse::ParseError;
 pub use secret::{Secret, SecretRef};
-pub use sender::{Ack, EventSender, EventSink, LogEntry, Receipt, SendError};
+pub use sender::{Ack, EventSender, EventSink, LogEntry, Receipt, SendError, dead_letter_id};
+pub use state::{ChannelState, SqliteStateStore, StateStore, StateUpdate};
 pub use webhook::{WebhookHandler, WebhookRequest, WebhookResponse};

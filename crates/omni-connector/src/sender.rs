@@ -14,6 +14,15 @@ pub enum LogEntry {
     DeadLetter(Box<DeadLetter>),
 }
 
+/// The id of a dead-letter record: deterministic in the raw input, so a
+/// provider retrying (or a mailbox re-fetching) the same bad input produces
+/// one id.
+pub fn dead_letter_id(channel_id: &str, raw: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(raw));
+    omni_model::event_id(channel_id, &format!("dead-letter/{digest}")).to_string()
+}
+
 /// Where an entry landed, once durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {

@@ -1,0 +1,218 @@
+//! The attachment store: file bytes live outside the event stream, addressed
+//! by their SHA-256, and events carry `omni-att://sha256/<hex>` references.
+//!
+//! Content addressing makes a provider's retry (or an IMAP re-fetch after a
+//! crash) store nothing new, and lets consumers verify what they read. A
+//! connector stores the bytes before it submits the event that names them,
+//! so no durable event ever points at a missing file.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// The URI scheme of stored attachments.
+pub const URI_PREFIX: &str = "omni-att://sha256/";
+
+/// A stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttachment {
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    pub size: u64,
+    /// `omni-att://sha256/<hex>`.
+    pub uri: String,
+}
+
+impl StoredAttachment {
+    fn of(content: &[u8]) -> Self {
+        let sha256 = hex::encode(Sha256::digest(content));
+        Self {
+            uri: format!("{URI_PREFIX}{sha256}"),
+            size: content.len() as u64,
+            sha256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("attachment store {path}: {source}")]
+pub struct AttachmentError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Where attachment bytes go. `put` returns once the bytes are durable.
+#[async_trait]
+pub trait AttachmentStore: Send + Sync + std::fmt::Debug + 'static {
+    async fn put(&self, content: Bytes) -> Result<StoredAttachment, AttachmentError>;
+    /// The content stored under `sha256` (lowercase hex), if any.
+    async fn get(&self, sha256: &str) -> Result<Option<Bytes>, AttachmentError>;
+}
+
+/// Content-addressed files under a directory: `<root>/<ab>/<abcdef...>`.
+/// Written to a temporary name, fsynced, renamed, and the directory fsynced,
+/// so a crash leaves either the whole file or none.
+#[derive(Debug, Clone)]
+pub struct FsAttachmentStore {
+    root: PathBuf,
+}
+
+impl FsAttachmentStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path_of(&self, sha256: &str) -> Option<PathBuf> {
+        let valid = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| self.root.join(&sha256[..2]).join(sha256))
+    }
+}
+
+fn write_durably(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("attachment paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile_in(dir)?;
+    tmp.1.write_all(content)?;
+    tmp.1.sync_all()?;
+    std::fs::rename(&tmp.0, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A uniquely named temporary file beside the target (same file system, so
+/// the rename is atomic).
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((path, file))
+}
+
+#[async_trait]
+impl AttachmentStore for FsAttachmentStore {
+    async fn put(&self, content: Bytes) -> Result<StoredAttachment, AttachmentError> {
+        let stored = StoredAttachment::of(&content);
+        let path = self
+            .path_of(&stored.sha256)
+            .expect("a computed digest is valid hex");
+        let error_path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            if path.exists() {
+                return Ok(());
+            }
+            write_durably(&path, &content)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| AttachmentError {
+            path: error_path,
+            source,
+        })?;
+        Ok(stored)
+    }
+
+    async fn get(&self, sha256: &str) -> Result<Option<Bytes>, AttachmentError> {
+        let Some(path) = self.path_of(sha256) else {
+            return Ok(None);
+        };
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AttachmentError { path, source }),
+        }
+    }
+}
+
+/// Keeps attachments in memory: for tests and `omnid check-config`, where
+/// nothing is ingested.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryAttachmentStore {
+    files: Arc<Mutex<std::collections::HashMap<String, Bytes>>>,
+}
+
+#[async_trait]
+impl AttachmentStore for MemoryAttachmentStore {
+    async fn put(&self, content: Bytes) -> Result<StoredAttachment, AttachmentError> {
+        let stored = StoredAttachment::of(&content);
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stored.sha256.clone(), content);
+        Ok(stored)
+    }
+
+    async fn get(&self, sha256: &str) -> Result<Option<Bytes>, AttachmentError> {
+        Ok(self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sha256)
+            .cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fs_store_is_content_addressed_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsAttachmentStore::new(dir.path());
+        let a = store.put(Bytes::from_static(b"hello")).await.unwrap();
+        assert_eq!(
+            a.sha256,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(a.uri, format!("{URI_PREFIX}{}", a.sha256));
+        assert_eq!(a.size, 5);
+        let again = store.put(Bytes::from_static(b"hello")).await.unwrap();
+        assert_eq!(a, again);
+        assert_eq!(
+            store.get(&a.sha256).await.unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
+        let files: Vec<_> = walk(dir.path());
+        assert_eq!(files.len(), 1, "one file, no temporaries left: {files:?}");
+    }
+
+    #[tokio::test]
+    async fn fs_store_rejects_names_that_are_not_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsAttachmentStore::new(dir.path());
+        for bad in ["../../etc/passwd", "ABC", &"g".repeat(64), ""] {
+            assert_eq!(store.get(bad).await.unwrap(), None);
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,285 @@
+//! Durable per-channel state for pull connectors: checkpoints (an IMAP
+//! mailbox's UIDVALIDITY and last UID, a Telegram update offset) and a
+//! "seen" set of provider message ids for deduplication.
+//!
+//! A connector writes its checkpoint only after the events it covers are
+//! durable in the event log, and writes the seen marks in the same
+//! transaction, so after any crash the checkpoint never claims more than
+//! the log holds. The worst case is a replay of events whose ids the log
+//! already has, which consumers drop by event id.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+#[derive(Debug, thiserror::Error)]
+#[error("connector state {path}: {message}")]
+pub struct StateError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Changes applied together or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateUpdate {
+    /// Keys to set.
+    pub puts: Vec<(String, Vec<u8>)>,
+    /// Ids to mark as seen.
+    pub seen: Vec<String>,
+}
+
+/// Where channels keep their state. Blocking: [`ChannelState`] runs the
+/// calls off the async threads.
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
+    fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StateError>;
+    fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError>;
+    /// For each id, whether it was marked seen.
+    fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError>;
+}
+
+/// One channel's view of the store.
+#[derive(Debug, Clone)]
+pub struct ChannelState {
+    store: Arc<dyn StateStore>,
+    channel: Arc<str>,
+}
+
+impl ChannelState {
+    pub fn new(store: Arc<dyn StateStore>, channel: &str) -> Self {
+        Self {
+            store,
+            channel: channel.into(),
+        }
+    }
+
+    /// A throwaway in-memory state, for tests and `check-config`.
+    pub fn memory(channel: &str) -> Self {
+        Self::new(Arc::new(MemoryStateStore::default()), channel)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let (store, channel, key) = (self.store.clone(), self.channel.clone(), key.to_owned());
+        blocking(move || store.get(&channel, &key)).await
+    }
+
+    pub async fn commit(&self, update: StateUpdate) -> Result<(), StateError> {
+        let (store, channel) = (self.store.clone(), self.channel.clone());
+        blocking(move || store.commit(&channel, &update)).await
+    }
+
+    pub async fn seen(&self, ids: Vec<String>) -> Result<Vec<bool>, StateError> {
+        let (store, channel) = (self.store.clone(), self.channel.clone());
+        blocking(move || store.seen(&channel, &ids)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StateError {
+            path: String::new(),
+            message: format!("state task failed: {e}"),
+        })
+    })
+}
+
+/// State in one SQLite file (WAL, `synchronous = FULL`), shared by every
+/// channel of the daemon.
+#[derive(Debug)]
+pub struct SqliteStateStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStateStore {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let fail = |e: rusqlite::Error| StateError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StateError {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(fail)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS checkpoints (
+                 channel TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                 PRIMARY KEY (channel, key)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS seen (
+                 channel TEXT NOT NULL, id TEXT NOT NULL, seen_at INTEGER NOT NULL,
+                 PRIMARY KEY (channel, id)) WITHOUT ROWID;",
+        )
+        .map_err(fail)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn error(&self, e: rusqlite::Error) -> StateError {
+        StateError {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StateStore for SqliteStateStore {
+    fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM checkpoints WHERE channel = ?1 AND key = ?2",
+                params![channel, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO checkpoints (channel, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value",
+                )
+                .map_err(|e| self.error(e))?;
+            for (key, value) in &update.puts {
+                put.execute(params![channel, key, value])
+                    .map_err(|e| self.error(e))?;
+            }
+            let mut mark = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO seen (channel, id, seen_at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.error(e))?;
+            for id in &update.seen {
+                mark.execute(params![channel, id, now])
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError> {
+        let conn = self.conn();
+        let mut query = conn
+            .prepare_cached("SELECT 1 FROM seen WHERE channel = ?1 AND id = ?2")
+            .map_err(|e| self.error(e))?;
+        ids.iter()
+            .map(|id| {
+                query
+                    .exists(params![channel, id])
+                    .map_err(|e| self.error(e))
+            })
+            .collect()
+    }
+}
+
+/// State that lives as long as the process.
+#[derive(Debug, Default)]
+pub struct MemoryStateStore {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    values: HashMap<(String, String), Vec<u8>>,
+    seen: std::collections::HashSet<(String, String)>,
+}
+
+impl StateStore for MemoryStateStore {
+    fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(inner.values.get(&(channel.into(), key.into())).cloned())
+    }
+
+    fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, value) in &update.puts {
+            inner
+                .values
+                .insert((channel.into(), key.clone()), value.clone());
+        }
+        for id in &update.seen {
+            inner.seen.insert((channel.into(), id.clone()));
+        }
+        Ok(())
+    }
+
+    fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ids
+            .iter()
+            .map(|id| inner.seen.contains(&(channel.into(), id.clone())))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract every store keeps, run against each.
+    async fn contract(store: Arc<dyn StateStore>) {
+        let a = ChannelState::new(store.clone(), "a");
+        let b = ChannelState::new(store, "b");
+        assert_eq!(a.get("k").await.unwrap(), None);
+        a.commit(StateUpdate {
+            puts: vec![("k".into(), b"1".to_vec())],
+            seen: vec!["<m1@x>".into()],
+        })
+        .await
+        .unwrap();
+        a.commit(StateUpdate {
+            puts: vec![("k".into(), b"2".to_vec())],
+            seen: vec!["<m1@x>".into(), "<m2@x>".into()],
+        })
+        .await
+        .unwrap();
+        assert_eq!(a.get("k").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(b.get("k").await.unwrap(), None, "channels are separate");
+        assert_eq!(
+            a.seen(vec!["<m1@x>".into(), "<m3@x>".into(), "<m2@x>".into()])
+                .await
+                .unwrap(),
+            [true, false, true]
+        );
+        assert_eq!(b.seen(vec!["<m1@x>".into()]).await.unwrap(), [false]);
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_contract() {
+        contract(Arc::new(MemoryStateStore::default())).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_keeps_the_contract_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/state.sqlite");
+        contract(Arc::new(SqliteStateStore::open(&path).unwrap())).await;
+        let reopened = ChannelState::new(Arc::new(SqliteStateStore::open(&path).unwrap()), "a");
+        assert_eq!(reopened.get("k").await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(reopened.seen(vec!["<m2@x>".into()]).await.unwrap(), [true]);
+    }
+}
