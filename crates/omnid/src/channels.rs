@@ -9,13 +9,19 @@ use std::{
     sync::Arc,
 };
 
-use omni_connector::{ChannelContext, Connector, ConnectorFactory, EventSender, WebhookHandler};
+use omni_connector::{
+    AttachmentStore, ChannelContext, ChannelState, Connector, ConnectorFactory, EventSender,
+    StateStore, WebhookHandler,
+};
 use sha2::{Digest, Sha256};
 
 /// The explicit registry of connector factories, one per channel kind.
 /// Adding a channel crate means adding one line here.
 pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
-    vec![Box::new(omni_api::ApiFactory)]
+    vec![
+        Box::new(omni_api::ApiFactory),
+        Box::new(omni_email::EmailFactory),
+    ]
 }
 
 /// One problem in one channel file.
@@ -84,14 +90,38 @@ fn channel_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// What every channel is built with.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    pub sender: EventSender,
+    pub public_base_url: Option<String>,
+    /// Durable channel state; `None` keeps it in memory (`check-config`).
+    pub state: Option<Arc<dyn StateStore>>,
+    /// The attachment store; `None` keeps attachments in memory.
+    pub attachments: Option<Arc<dyn AttachmentStore>>,
+}
+
+impl Wiring {
+    fn context(&self, channel_id: &str) -> ChannelContext {
+        let mut context = ChannelContext::new(channel_id, self.sender.clone());
+        context.public_base_url = self.public_base_url.clone();
+        if let Some(store) = &self.state {
+            context.state = ChannelState::new(store.clone(), channel_id);
+        }
+        if let Some(attachments) = &self.attachments {
+            context.attachments = attachments.clone();
+        }
+        context
+    }
+}
+
 /// Loads and builds every channel in `dir`. `previous` channels whose file
 /// is unchanged are reused as they are. Returns every error found, not just
 /// the first, so `omnid check-config` shows them all at once.
 pub fn load(
     dir: &Path,
     factories: &[Box<dyn ConnectorFactory>],
-    sender: &EventSender,
-    public_base_url: Option<&str>,
+    wiring: &Wiring,
     previous: Option<&ChannelSet>,
 ) -> Result<ChannelSet, Vec<ChannelFileError>> {
     let dir_error = |reason: String| {
@@ -181,12 +211,7 @@ pub fn load(
             channels.insert(id, old.clone());
             continue;
         }
-        let context = ChannelContext {
-            channel_id: id.clone(),
-            sender: sender.clone(),
-            public_base_url: public_base_url.map(str::to_owned),
-        };
-        match factory.build(context, table) {
+        match factory.build(wiring.context(&id), table) {
             Ok(connector) => {
                 let webhook = connector.webhook();
                 channels.insert(
@@ -257,8 +282,13 @@ mod tests {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         std::fs::write(dir.path().join("secret"), "k").unwrap();
-        let sender = EventSender::new(Arc::new(NoSink));
-        let result = load(dir.path(), &registry(), &sender, None, None);
+        let wiring = Wiring {
+            sender: EventSender::new(Arc::new(NoSink)),
+            public_base_url: None,
+            state: None,
+            attachments: None,
+        };
+        let result = load(dir.path(), &registry(), &wiring, None);
         (dir, result)
     }
 

@@ -101,13 +101,16 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<std::process::ExitCo
             return Ok(std::process::ExitCode::FAILURE);
         }
     };
-    let sender = EventSender::new(Arc::new(DiscardSink));
-    let public = settings.http.public_base_url.as_deref();
+    let wiring = channels::Wiring {
+        sender: EventSender::new(Arc::new(DiscardSink)),
+        public_base_url: settings.http.public_base_url.clone(),
+        state: None,
+        attachments: None,
+    };
     match channels::load(
         &settings.channels.dir,
         &channels::registry(),
-        &sender,
-        public,
+        &wiring,
         None,
     ) {
         Ok(channels) => {
@@ -215,13 +218,18 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
     let sender = EventSender::new(Arc::new(sink::LogSink::new(log.clone(), topics, encoding)));
     let factories = channels::registry();
     let public = settings.http.public_base_url.clone();
-    let initial = channels::load(
-        &settings.channels.dir,
-        &factories,
-        &sender,
-        public.as_deref(),
-        None,
-    )
+    let state_path = settings.data_dir.join("channel-state.sqlite3");
+    let state_store = omni_connector::SqliteStateStore::open(&state_path)
+        .with_context(|| format!("cannot open channel state {}", state_path.display()))?;
+    let wiring = channels::Wiring {
+        sender,
+        public_base_url: public.clone(),
+        state: Some(Arc::new(state_store)),
+        attachments: Some(Arc::new(omni_connector::FsAttachmentStore::new(
+            settings.attachments_dir(),
+        ))),
+    };
+    let initial = channels::load(&settings.channels.dir, &factories, &wiring, None)
     .map_err(|errors| {
         let lines: Vec<_> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid channel configuration:\n  {}", lines.join("\n  "))
@@ -251,7 +259,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
     let reloader = tokio::spawn(reload_loop(
         settings.clone(),
         factories,
-        sender,
+        wiring,
         state.clone(),
         runners,
         shutdown.clone(),
@@ -373,7 +381,7 @@ impl Runners {
 async fn reload_loop(
     settings: Settings,
     factories: Vec<Box<dyn omni_connector::ConnectorFactory>>,
-    sender: EventSender,
+    wiring: channels::Wiring,
     state: server::AppState,
     mut runners: Runners,
     shutdown: CancellationToken,
@@ -396,13 +404,12 @@ async fn reload_loop(
         }
         stamp = current;
         let previous = state.channels();
-        let public = settings.http.public_base_url.as_deref();
         let reuse = if forced {
             None
         } else {
             Some(previous.as_ref())
         };
-        match channels::load(&dir, &factories, &sender, public, reuse) {
+        match channels::load(&dir, &factories, &wiring, reuse) {
             Ok(loaded) => {
                 omni_telemetry::events::ChannelsReloaded {
                     channels: loaded.len(),

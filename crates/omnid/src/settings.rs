@@ -13,9 +13,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Where the embedded event log (and later the threading state) lives.
+    /// Where the embedded event log, the pull channels' checkpoints
+    /// (`channel-state.sqlite3`) and, by default, attachments live. Keep it
+    /// on a persistent volume: losing it re-ingests IMAP mailboxes.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    #[serde(default)]
+    pub attachments: AttachmentSettings,
     #[serde(default)]
     pub http: HttpSettings,
     #[serde(default)]
@@ -28,6 +32,16 @@ pub struct Settings {
     /// events at shutdown.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentSettings {
+    /// Directory of the content-addressed attachment store; default
+    /// `<data_dir>/attachments`. Consumers resolve `omni-att://sha256/<hex>`
+    /// to `<dir>/<first two hex digits>/<hex>`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +349,13 @@ impl Settings {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("spool.sqlite3"))
+    }
+
+    pub fn attachments_dir(&self) -> PathBuf {
+        self.attachments
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("attachments"))
     }
 
     pub fn sqlite_path(&self) -> PathBuf {
