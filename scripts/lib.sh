@@ -47,3 +47,21 @@ ensure_tansu() {
   fi
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
 }
+
+# The mail servers the email tests start privately (crates/omni-testkit):
+# Dovecot's IMAP server, run from /usr/sbin/dovecot with a config of its own
+# on random loopback ports; aiosmtpd, run by Debian's /usr/bin/python3 (not
+# whatever python3 is first on PATH); and mbsync (isync) as an independent
+# IMAP client. Installing dovecot-imapd may also start Debian's own Dovecot
+# service on ports 143 and 993 (or fail to, in a container without systemd
+# or init scripts); either way the tests neither use nor mind it.
+ensure_mail_servers() {
+  local missing=()
+  [ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || missing+=(dovecot-imapd)
+  { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; } \
+    || missing+=(python3-aiosmtpd)
+  command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+}
