@@ -65,3 +65,42 @@ ensure_mail_servers() {
     apt_install "${missing[@]}"
   fi
 }
+
+# The PostgreSQL server the threading store's tests use: 127.0.0.1:5432,
+# trust auth on loopback, users postgres and root, database `test`. Reused
+# when one already answers; otherwise Debian's `postgresql` is installed and
+# its cluster started and opened up for loopback trust, as on a fresh
+# machine. Tests read OMNID_TEST_POSTGRES_URL and fail loudly without one.
+ensure_postgres() {
+  if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; then
+    return
+  fi
+  if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  local version cluster_conf
+  version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+  if ! as_root pg_lsclusters -h 2>/dev/null | grep -q "^$version main"; then
+    as_root pg_createcluster "$version" main
+  fi
+  cluster_conf="/etc/postgresql/$version/main"
+  # Loopback only, trust: a test server holding nothing but test schemas.
+  as_root sh -c "printf '%s\n' \
+    'local all all trust' \
+    'host all all 127.0.0.1/32 trust' \
+    'host all all ::1/128 trust' > '$cluster_conf/pg_hba.conf'"
+  as_root sed -i "s/^#\?listen_addresses.*/listen_addresses = '127.0.0.1'/; s/^#\?port = .*/port = 5432/" \
+    "$cluster_conf/postgresql.conf"
+  as_root pg_ctlcluster "$version" main restart || as_root pg_ctlcluster "$version" main start
+  local i
+  for i in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && break
+    sleep 1
+  done
+  pg_isready -h 127.0.0.1 -p 5432
+  psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'root'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE ROLE root SUPERUSER LOGIN'
+  psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE test'
+  export OMNID_TEST_POSTGRES_URL="${OMNID_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+}

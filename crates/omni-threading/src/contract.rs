@@ -1,0 +1,414 @@
+//! The store contract: what every [`ThreadingStore`] must do, written once
+//! and run against SQLite and PostgreSQL (see `tests/`).
+//!
+//! Each case is a public async function taking a factory for fresh, empty
+//! stores on one database (the concurrency case opens two, with separate
+//! connections), so a backend's test file runs them one `#[tokio::test]`
+//! each. They panic on failure, like any test, and need a multi-threaded
+//! Tokio runtime.
+
+use std::future::Future;
+
+use omni_proto::Timestamp;
+use omni_proto::v1::{
+    ChannelKind, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle,
+    ThreadingHints, timeline_event::Entry,
+};
+
+use crate::{
+    CustomerId, HandleKey, InboundEvent, OutboxRow, Outcome, ThreadingConfig, ThreadingStore,
+};
+
+/// Seconds since the epoch the sample events start at.
+const T0: i64 = 1_700_000_000;
+
+fn handle(kind: HandleKind, value: &str, scope: &str, verified: bool) -> IdentityHandle {
+    IdentityHandle {
+        kind: kind as i32,
+        value: value.to_owned(),
+        scope: scope.to_owned(),
+        display_name: String::new(),
+        verified,
+    }
+}
+
+/// An inbound message from `sender` on a channel of `kind`, `at` seconds
+/// after [`T0`].
+pub fn message(
+    event_id: &str,
+    channel_id: &str,
+    kind: ChannelKind,
+    sender: IdentityHandle,
+    at: i64,
+) -> ConversationEvent {
+    let time = Timestamp {
+        seconds: T0 + at,
+        nanos: 0,
+    };
+    ConversationEvent {
+        event_id: event_id.to_owned(),
+        channel_id: channel_id.to_owned(),
+        channel_kind: kind as i32,
+        direction: Direction::Inbound as i32,
+        kind: EventKind::Message as i32,
+        sender: Some(sender),
+        provider_message_id: event_id.to_owned(),
+        received_at: Some(time),
+        ingested_at: Some(time),
+        ..Default::default()
+    }
+}
+
+fn email_from(event_id: &str, address: &str, message_id: &str, at: i64) -> ConversationEvent {
+    let mut event = message(
+        event_id,
+        "mail",
+        ChannelKind::Email,
+        handle(HandleKind::Email, address, "", false),
+        at,
+    );
+    event.threading = Some(ThreadingHints {
+        message_id: message_id.to_owned(),
+        normalized_subject: "Order 7781".to_owned(),
+        ..Default::default()
+    });
+    event
+}
+
+fn sms_from(event_id: &str, phone: &str, at: i64) -> ConversationEvent {
+    message(
+        event_id,
+        "sms",
+        ChannelKind::Sms,
+        handle(HandleKind::Phone, phone, "", true),
+        at,
+    )
+}
+
+fn telegram_from(event_id: &str, user: &str, at: i64) -> ConversationEvent {
+    message(
+        event_id,
+        "tg",
+        ChannelKind::Telegram,
+        handle(HandleKind::TelegramUser, user, "", true),
+        at,
+    )
+}
+
+fn key(kind: &str, value: &str) -> HandleKey {
+    HandleKey {
+        kind: kind.to_owned(),
+        scope: String::new(),
+        value: value.to_owned(),
+    }
+}
+
+async fn thread<S: ThreadingStore>(store: &S, input: InboundEvent) -> Outcome {
+    store
+        .thread(&ThreadingConfig::default(), &input)
+        .await
+        .expect("thread event")
+}
+
+fn customer_of(outcome: &Outcome) -> CustomerId {
+    match outcome {
+        Outcome::Threaded { customer_id, .. } => customer_id.clone(),
+        Outcome::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
+/// Every unpublished outbox row, oldest first.
+pub async fn drain<S: ThreadingStore>(store: &S) -> Vec<OutboxRow> {
+    let mut rows = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.pending_outbox(after, 100).await.expect("read outbox");
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        rows.extend(page);
+    }
+    rows
+}
+
+/// Asserts a customer's own rows are numbered 1..=n without gaps.
+fn assert_gapless(rows: &[OutboxRow], customer: &CustomerId) -> usize {
+    let seqs: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.event.customer_id == customer.as_str())
+        .map(|r| r.event.sequence)
+        .collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "sequence of {customer}");
+    seqs.len()
+}
+
+fn messages(rows: &[OutboxRow]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| match &r.event.entry {
+            Some(Entry::Message(m)) => m.event.as_ref().map(|e| e.event_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Email, then SMS, then Telegram from a user who shares their own contact
+/// (proving the phone) and whose channel proves the email: one customer,
+/// one timeline, every message in order, sequences 1..n.
+pub async fn email_sms_telegram_become_one_customer<S: ThreadingStore>(store: S) {
+    let email = thread(
+        &store,
+        InboundEvent::new(email_from("e1", "ana@example.com", "m1@x", 0)),
+    )
+    .await;
+    let sms = thread(
+        &store,
+        InboundEvent::new(sms_from("e2", "+14155550134", 60)),
+    )
+    .await;
+    assert_ne!(
+        customer_of(&email),
+        customer_of(&sms),
+        "nothing links them yet"
+    );
+    let mut tg = InboundEvent::new(telegram_from("e3", "777", 120));
+    tg.claims = vec![
+        handle(HandleKind::Phone, "+14155550134", "", true),
+        handle(HandleKind::Email, "ana@example.com", "", true),
+    ];
+    let survivor = customer_of(&thread(&store, tg).await);
+
+    for (kind, value) in [
+        ("email", "ana@example.com"),
+        ("phone", "+14155550134"),
+        ("telegram", "777"),
+    ] {
+        let identity = store.identity(&key(kind, value)).await.unwrap().unwrap();
+        assert_eq!(identity.customer_id, survivor, "{kind} handle");
+    }
+    for old in [customer_of(&email), customer_of(&sms)] {
+        assert_eq!(
+            store.resolve_customer(&old).await.unwrap(),
+            Some(survivor.clone())
+        );
+    }
+    let page = store.timeline(&survivor, None, 100).await.unwrap();
+    assert_eq!(page.customer_id, survivor);
+    assert_eq!(messages(&page.entries), ["e1", "e2", "e3"]);
+    assert!(assert_gapless(&page.entries, &survivor) >= 2);
+    assert!(
+        page.entries
+            .iter()
+            .any(|r| matches!(&r.event.entry, Some(Entry::Merged(_)))),
+        "a merge entry is emitted"
+    );
+    // Paging returns the same rows.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.timeline(&survivor, after, 2).await.unwrap();
+        paged.extend(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        paged,
+        store.timeline(&survivor, None, 100).await.unwrap().entries
+    );
+}
+
+/// An email typed into a chat form is a claim: the visitor gets their own
+/// customer and a suggestion, and the email's owner sees nothing new.
+pub async fn unverified_claim_is_only_a_suggestion<S: ThreadingStore>(store: S) {
+    let owner = customer_of(
+        &thread(
+            &store,
+            InboundEvent::new(email_from("e1", "ana@example.com", "m1@x", 0)),
+        )
+        .await,
+    );
+    let before = store.timeline(&owner, None, 100).await.unwrap().entries;
+    let mut chat = InboundEvent::new(message(
+        "e2",
+        "web",
+        ChannelKind::Chat,
+        handle(HandleKind::ChatVisitor, "v-42", "web", true),
+        60,
+    ));
+    chat.claims = vec![handle(HandleKind::Email, "ana@example.com", "", false)];
+    let visitor = customer_of(&thread(&store, chat).await);
+    assert_ne!(visitor, owner);
+    let identity = store
+        .identity(&key("email", "ana@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        identity.customer_id, owner,
+        "the claim did not move the handle"
+    );
+    assert_eq!(
+        store.suggestions(&visitor).await.unwrap(),
+        [key("email", "ana@example.com")]
+    );
+    assert_eq!(
+        store.timeline(&owner, None, 100).await.unwrap().entries,
+        before
+    );
+    let visitor_rows = store.timeline(&visitor, None, 100).await.unwrap().entries;
+    assert!(visitor_rows.iter().any(|r| matches!(
+        &r.event.entry,
+        Some(Entry::Identity(link)) if !link.confirmed
+    )));
+}
+
+/// The same evidence in every order ends in the same customer id, the same
+/// handle ownership, and old ids resolving to it.
+pub async fn merges_are_order_independent<S, F, Fut>(make: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let link = || {
+        let mut tg = InboundEvent::new(telegram_from("e3", "777", 120));
+        tg.claims = vec![handle(HandleKind::Phone, "+14155550134", "", true)];
+        tg
+    };
+    let events = [
+        InboundEvent::new(sms_from("e1", "+14155550134", 0)),
+        InboundEvent::new(telegram_from("e2", "777", 60)),
+        link(),
+    ];
+    let orders: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let mut results = Vec::new();
+    for order in orders {
+        let store = make().await;
+        let mut seen = Vec::new();
+        for i in order {
+            seen.push(customer_of(&thread(&store, events[i].clone()).await));
+        }
+        let phone = store
+            .identity(&key("phone", "+14155550134"))
+            .await
+            .unwrap()
+            .unwrap();
+        let tg = store
+            .identity(&key("telegram", "777"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(phone.customer_id, tg.customer_id, "order {order:?}");
+        for id in seen {
+            assert_eq!(
+                store.resolve_customer(&id).await.unwrap(),
+                Some(phone.customer_id.clone()),
+                "order {order:?}"
+            );
+        }
+        let rows = store.timeline(&phone.customer_id, None, 100).await.unwrap();
+        assert_eq!(messages(&rows.entries).len(), 3, "order {order:?}");
+        assert_gapless(&rows.entries, &phone.customer_id);
+        results.push(phone.customer_id);
+    }
+    results.dedup();
+    assert_eq!(
+        results.len(),
+        1,
+        "same survivor in every order: {results:?}"
+    );
+}
+
+/// A redelivered event id adds nothing.
+pub async fn duplicates_are_dropped<S: ThreadingStore>(store: S) {
+    let first = thread(&store, InboundEvent::new(sms_from("e1", "+14155550134", 0))).await;
+    let rows = drain(&store).await;
+    assert_eq!(
+        thread(&store, InboundEvent::new(sms_from("e1", "+14155550134", 5))).await,
+        Outcome::Duplicate
+    );
+    assert_eq!(drain(&store).await, rows);
+    let page = store
+        .timeline(&customer_of(&first), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(messages(&page.entries), ["e1"]);
+}
+
+/// The relay sees every row once, in order, and published rows stay
+/// readable through the timeline.
+pub async fn outbox_publishes_in_order_exactly_once<S: ThreadingStore>(store: S) {
+    for i in 0..5 {
+        thread(
+            &store,
+            InboundEvent::new(sms_from(&format!("e{i}"), "+14155550134", i * 10)),
+        )
+        .await;
+    }
+    let mut published = Vec::new();
+    loop {
+        let batch = store.pending_outbox(0, 2).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = batch.iter().map(|r| r.id).collect();
+        store.mark_published(&ids).await.unwrap();
+        published.extend(batch);
+    }
+    let ids: Vec<i64> = published.iter().map(|r| r.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "in order, none twice");
+    assert_eq!(messages(&published), ["e0", "e1", "e2", "e3", "e4"]);
+    assert!(store.pending_outbox(0, 10).await.unwrap().is_empty());
+    let customer = CustomerId::from_string(published[0].event.customer_id.clone());
+    assert_eq!(
+        store.timeline(&customer, None, 100).await.unwrap().entries,
+        published
+    );
+}
+
+/// Two workers with their own connections threading the same customer at
+/// once still produce one gapless sequence.
+pub async fn concurrent_workers_keep_sequence_gapless<S, F, Fut>(make: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    const PER_WORKER: i64 = 30;
+    let stores = [make().await, make().await];
+    let mut tasks = Vec::new();
+    for (w, store) in stores.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_WORKER {
+                let event = sms_from(&format!("w{w}-{i}"), "+14155550134", i);
+                thread(&store, InboundEvent::new(event)).await;
+            }
+            store
+        }));
+    }
+    let mut stores = Vec::new();
+    for task in tasks {
+        stores.push(task.await.expect("worker"));
+    }
+    let store = &stores[0];
+    let customer = store
+        .identity(&key("phone", "+14155550134"))
+        .await
+        .unwrap()
+        .unwrap()
+        .customer_id;
+    let rows = drain(store).await;
+    assert_eq!(messages(&rows).len(), 2 * PER_WORKER as usize);
+    assert_gapless(&rows, &customer);
+}

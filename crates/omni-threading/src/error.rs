@@ -1,0 +1,80 @@
+//! Errors of the threading service.
+
+/// Why an event cannot be threaded. These are permanent: the worker sends
+/// the event to the dead-letter topic with this message as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadingError {
+    /// The event has no event id to deduplicate by.
+    #[error("event has no event id")]
+    MissingEventId,
+    /// Neither a sender (inbound) nor a recipient (outbound) says who the
+    /// customer is.
+    #[error("event names no customer handle")]
+    MissingCustomerHandle,
+    /// A handle kind this build does not know (a newer producer).
+    #[error("unknown handle kind {0}")]
+    UnknownHandleKind(i32),
+    /// A handle that does not normalize.
+    #[error("invalid {kind} handle")]
+    InvalidHandle {
+        /// Wire name of the handle's kind.
+        kind: &'static str,
+        /// Why it was rejected.
+        #[source]
+        source: omni_model::HandleError,
+    },
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The event itself cannot be threaded (not retryable).
+    #[error("cannot thread event {event_id}")]
+    Threading {
+        /// The event's id.
+        event_id: String,
+        /// Why.
+        #[source]
+        source: ThreadingError,
+    },
+    /// The database failed; `op` says what the store was doing.
+    #[error("database error while {op}")]
+    Database {
+        /// What the store was doing, e.g. `loading snapshot`.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the migrations failed.
+    #[error("migrating the threading schema failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The transaction kept conflicting with concurrent workers.
+    #[error("gave up after {attempts} conflicting attempts for event {event_id}")]
+    Contention {
+        /// The event's id.
+        event_id: String,
+        /// How many times it was tried.
+        attempts: u32,
+    },
+    /// A stored timeline row does not decode (a damaged database).
+    #[error("stored timeline row {id} does not decode")]
+    Corrupt {
+        /// The outbox row id.
+        id: i64,
+        /// The decoder's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Adds what the store was doing to a driver error.
+pub(crate) trait DbContext<T> {
+    fn ctx(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> DbContext<T> for Result<T, sqlx::Error> {
+    fn ctx(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Database { op, source })
+    }
+}

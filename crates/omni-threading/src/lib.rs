@@ -1,0 +1,34 @@
+//! Omnid's threading service core: who sent an inbound message (identity
+//! resolution across channels), which conversation it continues, and where
+//! it goes in that customer's ordered timeline.
+//!
+//! Split the sans-I/O way: [`logic`] decides from a [`Snapshot`] of the
+//! state an event touches and returns a [`Plan`]; a [`ThreadingStore`]
+//! loads that snapshot, runs the logic and writes the plan plus the
+//! resulting timeline rows (its transactional outbox) in one database
+//! transaction. [`SqliteStore`] serves the embedded default and
+//! [`PostgresStore`] production; both share their SQL.
+//!
+//! Everything is deterministic (ids are UUIDv5 of their cause, times are
+//! event times), so replaying `omni.inbound.v1` from the start into an
+//! empty store rebuilds an identical timeline.
+
+#[cfg(feature = "contract-tests")]
+pub mod contract;
+pub mod error;
+pub mod ids;
+pub mod logic;
+mod postgres;
+mod sql;
+mod sqlite;
+mod store;
+
+pub use error::{StoreError, ThreadingError};
+pub use ids::{CustomerId, HandleKey};
+pub use logic::{
+    Conversation, Decision, HandleOwner, InboundEvent, Lookups, Plan, Snapshot, ThreadingConfig,
+    event_time_ms, lookups, plan,
+};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+pub use store::{IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};

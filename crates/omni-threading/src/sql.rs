@@ -1,0 +1,570 @@
+//! The SQL behind both stores, written once.
+//!
+//! SQLite and PostgreSQL accept the same statements here (`$n` parameters,
+//! `ON CONFLICT ... DO UPDATE`, partial indexes), so one macro expands the
+//! whole implementation for each driver; only how a transaction begins,
+//! whether rows are locked, and which errors mean "retry" differ.
+
+/// Attempts before [`crate::StoreError::Contention`]: conflicts only happen
+/// while another worker writes the same customer, so a few retries settle.
+pub(crate) const MAX_ATTEMPTS: u32 = 50;
+
+/// Expands the store implementation for one driver.
+///
+/// `$begin` starts the write transaction (SQLite: `BEGIN IMMEDIATE`, so a
+/// writer takes the file's write lock before reading; PostgreSQL:
+/// `SERIALIZABLE`, so any interleaving of workers equals some serial order
+/// and conflicts abort instead of corrupting). `$lock` is appended to the
+/// customer read (`FOR UPDATE` on PostgreSQL, queueing workers on the same
+/// customer instead of letting them fail at commit).
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $begin:literal, $lock:literal, $retryable:path) => {
+        impl $store {
+            async fn thread_once(
+                &self,
+                config: &$crate::ThreadingConfig,
+                input: &$crate::InboundEvent,
+                lookups: &$crate::Lookups,
+            ) -> Result<$crate::Outcome, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let mut tx = self
+                    .pool
+                    .begin_with($begin)
+                    .await
+                    .ctx("beginning transaction")?;
+                let snapshot = Self::load_snapshot(&mut tx, lookups).await?;
+                let decision = $crate::plan(config, input, &snapshot).map_err(|source| {
+                    $crate::StoreError::Threading {
+                        event_id: input.event.event_id.clone(),
+                        source,
+                    }
+                })?;
+                match decision {
+                    $crate::Decision::Duplicate => {
+                        tx.rollback().await.ctx("rolling back")?;
+                        Ok($crate::Outcome::Duplicate)
+                    }
+                    $crate::Decision::Threaded(plan) => {
+                        Self::write(&mut tx, &input.event.event_id, &plan).await?;
+                        tx.commit().await.ctx("committing")?;
+                        let first = plan.timeline.first().map_or(0, |t| t.sequence);
+                        let last = plan.timeline.last().map_or(0, |t| t.sequence);
+                        Ok($crate::Outcome::Threaded {
+                            customer_id: plan.customer.clone(),
+                            conversation_id: plan.conversation_id.clone(),
+                            sequences: (first, last),
+                        })
+                    }
+                }
+            }
+
+            async fn load_conversation(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                id: &str,
+            ) -> Result<Option<$crate::Conversation>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let row = sqlx::query(
+                    "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
+                     last_activity_ms FROM conversations WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .ctx("loading conversation")?;
+                row.map(|r| Self::conversation_row(&r)).transpose()
+            }
+
+            fn conversation_row(
+                r: &<$db as sqlx::Database>::Row,
+            ) -> Result<$crate::Conversation, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                Ok($crate::Conversation {
+                    id: r.try_get(0).ctx("decoding conversation")?,
+                    customer: $crate::CustomerId::from_string(
+                        r.try_get(1).ctx("decoding conversation")?,
+                    ),
+                    channel_id: r.try_get(2).ctx("decoding conversation")?,
+                    thread_key: r.try_get(3).ctx("decoding conversation")?,
+                    email: r.try_get(4).ctx("decoding conversation")?,
+                    subject: r.try_get(5).ctx("decoding conversation")?,
+                    open: r.try_get(6).ctx("decoding conversation")?,
+                    last_activity_ms: r.try_get(7).ctx("decoding conversation")?,
+                })
+            }
+
+            async fn load_snapshot(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                lookups: &$crate::Lookups,
+            ) -> Result<$crate::Snapshot, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                let mut snapshot = $crate::Snapshot::default();
+                let seen = sqlx::query("SELECT 1 FROM processed_events WHERE event_id = $1")
+                    .bind(&lookups.event_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .ctx("checking for duplicate")?;
+                if seen.is_some() {
+                    snapshot.already_processed = true;
+                    return Ok(snapshot);
+                }
+                for key in &lookups.handles {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
+                         FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
+                         WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
+                    )
+                    .bind(&key.kind)
+                    .bind(&key.scope)
+                    .bind(&key.value)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .ctx("looking up handle")?;
+                    if let Some(row) = row {
+                        let customer: String = row.try_get(0).ctx("decoding handle")?;
+                        let confirmed: bool = row.try_get(1).ctx("decoding handle")?;
+                        snapshot.owners.insert(
+                            key.clone(),
+                            $crate::HandleOwner {
+                                customer: $crate::CustomerId::from_string(customer),
+                                confirmed,
+                            },
+                        );
+                    }
+                }
+                let mut customers: Vec<$crate::CustomerId> =
+                    snapshot.owners.values().map(|o| o.customer.clone()).collect();
+                customers.sort();
+                customers.dedup();
+                for customer in &customers {
+                    let next: i64 = sqlx::query_scalar(concat!(
+                        "SELECT next_sequence FROM customers WHERE id = $1",
+                        $lock
+                    ))
+                    .bind(customer.as_str())
+                    .fetch_one(&mut **tx)
+                    .await
+                    .ctx("locking customer")?;
+                    snapshot
+                        .next_sequence
+                        .insert(customer.clone(), u64::try_from(next).unwrap_or(1));
+                    let rows = sqlx::query(
+                        "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
+                         last_activity_ms FROM conversations WHERE customer_id = $1 \
+                         AND (open OR (email AND subject = $2 AND subject <> ''))",
+                    )
+                    .bind(customer.as_str())
+                    .bind(&lookups.subject)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .ctx("loading conversations")?;
+                    for row in &rows {
+                        snapshot.conversations.push(Self::conversation_row(row)?);
+                    }
+                    for message_id in &lookups.message_ids {
+                        let conv: Option<String> = sqlx::query_scalar(
+                            "SELECT conversation_id FROM message_refs \
+                             WHERE customer_id = $1 AND message_id = $2",
+                        )
+                        .bind(customer.as_str())
+                        .bind(message_id)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .ctx("looking up message id")?;
+                        if let Some(conv) = conv {
+                            snapshot.message_refs.insert(message_id.clone(), conv);
+                        }
+                    }
+                }
+                let mut wanted: Vec<String> = snapshot.message_refs.values().cloned().collect();
+                if let Some(edited) = &lookups.edits_event_id {
+                    let conv: Option<String> = sqlx::query_scalar(
+                        "SELECT conversation_id FROM processed_events WHERE event_id = $1",
+                    )
+                    .bind(edited)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .ctx("looking up edited event")?;
+                    if let Some(conv) = conv {
+                        snapshot.edited_conversation = Some(conv.clone());
+                        wanted.push(conv);
+                    }
+                }
+                for id in wanted {
+                    if !snapshot.conversations.iter().any(|c| c.id == id)
+                        && let Some(conv) = Self::load_conversation(tx, &id).await?
+                    {
+                        snapshot.conversations.push(conv);
+                    }
+                }
+                Ok(snapshot)
+            }
+
+            async fn write(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event_id: &str,
+                plan: &$crate::Plan,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let survivor = plan.customer.as_str();
+                if plan.create_customer {
+                    sqlx::query(
+                        "INSERT INTO customers (id, merged_into, next_sequence) VALUES ($1, NULL, 1)",
+                    )
+                    .bind(survivor)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("creating customer")?;
+                }
+                for loser in &plan.merged {
+                    let loser = loser.as_str();
+                    for (op, sql) in [
+                        (
+                            "merging customer",
+                            "UPDATE customers SET merged_into = $1 WHERE id = $2 OR merged_into = $2",
+                        ),
+                        (
+                            "moving identities",
+                            "UPDATE identities SET customer_id = $1 WHERE customer_id = $2",
+                        ),
+                        (
+                            "moving conversations",
+                            "UPDATE conversations SET customer_id = $1 WHERE customer_id = $2",
+                        ),
+                        (
+                            "moving message ids",
+                            "UPDATE message_refs SET customer_id = $1 WHERE customer_id = $2",
+                        ),
+                        (
+                            "dropping duplicate suggestions",
+                            "DELETE FROM suggested_links WHERE customer_id = $2 AND EXISTS \
+                             (SELECT 1 FROM suggested_links s WHERE s.customer_id = $1 \
+                             AND s.kind = suggested_links.kind AND s.scope = suggested_links.scope \
+                             AND s.value = suggested_links.value)",
+                        ),
+                        (
+                            "moving suggestions",
+                            "UPDATE suggested_links SET customer_id = $1 WHERE customer_id = $2",
+                        ),
+                    ] {
+                        sqlx::query(sql)
+                            .bind(survivor)
+                            .bind(loser)
+                            .execute(&mut **tx)
+                            .await
+                            .ctx(op)?;
+                    }
+                }
+                for (key, confirmed) in &plan.links {
+                    sqlx::query(
+                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, scope, value) \
+                         DO UPDATE SET customer_id = excluded.customer_id, confirmed = excluded.confirmed",
+                    )
+                    .bind(&key.kind)
+                    .bind(&key.scope)
+                    .bind(&key.value)
+                    .bind(survivor)
+                    .bind(*confirmed)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("linking handle")?;
+                    sqlx::query(
+                        "DELETE FROM suggested_links WHERE customer_id = $1 AND kind = $2 \
+                         AND scope = $3 AND value = $4",
+                    )
+                    .bind(survivor)
+                    .bind(&key.kind)
+                    .bind(&key.scope)
+                    .bind(&key.value)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("clearing suggestion")?;
+                }
+                for key in &plan.suggestions {
+                    sqlx::query(
+                        "INSERT INTO suggested_links (customer_id, kind, scope, value) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(survivor)
+                    .bind(&key.kind)
+                    .bind(&key.scope)
+                    .bind(&key.value)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("suggesting handle")?;
+                }
+                for c in &plan.conversations {
+                    sqlx::query(
+                        "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
+                         subject, open, last_activity_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
+                         open = excluded.open, last_activity_ms = excluded.last_activity_ms",
+                    )
+                    .bind(&c.id)
+                    .bind(c.customer.as_str())
+                    .bind(&c.channel_id)
+                    .bind(&c.thread_key)
+                    .bind(c.email)
+                    .bind(&c.subject)
+                    .bind(c.open)
+                    .bind(c.last_activity_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("writing conversation")?;
+                }
+                if let Some(message_id) = &plan.message_id {
+                    sqlx::query(
+                        "INSERT INTO message_refs (message_id, customer_id, conversation_id) \
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(message_id)
+                    .bind(survivor)
+                    .bind(&plan.conversation_id)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("recording message id")?;
+                }
+                sqlx::query(
+                    "INSERT INTO processed_events (event_id, customer_id, conversation_id) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(event_id)
+                .bind(survivor)
+                .bind(&plan.conversation_id)
+                .execute(&mut **tx)
+                .await
+                .ctx("recording event")?;
+                for entry in &plan.timeline {
+                    sqlx::query(
+                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(survivor)
+                    .bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
+                    .bind(&entry.timeline_event_id)
+                    .bind(prost::Message::encode_to_vec(entry))
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("writing outbox")?;
+                }
+                sqlx::query("UPDATE customers SET next_sequence = $1 WHERE id = $2")
+                    .bind(i64::try_from(plan.next_sequence).unwrap_or(i64::MAX))
+                    .bind(survivor)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("advancing sequence")?;
+                Ok(())
+            }
+
+            fn outbox_rows(
+                rows: Vec<<$db as sqlx::Database>::Row>,
+            ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                rows.iter()
+                    .map(|r| {
+                        let id: i64 = r.try_get(0).ctx("decoding outbox row")?;
+                        let payload: Vec<u8> = r.try_get(1).ctx("decoding outbox row")?;
+                        let event = <omni_proto::v1::TimelineEvent as prost::Message>::decode(
+                            payload.as_slice(),
+                        )
+                        .map_err(|source| $crate::StoreError::Corrupt { id, source })?;
+                        Ok($crate::OutboxRow { id, event })
+                    })
+                    .collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::ThreadingStore for $store {
+            async fn thread(
+                &self,
+                config: &$crate::ThreadingConfig,
+                input: &$crate::InboundEvent,
+            ) -> Result<$crate::Outcome, $crate::StoreError> {
+                let lookups = $crate::lookups(input).map_err(|source| {
+                    $crate::StoreError::Threading {
+                        event_id: input.event.event_id.clone(),
+                        source,
+                    }
+                })?;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match self.thread_once(config, input, &lookups).await {
+                        Err(e) if $retryable(&e) && attempt < $crate::sql::MAX_ATTEMPTS => {
+                            tracing::debug!(
+                                event_id = %input.event.event_id,
+                                attempt,
+                                error = %e,
+                                "threading transaction conflicted, retrying"
+                            );
+                            // Back off a little, longer each time, so two
+                            // workers stop colliding in lockstep.
+                            let ms = u64::from(attempt.min(20)) * 2;
+                            $crate::sql::sleep_ms(ms).await;
+                        }
+                        Err(e) if $retryable(&e) => {
+                            return Err($crate::StoreError::Contention {
+                                event_id: input.event.event_id.clone(),
+                                attempts: attempt,
+                            });
+                        }
+                        other => return other,
+                    }
+                }
+            }
+
+            async fn pending_outbox(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let rows = sqlx::query(
+                    "SELECT id, payload FROM timeline WHERE NOT published AND id > $1 \
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .ctx("reading outbox")?;
+                Self::outbox_rows(rows)
+            }
+
+            async fn mark_published(&self, ids: &[i64]) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let mut tx = self.pool.begin().await.ctx("beginning transaction")?;
+                for id in ids {
+                    sqlx::query("UPDATE timeline SET published = TRUE WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("marking outbox row published")?;
+                }
+                tx.commit().await.ctx("committing")
+            }
+
+            async fn timeline(
+                &self,
+                customer: &$crate::CustomerId,
+                after: Option<i64>,
+                limit: u32,
+            ) -> Result<$crate::TimelinePage, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let resolved = self
+                    .resolve_customer(customer)
+                    .await?
+                    .unwrap_or_else(|| customer.clone());
+                let mut rows = sqlx::query(
+                    "SELECT id, payload FROM timeline WHERE customer_id IN \
+                     (SELECT id FROM customers WHERE id = $1 OR merged_into = $1) \
+                     AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(resolved.as_str())
+                .bind(after.unwrap_or(0))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .ctx("reading timeline")?;
+                let more = rows.len() > limit as usize;
+                rows.truncate(limit as usize);
+                let entries = Self::outbox_rows(rows)?;
+                let next = if more { entries.last().map(|r| r.id) } else { None };
+                Ok($crate::TimelinePage {
+                    customer_id: resolved,
+                    entries,
+                    next,
+                })
+            }
+
+            async fn identity(
+                &self,
+                handle: &$crate::HandleKey,
+            ) -> Result<Option<$crate::IdentityRecord>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                let row = sqlx::query(
+                    "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
+                     FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
+                     WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
+                )
+                .bind(&handle.kind)
+                .bind(&handle.scope)
+                .bind(&handle.value)
+                .fetch_optional(&self.pool)
+                .await
+                .ctx("looking up handle")?;
+                row.map(|r| {
+                    Ok($crate::IdentityRecord {
+                        customer_id: $crate::CustomerId::from_string(
+                            r.try_get(0).ctx("decoding handle")?,
+                        ),
+                        confirmed: r.try_get(1).ctx("decoding handle")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn resolve_customer(
+                &self,
+                id: &$crate::CustomerId,
+            ) -> Result<Option<$crate::CustomerId>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let id: Option<String> =
+                    sqlx::query_scalar("SELECT COALESCE(merged_into, id) FROM customers WHERE id = $1")
+                        .bind(id.as_str())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .ctx("resolving customer")?;
+                Ok(id.map($crate::CustomerId::from_string))
+            }
+
+            async fn suggestions(
+                &self,
+                customer: &$crate::CustomerId,
+            ) -> Result<Vec<$crate::HandleKey>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                let rows = sqlx::query(
+                    "SELECT kind, scope, value FROM suggested_links WHERE customer_id = $1 \
+                     ORDER BY kind, scope, value",
+                )
+                .bind(customer.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .ctx("reading suggestions")?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::HandleKey {
+                            kind: r.try_get(0).ctx("decoding suggestion")?,
+                            scope: r.try_get(1).ctx("decoding suggestion")?,
+                            value: r.try_get(2).ctx("decoding suggestion")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;
+
+/// Backs off before a retry.
+pub(crate) async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
+/// The database error code of a store error, if it has one.
+pub(crate) fn db_code(e: &crate::StoreError) -> Option<String> {
+    match e {
+        crate::StoreError::Database { source, .. } => source
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned()),
+        _ => None,
+    }
+}

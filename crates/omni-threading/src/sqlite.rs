@@ -1,0 +1,63 @@
+//! The embedded store: a SQLite file in the data directory.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::error::{DbContext as _, StoreError};
+use crate::sql::sql_store;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Threading state in a SQLite file.
+///
+/// Writers take the file's write lock at `BEGIN IMMEDIATE`, so two
+/// processes (or pools) on one file serialize instead of failing on a lock
+/// upgrade; WAL lets readers (the query API, the relay) run meanwhile.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .ctx("parsing sqlite options")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed threading transaction survives power loss,
+            // like the event log's commits do.
+            .synchronous(SqliteSynchronous::Full)
+            // Another writer holds the lock for one transaction at most;
+            // waiting beats failing.
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .ctx("opening sqlite store")?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// SQLITE_BUSY / SQLITE_LOCKED (another writer), and a unique violation
+/// from a row another writer inserted first: all settle on retry.
+fn retryable(e: &StoreError) -> bool {
+    crate::sql::db_code(e).is_some_and(|code| {
+        let code: i64 = code.parse().unwrap_or(0);
+        matches!(code & 0xff, 5 | 6) || code == 2067 || code == 1555
+    })
+}
+
+sql_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", retryable);

@@ -1,0 +1,101 @@
+//! The store trait: threading state behind one interface, so the worker,
+//! the outbox relay and the query API are written once for SQLite and
+//! PostgreSQL.
+
+use async_trait::async_trait;
+use omni_proto::v1::TimelineEvent;
+
+use crate::error::StoreError;
+use crate::ids::{CustomerId, HandleKey};
+use crate::logic::{InboundEvent, ThreadingConfig};
+
+/// What threading one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event id was threaded before; nothing was written.
+    Duplicate,
+    /// The event was threaded and its timeline rows are in the outbox.
+    Threaded {
+        /// The customer (surviving id).
+        customer_id: CustomerId,
+        /// The conversation the message went to.
+        conversation_id: String,
+        /// Sequence numbers of the rows written, first and last.
+        sequences: (u64, u64),
+    },
+}
+
+/// A timeline row from the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// Position in the outbox; increases in commit order per customer.
+    pub id: i64,
+    /// The timeline event (its `customer_id` is the record key).
+    pub event: TimelineEvent,
+}
+
+/// A page of a customer's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelinePage {
+    /// The customer id the query resolved to (after merges).
+    pub customer_id: CustomerId,
+    /// Entries in outbox order; those of merged customers are included with
+    /// their own `customer_id` and `sequence`.
+    pub entries: Vec<OutboxRow>,
+    /// Pass as `after` to read the next page; `None` at the end.
+    pub next: Option<i64>,
+}
+
+/// Who a handle belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// The owning customer (surviving id).
+    pub customer_id: CustomerId,
+    /// False when the link was never proven (a customer created from an
+    /// unverified sender).
+    pub confirmed: bool,
+}
+
+/// Threading state with transactional semantics.
+///
+/// [`ThreadingStore::thread`] is the whole write path: in one transaction it
+/// loads the state the event touches, runs [`crate::plan`], applies the
+/// state change, and appends the resulting timeline rows to the outbox.
+/// A crash before commit leaves nothing; after commit, everything, so the
+/// relay that publishes the outbox never loses or reorders a row.
+/// Implementations must be safe with several workers (processes) on one
+/// database: they rely on database transactions, not in-process locks.
+#[async_trait]
+pub trait ThreadingStore: Send + Sync + 'static {
+    /// Threads one event; a duplicate event id writes nothing.
+    async fn thread(
+        &self,
+        config: &ThreadingConfig,
+        input: &InboundEvent,
+    ) -> Result<Outcome, StoreError>;
+
+    /// Unpublished outbox rows after `after` (exclusive), oldest first.
+    async fn pending_outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Marks outbox rows published (after the broker acknowledged them).
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// A page of a customer's timeline, with merged customers' entries;
+    /// `after` is the last row id of the previous page.
+    async fn timeline(
+        &self,
+        customer: &CustomerId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<TimelinePage, StoreError>;
+
+    /// The customer a handle belongs to.
+    async fn identity(&self, handle: &HandleKey) -> Result<Option<IdentityRecord>, StoreError>;
+
+    /// The surviving id of a customer id (itself unless merged); `None`
+    /// for an unknown id.
+    async fn resolve_customer(&self, id: &CustomerId) -> Result<Option<CustomerId>, StoreError>;
+
+    /// Handles suggested (not linked) for a customer.
+    async fn suggestions(&self, customer: &CustomerId) -> Result<Vec<HandleKey>, StoreError>;
+}
