@@ -33,9 +33,15 @@
 //!   `[tags]` go along with reply/forward prefixes (see
 //!   [`normalize_subject`]).
 
+pub mod config;
+mod connector;
+pub mod imap;
 pub mod parse;
+pub mod smtp;
+
+pub use connector::{EmailFactory, KIND};
 
 pub use parse::{
-    AttachmentBody, Classification, ParseError, ParseLimits, ParsedEmail, html_to_text,
-    normalize_subject, parse_message, strip_quoted_reply,
+    AttachmentBody, Classification, ParseError, ParseLimits, ParsedEmail, header_message_id,
+    html_to_text, normalize_subject, parse_message, strip_quoted_reply,
 };

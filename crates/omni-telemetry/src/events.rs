@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tracing::{debug, error, warn};
 
 /// Metric names, in one place so dashboards and docs can rely on them.
@@ -14,6 +14,11 @@ pub mod names {
     pub const LOG_APPEND_ERRORS_TOTAL: &str = "omnid_log_append_errors_total";
     pub const DEAD_LETTERS_TOTAL: &str = "omnid_dead_letters_total";
     pub const CONFIG_RELOADS_TOTAL: &str = "omnid_config_reloads_total";
+    pub const IMAP_MESSAGES_TOTAL: &str = "omnid_imap_messages_total";
+    pub const IMAP_SESSION_ERRORS_TOTAL: &str = "omnid_imap_session_errors_total";
+    pub const IMAP_CHECKPOINT_UID: &str = "omnid_imap_checkpoint_uid";
+    pub const OUTBOUND_DELIVERIES_TOTAL: &str = "omnid_outbound_deliveries_total";
+    pub const OUTBOUND_REQUESTS_TOTAL: &str = "omnid_outbound_requests_total";
 }
 
 /// Why a webhook request ended the way it did. A closed set: these are the
@@ -188,6 +193,308 @@ impl ChannelsReloaded<'_> {
                     "channel configuration rejected, keeping the previous one"
                 );
             }
+        }
+    }
+}
+
+/// Pre-registered metrics of one IMAP mailbox of one channel (mailboxes
+/// come from the channel file, so the label set stays bounded).
+#[derive(Debug, Clone)]
+pub struct ImapMetrics {
+    channel: String,
+    mailbox: String,
+    ingested: Counter,
+    dead_lettered: Counter,
+    duplicates: Counter,
+    session_errors: Counter,
+    checkpoint_uid: Gauge,
+}
+
+impl ImapMetrics {
+    pub fn register(channel: &str, mailbox: &str) -> Self {
+        let messages = |outcome: &'static str| counter!(names::IMAP_MESSAGES_TOTAL, "channel" => channel.to_owned(), "mailbox" => mailbox.to_owned(), "outcome" => outcome);
+        Self {
+            channel: channel.to_owned(),
+            mailbox: mailbox.to_owned(),
+            ingested: messages("ingested"),
+            dead_lettered: messages("dead_lettered"),
+            duplicates: messages("duplicate"),
+            session_errors: counter!(names::IMAP_SESSION_ERRORS_TOTAL, "channel" => channel.to_owned(), "mailbox" => mailbox.to_owned()),
+            checkpoint_uid: gauge!(names::IMAP_CHECKPOINT_UID, "channel" => channel.to_owned(), "mailbox" => mailbox.to_owned()),
+        }
+    }
+}
+
+/// A batch of fetched messages is durable and the checkpoint moved.
+#[derive(Debug)]
+pub struct ImapBatchIngested {
+    pub events: u64,
+    pub dead_letters: u64,
+    /// Already ingested before (a replay after a crash or a UIDVALIDITY
+    /// change), so not appended again.
+    pub duplicates: u64,
+    pub last_uid: u32,
+}
+
+impl ImapBatchIngested {
+    pub fn emit(&self, metrics: &ImapMetrics) {
+        metrics.ingested.increment(self.events);
+        metrics.dead_lettered.increment(self.dead_letters);
+        metrics.duplicates.increment(self.duplicates);
+        metrics.checkpoint_uid.set(f64::from(self.last_uid));
+        debug!(
+            channel = %metrics.channel,
+            mailbox = %metrics.mailbox,
+            events = self.events,
+            dead_letters = self.dead_letters,
+            duplicates = self.duplicates,
+            last_uid = self.last_uid,
+            "imap batch checkpointed"
+        );
+    }
+}
+
+/// An IMAP session ended with an error; the mailbox reconnects after
+/// `retry_in`.
+#[derive(Debug)]
+pub struct ImapSessionFailed<'a> {
+    pub error: &'a dyn std::error::Error,
+    pub retry_in: Duration,
+}
+
+impl ImapSessionFailed<'_> {
+    pub fn emit(&self, metrics: &ImapMetrics) {
+        metrics.session_errors.increment(1);
+        warn!(
+            channel = %metrics.channel,
+            mailbox = %metrics.mailbox,
+            error = %self.error,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "imap session failed, reconnecting"
+        );
+    }
+}
+
+/// The server renumbered a mailbox; it is walked again from the start and
+/// messages already ingested are recognised by their Message-ID.
+#[derive(Debug)]
+pub struct ImapUidValidityChanged {
+    pub previous: u32,
+    pub current: u32,
+}
+
+impl ImapUidValidityChanged {
+    pub fn emit(&self, metrics: &ImapMetrics) {
+        warn!(
+            channel = %metrics.channel,
+            mailbox = %metrics.mailbox,
+            previous = self.previous,
+            current = self.current,
+            "imap uidvalidity changed, resyncing deduplicated by message-id"
+        );
+    }
+}
+
+/// What became of one record of the outbound topic, or of one attempt at
+/// it. A closed set: the `outcome` label values of
+/// `omnid_outbound_deliveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundOutcome {
+    /// The provider accepted the message; a `SENT` status was appended.
+    Sent,
+    /// The provider or the channel refused it for good; a `FAILED` status
+    /// was appended.
+    Failed,
+    /// One attempt failed temporarily; the same message is tried again.
+    Retried,
+    /// Already delivered before (a redelivery after a crash, or a client
+    /// retry with the same idempotency key): not sent again.
+    Duplicate,
+    /// Undecodable, for an unknown channel, or for a channel that cannot
+    /// send: written to the dead-letter topic.
+    DeadLettered,
+}
+
+impl OutboundOutcome {
+    pub const ALL: [OutboundOutcome; 5] = [
+        Self::Sent,
+        Self::Failed,
+        Self::Retried,
+        Self::Duplicate,
+        Self::DeadLettered,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Retried => "retried",
+            Self::Duplicate => "duplicate",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Pre-registered outbound delivery metrics of one channel. Records naming
+/// a channel that is not configured are counted under `channel="unknown"`,
+/// so a producer cannot grow the label set.
+#[derive(Debug, Clone)]
+pub struct OutboundMetrics {
+    channel: String,
+    outcomes: [Counter; OutboundOutcome::ALL.len()],
+}
+
+impl OutboundMetrics {
+    /// The label of records whose channel is not configured.
+    pub const UNKNOWN_CHANNEL: &'static str = "unknown";
+
+    pub fn register(channel: &str) -> Self {
+        let outcomes = OutboundOutcome::ALL.map(|outcome| {
+            counter!(names::OUTBOUND_DELIVERIES_TOTAL, "channel" => channel.to_owned(), "outcome" => outcome.as_str())
+        });
+        Self {
+            channel: channel.to_owned(),
+            outcomes,
+        }
+    }
+}
+
+/// An outbound record was handled (or one attempt at it failed).
+#[derive(Debug)]
+pub struct OutboundDelivered<'a> {
+    pub outcome: OutboundOutcome,
+    /// The outbound event id (empty when the record did not decode).
+    pub event_id: &'a str,
+    /// The provider's reply, the error, or the dead-letter reason: for the
+    /// log line only, never a label.
+    pub detail: &'a str,
+    /// For [`OutboundOutcome::Retried`]: the wait before the next attempt.
+    pub retry_in: Option<Duration>,
+}
+
+impl OutboundDelivered<'_> {
+    pub fn emit(&self, metrics: &OutboundMetrics) {
+        let index = OutboundOutcome::ALL
+            .iter()
+            .position(|o| *o == self.outcome)
+            .unwrap_or(0);
+        metrics.outcomes[index].increment(1);
+        let channel = metrics.channel.as_str();
+        let event_id = self.event_id;
+        let detail = self.detail;
+        match self.outcome {
+            OutboundOutcome::Sent => {
+                tracing::info!(channel, event_id, detail, "outbound message sent")
+            }
+            OutboundOutcome::Failed => {
+                warn!(channel, event_id, detail, "outbound message rejected")
+            }
+            OutboundOutcome::Retried => warn!(
+                channel,
+                event_id,
+                detail,
+                retry_in_ms = self.retry_in.map_or(0, |d| d.as_millis() as u64),
+                "outbound delivery failed, retrying"
+            ),
+            OutboundOutcome::Duplicate => debug!(
+                channel,
+                event_id, "outbound message already delivered, not sent again"
+            ),
+            OutboundOutcome::DeadLettered => {
+                warn!(channel, event_id, detail, "outbound record dead-lettered")
+            }
+        }
+    }
+}
+
+/// How a `POST /v1/outbound` request ended. A closed set: the `outcome`
+/// label values of `omnid_outbound_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundRequestOutcome {
+    /// Durable on the outbound topic; answered 202.
+    Accepted,
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// Not a valid outbound message, or its channel cannot send.
+    Invalid,
+    /// No channel with that id.
+    UnknownChannel,
+    /// Body over the configured limit.
+    TooLarge,
+    /// The log is overloaded or failed; answered 503.
+    Unavailable,
+}
+
+impl OutboundRequestOutcome {
+    pub const ALL: [OutboundRequestOutcome; 6] = [
+        Self::Accepted,
+        Self::Unauthorized,
+        Self::Invalid,
+        Self::UnknownChannel,
+        Self::TooLarge,
+        Self::Unavailable,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Unauthorized => "unauthorized",
+            Self::Invalid => "invalid",
+            Self::UnknownChannel => "unknown_channel",
+            Self::TooLarge => "too_large",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Pre-registered metrics of `POST /v1/outbound`.
+#[derive(Debug, Clone)]
+pub struct OutboundRequestMetrics {
+    outcomes: [Counter; OutboundRequestOutcome::ALL.len()],
+}
+
+impl OutboundRequestMetrics {
+    pub fn register() -> Self {
+        Self {
+            outcomes: OutboundRequestOutcome::ALL.map(
+                |outcome| counter!(names::OUTBOUND_REQUESTS_TOTAL, "outcome" => outcome.as_str()),
+            ),
+        }
+    }
+}
+
+/// A `POST /v1/outbound` request was answered.
+#[derive(Debug)]
+pub struct OutboundRequestHandled<'a> {
+    pub outcome: OutboundRequestOutcome,
+    /// The channel id the request named (log line only).
+    pub channel: &'a str,
+    /// The assigned event id, or why the request was refused (log line
+    /// only).
+    pub detail: &'a str,
+}
+
+impl OutboundRequestHandled<'_> {
+    pub fn emit(&self, metrics: &OutboundRequestMetrics) {
+        let index = OutboundRequestOutcome::ALL
+            .iter()
+            .position(|o| *o == self.outcome)
+            .unwrap_or(0);
+        metrics.outcomes[index].increment(1);
+        let (channel, outcome, detail) = (self.channel, self.outcome.as_str(), self.detail);
+        match self.outcome {
+            OutboundRequestOutcome::Accepted => {
+                debug!(
+                    channel,
+                    outcome,
+                    event_id = detail,
+                    "outbound message accepted"
+                )
+            }
+            OutboundRequestOutcome::Unavailable => {
+                error!(channel, outcome, detail, "outbound message not stored")
+            }
+            _ => warn!(channel, outcome, detail, "outbound request refused"),
         }
     }
 }

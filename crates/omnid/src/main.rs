@@ -1,6 +1,7 @@
 //! `omnid`: the omnichannel message-ingestion daemon.
 
 mod channels;
+mod outbound;
 mod server;
 mod settings;
 mod sink;
@@ -249,6 +250,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         public.clone(),
         prometheus,
     );
+    let outbound = outbound::start(&settings, log.clone(), &wiring, &state, &shutdown)?;
 
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -288,6 +290,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
     if let Ok(Ok(mut runners)) = tokio::time::timeout(grace, reloader).await {
         runners.stop_all(grace).await;
     }
+    outbound.stop(grace).await;
     match tokio::time::timeout(grace, log.close()).await {
         Ok(Ok(())) => tracing::info!("event log closed, bye"),
         Ok(Err(error)) => tracing::error!(error = %error, "event log did not close cleanly"),
@@ -324,16 +327,22 @@ struct Runner {
 }
 
 impl Runners {
+    /// Starts connectors that are new or were rebuilt and stops the rest.
+    /// A rebuilt channel's new connector starts only once its predecessor
+    /// has stopped, so two generations never pull the same mailbox (or
+    /// offset) at once.
     fn sync(&mut self, channels: &ChannelSet, shutdown: &CancellationToken) {
-        self.running.retain(|id, runner| {
+        let mut stopping = HashMap::new();
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
             let current = channels
-                .get(id)
-                .is_some_and(|c| Arc::ptr_eq(&c.connector, &runner.connector));
-            if !current {
+                .get(&id)
+                .is_some_and(|c| Arc::ptr_eq(&c.connector, &self.running[&id].connector));
+            if !current && let Some(runner) = self.running.remove(&id) {
                 runner.stop.cancel();
+                stopping.insert(id, runner.task);
             }
-            current
-        });
+        }
         for channel in channels.values() {
             if self.running.contains_key(&channel.id) {
                 continue;
@@ -342,7 +351,14 @@ impl Runners {
             let connector = channel.connector.clone();
             let id = channel.id.clone();
             let run_token = token.clone();
+            let predecessor = stopping.remove(&channel.id);
             let handle = tokio::spawn(async move {
+                if let Some(predecessor) = predecessor {
+                    let _ = predecessor.await;
+                }
+                if run_token.is_cancelled() {
+                    return;
+                }
                 if let Err(error) = connector.run(run_token).await {
                     tracing::error!(channel = %id, error = %error, "connector stopped with an error");
                 }

@@ -1,9 +1,9 @@
-//! The HTTP surface: webhooks, health, metrics. Handlers stay small; the
-//! channel's own [`WebhookHandler`] does the work.
+//! The HTTP surface: webhooks, the outbound API, health, metrics. Handlers
+//! stay small; the channel's own [`WebhookHandler`] does the work.
 
 use std::{
     sync::{
-        Arc, RwLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
@@ -15,14 +15,20 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::{any, get},
+    routing::{any, get, post},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
-use omni_connector::{WebhookHandler, WebhookRequest, webhook::error_response};
-use omni_telemetry::events::{WebhookOutcome, names};
+use omni_connector::{
+    SendError, WebhookHandler, WebhookRequest,
+    webhook::{error_response, unavailable_response},
+};
+use omni_proto::v1::ConversationEvent;
+use omni_telemetry::events::{
+    OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome, names,
+};
 
-use crate::channels::ChannelSet;
+use crate::{channels::ChannelSet, outbound::OutboundApi};
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -36,6 +42,8 @@ struct Inner {
     public_base_url: Option<String>,
     ready: AtomicBool,
     prometheus: Option<PrometheusHandle>,
+    /// Set when `http.api_token` is configured.
+    outbound_api: OnceLock<OutboundApi>,
 }
 
 impl AppState {
@@ -52,6 +60,7 @@ impl AppState {
                 public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
                 ready: AtomicBool::new(false),
                 prometheus,
+                outbound_api: OnceLock::new(),
             }),
         }
     }
@@ -72,6 +81,11 @@ impl AppState {
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
     }
 
+    /// Turns on `POST /v1/outbound` (once; later calls are ignored).
+    pub fn enable_outbound_api(&self, api: OutboundApi) {
+        let _ = self.inner.outbound_api.set(api);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
@@ -86,6 +100,7 @@ impl AppState {
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/webhooks/{channel_id}", any(webhook))
+        .route("/v1/outbound", post(submit_outbound))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -160,6 +175,136 @@ async fn webhook(
         public_url,
     };
     into_axum(handler.handle(request).await)
+}
+
+/// How long a client should wait before retrying after a 503.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// `POST /v1/outbound`: a reply for a channel to send, as the protobuf JSON
+/// form of a `ConversationEvent`, authenticated by the daemon's bearer
+/// token. Answers 202 once the message is durable on the outbound topic;
+/// the dispatcher sends it and reports a delivery status.
+async fn submit_outbound(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Without a token the API does not exist (404), so an unconfigured
+    // daemon does not even advertise it.
+    let Some(api) = state.inner.outbound_api.get() else {
+        return into_axum(error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the outbound api is off; set http.api_token to enable it",
+        ));
+    };
+    let finish = |outcome: OutboundRequestOutcome, channel: &str, detail: &str, response| {
+        OutboundRequestHandled {
+            outcome,
+            channel,
+            detail,
+        }
+        .emit(&api.metrics);
+        into_axum(response)
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().as_bytes());
+    if !presented.is_some_and(|token| api.authorizes(token)) {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        let detail = if presented.is_some() {
+            "wrong token"
+        } else {
+            "no bearer token"
+        };
+        return finish(OutboundRequestOutcome::Unauthorized, "", detail, response);
+    }
+    let max = state.inner.max_body_bytes;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return finish(OutboundRequestOutcome::TooLarge, "", "", too_large());
+    }
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return finish(OutboundRequestOutcome::TooLarge, "", "", too_large());
+        }
+        Err(error) => {
+            let message = format!("cannot read body: {error}");
+            let response = error_response(StatusCode::BAD_REQUEST, "unreadable_body", &message);
+            return finish(OutboundRequestOutcome::Invalid, "", &message, response);
+        }
+    };
+    let event: ConversationEvent = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(error) => {
+            let message = format!("not a ConversationEvent in protobuf json: {error}");
+            let response = error_response(StatusCode::BAD_REQUEST, "invalid_json", &message);
+            return finish(OutboundRequestOutcome::Invalid, "", &message, response);
+        }
+    };
+    let channel_id = event.channel_id.clone();
+    let event = match crate::outbound::prepare(event, &state.channels(), SystemTime::now()) {
+        Ok(event) => event,
+        Err(refusal) => {
+            let outcome = if refusal.code == "unknown_channel" {
+                OutboundRequestOutcome::UnknownChannel
+            } else {
+                OutboundRequestOutcome::Invalid
+            };
+            let response = error_response(refusal.status, refusal.code, &refusal.message);
+            return finish(outcome, &channel_id, &refusal.message, response);
+        }
+    };
+    let event_id = event.event_id.clone();
+    match api.sink.submit_outbound(event).await {
+        Ok(_) => {
+            let response = omni_connector::webhook::json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "event_id": event_id }),
+            );
+            finish(
+                OutboundRequestOutcome::Accepted,
+                &channel_id,
+                &event_id,
+                response,
+            )
+        }
+        Err(error) => {
+            let code = match error {
+                SendError::Overloaded => "overloaded",
+                SendError::Closed | SendError::Failed(_) => "unavailable",
+            };
+            let response = unavailable_response(code, &error, RETRY_AFTER);
+            finish(
+                OutboundRequestOutcome::Unavailable,
+                &channel_id,
+                &error.to_string(),
+                response,
+            )
+        }
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -64,6 +64,11 @@ pub struct HttpSettings {
     /// signatures cover the URL, since a proxy may rewrite the host.
     #[serde(default)]
     pub public_base_url: Option<String>,
+    /// Bearer token of the daemon's own API (`POST /v1/outbound`):
+    /// `{ env = "NAME" }` or `{ file = "PATH" }`, read at start. Unset, the
+    /// API answers 404.
+    #[serde(default)]
+    pub api_token: Option<omni_connector::SecretRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

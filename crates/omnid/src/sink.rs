@@ -9,7 +9,10 @@ use futures::FutureExt;
 use omni_connector::{Ack, EventSink, LogEntry, Receipt, SendError, handle::partition_key};
 use omni_log::{EventLog, LogError, Record};
 use omni_model::cloudevents::{self, CloudEvent};
-use omni_proto::Message;
+use omni_proto::{
+    Message,
+    v1::{ConversationEvent, Direction},
+};
 use omni_telemetry::events::{LogAppended, LogMetrics};
 
 use crate::settings::Topics;
@@ -58,6 +61,7 @@ pub struct LogSink {
     topics: Topics,
     encoding: Encoding,
     inbound_metrics: LogMetrics,
+    outbound_metrics: LogMetrics,
     deadletter_metrics: LogMetrics,
 }
 
@@ -66,34 +70,47 @@ impl LogSink {
         Self {
             encoding,
             inbound_metrics: LogMetrics::register(&topics.inbound),
+            outbound_metrics: LogMetrics::register(&topics.outbound),
             deadletter_metrics: LogMetrics::register(&topics.deadletter),
             log,
             topics,
         }
     }
 
+    /// Appends an outbound message (a reply for a channel to send) to the
+    /// outbound topic, with the same headers and key rule as inbound
+    /// events; resolves once it is durable.
+    pub fn submit_outbound(&self, event: ConversationEvent) -> Ack {
+        let record = self.event_record(&self.topics.outbound, &event);
+        self.append(record, self.outbound_metrics.clone())
+    }
+
+    fn event_record(&self, topic: &str, event: &ConversationEvent) -> Record {
+        let now = SystemTime::now();
+        let ce = CloudEvent {
+            id: event.event_id.clone(),
+            source: cloudevents::source_for_channel(&event.channel_id),
+            ty: cloudevents::TYPE_CONVERSATION_EVENT.to_owned(),
+            time: now,
+            content_type: self.encoding.content_type().to_owned(),
+            traceparent: None,
+        };
+        record(
+            topic,
+            event_key(event),
+            &ce,
+            self.encoding.encode(event),
+            now,
+        )
+    }
+
     fn record(&self, entry: LogEntry) -> (Record, LogMetrics) {
         let now = SystemTime::now();
         match entry {
-            LogEntry::Event(event) => {
-                let key = event.sender.as_ref().map(partition_key).unwrap_or_default();
-                let ce = CloudEvent {
-                    id: event.event_id.clone(),
-                    source: cloudevents::source_for_channel(&event.channel_id),
-                    ty: cloudevents::TYPE_CONVERSATION_EVENT.to_owned(),
-                    time: now,
-                    content_type: self.encoding.content_type().to_owned(),
-                    traceparent: None,
-                };
-                let record = record(
-                    &self.topics.inbound,
-                    key,
-                    &ce,
-                    self.encoding.encode(event.as_ref()),
-                    now,
-                );
-                (record, self.inbound_metrics.clone())
-            }
+            LogEntry::Event(event) => (
+                self.event_record(&self.topics.inbound, &event),
+                self.inbound_metrics.clone(),
+            ),
             LogEntry::DeadLetter(dead_letter) => {
                 let ce = CloudEvent {
                     id: dead_letter.dead_letter_id.clone(),
@@ -117,6 +134,19 @@ impl LogSink {
     }
 }
 
+/// The partition key of a conversation event: the customer's handle, so
+/// one customer's records keep their order. That is the sender of an
+/// inbound message, and the first recipient of an outbound one (a reply,
+/// or the delivery status of a reply).
+fn event_key(event: &ConversationEvent) -> String {
+    let customer = if event.direction == Direction::Outbound as i32 {
+        event.recipients.first()
+    } else {
+        event.sender.as_ref()
+    };
+    customer.map(partition_key).unwrap_or_default()
+}
+
 fn record(topic: &str, key: String, ce: &CloudEvent, payload: Vec<u8>, now: SystemTime) -> Record {
     let timestamp_ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -137,6 +167,12 @@ fn record(topic: &str, key: String, ce: &CloudEvent, payload: Vec<u8>, now: Syst
 impl EventSink for LogSink {
     fn submit(&self, entry: LogEntry) -> Ack {
         let (record, metrics) = self.record(entry);
+        self.append(record, metrics)
+    }
+}
+
+impl LogSink {
+    fn append(&self, record: Record, metrics: LogMetrics) -> Ack {
         let topic = record.topic.clone();
         // `append` enqueues now, so submission order is log order.
         self.log

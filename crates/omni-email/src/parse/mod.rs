@@ -408,6 +408,22 @@ fn recipients(
 
 /// A message id as kept: without brackets, no white space or control
 /// characters, at most [`MAX_MESSAGE_ID_BYTES`].
+/// The `Message-ID` of a header block (e.g. `BODY[HEADER.FIELDS
+/// (MESSAGE-ID)]`), cleaned exactly as [`parse_message`] cleans it for the
+/// provider message id, so a puller can skip what it already ingested
+/// without fetching the body.
+pub fn header_message_id(header: &[u8]) -> Option<String> {
+    if header.len() > 64 * 1024 {
+        return None;
+    }
+    let mut block = header.to_vec();
+    block.extend_from_slice(b"\r\n\r\n");
+    parse_mime(&block)
+        .ok()
+        .flatten()
+        .and_then(|m| m.message_id().and_then(clean_id))
+}
+
 fn clean_id(id: &str) -> Option<String> {
     let id = id
         .trim()
@@ -700,4 +716,23 @@ fn truncate(s: &str, max: usize) -> (String, bool) {
         end -= 1;
     }
     (s[..end].to_owned(), true)
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn header_message_id_matches_the_full_parse() {
+        let raw = b"From: a@example.com\r\nMessage-ID:  <abc.123@example.com> \r\nSubject: x\r\n\r\nbody\r\n";
+        let parsed = parse_message(raw, "c", Timestamp::default(), &ParseLimits::DEFAULT).unwrap();
+        assert_eq!(parsed.event.provider_message_id, "abc.123@example.com");
+        assert_eq!(
+            header_message_id(b"Message-ID:  <abc.123@example.com> \r\n").as_deref(),
+            Some("abc.123@example.com")
+        );
+        assert_eq!(header_message_id(b"Message-ID: <a b@c>\r\n"), None);
+        assert_eq!(header_message_id(b"\r\n"), None);
+        assert_eq!(header_message_id(b""), None);
+    }
 }

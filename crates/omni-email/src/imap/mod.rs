@@ -1,0 +1,562 @@
+//! IMAP in: one task per mailbox pulls new mail, appends it, and moves the
+//! mailbox's UID checkpoint only once the appended events are durable.
+//!
+//! Each pass SELECTs the mailbox, finds the UIDs above the checkpoint and
+//! ingests them in batches. Per batch, a first FETCH reads sizes and
+//! Message-IDs so that messages already ingested (a replay after a crash, a
+//! renumbered mailbox) are skipped without downloading them; a second
+//! fetches the bodies of the rest, bounded in bytes. Every message becomes
+//! an event or a dead-letter record; the checkpoint and the ids of the
+//! batch are then written in one transaction. Between passes the
+//! connection waits in IDLE (re-issued every `idle_refresh_secs`) or
+//! sleeps for `poll_interval_secs`. Any error drops the connection and
+//! reconnects with exponential backoff; every command has a timeout, so a
+//! dead server shows up as an error, never as a silent hang.
+
+mod checkpoint;
+pub mod transport;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::{StreamExt, TryStreamExt};
+use omni_connector::{ChannelContext, LogEntry, SendError, StateUpdate};
+use omni_proto::{
+    Timestamp,
+    v1::{ChannelKind, DeadLetter},
+};
+use omni_telemetry::events::{
+    ImapBatchIngested, ImapMetrics, ImapSessionFailed, ImapUidValidityChanged,
+};
+use rustls::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+pub use checkpoint::{Checkpoint, Resume, new_uids, resume, uid_set};
+use transport::{Credentials, ImapSession};
+
+use crate::{
+    config::{ImapSettings, StartFrom},
+    parse::{ParseLimits, header_message_id, parse_message},
+};
+
+/// Bodies fetched in one round trip are bounded by this many bytes (on top
+/// of the batch size), so a batch of large messages cannot exhaust memory.
+const MAX_FETCH_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Why a session ended early. Every variant leads to a reconnect.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("login failed: {0}")]
+    Login(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("imap: {0}")]
+    Imap(#[from] async_imap::error::Error),
+    #[error("mailbox state: {0}")]
+    State(#[from] omni_connector::state::StateError),
+    #[error("attachment store: {0}")]
+    Attachment(#[from] omni_connector::attachments::AttachmentError),
+    #[error("event log: {0}")]
+    Log(#[from] SendError),
+}
+
+/// Everything one mailbox's task needs.
+#[derive(Debug, Clone)]
+pub struct MailboxWorker {
+    pub context: ChannelContext,
+    pub settings: Arc<ImapSettings>,
+    pub mailbox: String,
+    pub start: StartFrom,
+    pub credentials: Credentials,
+    pub tls: Arc<ClientConfig>,
+    pub limits: ParseLimits,
+    pub metrics: ImapMetrics,
+}
+
+/// A fetched message on its way to the log.
+struct Pending {
+    uid: u32,
+    entry: LogEntry,
+    seen_id: String,
+}
+
+impl MailboxWorker {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.command_timeout_secs)
+    }
+
+    /// Runs sessions until `shutdown`, reconnecting after failures.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let max = Duration::from_secs(self.settings.max_backoff_secs);
+        let mut backoff = Duration::from_secs(1).min(max);
+        loop {
+            let mut healthy = false;
+            match self.session(&shutdown, &mut healthy).await {
+                Ok(()) => return,
+                Err(error) => {
+                    if healthy {
+                        backoff = Duration::from_secs(1).min(max);
+                    }
+                    ImapSessionFailed {
+                        error: &error,
+                        retry_in: backoff,
+                    }
+                    .emit(&self.metrics);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(max);
+        }
+    }
+
+    /// One connection: sync, wait, sync, ... until shutdown (Ok) or an
+    /// error. `healthy` is set once a pass completed, to reset the backoff.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        healthy: &mut bool,
+    ) -> Result<(), ImapError> {
+        let mut session = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            s = transport::connect(&self.settings, &self.credentials, &self.tls, self.timeout()) => s?,
+        };
+        let capabilities = self.command("CAPABILITY", session.capabilities()).await?;
+        let idle = self.settings.idle && capabilities.has_str("IDLE");
+        tracing::info!(
+            channel = %self.context.channel_id,
+            mailbox = %self.mailbox,
+            idle,
+            "imap session started"
+        );
+        loop {
+            self.sync(&mut session, shutdown).await?;
+            *healthy = true;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if idle {
+                session = self.idle(session, shutdown).await?;
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(self.settings.poll_interval_secs)) => {}
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // A polite goodbye; the server drops the connection anyway.
+        let _ = tokio::time::timeout(self.timeout(), session.logout()).await;
+        Ok(())
+    }
+
+    async fn command<T, E: Into<ImapError>>(
+        &self,
+        what: &'static str,
+        future: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ImapError> {
+        tokio::time::timeout(self.timeout(), future)
+            .await
+            .map_err(|_| ImapError::Timeout(what))?
+            .map_err(Into::into)
+    }
+
+    /// Waits in IDLE until the server reports a change, the refresh time
+    /// passes or shutdown; returns the session after DONE.
+    async fn idle(
+        &self,
+        session: ImapSession,
+        shutdown: &CancellationToken,
+    ) -> Result<ImapSession, ImapError> {
+        let mut handle = session.idle();
+        self.command("IDLE", handle.init()).await?;
+        let refresh = Duration::from_secs(self.settings.idle_refresh_secs);
+        {
+            // async-imap's own timeout restarts at every keepalive line, so
+            // the refresh is bounded from outside as well.
+            let (wait, _interrupt) = handle.wait_with_timeout(refresh);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = tokio::time::timeout(refresh, wait) => {
+                    if let Ok(result) = result {
+                        result?;
+                    }
+                }
+            }
+        }
+        self.command("DONE", handle.done()).await
+    }
+
+    /// Ingests everything above the checkpoint, batch by batch.
+    async fn sync(
+        &self,
+        session: &mut ImapSession,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ImapError> {
+        let selected = self
+            .command("SELECT", session.select(&self.mailbox))
+            .await?;
+        let uid_validity = selected
+            .uid_validity
+            .ok_or_else(|| ImapError::Protocol("SELECT returned no UIDVALIDITY".into()))?;
+        let key = Checkpoint::key(&self.mailbox);
+        let stored = self
+            .context
+            .state
+            .get(&key)
+            .await?
+            .and_then(|bytes| Checkpoint::decode(&bytes));
+        let (last_uid, criterion) = match resume(stored, uid_validity) {
+            Resume::After(last_uid) => (last_uid, None),
+            Resume::Fresh => (0, self.start.search_criterion()),
+            Resume::Renumbered { previous } => {
+                ImapUidValidityChanged {
+                    previous,
+                    current: uid_validity,
+                }
+                .emit(&self.metrics);
+                (0, None)
+            }
+        };
+        let query = match &criterion {
+            Some(criterion) => format!("UID {}:* {criterion}", last_uid + 1),
+            None => format!("UID {}:*", last_uid + 1),
+        };
+        let found = self
+            .command("UID SEARCH", session.uid_search(&query))
+            .await?;
+        let uids = new_uids(found, last_uid);
+
+        let fresh_or_renumbered = stored.is_none_or(|c| c.uid_validity != uid_validity);
+        if uids.is_empty() {
+            if fresh_or_renumbered {
+                // Remember the mailbox generation even when there is
+                // nothing to ingest; with a start date, everything now in
+                // the mailbox is older than it.
+                let last_uid = match criterion {
+                    Some(_) => selected.uid_next.map_or(0, |n| n.saturating_sub(1)),
+                    None => 0,
+                };
+                self.commit_checkpoint(uid_validity, last_uid, Vec::new())
+                    .await?;
+            }
+            return Ok(());
+        }
+        for batch in uids.chunks(self.settings.batch_size as usize) {
+            self.ingest(session, uid_validity, batch).await?;
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        uid_validity: u32,
+        last_uid: u32,
+        seen: Vec<String>,
+    ) -> Result<(), ImapError> {
+        let checkpoint = Checkpoint {
+            uid_validity,
+            last_uid,
+        };
+        self.context
+            .state
+            .commit(StateUpdate {
+                puts: vec![(Checkpoint::key(&self.mailbox), checkpoint.encode())],
+                seen,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Fetches, appends and checkpoints one batch of UIDs (sorted).
+    async fn ingest(
+        &self,
+        session: &mut ImapSession,
+        uid_validity: u32,
+        batch: &[u32],
+    ) -> Result<(), ImapError> {
+        // Sizes and Message-IDs first.
+        let heads: Vec<_> = self
+            .command(
+                "UID FETCH",
+                session
+                    .uid_fetch(
+                        uid_set(batch),
+                        "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+                    )
+                    .await?
+                    .try_collect::<Vec<_>>(),
+            )
+            .await?;
+        let mut known: BTreeMap<u32, (u64, Option<String>)> = BTreeMap::new();
+        for fetch in &heads {
+            if let Some(uid) = fetch.uid {
+                let message_id = fetch.header().and_then(header_message_id);
+                known.insert(uid, (u64::from(fetch.size.unwrap_or(0)), message_id));
+            }
+        }
+        // Messages expunged since the search have no FETCH answer: nothing
+        // to ingest, and the checkpoint may pass them.
+        let ids: Vec<String> = known.values().filter_map(|(_, id)| id.clone()).collect();
+        let seen_flags = self.context.state.seen(ids.clone()).await?;
+        let already: std::collections::HashSet<String> = ids
+            .into_iter()
+            .zip(seen_flags)
+            .filter_map(|(id, seen)| seen.then_some(id))
+            .collect();
+
+        let mut duplicates = 0u64;
+        let mut wanted = Vec::new();
+        let mut oversized = Vec::new();
+        for (&uid, (size, message_id)) in &known {
+            if message_id.as_ref().is_some_and(|id| already.contains(id)) {
+                duplicates += 1;
+            } else if *size > self.limits.max_message_bytes as u64 {
+                oversized.push((uid, *size));
+            } else {
+                wanted.push((uid, *size));
+            }
+        }
+
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut group: Vec<u32> = Vec::new();
+        let mut group_bytes = 0u64;
+        for (i, &(uid, size)) in wanted.iter().enumerate() {
+            group.push(uid);
+            group_bytes += size;
+            let last = i + 1 == wanted.len();
+            if last || group_bytes + wanted[i + 1].1 > MAX_FETCH_BYTES {
+                self.fetch_bodies(session, uid_validity, &group, &mut pending)
+                    .await?;
+                group.clear();
+                group_bytes = 0;
+            }
+        }
+        for (uid, size) in oversized {
+            pending.push(self.oversized(session, uid_validity, uid, size).await?);
+        }
+        pending.sort_by_key(|p| p.uid);
+        pending.dedup_by_key(|p| p.uid);
+
+        // Parsed messages without a Message-ID are recognised by their
+        // content hash, known only now.
+        let ids: Vec<String> = pending.iter().map(|p| p.seen_id.clone()).collect();
+        let seen_flags = self.context.state.seen(ids).await?;
+        let mut acks = Vec::with_capacity(pending.len());
+        let (mut events, mut dead_letters) = (0u64, 0u64);
+        let mut seen = Vec::with_capacity(pending.len());
+        for (p, was_seen) in pending.into_iter().zip(seen_flags) {
+            if was_seen {
+                duplicates += 1;
+                continue;
+            }
+            match &p.entry {
+                LogEntry::Event(_) => events += 1,
+                LogEntry::DeadLetter(_) => dead_letters += 1,
+            }
+            seen.push(p.seen_id);
+            acks.push(match p.entry {
+                LogEntry::Event(event) => self.context.sender.send_event(*event),
+                LogEntry::DeadLetter(dl) => self.context.sender.send_dead_letter(*dl),
+            });
+        }
+        // Only once every entry is durable does the checkpoint move.
+        futures::future::try_join_all(acks).await?;
+        let last_uid = *batch.last().expect("batches are not empty");
+        self.commit_checkpoint(uid_validity, last_uid, seen).await?;
+        ImapBatchIngested {
+            events,
+            dead_letters,
+            duplicates,
+            last_uid,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    async fn fetch_bodies(
+        &self,
+        session: &mut ImapSession,
+        uid_validity: u32,
+        uids: &[u32],
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), ImapError> {
+        let mut stream = session
+            .uid_fetch(uid_set(uids), "(UID INTERNALDATE BODY.PEEK[])")
+            .await?;
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .map_err(|_| ImapError::Timeout("UID FETCH"))?;
+            let Some(fetch) = next else { break };
+            let fetch = fetch?;
+            let Some(uid) = fetch.uid.filter(|uid| uids.binary_search(uid).is_ok()) else {
+                continue;
+            };
+            let received_at = fetch
+                .internal_date()
+                .map(|d| Timestamp {
+                    seconds: d.timestamp(),
+                    nanos: 0,
+                })
+                .unwrap_or_else(now);
+            // A FETCH without the body is a flag update from another
+            // client, or the message was expunged meanwhile.
+            let Some(raw) = fetch.body() else { continue };
+            pending.push(self.normalize(uid_validity, uid, raw, received_at).await?);
+        }
+        Ok(())
+    }
+
+    /// One raw message to a log entry: the event (its attachments stored
+    /// first) or, if it cannot be normalized, a dead-letter record.
+    async fn normalize(
+        &self,
+        uid_validity: u32,
+        uid: u32,
+        raw: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Pending, ImapError> {
+        match parse_message(raw, &self.context.channel_id, received_at, &self.limits) {
+            Ok(parsed) => {
+                for attachment in parsed.attachments {
+                    self.context.attachments.put(attachment.bytes).await?;
+                }
+                let mut event = parsed.event;
+                event.ingested_at = Some(now());
+                event
+                    .provider_metadata
+                    .extend(self.location(uid_validity, uid));
+                Ok(Pending {
+                    uid,
+                    seen_id: event.provider_message_id.clone(),
+                    entry: LogEntry::Event(Box::new(event)),
+                })
+            }
+            Err(error) => {
+                let seen_id = header_id_or_digest(raw);
+                Ok(Pending {
+                    uid,
+                    seen_id,
+                    entry: LogEntry::DeadLetter(Box::new(self.dead_letter(
+                        uid_validity,
+                        uid,
+                        raw.to_vec(),
+                        error.code,
+                        error.message,
+                        received_at,
+                    ))),
+                })
+            }
+        }
+    }
+
+    /// A message over the size limit: its header goes to the dead-letter
+    /// topic, so someone can find it in the mailbox.
+    async fn oversized(
+        &self,
+        session: &mut ImapSession,
+        uid_validity: u32,
+        uid: u32,
+        size: u64,
+    ) -> Result<Pending, ImapError> {
+        let fetched: Vec<_> = self
+            .command(
+                "UID FETCH",
+                session
+                    .uid_fetch(uid.to_string(), "(UID INTERNALDATE BODY.PEEK[HEADER])")
+                    .await?
+                    .try_collect::<Vec<_>>(),
+            )
+            .await?;
+        let fetch = fetched.iter().find(|f| f.uid == Some(uid));
+        let header = fetch.and_then(|f| f.header()).unwrap_or_default().to_vec();
+        let received_at = fetch
+            .and_then(|f| f.internal_date())
+            .map(|d| Timestamp {
+                seconds: d.timestamp(),
+                nanos: 0,
+            })
+            .unwrap_or_else(now);
+        let seen_id = header_message_id(&header)
+            .unwrap_or_else(|| format!("imap:{}:{uid_validity}:{uid}", self.mailbox));
+        let detail = format!(
+            "message of {size} bytes is over the limit of {} bytes; header only",
+            self.limits.max_message_bytes
+        );
+        Ok(Pending {
+            uid,
+            seen_id,
+            entry: LogEntry::DeadLetter(Box::new(self.dead_letter(
+                uid_validity,
+                uid,
+                header,
+                "too_large",
+                detail,
+                received_at,
+            ))),
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        uid_validity: u32,
+        uid: u32,
+        raw: Vec<u8>,
+        reason: &str,
+        detail: String,
+        received_at: Timestamp,
+    ) -> DeadLetter {
+        DeadLetter {
+            dead_letter_id: omni_connector::dead_letter_id(&self.context.channel_id, &raw),
+            channel_id: self.context.channel_id.clone(),
+            channel_kind: ChannelKind::Email as i32,
+            reason: reason.to_owned(),
+            detail,
+            raw_payload: raw,
+            content_type: "message/rfc822".to_owned(),
+            received_at: Some(received_at),
+            metadata: self.location(uid_validity, uid).collect(),
+        }
+    }
+
+    /// Where a message was found, for people tracing an event back.
+    fn location(&self, uid_validity: u32, uid: u32) -> impl Iterator<Item = (String, String)> {
+        [
+            ("imap_mailbox".to_owned(), self.mailbox.clone()),
+            ("imap_uid_validity".to_owned(), uid_validity.to_string()),
+            ("imap_uid".to_owned(), uid.to_string()),
+        ]
+        .into_iter()
+    }
+}
+
+fn header_id_or_digest(raw: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+    header_message_id(&raw[..end.min(64 * 1024)])
+        .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(raw))))
+}
+
+fn now() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
