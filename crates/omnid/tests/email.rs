@@ -142,3 +142,55 @@ fn a_graceful_restart_mid_backlog_ingests_every_message_exactly_once() {
     }
     drop(daemon);
 }
+
+#[test]
+fn the_example_email_channel_file_passes_check_config_and_mistakes_name_their_key() {
+    let deployment = Deployment::new();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/examples/email.toml"),
+    )
+    .unwrap();
+    deployment.write_channel("support-mail", &example);
+    let ok = deployment
+        .command(&["check-config"])
+        .env("OMNID_SUPPORT_IMAP_PASSWORD", "imap-pw")
+        .env("OMNID_SUPPORT_SMTP_PASSWORD", "smtp-pw")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("support-mail (email)"), "{stdout}");
+
+    let cases = [
+        ("tls = \"tls\"", "tls = \"none\"", "key `imap.tls`"),
+        (
+            "mailboxes = [\"INBOX\"]",
+            "mailboxes = []",
+            "key `imap.mailboxes`",
+        ),
+        (
+            "start_from = \"all\"",
+            "start_from = \"last week\"",
+            "key `imap.start_from`",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        deployment.write_channel("support-mail", &example.replacen(from, to, 1));
+        let bad = deployment
+            .command(&["check-config"])
+            .env("OMNID_SUPPORT_IMAP_PASSWORD", "imap-pw")
+            .env("OMNID_SUPPORT_SMTP_PASSWORD", "smtp-pw")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "{to} accepted");
+        assert!(
+            stderr.contains("support-mail.toml") && stderr.contains(expected),
+            "{to}: {stderr}"
+        );
+    }
+}
