@@ -258,6 +258,7 @@ pub fn parse_message(
         }),
         provider_metadata: metadata,
         delivery: None,
+        sender_identities: Vec::new(),
     };
     Ok(ParsedEmail {
         event,
