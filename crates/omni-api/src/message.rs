@@ -18,6 +18,7 @@ use serde::Deserialize;
 pub const MAX_EXTERNAL_ID_BYTES: usize = 256;
 pub const MAX_ATTACHMENTS: usize = 32;
 pub const MAX_RECIPIENTS: usize = 32;
+pub const MAX_SENDER_IDENTITIES: usize = 8;
 pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_METADATA_KEY_BYTES: usize = 64;
 pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
@@ -51,6 +52,24 @@ pub struct ApiMessage {
     pub attachments: Vec<ApiAttachment>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Other handles of the sender (an email typed into a form, a phone
+    /// number from the customer's profile), for the threading service.
+    #[serde(default)]
+    pub sender_identities: Vec<ApiIdentity>,
+}
+
+/// Another handle of the sender. `verified` is honoured only on channels
+/// with `trust_sender = true`; elsewhere every claim is unverified, so it
+/// is only ever a suggested link.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiIdentity {
+    pub kind: String,
+    pub value: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub verified: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +168,11 @@ pub fn normalize(
     }
     check_count("recipients", message.recipients.len(), MAX_RECIPIENTS)?;
     check_count("attachments", message.attachments.len(), MAX_ATTACHMENTS)?;
+    check_count(
+        "sender_identities",
+        message.sender_identities.len(),
+        MAX_SENDER_IDENTITIES,
+    )?;
     check_count("metadata", message.metadata.len(), MAX_METADATA_ENTRIES)?;
     for (key, value) in &message.metadata {
         if key.len() > MAX_METADATA_KEY_BYTES || value.len() > MAX_METADATA_VALUE_BYTES {
@@ -167,6 +191,20 @@ pub fn normalize(
         .iter()
         .enumerate()
         .map(|(i, r)| handle(&format!("recipients[{i}]"), r, options, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sender_identities = message
+        .sender_identities
+        .iter()
+        .enumerate()
+        .map(|(i, claim)| {
+            let raw = ApiHandle {
+                kind: claim.kind.clone(),
+                value: claim.value.clone(),
+                display_name: claim.display_name.clone(),
+            };
+            let verified = claim.verified && options.trust_sender;
+            handle(&format!("sender_identities[{i}]"), &raw, options, verified)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let attachments = message
         .attachments
@@ -201,6 +239,7 @@ pub fn normalize(
         }),
         provider_metadata: message.metadata.into_iter().collect(),
         delivery: None,
+        sender_identities,
     })
 }
 
@@ -310,6 +349,34 @@ mod tests {
         );
         assert_eq!(event.provider_metadata["order"], "7781");
         assert_eq!(event.sent_at.as_ref().unwrap().seconds, 1_763_884_740);
+    }
+
+    #[test]
+    fn sender_identities_are_verified_only_on_trusted_channels() {
+        let body = br#"{"external_id":"a","sender":{"kind":"email","value":"Ana@Example.com"},
+            "sender_identities":[{"kind":"phone","value":"+1 415 555 0134","verified":true},
+                                 {"kind":"email","value":"ana.lima@example.org"}],
+            "text":"hi"}"#;
+        let event = parse(body, &options()).unwrap();
+        let claims = &event.sender_identities;
+        assert_eq!(claims.len(), 2);
+        assert_eq!(claims[0].kind, ProtoKind::Phone as i32);
+        assert_eq!(claims[0].value, "+14155550134");
+        assert!(!claims[0].verified, "an untrusted channel proves nothing");
+        let mut opts = options();
+        opts.trust_sender = true;
+        let event = parse(body, &opts).unwrap();
+        assert!(event.sender_identities[0].verified);
+        assert!(!event.sender_identities[1].verified);
+
+        let bad = br#"{"external_id":"a","sender":{"kind":"email","value":"a@b.example"},
+            "sender_identities":[{"kind":"fax","value":"1"}],"text":"hi"}"#;
+        let error = parse(bad, &options()).unwrap_err();
+        assert!(
+            error.message.contains("sender_identities[0]"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod names {
     pub const IMAP_CHECKPOINT_UID: &str = "omnid_imap_checkpoint_uid";
     pub const OUTBOUND_DELIVERIES_TOTAL: &str = "omnid_outbound_deliveries_total";
     pub const OUTBOUND_REQUESTS_TOTAL: &str = "omnid_outbound_requests_total";
+    pub const THREADING_EVENTS_TOTAL: &str = "omnid_threading_events_total";
+    pub const TIMELINE_PUBLISHED_TOTAL: &str = "omnid_timeline_published_total";
 }
 
 /// Why a webhook request ended the way it did. A closed set: these are the
@@ -496,5 +498,122 @@ impl OutboundRequestHandled<'_> {
             }
             _ => warn!(channel, outcome, detail, "outbound request refused"),
         }
+    }
+}
+
+/// What the threading worker did with one inbound record: the `outcome`
+/// label values of `omnid_threading_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadingOutcome {
+    /// Threaded: its timeline rows are in the outbox.
+    Threaded,
+    /// Its event id was threaded before (a provider retry or a replay):
+    /// nothing written.
+    Duplicate,
+    /// Not a conversation event, undecodable, or not threadable: written
+    /// to the dead-letter topic.
+    DeadLettered,
+    /// The store failed; the record is tried again.
+    Retried,
+}
+
+impl ThreadingOutcome {
+    pub const ALL: [ThreadingOutcome; 4] = [
+        Self::Threaded,
+        Self::Duplicate,
+        Self::DeadLettered,
+        Self::Retried,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Threaded => "threaded",
+            Self::Duplicate => "duplicate",
+            Self::DeadLettered => "dead_lettered",
+            Self::Retried => "retried",
+        }
+    }
+}
+
+/// Pre-registered metrics of the threading worker and its outbox relay.
+#[derive(Debug, Clone)]
+pub struct ThreadingMetrics {
+    outcomes: [Counter; ThreadingOutcome::ALL.len()],
+    published: Counter,
+}
+
+impl ThreadingMetrics {
+    pub fn register() -> Self {
+        Self {
+            outcomes: ThreadingOutcome::ALL.map(
+                |outcome| counter!(names::THREADING_EVENTS_TOTAL, "outcome" => outcome.as_str()),
+            ),
+            published: counter!(names::TIMELINE_PUBLISHED_TOTAL),
+        }
+    }
+}
+
+/// The threading worker handled one inbound record (or one attempt at it
+/// failed).
+#[derive(Debug)]
+pub struct EventThreaded<'a> {
+    pub outcome: ThreadingOutcome,
+    /// The inbound event id (empty when the record did not decode).
+    pub event_id: &'a str,
+    /// The customer it went to (for [`ThreadingOutcome::Threaded`]).
+    pub customer_id: &'a str,
+    /// The dead-letter reason or the store error: log line only.
+    pub detail: &'a str,
+    /// For [`ThreadingOutcome::Retried`]: the wait before the next attempt.
+    pub retry_in: Option<Duration>,
+}
+
+impl EventThreaded<'_> {
+    pub fn emit(&self, metrics: &ThreadingMetrics) {
+        let index = ThreadingOutcome::ALL
+            .iter()
+            .position(|o| *o == self.outcome)
+            .unwrap_or(0);
+        metrics.outcomes[index].increment(1);
+        let (event_id, customer_id, detail) = (self.event_id, self.customer_id, self.detail);
+        match self.outcome {
+            ThreadingOutcome::Threaded => debug!(event_id, customer_id, "event threaded"),
+            ThreadingOutcome::Duplicate => {
+                debug!(event_id, "event threaded before, dropped as a duplicate")
+            }
+            ThreadingOutcome::DeadLettered => {
+                warn!(
+                    event_id,
+                    detail, "inbound record not threadable, dead-lettered"
+                )
+            }
+            ThreadingOutcome::Retried => warn!(
+                event_id,
+                detail,
+                retry_in_ms = self.retry_in.map_or(0, |d| d.as_millis() as u64),
+                "threading failed, retrying"
+            ),
+        }
+    }
+}
+
+/// The outbox relay published timeline entries (durably appended to the
+/// timeline topic, then marked published).
+#[derive(Debug)]
+pub struct TimelinePublished {
+    /// How many entries.
+    pub entries: usize,
+    /// The last outbox row id published.
+    pub last_row: i64,
+}
+
+impl TimelinePublished {
+    pub fn emit(&self, metrics: &ThreadingMetrics) {
+        metrics.published.increment(self.entries as u64);
+        debug!(
+            entries = self.entries,
+            last_row = self.last_row,
+            "timeline entries published"
+        );
     }
 }

@@ -6,6 +6,7 @@ mod server;
 mod settings;
 mod sink;
 mod tail;
+mod threading;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -54,6 +55,8 @@ enum Command {
     CheckConfig,
     /// Print records of a topic as JSON lines.
     Tail(tail::TailArgs),
+    /// Print a customer's timeline from the threading store as JSON lines.
+    Timeline(threading::TimelineArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
             Command::Run => run(&cli.config).await,
             Command::CheckConfig => check_config(&cli.config),
             Command::Tail(args) => tail::tail(&cli.config, args).await,
+            Command::Timeline(args) => threading::timeline(&cli.config, args).await,
         }
     });
     match result {
@@ -108,12 +112,7 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<std::process::ExitCo
         state: None,
         attachments: None,
     };
-    match channels::load(
-        &settings.channels.dir,
-        &channels::registry(),
-        &wiring,
-        None,
-    ) {
+    match channels::load(&settings.channels.dir, &channels::registry(), &wiring, None) {
         Ok(channels) => {
             let ids: Vec<_> = channels
                 .values()
@@ -230,11 +229,11 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
             settings.attachments_dir(),
         ))),
     };
-    let initial = channels::load(&settings.channels.dir, &factories, &wiring, None)
-    .map_err(|errors| {
-        let lines: Vec<_> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid channel configuration:\n  {}", lines.join("\n  "))
-    })?;
+    let initial =
+        channels::load(&settings.channels.dir, &factories, &wiring, None).map_err(|errors| {
+            let lines: Vec<_> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("invalid channel configuration:\n  {}", lines.join("\n  "))
+        })?;
     omni_telemetry::events::ChannelsReloaded {
         channels: initial.len(),
         error: None,
@@ -251,6 +250,15 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         prometheus,
     );
     let outbound = outbound::start(&settings, log.clone(), &wiring, &state, &shutdown)?;
+    let threading_store = threading::Store::open(&settings).await?;
+    state.enable_threading_api(threading_store.shared());
+    let threading = threading::start(
+        &settings,
+        log.clone(),
+        wiring.sender.clone(),
+        threading_store,
+        &shutdown,
+    );
 
     let listener = tokio::net::TcpListener::bind(settings.http.listen)
         .await
@@ -291,6 +299,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         runners.stop_all(grace).await;
     }
     outbound.stop(grace).await;
+    threading.stop(grace).await;
     match tokio::time::timeout(grace, log.close()).await {
         Ok(Ok(())) => tracing::info!("event log closed, bye"),
         Ok(Err(error)) => tracing::error!(error = %error, "event log did not close cleanly"),

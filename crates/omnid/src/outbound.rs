@@ -423,32 +423,12 @@ impl Dispatcher {
         reason: &'static str,
         detail: &str,
     ) -> Result<(), Stopped> {
-        let record = &stored.record;
         let channels = self.state.channels();
         let channel_kind = channels
             .get(channel_id)
             .map_or(ChannelKind::Unspecified, channel_kind);
-        let metadata = HashMap::from([
-            ("topic".to_owned(), record.topic.clone()),
-            (
-                "partition".to_owned(),
-                stored.position.partition.to_string(),
-            ),
-            ("offset".to_owned(), stored.position.offset.to_string()),
-            ("event_id".to_owned(), event_id.to_owned()),
-        ]);
-        let dead_letter = DeadLetter {
-            dead_letter_id: omni_connector::dead_letter_id(channel_id, &record.payload),
-            channel_id: channel_id.to_owned(),
-            channel_kind: channel_kind as i32,
-            reason: reason.to_owned(),
-            detail: detail.to_owned(),
-            raw_payload: record.payload.to_vec(),
-            content_type: header(stored, cloudevents::HEADER_CONTENT_TYPE)
-                .unwrap_or_else(|| cloudevents::CONTENT_TYPE_PROTOBUF.to_owned()),
-            received_at: Some(timestamp(SystemTime::now())),
-            metadata,
-        };
+        let dead_letter =
+            dead_letter_of(stored, channel_id, channel_kind, event_id, reason, detail);
         let mut backoff = Backoff::default();
         loop {
             match self.sender.send_dead_letter(dead_letter.clone()).await {
@@ -521,6 +501,41 @@ impl Dispatcher {
     }
 }
 
+/// The dead-letter record of a consumed record that cannot be handled:
+/// its raw payload and content type, the reason, and where it was read
+/// (`topic`, `partition`, `offset`, `event_id` in `metadata`).
+pub(crate) fn dead_letter_of(
+    stored: &StoredRecord,
+    channel_id: &str,
+    channel_kind: ChannelKind,
+    event_id: &str,
+    reason: &str,
+    detail: &str,
+) -> DeadLetter {
+    let record = &stored.record;
+    let metadata = HashMap::from([
+        ("topic".to_owned(), record.topic.clone()),
+        (
+            "partition".to_owned(),
+            stored.position.partition.to_string(),
+        ),
+        ("offset".to_owned(), stored.position.offset.to_string()),
+        ("event_id".to_owned(), event_id.to_owned()),
+    ]);
+    DeadLetter {
+        dead_letter_id: omni_connector::dead_letter_id(channel_id, &record.payload),
+        channel_id: channel_id.to_owned(),
+        channel_kind: channel_kind as i32,
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        raw_payload: record.payload.to_vec(),
+        content_type: header(stored, cloudevents::HEADER_CONTENT_TYPE)
+            .unwrap_or_else(|| cloudevents::CONTENT_TYPE_PROTOBUF.to_owned()),
+        received_at: Some(timestamp(SystemTime::now())),
+        metadata,
+    }
+}
+
 /// The seen-set id of a delivered outbound event.
 fn seen_key(event_id: &str) -> String {
     format!("outbound:{event_id}")
@@ -532,7 +547,7 @@ fn enum_name(name: Option<&'static str>) -> &'static str {
 
 /// Capped exponential backoff.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -545,18 +560,19 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(MAX_BACKOFF);
         wait
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = INITIAL_BACKOFF;
     }
 }
 
-fn header(stored: &StoredRecord, name: &str) -> Option<String> {
+/// A record header as text (names compared case-insensitively).
+pub(crate) fn header(stored: &StoredRecord, name: &str) -> Option<String> {
     stored
         .record
         .headers
@@ -566,10 +582,11 @@ fn header(stored: &StoredRecord, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Decodes an outbound record: JSON (the protobuf JSON mapping) when its
+/// Decodes a conversation-event record (outbound, or inbound for the
+/// threading worker): JSON (the protobuf JSON mapping) when its
 /// `content-type` says `application/json`, else binary protobuf. A
 /// CloudEvents type other than a conversation event is refused.
-fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
+pub(crate) fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
     if let Some(ty) = header(stored, cloudevents::HEADER_TYPE)
         && ty != cloudevents::TYPE_CONVERSATION_EVENT
     {
@@ -649,6 +666,7 @@ fn delivery_status(
             provider_status,
             error,
         }),
+        sender_identities: Vec::new(),
     }
 }
 
@@ -662,7 +680,7 @@ fn timestamp(time: SystemTime) -> Timestamp {
 
 /// The stream's kind of a configured channel (`email` is
 /// `CHANNEL_KIND_EMAIL`).
-fn channel_kind(channel: &Channel) -> ChannelKind {
+pub(crate) fn channel_kind(channel: &Channel) -> ChannelKind {
     ChannelKind::from_str_name(&format!(
         "CHANNEL_KIND_{}",
         channel.kind.to_ascii_uppercase()

@@ -1,5 +1,6 @@
-//! The HTTP surface: webhooks, the outbound API, health, metrics. Handlers
-//! stay small; the channel's own [`WebhookHandler`] does the work.
+//! The HTTP surface: webhooks, the outbound API, the threading query API,
+//! health, metrics. Handlers stay small; the channel's own
+//! [`WebhookHandler`] does the work.
 
 use std::{
     sync::{
@@ -12,7 +13,7 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{any, get, post},
@@ -27,6 +28,8 @@ use omni_proto::v1::ConversationEvent;
 use omni_telemetry::events::{
     OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome, names,
 };
+
+use omni_threading::ThreadingStore;
 
 use crate::{channels::ChannelSet, outbound::OutboundApi};
 
@@ -44,6 +47,8 @@ struct Inner {
     prometheus: Option<PrometheusHandle>,
     /// Set when `http.api_token` is configured.
     outbound_api: OnceLock<OutboundApi>,
+    /// The threading store, read by the query API.
+    threading: OnceLock<Arc<dyn ThreadingStore>>,
 }
 
 impl AppState {
@@ -61,6 +66,7 @@ impl AppState {
                 ready: AtomicBool::new(false),
                 prometheus,
                 outbound_api: OnceLock::new(),
+                threading: OnceLock::new(),
             }),
         }
     }
@@ -86,6 +92,12 @@ impl AppState {
         let _ = self.inner.outbound_api.set(api);
     }
 
+    /// Turns on the query API over `store` (it still needs
+    /// `http.api_token`).
+    pub fn enable_threading_api(&self, store: Arc<dyn ThreadingStore>) {
+        let _ = self.inner.threading.set(store);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
@@ -101,6 +113,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/webhooks/{channel_id}", any(webhook))
         .route("/v1/outbound", post(submit_outbound))
+        .route(
+            "/v1/customers/{customer_id}/timeline",
+            get(customer_timeline),
+        )
+        .route("/v1/identities/{kind}/{value}", get(identity))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -207,28 +224,13 @@ async fn submit_outbound(
         .emit(&api.metrics);
         into_axum(response)
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().as_bytes());
-    if !presented.is_some_and(|token| api.authorizes(token)) {
-        let mut response = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token",
+    if let Err(detail) = authorize(api, &headers) {
+        return finish(
+            OutboundRequestOutcome::Unauthorized,
+            "",
+            detail,
+            unauthorized(),
         );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        let detail = if presented.is_some() {
-            "wrong token"
-        } else {
-            "no bearer token"
-        };
-        return finish(OutboundRequestOutcome::Unauthorized, "", detail, response);
     }
     let max = state.inner.max_body_bytes;
     let too_large = || {
@@ -305,6 +307,189 @@ async fn submit_outbound(
             )
         }
     }
+}
+
+/// Checks the daemon's bearer token (`http.api_token`), shared by every
+/// `/v1/` endpoint. On refusal: why, for the log (answer [`unauthorized`]).
+fn authorize(api: &OutboundApi, headers: &HeaderMap) -> Result<(), &'static str> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().as_bytes());
+    match presented {
+        Some(token) if api.authorizes(token) => Ok(()),
+        Some(_) => Err("wrong token"),
+        None => Err("no bearer token"),
+    }
+}
+
+/// The 401 answer of a missing or wrong bearer token.
+fn unauthorized() -> omni_connector::WebhookResponse {
+    let mut response = error_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// The store for a query request, once its bearer token checks out.
+fn query_store(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<dyn ThreadingStore>, Box<Response>> {
+    let (Some(api), Some(store)) = (state.inner.outbound_api.get(), state.inner.threading.get())
+    else {
+        return Err(Box::new(into_axum(error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the query api is off; set http.api_token to enable it",
+        ))));
+    };
+    if let Err(detail) = authorize(api, headers) {
+        tracing::warn!(detail, "query request refused");
+        return Err(Box::new(into_axum(unauthorized())));
+    }
+    Ok(store.clone())
+}
+
+fn store_failed(error: &omni_threading::StoreError) -> Response {
+    tracing::error!(error = %error, "threading store query failed");
+    into_axum(unavailable_response("unavailable", error, RETRY_AFTER))
+}
+
+/// Largest and default page of `GET /v1/customers/{id}/timeline`.
+const MAX_TIMELINE_PAGE: u32 = 1000;
+const DEFAULT_TIMELINE_PAGE: u32 = 100;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineQuery {
+    /// The `next_after` of the previous page.
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/customers/{customer_id}/timeline?after=&limit=`: a page of the
+/// customer's timeline, oldest first. A merged id reads the survivor's
+/// timeline and says so (`merged`, `requested_customer_id`).
+async fn customer_timeline(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+    query: Result<Query<TimelineQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let store = match query_store(&state, &headers) {
+        Ok(store) => store,
+        Err(response) => return *response,
+    };
+    let Ok(Query(query)) = query else {
+        return into_axum(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "after must be an integer cursor and limit an integer",
+        ));
+    };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_TIMELINE_PAGE)
+        .clamp(1, MAX_TIMELINE_PAGE);
+    let requested = omni_threading::CustomerId::from_string(customer_id);
+    let resolved = match store.resolve_customer(&requested).await {
+        Ok(Some(resolved)) => resolved,
+        Ok(None) => {
+            return into_axum(error_response(
+                StatusCode::NOT_FOUND,
+                "unknown_customer",
+                "no customer with this id",
+            ));
+        }
+        Err(error) => return store_failed(&error),
+    };
+    let page = match store.timeline(&resolved, query.after, limit).await {
+        Ok(page) => page,
+        Err(error) => return store_failed(&error),
+    };
+    let entries: Vec<_> = page
+        .entries
+        .iter()
+        .map(crate::threading::entry_json)
+        .collect();
+    axum::Json(serde_json::json!({
+        "customer_id": page.customer_id.as_str(),
+        "requested_customer_id": requested.as_str(),
+        "merged": page.customer_id != requested,
+        "entries": entries,
+        "next_after": page.next,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityQuery {
+    /// The channel id of channel-local kinds (`external`, `chat_visitor`).
+    scope: Option<String>,
+}
+
+/// `GET /v1/identities/{kind}/{value}[?scope=]`: the customer a handle
+/// belongs to, whether the link is confirmed, and the handles suggested
+/// (claimed but unproven) for that customer.
+async fn identity(
+    State(state): State<AppState>,
+    Path((kind, value)): Path<(String, String)>,
+    query: Result<Query<IdentityQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let store = match query_store(&state, &headers) {
+        Ok(store) => store,
+        Err(response) => return *response,
+    };
+    let Ok(Query(query)) = query else {
+        return into_axum(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the only query parameter is scope",
+        ));
+    };
+    let key = match crate::threading::handle_key(&kind, &value, query.scope.as_deref()) {
+        Ok(key) => key,
+        Err(reason) => {
+            return into_axum(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_handle",
+                reason,
+            ));
+        }
+    };
+    let record = match store.identity(&key).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return into_axum(error_response(
+                StatusCode::NOT_FOUND,
+                "unknown_identity",
+                "no customer has this handle",
+            ));
+        }
+        Err(error) => return store_failed(&error),
+    };
+    let suggestions = match store.suggestions(&record.customer_id).await {
+        Ok(suggestions) => suggestions,
+        Err(error) => return store_failed(&error),
+    };
+    axum::Json(serde_json::json!({
+        "handle": crate::threading::handle_json(&key),
+        "customer_id": record.customer_id.as_str(),
+        "confirmed": record.confirmed,
+        "suggestions": suggestions.iter().map(crate::threading::handle_json).collect::<Vec<_>>(),
+    }))
+    .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {

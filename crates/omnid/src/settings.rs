@@ -28,6 +28,8 @@ pub struct Settings {
     pub channels: ChannelSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub threading: ThreadingSettings,
     /// Upper bound (seconds) on draining in-flight requests and queued
     /// events at shutdown.
     #[serde(default = "default_shutdown_timeout_secs")]
@@ -184,6 +186,80 @@ pub struct TelemetrySettings {
     pub log_level: String,
 }
 
+/// The threading service: the worker that consumes the inbound topic, its
+/// state store, and the relay that publishes the timeline topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadingSettings {
+    /// Run the threading worker and the timeline relay in this process.
+    /// Off, the query API and `omnid timeline` still read the store.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The state store: `sqlite` (embedded, a file in the data directory)
+    /// or `postgres` (production, shared by every worker).
+    #[serde(default = "default_threading_store")]
+    pub store: String,
+    /// SQLite store file; default `<data_dir>/threading.sqlite3`.
+    #[serde(default)]
+    pub sqlite_path: Option<PathBuf>,
+    /// With `store = "postgres"`: the connection URL
+    /// (`postgres://user:password@host/db`), as `{ env = "NAME" }` or
+    /// `{ file = "PATH" }` since it may hold a password. A schema other
+    /// than `public` is chosen with `?options=-c%20search_path%3Dname`.
+    #[serde(default)]
+    pub postgres_url: Option<omni_connector::SecretRef>,
+    /// Connections of the PostgreSQL pool.
+    #[serde(default = "default_threading_max_connections")]
+    pub max_connections: u32,
+    /// How far apart (seconds) two emails with the same normalized subject
+    /// and no Message-ID link may be and still share a conversation.
+    #[serde(default = "default_subject_window_secs")]
+    pub subject_window_secs: u64,
+    /// How long (seconds) a chat-like conversation may be idle before the
+    /// next message opens a new one.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub default_idle_timeout_secs: u64,
+    /// Per channel id idle timeouts (seconds), overriding the default:
+    /// `idle_timeout_secs = { "shop-sms" = 172800 }`.
+    #[serde(default)]
+    pub idle_timeout_secs: std::collections::BTreeMap<String, u64>,
+    /// Channel ids whose unverified sender identities are trusted as
+    /// proven (a form behind the business's own login). Trusting a claim
+    /// lets whoever typed it read that customer's history.
+    #[serde(default)]
+    pub trusted_claim_channels: Vec<String>,
+}
+
+impl ThreadingSettings {
+    /// The pure threading configuration.
+    pub fn config(&self) -> omni_threading::ThreadingConfig {
+        use std::time::Duration;
+        omni_threading::ThreadingConfig {
+            subject_window: Duration::from_secs(self.subject_window_secs),
+            default_idle_timeout: Duration::from_secs(self.default_idle_timeout_secs),
+            idle_timeouts: self
+                .idle_timeout_secs
+                .iter()
+                .map(|(channel, secs)| (channel.clone(), Duration::from_secs(*secs)))
+                .collect(),
+            trusted_claim_channels: self.trusted_claim_channels.iter().cloned().collect(),
+        }
+    }
+}
+
+fn default_threading_store() -> String {
+    "sqlite".into()
+}
+const fn default_threading_max_connections() -> u32 {
+    8
+}
+const fn default_subject_window_secs() -> u64 {
+    7 * 24 * 3600
+}
+const fn default_idle_timeout_secs() -> u64 {
+    24 * 3600
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -277,7 +353,8 @@ default_from_serde!(
     KafkaSettings,
     SpoolSettings,
     ChannelSettings,
-    TelemetrySettings
+    TelemetrySettings,
+    ThreadingSettings
 );
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +413,23 @@ impl Settings {
         if self.log.sqlite.max_batch == 0 || self.log.sqlite.queue_capacity == 0 {
             return Err("log.sqlite: max_batch and queue_capacity must be at least 1".into());
         }
+        match self.threading.store.as_str() {
+            "sqlite" => {}
+            "postgres" if self.threading.postgres_url.is_none() => {
+                return Err(
+                    "threading.postgres_url: required with threading.store = \"postgres\"".into(),
+                );
+            }
+            "postgres" if self.threading.max_connections == 0 => {
+                return Err("threading.max_connections: must be at least 1".into());
+            }
+            "postgres" => {}
+            other => {
+                return Err(format!(
+                    "threading.store: unknown store `{other}`, expected `sqlite` or `postgres`"
+                ));
+            }
+        }
         self.telemetry
             .log_format
             .parse::<omni_telemetry::LogFormat>()
@@ -361,6 +455,13 @@ impl Settings {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("attachments"))
+    }
+
+    pub fn threading_sqlite_path(&self) -> PathBuf {
+        self.threading
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("threading.sqlite3"))
     }
 
     pub fn sqlite_path(&self) -> PathBuf {

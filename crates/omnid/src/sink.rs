@@ -11,7 +11,7 @@ use omni_log::{EventLog, LogError, Record};
 use omni_model::cloudevents::{self, CloudEvent};
 use omni_proto::{
     Message,
-    v1::{ConversationEvent, Direction},
+    v1::{ConversationEvent, Direction, TimelineEvent},
 };
 use omni_telemetry::events::{LogAppended, LogMetrics};
 
@@ -63,6 +63,7 @@ pub struct LogSink {
     inbound_metrics: LogMetrics,
     outbound_metrics: LogMetrics,
     deadletter_metrics: LogMetrics,
+    timeline_metrics: LogMetrics,
 }
 
 impl LogSink {
@@ -72,6 +73,7 @@ impl LogSink {
             inbound_metrics: LogMetrics::register(&topics.inbound),
             outbound_metrics: LogMetrics::register(&topics.outbound),
             deadletter_metrics: LogMetrics::register(&topics.deadletter),
+            timeline_metrics: LogMetrics::register(&topics.timeline),
             log,
             topics,
         }
@@ -83,6 +85,29 @@ impl LogSink {
     pub fn submit_outbound(&self, event: ConversationEvent) -> Ack {
         let record = self.event_record(&self.topics.outbound, &event);
         self.append(record, self.outbound_metrics.clone())
+    }
+
+    /// Appends a timeline entry to the timeline topic, keyed by its
+    /// customer id (so one customer's entries keep their order), with
+    /// `ce_id` the entry's id; resolves once it is durable.
+    pub fn submit_timeline(&self, entry: &TimelineEvent) -> Ack {
+        let now = SystemTime::now();
+        let ce = CloudEvent {
+            id: entry.timeline_event_id.clone(),
+            source: TIMELINE_SOURCE.to_owned(),
+            ty: cloudevents::TYPE_TIMELINE_EVENT.to_owned(),
+            time: now,
+            content_type: self.encoding.content_type().to_owned(),
+            traceparent: None,
+        };
+        let record = record(
+            &self.topics.timeline,
+            entry.customer_id.clone(),
+            &ce,
+            self.encoding.encode(entry),
+            now,
+        );
+        self.append(record, self.timeline_metrics.clone())
     }
 
     fn event_record(&self, topic: &str, event: &ConversationEvent) -> Record {
@@ -133,6 +158,9 @@ impl LogSink {
         }
     }
 }
+
+/// `ce_source` of timeline entries: the threading service, not a channel.
+pub const TIMELINE_SOURCE: &str = "/omnid/threading";
 
 /// The partition key of a conversation event: the customer's handle, so
 /// one customer's records keep their order. That is the sender of an
