@@ -21,6 +21,10 @@ pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
     vec![
         Box::new(omni_api::ApiFactory),
         Box::new(omni_email::EmailFactory),
+        Box::new(omni_telegram::TelegramFactory),
+        Box::new(omni_sms::TwilioFactory),
+        Box::new(omni_sms::VonageFactory),
+        Box::new(omni_sms::SmsGatewayFactory),
     ]
 }
 
