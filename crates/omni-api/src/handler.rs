@@ -14,7 +14,7 @@ use omni_proto::{
     Timestamp,
     v1::{ChannelKind, DeadLetter},
 };
-use omni_telemetry::events::{DeadLettered, WebhookHandled, WebhookMetrics, WebhookOutcome};
+use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
 
 use crate::{
     config::ApiChannelConfig,
@@ -106,13 +106,7 @@ impl ApiWebhook {
         detail: &str,
         response: WebhookResponse,
     ) -> WebhookResponse {
-        WebhookHandled {
-            outcome,
-            elapsed: started.elapsed(),
-            detail,
-        }
-        .emit(&self.metrics);
-        response
+        omni_connector::webhook::finish(&self.metrics, started, outcome, detail, response)
     }
 
     fn storage_failure(&self, started: Instant, error: SendError) -> WebhookResponse {

@@ -1,11 +1,12 @@
 //! Webhook plumbing shared by every push connector: the request as a
 //! connector sees it, and JSON error replies with one shape everywhere.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use omni_telemetry::events::{WebhookHandled, WebhookMetrics, WebhookOutcome};
 
 /// A webhook request, already limited in size by the daemon.
 #[derive(Debug, Clone)]
@@ -74,6 +75,25 @@ pub fn unavailable_response(
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
+    response
+}
+
+/// Ends a webhook request: emits its internal event (log line, outcome
+/// counter, duration) and hands the response back, so every channel
+/// reports its requests the same way.
+pub fn finish(
+    metrics: &WebhookMetrics,
+    started: Instant,
+    outcome: WebhookOutcome,
+    detail: &str,
+    response: WebhookResponse,
+) -> WebhookResponse {
+    WebhookHandled {
+        outcome,
+        elapsed: started.elapsed(),
+        detail,
+    }
+    .emit(metrics);
     response
 }
 

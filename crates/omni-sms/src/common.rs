@@ -18,7 +18,7 @@ use omni_proto::{
     Timestamp,
     v1::{ChannelKind, ConversationEvent, DeadLetter, IdentityHandle},
 };
-use omni_telemetry::events::{DeadLettered, WebhookHandled, WebhookMetrics, WebhookOutcome};
+use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
 
 /// How long a provider should wait before retrying after a 503.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -153,13 +153,7 @@ impl Hook {
         detail: &str,
         response: WebhookResponse,
     ) -> WebhookResponse {
-        WebhookHandled {
-            outcome,
-            elapsed: started.elapsed(),
-            detail,
-        }
-        .emit(&self.metrics);
-        response
+        omni_connector::webhook::finish(&self.metrics, started, outcome, detail, response)
     }
 
     /// 403: not authentic; nothing was stored.

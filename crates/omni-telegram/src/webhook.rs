@@ -20,7 +20,7 @@ use omni_proto::{
     Timestamp,
     v1::{ChannelKind, DeadLetter},
 };
-use omni_telemetry::events::{DeadLettered, WebhookHandled, WebhookMetrics, WebhookOutcome};
+use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
 use teloxide_core::types::Update;
 
 use crate::{
@@ -56,13 +56,7 @@ impl TelegramWebhook {
         detail: &str,
         response: WebhookResponse,
     ) -> WebhookResponse {
-        WebhookHandled {
-            outcome,
-            elapsed: started.elapsed(),
-            detail,
-        }
-        .emit(&self.metrics);
-        response
+        omni_connector::webhook::finish(&self.metrics, started, outcome, detail, response)
     }
 
     fn unavailable(&self, started: Instant, code: &str, detail: String) -> WebhookResponse {
