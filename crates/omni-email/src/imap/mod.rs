@@ -406,13 +406,7 @@ impl MailboxWorker {
             let Some(uid) = fetch.uid.filter(|uid| uids.binary_search(uid).is_ok()) else {
                 continue;
             };
-            let received_at = fetch
-                .internal_date()
-                .map(|d| Timestamp {
-                    seconds: d.timestamp(),
-                    nanos: 0,
-                })
-                .unwrap_or_else(now);
+            let received_at = internal_date(&fetch);
             // A FETCH without the body is a flag update from another
             // client, or the message was expunged meanwhile.
             let Some(raw) = fetch.body() else { continue };
@@ -484,13 +478,7 @@ impl MailboxWorker {
             .await?;
         let fetch = fetched.iter().find(|f| f.uid == Some(uid));
         let header = fetch.and_then(|f| f.header()).unwrap_or_default().to_vec();
-        let received_at = fetch
-            .and_then(|f| f.internal_date())
-            .map(|d| Timestamp {
-                seconds: d.timestamp(),
-                nanos: 0,
-            })
-            .unwrap_or_else(now);
+        let received_at = fetch.map_or_else(now, internal_date);
         let seen_id = header_message_id(&header)
             .unwrap_or_else(|| format!("imap:{}:{uid_validity}:{uid}", self.mailbox));
         let detail = format!(
@@ -549,6 +537,18 @@ fn header_id_or_digest(raw: &[u8]) -> String {
     let end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
     header_message_id(&raw[..end.min(64 * 1024)])
         .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(raw))))
+}
+
+/// When the server received the message (INTERNALDATE), or now if it
+/// did not say.
+fn internal_date(fetch: &async_imap::types::Fetch) -> Timestamp {
+    fetch
+        .internal_date()
+        .map(|d| Timestamp {
+            seconds: d.timestamp(),
+            nanos: 0,
+        })
+        .unwrap_or_else(now)
 }
 
 fn now() -> Timestamp {
