@@ -14,7 +14,10 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use omni_proto::v1::Attachment;
 use sha2::{Digest, Sha256};
+
+use crate::outbound::DeliveryError;
 
 /// The URI scheme of stored attachments.
 pub const URI_PREFIX: &str = "omni-att://sha256/";
@@ -169,6 +172,122 @@ impl AttachmentStore for MemoryAttachmentStore {
     }
 }
 
+/// Longest file name an outbound attachment is sent under (its end is
+/// kept, so the extension survives).
+pub const MAX_FILE_NAME_CHARS: usize = 200;
+
+/// The name of an outbound attachment whose own name is empty or only a
+/// directory.
+pub const DEFAULT_FILE_NAME: &str = "attachment";
+
+/// The name an outbound attachment is sent under: the last path component,
+/// trimmed, at most [`MAX_FILE_NAME_CHARS`] characters, or
+/// [`DEFAULT_FILE_NAME`]. Names are never trusted as paths; line breaks and
+/// control characters are rejected rather than stripped.
+pub fn outbound_file_name(index: usize, raw: &str) -> Result<String, DeliveryError> {
+    if raw.chars().any(char::is_control) {
+        return Err(DeliveryError::Rejected(format!(
+            "attachments[{index}].name contains a line break or control character"
+        )));
+    }
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    if base.is_empty() || base == "." || base == ".." {
+        return Ok(DEFAULT_FILE_NAME.to_owned());
+    }
+    let chars = base.chars().count();
+    Ok(base
+        .chars()
+        .skip(chars.saturating_sub(MAX_FILE_NAME_CHARS))
+        .collect())
+}
+
+/// The store key an outbound attachment refers to. Only attachment store
+/// references (`omni-att://sha256/<hex>`) are accepted: a reply never makes
+/// the daemon fetch an arbitrary URL. A `sha256` on the attachment must
+/// name the same file.
+pub fn outbound_digest(index: usize, attachment: &Attachment) -> Result<String, DeliveryError> {
+    let uri = attachment.uri.trim();
+    let Some(hex) = uri.strip_prefix(URI_PREFIX) else {
+        let shown: String = uri.chars().take(100).collect();
+        return Err(DeliveryError::Rejected(format!(
+            "attachments[{index}].uri {shown:?} is not an attachment store reference ({URI_PREFIX}<hex>); other urls are never fetched"
+        )));
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DeliveryError::Rejected(format!(
+            "attachments[{index}].uri does not end in a sha256 (64 hex digits)"
+        )));
+    }
+    let digest = hex.to_ascii_lowercase();
+    if !attachment.sha256.is_empty() && !attachment.sha256.eq_ignore_ascii_case(&digest) {
+        return Err(DeliveryError::Rejected(format!(
+            "attachments[{index}].sha256 does not match its uri"
+        )));
+    }
+    Ok(digest)
+}
+
+/// Reads every attachment of an outbound message from the store, checked,
+/// before anything is sent (so a bad file never leaves a half-sent reply):
+/// see [`outbound_digest`]; a file missing from the store or whose bytes
+/// do not hash to its name is rejected, a store I/O error is temporary;
+/// over `max_total_bytes` in all (declared sizes checked before anything
+/// is read, actual sizes as files are read) the reply is rejected, the
+/// error naming `limit` (the setting or the provider's limit).
+pub async fn load_outbound(
+    store: &dyn AttachmentStore,
+    attachments: &[Attachment],
+    max_total_bytes: u64,
+    limit: &str,
+) -> Result<Vec<Bytes>, DeliveryError> {
+    let over = |total: u64| {
+        DeliveryError::Rejected(format!(
+            "attachments total {total} bytes, over the limit of {max_total_bytes} ({limit})"
+        ))
+    };
+    let digests = attachments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| outbound_digest(i, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let declared = attachments
+        .iter()
+        .fold(0u64, |sum, a| sum.saturating_add(a.size));
+    if declared > max_total_bytes {
+        return Err(over(declared));
+    }
+    let mut files = Vec::with_capacity(attachments.len());
+    let mut total = 0u64;
+    for (i, digest) in digests.into_iter().enumerate() {
+        let content = store
+            .get(&digest)
+            .await
+            .map_err(|e| DeliveryError::Temporary(format!("attachments[{i}]: {e}")))?
+            .ok_or_else(|| {
+                DeliveryError::Rejected(format!(
+                    "attachments[{i}] ({URI_PREFIX}{digest}) is not in the attachment store"
+                ))
+            })?;
+        total = total.saturating_add(content.len() as u64);
+        if total > max_total_bytes {
+            return Err(over(total));
+        }
+        let (content, actual) = tokio::task::spawn_blocking(move || {
+            let actual = hex::encode(Sha256::digest(&content));
+            (content, actual)
+        })
+        .await
+        .map_err(|e| DeliveryError::Temporary(format!("hashing attachments[{i}] failed: {e}")))?;
+        if actual != digest {
+            return Err(DeliveryError::Rejected(format!(
+                "attachments[{i}]: the stored file {digest} does not match its sha256 (it hashes to {actual})"
+            )));
+        }
+        files.push(content);
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +319,61 @@ mod tests {
         let store = FsAttachmentStore::new(dir.path());
         for bad in ["../../etc/passwd", "ABC", &"g".repeat(64), ""] {
             assert_eq!(store.get(bad).await.unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn file_names_lose_directories_and_refuse_line_breaks() {
+        assert_eq!(
+            outbound_file_name(0, "/tmp/a/report.pdf").unwrap(),
+            "report.pdf"
+        );
+        assert_eq!(
+            outbound_file_name(0, "..\\..\\boot.ini").unwrap(),
+            "boot.ini"
+        );
+        assert_eq!(outbound_file_name(0, "").unwrap(), "attachment");
+        assert_eq!(outbound_file_name(0, "dir/..").unwrap(), "attachment");
+        assert_eq!(outbound_file_name(0, "Счёт.pdf").unwrap(), "Счёт.pdf");
+        let long = format!("{}.pdf", "a".repeat(300));
+        assert!(outbound_file_name(0, &long).unwrap().ends_with("a.pdf"));
+        assert_eq!(
+            outbound_file_name(0, &long).unwrap().chars().count(),
+            MAX_FILE_NAME_CHARS
+        );
+        assert!(outbound_file_name(2, "a\r\nb.txt").is_err());
+        assert!(outbound_file_name(2, "a\0b.txt").is_err());
+    }
+
+    #[test]
+    fn only_store_references_are_read() {
+        let digest = "AB".repeat(32);
+        let mut attachment = Attachment {
+            uri: format!("{URI_PREFIX}{digest}"),
+            ..Default::default()
+        };
+        assert_eq!(outbound_digest(0, &attachment).unwrap(), "ab".repeat(32));
+        attachment.sha256 = "ab".repeat(32);
+        assert!(outbound_digest(0, &attachment).is_ok());
+        attachment.sha256 = "cd".repeat(32);
+        assert!(outbound_digest(0, &attachment).is_err());
+        for uri in [
+            "https://example.com/a.pdf",
+            "file:///etc/passwd",
+            "omni-att://sha256/abc",
+            "omni-att://sha256/../../etc/passwd",
+        ] {
+            let attachment = Attachment {
+                uri: uri.into(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(
+                    outbound_digest(0, &attachment),
+                    Err(DeliveryError::Rejected(_))
+                ),
+                "{uri}"
+            );
         }
     }
 

@@ -71,7 +71,10 @@ impl ConnectorFactory for EmailFactory {
             }
         }
         let outbound = match config.smtp {
-            Some(smtp) => Some(Arc::new(SmtpSender::new(&context.channel_id, smtp)?)),
+            Some(smtp) => Some(Arc::new(
+                SmtpSender::new(&context.channel_id, smtp)?
+                    .with_attachments(context.attachments.clone()),
+            )),
             None => None,
         };
         Ok(Arc::new(EmailConnector { workers, outbound }))

@@ -1,15 +1,20 @@
 //! The SMTP half against a real SMTP server (omni-testkit's aiosmtpd sink):
-//! what arrives, byte for byte, for a threaded reply; STARTTLS with a
-//! private CA and AUTH; and how failures are classified, including against
-//! a scripted peer that answers with the 4xx and 5xx replies a real relay
-//! gives.
+//! what arrives, byte for byte, for a threaded reply and its attachments;
+//! STARTTLS with a private CA and AUTH; and how failures are classified,
+//! including against a scripted peer that answers with the 4xx and 5xx
+//! replies a real relay gives, and unusable attachments.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use omni_connector::{DeliveryError, OutboundHandler};
+use mail_parser::MimeHeaders;
+use omni_connector::{
+    AttachmentStore, DeliveryError, FsAttachmentStore, OutboundHandler, StoredAttachment,
+    attachments::{AttachmentError, MemoryAttachmentStore},
+};
 use omni_email::smtp::{SmtpSender, SmtpSettings};
 use omni_proto::v1::{
-    Content, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle, ThreadingHints,
+    Attachment, Content, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle,
+    ThreadingHints,
 };
 use omni_testkit::{SMTP_LOGIN, SMTP_PASSWORD, SmtpSink};
 use tokio::{
@@ -281,4 +286,196 @@ fn configuration_errors_name_their_key() {
         let error = SmtpSender::new("support-mail", settings(text)).expect_err(text);
         assert_eq!(error.key, key, "{text}: {error}");
     }
+}
+
+/// An attachment store whose disk fails.
+#[derive(Debug)]
+struct BrokenStore;
+
+#[async_trait::async_trait]
+impl AttachmentStore for BrokenStore {
+    async fn put(&self, _: bytes::Bytes) -> Result<StoredAttachment, AttachmentError> {
+        unreachable!("replies only read")
+    }
+
+    async fn get(&self, sha256: &str) -> Result<Option<bytes::Bytes>, AttachmentError> {
+        Err(AttachmentError {
+            path: sha256.into(),
+            source: std::io::Error::other("disk on fire"),
+        })
+    }
+}
+
+fn attached(mut event: ConversationEvent, attachments: Vec<Attachment>) -> ConversationEvent {
+    event.content.as_mut().unwrap().attachments = attachments;
+    event
+}
+
+fn attachment(name: &str, media_type: &str, stored: &StoredAttachment) -> Attachment {
+    Attachment {
+        name: name.into(),
+        media_type: media_type.into(),
+        size: stored.size,
+        sha256: stored.sha256.clone(),
+        uri: stored.uri.clone(),
+    }
+}
+
+#[tokio::test]
+async fn attachments_arrive_with_their_bytes() {
+    let sink = start_sink().await;
+    let store = Arc::new(MemoryAttachmentStore::default());
+    let pdf: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let stored_pdf = store.put(pdf.clone().into()).await.unwrap();
+    let stored_txt = store
+        .put(bytes::Bytes::from_static(b"line one\r\n.\r\nline three\n"))
+        .await
+        .unwrap();
+    let sender = SmtpSender::new("support-mail", plain_settings(sink.port()))
+        .unwrap()
+        .with_attachments(store);
+    let event = attached(
+        reply("Re: Order 7781"),
+        vec![
+            attachment("/var/tmp/Счёт 7781.pdf", "application/pdf", &stored_pdf),
+            attachment("notes.txt", "", &stored_txt),
+        ],
+    );
+    sender.deliver(&event).await.expect("delivered");
+
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&received[0].data)
+        .unwrap();
+    assert!(
+        parsed
+            .content_type()
+            .is_some_and(|t| t.ctype() == "multipart" && t.subtype() == Some("mixed")),
+        "{:?}",
+        parsed.content_type()
+    );
+    assert!(
+        parsed
+            .body_text(0)
+            .unwrap()
+            .contains("A line with a lone dot above.")
+    );
+    let files: Vec<_> = parsed.attachments().collect();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0].attachment_name(), Some("Счёт 7781.pdf"));
+    assert_eq!(files[0].contents(), &pdf[..]);
+    assert_eq!(
+        files[0].content_type().unwrap().subtype(),
+        Some("pdf"),
+        "the given media type"
+    );
+    assert_eq!(files[1].attachment_name(), Some("notes.txt"));
+    assert_eq!(files[1].contents(), b"line one\r\n.\r\nline three\n");
+    assert_eq!(
+        files[1].content_type().unwrap().subtype(),
+        Some("octet-stream")
+    );
+}
+
+#[tokio::test]
+async fn unusable_attachments_fail_before_anything_is_sent() {
+    let sink = start_sink().await;
+    let store = Arc::new(MemoryAttachmentStore::default());
+    let stored = store
+        .put(bytes::Bytes::from(vec![1u8; 2048]))
+        .await
+        .unwrap();
+    let mut small = plain_settings(sink.port());
+    small.max_attachment_bytes = 3000;
+    let sender = SmtpSender::new("support-mail", small)
+        .unwrap()
+        .with_attachments(store.clone());
+    let rejected = |error: DeliveryError| match error {
+        DeliveryError::Rejected(reason) => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    let file = attachment("a.bin", "", &stored);
+
+    // Anything but a store reference is never fetched.
+    let mut remote = file.clone();
+    remote.uri = "http://169.254.169.254/latest/meta-data/".into();
+    let error = sender
+        .deliver(&attached(reply("x"), vec![remote]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("never fetched"));
+
+    // Not in the store.
+    let mut missing = file.clone();
+    missing.uri = format!("omni-att://sha256/{}", "ab".repeat(32));
+    missing.sha256.clear();
+    let error = sender
+        .deliver(&attached(reply("x"), vec![missing]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("not in the attachment store"));
+
+    // A sha256 that names another file than the URI.
+    let mut contradictory = file.clone();
+    contradictory.sha256 = "cd".repeat(32);
+    let error = sender
+        .deliver(&attached(reply("x"), vec![contradictory]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("does not match its uri"));
+
+    // Over the size cap, declared or actual.
+    let error = sender
+        .deliver(&attached(reply("x"), vec![file.clone(), file.clone()]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("over the limit of 3000"));
+    let mut understated = file.clone();
+    understated.size = 1;
+    let error = sender
+        .deliver(&attached(
+            reply("x"),
+            vec![understated.clone(), understated],
+        ))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("4096 bytes, over the limit"));
+
+    // A store file whose content does not hash to its name.
+    let dir = tempfile::tempdir().unwrap();
+    let digest = &stored.sha256;
+    std::fs::create_dir_all(dir.path().join(&digest[..2])).unwrap();
+    std::fs::write(dir.path().join(&digest[..2]).join(digest), b"tampered").unwrap();
+    let tampered = SmtpSender::new("support-mail", plain_settings(sink.port()))
+        .unwrap()
+        .with_attachments(Arc::new(FsAttachmentStore::new(dir.path())));
+    let error = tampered
+        .deliver(&attached(reply("x"), vec![file.clone()]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("does not match its sha256"));
+
+    // Without a store (a sender built without one), attachments are refused.
+    let bare = SmtpSender::new("support-mail", plain_settings(sink.port())).unwrap();
+    let error = bare
+        .deliver(&attached(reply("x"), vec![file.clone()]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("no attachment store"));
+
+    // A store that cannot be read is the operator's to fix: retried.
+    let broken = SmtpSender::new("support-mail", plain_settings(sink.port()))
+        .unwrap()
+        .with_attachments(Arc::new(BrokenStore));
+    let error = broken
+        .deliver(&attached(reply("x"), vec![file]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DeliveryError::Temporary(ref r) if r.contains("disk on fire")),
+        "{error:?}"
+    );
+
+    assert!(sink.received().is_empty(), "nothing half-sent");
 }

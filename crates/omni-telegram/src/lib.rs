@@ -90,6 +90,7 @@ impl TelegramConnector {
                 Duration::from_millis(config.per_chat_interval_ms),
             ),
             max_retry_wait: Duration::from_secs(config.max_retry_wait_secs),
+            attachments: context.attachments.clone(),
         });
         let (mut webhook, mut poller, mut register) = (None, None, None);
         match config.mode {

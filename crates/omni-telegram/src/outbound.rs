@@ -1,18 +1,37 @@
-//! Replies: `sendMessage` within Telegram's rate limits (about 30 messages
-//! a second per bot, one a second per chat), honouring a 429's
-//! `retry_after`.
+//! Replies: `sendMessage`, and `sendDocument` / `sendPhoto` for
+//! attachments, within Telegram's rate limits (about 30 messages a second
+//! per bot, one a second per chat), honouring a 429's `retry_after`.
+//!
+//! A reply with attachments is sent as one message per file. With exactly
+//! one file and a text of at most [`MAX_CAPTION_CHARS`], the text is that
+//! file's caption; otherwise the text (if any) goes first with
+//! `sendMessage`, then the files in order. The first message sent answers
+//! the customer's message and is the delivery's provider message id.
+//!
+//! Attachments are read from the attachment store only
+//! (`omni-att://sha256/<hex>`; any other URI is rejected, as replies never
+//! make the daemon fetch an arbitrary URL) and every file is loaded and
+//! checked against its SHA-256 before anything is sent. A missing or
+//! corrupt file, a reply over [`MAX_UPLOAD_BYTES`], or a name or media type
+//! with a line break is rejected; a store I/O error is temporary. A failure
+//! after some messages went out fails the delivery, and a retry sends them
+//! again (at least once, as every reply).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
-use omni_connector::{Delivered, DeliveryError, OutboundHandler};
-use omni_proto::v1::{ConversationEvent, HandleKind};
+use bytes::Bytes;
+use omni_connector::{
+    AttachmentStore, Delivered, DeliveryError, OutboundHandler,
+    attachments::{load_outbound, outbound_file_name},
+};
+use omni_proto::v1::{Attachment, ConversationEvent, HandleKind};
 use teloxide_core::{
     ApiError, RequestError,
-    payloads::SendMessageSetters,
+    payloads::{SendDocumentSetters, SendMessageSetters, SendPhotoSetters},
     prelude::Requester,
-    requests::Request,
-    types::{ChatId, MessageId, ReplyParameters},
+    requests::{Payload, Request},
+    types::{ChatId, InputFile, Message, MessageId, ReplyParameters},
 };
 use tokio::time::Instant;
 
@@ -20,6 +39,18 @@ use crate::{api::BotApi, normalize::provider_message_id};
 
 /// Telegram's limit on one text message, in characters.
 pub const MAX_TEXT_CHARS: usize = 4096;
+
+/// Telegram's limit on a media caption, in characters.
+pub const MAX_CAPTION_CHARS: usize = 1024;
+
+/// Most bytes one reply's attachments may total: the Bot API's upload limit
+/// for one file (50 MB), applied to the whole reply so its files, held in
+/// memory while they are sent, stay bounded.
+pub const MAX_UPLOAD_BYTES: u64 = 50_000_000;
+
+/// Largest image sent with `sendPhoto` (the Bot API's limit); larger ones,
+/// and other types, go as documents.
+pub const MAX_PHOTO_BYTES: usize = 10_000_000;
 
 /// How many 429s one delivery waits out before handing back.
 const MAX_RETRIES: u32 = 3;
@@ -83,6 +114,16 @@ pub struct TelegramSender {
     pub(crate) api: BotApi,
     pub(crate) limiter: RateLimiter,
     pub(crate) max_retry_wait: Duration,
+    /// Where reply attachments are read from.
+    pub(crate) attachments: Arc<dyn AttachmentStore>,
+}
+
+/// One attachment, loaded and checked.
+#[derive(Debug, Clone)]
+struct File {
+    name: String,
+    as_photo: bool,
+    content: Bytes,
 }
 
 /// Where a reply goes: the conversation's chat, else the customer's
@@ -145,13 +186,8 @@ impl OutboundHandler for TelegramSender {
     async fn deliver(&self, message: &ConversationEvent) -> Result<Delivered, DeliveryError> {
         let chat = target_chat(message)?;
         let content = message.content.clone().unwrap_or_default();
-        if !content.attachments.is_empty() {
-            return Err(DeliveryError::Rejected(
-                "attachments are not sent on telegram yet".into(),
-            ));
-        }
         let text = content.text;
-        if text.trim().is_empty() {
+        if text.trim().is_empty() && content.attachments.is_empty() {
             return Err(DeliveryError::Rejected("content.text is empty".into()));
         }
         let chars = text.chars().count();
@@ -160,30 +196,74 @@ impl OutboundHandler for TelegramSender {
                 "text of {chars} characters is over telegram's limit of {MAX_TEXT_CHARS}"
             )));
         }
-        let reply_to = message
+        let files = load_files(self.attachments.as_ref(), &content.attachments).await?;
+        let mut reply_to = message
             .threading
             .as_ref()
-            .and_then(|t| reply_message_id(&t.reply_to_provider_message_id, chat));
+            .and_then(|t| reply_message_id(&t.reply_to_provider_message_id, chat))
+            .map(|id| ReplyParameters::new(MessageId(id)).allow_sending_without_reply());
 
+        let caption = (files.len() == 1 && !text.trim().is_empty() && chars <= MAX_CAPTION_CHARS)
+            .then(|| text.clone());
+        let mut first: Option<Message> = None;
+        if caption.is_none() && !text.trim().is_empty() {
+            let mut request = self.api.bot.send_message(ChatId(chat), text.clone());
+            if let Some(reply) = reply_to.take() {
+                request = request.reply_parameters(reply);
+            }
+            first = Some(self.send(chat, "sendMessage", request).await?);
+        }
+        for file in files {
+            let input = InputFile::memory(file.content).file_name(file.name);
+            let sent = if file.as_photo {
+                let mut request = self.api.bot.send_photo(ChatId(chat), input);
+                if let Some(caption) = &caption {
+                    request = request.caption(caption.clone());
+                }
+                if let Some(reply) = reply_to.take() {
+                    request = request.reply_parameters(reply);
+                }
+                self.send(chat, "sendPhoto", request).await?
+            } else {
+                let mut request = self.api.bot.send_document(ChatId(chat), input);
+                if let Some(caption) = &caption {
+                    request = request.caption(caption.clone());
+                }
+                if let Some(reply) = reply_to.take() {
+                    request = request.reply_parameters(reply);
+                }
+                self.send(chat, "sendDocument", request).await?
+            };
+            first.get_or_insert(sent);
+        }
+        let first = first.expect("a text or at least one file was sent");
+        Ok(Delivered {
+            provider_message_id: provider_message_id(first.chat.id.0, first.id.0),
+            provider_status: "ok".into(),
+        })
+    }
+}
+
+impl TelegramSender {
+    /// Sends `request` to `chat` in its rate-limit slot, waiting out 429s.
+    async fn send<R>(
+        &self,
+        chat: i64,
+        method: &'static str,
+        request: R,
+    ) -> Result<Message, DeliveryError>
+    where
+        R: Request<Err = RequestError> + Send + Sync,
+        R::Payload: Payload<Output = Message>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
             tokio::time::sleep_until(self.limiter.reserve(chat)).await;
-            let mut request = self.api.bot.send_message(ChatId(chat), text.clone());
-            if let Some(id) = reply_to {
-                request = request.reply_parameters(
-                    ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
-                );
-            }
-            let result = tokio::time::timeout(self.api.request_timeout, request.send()).await;
+            let result = tokio::time::timeout(self.api.request_timeout, request.send_ref()).await;
             let error = match result {
-                Err(_) => return Err(DeliveryError::Temporary("sendMessage timed out".into())),
-                Ok(Ok(sent)) => {
-                    return Ok(Delivered {
-                        provider_message_id: provider_message_id(sent.chat.id.0, sent.id.0),
-                        provider_status: "ok".into(),
-                    });
-                }
+                Err(_) => return Err(DeliveryError::Temporary(format!("{method} timed out"))),
+                Ok(Ok(sent)) => return Ok(sent),
                 Ok(Err(error)) => error,
             };
             match error {
@@ -198,6 +278,7 @@ impl OutboundHandler for TelegramSender {
                     }
                     tracing::debug!(
                         chat,
+                        method,
                         retry_after_secs = after.seconds(),
                         "telegram asked to slow down"
                     );
@@ -215,6 +296,46 @@ impl OutboundHandler for TelegramSender {
             }
         }
     }
+}
+
+/// Loads and checks every attachment before anything is sent (see
+/// [`omni_connector::attachments::load_outbound`]); images Telegram shows
+/// inline go as photos.
+async fn load_files(
+    store: &dyn AttachmentStore,
+    attachments: &[Attachment],
+) -> Result<Vec<File>, DeliveryError> {
+    let mut checked = Vec::with_capacity(attachments.len());
+    for (i, attachment) in attachments.iter().enumerate() {
+        let name = outbound_file_name(i, &attachment.name)?;
+        let media_type = attachment.media_type.trim();
+        if media_type.chars().any(char::is_control) {
+            return Err(DeliveryError::Rejected(format!(
+                "attachments[{i}].media_type contains a line break or control character"
+            )));
+        }
+        let photo_type = matches!(
+            media_type.to_ascii_lowercase().as_str(),
+            "image/jpeg" | "image/png" | "image/webp"
+        );
+        checked.push((name, photo_type));
+    }
+    let contents = load_outbound(
+        store,
+        attachments,
+        MAX_UPLOAD_BYTES,
+        "telegram's upload limit",
+    )
+    .await?;
+    Ok(checked
+        .into_iter()
+        .zip(contents)
+        .map(|((name, photo_type), content)| File {
+            as_photo: photo_type && content.len() < MAX_PHOTO_BYTES,
+            name,
+            content,
+        })
+        .collect())
 }
 
 #[cfg(test)]

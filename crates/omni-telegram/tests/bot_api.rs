@@ -19,11 +19,12 @@ use axum::{
 };
 use bytes::Bytes;
 use omni_connector::{
-    Ack, ChannelContext, ChannelState, ConnectorFactory, DeliveryError, EventSender, EventSink,
-    LogEntry, SendError, WebhookRequest, testing::MemorySink,
+    Ack, AttachmentStore, ChannelContext, ChannelState, ConnectorFactory, DeliveryError,
+    EventSender, EventSink, FsAttachmentStore, LogEntry, SendError, StoredAttachment,
+    WebhookRequest, attachments::AttachmentError, testing::MemorySink,
 };
 use omni_proto::v1::{
-    ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle, ThreadingHints,
+    Attachment, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle, ThreadingHints,
 };
 use omni_telegram::{TelegramFactory, polling::OFFSET_KEY};
 use serde_json::{Value, json};
@@ -45,9 +46,58 @@ fn payload(name: &str) -> Value {
 struct Fake {
     updates: Vec<Value>,
     calls: Vec<(String, Value)>,
-    /// Scripted sendMessage answers (status, body); success once empty.
+    /// Scripted answers to sendMessage, sendDocument and sendPhoto
+    /// (status, body); success once empty.
     send_replies: VecDeque<(u16, Value)>,
     file_delay: Duration,
+    /// Files uploaded with sendDocument / sendPhoto.
+    uploads: Vec<Upload>,
+    /// The next message id of a sent file.
+    next_file_message_id: i64,
+}
+
+/// One file part of a multipart upload.
+#[derive(Debug, Clone)]
+struct Upload {
+    method: String,
+    field: String,
+    file_name: String,
+    bytes: Vec<u8>,
+}
+
+/// The parts of a `multipart/form-data` body: (field name, file name,
+/// content). Enough of RFC 7578 for what reqwest writes.
+fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, Option<String>, Vec<u8>)> {
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .expect("a multipart boundary")
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}").into_bytes();
+    let find =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+    let mut parts = Vec::new();
+    let mut rest = &body[find(body, &delimiter).expect("a first boundary") + delimiter.len()..];
+    while !rest.starts_with(b"--") {
+        rest = rest.strip_prefix(b"\r\n").expect("CRLF after a boundary");
+        let end =
+            find(rest, &[b"\r\n".as_slice(), &delimiter].concat()).expect("a closing boundary");
+        let part = &rest[..end];
+        let head_end = find(part, b"\r\n\r\n").expect("part headers");
+        let head = String::from_utf8_lossy(&part[..head_end]).into_owned();
+        let param = |key: &str| {
+            let marker = format!("{key}=\"");
+            let start = head.find(&marker)? + marker.len();
+            let len = head[start..].find('"')?;
+            Some(head[start..start + len].to_owned())
+        };
+        let name = param(" name")
+            .or_else(|| param(";name"))
+            .expect("a field name");
+        parts.push((name, param("filename"), part[head_end + 4..].to_vec()));
+        rest = &rest[end + 2 + delimiter.len()..];
+    }
+    parts
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -55,15 +105,43 @@ type Shared = Arc<Mutex<Fake>>;
 async fn method(
     State(fake): State<Shared>,
     Path((bot, method)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
     assert_eq!(bot, format!("bot{TOKEN}"));
     // Bot API method names are case-insensitive (teloxide capitalizes).
     let method = method.to_ascii_lowercase();
     // JSON for most methods; setWebhook is multipart (it may carry a
-    // certificate), kept as its raw text.
-    let params: Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    // certificate), kept as its raw text; sendDocument and sendPhoto are
+    // multipart uploads: their text fields become a JSON object, their
+    // files go to `uploads`.
+    let params: Value = if matches!(method.as_str(), "senddocument" | "sendphoto") {
+        let content_type = headers[axum::http::header::CONTENT_TYPE].to_str().unwrap();
+        let mut fields = serde_json::Map::new();
+        for (field, file_name, bytes) in multipart_parts(content_type, &body) {
+            match file_name {
+                Some(file_name) => fake.lock().unwrap().uploads.push(Upload {
+                    method: method.clone(),
+                    field,
+                    file_name,
+                    bytes,
+                }),
+                None => {
+                    let text = String::from_utf8(bytes).unwrap();
+                    // Non-string fields (reply_parameters) are JSON.
+                    let value = serde_json::from_str(&text)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or(Value::String(text));
+                    fields.insert(field, value);
+                }
+            }
+        }
+        Value::Object(fields)
+    } else {
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+    };
     fake.lock()
         .unwrap()
         .calls
@@ -114,6 +192,34 @@ async fn method(
                     "text": params["text"],
                 })),
             }
+        }
+        "senddocument" | "sendphoto" => {
+            let scripted = fake.lock().unwrap().send_replies.pop_front();
+            if let Some((status, body)) = scripted {
+                return (StatusCode::from_u16(status).unwrap(), Json(body));
+            }
+            let id = {
+                let mut fake = fake.lock().unwrap();
+                fake.next_file_message_id += 1;
+                5000 + fake.next_file_message_id
+            };
+            let chat_id: i64 = params["chat_id"].as_str().unwrap().parse().unwrap();
+            let mut message = json!({
+                "message_id": id,
+                "from": { "id": 5555555, "is_bot": true, "first_name": "Acme Support" },
+                "chat": { "id": chat_id, "first_name": "Test", "type": "private" },
+                "date": 1441650000,
+            });
+            if method == "sendphoto" {
+                message["photo"] = json!([{ "file_id": "p1", "file_unique_id": "up1",
+                                            "width": 1, "height": 1 }]);
+            } else {
+                message["document"] = json!({ "file_id": "d1", "file_unique_id": "ud1" });
+            }
+            if let Some(caption) = params.get("caption") {
+                message["caption"] = caption.clone();
+            }
+            ok(message)
         }
         "deletewebhook" | "setwebhook" => ok(json!(true)),
         other => (
@@ -611,4 +717,279 @@ async fn send_message_honours_retry_after_and_rejects_bad_requests() {
     )]);
     let error = outbound.deliver(&reply("hello")).await.unwrap_err();
     assert!(matches!(error, DeliveryError::Temporary(_)), "{error:?}");
+}
+
+fn with_files(text: &str, attachments: Vec<Attachment>) -> ConversationEvent {
+    let mut event = reply(text);
+    event.content.as_mut().unwrap().attachments = attachments;
+    event
+}
+
+fn attachment(name: &str, media_type: &str, stored: &StoredAttachment) -> Attachment {
+    Attachment {
+        name: name.into(),
+        media_type: media_type.into(),
+        size: stored.size,
+        sha256: stored.sha256.clone(),
+        uri: stored.uri.clone(),
+    }
+}
+
+fn calls_to(fake: &Shared, wanted: &str) -> Vec<Value> {
+    fake.lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|(m, _)| m == wanted)
+        .map(|(_, p)| p.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_attachment_goes_as_a_document_captioned_with_the_text() {
+    let fake: Shared = Default::default();
+    // The upload is throttled once: waited out, sent again.
+    fake.lock().unwrap().send_replies = VecDeque::from([(
+        429,
+        json!({ "ok": false, "error_code": 429,
+                "description": "Too Many Requests: retry after 1",
+                "parameters": { "retry_after": 1 } }),
+    )]);
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let (connector, context) =
+        webhook_channel(&sink, &files, addr, "per_chat_interval_ms = 10\n").await;
+    let pdf: Vec<u8> = (0..70_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    let stored = context.attachments.put(pdf.clone().into()).await.unwrap();
+    let outbound = connector.outbound().unwrap();
+
+    let started = Instant::now();
+    let event = with_files(
+        "Your invoice is attached.",
+        vec![attachment(
+            "../tmp/invoice 7781.pdf",
+            "application/pdf",
+            &stored,
+        )],
+    );
+    let delivered = outbound.deliver(&event).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited out retry_after"
+    );
+    assert_eq!(delivered.provider_message_id, "1111111:5001");
+    assert!(
+        calls_to(&fake, "sendmessage").is_empty(),
+        "the text is the caption"
+    );
+    let documents = calls_to(&fake, "senddocument");
+    assert_eq!(documents.len(), 2, "{documents:?}");
+    assert_eq!(documents[1]["chat_id"], "1111111");
+    assert_eq!(documents[1]["caption"], "Your invoice is attached.");
+    assert_eq!(documents[1]["reply_parameters"]["message_id"], 1365);
+    let uploads = fake.lock().unwrap().uploads.clone();
+    assert_eq!(uploads.len(), 2);
+    let upload = &uploads[1];
+    assert_eq!(upload.method, "senddocument");
+    assert_eq!(
+        documents[1]["document"],
+        format!("attach://{}", upload.field),
+        "the document field names the uploaded part"
+    );
+    assert_eq!(upload.file_name, "invoice 7781.pdf");
+    assert_eq!(upload.bytes, pdf, "the stored bytes arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_attachments_follow_the_text_photos_as_photos() {
+    let fake: Shared = Default::default();
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let (connector, context) =
+        webhook_channel(&sink, &files, addr, "per_chat_interval_ms = 10\n").await;
+    let png = b"\x89PNG\r\n\x1a\n not really a png".to_vec();
+    let csv = b"order,status\r\n7781,shipped\r\n".to_vec();
+    let stored_png = context.attachments.put(png.clone().into()).await.unwrap();
+    let stored_csv = context.attachments.put(csv.clone().into()).await.unwrap();
+    let outbound = connector.outbound().unwrap();
+
+    let event = with_files(
+        "Here are the photo and the list.",
+        vec![
+            attachment("label.png", "image/png", &stored_png),
+            attachment("orders.csv", "text/csv", &stored_csv),
+        ],
+    );
+    let delivered = outbound.deliver(&event).await.unwrap();
+    assert_eq!(
+        delivered.provider_message_id, "1111111:4242",
+        "the text went first"
+    );
+    let order: Vec<String> = fake
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .map(|(m, _)| m.clone())
+        .filter(|m| m.starts_with("send"))
+        .collect();
+    assert_eq!(order, ["sendmessage", "sendphoto", "senddocument"]);
+    let text = &calls_to(&fake, "sendmessage")[0];
+    assert_eq!(text["reply_parameters"]["message_id"], 1365);
+    let photo = &calls_to(&fake, "sendphoto")[0];
+    assert!(photo.get("caption").is_none());
+    assert!(
+        photo.get("reply_parameters").is_none(),
+        "only the first replies"
+    );
+    let uploads = fake.lock().unwrap().uploads.clone();
+    assert_eq!(
+        uploads
+            .iter()
+            .map(|u| (u.method.as_str(), u.file_name.as_str(), u.bytes.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("sendphoto", "label.png", png),
+            ("senddocument", "orders.csv", csv)
+        ]
+    );
+
+    // A text too long for a caption goes first, even with one file.
+    fake.lock().unwrap().calls.clear();
+    let long = "x".repeat(1025);
+    let event = with_files(&long, vec![attachment("a.csv", "", &stored_csv)]);
+    outbound.deliver(&event).await.unwrap();
+    assert_eq!(calls_to(&fake, "sendmessage")[0]["text"], long);
+    assert!(calls_to(&fake, "senddocument")[0].get("caption").is_none());
+
+    // Files alone, without any text.
+    fake.lock().unwrap().calls.clear();
+    let event = with_files("", vec![attachment("a.csv", "", &stored_csv)]);
+    let delivered = outbound.deliver(&event).await.unwrap();
+    assert!(calls_to(&fake, "sendmessage").is_empty());
+    assert_eq!(delivered.provider_message_id, "1111111:5004");
+}
+
+/// An attachment store whose disk fails.
+#[derive(Debug)]
+struct BrokenStore;
+
+#[async_trait::async_trait]
+impl AttachmentStore for BrokenStore {
+    async fn put(&self, _: Bytes) -> Result<StoredAttachment, AttachmentError> {
+        unreachable!("replies only read")
+    }
+
+    async fn get(&self, sha256: &str) -> Result<Option<Bytes>, AttachmentError> {
+        Err(AttachmentError {
+            path: sha256.into(),
+            source: std::io::Error::other("disk on fire"),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_attachments_fail_before_anything_is_sent() {
+    let fake: Shared = Default::default();
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let (connector, context) = webhook_channel(&sink, &files, addr, "").await;
+    let stored = context
+        .attachments
+        .put(Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    let outbound = connector.outbound().unwrap();
+    let rejected = |error: DeliveryError| match error {
+        DeliveryError::Rejected(reason) => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    let good = attachment("a.txt", "text/plain", &stored);
+
+    let mut remote = good.clone();
+    remote.uri = "http://169.254.169.254/latest/meta-data/".into();
+    let error = outbound
+        .deliver(&with_files("x", vec![good.clone(), remote]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("never fetched"));
+
+    let mut missing = good.clone();
+    missing.uri = format!("omni-att://sha256/{}", "ab".repeat(32));
+    missing.sha256.clear();
+    let error = outbound
+        .deliver(&with_files("x", vec![missing]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("not in the attachment store"));
+
+    let mut injected = good.clone();
+    injected.name = "a.txt\r\nX-Evil: 1".into();
+    let error = outbound
+        .deliver(&with_files("x", vec![injected]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("attachments[0].name"));
+
+    let mut injected = good.clone();
+    injected.media_type = "text/plain\r\nX-Evil: 1".into();
+    let error = outbound
+        .deliver(&with_files("x", vec![injected]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("attachments[0].media_type"));
+
+    let mut huge = good.clone();
+    huge.size = 60_000_000;
+    let error = outbound
+        .deliver(&with_files("x", vec![huge]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("upload limit"));
+
+    // A store file whose content does not hash to its name.
+    let dir = tempfile::tempdir().unwrap();
+    let digest = &stored.sha256;
+    std::fs::create_dir_all(dir.path().join(&digest[..2])).unwrap();
+    std::fs::write(dir.path().join(&digest[..2]).join(digest), b"tampered").unwrap();
+    let mut tampered = context.clone();
+    tampered.attachments = Arc::new(FsAttachmentStore::new(dir.path()));
+    let settings = format!(
+        "mode = \"webhook\"\nbot_token = {{ file = {:?} }}\nsecret_token = {{ file = {:?} }}\napi_url = \"http://{addr}\"\n",
+        files.token, files.secret
+    );
+    let error = build(tampered.clone(), &settings)
+        .outbound()
+        .unwrap()
+        .deliver(&with_files("x", vec![good.clone()]))
+        .await
+        .unwrap_err();
+    assert!(rejected(error).contains("does not match its sha256"));
+
+    // A store that cannot be read: retried later.
+    let mut broken = context.clone();
+    broken.attachments = Arc::new(BrokenStore);
+    let error = build(broken, &settings)
+        .outbound()
+        .unwrap()
+        .deliver(&with_files("x", vec![good]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DeliveryError::Temporary(ref r) if r.contains("disk on fire")),
+        "{error:?}"
+    );
+
+    let sends: Vec<String> = fake
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .map(|(m, _)| m.clone())
+        .filter(|m| m.starts_with("send"))
+        .collect();
+    assert!(sends.is_empty(), "nothing half-sent: {sends:?}");
 }

@@ -32,9 +32,17 @@
 //!   message was ready to send, which is what RFC 5322 asks for), else now.
 //! - The body is `text/plain`, or `multipart/alternative` with the HTML
 //!   when `content.html` is set (the plain part is then `content.text`, or
-//!   the HTML reduced to text when that is empty). Attachments are not
-//!   sent yet, and an event with attachments is rejected rather than sent
-//!   without them.
+//!   the HTML reduced to text when that is empty).
+//! - Attachments (`content.attachments`) make the message
+//!   `multipart/mixed`: that body first, then one part per file, in order.
+//!   The composer never reads them: the sender loads and verifies the bytes
+//!   (see [`super::load_attachments`]) and passes them in as [`FileBytes`],
+//!   one per attachment. Each part's file name is the attachment's `name`
+//!   without any directory (`../x/report.pdf` → `report.pdf`; empty →
+//!   `attachment`); its type is `media_type`, `application/octet-stream`
+//!   when empty or unparseable. A name or type with CR, LF or another
+//!   control character is rejected, like every header value. Non-ASCII
+//!   names are RFC 2231 encoded by lettre.
 //! - `provider_metadata["auto_acknowledgement"] == "true"` adds
 //!   `Auto-Submitted: auto-replied` (RFC 3834) and
 //!   `X-Auto-Response-Suppress: All` (Exchange), so the customer's own
@@ -44,7 +52,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lettre::message::{
     Mailbox, MultiPart, SinglePart,
-    header::{HeaderName, HeaderValue},
+    header::{ContentType, HeaderName, HeaderValue},
 };
 use omni_connector::{ConfigError, DeliveryError};
 use omni_proto::v1::{ConversationEvent, Direction, EventKind, HandleKind};
@@ -59,6 +67,14 @@ pub const MAX_MESSAGE_ID_LEN: usize = 500;
 
 /// The metadata key that marks an automatic acknowledgement.
 pub const AUTO_ACKNOWLEDGEMENT: &str = "auto_acknowledgement";
+
+pub use omni_connector::attachments::{DEFAULT_FILE_NAME, MAX_FILE_NAME_CHARS};
+
+/// The media type of attachments whose type is missing or unparseable.
+pub const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
+
+/// The loaded content of one `content.attachments` entry.
+pub type FileBytes = bytes::Bytes;
 
 /// A composed message and the id it carries.
 #[derive(Debug, Clone)]
@@ -139,11 +155,23 @@ impl Composer {
         format!("{event_id}@{}", self.message_id_domain)
     }
 
-    /// Builds the message for `event`; `now` is the `Date` of an event
-    /// without timestamps.
+    /// Builds the message for `event` without attachments (an event that
+    /// has some is rejected: use [`Composer::compose_with`]); `now` is the
+    /// `Date` of an event without timestamps.
     pub fn compose(
         &self,
         event: &ConversationEvent,
+        now: SystemTime,
+    ) -> Result<Composed, DeliveryError> {
+        self.compose_with(event, &[], now)
+    }
+
+    /// Builds the message for `event` with `files`, the loaded content of
+    /// each of its `content.attachments`, in the same order.
+    pub fn compose_with(
+        &self,
+        event: &ConversationEvent,
+        files: &[FileBytes],
         now: SystemTime,
     ) -> Result<Composed, DeliveryError> {
         if event.direction != Direction::Outbound as i32 || event.kind != EventKind::Message as i32
@@ -196,11 +224,27 @@ impl Composer {
         if !content.subject.trim().is_empty() {
             builder = builder.subject(content.subject.trim());
         }
-        if !content.attachments.is_empty() {
-            return Err(rejected(
-                "attachments are not supported on outbound email yet",
-            ));
+        if content.attachments.len() != files.len() {
+            return Err(rejected(format!(
+                "the event has {} attachments but {} were loaded",
+                content.attachments.len(),
+                files.len()
+            )));
         }
+        let attachment_parts = content
+            .attachments
+            .iter()
+            .zip(files)
+            .enumerate()
+            .map(|(i, (attachment, bytes))| {
+                let name = omni_connector::attachments::outbound_file_name(i, &attachment.name)?;
+                let media_type = media_type(
+                    &format!("attachments[{i}].media_type"),
+                    &attachment.media_type,
+                )?;
+                Ok(lettre::message::Attachment::new(name).body(bytes.to_vec(), media_type))
+            })
+            .collect::<Result<Vec<_>, DeliveryError>>()?;
 
         let threading = event.threading.clone().unwrap_or_default();
         let in_reply_to = threading
@@ -249,18 +293,38 @@ impl Composer {
                 ));
         }
 
-        let message = if content.html.is_empty() {
+        enum Body {
+            Single(SinglePart),
+            Multi(MultiPart),
+        }
+        let body = if content.html.is_empty() {
             if content.text.trim().is_empty() {
                 return Err(rejected("content has neither text nor html"));
             }
-            builder.singlepart(SinglePart::plain(content.text))
+            Body::Single(SinglePart::plain(content.text))
         } else {
             let text = if content.text.trim().is_empty() {
                 crate::parse::html_to_text(&content.html)
             } else {
                 content.text
             };
-            builder.multipart(MultiPart::alternative_plain_html(text, content.html))
+            Body::Multi(MultiPart::alternative_plain_html(text, content.html))
+        };
+        let message = if attachment_parts.is_empty() {
+            match body {
+                Body::Single(part) => builder.singlepart(part),
+                Body::Multi(part) => builder.multipart(part),
+            }
+        } else {
+            let mixed = MultiPart::mixed();
+            let mut mixed = match body {
+                Body::Single(part) => mixed.singlepart(part),
+                Body::Multi(part) => mixed.multipart(part),
+            };
+            for part in attachment_parts {
+                mixed = mixed.singlepart(part);
+            }
+            builder.multipart(mixed)
         }
         .map_err(|e| rejected(format!("cannot build the message: {e}")))?;
         Ok(Composed {
@@ -286,6 +350,19 @@ fn single_line(field: &str, value: &str) -> Result<(), DeliveryError> {
         return Err(rejected(format!("{field} contains a control character")));
     }
     Ok(())
+}
+
+/// An attachment's `Content-Type`: `raw` when it parses as a media type,
+/// else [`DEFAULT_MEDIA_TYPE`]. Line breaks and control characters are
+/// rejected.
+pub fn media_type(field: &str, raw: &str) -> Result<ContentType, DeliveryError> {
+    single_line(field, raw)?;
+    let fallback = || ContentType::parse(DEFAULT_MEDIA_TYPE).expect("a valid media type");
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(fallback());
+    }
+    Ok(ContentType::parse(raw).unwrap_or_else(|_| fallback()))
 }
 
 /// A message id as written on the event (without angle brackets, one
@@ -381,6 +458,8 @@ mod tests {
         v1::{Attachment, Content, IdentityHandle, ThreadingHints},
     };
 
+    use mail_parser::MimeHeaders;
+
     use super::*;
 
     fn settings(from: &str, message_id_domain: Option<&str>) -> SmtpSettings {
@@ -394,6 +473,7 @@ mod tests {
             from: from.into(),
             message_id_domain: message_id_domain.map(str::to_owned),
             timeout_secs: 30,
+            max_attachment_bytes: 1024,
         }
     }
 
@@ -744,6 +824,175 @@ mod tests {
         let mut event = reply();
         event.content.as_mut().unwrap().attachments = vec![Attachment::default()];
         assert!(rejection(&event).contains("attachments"));
+    }
+
+    fn with_attachments(mut event: ConversationEvent, files: &[(&str, &str)]) -> ConversationEvent {
+        event.content.as_mut().unwrap().attachments = files
+            .iter()
+            .map(|(name, media_type)| Attachment {
+                name: (*name).into(),
+                media_type: (*media_type).into(),
+                ..Default::default()
+            })
+            .collect();
+        event
+    }
+
+    fn render_with(event: &ConversationEvent, files: &[FileBytes]) -> String {
+        let composed = composer()
+            .compose_with(event, files, SystemTime::now())
+            .expect("composes");
+        String::from_utf8(composed.message.formatted()).unwrap()
+    }
+
+    fn rejection_with(event: &ConversationEvent, files: &[FileBytes]) -> String {
+        match composer().compose_with(event, files, SystemTime::now()) {
+            Err(DeliveryError::Rejected(reason)) => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attachments_make_a_multipart_mixed_after_the_text() {
+        let event = with_attachments(
+            reply(),
+            &[
+                ("../../etc/Relatório final.pdf", "application/pdf"),
+                ("C:\\Users\\ana\\dump.bin", ""),
+                ("", "not a media type"),
+            ],
+        );
+        let pdf = FileBytes::from_static(b"%PDF-1.7\n\x00\xff binary");
+        let bin: FileBytes = (0..=255u8).collect::<Vec<u8>>().into();
+        let empty = FileBytes::new();
+        let raw = render_with(&event, &[pdf.clone(), bin.clone(), empty]);
+        assert!(raw.is_ascii(), "7-bit clean:\n{raw}");
+        assert!(
+            header(&raw, "Content-Type")
+                .unwrap()
+                .starts_with("multipart/mixed"),
+            "{raw}"
+        );
+        assert!(!raw.contains("etc/"), "no directories in names:\n{raw}");
+
+        let parsed = mail_parser::MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap();
+        assert_eq!(
+            parsed.body_text(0).unwrap().trim_end(),
+            "It ships today.\r\n\r\nAcme"
+        );
+        let found: Vec<_> = parsed.attachments().collect();
+        assert_eq!(found.len(), 3, "{raw}");
+        assert_eq!(found[0].attachment_name(), Some("Relatório final.pdf"));
+        assert_eq!(found[0].contents(), &pdf[..]);
+        let pdf_type = found[0].content_type().unwrap();
+        assert_eq!(
+            (pdf_type.ctype(), pdf_type.subtype()),
+            ("application", Some("pdf"))
+        );
+        assert_eq!(found[1].attachment_name(), Some("dump.bin"));
+        assert_eq!(found[1].contents(), &bin[..]);
+        let fallback = found[1].content_type().unwrap();
+        assert_eq!(
+            (fallback.ctype(), fallback.subtype()),
+            ("application", Some("octet-stream"))
+        );
+        assert_eq!(found[2].attachment_name(), Some(DEFAULT_FILE_NAME));
+        let fallback = found[2].content_type().unwrap();
+        assert_eq!(fallback.subtype(), Some("octet-stream"));
+    }
+
+    #[test]
+    fn html_with_attachments_nests_the_alternative_in_the_mixed() {
+        let mut event = with_attachments(reply(), &[("receipt.png", "image/png")]);
+        event.content.as_mut().unwrap().html = "<p>It ships <b>today</b>.</p>".into();
+        let raw = render_with(&event, &[FileBytes::from_static(b"\x89PNG")]);
+        assert!(
+            header(&raw, "Content-Type")
+                .unwrap()
+                .starts_with("multipart/mixed"),
+            "{raw}"
+        );
+        let alternative = raw
+            .find("multipart/alternative")
+            .expect("nested alternative");
+        let png = raw.find("image/png").unwrap();
+        assert!(alternative < png, "the body comes before the file:\n{raw}");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap();
+        assert_eq!(parsed.attachments().count(), 1);
+        assert!(parsed.body_html(0).unwrap().contains("<b>today</b>"));
+    }
+
+    #[test]
+    fn crlf_in_attachment_names_and_types_is_rejected() {
+        let file = [FileBytes::from_static(b"x")];
+        let event = with_attachments(
+            reply(),
+            &[("a.txt\r\nBcc: victim@evil.example", "text/plain")],
+        );
+        assert!(
+            rejection_with(&event, &file).contains("attachments[0].name contains a line break")
+        );
+        let event = with_attachments(
+            reply(),
+            &[("a.txt", "text/plain\r\nBcc: victim@evil.example")],
+        );
+        assert!(
+            rejection_with(&event, &file)
+                .contains("attachments[0].media_type contains a line break")
+        );
+        let event = with_attachments(reply(), &[("a\nb.txt", "text/plain")]);
+        assert!(rejection_with(&event, &file).contains("line break"));
+        let event = with_attachments(reply(), &[("nul\0.txt", "text/plain")]);
+        assert!(
+            rejection_with(&event, &file)
+                .contains("attachments[0].name contains a line break or control character")
+        );
+    }
+
+    #[test]
+    fn every_attachment_must_be_loaded() {
+        let event = with_attachments(reply(), &[("a.txt", ""), ("b.txt", "")]);
+        assert!(
+            rejection_with(&event, &[FileBytes::from_static(b"a")])
+                .contains("2 attachments but 1 were loaded")
+        );
+        assert!(rejection(&event).contains("2 attachments but 0 were loaded"));
+    }
+
+    #[test]
+    fn file_names_lose_their_directories_and_keep_their_end() {
+        assert_eq!(
+            omni_connector::attachments::outbound_file_name(0, "/tmp/x/report.pdf").unwrap(),
+            "report.pdf"
+        );
+        assert_eq!(
+            omni_connector::attachments::outbound_file_name(0, "..\\..\\boot.ini").unwrap(),
+            "boot.ini"
+        );
+        assert_eq!(
+            omni_connector::attachments::outbound_file_name(0, "  spaced name.txt ").unwrap(),
+            "spaced name.txt"
+        );
+        assert_eq!(
+            omni_connector::attachments::outbound_file_name(0, "dir/").unwrap(),
+            DEFAULT_FILE_NAME
+        );
+        assert_eq!(
+            omni_connector::attachments::outbound_file_name(0, "..").unwrap(),
+            DEFAULT_FILE_NAME
+        );
+        let long = format!("{}.pdf", "a".repeat(300));
+        let kept = omni_connector::attachments::outbound_file_name(0, &long).unwrap();
+        assert_eq!(kept.chars().count(), MAX_FILE_NAME_CHARS);
+        assert!(kept.ends_with("aaa.pdf"));
+        assert_eq!(
+            omni_connector::attachments::outbound_file_name(0, "名前.txt").unwrap(),
+            "名前.txt"
+        );
     }
 
     #[test]

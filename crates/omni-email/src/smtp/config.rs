@@ -79,6 +79,11 @@ pub struct SmtpSettings {
     /// delivery is abandoned (and retried) after four times this.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Upper bound on the total size (bytes, before base64 adds a third) of
+    /// one reply's attachments; a reply over it fails. Default 20 MiB. `0`
+    /// refuses every attachment.
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: u64,
 }
 
 const fn default_tls() -> SmtpTls {
@@ -88,6 +93,14 @@ const fn default_tls() -> SmtpTls {
 const fn default_timeout_secs() -> u64 {
     30
 }
+
+const fn default_max_attachment_bytes() -> u64 {
+    20 * 1024 * 1024
+}
+
+/// Largest `max_attachment_bytes` accepted (256 MiB): the files of a reply
+/// are held in memory while it is sent.
+pub const MAX_ATTACHMENT_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Longest `timeout_secs` accepted (an hour): beyond that a silent relay
 /// would hold the outbound queue for no good reason.
@@ -157,6 +170,12 @@ impl SmtpSettings {
                 format!("must be between 1 and {MAX_TIMEOUT_SECS}"),
             ));
         }
+        if self.max_attachment_bytes > MAX_ATTACHMENT_BYTES_LIMIT {
+            return Err(ConfigError::new(
+                key("max_attachment_bytes"),
+                format!("must be at most {MAX_ATTACHMENT_BYTES_LIMIT}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -185,6 +204,7 @@ mod tests {
         assert_eq!(settings.tls, SmtpTls::Starttls);
         assert_eq!(settings.port(), 587);
         assert_eq!(settings.timeout_secs, 30);
+        assert_eq!(settings.max_attachment_bytes, 20 * 1024 * 1024);
         assert_eq!(parse(&format!("{BASE}tls = \"tls\"")).unwrap().port(), 465);
         let local = "[smtp]\nhost = \"127.0.0.1\"\nfrom = \"s@acme.example\"\ntls = \"none\"";
         assert_eq!(parse(local).unwrap().port(), 25);
@@ -200,6 +220,10 @@ mod tests {
             ("password = { env = \"P\" }", "smtp.username"),
             ("timeout_secs = 0", "smtp.timeout_secs"),
             ("port = 0", "smtp.port"),
+            (
+                "max_attachment_bytes = 268435457",
+                "smtp.max_attachment_bytes",
+            ),
             ("hots = \"x\"", "smtp.hots"),
         ];
         for (extra, key) in cases {

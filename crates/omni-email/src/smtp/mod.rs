@@ -15,13 +15,14 @@
 //! - the relay accepted the message: [`Delivered`] with the Message-ID
 //!   (without angle brackets) and the relay's reply (`250 2.0.0 Ok: queued
 //!   as 4Xyz`);
-//! - the message itself is unsendable (see [`compose`]) or the relay
+//! - the message itself is unsendable (see [`compose`]), one of its
+//!   attachments is unusable (see [`load_attachments`]) or the relay
 //!   refused it with a permanent 5xx reply: [`DeliveryError::Rejected`];
 //! - anything that may pass later: a connection, TLS or timeout failure,
 //!   a transient 4xx reply, and also a 5xx reply to our credentials
 //!   (530/534/535/538), since a wrong password is the operator's to fix,
-//!   not a reason to fail every customer's reply:
-//!   [`DeliveryError::Temporary`].
+//!   not a reason to fail every customer's reply, and an I/O error of the
+//!   attachment store: [`DeliveryError::Temporary`].
 //!
 //! Each delivery opens its own connection and ends it with `QUIT` (no
 //! pool): replies are few and sent one at a time, and a fresh connection
@@ -45,10 +46,10 @@ use lettre::{
         response::{Response, Severity},
     },
 };
-use omni_connector::{ConfigError, Delivered, DeliveryError, OutboundHandler};
-use omni_proto::v1::ConversationEvent;
+use omni_connector::{AttachmentStore, ConfigError, Delivered, DeliveryError, OutboundHandler};
+use omni_proto::v1::{Attachment, ConversationEvent};
 
-pub use compose::{Composed, Composer};
+pub use compose::{Composed, Composer, FileBytes};
 pub use config::{SmtpSettings, SmtpTls};
 
 /// SMTP reply codes that refuse our credentials rather than the message.
@@ -64,6 +65,10 @@ pub struct SmtpSender {
     /// configured timeout).
     deadline: Duration,
     relay: String,
+    /// Where `omni-att://` attachments are read from; without one, a reply
+    /// with attachments is rejected.
+    attachments: Option<Arc<dyn AttachmentStore>>,
+    max_attachment_bytes: u64,
 }
 
 impl std::fmt::Debug for SmtpSender {
@@ -109,7 +114,17 @@ impl SmtpSender {
             transport: builder.build(),
             deadline: timeout.saturating_mul(4),
             relay: format!("{}:{port} ({})", settings.host, settings.tls.as_str()),
+            attachments: None,
+            max_attachment_bytes: settings.max_attachment_bytes,
         })
+    }
+
+    /// Reads reply attachments from `store` (the channel's attachment
+    /// store); without it a reply with attachments is rejected.
+    #[must_use]
+    pub fn with_attachments(mut self, store: Arc<dyn AttachmentStore>) -> Self {
+        self.attachments = Some(store);
+        self
     }
 
     /// The composer, for callers that want the message without sending it.
@@ -153,10 +168,30 @@ fn tls_parameters(settings: &SmtpSettings) -> Result<TlsParameters, ConfigError>
 #[async_trait]
 impl OutboundHandler for SmtpSender {
     async fn deliver(&self, message: &ConversationEvent) -> Result<Delivered, DeliveryError> {
+        let attachments = message
+            .content
+            .as_ref()
+            .map(|c| c.attachments.as_slice())
+            .unwrap_or_default();
         let Composed {
             message,
             message_id,
-        } = self.composer.compose(message, SystemTime::now())?;
+        } = if attachments.is_empty() {
+            self.composer.compose(message, SystemTime::now())?
+        } else {
+            let store = self.attachments.as_deref().ok_or_else(|| {
+                DeliveryError::Rejected("this sender has no attachment store".into())
+            })?;
+            let files = load_attachments(store, attachments, self.max_attachment_bytes).await?;
+            // Base64 of up to the size cap: off the async workers.
+            let composer = self.composer.clone();
+            let event = message.clone();
+            tokio::task::spawn_blocking(move || {
+                composer.compose_with(&event, &files, SystemTime::now())
+            })
+            .await
+            .map_err(|e| DeliveryError::Temporary(format!("composing the message failed: {e}")))??
+        };
         let sent = tokio::time::timeout(self.deadline, self.transport.send(message)).await;
         match sent {
             Ok(Ok(response)) => Ok(Delivered {
@@ -170,6 +205,31 @@ impl OutboundHandler for SmtpSender {
             ))),
         }
     }
+}
+
+/// Reads each attachment's bytes from `store`, in order, checking them.
+///
+/// - Only attachment store references (`omni-att://sha256/<hex>`) are
+///   read; any other URI (`https://...`) is rejected: replies never make
+///   the daemon fetch an arbitrary URL.
+/// - A `sha256` on the attachment must name the same file as its URI.
+/// - A file missing from the store, or whose content does not hash to its
+///   name, is rejected; an I/O error of the store is temporary.
+/// - Over `max_total_bytes` in all (declared sizes are checked before
+///   anything is read, actual sizes as files are read), the reply is
+///   rejected.
+pub async fn load_attachments(
+    store: &dyn AttachmentStore,
+    attachments: &[Attachment],
+    max_total_bytes: u64,
+) -> Result<Vec<FileBytes>, DeliveryError> {
+    omni_connector::attachments::load_outbound(
+        store,
+        attachments,
+        max_total_bytes,
+        "smtp.max_attachment_bytes",
+    )
+    .await
 }
 
 /// The relay's reply as one line: `250 2.0.0 Ok: queued as 4Xyz`.
