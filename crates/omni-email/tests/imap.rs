@@ -460,3 +460,82 @@ async fn a_server_that_never_answers_times_out_instead_of_hanging() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoauth2_logs_in_with_a_valid_token_and_gets_nothing_with_a_bad_one() {
+    let dovecot = Dovecot::start_with_oauth2();
+    dovecot.append(ALICE, "INBOX", &message(0));
+    // The `Channel` helper's settings, logging in with a token file
+    // instead of the password file.
+    let oauth2_channel = |dir: &Path, token: &str| {
+        let mut channel = Channel::new(&dovecot, dir, "");
+        let password = format!(
+            "password = {{ file = {:?} }}",
+            dir.join("password").display().to_string()
+        );
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, token).unwrap();
+        assert!(channel.settings.contains(&password), "{}", channel.settings);
+        channel.settings = channel.settings.replace(
+            &password,
+            &format!(
+                "oauth2_token = {{ file = {:?} }}",
+                token_file.display().to_string()
+            ),
+        );
+        channel
+    };
+    let failures = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("auth failed") && l.contains("method=XOAUTH2"))
+            .count()
+    };
+
+    // Refused tokens: nothing is ingested, the session fails and is
+    // retried (backoff at most 1 s here), and the connector still stops
+    // promptly.
+    for (what, token) in [
+        ("expired", dovecot.expired_oauth2_token(ALICE)),
+        ("Bob's", dovecot.oauth2_token(omni_testkit::BOB)),
+    ] {
+        let before = failures(&dovecot.log());
+        let dir = tempfile::tempdir().unwrap();
+        let channel = oauth2_channel(dir.path(), &token);
+        let running = channel.start();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while failures(&dovecot.log()) < before + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no retried XOAUTH2 login with the {what} token\n{}",
+                dovecot.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        running.stop().await;
+        assert_eq!(channel.sink.entries().len(), 0, "the {what} token got mail");
+    }
+    let log = dovecot.log();
+    assert!(log.contains("Token has expired"), "{log}");
+    assert!(log.contains("did not match"), "{log}");
+    assert!(
+        !log.contains("Login: user=<alice>, method=XOAUTH2"),
+        "{log}"
+    );
+
+    // A valid token: the connector logs in with XOAUTH2 and ingests.
+    let dir = tempfile::tempdir().unwrap();
+    let channel = oauth2_channel(dir.path(), &dovecot.oauth2_token(ALICE));
+    let running = channel.start();
+    channel.wait_for_entries(1, Duration::from_secs(20)).await;
+    dovecot.append(ALICE, "INBOX", &message(1));
+    channel.wait_for_entries(2, Duration::from_secs(10)).await;
+    running.stop().await;
+    assert_exactly_once(&channel.events(), 2);
+    assert!(
+        dovecot
+            .log()
+            .contains("Login: user=<alice>, method=XOAUTH2"),
+        "{}",
+        dovecot.log()
+    );
+}

@@ -8,8 +8,12 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac as _};
+use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use crate::imap::{self, Session};
@@ -59,9 +63,14 @@ pub const BOB: User = User {
 ///
 /// Dovecot runs in the foreground as a child of the test, in its own
 /// process group, which is terminated on drop. Starting takes about 50 ms.
+///
+/// [`start_with_oauth2`](Self::start_with_oauth2) also offers
+/// `AUTHENTICATE XOAUTH2` and `OAUTHBEARER`, checking bearer tokens itself.
 #[derive(Debug)]
 pub struct Dovecot {
     dir: TempDir,
+    /// The HS256 key of the oauth2 passdb, if there is one.
+    oauth2_key: Option<[u8; 32]>,
     config_path: PathBuf,
     ca_pem: String,
     ca_path: PathBuf,
@@ -77,6 +86,32 @@ impl Dovecot {
     /// If Dovecot is not installed (`scripts/test` installs it) or does not
     /// come up within 30 s; the message carries its log.
     pub fn start() -> Dovecot {
+        Self::start_configured(false)
+    }
+
+    /// Like [`start`](Self::start), and also accepts OAuth 2.0 bearer
+    /// tokens: `AUTHENTICATE XOAUTH2` and `OAUTHBEARER`, with tokens from
+    /// [`oauth2_token`](Self::oauth2_token). LOGIN and PLAIN with the
+    /// users' passwords work as before (the helpers use them).
+    ///
+    /// Tokens are JWTs signed with HS256 by a key made for this server,
+    /// which Dovecot's `oauth2` passdb checks itself
+    /// (`introspection_mode = local`): signature, `exp`/`iat`, `iss` and
+    /// that `sub` is the login name; no token endpoint or HTTP server is
+    /// involved. Refused tokens are answered within about 0.5 s (Dovecot
+    /// sends failures in batches every 500 ms): the anvil authentication
+    /// penalty, which would delay the next attempts from 127.0.0.1 by 2 s,
+    /// then 4, 8 and 15 s, is turned off (Dovecot logs a harmless
+    /// `net_connect_unix(anvil-auth-penalty) failed` error for that). The
+    /// log says why a token was refused (`auth_verbose`).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_with_oauth2() -> Dovecot {
+        Self::start_configured(true)
+    }
+
+    fn start_configured(oauth2: bool) -> Dovecot {
         for binary in [DOVECOT_BIN, DOVEADM_BIN] {
             assert!(
                 Path::new(binary).exists(),
@@ -105,8 +140,10 @@ impl Dovecot {
             .map(|u| format!("{}:{{PLAIN}}{}::::::\n", u.login, u.password))
             .collect();
         fs::write(dir.path().join("users"), users).expect("write Dovecot users");
+        let oauth2_key = oauth2.then(|| write_oauth2_files(dir.path()));
 
         let mut dovecot = Dovecot {
+            oauth2_key,
             config_path: dir.path().join("dovecot.conf"),
             dir,
             ca_pem: tls.ca_pem,
@@ -155,6 +192,55 @@ impl Dovecot {
     /// memory.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// A bearer token for `user` that a server from
+    /// [`start_with_oauth2`](Self::start_with_oauth2) accepts for the next
+    /// hour: an HS256 JWT with `sub` (the login name), `iss`, `iat`, `exp`.
+    /// Send it as XOAUTH2 (`user=<login>\x01auth=Bearer <token>\x01\x01`)
+    /// or OAUTHBEARER. Any other server, and this one for another user,
+    /// refuses it.
+    ///
+    /// # Panics
+    /// If the server was started without OAuth 2.0.
+    pub fn oauth2_token(&self, user: User) -> String {
+        let now = unix_now();
+        self.jwt(user, now, now + 3600)
+    }
+
+    /// A token like [`oauth2_token`](Self::oauth2_token), correctly
+    /// signed, that expired an hour ago: the server refuses it ("Token has
+    /// expired" in its [`log`](Self::log)).
+    ///
+    /// # Panics
+    /// If the server was started without OAuth 2.0.
+    pub fn expired_oauth2_token(&self, user: User) -> String {
+        let now = unix_now();
+        self.jwt(user, now - 7200, now - 3600)
+    }
+
+    fn jwt(&self, user: User, issued_at: u64, expires_at: u64) -> String {
+        let key = self
+            .oauth2_key
+            .as_ref()
+            .expect("OAuth 2.0 tokens need a server from Dovecot::start_with_oauth2()");
+        assert!(
+            user.login
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+            "login {:?} needs no JSON escaping",
+            user.login
+        );
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"iss":"{OAUTH2_ISSUER}","sub":"{}","iat":{issued_at},"exp":{expires_at}}}"#,
+            user.login
+        ));
+        let signed = format!("{header}.{claims}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key size");
+        mac.update(signed.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signed}.{signature}")
     }
 
     /// Dovecot's log so far (logins, errors, disconnect reasons): worth
@@ -405,6 +491,7 @@ impl Dovecot {
     /// The complete dovecot.conf; nothing from /etc/dovecot is included.
     fn config(&self, identity: &Identity, cert: &Path, key: &Path) -> String {
         let dir = self.dir.path().display();
+        let oauth2 = self.oauth2_key.is_some();
         let mut c = String::new();
         let _ = write!(
             c,
@@ -454,7 +541,7 @@ ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 # Failed logins answer at once (the default waits 2 s).
 auth_failure_delay = 0
 mail_location = maildir:{dir}/mail/%u
@@ -466,12 +553,45 @@ mailbox_idle_check_interval = 1 secs
 imap_idle_notify_interval = 2 mins
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {dir}/users
+{passwd_mechanisms}  args = scheme=PLAIN username_format=%u {dir}/users
 }}
 ",
             cert = cert.display(),
             key = key.display(),
+            mechanisms = if oauth2 {
+                "plain login xoauth2 oauthbearer"
+            } else {
+                "plain login"
+            },
+            // XOAUTH2 hands the token to the passdbs as the password:
+            // only the oauth2 passdb is to see it.
+            passwd_mechanisms = if oauth2 {
+                "  mechanisms = plain login\n"
+            } else {
+                ""
+            },
         );
+        if oauth2 {
+            let _ = write!(
+                c,
+                "\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {dir}/{OAUTH2_CONF}
+}}
+# Why a token was refused (e.g. Token has expired), in the log.
+auth_verbose = yes
+# No growing delay (2, 4, 8, 15 s) for further logins from 127.0.0.1
+# after a failed one, so tests of refused tokens stay fast.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"
+            );
+        }
         let (uid, gid) = match identity {
             Identity::Root => ("mail".to_owned(), "mail".to_owned()),
             Identity::User { uid, gid, .. } => (uid.to_string(), gid.to_string()),
@@ -517,6 +637,60 @@ service imap-login {{
         }
         c
     }
+}
+
+/// What [`Dovecot::oauth2_token`] puts in `iss`; the passdb requires it.
+const OAUTH2_ISSUER: &str = "omni-testkit";
+/// The oauth2 passdb's settings file, in the server's directory.
+const OAUTH2_CONF: &str = "dovecot-oauth2.conf.ext";
+
+/// Makes a fresh HS256 key and writes the oauth2 passdb's settings and the
+/// key dictionary; returns the key.
+///
+/// Dovecot 2.3.19 looks the key up as `shared/<azp>/<alg>/<kid>` with
+/// `default` for a missing `azp` or `kid` and the algorithm as the token
+/// names it (`HS256`, not lowercased as newer versions' documentation
+/// says); the `fs` dictionary drops the `shared/` and reads
+/// `<prefix><azp>/<alg>/<kid>`, a file holding the key in base64.
+fn write_oauth2_files(dir: &Path) -> [u8; 32] {
+    // Unguessable enough for a test server: unique per temp dir and time.
+    let mut seed = Sha256::new();
+    seed.update(dir.as_os_str().as_encoded_bytes());
+    seed.update(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    seed.update(std::process::id().to_le_bytes());
+    let key: [u8; 32] = seed.finalize().into();
+
+    let keys = dir.join("oauth2-keys");
+    let key_dir = keys.join("default").join("HS256");
+    fs::create_dir_all(&key_dir).expect("create the oauth2 key dir");
+    fs::write(key_dir.join("default"), STANDARD.encode(key)).expect("write the oauth2 key");
+    let conf = format!(
+        "\
+# The oauth2 passdb of an omni-testkit Dovecot: JWTs are checked here,
+# against keys in a dictionary, instead of at a token endpoint.
+introspection_mode = local
+local_validation_key_dict = fs:posix:prefix={keys}/
+issuers = {OAUTH2_ISSUER}
+# Must equal the login name (the default is `email`).
+username_attribute = sub
+",
+        keys = keys.display()
+    );
+    fs::write(dir.join(OAUTH2_CONF), conf).expect("write the oauth2 passdb settings");
+    key
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
 }
 
 impl Drop for Dovecot {

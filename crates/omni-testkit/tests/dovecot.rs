@@ -187,3 +187,112 @@ fn restart_keeps_ports_and_messages() {
     dovecot.restart();
     assert_eq!(dovecot.message_count(ALICE, "INBOX"), 3);
 }
+
+/// Logs in over plain IMAP with `AUTHENTICATE <mechanism>` and an initial
+/// response (SASL-IR); returns the tagged reply and the connection.
+fn authenticate(dovecot: &Dovecot, mechanism: &str, response: &str) -> (String, Conn<TcpStream>) {
+    use base64::Engine as _;
+    let mut conn = Conn::new(connect(dovecot.imap_port()));
+    let greeting = conn.line();
+    assert!(
+        greeting.contains(&format!("AUTH={mechanism}")),
+        "{greeting}"
+    );
+    let response = base64::engine::general_purpose::STANDARD.encode(response);
+    conn.send(&format!("a AUTHENTICATE {mechanism} {response}"));
+    let mut line = conn.line();
+    if line.starts_with("+ ") {
+        // A refused token: the JSON error as a challenge (RFC 7628), to
+        // be answered with an empty line before the tagged NO.
+        conn.send("");
+        line = conn.line();
+    }
+    (line, conn)
+}
+
+fn xoauth2(dovecot: &Dovecot, login: &str, token: &str) -> String {
+    let response = format!("user={login}\x01auth=Bearer {token}\x01\x01");
+    authenticate(dovecot, "XOAUTH2", &response).0
+}
+
+#[test]
+fn oauth2_dovecot_accepts_its_tokens_and_refuses_others() {
+    let dovecot = Dovecot::start_with_oauth2();
+    dovecot.append(ALICE, "INBOX", &message(1));
+
+    // XOAUTH2 and OAUTHBEARER with a fresh token log in as its user.
+    let token = dovecot.oauth2_token(ALICE);
+    let (reply, mut conn) = authenticate(
+        &dovecot,
+        "XOAUTH2",
+        &format!("user={}\x01auth=Bearer {token}\x01\x01", ALICE.login),
+    );
+    assert!(reply.starts_with("a OK"), "{reply}\n{}", dovecot.log());
+    let status = conn.imap("s", "STATUS INBOX (MESSAGES)");
+    assert!(
+        status.iter().any(|l| l.contains("(MESSAGES 1)")),
+        "{status:?}"
+    );
+    let (reply, _) = authenticate(
+        &dovecot,
+        "OAUTHBEARER",
+        &format!("n,a={},\x01auth=Bearer {token}\x01\x01", ALICE.login),
+    );
+    assert!(reply.starts_with("a OK"), "{reply}\n{}", dovecot.log());
+    let bob = dovecot.oauth2_token(BOB);
+    assert!(xoauth2(&dovecot, BOB.login, &bob).starts_with("a OK"));
+
+    // Refused, each within Dovecot's 0.5 s failure batching: with the
+    // auth penalty on, the second refusal alone would wait 2 s, the third
+    // 4 s and so on.
+    let other_server = Dovecot::start_with_oauth2();
+    let (header, rest) = token.split_once('.').unwrap();
+    let (_, signature) = rest.rsplit_once('.').unwrap();
+    let bobs_claims = bob.split('.').nth(1).unwrap();
+    let refused = [
+        ("expired", ALICE.login, dovecot.expired_oauth2_token(ALICE)),
+        (
+            "another server's",
+            ALICE.login,
+            other_server.oauth2_token(ALICE),
+        ),
+        (
+            "tampered (Bob's claims, Alice's signature)",
+            BOB.login,
+            format!("{header}.{bobs_claims}.{signature}"),
+        ),
+        ("another user's", BOB.login, token.clone()),
+        ("a password as", ALICE.login, ALICE.password.to_owned()),
+    ];
+    let started = Instant::now();
+    for (what, login, bad) in &refused {
+        let reply = xoauth2(&dovecot, login, bad);
+        assert!(
+            reply.starts_with("a NO [AUTHENTICATIONFAILED]"),
+            "{what} token for {login}: {reply}\n{}",
+            dovecot.log()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "refusals took {:?}",
+        started.elapsed()
+    );
+    let log = dovecot.log();
+    for reason in [
+        "Token has expired",
+        "Incorrect JWT signature",
+        "Username 'bob' did not match 'alice'",
+        "Not a JWT token",
+    ] {
+        assert!(log.contains(reason), "{reason:?} not in\n{log}");
+    }
+
+    // Passwords still work with LOGIN, and a token is no password.
+    login(&dovecot);
+    assert_eq!(dovecot.message_count(BOB, "INBOX"), 0);
+    let mut conn = Conn::new(connect(dovecot.imap_port()));
+    conn.line();
+    let reply = conn.imap("l", &format!("LOGIN {} {token}", ALICE.login));
+    assert!(reply.last().unwrap().starts_with("l NO"), "{reply:?}");
+}
