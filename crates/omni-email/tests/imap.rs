@@ -539,3 +539,28 @@ async fn xoauth2_logs_in_with_a_valid_token_and_gets_nothing_with_a_bad_one() {
         dovecot.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_id_twice_in_a_mailbox_is_appended_once() {
+    let dovecot = Dovecot::start();
+    // A copy of order 0 (say, filed twice by a mail rule) in the same batch
+    // and in a later batch, whose predecessor may still be committing.
+    let mut copy = message(0);
+    copy.extend_from_slice(b"(copy)\r\n");
+    let mailbox = [
+        message(0),
+        copy.clone(),
+        message(1),
+        message(2),
+        copy,
+        message(3),
+    ];
+    dovecot.append_many(ALICE, "INBOX", &mailbox);
+    let dir = tempfile::tempdir().unwrap();
+    let channel = Channel::new(&dovecot, dir.path(), "batch_size = 2\n");
+    let running = channel.start();
+    channel.wait_for_entries(4, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await;
+    assert_exactly_once(&channel.events(), 4);
+}

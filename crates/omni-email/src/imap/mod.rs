@@ -16,7 +16,11 @@
 mod checkpoint;
 pub mod transport;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::{StreamExt, TryStreamExt};
 use omni_connector::{ChannelContext, LogEntry, SendError, StateUpdate};
@@ -76,6 +80,23 @@ pub struct MailboxWorker {
     pub tls: Arc<ClientConfig>,
     pub limits: ParseLimits,
     pub metrics: ImapMetrics,
+}
+
+/// A batch whose entries are submitted: their acknowledgements, the ids to
+/// mark seen, and what to report once the checkpoint moved.
+struct Staged {
+    acks: Vec<omni_connector::Ack>,
+    seen: Vec<String>,
+    report: ImapBatchIngested,
+}
+
+/// A batch's commit (acks, then checkpoint), running in its own task.
+type Committing = tokio::task::JoinHandle<Result<(), ImapError>>;
+
+async fn finish(committing: Committing) -> Result<(), ImapError> {
+    committing
+        .await
+        .unwrap_or_else(|e| Err(ImapError::Protocol(format!("commit task failed: {e}"))))
 }
 
 /// A fetched message on its way to the log.
@@ -251,13 +272,27 @@ impl MailboxWorker {
             }
             return Ok(());
         }
+        // One batch's commit runs while the next batch is fetched and
+        // parsed; commits stay in UID order (each waits for the one before),
+        // and ids submitted in this pass count as seen for the batches after.
+        let mut submitted = HashSet::new();
+        let mut committing: Option<Committing> = None;
         for batch in uids.chunks(self.settings.batch_size as usize) {
-            self.ingest(session, uid_validity, batch).await?;
+            match self
+                .ingest(session, uid_validity, batch, &mut submitted, committing.take())
+                .await
+            {
+                Ok(next) => committing = Some(next),
+                Err(error) => return Err(error),
+            }
             if shutdown.is_cancelled() {
                 break;
             }
         }
-        Ok(())
+        match committing {
+            Some(last) => finish(last).await,
+            None => Ok(()),
+        }
     }
 
     async fn commit_checkpoint(
@@ -281,12 +316,67 @@ impl MailboxWorker {
     }
 
     /// Fetches, appends and checkpoints one batch of UIDs (sorted).
+    ///
+    /// Returns the batch's commit, running: it waits for `previous`, then
+    /// for every append to be durable, then moves the checkpoint. If this
+    /// batch fails before that, `previous` is awaited first, so a reconnect
+    /// never reads a checkpoint that is about to move.
     async fn ingest(
         &self,
         session: &mut ImapSession,
         uid_validity: u32,
         batch: &[u32],
-    ) -> Result<(), ImapError> {
+        submitted: &mut HashSet<String>,
+        previous: Option<Committing>,
+    ) -> Result<Committing, ImapError> {
+        match self.fetch_batch(session, uid_validity, batch, submitted).await {
+            Ok(staged) => Ok(self.commit_later(uid_validity, batch, staged, previous)),
+            Err(error) => {
+                if let Some(previous) = previous {
+                    let _ = finish(previous).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Submits a fetched batch and spawns its commit.
+    fn commit_later(
+        &self,
+        uid_validity: u32,
+        batch: &[u32],
+        staged: Staged,
+        previous: Option<Committing>,
+    ) -> Committing {
+        let Staged {
+            acks,
+            seen,
+            mut report,
+        } = staged;
+        report.last_uid = *batch.last().expect("batches are not empty");
+        let worker = self.clone();
+        tokio::spawn(async move {
+            if let Some(previous) = previous {
+                finish(previous).await?;
+            }
+            futures::future::try_join_all(acks).await?;
+            worker
+                .commit_checkpoint(uid_validity, report.last_uid, seen)
+                .await?;
+            report.emit(&worker.metrics);
+            Ok(())
+        })
+    }
+
+    /// Fetches one batch and submits its entries (in UID order, so log order
+    /// follows the mailbox).
+    async fn fetch_batch(
+        &self,
+        session: &mut ImapSession,
+        uid_validity: u32,
+        batch: &[u32],
+        submitted: &mut HashSet<String>,
+    ) -> Result<Staged, ImapError> {
         // Sizes and Message-IDs first.
         let heads: Vec<_> = self
             .command(
@@ -321,7 +411,10 @@ impl MailboxWorker {
         let mut wanted = Vec::new();
         let mut oversized = Vec::new();
         for (&uid, (size, message_id)) in &known {
-            if message_id.as_ref().is_some_and(|id| already.contains(id)) {
+            if message_id
+                .as_ref()
+                .is_some_and(|id| already.contains(id) || submitted.contains(id))
+            {
                 duplicates += 1;
             } else if *size > self.limits.max_message_bytes as u64 {
                 oversized.push((uid, *size));
@@ -358,7 +451,9 @@ impl MailboxWorker {
         let (mut events, mut dead_letters) = (0u64, 0u64);
         let mut seen = Vec::with_capacity(pending.len());
         for (p, was_seen) in pending.into_iter().zip(seen_flags) {
-            if was_seen {
+            // Also the same Message-ID twice in one mailbox, in this batch
+            // or one still committing: appended once.
+            if was_seen || !submitted.insert(p.seen_id.clone()) {
                 duplicates += 1;
                 continue;
             }
@@ -372,18 +467,16 @@ impl MailboxWorker {
                 LogEntry::DeadLetter(dl) => self.context.sender.send_dead_letter(*dl),
             });
         }
-        // Only once every entry is durable does the checkpoint move.
-        futures::future::try_join_all(acks).await?;
-        let last_uid = *batch.last().expect("batches are not empty");
-        self.commit_checkpoint(uid_validity, last_uid, seen).await?;
-        ImapBatchIngested {
-            events,
-            dead_letters,
-            duplicates,
-            last_uid,
-        }
-        .emit(&self.metrics);
-        Ok(())
+        Ok(Staged {
+            acks,
+            seen,
+            report: ImapBatchIngested {
+                events,
+                dead_letters,
+                duplicates,
+                last_uid: 0,
+            },
+        })
     }
 
     async fn fetch_bodies(
