@@ -412,3 +412,196 @@ where
     assert_eq!(messages(&rows).len(), 2 * PER_WORKER as usize);
     assert_gapless(&rows, &customer);
 }
+
+/// A scripted stream touching every rule: new customers, chat threads
+/// that go idle, email threads by reference and by subject, a proven
+/// cross-channel link that merges two customers, unproven claims that
+/// become suggestions and later links, edits, duplicates (some within
+/// reach of one batch), and events the logic refuses.
+fn mixed_stream() -> Vec<InboundEvent> {
+    let mut events = Vec::new();
+    let email = |id: &str, from: &str, message_id: &str, reply_to: &str, subject: &str, at| {
+        let mut e = email_from(id, from, message_id, at);
+        let hints = e.threading.get_or_insert_with(Default::default);
+        hints.normalized_subject = subject.to_owned();
+        if !reply_to.is_empty() {
+            hints.in_reply_to = vec![reply_to.to_owned()];
+            hints.references = vec![reply_to.to_owned()];
+        }
+        InboundEvent::new(e)
+    };
+    let e1 = email("b1", "ana@example.com", "m1@x", "", "Refund", 0);
+    let e2 = email("b2", "bo@example.com", "m2@x", "", "Login", 10);
+    let e3 = email("b3", "ana@example.com", "m3@x", "m1@x", "Other", 20);
+    let e4 = email("b4", "ana@example.com", "m4@x", "", "Refund", 30);
+    events.extend([e1.clone(), e2, e3, e4]);
+    events.push(InboundEvent::new(sms_from("b5", "+14155550134", 40)));
+    events.push(InboundEvent::new(sms_from("b6", "+14155550134", 50)));
+    events.push(e1.clone());
+    // A web chat visitor claims ana's email without proof: a suggestion.
+    let mut chat = InboundEvent::new(message(
+        "b7",
+        "web",
+        ChannelKind::Chat,
+        handle(HandleKind::ChatVisitor, "v-1", "web", true),
+        60,
+    ));
+    chat.claims = vec![handle(HandleKind::Email, "ana@example.com", "", false)];
+    events.push(chat);
+    events.push(InboundEvent::new(telegram_from("b8", "777", 70)));
+    // Telegram shares its phone contact: proven, merges tg and sms.
+    let mut tg = InboundEvent::new(telegram_from("b9", "777", 80));
+    tg.claims = vec![handle(HandleKind::Phone, "+14155550134", "", true)];
+    events.push(tg.clone());
+    events.push(InboundEvent::new(sms_from("b10", "+14155550134", 90)));
+    // ...and then proves ana's email too: a second merge.
+    let mut tg2 = InboundEvent::new(telegram_from("b11", "777", 100));
+    tg2.claims = vec![handle(HandleKind::Email, "ana@example.com", "", true)];
+    events.push(tg2);
+    events.push(tg);
+    // Idle for two days: the chat closes and a new one opens.
+    events.push(InboundEvent::new(sms_from(
+        "b12",
+        "+14155550134",
+        2 * 86_400,
+    )));
+    events.push(email(
+        "b13",
+        "ana@example.com",
+        "m13@x",
+        "m3@x",
+        "Refund",
+        2 * 86_400 + 5,
+    ));
+    // An edit of an earlier message.
+    let mut edit = sms_from("b14", "+14155550134", 2 * 86_400 + 10);
+    edit.kind = EventKind::Edit as i32;
+    edit.threading = Some(ThreadingHints {
+        edits_event_id: "b10".to_owned(),
+        ..Default::default()
+    });
+    events.push(InboundEvent::new(edit));
+    // Refused: no sender; an unknown handle kind.
+    let mut anonymous = sms_from("b15", "+14155550134", 2 * 86_400 + 20);
+    anonymous.sender = None;
+    events.push(InboundEvent::new(anonymous));
+    let mut unknown = sms_from("b16", "+14155550134", 2 * 86_400 + 30);
+    if let Some(sender) = unknown.sender.as_mut() {
+        sender.kind = 999;
+    }
+    events.push(InboundEvent::new(unknown));
+    // WhatsApp proves a new number's phone, then an SMS from it.
+    let wa = message(
+        "b17",
+        "wa",
+        ChannelKind::Whatsapp,
+        handle(HandleKind::Whatsapp, "14155550199", "", true),
+        2 * 86_400 + 40,
+    );
+    events.push(InboundEvent::new(wa));
+    events.push(InboundEvent::new(sms_from(
+        "b18",
+        "+14155550199",
+        2 * 86_400 + 50,
+    )));
+    events.push(email(
+        "b19",
+        "bo@example.com",
+        "m19@x",
+        "m2@x",
+        "Login",
+        2 * 86_400 + 60,
+    ));
+    // The chat visitor proves the email after all (verified this time).
+    let mut proven = InboundEvent::new(message(
+        "b20",
+        "web",
+        ChannelKind::Chat,
+        handle(HandleKind::ChatVisitor, "v-1", "web", true),
+        2 * 86_400 + 70,
+    ));
+    proven.claims = vec![handle(HandleKind::Email, "bo@example.com", "", true)];
+    events.push(proven);
+    events.push(e1);
+    events
+}
+
+/// Everything a reader can see of a store after `events`: the outbox in
+/// order (ids aside, which a database may skip) and every handle's owner.
+async fn observe<S: ThreadingStore>(store: &S, events: &[InboundEvent]) -> Vec<String> {
+    let mut seen: Vec<String> = drain(store)
+        .await
+        .into_iter()
+        .map(|r| format!("{:?}", r.event))
+        .collect();
+    let mut handles = std::collections::BTreeSet::new();
+    for input in events {
+        if let Ok(lookups) = crate::lookups(input) {
+            handles.extend(lookups.handles);
+        }
+    }
+    for key in handles {
+        let identity = store.identity(&key).await.expect("identity");
+        let suggestions = match &identity {
+            Some(i) => store
+                .suggestions(&i.customer_id)
+                .await
+                .expect("suggestions"),
+            None => Vec::new(),
+        };
+        seen.push(format!("{key}: {identity:?} {suggestions:?}"));
+    }
+    seen
+}
+
+/// `thread_batch` in batches of any size leaves exactly the state that
+/// threading the same events one at a time leaves, with the same
+/// outcomes: each event sees what the earlier ones in its batch wrote.
+pub async fn batches_equal_one_at_a_time<S, F, Fut>(make: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = ThreadingConfig::default();
+    let events = mixed_stream();
+    let single = make().await;
+    let mut expected_outcomes = Vec::new();
+    for input in &events {
+        expected_outcomes.push(match single.thread(&config, input).await {
+            Ok(outcome) => Some(outcome),
+            Err(crate::StoreError::Threading { .. }) => None,
+            Err(e) => panic!("thread: {e}"),
+        });
+    }
+    let expected = observe(&single, &events).await;
+    assert!(
+        expected_outcomes.iter().any(Option::is_none)
+            && expected_outcomes.contains(&Some(Outcome::Duplicate)),
+        "the stream has refusals and duplicates"
+    );
+    for size in [1, 2, 3, 5, 8, events.len()] {
+        let store = make().await;
+        let mut outcomes = Vec::new();
+        for chunk in events.chunks(size) {
+            let results = store.thread_batch(&config, chunk).await.expect("batch");
+            assert_eq!(results.len(), chunk.len());
+            outcomes.extend(results.into_iter().map(Result::ok));
+        }
+        assert_eq!(outcomes, expected_outcomes, "outcomes, batches of {size}");
+        assert_eq!(
+            observe(&store, &events).await,
+            expected,
+            "state, batches of {size}"
+        );
+        // Replaying the stream in one batch changes nothing.
+        let again = store.thread_batch(&config, &events).await.expect("batch");
+        assert!(
+            again
+                .iter()
+                .all(|r| matches!(r, Ok(Outcome::Duplicate) | Err(_))),
+            "replay, batches of {size}"
+        );
+        assert_eq!(observe(&store, &events).await, expected, "after replay");
+    }
+}

@@ -8,11 +8,15 @@
 //! resulting timeline rows (its transactional outbox) in one database
 //! transaction. [`SqliteStore`] serves the embedded default and
 //! [`PostgresStore`] production; both share their SQL.
+//! [`ThreadingStore::thread_batch`] does the same for many events in one
+//! transaction, reading their state in bulk into an overlay and writing
+//! it back in multi-row statements (`batch`).
 //!
 //! Everything is deterministic (ids are UUIDv5 of their cause, times are
 //! event times), so replaying `omni.inbound.v1` from the start into an
 //! empty store rebuilds an identical timeline.
 
+pub(crate) mod batch;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 pub mod error;

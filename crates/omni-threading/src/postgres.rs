@@ -18,6 +18,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Threading transactions use the same pool (the server's page cache
+    /// is shared by all connections).
+    writer: PgPool,
 }
 
 impl PostgresStore {
@@ -33,7 +36,10 @@ impl PostgresStore {
             .await
             .ctx("connecting to postgres")?;
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            writer: pool.clone(),
+            pool,
+        })
     }
 
     /// Closes the pool, waiting for connections to finish.

@@ -28,34 +28,340 @@ macro_rules! sql_store {
             ) -> Result<$crate::Outcome, $crate::StoreError> {
                 use $crate::error::DbContext as _;
                 let mut tx = self
-                    .pool
+                    .writer
                     .begin_with($begin)
                     .await
                     .ctx("beginning transaction")?;
-                let snapshot = Self::load_snapshot(&mut tx, lookups).await?;
-                let decision = $crate::plan(config, input, &snapshot).map_err(|source| {
-                    $crate::StoreError::Threading {
+                let outcome = Self::thread_in(&mut tx, config, input, lookups)
+                    .await?
+                    .map_err(|source| $crate::StoreError::Threading {
                         event_id: input.event.event_id.clone(),
                         source,
+                    })?;
+                match outcome {
+                    $crate::Outcome::Duplicate => tx.rollback().await.ctx("rolling back")?,
+                    $crate::Outcome::Threaded { .. } => tx.commit().await.ctx("committing")?,
+                }
+                Ok(outcome)
+            }
+
+            /// One attempt at a batch: every event in order inside one
+            /// transaction, so one commit (one fsync) covers them all.
+            /// The state the batch reads is fetched in a few bulk queries
+            /// into an overlay that each plan updates, so later events see
+            /// earlier ones; the writes go out at the end, in order (see
+            /// [`crate::batch`]).
+            async fn thread_batch_once(
+                &self,
+                config: &$crate::ThreadingConfig,
+                inputs: &[$crate::InboundEvent],
+            ) -> Result<Vec<Result<$crate::Outcome, $crate::ThreadingError>>, $crate::StoreError>
+            {
+                use $crate::error::DbContext as _;
+                let lookups: Vec<Result<$crate::Lookups, $crate::ThreadingError>> =
+                    inputs.iter().map($crate::lookups).collect();
+                let wants = $crate::batch::Wants::of(lookups.iter().flatten());
+                let mut tx = self
+                    .writer
+                    .begin_with($begin)
+                    .await
+                    .ctx("beginning transaction")?;
+                let mut overlay = $crate::batch::Overlay::default();
+                Self::prefetch(&mut tx, &wants, &mut overlay).await?;
+                let mut outcomes = Vec::with_capacity(inputs.len());
+                for (input, lookups) in inputs.iter().zip(lookups) {
+                    let lookups = match lookups {
+                        Ok(lookups) => lookups,
+                        Err(refused) => {
+                            outcomes.push(Err(refused));
+                            continue;
+                        }
+                    };
+                    let snapshot = overlay.snapshot(&lookups);
+                    let plan = match $crate::plan(config, input, &snapshot) {
+                        Err(refused) => {
+                            outcomes.push(Err(refused));
+                            continue;
+                        }
+                        Ok($crate::Decision::Duplicate) => {
+                            outcomes.push(Ok($crate::Outcome::Duplicate));
+                            continue;
+                        }
+                        Ok($crate::Decision::Threaded(plan)) => plan,
+                    };
+                    overlay.apply(&input.event.event_id, &plan);
+                    let first = plan.timeline.first().map_or(0, |t| t.sequence);
+                    let last = plan.timeline.last().map_or(0, |t| t.sequence);
+                    outcomes.push(Ok($crate::Outcome::Threaded {
+                        customer_id: plan.customer,
+                        conversation_id: plan.conversation_id,
+                        sequences: (first, last),
+                    }));
+                }
+                let writes = overlay.into_writes();
+                if writes.is_empty() {
+                    tx.rollback().await.ctx("rolling back")?;
+                } else {
+                    Self::flush(&mut tx, writes).await?;
+                    tx.commit().await.ctx("committing")?;
+                }
+                Ok(outcomes)
+            }
+
+            /// Reads everything the batch can look at into `overlay`.
+            async fn prefetch(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                wants: &$crate::batch::Wants,
+                overlay: &mut $crate::batch::Overlay,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                const CHUNK: usize = 400;
+                for ids in wants.event_ids.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in ids {
+                        list.push_bind(id.clone());
                     }
-                })?;
-                match decision {
-                    $crate::Decision::Duplicate => {
-                        tx.rollback().await.ctx("rolling back")?;
-                        Ok($crate::Outcome::Duplicate)
-                    }
-                    $crate::Decision::Threaded(plan) => {
-                        Self::write(&mut tx, &input.event.event_id, &plan).await?;
-                        tx.commit().await.ctx("committing")?;
-                        let first = plan.timeline.first().map_or(0, |t| t.sequence);
-                        let last = plan.timeline.last().map_or(0, |t| t.sequence);
-                        Ok($crate::Outcome::Threaded {
-                            customer_id: plan.customer.clone(),
-                            conversation_id: plan.conversation_id.clone(),
-                            sequences: (first, last),
-                        })
+                    q.push(")");
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("checking for duplicates")?;
+                    for r in &rows {
+                        overlay.add_processed(
+                            r.try_get(0).ctx("decoding event")?,
+                            r.try_get(1).ctx("decoding event")?,
+                        );
                     }
                 }
+                for keys in wants.handles.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT i.kind, i.scope, i.value, COALESCE(c.merged_into, i.customer_id), \
+                         i.confirmed FROM (VALUES ",
+                    );
+                    Self::push_keys(&mut q, keys);
+                    q.push(
+                        ") w JOIN identities i ON i.kind = w.column1 AND i.scope = w.column2 \
+                         AND i.value = w.column3 LEFT JOIN customers c ON c.id = i.customer_id",
+                    );
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("looking up handles")?;
+                    for r in &rows {
+                        let key = $crate::HandleKey {
+                            kind: r.try_get(0).ctx("decoding handle")?,
+                            scope: r.try_get(1).ctx("decoding handle")?,
+                            value: r.try_get(2).ctx("decoding handle")?,
+                        };
+                        let owner = $crate::HandleOwner {
+                            customer: $crate::CustomerId::from_string(
+                                r.try_get(3).ctx("decoding handle")?,
+                            ),
+                            confirmed: r.try_get(4).ctx("decoding handle")?,
+                        };
+                        overlay.add_owner(key, owner);
+                    }
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT s.customer_id, s.kind, s.scope, s.value FROM (VALUES ",
+                    );
+                    Self::push_keys(&mut q, keys);
+                    q.push(
+                        ") w JOIN suggested_links s ON s.kind = w.column1 AND s.scope = w.column2 \
+                         AND s.value = w.column3",
+                    );
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("reading suggestions")?;
+                    for r in &rows {
+                        overlay.add_suggestion(
+                            $crate::CustomerId::from_string(r.try_get(0).ctx("decoding suggestion")?),
+                            $crate::HandleKey {
+                                kind: r.try_get(1).ctx("decoding suggestion")?,
+                                scope: r.try_get(2).ctx("decoding suggestion")?,
+                                value: r.try_get(3).ctx("decoding suggestion")?,
+                            },
+                        );
+                    }
+                }
+                let customers = overlay.owner_customers();
+                for ids in customers.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, next_sequence FROM customers WHERE id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in ids {
+                        list.push_bind(id.as_str().to_owned());
+                    }
+                    q.push(concat!(") ORDER BY id", $lock));
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("locking customers")?;
+                    for r in &rows {
+                        let next: i64 = r.try_get(1).ctx("decoding customer")?;
+                        overlay.add_customer(
+                            $crate::CustomerId::from_string(r.try_get(0).ctx("decoding customer")?),
+                            u64::try_from(next).unwrap_or(1),
+                        );
+                    }
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
+                         last_activity_ms FROM conversations WHERE (open OR email) AND customer_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in ids {
+                        list.push_bind(id.as_str().to_owned());
+                    }
+                    q.push(")");
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("loading conversations")?;
+                    for r in &rows {
+                        overlay.add_conversation(Self::conversation_row(r)?);
+                    }
+                }
+                for ids in wants.message_ids.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT message_id, customer_id, conversation_id FROM message_refs \
+                         WHERE message_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in ids {
+                        list.push_bind(id.clone());
+                    }
+                    q.push(")");
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("looking up message ids")?;
+                    for r in &rows {
+                        overlay.add_message_ref(
+                            r.try_get(0).ctx("decoding message id")?,
+                            $crate::CustomerId::from_string(r.try_get(1).ctx("decoding message id")?),
+                            r.try_get(2).ctx("decoding message id")?,
+                        );
+                    }
+                }
+                let missing = overlay.missing_conversations();
+                for ids in missing.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
+                         last_activity_ms FROM conversations WHERE id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in ids {
+                        list.push_bind(id.clone());
+                    }
+                    q.push(")");
+                    let rows = q
+                        .build()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("loading conversation")?;
+                    for r in &rows {
+                        overlay.add_conversation(Self::conversation_row(r)?);
+                    }
+                }
+                Ok(())
+            }
+
+            /// `(k, s, v), ...` rows of a `VALUES` list (the table `w`
+            /// joined against the handle columns, so each row is one
+            /// primary-key search).
+            fn push_keys(q: &mut sqlx::QueryBuilder<$db>, keys: &[$crate::HandleKey]) {
+                for (i, key) in keys.iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { ", (" });
+                    q.push_bind(key.kind.clone());
+                    q.push(", ");
+                    q.push_bind(key.scope.clone());
+                    q.push(", ");
+                    q.push_bind(key.value.clone());
+                    q.push(")");
+                }
+            }
+
+            /// Writes a batch's recorded writes in order: runs of row
+            /// writes become one multi-row statement per table (rows of
+            /// different tables do not interact; an upserted key keeps its
+            /// last value); merges and suggestion changes run in their
+            /// place, after everything before them.
+            async fn flush(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                writes: Vec<$crate::batch::Write>,
+            ) -> Result<(), $crate::StoreError> {
+                let mut run = $crate::batch::Run::default();
+                for write in writes {
+                    if write.is_barrier() {
+                        Self::flush_run(tx, std::mem::take(&mut run)).await?;
+                        Self::barrier(tx, write).await?;
+                    } else {
+                        run.push(write);
+                    }
+                }
+                Self::flush_run(tx, run).await
+            }
+
+            async fn barrier(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                write: $crate::batch::Write,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::batch::Write;
+                match write {
+                    Write::Merge { survivor, loser } => {
+                        Self::merge(tx, survivor.as_str(), loser.as_str()).await
+                    }
+                    Write::DeleteSuggestion { customer, key } => {
+                        Self::delete_suggestion(tx, customer.as_str(), &key).await
+                    }
+                    Write::InsertSuggestion { customer, key } => {
+                        Self::insert_suggestion(tx, customer.as_str(), &key).await
+                    }
+                    _ => Ok(()),
+                }
+            }
+
+            /// Threads one event inside `tx`: loads its snapshot, plans,
+            /// writes the plan. A refusal of the logic (`Ok(Err(_))`)
+            /// happens before anything is written, so `tx` stays usable.
+            async fn thread_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                config: &$crate::ThreadingConfig,
+                input: &$crate::InboundEvent,
+                lookups: &$crate::Lookups,
+            ) -> Result<Result<$crate::Outcome, $crate::ThreadingError>, $crate::StoreError> {
+                let snapshot = Self::load_snapshot(tx, lookups).await?;
+                let plan = match $crate::plan(config, input, &snapshot) {
+                    Err(refused) => return Ok(Err(refused)),
+                    Ok($crate::Decision::Duplicate) => return Ok(Ok($crate::Outcome::Duplicate)),
+                    Ok($crate::Decision::Threaded(plan)) => plan,
+                };
+                Self::write(tx, &input.event.event_id, &plan).await?;
+                let first = plan.timeline.first().map_or(0, |t| t.sequence);
+                let last = plan.timeline.last().map_or(0, |t| t.sequence);
+                Ok(Ok($crate::Outcome::Threaded {
+                    customer_id: plan.customer,
+                    conversation_id: plan.conversation_id,
+                    sequences: (first, last),
+                }))
             }
 
             async fn load_conversation(
@@ -218,43 +524,7 @@ macro_rules! sql_store {
                     .ctx("creating customer")?;
                 }
                 for loser in &plan.merged {
-                    let loser = loser.as_str();
-                    for (op, sql) in [
-                        (
-                            "merging customer",
-                            "UPDATE customers SET merged_into = $1 WHERE id = $2 OR merged_into = $2",
-                        ),
-                        (
-                            "moving identities",
-                            "UPDATE identities SET customer_id = $1 WHERE customer_id = $2",
-                        ),
-                        (
-                            "moving conversations",
-                            "UPDATE conversations SET customer_id = $1 WHERE customer_id = $2",
-                        ),
-                        (
-                            "moving message ids",
-                            "UPDATE message_refs SET customer_id = $1 WHERE customer_id = $2",
-                        ),
-                        (
-                            "dropping duplicate suggestions",
-                            "DELETE FROM suggested_links WHERE customer_id = $2 AND EXISTS \
-                             (SELECT 1 FROM suggested_links s WHERE s.customer_id = $1 \
-                             AND s.kind = suggested_links.kind AND s.scope = suggested_links.scope \
-                             AND s.value = suggested_links.value)",
-                        ),
-                        (
-                            "moving suggestions",
-                            "UPDATE suggested_links SET customer_id = $1 WHERE customer_id = $2",
-                        ),
-                    ] {
-                        sqlx::query(sql)
-                            .bind(survivor)
-                            .bind(loser)
-                            .execute(&mut **tx)
-                            .await
-                            .ctx(op)?;
-                    }
+                    Self::merge(tx, survivor, loser.as_str()).await?;
                 }
                 for (key, confirmed) in &plan.links {
                     sqlx::query(
@@ -270,30 +540,10 @@ macro_rules! sql_store {
                     .execute(&mut **tx)
                     .await
                     .ctx("linking handle")?;
-                    sqlx::query(
-                        "DELETE FROM suggested_links WHERE customer_id = $1 AND kind = $2 \
-                         AND scope = $3 AND value = $4",
-                    )
-                    .bind(survivor)
-                    .bind(&key.kind)
-                    .bind(&key.scope)
-                    .bind(&key.value)
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("clearing suggestion")?;
+                    Self::delete_suggestion(tx, survivor, key).await?;
                 }
                 for key in &plan.suggestions {
-                    sqlx::query(
-                        "INSERT INTO suggested_links (customer_id, kind, scope, value) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(survivor)
-                    .bind(&key.kind)
-                    .bind(&key.scope)
-                    .bind(&key.value)
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("suggesting handle")?;
+                    Self::insert_suggestion(tx, survivor, key).await?;
                 }
                 for c in &plan.conversations {
                     sqlx::query(
@@ -358,6 +608,214 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// Merges `loser` into `survivor`: repoints earlier losers and
+            /// moves every row of the loser.
+            async fn merge(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                survivor: &str,
+                loser: &str,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                for (op, sql) in [
+                    (
+                        "merging customer",
+                        "UPDATE customers SET merged_into = $1 WHERE id = $2 OR merged_into = $2",
+                    ),
+                    (
+                        "moving identities",
+                        "UPDATE identities SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                    (
+                        "moving conversations",
+                        "UPDATE conversations SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                    (
+                        "moving message ids",
+                        "UPDATE message_refs SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                    (
+                        "dropping duplicate suggestions",
+                        "DELETE FROM suggested_links WHERE customer_id = $2 AND EXISTS \
+                         (SELECT 1 FROM suggested_links s WHERE s.customer_id = $1 \
+                         AND s.kind = suggested_links.kind AND s.scope = suggested_links.scope \
+                         AND s.value = suggested_links.value)",
+                    ),
+                    (
+                        "moving suggestions",
+                        "UPDATE suggested_links SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                ] {
+                    sqlx::query(sql)
+                        .bind(survivor)
+                        .bind(loser)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx(op)?;
+                }
+                Ok(())
+            }
+
+            async fn delete_suggestion(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                key: &$crate::HandleKey,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query(
+                    "DELETE FROM suggested_links WHERE customer_id = $1 AND kind = $2 \
+                     AND scope = $3 AND value = $4",
+                )
+                .bind(customer)
+                .bind(&key.kind)
+                .bind(&key.scope)
+                .bind(&key.value)
+                .execute(&mut **tx)
+                .await
+                .ctx("clearing suggestion")?;
+                Ok(())
+            }
+
+            async fn insert_suggestion(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                key: &$crate::HandleKey,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query(
+                    "INSERT INTO suggested_links (customer_id, kind, scope, value) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(customer)
+                .bind(&key.kind)
+                .bind(&key.scope)
+                .bind(&key.value)
+                .execute(&mut **tx)
+                .await
+                .ctx("suggesting handle")?;
+                Ok(())
+            }
+
+            /// Writes a run of row writes, one multi-row statement per
+            /// table and chunk.
+            async fn flush_run(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                run: $crate::batch::Run,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                const ROWS: usize = 200;
+                for rows in run.customers.chunks(ROWS) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO customers (id, merged_into, next_sequence) ",
+                    );
+                    q.push_values(rows, |mut b, (id, next)| {
+                        b.push_bind(id.as_str().to_owned())
+                            .push_bind(None::<String>)
+                            .push_bind(i64::try_from(*next).unwrap_or(i64::MAX));
+                    });
+                    q.push(" ON CONFLICT (id) DO UPDATE SET next_sequence = excluded.next_sequence");
+                    q.build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("writing customers")?;
+                }
+                for rows in run.identities.chunks(ROWS) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) ",
+                    );
+                    q.push_values(rows, |mut b, (key, (customer, confirmed))| {
+                        b.push_bind(key.kind.clone())
+                            .push_bind(key.scope.clone())
+                            .push_bind(key.value.clone())
+                            .push_bind(customer.as_str().to_owned())
+                            .push_bind(*confirmed);
+                    });
+                    q.push(
+                        " ON CONFLICT (kind, scope, value) DO UPDATE SET \
+                         customer_id = excluded.customer_id, confirmed = excluded.confirmed",
+                    );
+                    q.build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("linking handles")?;
+                }
+                for rows in run.conversations.chunks(ROWS) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
+                         subject, open, last_activity_ms) ",
+                    );
+                    q.push_values(rows, |mut b, c| {
+                        b.push_bind(c.id.clone())
+                            .push_bind(c.customer.as_str().to_owned())
+                            .push_bind(c.channel_id.clone())
+                            .push_bind(c.thread_key.clone())
+                            .push_bind(c.email)
+                            .push_bind(c.subject.clone())
+                            .push_bind(c.open)
+                            .push_bind(c.last_activity_ms);
+                    });
+                    q.push(
+                        " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
+                         open = excluded.open, last_activity_ms = excluded.last_activity_ms",
+                    );
+                    q.build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("writing conversations")?;
+                }
+                for rows in run.message_refs.chunks(ROWS) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO message_refs (message_id, customer_id, conversation_id) ",
+                    );
+                    q.push_values(rows, |mut b, (message_id, customer, conversation)| {
+                        b.push_bind(message_id.clone())
+                            .push_bind(customer.as_str().to_owned())
+                            .push_bind(conversation.clone());
+                    });
+                    q.push(" ON CONFLICT DO NOTHING");
+                    q.build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("recording message ids")?;
+                }
+                for rows in run.processed.chunks(ROWS) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO processed_events (event_id, customer_id, conversation_id) ",
+                    );
+                    q.push_values(rows, |mut b, (event_id, customer, conversation)| {
+                        b.push_bind(event_id.clone())
+                            .push_bind(customer.as_str().to_owned())
+                            .push_bind(conversation.clone());
+                    });
+                    q.build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("recording events")?;
+                }
+                // Outbox rows in plan order: ids increase with it.
+                for rows in run.timeline.chunks(ROWS) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) ",
+                    );
+                    q.push_values(rows, |mut b, entry| {
+                        b.push_bind(entry.customer_id.clone())
+                            .push_bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
+                            .push_bind(entry.timeline_event_id.clone())
+                            .push_bind(prost::Message::encode_to_vec(entry));
+                    });
+                    q.build()
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("writing outbox")?;
+                }
+                Ok(())
+            }
+
             fn outbox_rows(
                 rows: Vec<<$db as sqlx::Database>::Row>,
             ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
@@ -409,6 +867,40 @@ macro_rules! sql_store {
                         Err(e) if $retryable(&e) => {
                             return Err($crate::StoreError::Contention {
                                 event_id: input.event.event_id.clone(),
+                                attempts: attempt,
+                            });
+                        }
+                        other => return other,
+                    }
+                }
+            }
+
+            async fn thread_batch(
+                &self,
+                config: &$crate::ThreadingConfig,
+                inputs: &[$crate::InboundEvent],
+            ) -> Result<Vec<Result<$crate::Outcome, $crate::ThreadingError>>, $crate::StoreError>
+            {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match self.thread_batch_once(config, inputs).await {
+                        Err(e) if $retryable(&e) && attempt < $crate::sql::MAX_ATTEMPTS => {
+                            tracing::debug!(
+                                events = inputs.len(),
+                                attempt,
+                                error = %e,
+                                "threading batch conflicted, retrying it whole"
+                            );
+                            let ms = u64::from(attempt.min(20)) * 2;
+                            $crate::sql::sleep_ms(ms).await;
+                        }
+                        Err(e) if $retryable(&e) => {
+                            return Err($crate::StoreError::Contention {
+                                event_id: inputs
+                                    .first()
+                                    .map(|i| i.event.event_id.clone())
+                                    .unwrap_or_default(),
                                 attempts: attempt,
                             });
                         }

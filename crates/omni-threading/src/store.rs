@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use omni_proto::v1::TimelineEvent;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, ThreadingError};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{InboundEvent, ThreadingConfig};
 
@@ -73,6 +73,35 @@ pub trait ThreadingStore: Send + Sync + 'static {
         config: &ThreadingConfig,
         input: &InboundEvent,
     ) -> Result<Outcome, StoreError>;
+
+    /// Threads `inputs` in order in one transaction: exactly what calling
+    /// [`ThreadingStore::thread`] on each in turn does (later events see
+    /// what earlier ones wrote; duplicates, including repeats within the
+    /// batch, write nothing), but with one commit, so one fsync covers
+    /// the batch.
+    ///
+    /// One result per input, in order: `Err` for an event the logic
+    /// refuses (it writes nothing and does not affect the others). An
+    /// outer `Err` means the transaction failed and nothing of the batch
+    /// was written; conflicts with other workers are retried with the
+    /// whole batch before that. The default runs one transaction per
+    /// event (an outer `Err` may then follow committed events, which a
+    /// retry drops as duplicates); the SQL stores override it.
+    async fn thread_batch(
+        &self,
+        config: &ThreadingConfig,
+        inputs: &[InboundEvent],
+    ) -> Result<Vec<Result<Outcome, ThreadingError>>, StoreError> {
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            match self.thread(config, input).await {
+                Ok(outcome) => outcomes.push(Ok(outcome)),
+                Err(StoreError::Threading { source, .. }) => outcomes.push(Err(source)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
+    }
 
     /// Unpublished outbox rows after `after` (exclusive), oldest first.
     async fn pending_outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;

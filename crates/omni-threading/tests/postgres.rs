@@ -136,3 +136,8 @@ async fn concurrent_workers_keep_sequence_gapless() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_equal_one_at_a_time() {
+    run(|s| async move { contract::batches_equal_one_at_a_time(|| s.fresh()).await }).await;
+}

@@ -65,3 +65,9 @@ async fn concurrent_workers_keep_sequence_gapless() {
     // Two pools on one file: two workers with their own connections.
     contract::concurrent_workers_keep_sequence_gapless(|| files.open(&path)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_equal_one_at_a_time() {
+    let files = Files::new();
+    contract::batches_equal_one_at_a_time(|| files.fresh()).await;
+}

@@ -9,10 +9,12 @@
 //!    conversation event, or that the threading logic refuses (no event id,
 //!    no customer handle, an unknown handle kind), becomes a dead-letter
 //!    record;
-//! 2. thread it: one store transaction resolves the customer, places the
-//!    message and appends its timeline rows to the outbox (a duplicate
-//!    event id writes nothing); a store failure is retried with backoff
-//!    without moving on;
+//! 2. thread the batch's events in order in one store transaction
+//!    (`ThreadingStore::thread_batch`): for each it resolves the customer,
+//!    places the message and appends its timeline rows to the outbox (a
+//!    duplicate event id writes nothing), so one commit (one fsync)
+//!    covers the batch; a store failure writes nothing and is retried,
+//!    the whole batch, with backoff without moving on;
 //! 3. once the whole batch is threaded, commit the batch's position.
 //!
 //! A crash before 3 re-threads the batch after the restart, and the store
@@ -36,8 +38,8 @@ use omni_telemetry::events::{
     EventThreaded, ThreadingMetrics, ThreadingOutcome, TimelinePublished,
 };
 use omni_threading::{
-    HandleKey, InboundEvent, OutboxRow, Outcome, PostgresStore, SqliteStore, StoreError,
-    ThreadingConfig, ThreadingStore,
+    HandleKey, InboundEvent, OutboxRow, Outcome, PostgresStore, SqliteStore, ThreadingConfig,
+    ThreadingStore,
 };
 use serde_json::{Value, json};
 use tokio::{sync::Notify, task::JoinHandle};
@@ -260,14 +262,9 @@ impl Worker {
             if records.is_empty() {
                 continue;
             }
-            let mut done = true;
-            for record in &records {
-                if self.handle(record).await.is_err() {
-                    done = false;
-                    break;
-                }
-            }
-            if !done || self.commit(subscription.as_mut(), &records).await.is_err() {
+            if self.handle(&records).await.is_err()
+                || self.commit(subscription.as_mut(), &records).await.is_err()
+            {
                 break;
             }
             self.wake.notify_one();
@@ -293,18 +290,28 @@ impl Worker {
         }
     }
 
-    /// Threads one record (or dead-letters it); store failures are retried
-    /// until they pass or the worker is stopped.
-    async fn handle(&self, stored: &StoredRecord) -> Result<(), Stopped> {
-        let event = match decode(stored) {
-            Ok(event) => event,
-            Err((reason, detail)) => {
-                let channel = header(stored, cloudevents::HEADER_SOURCE)
-                    .and_then(|s| s.rsplit('/').next().map(str::to_owned))
-                    .unwrap_or_default();
-                let event_id = header(stored, cloudevents::HEADER_ID).unwrap_or_default();
-                return self
-                    .dead_letter(
+    /// Threads a polled batch in one store transaction (one commit, so
+    /// one fsync, for all of it) and dead-letters the records that are no
+    /// conversation event or that the threading logic refuses. A store
+    /// failure leaves nothing written and is retried, the whole batch,
+    /// until it passes or the worker is stopped.
+    async fn handle(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+        let mut threadable: Vec<(&StoredRecord, InboundEvent)> = Vec::with_capacity(records.len());
+        for stored in records {
+            match decode(stored) {
+                Ok(event) => threadable.push((
+                    stored,
+                    InboundEvent {
+                        claims: event.sender_identities.clone(),
+                        event,
+                    },
+                )),
+                Err((reason, detail)) => {
+                    let channel = header(stored, cloudevents::HEADER_SOURCE)
+                        .and_then(|s| s.rsplit('/').next().map(str::to_owned))
+                        .unwrap_or_default();
+                    let event_id = header(stored, cloudevents::HEADER_ID).unwrap_or_default();
+                    self.dead_letter(
                         stored,
                         &channel,
                         ChannelKind::Unspecified,
@@ -312,61 +319,70 @@ impl Worker {
                         reason,
                         &detail,
                     )
-                    .await;
+                    .await?;
+                }
+            }
+        }
+        if threadable.is_empty() {
+            return Ok(());
+        }
+        let inputs: Vec<InboundEvent> = threadable.iter().map(|(_, i)| i.clone()).collect();
+        let mut backoff = Backoff::default();
+        let outcomes = loop {
+            match self.store.thread_batch(&self.config, &inputs).await {
+                Ok(outcomes) => break outcomes,
+                Err(error) => {
+                    let wait = backoff.next();
+                    // One line per attempt, naming the batch's first event.
+                    EventThreaded {
+                        outcome: ThreadingOutcome::Retried,
+                        event_id: &inputs[0].event.event_id,
+                        customer_id: "",
+                        detail: &format!(
+                            "batch of {} events: {:#}",
+                            inputs.len(),
+                            anyhow::Error::new(error)
+                        ),
+                        retry_in: Some(wait),
+                    }
+                    .emit(&self.metrics);
+                    pause(&self.shutdown, wait).await?;
+                }
             }
         };
-        let input = InboundEvent {
-            claims: event.sender_identities.clone(),
-            event,
-        };
-        let event = &input.event;
-        let mut backoff = Backoff::default();
-        loop {
-            let emit = |outcome, customer_id: &str, detail: &str, retry_in| {
+        for ((stored, input), outcome) in threadable.iter().zip(outcomes) {
+            let event = &input.event;
+            let emit = |outcome, customer_id: &str| {
                 EventThreaded {
                     outcome,
                     event_id: &event.event_id,
                     customer_id,
-                    detail,
-                    retry_in,
+                    detail: "",
+                    retry_in: None,
                 }
                 .emit(&self.metrics);
             };
-            match self.store.thread(&self.config, &input).await {
-                Ok(Outcome::Duplicate) => {
-                    emit(ThreadingOutcome::Duplicate, "", "", None);
-                    return Ok(());
-                }
+            match outcome {
+                Ok(Outcome::Duplicate) => emit(ThreadingOutcome::Duplicate, ""),
                 Ok(Outcome::Threaded { customer_id, .. }) => {
-                    emit(ThreadingOutcome::Threaded, customer_id.as_str(), "", None);
-                    return Ok(());
+                    emit(ThreadingOutcome::Threaded, customer_id.as_str());
                 }
-                Err(StoreError::Threading { source, .. }) => {
+                Err(refused) => {
                     let kind = ChannelKind::try_from(event.channel_kind)
                         .unwrap_or(ChannelKind::Unspecified);
-                    return self
-                        .dead_letter(
-                            stored,
-                            &event.channel_id,
-                            kind,
-                            &event.event_id,
-                            "not_threadable",
-                            &source.to_string(),
-                        )
-                        .await;
-                }
-                Err(error) => {
-                    let wait = backoff.next();
-                    emit(
-                        ThreadingOutcome::Retried,
-                        "",
-                        &format!("{:#}", anyhow::Error::new(error)),
-                        Some(wait),
-                    );
-                    pause(&self.shutdown, wait).await?;
+                    self.dead_letter(
+                        stored,
+                        &event.channel_id,
+                        kind,
+                        &event.event_id,
+                        "not_threadable",
+                        &refused.to_string(),
+                    )
+                    .await?;
                 }
             }
         }
+        Ok(())
     }
 
     async fn dead_letter(
