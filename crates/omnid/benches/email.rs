@@ -381,7 +381,10 @@ impl Daemon {
             format!(
                 "data_dir = \"{data}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[channels]\n\
                  dir = \"{channels}\"\n[telemetry]\nlog_format = \"json\"\n\
-                 log_level = \"{log_level},omnid=info\"\n",
+                 log_level = \"{log_level},omnid=info\"\n\
+                 # Ingestion alone: the threading worker (its own benchmark,\n\
+                 # bench-threading) would share the two cores.\n\
+                 [threading]\nenabled = false\n",
                 data = path.join("data").display(),
                 channels = path.join("channels").display(),
             ),
