@@ -279,7 +279,13 @@ impl MailboxWorker {
         let mut committing: Option<Committing> = None;
         for batch in uids.chunks(self.settings.batch_size as usize) {
             match self
-                .ingest(session, uid_validity, batch, &mut submitted, committing.take())
+                .ingest(
+                    session,
+                    uid_validity,
+                    batch,
+                    &mut submitted,
+                    committing.take(),
+                )
                 .await
             {
                 Ok(next) => committing = Some(next),
@@ -329,7 +335,10 @@ impl MailboxWorker {
         submitted: &mut HashSet<String>,
         previous: Option<Committing>,
     ) -> Result<Committing, ImapError> {
-        match self.fetch_batch(session, uid_validity, batch, submitted).await {
+        match self
+            .fetch_batch(session, uid_validity, batch, submitted)
+            .await
+        {
             Ok(staged) => Ok(self.commit_later(uid_validity, batch, staged, previous)),
             Err(error) => {
                 if let Some(previous) = previous {
