@@ -14,8 +14,9 @@
 //!    daemon, and across a Kafka group rebalance delivery stays at least
 //!    once;
 //! 3. hand it to the channel's [`OutboundHandler`]; a temporary failure is
-//!    retried with capped exponential backoff ([`INITIAL_BACKOFF`] doubling
-//!    up to [`MAX_BACKOFF`]) without moving on, looking the channel up
+//!    retried with capped exponential backoff
+//!    ([`INITIAL_BACKOFF`](crate::consume::INITIAL_BACKOFF) doubling up to
+//!    [`MAX_BACKOFF`](crate::consume::MAX_BACKOFF)) without moving on, looking the channel up
 //!    again each time, so a reload that fixes its settings takes effect;
 //! 4. append the outcome (`DELIVERY_STATE_SENT` or `_FAILED`) as a
 //!    delivery-status event through the same sink as connectors, and wait
@@ -33,7 +34,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use axum::http::StatusCode;
@@ -43,12 +44,9 @@ use omni_connector::{
 };
 use omni_log::{EventLog, StoredRecord, Subscription};
 use omni_model::cloudevents;
-use omni_proto::{
-    Message as _, Timestamp,
-    v1::{
-        ChannelKind, ConversationEvent, DeadLetter, DeliveryState, DeliveryStatus, Direction,
-        EventKind, ThreadingHints,
-    },
+use omni_proto::v1::{
+    ChannelKind, ConversationEvent, DeliveryState, DeliveryStatus, Direction, EventKind,
+    ThreadingHints,
 };
 use omni_telemetry::events::{
     OutboundDelivered, OutboundMetrics, OutboundOutcome, OutboundRequestMetrics,
@@ -59,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     channels::{Channel, ChannelSet, Wiring},
+    consume::{Backoff, dead_letter_of, decode, header, timestamp},
     server::AppState,
     settings::{Settings, Topics},
     sink::{Encoding, LogSink},
@@ -66,12 +65,6 @@ use crate::{
 
 /// The consumer group of the dispatcher on the outbound topic.
 pub const GROUP: &str = "omnid-outbound";
-
-/// First wait after a temporary failure (delivery, log append or commit).
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
-
-/// Longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Longest idempotency key (`provider_message_id`) the API accepts.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 512;
@@ -501,41 +494,6 @@ impl Dispatcher {
     }
 }
 
-/// The dead-letter record of a consumed record that cannot be handled:
-/// its raw payload and content type, the reason, and where it was read
-/// (`topic`, `partition`, `offset`, `event_id` in `metadata`).
-pub(crate) fn dead_letter_of(
-    stored: &StoredRecord,
-    channel_id: &str,
-    channel_kind: ChannelKind,
-    event_id: &str,
-    reason: &str,
-    detail: &str,
-) -> DeadLetter {
-    let record = &stored.record;
-    let metadata = HashMap::from([
-        ("topic".to_owned(), record.topic.clone()),
-        (
-            "partition".to_owned(),
-            stored.position.partition.to_string(),
-        ),
-        ("offset".to_owned(), stored.position.offset.to_string()),
-        ("event_id".to_owned(), event_id.to_owned()),
-    ]);
-    DeadLetter {
-        dead_letter_id: omni_connector::dead_letter_id(channel_id, &record.payload),
-        channel_id: channel_id.to_owned(),
-        channel_kind: channel_kind as i32,
-        reason: reason.to_owned(),
-        detail: detail.to_owned(),
-        raw_payload: record.payload.to_vec(),
-        content_type: header(stored, cloudevents::HEADER_CONTENT_TYPE)
-            .unwrap_or_else(|| cloudevents::CONTENT_TYPE_PROTOBUF.to_owned()),
-        received_at: Some(timestamp(SystemTime::now())),
-        metadata,
-    }
-}
-
 /// The seen-set id of a delivered outbound event.
 fn seen_key(event_id: &str) -> String {
     format!("outbound:{event_id}")
@@ -543,74 +501,6 @@ fn seen_key(event_id: &str) -> String {
 
 fn enum_name(name: Option<&'static str>) -> &'static str {
     name.unwrap_or("an unknown value")
-}
-
-/// Capped exponential backoff.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: INITIAL_BACKOFF,
-        }
-    }
-}
-
-impl Backoff {
-    pub(crate) fn next(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
-        wait
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = INITIAL_BACKOFF;
-    }
-}
-
-/// A record header as text (names compared case-insensitively).
-pub(crate) fn header(stored: &StoredRecord, name: &str) -> Option<String> {
-    stored
-        .record
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .and_then(|(_, value)| std::str::from_utf8(value).ok())
-        .map(str::to_owned)
-}
-
-/// Decodes a conversation-event record (outbound, or inbound for the
-/// threading worker): JSON (the protobuf JSON mapping) when its
-/// `content-type` says `application/json`, else binary protobuf. A
-/// CloudEvents type other than a conversation event is refused.
-pub(crate) fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
-    if let Some(ty) = header(stored, cloudevents::HEADER_TYPE)
-        && ty != cloudevents::TYPE_CONVERSATION_EVENT
-    {
-        return Err((
-            "unsupported_type",
-            format!(
-                "ce_type {ty:?} is not {}",
-                cloudevents::TYPE_CONVERSATION_EVENT
-            ),
-        ));
-    }
-    let payload = stored.record.payload.as_ref();
-    let json = header(stored, cloudevents::HEADER_CONTENT_TYPE).is_some_and(|ct| {
-        ct.split(';').next().is_some_and(|media| {
-            media
-                .trim()
-                .eq_ignore_ascii_case(cloudevents::CONTENT_TYPE_JSON)
-        })
-    });
-    if json {
-        serde_json::from_slice(payload).map_err(|e| ("invalid_json", e.to_string()))
-    } else {
-        ConversationEvent::decode(payload).map_err(|e| ("invalid_protobuf", e.to_string()))
-    }
 }
 
 /// The delivery-status event of `outbound`: same channel, the outbound
@@ -667,14 +557,6 @@ fn delivery_status(
             error,
         }),
         sender_identities: Vec::new(),
-    }
-}
-
-fn timestamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
     }
 }
 
@@ -795,9 +677,10 @@ pub fn prepare(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{path::PathBuf, time::UNIX_EPOCH};
 
     use omni_connector::Connector;
+    use omni_proto::Message as _;
     use omni_proto::v1::{Content, HandleKind, IdentityHandle};
 
     use super::*;
@@ -1005,16 +888,5 @@ mod tests {
             event.encode_to_vec(),
         );
         assert_eq!(decode(&other).unwrap_err().0, "unsupported_type");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let mut backoff = Backoff::default();
-        let waits: Vec<Duration> = (0..9).map(|_| backoff.next()).collect();
-        assert_eq!(waits[0], INITIAL_BACKOFF);
-        assert_eq!(waits[1], INITIAL_BACKOFF * 2);
-        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
-        backoff.reset();
-        assert_eq!(backoff.next(), INITIAL_BACKOFF);
     }
 }

@@ -46,7 +46,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    outbound::{Backoff, dead_letter_of, decode, header},
+    consume::{Backoff, dead_letter_of, decode, header},
     settings::{Settings, Topics},
     sink::{Encoding, LogSink},
 };

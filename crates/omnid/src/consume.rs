@@ -1,0 +1,149 @@
+//! Reading records back from the log, for the daemon's own consumers (the
+//! outbound dispatcher, the threading worker): decoding a conversation
+//! event by its content type, the dead-letter record of one that cannot be
+//! handled, and the backoff they retry with.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use omni_log::StoredRecord;
+use omni_model::cloudevents;
+use omni_proto::{
+    Message as _, Timestamp,
+    v1::{ChannelKind, ConversationEvent, DeadLetter},
+};
+
+/// First wait after a temporary failure (delivery, log append or commit).
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The dead-letter record of a consumed record that cannot be handled:
+/// its raw payload and content type, the reason, and where it was read
+/// (`topic`, `partition`, `offset`, `event_id` in `metadata`).
+pub fn dead_letter_of(
+    stored: &StoredRecord,
+    channel_id: &str,
+    channel_kind: ChannelKind,
+    event_id: &str,
+    reason: &str,
+    detail: &str,
+) -> DeadLetter {
+    let record = &stored.record;
+    let metadata = HashMap::from([
+        ("topic".to_owned(), record.topic.clone()),
+        (
+            "partition".to_owned(),
+            stored.position.partition.to_string(),
+        ),
+        ("offset".to_owned(), stored.position.offset.to_string()),
+        ("event_id".to_owned(), event_id.to_owned()),
+    ]);
+    DeadLetter {
+        dead_letter_id: omni_connector::dead_letter_id(channel_id, &record.payload),
+        channel_id: channel_id.to_owned(),
+        channel_kind: channel_kind as i32,
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        raw_payload: record.payload.to_vec(),
+        content_type: header(stored, cloudevents::HEADER_CONTENT_TYPE)
+            .unwrap_or_else(|| cloudevents::CONTENT_TYPE_PROTOBUF.to_owned()),
+        received_at: Some(timestamp(SystemTime::now())),
+        metadata,
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: INITIAL_BACKOFF,
+        }
+    }
+}
+
+impl Backoff {
+    pub fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    pub fn reset(&mut self) {
+        self.next = INITIAL_BACKOFF;
+    }
+}
+
+/// A record header as text (names compared case-insensitively).
+pub fn header(stored: &StoredRecord, name: &str) -> Option<String> {
+    stored
+        .record
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .map(str::to_owned)
+}
+
+/// Decodes a conversation-event record (outbound, or inbound for the
+/// threading worker): JSON (the protobuf JSON mapping) when its
+/// `content-type` says `application/json`, else binary protobuf. A
+/// CloudEvents type other than a conversation event is refused.
+pub fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
+    if let Some(ty) = header(stored, cloudevents::HEADER_TYPE)
+        && ty != cloudevents::TYPE_CONVERSATION_EVENT
+    {
+        return Err((
+            "unsupported_type",
+            format!(
+                "ce_type {ty:?} is not {}",
+                cloudevents::TYPE_CONVERSATION_EVENT
+            ),
+        ));
+    }
+    let payload = stored.record.payload.as_ref();
+    let json = header(stored, cloudevents::HEADER_CONTENT_TYPE).is_some_and(|ct| {
+        ct.split(';').next().is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case(cloudevents::CONTENT_TYPE_JSON)
+        })
+    });
+    if json {
+        serde_json::from_slice(payload).map_err(|e| ("invalid_json", e.to_string()))
+    } else {
+        ConversationEvent::decode(payload).map_err(|e| ("invalid_protobuf", e.to_string()))
+    }
+}
+
+pub fn timestamp(time: SystemTime) -> Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..9).map(|_| backoff.next()).collect();
+        assert_eq!(waits[0], INITIAL_BACKOFF);
+        assert_eq!(waits[1], INITIAL_BACKOFF * 2);
+        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+        backoff.reset();
+        assert_eq!(backoff.next(), INITIAL_BACKOFF);
+    }
+}
