@@ -8,12 +8,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use omni_log::StoredRecord;
+use omni_log::{EventLog, StoredRecord, Subscription};
 use omni_model::cloudevents;
 use omni_proto::{
     Message as _, Timestamp,
     v1::{ChannelKind, ConversationEvent, DeadLetter},
 };
+use tokio_util::sync::CancellationToken;
 
 /// First wait after a temporary failure (delivery, log append or commit).
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -129,6 +130,73 @@ pub fn timestamp(time: SystemTime) -> Timestamp {
     Timestamp {
         seconds: since.as_secs() as i64,
         nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// The consumer was told to stop.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Sleeps for `wait` unless the consumer is stopped first.
+pub async fn pause(shutdown: &CancellationToken, wait: Duration) -> Result<(), Stopped> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(Stopped),
+        _ = tokio::time::sleep(wait) => Ok(()),
+    }
+}
+
+/// Joins `group` on `topic`, retrying with backoff until it works or the
+/// consumer is stopped (joining a Kafka group can take a while; shutdown
+/// must not wait for it).
+pub async fn subscribe(
+    log: &dyn EventLog,
+    group: &str,
+    topic: &str,
+    shutdown: &CancellationToken,
+) -> Result<Box<dyn Subscription>, Stopped> {
+    let mut backoff = Backoff::default();
+    let topics = [topic.to_owned()];
+    loop {
+        let subscribed = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Stopped),
+            subscribed = log.subscribe(group, &topics) => subscribed,
+        };
+        match subscribed {
+            Ok(subscription) => return Ok(subscription),
+            Err(error) => {
+                let wait = backoff.next();
+                tracing::warn!(topic, group, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot subscribe");
+                pause(shutdown, wait).await?;
+            }
+        }
+    }
+}
+
+/// The next records (possibly none after a second), a failed poll retried
+/// with `backoff`, until the consumer is stopped.
+pub async fn poll(
+    subscription: &mut dyn Subscription,
+    max: usize,
+    topic: &str,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<Vec<StoredRecord>, Stopped> {
+    loop {
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Stopped),
+            polled = subscription.poll(max, Duration::from_secs(1)) => polled,
+        };
+        match polled {
+            Ok(records) => {
+                backoff.reset();
+                return Ok(records);
+            }
+            Err(error) => {
+                let wait = backoff.next();
+                tracing::warn!(topic, error = %error, retry_in_ms = wait.as_millis() as u64, "poll failed");
+                pause(shutdown, wait).await?;
+            }
+        }
     }
 }
 

@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     channels::{Channel, ChannelSet, Wiring},
-    consume::{Backoff, dead_letter_of, decode, header, timestamp},
+    consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause, timestamp},
     server::AppState,
     settings::{Settings, Topics},
     sink::{Encoding, LogSink},
@@ -159,9 +159,6 @@ impl Outbound {
     }
 }
 
-/// The dispatcher was told to stop.
-struct Stopped;
-
 /// Where one outbound record ends up.
 enum Outcome {
     Delivered(Delivered),
@@ -184,29 +181,24 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(mut self) {
-        let Ok(mut subscription) = self.subscribe().await else {
+        let Ok(mut subscription) =
+            consume::subscribe(self.log.as_ref(), GROUP, &self.topic, &self.shutdown).await
+        else {
             return;
         };
         tracing::info!(topic = %self.topic, group = GROUP, "outbound dispatcher started");
         let mut backoff = Backoff::default();
         loop {
-            let polled = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                polled = subscription.poll(POLL_BATCH, Duration::from_secs(1)) => polled,
-            };
-            let records = match polled {
-                Ok(records) => {
-                    backoff.reset();
-                    records
-                }
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(topic = %self.topic, error = %error, retry_in_ms = wait.as_millis() as u64, "outbound poll failed");
-                    if self.pause(wait).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
+            let Ok(records) = consume::poll(
+                subscription.as_mut(),
+                POLL_BATCH,
+                &self.topic,
+                &mut backoff,
+                &self.shutdown,
+            )
+            .await
+            else {
+                break;
             };
             for record in records {
                 if self.handle(subscription.as_mut(), record).await.is_err() {
@@ -216,25 +208,6 @@ impl Dispatcher {
             }
         }
         tracing::info!("outbound dispatcher stopped");
-    }
-
-    async fn subscribe(&self) -> Result<Box<dyn Subscription>, Stopped> {
-        let mut backoff = Backoff::default();
-        loop {
-            // Joining a Kafka group can take a while; shutdown must not wait.
-            let subscribed = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Stopped),
-                subscribed = self.log.subscribe(GROUP, std::slice::from_ref(&self.topic)) => subscribed,
-            };
-            match subscribed {
-                Ok(subscription) => return Ok(subscription),
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(topic = %self.topic, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot subscribe to the outbound topic");
-                    self.pause(wait).await?;
-                }
-            }
-        }
     }
 
     /// One record, from decoding to committing its position.
@@ -338,7 +311,7 @@ impl Dispatcher {
                         retry_in: Some(wait),
                     }
                     .emit(self.metrics_for(&event.channel_id));
-                    self.pause(wait).await?;
+                    pause(&self.shutdown, wait).await?;
                 }
             }
         }
@@ -402,7 +375,7 @@ impl Dispatcher {
                 Err(error) => {
                     let wait = backoff.next();
                     tracing::warn!(channel = %status.channel_id, event_id = %status.event_id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot store a delivery status, retrying");
-                    self.pause(wait).await?;
+                    pause(&self.shutdown, wait).await?;
                 }
             }
         }
@@ -430,7 +403,7 @@ impl Dispatcher {
                 Err(error) => {
                     let wait = backoff.next();
                     tracing::warn!(channel = %channel_id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot store an outbound dead letter, retrying");
-                    self.pause(wait).await?;
+                    pause(&self.shutdown, wait).await?;
                 }
             }
         }
@@ -465,7 +438,7 @@ impl Dispatcher {
                 Err(error) => {
                     let wait = backoff.next();
                     tracing::warn!(topic = %stored.record.topic, offset = stored.position.offset, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot commit the outbound position, retrying");
-                    self.pause(wait).await?;
+                    pause(&self.shutdown, wait).await?;
                 }
             }
         }
@@ -484,13 +457,6 @@ impl Dispatcher {
         self.metrics
             .entry(label.to_owned())
             .or_insert_with(|| OutboundMetrics::register(label))
-    }
-
-    async fn pause(&self, wait: Duration) -> Result<(), Stopped> {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Err(Stopped),
-            _ = tokio::time::sleep(wait) => Ok(()),
-        }
     }
 }
 

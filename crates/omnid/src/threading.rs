@@ -46,7 +46,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    consume::{Backoff, dead_letter_of, decode, header},
+    consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause},
     settings::{Settings, Topics},
     sink::{Encoding, LogSink},
 };
@@ -212,16 +212,6 @@ impl Threading {
     }
 }
 
-/// The task was told to stop.
-struct Stopped;
-
-async fn pause(token: &CancellationToken, wait: Duration) -> Result<(), Stopped> {
-    tokio::select! {
-        _ = token.cancelled() => Err(Stopped),
-        _ = tokio::time::sleep(wait) => Ok(()),
-    }
-}
-
 struct Worker {
     log: Arc<dyn EventLog>,
     topic: String,
@@ -235,29 +225,24 @@ struct Worker {
 
 impl Worker {
     async fn run(self) {
-        let Ok(mut subscription) = self.subscribe().await else {
+        let Ok(mut subscription) =
+            consume::subscribe(self.log.as_ref(), GROUP, &self.topic, &self.shutdown).await
+        else {
             return;
         };
         tracing::info!(topic = %self.topic, group = GROUP, "threading worker started");
         let mut backoff = Backoff::default();
         loop {
-            let polled = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                polled = subscription.poll(POLL_BATCH, Duration::from_secs(1)) => polled,
-            };
-            let records = match polled {
-                Ok(records) => {
-                    backoff.reset();
-                    records
-                }
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(topic = %self.topic, error = %error, retry_in_ms = wait.as_millis() as u64, "inbound poll failed");
-                    if pause(&self.shutdown, wait).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
+            let Ok(records) = consume::poll(
+                subscription.as_mut(),
+                POLL_BATCH,
+                &self.topic,
+                &mut backoff,
+                &self.shutdown,
+            )
+            .await
+            else {
+                break;
             };
             if records.is_empty() {
                 continue;
@@ -270,24 +255,6 @@ impl Worker {
             self.wake.notify_one();
         }
         tracing::info!("threading worker stopped");
-    }
-
-    async fn subscribe(&self) -> Result<Box<dyn Subscription>, Stopped> {
-        let mut backoff = Backoff::default();
-        loop {
-            let subscribed = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Stopped),
-                subscribed = self.log.subscribe(GROUP, std::slice::from_ref(&self.topic)) => subscribed,
-            };
-            match subscribed {
-                Ok(subscription) => return Ok(subscription),
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(topic = %self.topic, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot subscribe to the inbound topic");
-                    pause(&self.shutdown, wait).await?;
-                }
-            }
-        }
     }
 
     /// Threads a polled batch in one store transaction (one commit, so
