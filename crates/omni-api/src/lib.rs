@@ -19,7 +19,7 @@ pub mod signature;
 use std::sync::Arc;
 
 use omni_connector::{
-    ChannelContext, ConfigError, Connector, ConnectorFactory, WebhookHandler, parse_settings,
+    ChannelContext, ConfigError, Connector, ConnectorFactory, WebhookConnector, parse_settings,
 };
 
 pub use config::ApiChannelConfig;
@@ -44,20 +44,10 @@ impl ConnectorFactory for ApiFactory {
     ) -> Result<Arc<dyn Connector>, ConfigError> {
         let config: ApiChannelConfig = parse_settings(settings)?;
         let webhook = ApiWebhook::new(context, config)?;
-        Ok(Arc::new(ApiConnector {
+        // A webhook, nothing to pull, nothing to send.
+        Ok(Arc::new(WebhookConnector {
             webhook: Arc::new(webhook),
+            outbound: None,
         }))
-    }
-}
-
-/// An API channel: a webhook and nothing to pull.
-#[derive(Debug)]
-struct ApiConnector {
-    webhook: Arc<ApiWebhook>,
-}
-
-impl Connector for ApiConnector {
-    fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
-        Some(self.webhook.clone())
     }
 }

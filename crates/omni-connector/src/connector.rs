@@ -87,6 +87,24 @@ pub trait Connector: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// A push channel: a webhook in and, optionally, replies out; nothing to
+/// pull. Most channel kinds are exactly this.
+#[derive(Debug)]
+pub struct WebhookConnector {
+    pub webhook: Arc<dyn WebhookHandler>,
+    pub outbound: Option<Arc<dyn OutboundHandler>>,
+}
+
+impl Connector for WebhookConnector {
+    fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
+        Some(self.webhook.clone())
+    }
+
+    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
+        self.outbound.clone()
+    }
+}
+
 /// Builds connectors of one kind from their settings.
 pub trait ConnectorFactory: Send + Sync + 'static {
     /// The `kind` value in channel files.

@@ -23,7 +23,9 @@ pub mod webhook;
 
 pub use attachments::{AttachmentStore, FsAttachmentStore, StoredAttachment};
 pub use config::{ConfigError, parse_settings};
-pub use connector::{ChannelContext, Connector, ConnectorError, ConnectorFactory};
+pub use connector::{
+    ChannelContext, Connector, ConnectorError, ConnectorFactory, WebhookConnector,
+};
 pub use outbound::{Delivered, DeliveryError, OutboundHandler};
 pub use parse::ParseError;
 pub use secret::{Secret, SecretRef};

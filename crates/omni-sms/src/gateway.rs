@@ -4,6 +4,7 @@
 //! the raw body (hex or base64) in a configured header. Replies are sent,
 //! when configured, as a JSON post built from a template.
 
+use omni_connector::WebhookConnector;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -283,73 +284,58 @@ pub fn normalize(
     })
 }
 
-/// The gateway connector of one channel.
-#[derive(Debug)]
-pub struct GatewayConnector {
-    webhook: Arc<GatewayWebhook>,
-    outbound: Option<Arc<GatewaySender>>,
-}
-
-impl GatewayConnector {
-    pub fn new(context: ChannelContext, config: GatewayConfig) -> Result<Self, ConfigError> {
-        let secret = if config.verify_signatures {
-            let secret = config.secret.as_ref().ok_or_else(|| {
-                ConfigError::new("secret", "required unless verify_signatures = false")
-            })?;
-            Some(
-                secret
-                    .resolve()
-                    .map_err(|e| ConfigError::new("secret", e))?,
-            )
-        } else {
-            tracing::warn!(
-                channel = %context.channel_id,
-                "signature verification is off: this channel accepts unauthenticated requests from anyone"
-            );
-            None
-        };
-        let header = config.signature_header.trim().to_ascii_lowercase();
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            return Err(ConfigError::new("signature_header", "not a header name"));
+/// Builds one gateway channel: its webhook and, when configured, its sender.
+pub fn build(
+    context: ChannelContext,
+    config: GatewayConfig,
+) -> Result<WebhookConnector, ConfigError> {
+    let secret = if config.verify_signatures {
+        let secret = config.secret.as_ref().ok_or_else(|| {
+            ConfigError::new("secret", "required unless verify_signatures = false")
+        })?;
+        Some(
+            secret
+                .resolve()
+                .map_err(|e| ConfigError::new("secret", e))?,
+        )
+    } else {
+        tracing::warn!(
+            channel = %context.channel_id,
+            "signature verification is off: this channel accepts unauthenticated requests from anyone"
+        );
+        None
+    };
+    let header = config.signature_header.trim().to_ascii_lowercase();
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        return Err(ConfigError::new("signature_header", "not a header name"));
+    }
+    for (key, value) in [
+        ("fields.from", &config.fields.from),
+        ("fields.to", &config.fields.to),
+        ("fields.text", &config.fields.text),
+        ("fields.id", &config.fields.id),
+    ] {
+        if value.trim().is_empty() {
+            return Err(ConfigError::new(key, "must not be empty"));
         }
-        for (key, value) in [
-            ("fields.from", &config.fields.from),
-            ("fields.to", &config.fields.to),
-            ("fields.text", &config.fields.text),
-            ("fields.id", &config.fields.id),
-        ] {
-            if value.trim().is_empty() {
-                return Err(ConfigError::new(key, "must not be empty"));
-            }
-        }
-        let outbound = config
-            .outbound
-            .as_ref()
-            .map(|o| GatewaySender::new(o).map(Arc::new))
-            .transpose()?;
-        Ok(Self {
-            webhook: Arc::new(GatewayWebhook {
-                hook: Hook::new(&context.channel_id, context.sender),
-                secret,
-                header,
-                encoding: config.signature_encoding,
-                prefix: config.signature_prefix.clone(),
-                default_region: common::region(config.default_region.as_deref())?,
-                fields: config.fields,
-            }),
-            outbound,
-        })
     }
-}
-
-impl omni_connector::Connector for GatewayConnector {
-    fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
-        Some(self.webhook.clone())
-    }
-
-    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
-        self.outbound.clone().map(|o| o as Arc<dyn OutboundHandler>)
-    }
+    let outbound = config
+        .outbound
+        .as_ref()
+        .map(|o| GatewaySender::new(o).map(Arc::new))
+        .transpose()?;
+    Ok(WebhookConnector {
+        webhook: Arc::new(GatewayWebhook {
+            hook: Hook::new(&context.channel_id, context.sender),
+            secret,
+            header,
+            encoding: config.signature_encoding,
+            prefix: config.signature_prefix.clone(),
+            default_region: common::region(config.default_region.as_deref())?,
+            fields: config.fields,
+        }),
+        outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
+    })
 }
 
 /// The webhook of one gateway channel.

@@ -39,7 +39,7 @@ mod factories {
             settings: toml::Table,
         ) -> Result<Arc<dyn Connector>, ConfigError> {
             let config: twilio::TwilioConfig = parse_settings(settings)?;
-            Ok(Arc::new(twilio::TwilioConnector::new(context, config)?))
+            Ok(Arc::new(twilio::build(context, config)?))
         }
     }
 
@@ -58,7 +58,7 @@ mod factories {
             settings: toml::Table,
         ) -> Result<Arc<dyn Connector>, ConfigError> {
             let config: vonage::VonageConfig = parse_settings(settings)?;
-            Ok(Arc::new(vonage::VonageConnector::new(context, config)?))
+            Ok(Arc::new(vonage::build(context, config)?))
         }
     }
 
@@ -77,7 +77,7 @@ mod factories {
             settings: toml::Table,
         ) -> Result<Arc<dyn Connector>, ConfigError> {
             let config: gateway::GatewayConfig = parse_settings(settings)?;
-            Ok(Arc::new(gateway::GatewayConnector::new(context, config)?))
+            Ok(Arc::new(gateway::build(context, config)?))
         }
     }
 }

@@ -7,6 +7,7 @@
 //! channel's public webhook URL (from `http.public_base_url`, since the
 //! daemon may sit behind a proxy) plus the query string as received.
 
+use omni_connector::WebhookConnector;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -389,88 +390,73 @@ fn twiml_ok() -> WebhookResponse {
     )
 }
 
-/// The Twilio connector of one channel.
-#[derive(Debug)]
-pub struct TwilioConnector {
-    webhook: Arc<TwilioWebhook>,
-    outbound: Option<Arc<TwilioSender>>,
-}
-
-impl TwilioConnector {
-    pub fn new(context: ChannelContext, config: TwilioConfig) -> Result<Self, ConfigError> {
-        let token = config
-            .auth_token
-            .resolve()
-            .map_err(|e| ConfigError::new("auth_token", e))?;
-        if config.account_sid.trim().is_empty() {
-            return Err(ConfigError::new("account_sid", "must not be empty"));
-        }
-        if config.timeout_secs == 0 {
-            return Err(ConfigError::new("timeout_secs", "must be at least 1"));
-        }
-        if !config.api_base.starts_with("https://") && !config.api_base.starts_with("http://") {
-            return Err(ConfigError::new("api_base", "an http(s) URL"));
-        }
-        let webhook_url = context.webhook_url();
-        if config.verify_signatures && webhook_url.is_none() {
-            return Err(ConfigError::new(
-                "verify_signatures",
-                "Twilio signs the public URL it calls: set http.public_base_url in the daemon's config",
-            ));
-        }
-        if !config.verify_signatures {
-            tracing::warn!(
-                channel = %context.channel_id,
-                "signature verification is off: this channel accepts unauthenticated requests from anyone"
-            );
-        }
-        let default_region = common::region(config.default_region.as_deref())?;
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let client = common::http_client(timeout, "timeout_secs")?;
-        let credentials = Credentials {
-            account_sid: config.account_sid.trim().to_owned(),
-            token,
-        };
-        let outbound = match (&config.from, &config.messaging_service_sid) {
-            (None, None) => None,
-            (from, service) => Some(Arc::new(TwilioSender {
-                client: client.clone(),
-                credentials: credentials.clone(),
-                url: format!(
-                    "{}/2010-04-01/Accounts/{}/Messages.json",
-                    config.api_base.trim_end_matches('/'),
-                    credentials.account_sid
-                ),
-                from: from.clone(),
-                messaging_service_sid: service.clone(),
-                status_callback: webhook_url.clone().filter(|_| config.status_callbacks),
-            })),
-        };
-        let webhook = TwilioWebhook {
-            hook: Hook::new(&context.channel_id, context.sender),
-            webhook_url: webhook_url.filter(|_| config.verify_signatures),
-            credentials,
-            default_region,
-            fetch_media: config.fetch_media,
-            max_media_bytes: config.max_media_bytes,
-            client,
-            attachments: context.attachments,
-        };
-        Ok(Self {
-            webhook: Arc::new(webhook),
-            outbound,
-        })
+/// Builds one Twilio channel: its webhook and, when configured, its sender.
+pub fn build(
+    context: ChannelContext,
+    config: TwilioConfig,
+) -> Result<WebhookConnector, ConfigError> {
+    let token = config
+        .auth_token
+        .resolve()
+        .map_err(|e| ConfigError::new("auth_token", e))?;
+    if config.account_sid.trim().is_empty() {
+        return Err(ConfigError::new("account_sid", "must not be empty"));
     }
-}
-
-impl omni_connector::Connector for TwilioConnector {
-    fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
-        Some(self.webhook.clone())
+    if config.timeout_secs == 0 {
+        return Err(ConfigError::new("timeout_secs", "must be at least 1"));
     }
-
-    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
-        self.outbound.clone().map(|o| o as Arc<dyn OutboundHandler>)
+    if !config.api_base.starts_with("https://") && !config.api_base.starts_with("http://") {
+        return Err(ConfigError::new("api_base", "an http(s) URL"));
     }
+    let webhook_url = context.webhook_url();
+    if config.verify_signatures && webhook_url.is_none() {
+        return Err(ConfigError::new(
+            "verify_signatures",
+            "Twilio signs the public URL it calls: set http.public_base_url in the daemon's config",
+        ));
+    }
+    if !config.verify_signatures {
+        tracing::warn!(
+            channel = %context.channel_id,
+            "signature verification is off: this channel accepts unauthenticated requests from anyone"
+        );
+    }
+    let default_region = common::region(config.default_region.as_deref())?;
+    let timeout = Duration::from_secs(config.timeout_secs);
+    let client = common::http_client(timeout, "timeout_secs")?;
+    let credentials = Credentials {
+        account_sid: config.account_sid.trim().to_owned(),
+        token,
+    };
+    let outbound = match (&config.from, &config.messaging_service_sid) {
+        (None, None) => None,
+        (from, service) => Some(Arc::new(TwilioSender {
+            client: client.clone(),
+            credentials: credentials.clone(),
+            url: format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                config.api_base.trim_end_matches('/'),
+                credentials.account_sid
+            ),
+            from: from.clone(),
+            messaging_service_sid: service.clone(),
+            status_callback: webhook_url.clone().filter(|_| config.status_callbacks),
+        })),
+    };
+    let webhook = TwilioWebhook {
+        hook: Hook::new(&context.channel_id, context.sender),
+        webhook_url: webhook_url.filter(|_| config.verify_signatures),
+        credentials,
+        default_region,
+        fetch_media: config.fetch_media,
+        max_media_bytes: config.max_media_bytes,
+        client,
+        attachments: context.attachments,
+    };
+    Ok(WebhookConnector {
+        webhook: Arc::new(webhook),
+        outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
+    })
 }
 
 #[derive(Debug, Clone)]

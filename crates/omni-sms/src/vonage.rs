@@ -21,6 +21,7 @@
 //! cleared and their ids remembered, so a late retry of a part is
 //! acknowledged without starting a new set.
 
+use omni_connector::WebhookConnector;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -517,88 +518,70 @@ fn ok() -> WebhookResponse {
     common::response(StatusCode::OK, "", "")
 }
 
-/// The Vonage connector of one channel.
-#[derive(Debug)]
-pub struct VonageConnector {
-    webhook: Arc<VonageWebhook>,
-    outbound: Option<Arc<VonageSender>>,
-}
-
-impl VonageConnector {
-    pub fn new(context: ChannelContext, config: VonageConfig) -> Result<Self, ConfigError> {
-        let secret = if config.verify_signatures {
-            let secret = config.signature_secret.as_ref().ok_or_else(|| {
-                ConfigError::new(
-                    "signature_secret",
-                    "required unless verify_signatures = false",
-                )
-            })?;
-            Some(
-                secret
-                    .resolve()
-                    .map_err(|e| ConfigError::new("signature_secret", e))?,
+/// Builds one Vonage channel: its webhook and, when configured, its sender.
+pub fn build(
+    context: ChannelContext,
+    config: VonageConfig,
+) -> Result<WebhookConnector, ConfigError> {
+    let secret = if config.verify_signatures {
+        let secret = config.signature_secret.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "signature_secret",
+                "required unless verify_signatures = false",
             )
-        } else {
-            tracing::warn!(
-                channel = %context.channel_id,
-                "signature verification is off: this channel accepts unauthenticated requests from anyone"
-            );
-            None
-        };
-        if config.replay_window_secs == 0 {
-            return Err(ConfigError::new("replay_window_secs", "must be at least 1"));
-        }
-        if config.timeout_secs == 0 {
-            return Err(ConfigError::new("timeout_secs", "must be at least 1"));
-        }
-        if !config.api_base.starts_with("https://") && !config.api_base.starts_with("http://") {
-            return Err(ConfigError::new("api_base", "an http(s) URL"));
-        }
-        let default_region = common::region(config.default_region.as_deref())?;
-        let outbound = match (&config.api_key, &config.api_secret, &config.from) {
-            (Some(key), Some(api_secret), Some(from)) => Some(Arc::new(VonageSender {
-                client: common::http_client(
-                    Duration::from_secs(config.timeout_secs),
-                    "timeout_secs",
-                )?,
-                url: format!("{}/sms/json", config.api_base.trim_end_matches('/')),
-                api_key: key.clone(),
-                api_secret: api_secret
-                    .resolve()
-                    .map_err(|e| ConfigError::new("api_secret", e))?,
-                from: from.trim().trim_start_matches('+').to_owned(),
-            })),
-            (None, None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    "api_key",
-                    "sending needs api_key, api_secret and from together",
-                ));
-            }
-        };
-        Ok(Self {
-            webhook: Arc::new(VonageWebhook {
-                hook: Hook::new(&context.channel_id, context.sender),
-                secret,
-                method: config.signature_method,
-                window: Duration::from_secs(config.replay_window_secs),
-                default_region,
-                state: context.state,
-                concat: tokio::sync::Mutex::new(()),
-            }),
-            outbound,
-        })
+        })?;
+        Some(
+            secret
+                .resolve()
+                .map_err(|e| ConfigError::new("signature_secret", e))?,
+        )
+    } else {
+        tracing::warn!(
+            channel = %context.channel_id,
+            "signature verification is off: this channel accepts unauthenticated requests from anyone"
+        );
+        None
+    };
+    if config.replay_window_secs == 0 {
+        return Err(ConfigError::new("replay_window_secs", "must be at least 1"));
     }
-}
-
-impl omni_connector::Connector for VonageConnector {
-    fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
-        Some(self.webhook.clone())
+    if config.timeout_secs == 0 {
+        return Err(ConfigError::new("timeout_secs", "must be at least 1"));
     }
-
-    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
-        self.outbound.clone().map(|o| o as Arc<dyn OutboundHandler>)
+    if !config.api_base.starts_with("https://") && !config.api_base.starts_with("http://") {
+        return Err(ConfigError::new("api_base", "an http(s) URL"));
     }
+    let default_region = common::region(config.default_region.as_deref())?;
+    let outbound = match (&config.api_key, &config.api_secret, &config.from) {
+        (Some(key), Some(api_secret), Some(from)) => Some(Arc::new(VonageSender {
+            client: common::http_client(Duration::from_secs(config.timeout_secs), "timeout_secs")?,
+            url: format!("{}/sms/json", config.api_base.trim_end_matches('/')),
+            api_key: key.clone(),
+            api_secret: api_secret
+                .resolve()
+                .map_err(|e| ConfigError::new("api_secret", e))?,
+            from: from.trim().trim_start_matches('+').to_owned(),
+        })),
+        (None, None, None) => None,
+        _ => {
+            return Err(ConfigError::new(
+                "api_key",
+                "sending needs api_key, api_secret and from together",
+            ));
+        }
+    };
+    Ok(WebhookConnector {
+        webhook: Arc::new(VonageWebhook {
+            hook: Hook::new(&context.channel_id, context.sender),
+            secret,
+            method: config.signature_method,
+            window: Duration::from_secs(config.replay_window_secs),
+            default_region,
+            state: context.state,
+            concat: tokio::sync::Mutex::new(()),
+        }),
+        outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
+    })
 }
 
 /// The webhook of one Vonage channel.
