@@ -1,6 +1,6 @@
 //! The I/O half of the API channel: verify, parse, append, answer.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::StatusCode;
@@ -10,10 +10,7 @@ use omni_connector::{
     webhook::{error_response, json_response, unavailable_response},
 };
 use omni_model::Region;
-use omni_proto::{
-    Timestamp,
-    v1::{ChannelKind, DeadLetter},
-};
+use omni_proto::v1::{ChannelKind, DeadLetter};
 use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
 
 use crate::{
@@ -210,16 +207,12 @@ impl WebhookHandler for ApiWebhook {
     }
 }
 
-fn timestamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
+use omni_proto::timestamp;
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use bytes::Bytes;
     use omni_connector::{LogEntry, testing::MemorySink};

@@ -16,6 +16,18 @@ pub mod v1 {
 pub use pbjson_types::Timestamp;
 pub use prost::Message;
 
+/// A wall-clock time as a protobuf `Timestamp` (times before 1970 become
+/// the epoch: no event predates Omnid's clock that far).
+pub fn timestamp(time: std::time::SystemTime) -> Timestamp {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the schema, for tools that decode the
 /// stream reflectively.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

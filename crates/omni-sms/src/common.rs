@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use http::StatusCode;
@@ -106,13 +106,7 @@ pub(crate) fn region(raw: Option<&str>) -> Result<Option<Region>, ConfigError> {
     .transpose()
 }
 
-pub(crate) fn timestamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
+pub(crate) use omni_proto::timestamp;
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC), as Vonage writes times, or RFC 3339.
 pub(crate) fn parse_time(raw: &str) -> Option<Timestamp> {

@@ -5,7 +5,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -16,10 +16,7 @@ use omni_connector::{
     signature::constant_time_eq,
     webhook::{error_response, json_response, unavailable_response},
 };
-use omni_proto::{
-    Timestamp,
-    v1::{ChannelKind, DeadLetter},
-};
+use omni_proto::v1::{ChannelKind, DeadLetter};
 use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
 use teloxide_core::types::Update;
 
@@ -225,10 +222,4 @@ impl WebhookHandler for TelegramWebhook {
     }
 }
 
-pub(crate) fn timestamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
+pub(crate) use omni_proto::timestamp;

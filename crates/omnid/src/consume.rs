@@ -5,13 +5,13 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use omni_log::{EventLog, StoredRecord, Subscription};
 use omni_model::cloudevents;
 use omni_proto::{
-    Message as _, Timestamp,
+    Message as _,
     v1::{ChannelKind, ConversationEvent, DeadLetter},
 };
 use tokio_util::sync::CancellationToken;
@@ -125,13 +125,7 @@ pub fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str,
     }
 }
 
-pub fn timestamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
+pub use omni_proto::timestamp;
 
 /// The consumer was told to stop.
 #[derive(Debug)]

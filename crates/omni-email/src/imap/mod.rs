@@ -654,11 +654,5 @@ fn internal_date(fetch: &async_imap::types::Fetch) -> Timestamp {
 }
 
 fn now() -> Timestamp {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
+    omni_proto::timestamp(std::time::SystemTime::now())
 }
