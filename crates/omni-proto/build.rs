@@ -7,7 +7,7 @@ use std::{env, error::Error, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["common", "event", "deadletter", "timeline"]
+    let files = ["common", "event", "deadletter", "timeline", "command"]
         .map(|name| proto_root.join(format!("omni/v1/{name}.proto")));
     println!("cargo:rerun-if-changed={}", proto_root.display());
 

@@ -11,12 +11,15 @@ use std::future::Future;
 
 use omni_proto::Timestamp;
 use omni_proto::v1::{
-    ChannelKind, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle,
-    ThreadingHints, timeline_event::Entry,
+    ChannelKind, CloseConversation, ConversationEvent, ConversationState, Direction, EventKind,
+    HandleKind, IdentityHandle, LinkIdentity, MergeCustomers, ReopenConversation, SplitCustomer,
+    ThreadingCommand, ThreadingHints, UnlinkIdentity, threading_command::Command,
+    timeline_event::Entry,
 };
 
 use crate::{
-    CustomerId, HandleKey, InboundEvent, OutboxRow, Outcome, ThreadingConfig, ThreadingStore,
+    CommandError, CommandOutcome, CustomerId, HandleKey, InboundEvent, OutboxRow, Outcome,
+    StoreError, ThreadingConfig, ThreadingStore,
 };
 
 /// Seconds since the epoch the sample events start at.
@@ -604,4 +607,350 @@ where
         );
         assert_eq!(observe(&store, &events).await, expected, "after replay");
     }
+}
+
+fn command(id: &str, at: i64, action: Command) -> ThreadingCommand {
+    ThreadingCommand {
+        command_id: id.to_owned(),
+        actor: "agent-7".to_owned(),
+        issued_at: Some(Timestamp {
+            seconds: T0 + at,
+            nanos: 0,
+        }),
+        command: Some(action),
+    }
+}
+
+async fn apply<S: ThreadingStore>(store: &S, command: ThreadingCommand) -> CommandOutcome {
+    store.apply_command(&command).await.expect("apply command")
+}
+
+async fn refused<S: ThreadingStore>(store: &S, command: ThreadingCommand) -> CommandError {
+    match store.apply_command(&command).await {
+        Err(StoreError::Command { source, .. }) => source,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn conversation_of(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Threaded {
+            conversation_id, ..
+        } => conversation_id.clone(),
+        Outcome::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
+/// Close and reopen from a helpdesk: a closed chat conversation is not
+/// continued, a reopened one is; a repeated command id applies once, a
+/// command that is already true changes nothing, an unknown conversation
+/// is refused.
+pub async fn commands_close_and_reopen_conversations<S: ThreadingStore>(store: S) {
+    let first = thread(&store, InboundEvent::new(sms_from("e1", "+14155550134", 0))).await;
+    let customer = customer_of(&first);
+    let conversation = conversation_of(&first);
+    let close = || {
+        command(
+            "c1",
+            30,
+            Command::Close(CloseConversation {
+                conversation_id: conversation.clone(),
+                reason: "resolved".to_owned(),
+            }),
+        )
+    };
+    let CommandOutcome::Applied(entries) = apply(&store, close()).await else {
+        panic!("close applied")
+    };
+    assert!(matches!(
+        entries.as_slice(),
+        [e] if e.customer_id == customer.as_str() && e.conversation_id == conversation
+            && matches!(&e.entry, Some(Entry::Conversation(c))
+                if c.state == ConversationState::Closed as i32 && c.reason == "resolved" && c.actor == "agent-7")
+    ));
+    assert_eq!(apply(&store, close()).await, CommandOutcome::Duplicate);
+    let mut again = close();
+    again.command_id = "c2".to_owned();
+    assert_eq!(
+        apply(&store, again).await,
+        CommandOutcome::Applied(Vec::new()),
+        "closing a closed conversation changes nothing"
+    );
+
+    // Within the idle timeout, but closed: a new conversation.
+    let second = thread(
+        &store,
+        InboundEvent::new(sms_from("e2", "+14155550134", 60)),
+    )
+    .await;
+    assert_ne!(conversation_of(&second), conversation);
+
+    // Reopen the first (closing the second): messages continue it again.
+    for (id, at, action) in [
+        (
+            "c3",
+            90,
+            Command::Close(CloseConversation {
+                conversation_id: conversation_of(&second),
+                reason: String::new(),
+            }),
+        ),
+        (
+            "c4",
+            100,
+            Command::Reopen(ReopenConversation {
+                conversation_id: conversation.clone(),
+                reason: String::new(),
+            }),
+        ),
+    ] {
+        let CommandOutcome::Applied(entries) = apply(&store, command(id, at, action)).await else {
+            panic!("{id} applied")
+        };
+        assert_eq!(entries.len(), 1, "{id}");
+    }
+    let third = thread(
+        &store,
+        InboundEvent::new(sms_from("e3", "+14155550134", 120)),
+    )
+    .await;
+    assert_eq!(conversation_of(&third), conversation);
+
+    let unknown = refused(
+        &store,
+        command(
+            "c5",
+            130,
+            Command::Close(CloseConversation {
+                conversation_id: "no-such-conversation".to_owned(),
+                reason: String::new(),
+            }),
+        ),
+    )
+    .await;
+    assert!(unknown.is_not_found(), "{unknown}");
+    let mut nameless = command("", 130, Command::Reopen(ReopenConversation::default()));
+    nameless.command_id.clear();
+    assert!(matches!(
+        refused(&store, nameless).await,
+        CommandError::MissingCommandId
+    ));
+
+    let rows = drain(&store).await;
+    assert_gapless(&rows, &customer);
+    let closes = rows
+        .iter()
+        .filter(
+            |r| matches!(&r.event.entry, Some(Entry::Conversation(c)) if c.reason == "resolved"),
+        )
+        .count();
+    assert_eq!(closes, 1, "the repeated command wrote nothing");
+}
+
+/// Link, merge, split and unlink from a helpdesk: each moves exactly what
+/// it names, later messages follow the handles, refusals change nothing,
+/// and every customer's sequence stays gapless.
+pub async fn commands_link_merge_split_unlink<S: ThreadingStore>(store: S) {
+    let email = thread(
+        &store,
+        InboundEvent::new(email_from("e1", "ana@example.com", "m1@x", 0)),
+    )
+    .await;
+    let sms = thread(
+        &store,
+        InboundEvent::new(sms_from("e2", "+14155550134", 10)),
+    )
+    .await;
+    let (a, p) = (customer_of(&email), customer_of(&sms));
+    assert_ne!(a, p);
+
+    // Merge, ids in either order: the smaller survives, as automatic
+    // merges do.
+    let merge = |id: &str, ids: [&CustomerId; 2]| {
+        command(
+            id,
+            20,
+            Command::Merge(MergeCustomers {
+                customer_ids: ids.iter().map(|c| c.to_string()).collect(),
+            }),
+        )
+    };
+    let survivor = a.clone().min(p.clone());
+    let CommandOutcome::Applied(entries) = apply(&store, merge("m1", [&p, &a])).await else {
+        panic!("merge applied")
+    };
+    assert!(matches!(
+        entries.as_slice(),
+        [e] if e.customer_id == survivor.as_str() && matches!(&e.entry, Some(Entry::Merged(m))
+            if m.reason == "command" && m.merged_customer_ids == [a.clone().max(p.clone()).to_string()])
+    ));
+    for id in [&a, &p] {
+        assert_eq!(
+            store.resolve_customer(id).await.unwrap(),
+            Some(survivor.clone())
+        );
+    }
+    assert_eq!(
+        apply(&store, merge("m2", [&a, &p])).await,
+        CommandOutcome::Applied(Vec::new()),
+        "already one customer"
+    );
+
+    // Link a handle nobody owns: confirmed, and a suggestion of it is gone.
+    let tg = handle(HandleKind::TelegramUser, "777", "", false);
+    apply(
+        &store,
+        command(
+            "l1",
+            30,
+            Command::Link(LinkIdentity {
+                customer_id: a.to_string(),
+                handle: Some(tg.clone()),
+            }),
+        ),
+    )
+    .await;
+    let owner = store
+        .identity(&key("telegram", "777"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (owner.customer_id, owner.confirmed),
+        (survivor.clone(), true)
+    );
+
+    // Split the phone and its conversation off: its next SMS goes to the
+    // new customer and continues the moved conversation.
+    let split = command(
+        "s1",
+        40,
+        Command::Split(SplitCustomer {
+            customer_id: survivor.to_string(),
+            handles: vec![handle(HandleKind::Phone, "+14155550134", "", true)],
+            conversation_ids: vec![conversation_of(&sms)],
+        }),
+    );
+    let CommandOutcome::Applied(entries) = apply(&store, split).await else {
+        panic!("split applied")
+    };
+    let [from, to] = entries.as_slice() else {
+        panic!("two split entries: {entries:?}")
+    };
+    assert_eq!(from.customer_id, survivor.as_str());
+    let split_off = CustomerId::from_string(to.customer_id.clone());
+    assert_eq!(to.sequence, 1, "the new customer's timeline starts here");
+    assert!(matches!(&to.entry, Some(Entry::Split(s)) if s.from_customer_id == survivor.as_str()));
+    let next = thread(
+        &store,
+        InboundEvent::new(sms_from("e3", "+14155550134", 50)),
+    )
+    .await;
+    assert_eq!(customer_of(&next), split_off);
+    assert_eq!(conversation_of(&next), conversation_of(&sms));
+    let email_again = thread(
+        &store,
+        InboundEvent::new(email_from("e4", "ana@example.com", "m2@x", 60)),
+    )
+    .await;
+    assert_eq!(customer_of(&email_again), survivor, "the email stayed");
+
+    // Linking a handle someone else owns is refused: merge instead.
+    let conflict = refused(
+        &store,
+        command(
+            "l2",
+            70,
+            Command::Link(LinkIdentity {
+                customer_id: survivor.to_string(),
+                handle: Some(handle(HandleKind::Phone, "+14155550134", "", true)),
+            }),
+        ),
+    )
+    .await;
+    assert!(conflict.is_conflict(), "{conflict}");
+
+    // Unlink the phone: it moves to a new, empty customer.
+    let CommandOutcome::Applied(entries) = apply(
+        &store,
+        command(
+            "u1",
+            80,
+            Command::Unlink(UnlinkIdentity {
+                customer_id: split_off.to_string(),
+                handle: Some(handle(HandleKind::Phone, "+1 415 555 0134", "", true)),
+            }),
+        ),
+    )
+    .await
+    else {
+        panic!("unlink applied")
+    };
+    assert!(matches!(
+        entries.as_slice(),
+        [gone, new] if gone.customer_id == split_off.as_str()
+            && matches!(&gone.entry, Some(Entry::Identity(l)) if !l.linked)
+            && new.customer_id != split_off.as_str() && new.sequence == 1
+    ));
+    let moved = store
+        .identity(&key("phone", "+14155550134"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(moved.customer_id, split_off);
+    let not_linked = refused(
+        &store,
+        command(
+            "u2",
+            90,
+            Command::Unlink(UnlinkIdentity {
+                customer_id: split_off.to_string(),
+                handle: Some(handle(HandleKind::Phone, "+14155550134", "", true)),
+            }),
+        ),
+    )
+    .await;
+    assert!(not_linked.is_conflict(), "{not_linked}");
+    let unknown = refused(
+        &store,
+        command(
+            "l3",
+            90,
+            Command::Link(LinkIdentity {
+                customer_id: CustomerId::for_command("never").to_string(),
+                handle: Some(tg),
+            }),
+        ),
+    )
+    .await;
+    assert!(unknown.is_not_found(), "{unknown}");
+
+    let rows = drain(&store).await;
+    for customer in [&a, &p, &split_off, &moved.customer_id] {
+        assert_gapless(&rows, customer);
+    }
+}
+
+/// The relay lease: one holder at a time, renewable by its holder, taken
+/// over only after it expires or is released.
+pub async fn lease_has_one_holder<S: ThreadingStore>(store: S) {
+    let take = |holder: &'static str, now: i64| {
+        let store = &store;
+        async move {
+            store
+                .acquire_lease("timeline-relay", holder, now, 1_000)
+                .await
+                .expect("acquire lease")
+        }
+    };
+    assert!(take("a", 0).await);
+    assert!(!take("b", 500).await, "a holds it");
+    assert!(take("a", 600).await, "the holder renews");
+    assert!(!take("b", 1_500).await, "renewed until 1600");
+    assert!(take("b", 1_700).await, "expired: b takes over");
+    assert!(!take("a", 1_700).await, "b holds it now");
+    store.release_lease("timeline-relay", "a").await.unwrap();
+    assert!(!take("a", 1_800).await, "only the holder releases");
+    store.release_lease("timeline-relay", "b").await.unwrap();
+    assert!(take("a", 1_800).await, "released: free at once");
 }

@@ -37,6 +37,15 @@ pub enum StoreError {
         #[source]
         source: ThreadingError,
     },
+    /// The helpdesk command is refused (not retryable).
+    #[error("command {command_id} refused")]
+    Command {
+        /// The command's id.
+        command_id: String,
+        /// Why.
+        #[source]
+        source: crate::commands::CommandError,
+    },
     /// The database failed; `op` says what the store was doing.
     #[error("database error while {op}")]
     Database {

@@ -37,6 +37,18 @@ impl CustomerId {
         )
     }
 
+    /// The id of a customer a helpdesk command creates (unlink, split):
+    /// from the command id, so it never collides with an id derived from
+    /// a handle and a retried command names the same customer.
+    pub fn for_command(command_id: &str) -> CustomerId {
+        let name = format!("command\u{0}{command_id}");
+        CustomerId(
+            Uuid::new_v5(&CUSTOMER_NAMESPACE, name.as_bytes())
+                .hyphenated()
+                .to_string(),
+        )
+    }
+
     /// Wraps an id read back from storage or a URL.
     pub fn from_string(id: String) -> CustomerId {
         CustomerId(id)

@@ -17,6 +17,7 @@
 //! empty store rebuilds an identical timeline.
 
 pub(crate) mod batch;
+pub mod commands;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 pub mod error;
@@ -27,6 +28,10 @@ mod sql;
 mod sqlite;
 mod store;
 
+pub use commands::{
+    CommandDecision, CommandError, CommandLookups, CommandPlan, CommandSnapshot, command_lookups,
+    plan_command,
+};
 pub use error::{StoreError, ThreadingError};
 pub use ids::{CustomerId, HandleKey};
 pub use logic::{
@@ -35,4 +40,4 @@ pub use logic::{
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::{IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};
+pub use store::{CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};

@@ -198,7 +198,7 @@ fn is_chat_like(kind: i32) -> bool {
 }
 
 /// The normalized handle of a proto handle.
-fn key_of(handle: &IdentityHandle) -> Result<HandleKey, ThreadingError> {
+pub(crate) fn key_of(handle: &IdentityHandle) -> Result<HandleKey, ThreadingError> {
     let kind = model_kind(handle.kind).ok_or(ThreadingError::UnknownHandleKind(handle.kind))?;
     let scope = (!handle.scope.is_empty()).then_some(handle.scope.as_str());
     let normalized = Handle::provider(kind, &handle.value, scope).map_err(|source| {
@@ -284,16 +284,22 @@ pub fn lookups(input: &InboundEvent) -> Result<Lookups, ThreadingError> {
 /// time (the sender's clock may be wrong), else our ingest time. Event time,
 /// never the wall clock, drives idle timeouts, so a replay decides the same.
 pub fn event_time_ms(event: &ConversationEvent) -> i64 {
-    event
-        .received_at
-        .as_ref()
-        .or(event.ingested_at.as_ref())
-        .or(event.sent_at.as_ref())
-        .map_or(0, |t| {
-            t.seconds
-                .saturating_mul(1000)
-                .saturating_add(i64::from(t.nanos / 1_000_000))
-        })
+    timestamp_ms(
+        event
+            .received_at
+            .as_ref()
+            .or(event.ingested_at.as_ref())
+            .or(event.sent_at.as_ref()),
+    )
+}
+
+/// Milliseconds since the epoch of a protobuf timestamp (0 when unset).
+pub(crate) fn timestamp_ms(t: Option<&omni_proto::Timestamp>) -> i64 {
+    t.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos / 1_000_000))
+    })
 }
 
 /// Decides how `input` is threaded, given the state it touches.
@@ -385,6 +391,7 @@ pub fn plan(
             Entry::Merged(CustomersMerged {
                 merged_customer_ids: merged.iter().map(|c| c.as_str().to_owned()).collect(),
                 reason: "verified_handle".to_owned(),
+                actor: String::new(),
             }),
             &mut timeline,
         );
@@ -397,6 +404,7 @@ pub fn plan(
                 handle: Some(key.to_proto(*confirmed)),
                 linked: true,
                 confirmed: *confirmed,
+                ..Default::default()
             }),
             &mut timeline,
         );
@@ -409,6 +417,7 @@ pub fn plan(
                 handle: Some(key.to_proto(false)),
                 linked: true,
                 confirmed: false,
+                ..Default::default()
             }),
             &mut timeline,
         );

@@ -1039,6 +1039,288 @@ macro_rules! sql_store {
                     })
                     .collect()
             }
+
+            async fn apply_command(
+                &self,
+                command: &omni_proto::v1::ThreadingCommand,
+            ) -> Result<$crate::CommandOutcome, $crate::StoreError> {
+                let refused = |source| $crate::StoreError::Command {
+                    command_id: command.command_id.clone(),
+                    source,
+                };
+                let lookups = $crate::command_lookups(command).map_err(refused)?;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match self.apply_command_once(command, &lookups).await {
+                        Err(e) if $retryable(&e) && attempt < $crate::sql::MAX_ATTEMPTS => {
+                            let ms = u64::from(attempt.min(20)) * 2;
+                            $crate::sql::sleep_ms(ms).await;
+                        }
+                        Err(e) if $retryable(&e) => {
+                            return Err($crate::StoreError::Contention {
+                                event_id: command.command_id.clone(),
+                                attempts: attempt,
+                            });
+                        }
+                        Err(e) => return Err(e),
+                        Ok(result) => return result.map_err(refused),
+                    }
+                }
+            }
+
+            async fn acquire_lease(
+                &self,
+                name: &str,
+                holder: &str,
+                now_ms: i64,
+                ttl_ms: i64,
+            ) -> Result<bool, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let done = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at_ms = excluded.expires_at_ms \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at_ms < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now_ms.saturating_add(ttl_ms))
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .ctx("taking the lease")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_lease(
+                &self,
+                name: &str,
+                holder: &str,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await
+                    .ctx("releasing the lease")?;
+                Ok(())
+            }
+        }
+
+        /// Helpdesk commands: one transaction each, row by row (commands
+        /// are rare; events take the batch path).
+        impl $store {
+            async fn apply_command_once(
+                &self,
+                command: &omni_proto::v1::ThreadingCommand,
+                lookups: &$crate::CommandLookups,
+            ) -> Result<
+                Result<$crate::CommandOutcome, $crate::CommandError>,
+                $crate::StoreError,
+            > {
+                use $crate::error::DbContext as _;
+                let mut tx = self
+                    .writer
+                    .begin_with($begin)
+                    .await
+                    .ctx("beginning transaction")?;
+                let snapshot = Self::load_command_snapshot(&mut tx, lookups).await?;
+                let plan = match $crate::plan_command(command, &snapshot) {
+                    Ok($crate::CommandDecision::Apply(plan)) => plan,
+                    Ok($crate::CommandDecision::Duplicate) => {
+                        tx.rollback().await.ctx("rolling back")?;
+                        return Ok(Ok($crate::CommandOutcome::Duplicate));
+                    }
+                    Err(refused) => {
+                        tx.rollback().await.ctx("rolling back")?;
+                        return Ok(Err(refused));
+                    }
+                };
+                Self::write_command(&mut tx, command, &plan).await?;
+                tx.commit().await.ctx("committing")?;
+                Ok(Ok($crate::CommandOutcome::Applied(plan.timeline)))
+            }
+
+            async fn load_command_snapshot(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                lookups: &$crate::CommandLookups,
+            ) -> Result<$crate::CommandSnapshot, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                let mut snapshot = $crate::CommandSnapshot::default();
+                let seen = sqlx::query("SELECT 1 FROM applied_commands WHERE command_id = $1")
+                    .bind(&lookups.command_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .ctx("checking for duplicate command")?;
+                if seen.is_some() {
+                    snapshot.already_applied = true;
+                    return Ok(snapshot);
+                }
+                let mut named = lookups.customers.clone();
+                for id in &lookups.conversations {
+                    if let Some(conv) = Self::load_conversation(tx, id).await? {
+                        named.push(conv.customer.clone());
+                        snapshot.conversations.insert(id.clone(), conv);
+                    }
+                }
+                for id in named {
+                    let survivor: Option<String> = sqlx::query_scalar(
+                        "SELECT COALESCE(merged_into, id) FROM customers WHERE id = $1",
+                    )
+                    .bind(id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .ctx("resolving customer")?;
+                    if let Some(survivor) = survivor {
+                        snapshot
+                            .resolved
+                            .insert(id, $crate::CustomerId::from_string(survivor));
+                    }
+                }
+                for conv in snapshot.conversations.values_mut() {
+                    if let Some(survivor) = snapshot.resolved.get(&conv.customer) {
+                        conv.customer = survivor.clone();
+                    }
+                }
+                for key in &lookups.handles {
+                    let row = sqlx::query(
+                        "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
+                         FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
+                         WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
+                    )
+                    .bind(&key.kind)
+                    .bind(&key.scope)
+                    .bind(&key.value)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .ctx("looking up handle")?;
+                    if let Some(row) = row {
+                        snapshot.owners.insert(
+                            key.clone(),
+                            $crate::HandleOwner {
+                                customer: $crate::CustomerId::from_string(
+                                    row.try_get(0).ctx("decoding handle")?,
+                                ),
+                                confirmed: row.try_get(1).ctx("decoding handle")?,
+                            },
+                        );
+                    }
+                }
+                // Lock every surviving customer involved, in id order (so
+                // two commands never wait on each other crosswise).
+                let survivors: std::collections::BTreeSet<$crate::CustomerId> = snapshot
+                    .resolved
+                    .values()
+                    .cloned()
+                    .chain(snapshot.owners.values().map(|o| o.customer.clone()))
+                    .collect();
+                for customer in survivors {
+                    let next: i64 = sqlx::query_scalar(concat!(
+                        "SELECT next_sequence FROM customers WHERE id = $1",
+                        $lock
+                    ))
+                    .bind(customer.as_str())
+                    .fetch_one(&mut **tx)
+                    .await
+                    .ctx("locking customer")?;
+                    snapshot
+                        .next_sequence
+                        .insert(customer, u64::try_from(next).unwrap_or(1));
+                }
+                Ok(snapshot)
+            }
+
+            async fn write_command(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                command: &omni_proto::v1::ThreadingCommand,
+                plan: &$crate::CommandPlan,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                for id in &plan.create_customers {
+                    sqlx::query(
+                        "INSERT INTO customers (id, merged_into, next_sequence) VALUES ($1, NULL, 1)",
+                    )
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("creating customer")?;
+                }
+                for (survivor, loser) in &plan.merges {
+                    Self::merge(tx, survivor.as_str(), loser.as_str()).await?;
+                }
+                for (key, customer, confirmed) in &plan.links {
+                    sqlx::query(
+                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, scope, value) \
+                         DO UPDATE SET customer_id = excluded.customer_id, confirmed = excluded.confirmed",
+                    )
+                    .bind(&key.kind)
+                    .bind(&key.scope)
+                    .bind(&key.value)
+                    .bind(customer.as_str())
+                    .bind(*confirmed)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("linking handle")?;
+                    Self::delete_suggestion(tx, customer.as_str(), key).await?;
+                }
+                for c in &plan.conversations {
+                    sqlx::query(
+                        "UPDATE conversations SET customer_id = $2, open = $3, \
+                         last_activity_ms = $4 WHERE id = $1",
+                    )
+                    .bind(&c.id)
+                    .bind(c.customer.as_str())
+                    .bind(c.open)
+                    .bind(c.last_activity_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("writing conversation")?;
+                    // A split moves the conversation's Message-IDs with it,
+                    // so replies keep threading into it.
+                    sqlx::query(
+                        "UPDATE message_refs SET customer_id = $2 \
+                         WHERE conversation_id = $1 AND customer_id <> $2",
+                    )
+                    .bind(&c.id)
+                    .bind(c.customer.as_str())
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("moving message ids")?;
+                }
+                for entry in &plan.timeline {
+                    sqlx::query(
+                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&entry.customer_id)
+                    .bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
+                    .bind(&entry.timeline_event_id)
+                    .bind(prost::Message::encode_to_vec(entry))
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("writing outbox")?;
+                }
+                for (customer, next) in &plan.next_sequences {
+                    sqlx::query("UPDATE customers SET next_sequence = $1 WHERE id = $2")
+                        .bind(i64::try_from(*next).unwrap_or(i64::MAX))
+                        .bind(customer.as_str())
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("advancing sequence")?;
+                }
+                let issued_ms = $crate::logic::timestamp_ms(command.issued_at.as_ref());
+                sqlx::query("INSERT INTO applied_commands (command_id, issued_at_ms) VALUES ($1, $2)")
+                    .bind(&command.command_id)
+                    .bind(issued_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("recording command")?;
+                Ok(())
+            }
         }
     };
 }

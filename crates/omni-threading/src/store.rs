@@ -3,7 +3,7 @@
 //! PostgreSQL.
 
 use async_trait::async_trait;
-use omni_proto::v1::TimelineEvent;
+use omni_proto::v1::{ThreadingCommand, TimelineEvent};
 
 use crate::error::{StoreError, ThreadingError};
 use crate::ids::{CustomerId, HandleKey};
@@ -23,6 +23,16 @@ pub enum Outcome {
         /// Sequence numbers of the rows written, first and last.
         sequences: (u64, u64),
     },
+}
+
+/// What applying a helpdesk command did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// The command id was applied before; nothing was written.
+    Duplicate,
+    /// Applied: the timeline entries it wrote to the outbox (none when it
+    /// was already true, such as closing a closed conversation).
+    Applied(Vec<TimelineEvent>),
 }
 
 /// A timeline row from the outbox.
@@ -127,4 +137,26 @@ pub trait ThreadingStore: Send + Sync + 'static {
 
     /// Handles suggested (not linked) for a customer.
     async fn suggestions(&self, customer: &CustomerId) -> Result<Vec<HandleKey>, StoreError>;
+
+    /// Applies a helpdesk command in one transaction, with its timeline
+    /// rows in the outbox, like [`ThreadingStore::thread`]. A refused
+    /// command is `Err(StoreError::Command)` and writes nothing.
+    async fn apply_command(&self, command: &ThreadingCommand)
+    -> Result<CommandOutcome, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `now_ms +
+    /// ttl_ms`; false while another holder's lease has not expired.
+    /// Times are the callers' clocks, so hosts sharing a store need clocks
+    /// closer than the lease's length.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease up if `holder` has it, so a standby takes over
+    /// without waiting for it to expire.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

@@ -120,6 +120,9 @@ single_store_cases!(
     unverified_claim_is_only_a_suggestion,
     duplicates_are_dropped,
     outbox_publishes_in_order_exactly_once,
+    commands_close_and_reopen_conversations,
+    commands_link_merge_split_unlink,
+    lease_has_one_holder,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
