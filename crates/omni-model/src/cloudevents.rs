@@ -21,6 +21,9 @@ pub const TYPE_CONVERSATION_EVENT: &str = "dev.omnid.conversation_event.v1";
 pub const TYPE_DEAD_LETTER: &str = "dev.omnid.dead_letter.v1";
 /// `ce_type` of a sequenced entry on `omni.timeline.v1`.
 pub const TYPE_TIMELINE_EVENT: &str = "dev.omnid.timeline_event.v1";
+/// `ce_type` of a helpdesk command (`omni.v1.ThreadingCommand`) on the
+/// commands topic.
+pub const TYPE_THREADING_COMMAND: &str = "dev.omnid.threading_command.v1";
 
 /// Content type of protobuf-encoded values: `application/protobuf` is the
 /// media type registered with IANA, unlike the older unregistered

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 /// Metric names, in one place so dashboards and docs can rely on them.
 pub mod names {
@@ -21,6 +21,7 @@ pub mod names {
     pub const OUTBOUND_REQUESTS_TOTAL: &str = "omnid_outbound_requests_total";
     pub const THREADING_EVENTS_TOTAL: &str = "omnid_threading_events_total";
     pub const TIMELINE_PUBLISHED_TOTAL: &str = "omnid_timeline_published_total";
+    pub const THREADING_COMMANDS_TOTAL: &str = "omnid_threading_commands_total";
 }
 
 /// Why a webhook request ended the way it did. A closed set: these are the
@@ -615,5 +616,111 @@ impl TimelinePublished {
             last_row = self.last_row,
             "timeline entries published"
         );
+    }
+}
+
+/// What became of one helpdesk command: the `outcome` label values of
+/// `omnid_threading_commands_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// Applied; its timeline entries are in the outbox.
+    Applied,
+    /// Applied, but it was already true: nothing changed.
+    Unchanged,
+    /// Its command id was applied before.
+    Duplicate,
+    /// Refused (unknown id, conflict, malformed): a 4xx, or a dead letter
+    /// for a record of the commands topic.
+    Refused,
+    /// The store failed; the command is tried again.
+    Retried,
+}
+
+impl CommandOutcome {
+    pub const ALL: [CommandOutcome; 5] = [
+        Self::Applied,
+        Self::Unchanged,
+        Self::Duplicate,
+        Self::Refused,
+        Self::Retried,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Duplicate => "duplicate",
+            Self::Refused => "refused",
+            Self::Retried => "retried",
+        }
+    }
+}
+
+/// Pre-registered `omnid_threading_commands_total` counters of one source
+/// (`topic` or `http`).
+#[derive(Debug, Clone)]
+pub struct CommandMetrics {
+    outcomes: [Counter; CommandOutcome::ALL.len()],
+}
+
+impl CommandMetrics {
+    pub fn register(source: &'static str) -> Self {
+        Self {
+            outcomes: CommandOutcome::ALL.map(|outcome| {
+                counter!(names::THREADING_COMMANDS_TOTAL, "source" => source, "outcome" => outcome.as_str())
+            }),
+        }
+    }
+}
+
+/// A helpdesk command was handled (or one attempt at it failed).
+#[derive(Debug)]
+pub struct CommandHandled<'a> {
+    pub outcome: CommandOutcome,
+    pub command_id: &'a str,
+    /// `close`, `reopen`, `link`, `unlink`, `merge`, `split` (empty when
+    /// the record did not decode).
+    pub action: &'a str,
+    pub actor: &'a str,
+    /// Why it was refused, or the store error: log line only.
+    pub detail: &'a str,
+    /// For [`CommandOutcome::Retried`]: the wait before the next attempt.
+    pub retry_in: Option<Duration>,
+}
+
+impl CommandHandled<'_> {
+    pub fn emit(&self, metrics: &CommandMetrics) {
+        let index = CommandOutcome::ALL
+            .iter()
+            .position(|o| *o == self.outcome)
+            .unwrap_or(0);
+        metrics.outcomes[index].increment(1);
+        let (command_id, action, actor, detail) =
+            (self.command_id, self.action, self.actor, self.detail);
+        match self.outcome {
+            CommandOutcome::Applied | CommandOutcome::Unchanged => {
+                info!(
+                    command_id,
+                    action,
+                    actor,
+                    outcome = self.outcome.as_str(),
+                    "command applied"
+                )
+            }
+            CommandOutcome::Duplicate => {
+                debug!(
+                    command_id,
+                    action, "command applied before, dropped as a duplicate"
+                )
+            }
+            CommandOutcome::Refused => warn!(command_id, action, actor, detail, "command refused"),
+            CommandOutcome::Retried => warn!(
+                command_id,
+                action,
+                detail,
+                retry_in_ms = self.retry_in.map_or(0, |d| d.as_millis() as u64),
+                "applying a command failed, retrying"
+            ),
+        }
     }
 }

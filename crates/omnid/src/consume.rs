@@ -1,17 +1,19 @@
 //! Reading records back from the log, for the daemon's own consumers (the
-//! outbound dispatcher, the threading worker): decoding a conversation
-//! event by its content type, the dead-letter record of one that cannot be
-//! handled, and the backoff they retry with.
+//! outbound dispatcher, the threading worker, the helpdesk commands
+//! consumer): decoding a record by its content type, the dead-letter record
+//! of one that cannot be handled, storing it and committing positions with
+//! retries, and the backoff they retry with.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, SystemTime},
 };
 
-use omni_log::{EventLog, StoredRecord, Subscription};
+use omni_connector::{EventSender, SendError};
+use omni_log::{EventLog, Position, StoredRecord, Subscription};
 use omni_model::cloudevents;
 use omni_proto::{
-    Message as _,
+    Message,
     v1::{ChannelKind, ConversationEvent, DeadLetter},
 };
 use tokio_util::sync::CancellationToken;
@@ -95,19 +97,25 @@ pub fn header(stored: &StoredRecord, name: &str) -> Option<String> {
 }
 
 /// Decodes a conversation-event record (outbound, or inbound for the
-/// threading worker): JSON (the protobuf JSON mapping) when its
-/// `content-type` says `application/json`, else binary protobuf. A
-/// CloudEvents type other than a conversation event is refused.
+/// threading worker).
 pub fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
+    decode_as(stored, cloudevents::TYPE_CONVERSATION_EVENT)
+}
+
+/// Decodes a record of CloudEvents type `ce_type`: JSON (the protobuf JSON
+/// mapping) when its `content-type` says `application/json`, else binary
+/// protobuf. A record of another type is refused; one without a type is
+/// tried as `M`.
+pub fn decode_as<M>(stored: &StoredRecord, ce_type: &str) -> Result<M, (&'static str, String)>
+where
+    M: Message + Default + serde::de::DeserializeOwned,
+{
     if let Some(ty) = header(stored, cloudevents::HEADER_TYPE)
-        && ty != cloudevents::TYPE_CONVERSATION_EVENT
+        && ty != ce_type
     {
         return Err((
             "unsupported_type",
-            format!(
-                "ce_type {ty:?} is not {}",
-                cloudevents::TYPE_CONVERSATION_EVENT
-            ),
+            format!("ce_type {ty:?} is not {ce_type}"),
         ));
     }
     let payload = stored.record.payload.as_ref();
@@ -121,8 +129,59 @@ pub fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str,
     if json {
         serde_json::from_slice(payload).map_err(|e| ("invalid_json", e.to_string()))
     } else {
-        ConversationEvent::decode(payload).map_err(|e| ("invalid_protobuf", e.to_string()))
+        M::decode(payload).map_err(|e| ("invalid_protobuf", e.to_string()))
     }
+}
+
+/// Stores a dead letter, retrying until it is durable or the consumer is
+/// stopped (the record's position must not be committed before).
+pub async fn store_dead_letter(
+    sender: &EventSender,
+    dead_letter: DeadLetter,
+    shutdown: &CancellationToken,
+) -> Result<(), Stopped> {
+    let mut backoff = Backoff::default();
+    loop {
+        match sender.send_dead_letter(dead_letter.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(SendError::Closed) => return Err(Stopped),
+            Err(error) => {
+                let wait = backoff.next();
+                tracing::warn!(channel = %dead_letter.channel_id, reason = %dead_letter.reason, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot store a dead letter, retrying");
+                pause(shutdown, wait).await?;
+            }
+        }
+    }
+}
+
+/// Commits past `records`: the last position of each partition they hold,
+/// each retried until the commit is durable or the consumer is stopped.
+pub async fn commit(
+    subscription: &mut dyn Subscription,
+    records: &[StoredRecord],
+    shutdown: &CancellationToken,
+) -> Result<(), Stopped> {
+    let mut last: BTreeMap<(&str, i32), Position> = BTreeMap::new();
+    for record in records {
+        last.insert(
+            (record.record.topic.as_str(), record.position.partition),
+            record.position,
+        );
+    }
+    for ((topic, _), position) in last {
+        let mut backoff = Backoff::default();
+        loop {
+            match subscription.commit(topic, position).await {
+                Ok(()) => break,
+                Err(error) => {
+                    let wait = backoff.next();
+                    tracing::warn!(topic, offset = position.offset, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot commit the consumer position, retrying");
+                    pause(shutdown, wait).await?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub use omni_proto::timestamp;

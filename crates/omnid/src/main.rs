@@ -1,6 +1,7 @@
 //! `omnid`: the omnichannel message-ingestion daemon.
 
 mod channels;
+mod commands;
 mod consume;
 mod outbound;
 mod server;

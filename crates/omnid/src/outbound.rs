@@ -395,18 +395,7 @@ impl Dispatcher {
             .map_or(ChannelKind::Unspecified, channel_kind);
         let dead_letter =
             dead_letter_of(stored, channel_id, channel_kind, event_id, reason, detail);
-        let mut backoff = Backoff::default();
-        loop {
-            match self.sender.send_dead_letter(dead_letter.clone()).await {
-                Ok(_) => break,
-                Err(SendError::Closed) => return Err(Stopped),
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(channel = %channel_id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot store an outbound dead letter, retrying");
-                    pause(&self.shutdown, wait).await?;
-                }
-            }
-        }
+        consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await?;
         let label = if channels.contains_key(channel_id) {
             channel_id
         } else {
@@ -428,20 +417,7 @@ impl Dispatcher {
         subscription: &mut dyn Subscription,
         stored: &StoredRecord,
     ) -> Result<(), Stopped> {
-        let mut backoff = Backoff::default();
-        loop {
-            match subscription
-                .commit(&stored.record.topic, stored.position)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(topic = %stored.record.topic, offset = stored.position.offset, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot commit the outbound position, retrying");
-                    pause(&self.shutdown, wait).await?;
-                }
-            }
-        }
+        consume::commit(subscription, std::slice::from_ref(stored), &self.shutdown).await
     }
 
     /// The metrics of a configured channel (records for unknown channels

@@ -16,17 +16,18 @@ use axum::{
     extract::{Path, Query, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::{any, get, post},
+    routing::{any, delete, get, post},
 };
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use omni_connector::{
     SendError, WebhookHandler, WebhookRequest,
     webhook::{error_response, unavailable_response},
 };
-use omni_proto::v1::ConversationEvent;
+use omni_proto::v1::{ConversationEvent, threading_command::Command};
 use omni_telemetry::events::{
-    OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome, names,
+    CommandMetrics, OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome, names,
 };
 
 use omni_threading::ThreadingStore;
@@ -47,8 +48,10 @@ struct Inner {
     prometheus: Option<PrometheusHandle>,
     /// Set when `http.api_token` is configured.
     outbound_api: OnceLock<OutboundApi>,
-    /// The threading store, read by the query API.
+    /// The threading store, read by the query API and changed by the
+    /// commands API.
     threading: OnceLock<Arc<dyn ThreadingStore>>,
+    command_metrics: OnceLock<CommandMetrics>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
                 prometheus,
                 outbound_api: OnceLock::new(),
                 threading: OnceLock::new(),
+                command_metrics: OnceLock::new(),
             }),
         }
     }
@@ -96,6 +100,10 @@ impl AppState {
     /// `http.api_token`).
     pub fn enable_threading_api(&self, store: Arc<dyn ThreadingStore>) {
         let _ = self.inner.threading.set(store);
+        let _ = self
+            .inner
+            .command_metrics
+            .set(CommandMetrics::register("http"));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -118,6 +126,25 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             get(customer_timeline),
         )
         .route("/v1/identities/{kind}/{value}", get(identity))
+        .route("/v1/commands", post(command))
+        .route(
+            "/v1/conversations/{conversation_id}/close",
+            post(close_conversation),
+        )
+        .route(
+            "/v1/conversations/{conversation_id}/reopen",
+            post(reopen_conversation),
+        )
+        .route(
+            "/v1/customers/{customer_id}/identities",
+            post(link_identity),
+        )
+        .route(
+            "/v1/customers/{customer_id}/identities/{kind}/{value}",
+            delete(unlink_identity),
+        )
+        .route("/v1/customers/{customer_id}/merge", post(merge_customers))
+        .route("/v1/customers/{customer_id}/split", post(split_customer))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -490,6 +517,304 @@ async fn identity(
         "suggestions": suggestions.iter().map(crate::threading::handle_json).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+/// Applies a helpdesk command for an HTTP request (bearer token checked
+/// first) and answers with what it did: 200 with the timeline entries it
+/// wrote (none when it was already true, or a repeat of an applied command
+/// id), 404 for unknown ids, 409 for a conflict with the state, 400 for a
+/// malformed command, 503 when the store fails (retry with the same
+/// `Idempotency-Key`).
+async fn run_command(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: omni_proto::v1::threading_command::Command,
+    actor: Option<String>,
+) -> Response {
+    let command = omni_proto::v1::ThreadingCommand {
+        command_id: String::new(),
+        actor: actor.unwrap_or_default(),
+        issued_at: None,
+        command: Some(action),
+    };
+    apply_command(state, headers, command).await
+}
+
+async fn apply_command(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut command: omni_proto::v1::ThreadingCommand,
+) -> Response {
+    let store = match query_store(state, headers) {
+        Ok(store) => store,
+        Err(response) => return *response,
+    };
+    if let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.trim().is_empty())
+    {
+        command.command_id = key.trim().to_owned();
+    }
+    if command.command_id.is_empty() {
+        // Without a key, every request is a new command.
+        command.command_id = uuid::Uuid::new_v4().to_string();
+    }
+    if command.issued_at.is_none() {
+        command.issued_at = Some(omni_proto::timestamp(SystemTime::now()));
+    }
+    let Some(metrics) = state.inner.command_metrics.get() else {
+        return store_failed_text("the commands api is not ready");
+    };
+    let (outcome, entries) = match crate::commands::apply(store.as_ref(), &command, metrics).await {
+        Ok(omni_threading::CommandOutcome::Duplicate) => ("duplicate", Vec::new()),
+        Ok(omni_threading::CommandOutcome::Applied(entries)) if entries.is_empty() => {
+            ("unchanged", entries)
+        }
+        Ok(omni_threading::CommandOutcome::Applied(entries)) => ("applied", entries),
+        Err(omni_threading::StoreError::Command { source, .. }) => {
+            let (status, code) = if source.is_not_found() {
+                (StatusCode::NOT_FOUND, "not_found")
+            } else if source.is_conflict() {
+                (StatusCode::CONFLICT, "conflict")
+            } else {
+                (StatusCode::BAD_REQUEST, "invalid_command")
+            };
+            return into_axum(error_response(status, code, &source.to_string()));
+        }
+        Err(error) => return store_failed(&error),
+    };
+    axum::Json(serde_json::json!({
+        "command_id": command.command_id,
+        "action": crate::commands::action_name(&command),
+        "outcome": outcome,
+        "entries": entries,
+    }))
+    .into_response()
+}
+
+fn store_failed_text(detail: &str) -> Response {
+    into_axum(error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        detail,
+    ))
+}
+
+/// A JSON request body; an empty body reads as `T::default()`.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        into_axum(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &e.to_string(),
+        ))
+    })
+}
+
+/// `POST /v1/commands`: a `ThreadingCommand` in the protobuf JSON mapping,
+/// exactly as on the commands topic.
+async fn command(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match json_body::<omni_proto::v1::ThreadingCommand>(&body) {
+        Ok(command) => apply_command(&state, &headers, command).await,
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateChangeBody {
+    /// For the timeline entry (`resolved`, `spam`); `command` if absent.
+    reason: Option<String>,
+    actor: Option<String>,
+}
+
+/// `POST /v1/conversations/{id}/close`.
+async fn close_conversation(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: StateChangeBody = match json_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let action = Command::Close(omni_proto::v1::CloseConversation {
+        conversation_id,
+        reason: body.reason.unwrap_or_default(),
+    });
+    run_command(&state, &headers, action, body.actor).await
+}
+
+/// `POST /v1/conversations/{id}/reopen`.
+async fn reopen_conversation(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: StateChangeBody = match json_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let action = Command::Reopen(omni_proto::v1::ReopenConversation {
+        conversation_id,
+        reason: body.reason.unwrap_or_default(),
+    });
+    run_command(&state, &headers, action, body.actor).await
+}
+
+/// A handle as the commands API takes it (kinds by wire name, as in
+/// `GET /v1/identities/{kind}/{value}`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandleBody {
+    kind: String,
+    value: String,
+    scope: Option<String>,
+}
+
+fn proto_handle(handle: &HandleBody) -> Result<omni_proto::v1::IdentityHandle, Response> {
+    crate::threading::handle_key(&handle.kind, &handle.value, handle.scope.as_deref())
+        .map(|key| key.to_proto(true))
+        .map_err(|reason| {
+            into_axum(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_handle",
+                &reason,
+            ))
+        })
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    #[serde(flatten)]
+    handle: HandleBody,
+    actor: Option<String>,
+}
+
+/// `POST /v1/customers/{id}/identities`: link a handle (confirmed).
+async fn link_identity(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: LinkBody = match json_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let handle = match proto_handle(&body.handle) {
+        Ok(handle) => handle,
+        Err(response) => return response,
+    };
+    let action = Command::Link(omni_proto::v1::LinkIdentity {
+        customer_id,
+        handle: Some(handle),
+    });
+    run_command(&state, &headers, action, body.actor).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlinkQuery {
+    scope: Option<String>,
+    actor: Option<String>,
+}
+
+/// `DELETE /v1/customers/{id}/identities/{kind}/{value}[?scope=&actor=]`:
+/// move the handle to a new, empty customer.
+async fn unlink_identity(
+    State(state): State<AppState>,
+    Path((customer_id, kind, value)): Path<(String, String, String)>,
+    query: Result<Query<UnlinkQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return into_axum(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query parameters are scope and actor",
+        ));
+    };
+    let handle = match proto_handle(&HandleBody {
+        kind,
+        value,
+        scope: query.scope,
+    }) {
+        Ok(handle) => handle,
+        Err(response) => return response,
+    };
+    let action = Command::Unlink(omni_proto::v1::UnlinkIdentity {
+        customer_id,
+        handle: Some(handle),
+    });
+    run_command(&state, &headers, action, query.actor).await
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    /// The customers to merge with the one in the path.
+    customer_ids: Vec<String>,
+    actor: Option<String>,
+}
+
+/// `POST /v1/customers/{id}/merge`: merge the listed customers with this
+/// one (the smallest id survives, as for automatic merges).
+async fn merge_customers(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: MergeBody = match json_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut customer_ids = vec![customer_id];
+    customer_ids.extend(body.customer_ids);
+    let action = Command::Merge(omni_proto::v1::MergeCustomers { customer_ids });
+    run_command(&state, &headers, action, body.actor).await
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    #[serde(default)]
+    handles: Vec<HandleBody>,
+    #[serde(default)]
+    conversation_ids: Vec<String>,
+    actor: Option<String>,
+}
+
+/// `POST /v1/customers/{id}/split`: move handles and conversations to a
+/// new customer.
+async fn split_customer(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: SplitBody = match json_body(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let handles = match body.handles.iter().map(proto_handle).collect() {
+        Ok(handles) => handles,
+        Err(response) => return response,
+    };
+    let action = Command::Split(omni_proto::v1::SplitCustomer {
+        customer_id,
+        handles,
+        conversation_ids: body.conversation_ids,
+    });
+    run_command(&state, &headers, action, body.actor).await
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -480,15 +480,18 @@ pub struct Topics {
     pub timeline: String,
     pub outbound: String,
     pub deadletter: String,
+    /// Helpdesk commands to the threading service.
+    pub commands: String,
 }
 
 impl Topics {
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             &self.inbound,
             &self.timeline,
             &self.outbound,
             &self.deadletter,
+            &self.commands,
         ]
     }
     pub fn new(prefix: &str) -> Self {
@@ -497,6 +500,7 @@ impl Topics {
             timeline: format!("{prefix}timeline.v1"),
             outbound: format!("{prefix}outbound.v1"),
             deadletter: format!("{prefix}deadletter.v1"),
+            commands: format!("{prefix}commands.v1"),
         }
     }
 
@@ -507,6 +511,7 @@ impl Topics {
             "timeline" => self.timeline.clone(),
             "outbound" => self.outbound.clone(),
             "deadletter" => self.deadletter.clone(),
+            "commands" => self.commands.clone(),
             other => other.to_owned(),
         }
     }

@@ -20,22 +20,31 @@
 //! A crash before 3 re-threads the batch after the restart, and the store
 //! drops every event it already threaded, so nothing is lost or doubled.
 //!
+//! Helpdesk commands are applied beside it by [`crate::commands`].
+//!
 //! The relay reads the unpublished outbox rows oldest first, appends them
 //! to the timeline topic (keyed by customer id), waits until they are
 //! durable, then marks them published. At start it first reads the tail of
 //! the timeline topic and marks rows found there published: a crash
 //! between "appended" and "marked" neither loses nor repeats an entry.
+//!
+//! Several daemons may share one store (PostgreSQL): each runs a worker
+//! (the consumer group spreads the partitions), but only the holder of the
+//! store's relay lease publishes, so the topic gets each customer's rows
+//! once and in order. The others stand by and take over when the lease
+//! lapses (a holder renews it every [`RELAY_LEASE`] / 3 and gives it up
+//! when it stops), reconciling with the topic's tail first.
 
-use std::{collections::BTreeMap, collections::HashSet, str::FromStr as _, sync::Arc};
+use std::{collections::HashSet, str::FromStr as _, sync::Arc};
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
-use omni_connector::{EventSender, SendError};
-use omni_log::{EventLog, Position, StoredRecord, Subscription};
+use omni_connector::EventSender;
+use omni_log::{EventLog, StoredRecord};
 use omni_model::{Handle, HandleKind, cloudevents};
 use omni_proto::v1::ChannelKind;
 use omni_telemetry::events::{
-    EventThreaded, ThreadingMetrics, ThreadingOutcome, TimelinePublished,
+    CommandMetrics, EventThreaded, ThreadingMetrics, ThreadingOutcome, TimelinePublished,
 };
 use omni_threading::{
     HandleKey, InboundEvent, OutboxRow, Outcome, PostgresStore, SqliteStore, ThreadingConfig,
@@ -62,8 +71,19 @@ const POLL_BATCH: usize = 256;
 const RELAY_BATCH: u32 = 256;
 
 /// How often the relay looks for rows when nobody wakes it (rows written
-/// by other processes on a shared PostgreSQL).
+/// by other processes on a shared PostgreSQL), and how often a standby
+/// relay asks for the lease.
 const RELAY_IDLE: Duration = Duration::from_millis(500);
+
+/// How long the relay lease lasts unless renewed. A holder publishes only
+/// while at least two thirds of it remain, so a round (append, wait for
+/// the broker, mark) has 20 s before a standby may take over; a holder
+/// stalled longer than that may repeat entries, never lose or reorder
+/// them, and consumers drop repeats by `(customer_id, sequence)`.
+pub const RELAY_LEASE: Duration = Duration::from_secs(30);
+
+/// The lease's name in the store.
+const RELAY_LEASE_NAME: &str = "timeline-relay";
 
 /// The opened threading store.
 #[derive(Debug, Clone)]
@@ -126,6 +146,7 @@ pub struct Threading {
     worker_stop: CancellationToken,
     relay_stop: CancellationToken,
     worker: Option<JoinHandle<()>>,
+    commands: Option<JoinHandle<()>>,
     relay: Option<JoinHandle<()>>,
 }
 
@@ -146,6 +167,7 @@ pub fn start(
         worker_stop: worker_stop.clone(),
         relay_stop: relay_stop.clone(),
         worker: None,
+        commands: None,
         relay: None,
     };
     if !settings.threading.enabled {
@@ -155,6 +177,15 @@ pub fn start(
     let topics = Topics::new(&settings.log.topic_prefix);
     let metrics = ThreadingMetrics::register();
     let wake = Arc::new(Notify::new());
+    let commands = crate::commands::Consumer {
+        log: log.clone(),
+        topic: topics.commands.clone(),
+        store: store.shared(),
+        sender: sender.clone(),
+        metrics: CommandMetrics::register("topic"),
+        wake: wake.clone(),
+        shutdown: worker_stop.clone(),
+    };
     let worker = Worker {
         log: log.clone(),
         topic: topics.inbound.clone(),
@@ -177,8 +208,10 @@ pub fn start(
         metrics,
         wake,
         stop: relay_stop,
+        holder: relay_holder(),
     };
     threading.worker = Some(tokio::spawn(worker.run()));
+    threading.commands = Some(tokio::spawn(commands.run()));
     threading.relay = Some(tokio::spawn(relay.run()));
     threading
 }
@@ -189,12 +222,16 @@ impl Threading {
     /// Whatever is cut short is done again after the restart.
     pub async fn stop(self, grace: Duration) {
         self.worker_stop.cancel();
-        if let Some(worker) = self.worker {
-            let abort = worker.abort_handle();
-            if tokio::time::timeout(grace, worker).await.is_err() {
+        for (task, what) in [
+            (self.worker, "threading worker"),
+            (self.commands, "commands consumer"),
+        ] {
+            let Some(task) = task else { continue };
+            let abort = task.abort_handle();
+            if tokio::time::timeout(grace, task).await.is_err() {
                 abort.abort();
                 tracing::warn!(
-                    "threading worker did not stop within the shutdown timeout; its batch will be threaded again"
+                    "{what} did not stop within the shutdown timeout; its batch will be applied again"
                 );
             }
         }
@@ -248,7 +285,9 @@ impl Worker {
                 continue;
             }
             if self.handle(&records).await.is_err()
-                || self.commit(subscription.as_mut(), &records).await.is_err()
+                || consume::commit(subscription.as_mut(), &records, &self.shutdown)
+                    .await
+                    .is_err()
             {
                 break;
             }
@@ -363,18 +402,7 @@ impl Worker {
     ) -> Result<(), Stopped> {
         let dead_letter =
             dead_letter_of(stored, channel_id, channel_kind, event_id, reason, detail);
-        let mut backoff = Backoff::default();
-        loop {
-            match self.sender.send_dead_letter(dead_letter.clone()).await {
-                Ok(_) => break,
-                Err(SendError::Closed) => return Err(Stopped),
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(channel = %channel_id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot store a threading dead letter, retrying");
-                    pause(&self.shutdown, wait).await?;
-                }
-            }
-        }
+        consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await?;
         EventThreaded {
             outcome: ThreadingOutcome::DeadLettered,
             event_id,
@@ -383,35 +411,6 @@ impl Worker {
             retry_in: None,
         }
         .emit(&self.metrics);
-        Ok(())
-    }
-
-    /// Commits the batch: the last position of each partition it read.
-    async fn commit(
-        &self,
-        subscription: &mut dyn Subscription,
-        records: &[StoredRecord],
-    ) -> Result<(), Stopped> {
-        let mut last: BTreeMap<(&str, i32), Position> = BTreeMap::new();
-        for record in records {
-            last.insert(
-                (record.record.topic.as_str(), record.position.partition),
-                record.position,
-            );
-        }
-        for ((topic, _), position) in last {
-            let mut backoff = Backoff::default();
-            loop {
-                match subscription.commit(topic, position).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        let wait = backoff.next();
-                        tracing::warn!(topic, offset = position.offset, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot commit the threading position, retrying");
-                        pause(&self.shutdown, wait).await?;
-                    }
-                }
-            }
-        }
         Ok(())
     }
 }
@@ -425,16 +424,41 @@ struct Relay {
     wake: Arc<Notify>,
     /// Cancelled at shutdown: publish what is pending, then return.
     stop: CancellationToken,
+    /// This process's name on the relay lease.
+    holder: String,
+}
+
+/// A name for this relay on the lease, unique per process start.
+fn relay_holder() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "omnid".to_owned());
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// What one relay round did.
+enum Round {
+    Published,
+    Idle,
+    /// Another relay holds the lease.
+    Standby,
 }
 
 impl Relay {
     async fn run(self) {
         let mut backoff = Backoff::default();
         let mut reconciled = false;
-        tracing::info!(topic = %self.topic, "timeline relay started");
+        // When the lease was last taken or renewed (by our clock).
+        let mut leased_at: Option<tokio::time::Instant> = None;
+        tracing::info!(topic = %self.topic, holder = %self.holder, "timeline relay started");
         loop {
             let stopping = self.stop.is_cancelled();
             let step = async {
+                if !self.hold_lease(&mut leased_at).await? {
+                    return Ok(Round::Standby);
+                }
                 if !reconciled {
                     self.reconcile().await?;
                     reconciled = true;
@@ -445,16 +469,21 @@ impl Relay {
                     .await
                     .context("reading the outbox")?;
                 if rows.is_empty() {
-                    return Ok(false);
+                    return Ok(Round::Idle);
                 }
                 self.publish(&rows).await?;
-                Ok::<_, anyhow::Error>(true)
+                Ok::<_, anyhow::Error>(Round::Published)
             };
             match step.await {
-                Ok(true) => backoff.reset(),
-                Ok(false) if stopping => break,
-                Ok(false) => {
+                Ok(Round::Published) => backoff.reset(),
+                Ok(Round::Idle | Round::Standby) if stopping => break,
+                Ok(round) => {
                     backoff.reset();
+                    if matches!(round, Round::Standby) {
+                        // Whoever held it may have appended without
+                        // marking: look at the topic before publishing.
+                        reconciled = false;
+                    }
                     tokio::select! {
                         _ = self.stop.cancelled() => {}
                         _ = self.wake.notified() => {}
@@ -485,7 +514,45 @@ impl Relay {
                 }
             }
         }
+        if leased_at.is_some()
+            && let Err(error) = self
+                .store
+                .release_lease(RELAY_LEASE_NAME, &self.holder)
+                .await
+        {
+            tracing::warn!(error = %error, "cannot give up the relay lease; a standby takes over when it expires");
+        }
         tracing::info!("timeline relay stopped");
+    }
+
+    /// Takes or renews the relay lease when a third of it has passed;
+    /// false while another relay holds it.
+    async fn hold_lease(
+        &self,
+        leased_at: &mut Option<tokio::time::Instant>,
+    ) -> anyhow::Result<bool> {
+        let now = tokio::time::Instant::now();
+        if leased_at.is_some_and(|at| now.duration_since(at) < RELAY_LEASE / 3) {
+            return Ok(true);
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ttl_ms = i64::try_from(RELAY_LEASE.as_millis()).unwrap_or(i64::MAX);
+        let held = self
+            .store
+            .acquire_lease(RELAY_LEASE_NAME, &self.holder, now_ms, ttl_ms)
+            .await
+            .context("taking the relay lease")?;
+        match (held, leased_at.is_some()) {
+            (true, false) => {
+                tracing::info!(holder = %self.holder, "this relay now publishes the timeline")
+            }
+            (false, true) => tracing::warn!(holder = %self.holder, "relay lease lost; standing by"),
+            _ => {}
+        }
+        *leased_at = held.then_some(now);
+        Ok(held)
     }
 
     /// Appends `rows` in order, waits until all are durable, marks them

@@ -512,3 +512,321 @@ async fn one_person_across_handles_on_postgres() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// A helpdesk command over HTTP with the token; status and JSON body.
+async fn command(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = client
+        .request(method, daemon.url(path))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The conversation of the message entry of `event_id`.
+fn conversation_of(entries: &[Value], event_id: &str) -> String {
+    entries
+        .iter()
+        .find(|e| e["message"]["event"]["eventId"] == event_id)
+        .and_then(|e| e["conversationId"].as_str())
+        .unwrap_or_else(|| panic!("no message {event_id}"))
+        .to_owned()
+}
+
+/// Helpdesk commands through the HTTP API: merge, close (and its effect
+/// on the next message), link, split and unlink change exactly what they
+/// name, repeat requests with the same Idempotency-Key apply once,
+/// refusals get 404/409/400, and every entry reaches the timeline topic
+/// with gapless per-customer sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn helpdesk_commands_over_http() {
+    let deployment = deployment("");
+    let daemon = deployment.start();
+    let client = client();
+    let post_ = reqwest::Method::POST;
+
+    // Without the token: refused.
+    let response = client
+        .post(daemon.url("/v1/conversations/x/close"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let e1 = post(
+        &client,
+        &daemon,
+        CHANNEL,
+        from_email("h1", "ana@example.com"),
+    )
+    .await;
+    let e2 = post(&client, &daemon, CHANNEL, from_phone("h2", PHONE)).await;
+    let a = customer_of(&client, &daemon, "email/ana@example.com").await["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = customer_of(&client, &daemon, &format!("phone/{PHONE_PATH}")).await["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(a, p);
+
+    // Merge, twice with the same key: applied once.
+    let merge = json!({ "customer_ids": [p], "actor": "agent-7" });
+    let (status, merged) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        &format!("/v1/customers/{a}/merge"),
+        "merge-1",
+        merge.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{merged}");
+    assert_eq!(merged["outcome"], "applied");
+    let survivor = merged["entries"][0]["customerId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(survivor, a.clone().min(p.clone()));
+    assert_eq!(merged["entries"][0]["merged"]["reason"], "command");
+    let (status, again) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        &format!("/v1/customers/{a}/merge"),
+        "merge-1",
+        merge,
+    )
+    .await;
+    assert_eq!(
+        (status, again["outcome"].as_str()),
+        (200, Some("duplicate"))
+    );
+
+    // Close the phone conversation: the next SMS-like message opens a new
+    // one (the API channel is chat-like and well inside its timeout).
+    let (_, entries) = timeline(&client, &daemon, &survivor).await;
+    let phone_conversation = conversation_of(&entries, &e2);
+    let close_path = format!("/v1/conversations/{phone_conversation}/close");
+    let close = |key: &'static str| {
+        command(
+            &client,
+            &daemon,
+            reqwest::Method::POST,
+            &close_path,
+            key,
+            json!({ "reason": "resolved", "actor": "agent-7" }),
+        )
+    };
+    let (status, closed) = close("close-1").await;
+    assert_eq!(
+        (status, closed["outcome"].as_str()),
+        (200, Some("applied")),
+        "{closed}"
+    );
+    assert_eq!(
+        closed["entries"][0]["conversation"]["state"],
+        "CONVERSATION_STATE_CLOSED"
+    );
+    let (status, closed) = close("close-2").await;
+    assert_eq!(
+        (status, closed["outcome"].as_str()),
+        (200, Some("unchanged"))
+    );
+    let e3 = post(&client, &daemon, CHANNEL, from_phone("h3", PHONE)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let entries = loop {
+        let (_, entries) = timeline(&client, &daemon, &survivor).await;
+        if messages(&entries).contains(&e3) {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "h3 never threaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new_conversation = conversation_of(&entries, &e3);
+    assert_ne!(
+        new_conversation, phone_conversation,
+        "a closed conversation is not continued"
+    );
+
+    // Refusals.
+    let (status, body) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        "/v1/conversations/nope/close",
+        "close-3",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, body) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        &format!("/v1/customers/{survivor}/identities"),
+        "link-0",
+        json!({ "kind": "fax", "value": "1" }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Link a Telegram user, then split it off with the new conversation.
+    let (status, body) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        &format!("/v1/customers/{survivor}/identities"),
+        "link-1",
+        json!({ "kind": "telegram", "value": "777" }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let (status, body) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        &format!("/v1/customers/{survivor}/split"),
+        "split-1",
+        json!({
+            "handles": [{ "kind": "phone", "value": PHONE }],
+            "conversation_ids": [new_conversation],
+        }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let split_off = body["entries"][1]["customerId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        customer_of(&client, &daemon, &format!("phone/{PHONE_PATH}")).await["customer_id"],
+        split_off.as_str()
+    );
+    assert_eq!(
+        customer_of(&client, &daemon, "email/ana@example.com").await["customer_id"],
+        survivor.as_str()
+    );
+
+    // Linking the phone back is a conflict; unlinking it moves it on.
+    let (status, body) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        &format!("/v1/customers/{survivor}/identities"),
+        "link-2",
+        json!({ "kind": "phone", "value": PHONE }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (status, body) = command(
+        &client,
+        &daemon,
+        reqwest::Method::DELETE,
+        &format!("/v1/customers/{split_off}/identities/phone/{PHONE_PATH}?actor=agent-7"),
+        "unlink-1",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let moved = customer_of(&client, &daemon, &format!("phone/{PHONE_PATH}")).await["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(moved, split_off);
+
+    // The raw form, as on the commands topic.
+    let (status, body) = command(
+        &client,
+        &daemon,
+        post_.clone(),
+        "/v1/commands",
+        "reopen-1",
+        json!({
+            "actor": "agent-7",
+            "reopen": { "conversationId": phone_conversation },
+        }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["action"].as_str(), body["outcome"].as_str()),
+        (200, Some("reopen"), Some("applied")),
+        "{body}"
+    );
+
+    // Everything reaches the timeline topic, in order per customer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = deployment.tail("timeline");
+        if records
+            .iter()
+            .any(|r| r["value"]["conversation"]["state"] == "CONVERSATION_STATE_OPEN")
+        {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reopen never reached the topic"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_gapless(
+        records
+            .iter()
+            .map(|r| (r["key"].as_str().unwrap(), sequence(&r["value"]))),
+    );
+    let count = |f: &dyn Fn(&Value) -> bool| records.iter().filter(|r| f(&r["value"])).count();
+    assert_eq!(
+        count(&|v| v["merged"]["reason"] == "command"),
+        1,
+        "one merge entry"
+    );
+    assert_eq!(
+        count(&|v| v["conversation"]["reason"] == "resolved"),
+        1,
+        "one close entry"
+    );
+    assert_eq!(
+        count(&|v| v["split"].is_object()),
+        2,
+        "split on both customers"
+    );
+    assert_eq!(
+        count(&|v| v["identity"]["reason"] == "command"),
+        3,
+        "link, unlink, relink"
+    );
+    let _ = e1;
+}
