@@ -441,3 +441,105 @@ pub fn plan_command(
     plan.timeline = entries.rows;
     Ok(CommandDecision::Apply(Box::new(plan)))
 }
+
+#[cfg(test)]
+mod tests {
+    use omni_proto::v1::{HandleKind, LinkIdentity, MergeCustomers};
+
+    use super::*;
+
+    fn merge(id: &str, ids: &[&CustomerId]) -> ThreadingCommand {
+        ThreadingCommand {
+            command_id: id.to_owned(),
+            command: Some(Command::Merge(MergeCustomers {
+                customer_ids: ids.iter().map(|c| c.to_string()).collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(customers: &[&CustomerId]) -> CommandSnapshot {
+        CommandSnapshot {
+            resolved: customers
+                .iter()
+                .map(|c| ((*c).clone(), (*c).clone()))
+                .collect(),
+            next_sequence: customers.iter().map(|c| ((*c).clone(), 4)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn applied(decision: CommandDecision) -> CommandPlan {
+        match decision {
+            CommandDecision::Apply(plan) => *plan,
+            CommandDecision::Duplicate => panic!("duplicate"),
+        }
+    }
+
+    #[test]
+    fn merge_survivor_does_not_depend_on_the_order_given() {
+        let ids: Vec<CustomerId> = ["a", "b", "c"]
+            .iter()
+            .map(|n| CustomerId::for_command(n))
+            .collect();
+        let refs: Vec<&CustomerId> = ids.iter().collect();
+        let smallest = ids.iter().min().unwrap().clone();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let given: Vec<&CustomerId> = order.iter().map(|&i| refs[i]).collect();
+            let plan = applied(plan_command(&merge("m", &given), &snapshot(&refs)).unwrap());
+            assert!(plan.merges.iter().all(|(s, _)| *s == smallest));
+            assert_eq!(plan.merges.len(), 2);
+            assert_eq!(plan.timeline.len(), 1);
+            assert_eq!(plan.timeline[0].sequence, 4, "continues the survivor");
+            assert_eq!(plan.next_sequences, [(smallest.clone(), 5)]);
+        }
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let a = CustomerId::for_command("a");
+        let b = CustomerId::for_command("b");
+        let mut no_id = merge("", &[&a, &b]);
+        assert!(matches!(
+            plan_command(&no_id, &snapshot(&[&a, &b])),
+            Err(CommandError::MissingCommandId)
+        ));
+        no_id.command_id = "m".into();
+        no_id.command = None;
+        assert!(matches!(
+            plan_command(&no_id, &snapshot(&[&a, &b])),
+            Err(CommandError::MissingAction)
+        ));
+        assert!(matches!(
+            plan_command(&merge("m", &[&a]), &snapshot(&[&a])),
+            Err(CommandError::Invalid(_))
+        ));
+        assert!(matches!(
+            plan_command(&merge("m", &[&a, &b]), &snapshot(&[&a])),
+            Err(CommandError::UnknownCustomer(id)) if id == b.as_str()
+        ));
+        let phone = IdentityHandle {
+            kind: HandleKind::Phone as i32,
+            value: "+14155550134".into(),
+            ..Default::default()
+        };
+        let link = ThreadingCommand {
+            command_id: "l".into(),
+            command: Some(Command::Link(LinkIdentity {
+                customer_id: a.to_string(),
+                handle: Some(phone.clone()),
+            })),
+            ..Default::default()
+        };
+        let mut owned = snapshot(&[&a, &b]);
+        owned.owners.insert(
+            key_of(&phone).unwrap(),
+            HandleOwner {
+                customer: b.clone(),
+                confirmed: true,
+            },
+        );
+        let refused = plan_command(&link, &owned).unwrap_err();
+        assert!(refused.is_conflict(), "{refused}");
+    }
+}

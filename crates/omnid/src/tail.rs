@@ -14,7 +14,8 @@ use crate::settings::{Settings, Topics};
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// `inbound`, `timeline`, `outbound`, `deadletter`, or a full topic name.
+    /// `inbound`, `timeline`, `outbound`, `deadletter`, `commands`, or a full
+    /// topic name.
     #[arg(long, short, default_value = "inbound")]
     topic: String,
     /// First offset to print.
@@ -98,6 +99,7 @@ pub fn to_json(stored: &StoredRecord) -> Value {
             cloudevents::TYPE_CONVERSATION_EVENT => decode::<v1::ConversationEvent>(payload),
             cloudevents::TYPE_DEAD_LETTER => decode::<v1::DeadLetter>(payload),
             cloudevents::TYPE_TIMELINE_EVENT => decode::<v1::TimelineEvent>(payload),
+            cloudevents::TYPE_THREADING_COMMAND => decode::<v1::ThreadingCommand>(payload),
             _ => None,
         }
     };

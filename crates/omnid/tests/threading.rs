@@ -7,14 +7,12 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    str::FromStr as _,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use common::{CHANNEL, Daemon, Deployment, SECRET, signed};
+use common::{CHANNEL, Daemon, Deployment, SECRET, postgres::Schema, signed};
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection as _, PgConnection, postgres::PgConnectOptions};
 
 const TOKEN: &str = "threading-test-token";
 const TRUSTED: &str = "trusted-api";
@@ -451,63 +449,13 @@ async fn kill_9_mid_burst_leaves_no_gap_duplicate_or_reordering() {
     );
 }
 
-/// A schema of its own on the test PostgreSQL server, dropped at the end.
-struct Schema {
-    options: PgConnectOptions,
-    name: String,
-}
-
-impl Schema {
-    async fn create() -> Schema {
-        let url = std::env::var("OMNID_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let options = PgConnectOptions::from_str(&url).expect("OMNID_TEST_POSTGRES_URL parses");
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("omnid_threading_test_{}_{nanos}", std::process::id());
-        let schema = Schema { options, name };
-        schema
-            .admin(&format!("CREATE SCHEMA {}", schema.name))
-            .await;
-        schema
-    }
-
-    async fn admin(&self, sql: &str) {
-        let mut conn = PgConnection::connect_with(&self.options).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable ({e}); start one (scripts/lib.sh ensure_postgres) or set OMNID_TEST_POSTGRES_URL")
-        });
-        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(&mut conn)
-            .await
-            .expect("admin statement");
-        conn.close().await.ok();
-    }
-
-    /// The server's URL with this schema as `search_path`.
-    fn url(&self) -> String {
-        let url = std::env::var("OMNID_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}options=-c%20search_path%3D{}", self.name)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_person_across_handles_on_postgres() {
     let schema = Schema::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let url_file = dir.path().join("postgres-url");
-    std::fs::write(&url_file, schema.url()).unwrap();
-    let deployment = deployment(&format!(
-        "[threading]\nstore = \"postgres\"\npostgres_url = {{ file = {:?} }}\nmax_connections = 4\n",
-        url_file.display().to_string()
-    ));
+    let deployment = deployment(&schema.threading_config(dir.path()));
     let result = tokio::spawn(async move { one_person_across_handles(&deployment).await }).await;
-    schema
-        .admin(&format!("DROP SCHEMA {} CASCADE", schema.name))
-        .await;
+    schema.drop().await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod postgres;
 
 use std::{
     io::{BufRead, BufReader},
