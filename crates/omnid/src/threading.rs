@@ -208,7 +208,7 @@ pub fn start(
         metrics,
         wake,
         stop: relay_stop,
-        holder: relay_holder(),
+        holder: relay_holder(&settings.data_dir),
     };
     threading.worker = Some(tokio::spawn(worker.run()));
     threading.commands = Some(tokio::spawn(commands.run()));
@@ -428,14 +428,20 @@ struct Relay {
     holder: String,
 }
 
-/// A name for this relay on the lease, unique per process start.
-fn relay_holder() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "omnid".to_owned());
-    format!(
-        "{host}/{}/{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    )
+/// This daemon's name on the relay lease: its host and data directory.
+/// Stable across restarts, so a daemon restarted after a crash takes its
+/// own lease back at once instead of waiting for it to lapse; distinct
+/// between daemons, which never share a data directory (the event log and
+/// channel state live there).
+fn relay_holder(data_dir: &Path) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    format!("{host}:{}", dir.display())
 }
 
 /// What one relay round did.
