@@ -9,9 +9,15 @@ use std::{
     time::Duration,
 };
 
-use common::{CHANNEL, Deployment, SECRET, kafka::Broker, message, signed};
+use common::{CHANNEL, Deployment, SECRET, kafka::Broker, message, postgres::Schema, signed};
 use omni_log::{EventLog, KafkaLog, KafkaLogConfig, StoredRecord};
-use omni_proto::{Message, v1::ConversationEvent};
+use omni_proto::{
+    Message,
+    v1::{
+        CloseConversation, ConversationEvent, DeadLetter, MergeCustomers, ThreadingCommand,
+        TimelineEvent, threading_command::Command, timeline_event::Entry,
+    },
+};
 
 const INBOUND: &str = "omni.inbound.v1";
 
@@ -335,4 +341,393 @@ async fn json_encoding_writes_the_protobuf_json_mapping() {
     assert_eq!(tailed.len(), 3);
     assert_eq!(tailed[0]["value"]["channelKind"], "CHANNEL_KIND_API");
     drop(daemon);
+}
+
+/// A counter's value on a daemon's `/metrics` (0 when absent).
+async fn metric(daemon: &common::Daemon, line_prefix: &str) -> f64 {
+    let text = client()
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The timeline topic's records, decoded, in partition and offset order
+/// (a customer's records are all in one partition).
+async fn timeline_records(log: &KafkaLog) -> Vec<TimelineEvent> {
+    topic_records(log, "omni.timeline.v1")
+        .await
+        .iter()
+        .map(|r| {
+            let event = TimelineEvent::decode(r.record.payload.as_ref()).expect("timeline record");
+            assert_eq!(
+                std::str::from_utf8(&r.record.key).unwrap(),
+                event.customer_id,
+                "keyed by customer id"
+            );
+            event
+        })
+        .collect()
+}
+
+fn message_id(event: &TimelineEvent) -> Option<&str> {
+    match &event.entry {
+        Some(Entry::Message(m)) => m.event.as_ref().map(|e| e.event_id.as_str()),
+        _ => None,
+    }
+}
+
+/// Waits until `done` holds for the timeline topic; its records.
+async fn wait_for_timeline(
+    log: &KafkaLog,
+    what: &str,
+    done: impl Fn(&[TimelineEvent]) -> bool,
+) -> Vec<TimelineEvent> {
+    for _ in 0..120 {
+        let records = timeline_records(log).await;
+        if done(&records) {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the timeline topic never had {what}");
+}
+
+/// A helpdesk command record on the commands topic, as a helpdesk would
+/// produce it.
+async fn produce_command(log: &KafkaLog, key: &str, command: &ThreadingCommand) {
+    let record = omni_log::Record {
+        topic: "omni.commands.v1".to_owned(),
+        key: key.to_owned().into_bytes().into(),
+        headers: vec![
+            (
+                "ce_id".to_owned(),
+                command.command_id.clone().into_bytes().into(),
+            ),
+            (
+                "ce_type".to_owned(),
+                omni_model::cloudevents::TYPE_THREADING_COMMAND
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+            ),
+            (
+                "content-type".to_owned(),
+                b"application/protobuf".to_vec().into(),
+            ),
+        ],
+        payload: command.encode_to_vec().into(),
+        timestamp_ms: 0,
+    };
+    log.append(record).await.expect("produce command");
+}
+
+const TOKEN: &str = "kafka-test-token";
+const TRUSTED: &str = "trusted-api";
+const PHONE: &str = "+14155550134";
+
+/// Turns on the query API (`http.api_token`) and adds an API channel that
+/// trusts its senders' claims.
+fn with_query_api_and_a_trusted_channel(deployment: &Deployment) {
+    let token = deployment.path().join("api-token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
+    let config = config.replacen(
+        "[http]\n",
+        &format!(
+            "[http]\napi_token = {{ file = {:?} }}\n",
+            token.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(deployment.config_path(), config).unwrap();
+    deployment.write_channel(
+        TRUSTED,
+        &format!(
+            "id = \"{TRUSTED}\"\nkind = \"api\"\nsecret = {{ file = \"{}\" }}\ntrust_sender = true\n",
+            deployment.path().join("secret").display()
+        ),
+    );
+}
+
+fn from(external_id: &str, kind: &str, value: &str) -> serde_json::Value {
+    serde_json::json!({ "external_id": external_id, "sender": { "kind": kind, "value": value }, "text": external_id })
+}
+
+/// Posts one message to a channel of `daemon`; its event id.
+async fn post_one(
+    client: &reqwest::Client,
+    daemon: &common::Daemon,
+    channel: &str,
+    body: serde_json::Value,
+) -> String {
+    let url = daemon.url(&format!("/webhooks/{channel}"));
+    let response = signed(client, &url, body.to_string(), SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+/// The customer id owning a handle (`email/...`), per the query API.
+async fn identity(
+    client: &reqwest::Client,
+    daemon: &common::Daemon,
+    handle: &str,
+) -> Option<String> {
+    let response = client
+        .get(daemon.url(&format!("/v1/identities/{handle}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 404 {
+        return None;
+    }
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["customer_id"].as_str().map(str::to_owned)
+}
+
+/// Two daemons on one Kafka cluster and one PostgreSQL store, in one
+/// consumer group, both taking traffic: every message lands on the
+/// timeline once, each customer's sequence is gapless, each sender's
+/// messages keep their order, and both workers threaded; one person's
+/// handles, their messages taken by different daemons, end as one
+/// customer. Commands from the
+/// commands topic apply once (a repeated record is dropped, a refused one
+/// is dead-lettered). When one daemon stops, the other publishes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_share_the_stream_and_the_commands_topic() {
+    let broker = Broker::start().await;
+    let schema = Schema::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::kafka::log_config(&broker.bootstrap(), 4, "protobuf")
+        + &schema.threading_config(dir.path());
+    let result = tokio::spawn(async move {
+        let (one, two) = (
+            Deployment::with_config(&config),
+            Deployment::with_config(&config),
+        );
+        for deployment in [&one, &two] {
+            with_query_api_and_a_trusted_channel(deployment);
+        }
+        let mut first = one.start();
+        let second = two.start();
+        let (url1, url2) = (
+            first.url(&format!("/webhooks/{CHANNEL}")),
+            second.url(&format!("/webhooks/{CHANNEL}")),
+        );
+        // The group spreads the partitions once both have joined: warm
+        // up until each worker has threaded something.
+        let threaded = "omnid_threading_events_total{outcome=\"threaded\"} ";
+        let mut warm_up = Vec::new();
+        for round in 0.. {
+            if metric(&first, threaded).await > 0.0 && metric(&second, threaded).await > 0.0 {
+                break;
+            }
+            assert!(round < 120, "the second worker never got a partition");
+            warm_up.extend(post_burst(&url1, &format!("warm{round}"), 8, 1).await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (a, b) = tokio::join!(post_burst(&url1, "a", 8, 12), post_burst(&url2, "b", 8, 12),);
+        let sent: Vec<&Vec<String>> = a.iter().chain(b.iter()).chain(warm_up.iter()).collect();
+        let total: usize = sent.iter().map(|ids| ids.len()).sum();
+
+        let log = reader(&broker.bootstrap());
+        let records = wait_for_timeline(&log, "every message", |records| {
+            records.iter().filter_map(message_id).count() >= total
+        })
+        .await;
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for id in records.iter().filter_map(message_id) {
+            *seen.entry(id).or_default() += 1;
+        }
+        assert_eq!(seen.len(), total, "every message threaded");
+        assert!(seen.values().all(|&n| n == 1), "no message twice");
+        let mut per_customer: HashMap<&str, Vec<u64>> = HashMap::new();
+        let mut customer_of: HashMap<&str, &str> = HashMap::new();
+        for r in &records {
+            per_customer
+                .entry(&r.customer_id)
+                .or_default()
+                .push(r.sequence);
+            if let Some(id) = message_id(r) {
+                customer_of.insert(id, &r.customer_id);
+            }
+        }
+        for (customer, sequences) in &per_customer {
+            let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+            assert_eq!(sequences, &expected, "sequences of {customer}");
+        }
+        let position: HashMap<&str, usize> = records
+            .iter()
+            .filter_map(message_id)
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
+        for ids in &sent {
+            let order: Vec<usize> = ids.iter().map(|id| position[id.as_str()]).collect();
+            assert!(order.is_sorted(), "a sender's messages keep their order");
+        }
+        let (n1, n2) = (
+            metric(&first, threaded).await,
+            metric(&second, threaded).await,
+        );
+        assert!(n1 > 0.0 && n2 > 0.0, "both workers threaded ({n1}, {n2})");
+        assert_eq!(n1 + n2, total as f64, "each message by one worker");
+
+        // One person across handles, their messages taken by both daemons
+        // (and so by both workers), plus a provider's retry of one of
+        // them: one customer, each message once.
+        let client = client();
+        let x1 = post_one(
+            &client,
+            &first,
+            CHANNEL,
+            from("x-1", "email", "ana@example.com"),
+        )
+        .await;
+        let x2 = post_one(&client, &second, CHANNEL, from("x-2", "phone", PHONE)).await;
+        let mut linking = from("x-3", "email", "ana@example.com");
+        linking["sender_identities"] =
+            serde_json::json!([{ "kind": "phone", "value": PHONE, "verified": true }]);
+        let x3 = post_one(&client, &first, TRUSTED, linking).await;
+        let retry = post_one(
+            &client,
+            &second,
+            CHANNEL,
+            from("x-1", "email", "ana@example.com"),
+        )
+        .await;
+        assert_eq!(retry, x1, "a retry carries the same event id");
+        let mut survivor = String::new();
+        for _ in 0..120 {
+            let email = identity(&client, &second, "email/ana@example.com").await;
+            let phone = identity(&client, &first, "phone/%2B14155550134").await;
+            if email.is_some() && email == phone {
+                survivor = email.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            !survivor.is_empty(),
+            "the email and the phone never became one customer"
+        );
+        let records = wait_for_timeline(&log, "the linked messages", |records| {
+            [&x1, &x2, &x3]
+                .iter()
+                .all(|id| records.iter().any(|r| message_id(r) == Some(id.as_str())))
+        })
+        .await;
+        let mine: Vec<&str> = records
+            .iter()
+            .filter_map(message_id)
+            .filter(|id| [&x1, &x2, &x3].iter().any(|x| x.as_str() == *id))
+            .collect();
+        assert_eq!(mine.len(), 3, "each once, the retry dropped: {mine:?}");
+        let position = |id: &str| mine.iter().position(|m| *m == id).unwrap();
+        assert!(
+            position(&x1) < position(&x3),
+            "one sender's messages keep their order"
+        );
+        assert!(
+            records
+                .iter()
+                .any(|r| r.customer_id == survivor && matches!(&r.entry, Some(Entry::Merged(_)))),
+            "the survivor's timeline has the merge"
+        );
+
+        // Commands on the topic: a merge (sent twice) and a refusal.
+        let c0 = customer_of[a[0][0].as_str()].to_owned();
+        let c1 = customer_of[a[1][0].as_str()].to_owned();
+        let merge = ThreadingCommand {
+            command_id: "merge-topic-1".to_owned(),
+            actor: "helpdesk".to_owned(),
+            issued_at: None,
+            command: Some(Command::Merge(MergeCustomers {
+                customer_ids: vec![c0.clone(), c1.clone()],
+            })),
+        };
+        produce_command(&log, &c0, &merge).await;
+        produce_command(&log, &c0, &merge).await;
+        let refused = ThreadingCommand {
+            command_id: "close-unknown".to_owned(),
+            command: Some(Command::Close(CloseConversation {
+                conversation_id: "no-such-conversation".to_owned(),
+                reason: String::new(),
+            })),
+            ..Default::default()
+        };
+        produce_command(&log, "x", &refused).await;
+        let records = wait_for_timeline(&log, "the merge", |records| {
+            records
+                .iter()
+                .any(|r| matches!(&r.entry, Some(Entry::Merged(m)) if m.reason == "command"))
+        })
+        .await;
+        let merges: Vec<&TimelineEvent> = records
+            .iter()
+            .filter(|r| matches!(&r.entry, Some(Entry::Merged(m)) if m.reason == "command"))
+            .collect();
+        assert_eq!(merges.len(), 1, "the repeated command applied once");
+        assert_eq!(merges[0].customer_id, c0.clone().min(c1.clone()));
+        let mut dead = Vec::new();
+        for _ in 0..60 {
+            dead = topic_records(&log, "omni.deadletter.v1").await;
+            if !dead.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let dead: Vec<DeadLetter> = dead
+            .iter()
+            .map(|r| DeadLetter::decode(r.record.payload.as_ref()).unwrap())
+            .collect();
+        assert!(
+                dead.iter()
+                    .any(|d| d.reason == "command_refused"
+                        && d.detail.contains("no-such-conversation")),
+                "the refused command is dead-lettered: {dead:?}"
+            );
+
+        // One daemon stops (giving the lease up); the other publishes on.
+        assert!(first.terminate().success());
+        let late = post_burst(&url2, "late", 2, 3).await;
+        let late: Vec<String> = late.into_iter().flatten().collect();
+        let records = wait_for_timeline(&log, "the messages after one daemon stopped", |records| {
+            let ids: HashSet<&str> = records.iter().filter_map(message_id).collect();
+            late.iter().all(|id| ids.contains(id.as_str()))
+        })
+        .await;
+        let mut per_customer: HashMap<&str, Vec<u64>> = HashMap::new();
+        for r in &records {
+            per_customer
+                .entry(&r.customer_id)
+                .or_default()
+                .push(r.sequence);
+        }
+        for (customer, sequences) in &per_customer {
+            let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+            assert_eq!(
+                sequences, &expected,
+                "sequences of {customer} after the handover"
+            );
+        }
+    })
+    .await;
+    schema.drop().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
