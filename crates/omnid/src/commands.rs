@@ -89,47 +89,27 @@ pub struct Consumer {
     pub shutdown: CancellationToken,
 }
 
+impl consume::BatchHandler for Consumer {
+    async fn handle_batch(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+        for stored in records {
+            self.handle(stored).await?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
 impl Consumer {
     pub async fn run(self) {
-        let Ok(mut subscription) =
-            consume::subscribe(self.log.as_ref(), GROUP, &self.topic, &self.shutdown).await
-        else {
-            return;
-        };
-        tracing::info!(topic = %self.topic, group = GROUP, "helpdesk commands consumer started");
-        let mut backoff = Backoff::default();
-        loop {
-            let Ok(records) = consume::poll(
-                subscription.as_mut(),
-                POLL_BATCH,
-                &self.topic,
-                &mut backoff,
-                &self.shutdown,
-            )
-            .await
-            else {
-                break;
-            };
-            if records.is_empty() {
-                continue;
-            }
-            let mut handled = Ok(());
-            for stored in &records {
-                handled = self.handle(stored).await;
-                if handled.is_err() {
-                    break;
-                }
-            }
-            if handled.is_err()
-                || consume::commit(subscription.as_mut(), &records, &self.shutdown)
-                    .await
-                    .is_err()
-            {
-                break;
-            }
-            self.wake.notify_one();
-        }
-        tracing::info!("helpdesk commands consumer stopped");
+        consume::consume_batches(
+            self.log.as_ref(),
+            GROUP,
+            &self.topic,
+            POLL_BATCH,
+            &self.shutdown,
+            &self,
+        )
+        .await;
     }
 
     /// One record: applied, or dead-lettered; store failures are retried

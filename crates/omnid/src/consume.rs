@@ -225,6 +225,51 @@ pub async fn subscribe(
     }
 }
 
+/// What a batch consumer does with each polled batch, before its
+/// positions are committed.
+pub trait BatchHandler: Sync {
+    fn handle_batch(
+        &self,
+        records: &[StoredRecord],
+    ) -> impl Future<Output = Result<(), Stopped>> + Send;
+}
+
+/// A consumer that works in batches: joins `group` on `topic`, then for
+/// each polled batch (at most `max` records) runs `handler` and commits
+/// the batch's positions, until it is stopped or `handler` stops it. A
+/// record is thus committed only after its whole batch was handled.
+pub async fn consume_batches(
+    log: &dyn EventLog,
+    group: &str,
+    topic: &str,
+    max: usize,
+    shutdown: &CancellationToken,
+    handler: &impl BatchHandler,
+) {
+    let Ok(mut subscription) = subscribe(log, group, topic, shutdown).await else {
+        return;
+    };
+    tracing::info!(topic, group, "consumer started");
+    let mut backoff = Backoff::default();
+    loop {
+        let Ok(records) = poll(subscription.as_mut(), max, topic, &mut backoff, shutdown).await
+        else {
+            break;
+        };
+        if records.is_empty() {
+            continue;
+        }
+        if handler.handle_batch(&records).await.is_err()
+            || commit(subscription.as_mut(), &records, shutdown)
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    tracing::info!(topic, group, "consumer stopped");
+}
+
 /// The next records (possibly none after a second), a failed poll retried
 /// with `backoff`, until the consumer is stopped.
 pub async fn poll(

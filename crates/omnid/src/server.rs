@@ -601,27 +601,40 @@ fn store_failed_text(detail: &str) -> Response {
     ))
 }
 
-/// A JSON request body; an empty body reads as `T::default()`.
-fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+/// A JSON request body; an empty body reads as `T::default()`, and a bad
+/// one is answered 400 `invalid_json`.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S>
+    for JsonBody<T>
+{
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(T::default()));
+        }
+        serde_json::from_slice(&body).map(JsonBody).map_err(|e| {
+            into_axum(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                &e.to_string(),
+            ))
+        })
     }
-    serde_json::from_slice(body).map_err(|e| {
-        into_axum(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            &e.to_string(),
-        ))
-    })
 }
 
 /// `POST /v1/commands`: a `ThreadingCommand` in the protobuf JSON mapping,
 /// exactly as on the commands topic.
-async fn command(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match json_body::<omni_proto::v1::ThreadingCommand>(&body) {
-        Ok(command) => apply_command(&state, &headers, command).await,
-        Err(response) => response,
-    }
+async fn command(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(command): JsonBody<omni_proto::v1::ThreadingCommand>,
+) -> Response {
+    apply_command(&state, &headers, command).await
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -637,12 +650,8 @@ async fn close_conversation(
     State(state): State<AppState>,
     Path(conversation_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody<StateChangeBody>,
 ) -> Response {
-    let body: StateChangeBody = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
     let action = Command::Close(omni_proto::v1::CloseConversation {
         conversation_id,
         reason: body.reason.unwrap_or_default(),
@@ -655,12 +664,8 @@ async fn reopen_conversation(
     State(state): State<AppState>,
     Path(conversation_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody<StateChangeBody>,
 ) -> Response {
-    let body: StateChangeBody = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
     let action = Command::Reopen(omni_proto::v1::ReopenConversation {
         conversation_id,
         reason: body.reason.unwrap_or_default(),
@@ -703,12 +708,8 @@ async fn link_identity(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody<LinkBody>,
 ) -> Response {
-    let body: LinkBody = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
     let handle = match proto_handle(&body.handle) {
         Ok(handle) => handle,
         Err(response) => return response,
@@ -771,12 +772,8 @@ async fn merge_customers(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody<MergeBody>,
 ) -> Response {
-    let body: MergeBody = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
     let mut customer_ids = vec![customer_id];
     customer_ids.extend(body.customer_ids);
     let action = Command::Merge(omni_proto::v1::MergeCustomers { customer_ids });
@@ -799,12 +796,8 @@ async fn split_customer(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody<SplitBody>,
 ) -> Response {
-    let body: SplitBody = match json_body(&body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
     let handles = match body.handles.iter().map(proto_handle).collect() {
         Ok(handles) => handles,
         Err(response) => return response,

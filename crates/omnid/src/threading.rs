@@ -260,40 +260,25 @@ struct Worker {
     shutdown: CancellationToken,
 }
 
+impl consume::BatchHandler for Worker {
+    async fn handle_batch(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+        self.handle(records).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
 impl Worker {
     async fn run(self) {
-        let Ok(mut subscription) =
-            consume::subscribe(self.log.as_ref(), GROUP, &self.topic, &self.shutdown).await
-        else {
-            return;
-        };
-        tracing::info!(topic = %self.topic, group = GROUP, "threading worker started");
-        let mut backoff = Backoff::default();
-        loop {
-            let Ok(records) = consume::poll(
-                subscription.as_mut(),
-                POLL_BATCH,
-                &self.topic,
-                &mut backoff,
-                &self.shutdown,
-            )
-            .await
-            else {
-                break;
-            };
-            if records.is_empty() {
-                continue;
-            }
-            if self.handle(&records).await.is_err()
-                || consume::commit(subscription.as_mut(), &records, &self.shutdown)
-                    .await
-                    .is_err()
-            {
-                break;
-            }
-            self.wake.notify_one();
-        }
-        tracing::info!("threading worker stopped");
+        consume::consume_batches(
+            self.log.as_ref(),
+            GROUP,
+            &self.topic,
+            POLL_BATCH,
+            &self.shutdown,
+            &self,
+        )
+        .await;
     }
 
     /// Threads a polled batch in one store transaction (one commit, so

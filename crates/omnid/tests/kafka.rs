@@ -433,30 +433,6 @@ const TOKEN: &str = "kafka-test-token";
 const TRUSTED: &str = "trusted-api";
 const PHONE: &str = "+14155550134";
 
-/// Turns on the query API (`http.api_token`) and adds an API channel that
-/// trusts its senders' claims.
-fn with_query_api_and_a_trusted_channel(deployment: &Deployment) {
-    let token = deployment.path().join("api-token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
-    let config = config.replacen(
-        "[http]\n",
-        &format!(
-            "[http]\napi_token = {{ file = {:?} }}\n",
-            token.display().to_string()
-        ),
-        1,
-    );
-    std::fs::write(deployment.config_path(), config).unwrap();
-    deployment.write_channel(
-        TRUSTED,
-        &format!(
-            "id = \"{TRUSTED}\"\nkind = \"api\"\nsecret = {{ file = \"{}\" }}\ntrust_sender = true\n",
-            deployment.path().join("secret").display()
-        ),
-    );
-}
-
 fn from(external_id: &str, kind: &str, value: &str) -> serde_json::Value {
     serde_json::json!({ "external_id": external_id, "sender": { "kind": kind, "value": value }, "text": external_id })
 }
@@ -519,7 +495,8 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
             Deployment::with_config(&config),
         );
         for deployment in [&one, &two] {
-            with_query_api_and_a_trusted_channel(deployment);
+            deployment.enable_api(TOKEN);
+            deployment.add_trusted_channel(TRUSTED);
         }
         let mut first = one.start();
         let second = two.start();

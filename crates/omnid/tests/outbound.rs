@@ -39,18 +39,7 @@ fn deployment(smtp_port: u16) -> Deployment {
 /// The same, with more sections in `omnid.toml`.
 fn deployment_with(smtp_port: u16, extra_config: &str) -> Deployment {
     let deployment = Deployment::with_config(extra_config);
-    let token = deployment.path().join("api-token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
-    let config = config.replacen(
-        "[http]\n",
-        &format!(
-            "[http]\napi_token = {{ file = {:?} }}\n",
-            token.display().to_string()
-        ),
-        1,
-    );
-    std::fs::write(deployment.config_path(), config).unwrap();
+    deployment.enable_api(TOKEN);
     deployment.write_channel(
         CHANNEL,
         &format!(

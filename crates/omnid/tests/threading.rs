@@ -30,25 +30,8 @@ fn client() -> reqwest::Client {
 /// settings appended, and a second API channel that trusts its senders.
 fn deployment(threading: &str) -> Deployment {
     let deployment = Deployment::with_config(threading);
-    let token = deployment.path().join("api-token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
-    let config = config.replacen(
-        "[http]\n",
-        &format!(
-            "[http]\napi_token = {{ file = {:?} }}\n",
-            token.display().to_string()
-        ),
-        1,
-    );
-    std::fs::write(deployment.config_path(), config).unwrap();
-    deployment.write_channel(
-        TRUSTED,
-        &format!(
-            "id = \"{TRUSTED}\"\nkind = \"api\"\nsecret = {{ file = \"{}\" }}\ntrust_sender = true\n",
-            deployment.path().join("secret").display()
-        ),
-    );
+    deployment.enable_api(TOKEN);
+    deployment.add_trusted_channel(TRUSTED);
     deployment
 }
 

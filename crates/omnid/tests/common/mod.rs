@@ -59,6 +59,35 @@ impl Deployment {
         self.path().join("data")
     }
 
+    /// Turns on the `/v1/` API with bearer `token` (`http.api_token`, read
+    /// from a file as a secret would be).
+    pub fn enable_api(&self, token: &str) {
+        let file = self.path().join("api-token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let config = std::fs::read_to_string(self.config_path()).unwrap();
+        let config = config.replacen(
+            "[http]\n",
+            &format!(
+                "[http]\napi_token = {{ file = {:?} }}\n",
+                file.display().to_string()
+            ),
+            1,
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    /// Adds an API channel `id` (the shared secret) whose senders' claims
+    /// are trusted (`trust_sender = true`).
+    pub fn add_trusted_channel(&self, id: &str) {
+        self.write_channel(
+            id,
+            &format!(
+                "id = \"{id}\"\nkind = \"api\"\nsecret = {{ file = \"{}\" }}\ntrust_sender = true\n",
+                self.path().join("secret").display()
+            ),
+        );
+    }
+
     pub fn write_channel(&self, name: &str, text: &str) {
         std::fs::write(self.channels_dir().join(format!("{name}.toml")), text).unwrap();
     }
