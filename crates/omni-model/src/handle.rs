@@ -445,11 +445,43 @@ fn normalize_phone(raw: &str, default_region: Option<Region>) -> Result<String, 
     } else {
         Some(default_region.ok_or(HandleError::MissingRegion)?.0)
     };
-    let number = phonenumber::parse(region, &cleaned).map_err(|_| HandleError::InvalidPhone)?;
-    if !phonenumber::is_valid(&number) {
-        return Err(HandleError::InvalidPhone);
+    e164(region, cleaned).ok_or(HandleError::InvalidPhone)
+}
+
+/// Distinct cleaned numbers whose E.164 form a thread remembers.
+const PHONE_CACHE_ENTRIES: usize = 4096;
+
+/// Cleaned number (and region) -> E.164 form, `None` when invalid.
+type PhoneCache = std::collections::HashMap<(Option<Id>, String), Option<String>>;
+
+thread_local! {
+    /// What [`e164`] computed on this thread, up to [`PHONE_CACHE_ENTRIES`].
+    ///
+    /// `phonenumber`'s parse and validation cost tens of microseconds (regex
+    /// matching through an LRU keyed by pattern text), and the same people
+    /// write again and again: the threading worker normalizes every inbound
+    /// sender, often twice. The result only depends on the input and the
+    /// compiled-in metadata, so remembering it changes nothing else.
+    static PHONE_CACHE: std::cell::RefCell<PhoneCache> = std::cell::RefCell::new(PhoneCache::new());
+}
+
+/// The E.164 form of a cleaned number (digits, optionally after a `+`).
+fn e164(region: Option<Id>, cleaned: String) -> Option<String> {
+    let key = (region, cleaned);
+    if let Some(hit) = PHONE_CACHE.with_borrow(|cache| cache.get(&key).cloned()) {
+        return hit;
     }
-    Ok(number.format().mode(Mode::E164).to_string())
+    let formatted = phonenumber::parse(region, &key.1)
+        .ok()
+        .filter(phonenumber::is_valid)
+        .map(|number| number.format().mode(Mode::E164).to_string());
+    PHONE_CACHE.with_borrow_mut(|cache| {
+        if cache.len() >= PHONE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, formatted.clone());
+    });
+    formatted
 }
 
 /// The ASCII digit for an ASCII, Arabic-Indic, Persian or full-width digit.
@@ -702,6 +734,35 @@ mod tests {
             let again = Handle::provider(HandleKind::Phone, first.value(), None).unwrap();
             assert_eq!(first, again);
         }
+    }
+
+    #[test]
+    fn remembered_numbers_normalize_as_the_first_time() {
+        // The same cleaned digits under different regions, valid and
+        // invalid, more often than the cache holds, so it also refills.
+        let inputs = [
+            ("030 1234567", "DE"),
+            ("0301234567", "DE"),
+            ("030 1234567", "US"),
+            ("0000000", "DE"),
+            ("+1 415 555 2671", "DE"),
+        ];
+        let first: Vec<_> = inputs
+            .iter()
+            .map(|(raw, code)| phone(raw, Some(code)))
+            .collect();
+        for n in 0..PHONE_CACHE_ENTRIES + 10 {
+            let _ = phone(&format!("+1 415 {:07}", n % 10_000_000), None);
+        }
+        for _ in 0..2 {
+            let again: Vec<_> = inputs
+                .iter()
+                .map(|(raw, code)| phone(raw, Some(code)))
+                .collect();
+            assert_eq!(again, first);
+        }
+        assert_eq!(first[0], Ok("+49301234567".to_owned()));
+        assert_eq!(first[3], Err(HandleError::InvalidPhone));
     }
 
     /// A tiny xorshift generator, so this runs without a property-testing

@@ -8,6 +8,7 @@
 //! cargo bench -p omni-threading --bench threading -- [--events 100000]
 //!     [--batch 256] [--single 2000] [--replay 1000000] [--pg-events 20000]
 //!     [--pg-replay 100000] [--backend sqlite|postgres|both] [--dir DIR]
+//!     [--keep true]
 //! ```
 //!
 //! One JSON line per measurement on stdout, progress on stderr. Each
@@ -62,6 +63,7 @@ usage: cargo bench -p omni-threading --bench threading -- [options]
   --pg-replay N    events of the PostgreSQL replay rebuild, 0 to skip (100000)
   --backend B      sqlite, postgres or both (both)
   --dir DIR        where the SQLite files go (a temporary directory)
+  --keep true      keep the SQLite files (with --dir) to inspect them
 environment: OMNID_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test)";
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -80,6 +82,7 @@ struct Options {
     sqlite: bool,
     postgres: bool,
     dir: Option<PathBuf>,
+    keep: bool,
 }
 
 impl Options {
@@ -94,6 +97,7 @@ impl Options {
             sqlite: true,
             postgres: true,
             dir: None,
+            keep: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -119,6 +123,11 @@ impl Options {
                 "--pg-events" => o.pg_events = number()?,
                 "--pg-replay" => o.pg_replay = number()?,
                 "--dir" => o.dir = Some(PathBuf::from(value)),
+                "--keep" => {
+                    o.keep = value
+                        .parse()
+                        .map_err(|_| format!("--keep: true or false, not {value}"))?;
+                }
                 "--backend" => {
                     (o.sqlite, o.postgres) = match value.as_str() {
                         "sqlite" => (true, false),
@@ -330,6 +339,39 @@ struct Tally {
     duplicates: u64,
     refused: u64,
     store_time: Duration,
+    /// CPU time of the whole process over the run (all threads, user and
+    /// system, event generation included): on a busy machine it moves
+    /// less than the wall-clock rate.
+    cpu: Duration,
+    /// Bytes the process handed to `write`/`pwrite` over the run (WAL
+    /// frames and checkpoints, for SQLite).
+    written: u64,
+}
+
+/// The process's CPU time and bytes written so far (Linux `/proc`; zero
+/// elsewhere).
+fn usage() -> (Duration, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesized command name; utime and
+            // stime are the 14th and 15th fields, in clock ticks (100/s).
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split(' ').collect();
+            let ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(Duration::from_millis(ticks * 10))
+        })
+        .unwrap_or_default();
+    let written = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    (cpu, written)
 }
 
 impl Tally {
@@ -349,6 +391,7 @@ async fn run<S: ThreadingStore>(store: &S, total: usize, batch: usize) -> Tally 
     let config = ThreadingConfig::default();
     let mut stream = Stream::new(total);
     let mut tally = Tally::default();
+    let (cpu, written) = usage();
     let mut done = 0;
     let mut report = Instant::now();
     while done < total {
@@ -383,6 +426,9 @@ async fn run<S: ThreadingStore>(store: &S, total: usize, batch: usize) -> Tally 
             );
         }
     }
+    let (cpu_after, written_after) = usage();
+    tally.cpu = cpu_after.saturating_sub(cpu);
+    tally.written = written_after.saturating_sub(written);
     tally
 }
 
@@ -391,11 +437,14 @@ fn print(backend: &str, mode: &str, events: usize, batch: usize, tally: &Tally, 
     println!(
         "{{\"measurement\":\"threading\",\"backend\":\"{backend}\",\"mode\":\"{mode}\",\
          \"events\":{events},\"batch\":{batch},\"threaded\":{},\"duplicates\":{},\
-         \"refused\":{},\"secs\":{secs:.3},\"events_per_sec\":{:.0}{extra}}}",
+         \"refused\":{},\"secs\":{secs:.3},\"events_per_sec\":{:.0},\"cpu_secs\":{:.2},\
+         \"written_bytes\":{}{extra}}}",
         tally.threaded,
         tally.duplicates,
         tally.refused,
         events as f64 / secs,
+        tally.cpu.as_secs_f64(),
+        tally.written,
     );
 }
 
@@ -430,8 +479,10 @@ async fn sqlite(options: &Options, dir: &std::path::Path) {
             &tally,
             &format!(",\"db_bytes\":{size}"),
         );
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        if !options.keep {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ use omni_proto::v1::TimelineEvent;
 
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, HandleOwner, Lookups, Plan, Snapshot};
+use crate::store::Outcome;
 
 /// The keys a batch reads, for the bulk prefetch.
 #[derive(Debug, Default)]
@@ -56,6 +57,48 @@ impl Wants {
             message_ids: message_ids.into_iter().collect(),
         }
     }
+}
+
+/// Row counts of the multi-row writes, largest first. A run of rows goes
+/// out as the fewest statements of these sizes (a power-of-two split), so
+/// a connection sees at most eight shapes of each statement and SQLite
+/// (and PostgreSQL) prepare each shape once and reuse it, instead of
+/// compiling a new statement of a new length for every batch.
+const ROW_CHUNKS: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+
+/// `rows` split into [`ROW_CHUNKS`]-sized runs, in order.
+pub(crate) fn row_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let size = ROW_CHUNKS.into_iter().find(|&size| size <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Lengths of the key lists of the bulk reads. A shorter list is padded by
+/// repeating its last key, so each read has three shapes (prepared once,
+/// see [`ROW_CHUNKS`]); a repeated key changes no result (`IN` is a set
+/// test, and the key joins feed maps and sets).
+const KEY_CHUNKS: [usize; 3] = [8, 32, 128];
+
+/// `keys` split into lists of [`KEY_CHUNKS`] lengths, padded with repeats.
+pub(crate) fn key_chunks<T>(keys: &[T]) -> Vec<Vec<&T>> {
+    let largest = KEY_CHUNKS[KEY_CHUNKS.len() - 1];
+    keys.chunks(largest)
+        .map(|chunk| {
+            let size = KEY_CHUNKS
+                .into_iter()
+                .find(|&size| size >= chunk.len())
+                .unwrap_or(largest);
+            let mut list: Vec<&T> = chunk.iter().collect();
+            if let Some(last) = chunk.last() {
+                list.resize(size, last);
+            }
+            list
+        })
+        .collect()
 }
 
 /// One write of a plan, in plan order.
@@ -250,8 +293,14 @@ impl Overlay {
     }
 
     /// Applies `plan` (threading `event_id`) as `write` in the SQL store
-    /// does, and records its writes.
-    pub(crate) fn apply(&mut self, event_id: &str, plan: &Plan) {
+    /// does, and records its writes; the plan's timeline entries move into
+    /// them (not copied: each carries the whole event).
+    pub(crate) fn apply(&mut self, event_id: &str, mut plan: Plan) -> Outcome {
+        let timeline = std::mem::take(&mut plan.timeline);
+        let sequences = (
+            timeline.first().map_or(0, |t| t.sequence),
+            timeline.last().map_or(0, |t| t.sequence),
+        );
         let survivor = &plan.customer;
         if plan.create_customer {
             self.next_sequence.insert(survivor.clone(), 1);
@@ -328,8 +377,8 @@ impl Overlay {
             customer: survivor.clone(),
             conversation: plan.conversation_id.clone(),
         });
-        for entry in &plan.timeline {
-            self.writes.push(Write::Timeline(Box::new(entry.clone())));
+        for entry in timeline {
+            self.writes.push(Write::Timeline(Box::new(entry)));
         }
         self.next_sequence
             .insert(survivor.clone(), plan.next_sequence);
@@ -337,6 +386,11 @@ impl Overlay {
             id: survivor.clone(),
             next_sequence: plan.next_sequence,
         });
+        Outcome::Threaded {
+            customer_id: plan.customer,
+            conversation_id: plan.conversation_id,
+            sequences,
+        }
     }
 
     /// What the merge statements do, to the overlay's own rows.
@@ -461,6 +515,50 @@ impl Run {
             Write::Merge { .. }
             | Write::DeleteSuggestion { .. }
             | Write::InsertSuggestion { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{key_chunks, row_chunks};
+
+    #[test]
+    fn row_chunks_cover_the_rows_in_order_with_few_shapes() {
+        for n in [0, 1, 2, 3, 7, 8, 127, 128, 129, 250, 256, 300, 1000] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = row_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "{n} rows");
+            assert!(
+                chunks
+                    .iter()
+                    .all(|c| c.len().is_power_of_two() && c.len() <= 128),
+                "{n} rows"
+            );
+            // Largest first, each smaller size at most once.
+            let tail: Vec<usize> = chunks
+                .iter()
+                .map(|c| c.len())
+                .filter(|&l| l < 128)
+                .collect();
+            assert!(tail.windows(2).all(|w| w[0] > w[1]), "{n} rows: {tail:?}");
+        }
+    }
+
+    #[test]
+    fn key_chunks_pad_with_the_last_key_to_three_lengths() {
+        for n in [0, 1, 5, 8, 9, 32, 33, 128, 129, 300] {
+            let keys: Vec<usize> = (0..n).collect();
+            let chunks = key_chunks(&keys);
+            let mut seen = Vec::new();
+            for chunk in &chunks {
+                assert!([8, 32, 128].contains(&chunk.len()), "{n} keys");
+                // Padding only repeats the chunk's own last key.
+                let mut distinct: Vec<usize> = chunk.iter().map(|&&k| k).collect();
+                distinct.dedup();
+                seen.extend(distinct);
+            }
+            assert_eq!(seen, keys, "{n} keys");
         }
     }
 }

@@ -89,14 +89,7 @@ macro_rules! sql_store {
                         }
                         Ok($crate::Decision::Threaded(plan)) => plan,
                     };
-                    overlay.apply(&input.event.event_id, &plan);
-                    let first = plan.timeline.first().map_or(0, |t| t.sequence);
-                    let last = plan.timeline.last().map_or(0, |t| t.sequence);
-                    outcomes.push(Ok($crate::Outcome::Threaded {
-                        customer_id: plan.customer,
-                        conversation_id: plan.conversation_id,
-                        sequences: (first, last),
-                    }));
+                    outcomes.push(Ok(overlay.apply(&input.event.event_id, *plan)));
                 }
                 let writes = overlay.into_writes();
                 if writes.is_empty() {
@@ -116,19 +109,17 @@ macro_rules! sql_store {
             ) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
                 use sqlx::Row as _;
-                const CHUNK: usize = 400;
-                for ids in wants.event_ids.chunks(CHUNK) {
+                for ids in $crate::batch::key_chunks(&wants.event_ids) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (",
                     );
                     let mut list = q.separated(", ");
-                    for id in ids {
-                        list.push_bind(id.clone());
+                    for id in &ids {
+                        list.push_bind((*id).clone());
                     }
                     q.push(")");
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("checking for duplicates")?;
@@ -139,19 +130,18 @@ macro_rules! sql_store {
                         );
                     }
                 }
-                for keys in wants.handles.chunks(CHUNK) {
+                for keys in $crate::batch::key_chunks(&wants.handles) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT i.kind, i.scope, i.value, COALESCE(c.merged_into, i.customer_id), \
                          i.confirmed FROM (VALUES ",
                     );
-                    Self::push_keys(&mut q, keys);
+                    Self::push_keys(&mut q, &keys);
                     q.push(
                         ") w JOIN identities i ON i.kind = w.column1 AND i.scope = w.column2 \
                          AND i.value = w.column3 LEFT JOIN customers c ON c.id = i.customer_id",
                     );
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("looking up handles")?;
@@ -172,14 +162,13 @@ macro_rules! sql_store {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT s.customer_id, s.kind, s.scope, s.value FROM (VALUES ",
                     );
-                    Self::push_keys(&mut q, keys);
+                    Self::push_keys(&mut q, &keys);
                     q.push(
                         ") w JOIN suggested_links s ON s.kind = w.column1 AND s.scope = w.column2 \
                          AND s.value = w.column3",
                     );
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("reading suggestions")?;
@@ -195,18 +184,17 @@ macro_rules! sql_store {
                     }
                 }
                 let customers = overlay.owner_customers();
-                for ids in customers.chunks(CHUNK) {
+                for ids in $crate::batch::key_chunks(&customers) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, next_sequence FROM customers WHERE id IN (",
                     );
                     let mut list = q.separated(", ");
-                    for id in ids {
+                    for id in &ids {
                         list.push_bind(id.as_str().to_owned());
                     }
                     q.push(concat!(") ORDER BY id", $lock));
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("locking customers")?;
@@ -222,13 +210,12 @@ macro_rules! sql_store {
                          last_activity_ms FROM conversations WHERE (open OR email) AND customer_id IN (",
                     );
                     let mut list = q.separated(", ");
-                    for id in ids {
+                    for id in &ids {
                         list.push_bind(id.as_str().to_owned());
                     }
                     q.push(")");
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("loading conversations")?;
@@ -236,19 +223,18 @@ macro_rules! sql_store {
                         overlay.add_conversation(Self::conversation_row(r)?);
                     }
                 }
-                for ids in wants.message_ids.chunks(CHUNK) {
+                for ids in $crate::batch::key_chunks(&wants.message_ids) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT message_id, customer_id, conversation_id FROM message_refs \
                          WHERE message_id IN (",
                     );
                     let mut list = q.separated(", ");
-                    for id in ids {
-                        list.push_bind(id.clone());
+                    for id in &ids {
+                        list.push_bind((*id).clone());
                     }
                     q.push(")");
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("looking up message ids")?;
@@ -261,19 +247,18 @@ macro_rules! sql_store {
                     }
                 }
                 let missing = overlay.missing_conversations();
-                for ids in missing.chunks(CHUNK) {
+                for ids in $crate::batch::key_chunks(&missing) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms FROM conversations WHERE id IN (",
                     );
                     let mut list = q.separated(", ");
-                    for id in ids {
-                        list.push_bind(id.clone());
+                    for id in &ids {
+                        list.push_bind((*id).clone());
                     }
                     q.push(")");
                     let rows = q
                         .build()
-                        .persistent(false)
                         .fetch_all(&mut **tx)
                         .await
                         .ctx("loading conversation")?;
@@ -287,7 +272,7 @@ macro_rules! sql_store {
             /// `(k, s, v), ...` rows of a `VALUES` list (the table `w`
             /// joined against the handle columns, so each row is one
             /// primary-key search).
-            fn push_keys(q: &mut sqlx::QueryBuilder<$db>, keys: &[$crate::HandleKey]) {
+            fn push_keys(q: &mut sqlx::QueryBuilder<$db>, keys: &[&$crate::HandleKey]) {
                 for (i, key) in keys.iter().enumerate() {
                     q.push(if i == 0 { "(" } else { ", (" });
                     q.push_bind(key.kind.clone());
@@ -702,8 +687,7 @@ macro_rules! sql_store {
                 run: $crate::batch::Run,
             ) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
-                const ROWS: usize = 200;
-                for rows in run.customers.chunks(ROWS) {
+                for rows in $crate::batch::row_chunks(&run.customers) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO customers (id, merged_into, next_sequence) ",
                     );
@@ -714,12 +698,11 @@ macro_rules! sql_store {
                     });
                     q.push(" ON CONFLICT (id) DO UPDATE SET next_sequence = excluded.next_sequence");
                     q.build()
-                        .persistent(false)
                         .execute(&mut **tx)
                         .await
                         .ctx("writing customers")?;
                 }
-                for rows in run.identities.chunks(ROWS) {
+                for rows in $crate::batch::row_chunks(&run.identities) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO identities (kind, scope, value, customer_id, confirmed) ",
                     );
@@ -735,12 +718,11 @@ macro_rules! sql_store {
                          customer_id = excluded.customer_id, confirmed = excluded.confirmed",
                     );
                     q.build()
-                        .persistent(false)
                         .execute(&mut **tx)
                         .await
                         .ctx("linking handles")?;
                 }
-                for rows in run.conversations.chunks(ROWS) {
+                for rows in $crate::batch::row_chunks(&run.conversations) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
                          subject, open, last_activity_ms) ",
@@ -760,12 +742,11 @@ macro_rules! sql_store {
                          open = excluded.open, last_activity_ms = excluded.last_activity_ms",
                     );
                     q.build()
-                        .persistent(false)
                         .execute(&mut **tx)
                         .await
                         .ctx("writing conversations")?;
                 }
-                for rows in run.message_refs.chunks(ROWS) {
+                for rows in $crate::batch::row_chunks(&run.message_refs) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO message_refs (message_id, customer_id, conversation_id) ",
                     );
@@ -776,12 +757,11 @@ macro_rules! sql_store {
                     });
                     q.push(" ON CONFLICT DO NOTHING");
                     q.build()
-                        .persistent(false)
                         .execute(&mut **tx)
                         .await
                         .ctx("recording message ids")?;
                 }
-                for rows in run.processed.chunks(ROWS) {
+                for rows in $crate::batch::row_chunks(&run.processed) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO processed_events (event_id, customer_id, conversation_id) ",
                     );
@@ -791,13 +771,12 @@ macro_rules! sql_store {
                             .push_bind(conversation.clone());
                     });
                     q.build()
-                        .persistent(false)
                         .execute(&mut **tx)
                         .await
                         .ctx("recording events")?;
                 }
                 // Outbox rows in plan order: ids increase with it.
-                for rows in run.timeline.chunks(ROWS) {
+                for rows in $crate::batch::row_chunks(&run.timeline) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) ",
                     );
@@ -808,7 +787,6 @@ macro_rules! sql_store {
                             .push_bind(prost::Message::encode_to_vec(entry));
                     });
                     q.build()
-                        .persistent(false)
                         .execute(&mut **tx)
                         .await
                         .ctx("writing outbox")?;
@@ -848,31 +826,10 @@ macro_rules! sql_store {
                         source,
                     }
                 })?;
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match self.thread_once(config, input, &lookups).await {
-                        Err(e) if $retryable(&e) && attempt < $crate::sql::MAX_ATTEMPTS => {
-                            tracing::debug!(
-                                event_id = %input.event.event_id,
-                                attempt,
-                                error = %e,
-                                "threading transaction conflicted, retrying"
-                            );
-                            // Back off a little, longer each time, so two
-                            // workers stop colliding in lockstep.
-                            let ms = u64::from(attempt.min(20)) * 2;
-                            $crate::sql::sleep_ms(ms).await;
-                        }
-                        Err(e) if $retryable(&e) => {
-                            return Err($crate::StoreError::Contention {
-                                event_id: input.event.event_id.clone(),
-                                attempts: attempt,
-                            });
-                        }
-                        other => return other,
-                    }
-                }
+                $crate::sql::retrying(&input.event.event_id, $retryable, || {
+                    self.thread_once(config, input, &lookups)
+                })
+                .await
             }
 
             async fn thread_batch(
