@@ -389,7 +389,6 @@ macro_rules! sql_store {
                 lookups: &$crate::Lookups,
             ) -> Result<$crate::Snapshot, $crate::StoreError> {
                 use $crate::error::DbContext as _;
-                use sqlx::Row as _;
                 let mut snapshot = $crate::Snapshot::default();
                 let seen = sqlx::query("SELECT 1 FROM processed_events WHERE event_id = $1")
                     .bind(&lookups.event_id)
@@ -401,27 +400,8 @@ macro_rules! sql_store {
                     return Ok(snapshot);
                 }
                 for key in &lookups.handles {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
-                         FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
-                         WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
-                    )
-                    .bind(&key.kind)
-                    .bind(&key.scope)
-                    .bind(&key.value)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .ctx("looking up handle")?;
-                    if let Some(row) = row {
-                        let customer: String = row.try_get(0).ctx("decoding handle")?;
-                        let confirmed: bool = row.try_get(1).ctx("decoding handle")?;
-                        snapshot.owners.insert(
-                            key.clone(),
-                            $crate::HandleOwner {
-                                customer: $crate::CustomerId::from_string(customer),
-                                confirmed,
-                            },
-                        );
+                    if let Some(owner) = Self::owner_of(tx, key).await? {
+                        snapshot.owners.insert(key.clone(), owner);
                     }
                 }
                 let mut customers: Vec<$crate::CustomerId> =
@@ -429,17 +409,8 @@ macro_rules! sql_store {
                 customers.sort();
                 customers.dedup();
                 for customer in &customers {
-                    let next: i64 = sqlx::query_scalar(concat!(
-                        "SELECT next_sequence FROM customers WHERE id = $1",
-                        $lock
-                    ))
-                    .bind(customer.as_str())
-                    .fetch_one(&mut **tx)
-                    .await
-                    .ctx("locking customer")?;
-                    snapshot
-                        .next_sequence
-                        .insert(customer.clone(), u64::try_from(next).unwrap_or(1));
+                    let next = Self::lock_customer(tx, customer).await?;
+                    snapshot.next_sequence.insert(customer.clone(), next);
                     let rows = sqlx::query(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms FROM conversations WHERE customer_id = $1 \
@@ -512,20 +483,7 @@ macro_rules! sql_store {
                     Self::merge(tx, survivor, loser.as_str()).await?;
                 }
                 for (key, confirmed) in &plan.links {
-                    sqlx::query(
-                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, scope, value) \
-                         DO UPDATE SET customer_id = excluded.customer_id, confirmed = excluded.confirmed",
-                    )
-                    .bind(&key.kind)
-                    .bind(&key.scope)
-                    .bind(&key.value)
-                    .bind(survivor)
-                    .bind(*confirmed)
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("linking handle")?;
-                    Self::delete_suggestion(tx, survivor, key).await?;
+                    Self::link(tx, key, survivor, *confirmed).await?;
                 }
                 for key in &plan.suggestions {
                     Self::insert_suggestion(tx, survivor, key).await?;
@@ -572,21 +530,112 @@ macro_rules! sql_store {
                 .await
                 .ctx("recording event")?;
                 for entry in &plan.timeline {
-                    sqlx::query(
-                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(survivor)
-                    .bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
-                    .bind(&entry.timeline_event_id)
-                    .bind(prost::Message::encode_to_vec(entry))
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("writing outbox")?;
+                    Self::append_outbox(tx, entry).await?;
                 }
+                Self::set_next_sequence(tx, survivor, plan.next_sequence).await
+            }
+
+            /// The owner of a handle, resolved through merges.
+            async fn owner_of(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                key: &$crate::HandleKey,
+            ) -> Result<Option<$crate::HandleOwner>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                let row = sqlx::query(
+                    "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
+                     FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
+                     WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
+                )
+                .bind(&key.kind)
+                .bind(&key.scope)
+                .bind(&key.value)
+                .fetch_optional(&mut **tx)
+                .await
+                .ctx("looking up handle")?;
+                row.map(|row| {
+                    Ok($crate::HandleOwner {
+                        customer: $crate::CustomerId::from_string(
+                            row.try_get(0).ctx("decoding handle")?,
+                        ),
+                        confirmed: row.try_get(1).ctx("decoding handle")?,
+                    })
+                })
+                .transpose()
+            }
+
+            /// A customer's next sequence, its row locked (PostgreSQL) for
+            /// the rest of the transaction.
+            async fn lock_customer(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &$crate::CustomerId,
+            ) -> Result<u64, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let next: i64 = sqlx::query_scalar(concat!(
+                    "SELECT next_sequence FROM customers WHERE id = $1",
+                    $lock
+                ))
+                .bind(customer.as_str())
+                .fetch_one(&mut **tx)
+                .await
+                .ctx("locking customer")?;
+                Ok(u64::try_from(next).unwrap_or(1))
+            }
+
+            /// Links a handle to a customer (insert or move); a suggestion
+            /// of it for that customer is then moot.
+            async fn link(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                key: &$crate::HandleKey,
+                customer: &str,
+                confirmed: bool,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query(
+                    "INSERT INTO identities (kind, scope, value, customer_id, confirmed) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, scope, value) \
+                     DO UPDATE SET customer_id = excluded.customer_id, confirmed = excluded.confirmed",
+                )
+                .bind(&key.kind)
+                .bind(&key.scope)
+                .bind(&key.value)
+                .bind(customer)
+                .bind(confirmed)
+                .execute(&mut **tx)
+                .await
+                .ctx("linking handle")?;
+                Self::delete_suggestion(tx, customer, key).await
+            }
+
+            /// Appends a timeline row to the outbox.
+            async fn append_outbox(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                entry: &omni_proto::v1::TimelineEvent,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query(
+                    "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&entry.customer_id)
+                .bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
+                .bind(&entry.timeline_event_id)
+                .bind(prost::Message::encode_to_vec(entry))
+                .execute(&mut **tx)
+                .await
+                .ctx("writing outbox")?;
+                Ok(())
+            }
+
+            async fn set_next_sequence(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                next: u64,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
                 sqlx::query("UPDATE customers SET next_sequence = $1 WHERE id = $2")
-                    .bind(i64::try_from(plan.next_sequence).unwrap_or(i64::MAX))
-                    .bind(survivor)
+                    .bind(i64::try_from(next).unwrap_or(i64::MAX))
+                    .bind(customer)
                     .execute(&mut **tx)
                     .await
                     .ctx("advancing sequence")?;
@@ -838,32 +887,9 @@ macro_rules! sql_store {
                 inputs: &[$crate::InboundEvent],
             ) -> Result<Vec<Result<$crate::Outcome, $crate::ThreadingError>>, $crate::StoreError>
             {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match self.thread_batch_once(config, inputs).await {
-                        Err(e) if $retryable(&e) && attempt < $crate::sql::MAX_ATTEMPTS => {
-                            tracing::debug!(
-                                events = inputs.len(),
-                                attempt,
-                                error = %e,
-                                "threading batch conflicted, retrying it whole"
-                            );
-                            let ms = u64::from(attempt.min(20)) * 2;
-                            $crate::sql::sleep_ms(ms).await;
-                        }
-                        Err(e) if $retryable(&e) => {
-                            return Err($crate::StoreError::Contention {
-                                event_id: inputs
-                                    .first()
-                                    .map(|i| i.event.event_id.clone())
-                                    .unwrap_or_default(),
-                                attempts: attempt,
-                            });
-                        }
-                        other => return other,
-                    }
-                }
+                // A conflict retries the whole batch.
+                let first = inputs.first().map_or("", |i| i.event.event_id.as_str());
+                $crate::sql::retrying(first, $retryable, || self.thread_batch_once(config, inputs)).await
             }
 
             async fn pending_outbox(
@@ -1006,24 +1032,11 @@ macro_rules! sql_store {
                     source,
                 };
                 let lookups = $crate::command_lookups(command).map_err(refused)?;
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match self.apply_command_once(command, &lookups).await {
-                        Err(e) if $retryable(&e) && attempt < $crate::sql::MAX_ATTEMPTS => {
-                            let ms = u64::from(attempt.min(20)) * 2;
-                            $crate::sql::sleep_ms(ms).await;
-                        }
-                        Err(e) if $retryable(&e) => {
-                            return Err($crate::StoreError::Contention {
-                                event_id: command.command_id.clone(),
-                                attempts: attempt,
-                            });
-                        }
-                        Err(e) => return Err(e),
-                        Ok(result) => return result.map_err(refused),
-                    }
-                }
+                $crate::sql::retrying(&command.command_id, $retryable, || {
+                    self.apply_command_once(command, &lookups)
+                })
+                .await?
+                .map_err(refused)
             }
 
             async fn acquire_lease(
@@ -1105,7 +1118,6 @@ macro_rules! sql_store {
                 lookups: &$crate::CommandLookups,
             ) -> Result<$crate::CommandSnapshot, $crate::StoreError> {
                 use $crate::error::DbContext as _;
-                use sqlx::Row as _;
                 let mut snapshot = $crate::CommandSnapshot::default();
                 let seen = sqlx::query("SELECT 1 FROM applied_commands WHERE command_id = $1")
                     .bind(&lookups.command_id)
@@ -1143,27 +1155,8 @@ macro_rules! sql_store {
                     }
                 }
                 for key in &lookups.handles {
-                    let row = sqlx::query(
-                        "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
-                         FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
-                         WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
-                    )
-                    .bind(&key.kind)
-                    .bind(&key.scope)
-                    .bind(&key.value)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .ctx("looking up handle")?;
-                    if let Some(row) = row {
-                        snapshot.owners.insert(
-                            key.clone(),
-                            $crate::HandleOwner {
-                                customer: $crate::CustomerId::from_string(
-                                    row.try_get(0).ctx("decoding handle")?,
-                                ),
-                                confirmed: row.try_get(1).ctx("decoding handle")?,
-                            },
-                        );
+                    if let Some(owner) = Self::owner_of(tx, key).await? {
+                        snapshot.owners.insert(key.clone(), owner);
                     }
                 }
                 // Lock every surviving customer involved, in id order (so
@@ -1175,17 +1168,8 @@ macro_rules! sql_store {
                     .chain(snapshot.owners.values().map(|o| o.customer.clone()))
                     .collect();
                 for customer in survivors {
-                    let next: i64 = sqlx::query_scalar(concat!(
-                        "SELECT next_sequence FROM customers WHERE id = $1",
-                        $lock
-                    ))
-                    .bind(customer.as_str())
-                    .fetch_one(&mut **tx)
-                    .await
-                    .ctx("locking customer")?;
-                    snapshot
-                        .next_sequence
-                        .insert(customer, u64::try_from(next).unwrap_or(1));
+                    let next = Self::lock_customer(tx, &customer).await?;
+                    snapshot.next_sequence.insert(customer, next);
                 }
                 Ok(snapshot)
             }
@@ -1209,20 +1193,7 @@ macro_rules! sql_store {
                     Self::merge(tx, survivor.as_str(), loser.as_str()).await?;
                 }
                 for (key, customer, confirmed) in &plan.links {
-                    sqlx::query(
-                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, scope, value) \
-                         DO UPDATE SET customer_id = excluded.customer_id, confirmed = excluded.confirmed",
-                    )
-                    .bind(&key.kind)
-                    .bind(&key.scope)
-                    .bind(&key.value)
-                    .bind(customer.as_str())
-                    .bind(*confirmed)
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("linking handle")?;
-                    Self::delete_suggestion(tx, customer.as_str(), key).await?;
+                    Self::link(tx, key, customer.as_str(), *confirmed).await?;
                 }
                 for c in &plan.conversations {
                     sqlx::query(
@@ -1249,25 +1220,10 @@ macro_rules! sql_store {
                     .ctx("moving message ids")?;
                 }
                 for entry in &plan.timeline {
-                    sqlx::query(
-                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(&entry.customer_id)
-                    .bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
-                    .bind(&entry.timeline_event_id)
-                    .bind(prost::Message::encode_to_vec(entry))
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("writing outbox")?;
+                    Self::append_outbox(tx, entry).await?;
                 }
                 for (customer, next) in &plan.next_sequences {
-                    sqlx::query("UPDATE customers SET next_sequence = $1 WHERE id = $2")
-                        .bind(i64::try_from(*next).unwrap_or(i64::MAX))
-                        .bind(customer.as_str())
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("advancing sequence")?;
+                    Self::set_next_sequence(tx, customer.as_str(), *next).await?;
                 }
                 let issued_ms = $crate::logic::timestamp_ms(command.issued_at.as_ref());
                 sqlx::query("INSERT INTO applied_commands (command_id, issued_at_ms) VALUES ($1, $2)")
@@ -1284,9 +1240,39 @@ macro_rules! sql_store {
 
 pub(crate) use sql_store;
 
-/// Backs off before a retry.
-pub(crate) async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+/// Runs one transaction `attempt` until it commits or fails for good: a
+/// conflict with another worker (`retryable`) is retried from the start,
+/// re-reading what the winner committed, after a short wait that grows
+/// each time so two workers stop colliding in lockstep; after
+/// [`MAX_ATTEMPTS`] it is [`crate::StoreError::Contention`] for `id` (the
+/// event or command).
+pub(crate) async fn retrying<T, F, Fut>(
+    id: &str,
+    retryable: fn(&crate::StoreError) -> bool,
+    mut attempt: F,
+) -> Result<T, crate::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::StoreError>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Err(e) if retryable(&e) && attempts < MAX_ATTEMPTS => {
+                tracing::debug!(id, attempts, error = %e, "transaction conflicted, retrying");
+                let ms = u64::from(attempts.min(20)) * 2;
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            Err(e) if retryable(&e) => {
+                return Err(crate::StoreError::Contention {
+                    event_id: id.to_owned(),
+                    attempts,
+                });
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The database error code of a store error, if it has one.
