@@ -580,7 +580,7 @@ async fn apply_command(
             } else {
                 (StatusCode::BAD_REQUEST, "invalid_command")
             };
-            return into_axum(error_response(status, code, &source.to_string()));
+            return into_axum(error_response(status, code, source.to_string()));
         }
         Err(error) => return store_failed(&error),
     };
@@ -621,7 +621,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::Fr
             into_axum(error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
-                &e.to_string(),
+                e.to_string(),
             ))
         })
     }
@@ -683,15 +683,17 @@ struct HandleBody {
     scope: Option<String>,
 }
 
-fn proto_handle(handle: &HandleBody) -> Result<omni_proto::v1::IdentityHandle, Response> {
+/// The normalized proto handle; on refusal, the 400 answer (boxed: a
+/// response is large).
+fn proto_handle(handle: &HandleBody) -> Result<omni_proto::v1::IdentityHandle, Box<Response>> {
     crate::threading::handle_key(&handle.kind, &handle.value, handle.scope.as_deref())
         .map(|key| key.to_proto(true))
         .map_err(|reason| {
-            into_axum(error_response(
+            Box::new(into_axum(error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_handle",
-                &reason,
-            ))
+                reason,
+            )))
         })
 }
 
@@ -712,7 +714,7 @@ async fn link_identity(
 ) -> Response {
     let handle = match proto_handle(&body.handle) {
         Ok(handle) => handle,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let action = Command::Link(omni_proto::v1::LinkIdentity {
         customer_id,
@@ -749,7 +751,7 @@ async fn unlink_identity(
         scope: query.scope,
     }) {
         Ok(handle) => handle,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let action = Command::Unlink(omni_proto::v1::UnlinkIdentity {
         customer_id,
@@ -800,7 +802,7 @@ async fn split_customer(
 ) -> Response {
     let handles = match body.handles.iter().map(proto_handle).collect() {
         Ok(handles) => handles,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let action = Command::Split(omni_proto::v1::SplitCustomer {
         customer_id,

@@ -591,8 +591,10 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
         for _ in 0..120 {
             let email = identity(&client, &second, "email/ana@example.com").await;
             let phone = identity(&client, &first, "phone/%2B14155550134").await;
-            if email.is_some() && email == phone {
-                survivor = email.unwrap();
+            if let Some(email) = email
+                && Some(&email) == phone.as_ref()
+            {
+                survivor = email;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
