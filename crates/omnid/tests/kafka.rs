@@ -14,8 +14,9 @@ use omni_log::{EventLog, KafkaLog, KafkaLogConfig, StoredRecord};
 use omni_proto::{
     Message,
     v1::{
-        CloseConversation, ConversationEvent, DeadLetter, MergeCustomers, ThreadingCommand,
-        TimelineEvent, threading_command::Command, timeline_event::Entry,
+        CloseConversation, ConversationEvent, DeadLetter, HandleKind, IdentityHandle, LinkIdentity,
+        MergeCustomers, ThreadingCommand, TimelineEvent, threading_command::Command,
+        timeline_event::Entry,
     },
 };
 
@@ -709,4 +710,162 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+/// Kill -9 the daemon while it applies a stream of helpdesk commands from
+/// the topic, restart it: every command's entry is on the timeline exactly
+/// once (the consumer commits only after applying, and the store drops
+/// what it applied before), and the customer's sequence has no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_survive_kill_9_exactly_once() {
+    const COMMANDS: usize = 1500;
+    let broker = Broker::start().await;
+    // A killed consumer leaves the group only when its session times out:
+    // keep that short, so the restarted one gets the partitions back soon.
+    let config = common::kafka::log_config(&broker.bootstrap(), 3, "protobuf").replacen(
+        "[log.kafka.librdkafka]\n",
+        "[log.kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+        1,
+    );
+    let deployment = Deployment::with_config(&config);
+    let mut daemon = deployment.start();
+    let client = client();
+    post_one(&client, &daemon, CHANNEL, from("k-1", "phone", PHONE)).await;
+    let log = reader(&broker.bootstrap());
+    let records = wait_for_timeline(&log, "the first message", |records| {
+        records.iter().any(|r| message_id(r).is_some())
+    })
+    .await;
+    let customer = records[0].customer_id.clone();
+
+    // The commands consumer joins its group first (a command applied).
+    let warm_up = ThreadingCommand {
+        command_id: "warm-up".to_owned(),
+        command: Some(Command::Close(CloseConversation {
+            conversation_id: records
+                .iter()
+                .find(|r| message_id(r).is_some())
+                .unwrap()
+                .conversation_id
+                .clone(),
+            reason: String::new(),
+        })),
+        ..Default::default()
+    };
+    produce_command(&log, &customer, &warm_up).await;
+    wait_for_timeline(&log, "the warm-up command", |records| {
+        records
+            .iter()
+            .any(|r| matches!(&r.entry, Some(Entry::Conversation(_))))
+    })
+    .await;
+
+    // Produced one by one while the daemon applies them, so the kill
+    // lands mid-stream.
+    let producer = {
+        let (log, customer) = (reader(&broker.bootstrap()), customer.clone());
+        tokio::spawn(async move {
+            for i in 0..COMMANDS {
+                let link = ThreadingCommand {
+                    command_id: format!("link-{i}"),
+                    actor: "helpdesk".to_owned(),
+                    issued_at: None,
+                    command: Some(Command::Link(LinkIdentity {
+                        customer_id: customer.clone(),
+                        handle: Some(IdentityHandle {
+                            kind: HandleKind::TelegramUser as i32,
+                            value: (100_000 + i).to_string(),
+                            ..Default::default()
+                        }),
+                    })),
+                };
+                produce_command(&log, &customer, &link).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let links = |records: &[TimelineEvent]| {
+        records
+            .iter()
+            .filter(|r| matches!(&r.entry, Some(Entry::Identity(l)) if l.reason == "command"))
+            .count()
+    };
+    // Kill once some are applied (the daemon's own count, read fast).
+    let mut applied = 0.0;
+    for _ in 0..3000 {
+        let text = client
+            .get(daemon.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        applied = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("omnid_threading_commands_total{")
+                    && l.contains("outcome=\"applied\"")
+                    && l.contains("source=\"topic\"")
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if applied >= 50.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(applied >= 50.0, "the commands consumer never got going");
+    daemon.kill9();
+    eprintln!(
+        "killed with {applied} of {COMMANDS} commands applied (producer finished: {})",
+        producer.is_finished()
+    );
+    producer.await.unwrap();
+
+    let daemon = deployment.start();
+    // The restarted consumer applies the rest (a replayed batch is
+    // dropped as duplicates), then the relay publishes it.
+    let mut done = false;
+    for _ in 0..240 {
+        let records = timeline_records(&log).await;
+        if links(&records) >= COMMANDS {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if !done {
+        let stderr = daemon.stderr();
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        panic!(
+            "the timeline never had every command; daemon log (newest first):\n{}",
+            tail.join("\n")
+        );
+    }
+    // Let anything doubled arrive before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = timeline_records(&log).await;
+    let mut handles: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        if let Some(Entry::Identity(l)) = &r.entry
+            && l.reason == "command"
+        {
+            *handles
+                .entry(l.handle.as_ref().unwrap().value.clone())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(handles.len(), COMMANDS, "every command applied");
+    assert!(
+        handles.values().all(|&n| n == 1),
+        "no command applied twice"
+    );
+    let sequences: Vec<u64> = records
+        .iter()
+        .filter(|r| r.customer_id == customer)
+        .map(|r| r.sequence)
+        .collect();
+    let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+    assert_eq!(sequences, expected, "the customer's sequence has no gap");
 }
