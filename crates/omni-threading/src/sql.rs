@@ -961,27 +961,13 @@ macro_rules! sql_store {
                 handle: &$crate::HandleKey,
             ) -> Result<Option<$crate::IdentityRecord>, $crate::StoreError> {
                 use $crate::error::DbContext as _;
-                use sqlx::Row as _;
-                let row = sqlx::query(
-                    "SELECT COALESCE(c.merged_into, i.customer_id), i.confirmed \
-                     FROM identities i LEFT JOIN customers c ON c.id = i.customer_id \
-                     WHERE i.kind = $1 AND i.scope = $2 AND i.value = $3",
-                )
-                .bind(&handle.kind)
-                .bind(&handle.scope)
-                .bind(&handle.value)
-                .fetch_optional(&self.pool)
-                .await
-                .ctx("looking up handle")?;
-                row.map(|r| {
-                    Ok($crate::IdentityRecord {
-                        customer_id: $crate::CustomerId::from_string(
-                            r.try_get(0).ctx("decoding handle")?,
-                        ),
-                        confirmed: r.try_get(1).ctx("decoding handle")?,
-                    })
-                })
-                .transpose()
+                let mut tx = self.pool.begin().await.ctx("beginning transaction")?;
+                let owner = Self::owner_of(&mut tx, handle).await?;
+                tx.rollback().await.ctx("rolling back")?;
+                Ok(owner.map(|o| $crate::IdentityRecord {
+                    customer_id: o.customer,
+                    confirmed: o.confirmed,
+                }))
             }
 
             async fn resolve_customer(
