@@ -120,24 +120,28 @@ impl Consumer {
             Ok(command) => command,
             Err((reason, detail)) => {
                 let id = header(stored, cloudevents::HEADER_ID).unwrap_or_default();
-                return self.dead_letter(stored, &id, "", reason, &detail).await;
+                self.dead_letter(stored, &id, reason, &detail).await?;
+                CommandHandled {
+                    outcome: Handled::Refused,
+                    command_id: &id,
+                    action: "",
+                    actor: "",
+                    detail: &format!("{reason}: {detail}"),
+                    retry_in: None,
+                }
+                .emit(&self.metrics);
+                return Ok(());
             }
         };
         let mut backoff = Backoff::default();
         loop {
             match apply(self.store.as_ref(), &command, &self.metrics).await {
                 Ok(_) => return Ok(()),
+                // `apply` counted the refusal.
                 Err(StoreError::Command { source, .. }) => {
                     let detail = source.to_string();
-                    let action = action_name(&command);
                     return self
-                        .dead_letter(
-                            stored,
-                            &command.command_id,
-                            action,
-                            "command_refused",
-                            &detail,
-                        )
+                        .dead_letter(stored, &command.command_id, "command_refused", &detail)
                         .await;
                 }
                 Err(error) => {
@@ -161,7 +165,6 @@ impl Consumer {
         &self,
         stored: &StoredRecord,
         command_id: &str,
-        action: &str,
         reason: &'static str,
         detail: &str,
     ) -> Result<(), Stopped> {
@@ -173,19 +176,6 @@ impl Consumer {
             reason,
             detail,
         );
-        consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await?;
-        if reason != "command_refused" {
-            // Refusals were counted by `apply`.
-            CommandHandled {
-                outcome: Handled::Refused,
-                command_id,
-                action,
-                actor: "",
-                detail: &format!("{reason}: {detail}"),
-                retry_in: None,
-            }
-            .emit(&self.metrics);
-        }
-        Ok(())
+        consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await
     }
 }

@@ -51,7 +51,8 @@ struct Inner {
     /// The threading store, read by the query API and changed by the
     /// commands API.
     threading: OnceLock<Arc<dyn ThreadingStore>>,
-    command_metrics: OnceLock<CommandMetrics>,
+    /// `omnid_threading_commands_total{source="http"}`.
+    command_metrics: CommandMetrics,
 }
 
 impl AppState {
@@ -70,7 +71,7 @@ impl AppState {
                 prometheus,
                 outbound_api: OnceLock::new(),
                 threading: OnceLock::new(),
-                command_metrics: OnceLock::new(),
+                command_metrics: CommandMetrics::register("http"),
             }),
         }
     }
@@ -96,14 +97,10 @@ impl AppState {
         let _ = self.inner.outbound_api.set(api);
     }
 
-    /// Turns on the query API over `store` (it still needs
+    /// Turns on the query and commands API over `store` (it still needs
     /// `http.api_token`).
     pub fn enable_threading_api(&self, store: Arc<dyn ThreadingStore>) {
         let _ = self.inner.threading.set(store);
-        let _ = self
-            .inner
-            .command_metrics
-            .set(CommandMetrics::register("http"));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -563,9 +560,7 @@ async fn apply_command(
     if command.issued_at.is_none() {
         command.issued_at = Some(omni_proto::timestamp(SystemTime::now()));
     }
-    let Some(metrics) = state.inner.command_metrics.get() else {
-        return store_failed_text("the commands api is not ready");
-    };
+    let metrics = &state.inner.command_metrics;
     let (outcome, entries) = match crate::commands::apply(store.as_ref(), &command, metrics).await {
         Ok(omni_threading::CommandOutcome::Duplicate) => ("duplicate", Vec::new()),
         Ok(omni_threading::CommandOutcome::Applied(entries)) if entries.is_empty() => {
@@ -591,14 +586,6 @@ async fn apply_command(
         "entries": entries,
     }))
     .into_response()
-}
-
-fn store_failed_text(detail: &str) -> Response {
-    into_axum(error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        detail,
-    ))
 }
 
 /// A JSON request body; an empty body reads as `T::default()`, and a bad

@@ -344,8 +344,10 @@ async fn json_encoding_writes_the_protobuf_json_mapping() {
     drop(daemon);
 }
 
-/// A counter's value on a daemon's `/metrics` (0 when absent).
-async fn metric(daemon: &common::Daemon, line_prefix: &str) -> f64 {
+/// A counter's value on a daemon's `/metrics` (0 when absent): the series
+/// `name` carrying every label of `labels` (`outcome="applied"`), in
+/// whatever order the exporter writes them.
+async fn metric(daemon: &common::Daemon, name: &str, labels: &[&str]) -> f64 {
     let text = client()
         .get(daemon.url("/metrics"))
         .send()
@@ -355,8 +357,12 @@ async fn metric(daemon: &common::Daemon, line_prefix: &str) -> f64 {
         .await
         .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
 
@@ -507,10 +513,16 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
         );
         // The group spreads the partitions once both have joined: warm
         // up until each worker has threaded something.
-        let threaded = "omnid_threading_events_total{outcome=\"threaded\"} ";
+        let threaded = |daemon| {
+            metric(
+                daemon,
+                "omnid_threading_events_total",
+                &["outcome=\"threaded\""],
+            )
+        };
         let mut warm_up = Vec::new();
         for round in 0.. {
-            if metric(&first, threaded).await > 0.0 && metric(&second, threaded).await > 0.0 {
+            if threaded(&first).await > 0.0 && threaded(&second).await > 0.0 {
                 break;
             }
             assert!(round < 120, "the second worker never got a partition");
@@ -557,10 +569,7 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
             let order: Vec<usize> = ids.iter().map(|id| position[id.as_str()]).collect();
             assert!(order.is_sorted(), "a sender's messages keep their order");
         }
-        let (n1, n2) = (
-            metric(&first, threaded).await,
-            metric(&second, threaded).await,
-        );
+        let (n1, n2) = (threaded(&first).await, threaded(&second).await);
         assert!(n1 > 0.0 && n2 > 0.0, "both workers threaded ({n1}, {n2})");
         assert_eq!(n1 + n2, total as f64, "each message by one worker");
 
@@ -793,23 +802,12 @@ async fn commands_survive_kill_9_exactly_once() {
     // Kill once some are applied (the daemon's own count, read fast).
     let mut applied = 0.0;
     for _ in 0..3000 {
-        let text = client
-            .get(daemon.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        applied = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("omnid_threading_commands_total{")
-                    && l.contains("outcome=\"applied\"")
-                    && l.contains("source=\"topic\"")
-            })
-            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        applied = metric(
+            &daemon,
+            "omnid_threading_commands_total",
+            &["outcome=\"applied\"", "source=\"topic\""],
+        )
+        .await;
         if applied >= 50.0 {
             break;
         }
