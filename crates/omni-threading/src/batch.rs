@@ -21,12 +21,16 @@
 //! A merge only moves rows between customers that are already in the
 //! overlay, and the overlay applies it to its own rows as the SQL does.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use omni_proto::v1::TimelineEvent;
 
+use crate::error::ThreadingError;
 use crate::ids::{CustomerId, HandleKey};
-use crate::logic::{Conversation, HandleOwner, Lookups, Plan, Snapshot};
+use crate::logic::{
+    Conversation, Decision, HandleOwner, InboundEvent, Lookups, Plan, Snapshot, ThreadingConfig,
+};
+use crate::state::{HashMap, HashSet};
 use crate::store::Outcome;
 
 /// The keys a batch reads, for the bulk prefetch.
@@ -101,8 +105,11 @@ pub(crate) fn key_chunks<T>(keys: &[T]) -> Vec<Vec<&T>> {
         .collect()
 }
 
-/// One write of a plan, in plan order.
-#[derive(Debug, Clone)]
+/// One write of a plan, in plan order: a row change with the semantics of
+/// the SQL that writes it, so the embedded store can journal writes and
+/// apply them to its in-memory [`crate::state::State`] with the same
+/// effect the PostgreSQL store's statements have on its tables.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Write {
     /// Insert the customer or set its next sequence.
     Customer { id: CustomerId, next_sequence: u64 },
@@ -126,7 +133,9 @@ pub(crate) enum Write {
         customer: CustomerId,
         conversation: String,
     },
-    /// Append a timeline row to the outbox.
+    /// Append a timeline row to the outbox (a table of its own, never
+    /// journaled).
+    #[serde(skip)]
     Timeline(Box<TimelineEvent>),
     /// Merge `loser` into `survivor` (moves rows the overlay never saw).
     Merge {
@@ -143,6 +152,17 @@ pub(crate) enum Write {
         customer: CustomerId,
         key: HandleKey,
     },
+    /// Give a conversation's Message-IDs to its new owner (a split), so
+    /// replies keep threading into it.
+    MoveMessageRefs {
+        conversation: String,
+        customer: CustomerId,
+    },
+    /// Record a helpdesk command as applied.
+    Command {
+        command_id: String,
+        issued_at_ms: i64,
+    },
 }
 
 impl Write {
@@ -151,7 +171,11 @@ impl Write {
     pub(crate) fn is_barrier(&self) -> bool {
         matches!(
             self,
-            Write::Merge { .. } | Write::DeleteSuggestion { .. } | Write::InsertSuggestion { .. }
+            Write::Merge { .. }
+                | Write::DeleteSuggestion { .. }
+                | Write::InsertSuggestion { .. }
+                | Write::MoveMessageRefs { .. }
+                | Write::Command { .. }
         )
     }
 }
@@ -441,6 +465,32 @@ impl Overlay {
     }
 }
 
+/// Plans `inputs` in order against `overlay` (prefetched for them),
+/// applying each plan to it so later events see earlier ones: the part of
+/// a batch both stores share. One result per input; the writes collect
+/// in the overlay.
+pub(crate) fn plan_batch(
+    config: &ThreadingConfig,
+    inputs: &[InboundEvent],
+    lookups: Vec<Result<Lookups, ThreadingError>>,
+    overlay: &mut Overlay,
+) -> Vec<Result<Outcome, ThreadingError>> {
+    inputs
+        .iter()
+        .zip(lookups)
+        .map(|(input, lookups)| {
+            let lookups = lookups?;
+            let snapshot = overlay.snapshot(&lookups);
+            Ok(
+                match crate::logic::plan_with(config, input, &lookups, &snapshot)? {
+                    Decision::Duplicate => Outcome::Duplicate,
+                    Decision::Threaded(plan) => overlay.apply(&input.event.event_id, *plan),
+                },
+            )
+        })
+        .collect()
+}
+
 /// A run of row writes between two barriers, grouped by table. Upserts
 /// keep each key's last value (a multi-row upsert may not touch a row
 /// twice); outbox rows keep their order.
@@ -514,7 +564,9 @@ impl Run {
             Write::Timeline(entry) => self.timeline.push(*entry),
             Write::Merge { .. }
             | Write::DeleteSuggestion { .. }
-            | Write::InsertSuggestion { .. } => {}
+            | Write::InsertSuggestion { .. }
+            | Write::MoveMessageRefs { .. }
+            | Write::Command { .. } => {}
         }
     }
 }

@@ -641,6 +641,90 @@ fn conversation_of(outcome: &Outcome) -> String {
     }
 }
 
+/// What a store knows outlives it: a store opened again on the same data
+/// (after a restart or a crash) finds the same owners and merges, drops a
+/// replayed event and a repeated command as duplicates, keeps a closed
+/// conversation closed, and continues each customer's sequence without a
+/// gap.
+pub async fn state_survives_reopening<S, F, Fut>(open: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let sms = || InboundEvent::new(sms_from("r1", "+14155550134", 0));
+    let first = open().await;
+    let chat = thread(&first, sms()).await;
+    let sms_customer = customer_of(&chat);
+    let mail = thread(
+        &first,
+        InboundEvent::new(email_from("r2", "ana@example.com", "<r2@x>", 10)),
+    )
+    .await;
+    let mail_customer = customer_of(&mail);
+    let merge = command(
+        "r-merge",
+        20,
+        Command::Merge(MergeCustomers {
+            customer_ids: vec![sms_customer.to_string(), mail_customer.to_string()],
+        }),
+    );
+    let close = command(
+        "r-close",
+        30,
+        Command::Close(CloseConversation {
+            conversation_id: conversation_of(&chat),
+            reason: String::new(),
+        }),
+    );
+    assert!(matches!(
+        apply(&first, merge.clone()).await,
+        CommandOutcome::Applied(_)
+    ));
+    assert!(matches!(
+        apply(&first, close.clone()).await,
+        CommandOutcome::Applied(_)
+    ));
+    let survivor = sms_customer.clone().min(mail_customer.clone());
+    drop(first);
+
+    let second = open().await;
+    for handle in [
+        key("phone", "+14155550134"),
+        key("email", "ana@example.com"),
+    ] {
+        let owner = second.identity(&handle).await.unwrap().expect("owner");
+        assert_eq!(owner.customer_id, survivor, "{handle:?}");
+    }
+    for id in [&sms_customer, &mail_customer] {
+        assert_eq!(
+            second.resolve_customer(id).await.unwrap().as_ref(),
+            Some(&survivor)
+        );
+    }
+    assert_eq!(thread(&second, sms()).await, Outcome::Duplicate);
+    assert_eq!(apply(&second, merge).await, CommandOutcome::Duplicate);
+    assert_eq!(apply(&second, close).await, CommandOutcome::Duplicate);
+    // The chat was closed: the next text starts a new conversation.
+    let next = thread(
+        &second,
+        InboundEvent::new(sms_from("r3", "+14155550134", 40)),
+    )
+    .await;
+    assert_eq!(customer_of(&next), survivor);
+    assert_ne!(conversation_of(&next), conversation_of(&chat));
+    let rows = drain(&second).await;
+    assert_eq!(messages(&rows), ["r1", "r2", "r3"]);
+    assert_gapless(&rows, &survivor);
+    let page = second.timeline(&mail_customer, None, 100).await.unwrap();
+    assert_eq!(page.customer_id, survivor);
+    assert_eq!(
+        page.entries.len(),
+        rows.len(),
+        "the merged timeline is whole"
+    );
+}
+
 /// Close and reopen from a helpdesk: a closed chat conversation is not
 /// continued, a reopened one is; a repeated command id applies once, a
 /// command that is already true changes nothing, an unknown conversation

@@ -75,6 +75,24 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+    /// The embedded store's in-memory timeline index named a row of
+    /// another customer (a bug, or another process broke the file's
+    /// invariants); the store reloads its state before the next call.
+    #[error("timeline row {id} is not the customer's: index out of step")]
+    TimelineIndex {
+        /// The row id.
+        id: i64,
+    },
+    /// A journal entry of the embedded store does not decode (a damaged
+    /// database, or one written by a newer version).
+    #[error("state journal entry {id} does not decode")]
+    Journal {
+        /// The journal entry's id (0: one being written).
+        id: i64,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Adds what the store was doing to a driver error.

@@ -23,7 +23,10 @@ const TIMELINE_NAMESPACE: Uuid = Uuid::from_u128(0x9f42_c8d1_7e3b_4a06_8c5d_2b91
 /// UUID's bytes), and a customer's id is always the smallest id derived
 /// from any handle it ever had: that is what makes merges give the same
 /// surviving id whatever order the evidence arrives in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct CustomerId(String);
 
 impl CustomerId {
@@ -84,7 +87,9 @@ pub fn timeline_entry_id(event_id: &str, what: &str) -> String {
 
 /// A normalized handle as stored: wire kind name, scope (empty for global
 /// kinds) and value. Equal keys are the same identifier.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct HandleKey {
     /// The stable wire name of the kind (`email`, `phone`, ...).
     pub kind: String,

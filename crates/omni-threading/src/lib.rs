@@ -6,11 +6,17 @@
 //! state an event touches and returns a [`Plan`]; a [`ThreadingStore`]
 //! loads that snapshot, runs the logic and writes the plan plus the
 //! resulting timeline rows (its transactional outbox) in one database
-//! transaction. [`SqliteStore`] serves the embedded default and
-//! [`PostgresStore`] production; both share their SQL.
-//! [`ThreadingStore::thread_batch`] does the same for many events in one
-//! transaction, reading their state in bulk into an overlay and writing
-//! it back in multi-row statements (`batch`).
+//! transaction. [`ThreadingStore::thread_batch`] does the same for many
+//! events in one transaction: their state is read in bulk into an overlay
+//! that each plan updates, and the plans' row changes are collected
+//! (`batch`).
+//!
+//! [`PostgresStore`] (production, several workers) keeps the state in
+//! tables and writes a batch's changes in multi-row statements (`sql`).
+//! [`SqliteStore`] (the embedded default) keeps the state in memory
+//! (`state`) and journals each batch's changes to its file instead, which
+//! is several times faster; both give each change the same meaning, and
+//! the contract suite (`contract`) runs against both.
 //!
 //! Everything is deterministic (ids are UUIDv5 of their cause, times are
 //! event times), so replaying `omni.inbound.v1` from the start into an
@@ -26,6 +32,7 @@ pub mod logic;
 mod postgres;
 mod sql;
 mod sqlite;
+mod state;
 mod store;
 
 pub use commands::{
@@ -36,7 +43,7 @@ pub use error::{StoreError, ThreadingError};
 pub use ids::{CustomerId, HandleKey};
 pub use logic::{
     Conversation, Decision, HandleOwner, InboundEvent, Lookups, Plan, Snapshot, ThreadingConfig,
-    event_time_ms, lookups, plan,
+    event_time_ms, lookups, plan, plan_with,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -99,7 +99,7 @@ pub struct HandleOwner {
 }
 
 /// A conversation as the logic needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conversation {
     /// Its id.
     pub id: String,
@@ -145,8 +145,13 @@ pub struct Snapshot {
 pub struct Lookups {
     /// The event id, for deduplication.
     pub event_id: String,
-    /// Every handle whose owner matters.
+    /// Every handle whose owner matters, the sender's (or for an outbound
+    /// message the recipient's) first.
     pub handles: Vec<HandleKey>,
+    /// The event's claims, normalized, with whether the channel proved
+    /// each (before channel trust): what [`plan_with`] reuses instead of
+    /// normalizing every handle again.
+    pub claims: Vec<(HandleKey, bool)>,
     /// Message-IDs to look up.
     pub message_ids: Vec<String>,
     /// Normalized subject for the fallback (empty: none).
@@ -220,37 +225,26 @@ fn customer_handle(event: &ConversationEvent) -> Result<&IdentityHandle, Threadi
     handle.ok_or(ThreadingError::MissingCustomerHandle)
 }
 
-/// A claim plus its normalized key and whether it counts as proven.
-struct Claim {
-    key: HandleKey,
-    proven: bool,
-}
-
-/// The event's claims, including those a channel implies: a WhatsApp id is
-/// a phone number WhatsApp verified by SMS, so it proves the E.164 number
-/// (which is how SMS and WhatsApp of one person meet).
-fn claims_of(input: &InboundEvent, primary: &IdentityHandle, trusted: bool) -> Vec<Claim> {
+/// The event's claims, normalized, each with whether the channel proved
+/// it, including those a channel implies: a WhatsApp id is a phone number
+/// WhatsApp verified by SMS, so it proves the E.164 number (which is how
+/// SMS and WhatsApp of one person meet).
+fn claims_of(input: &InboundEvent, primary: &IdentityHandle) -> Vec<(HandleKey, bool)> {
     let mut claims = Vec::new();
-    let implied = |h: &IdentityHandle, proven: bool, claims: &mut Vec<Claim>| {
+    let implied = |h: &IdentityHandle, claims: &mut Vec<(HandleKey, bool)>| {
         if model_kind(h.kind) == Some(HandleKind::Whatsapp)
             && let Ok(phone) = Handle::phone(&format!("+{}", h.value), None)
         {
-            claims.push(Claim {
-                key: HandleKey::from_handle(&phone),
-                proven,
-            });
+            claims.push((HandleKey::from_handle(&phone), h.verified));
         }
     };
-    implied(primary, primary.verified || trusted, &mut claims);
+    implied(primary, &mut claims);
     for claim in &input.claims {
         // A claim that cannot be normalized is ignored rather than failing
         // the message: the message itself is fine.
         if let Ok(key) = key_of(claim) {
-            claims.push(Claim {
-                key,
-                proven: claim.verified || trusted,
-            });
-            implied(claim, claim.verified || trusted, &mut claims);
+            claims.push((key, claim.verified));
+            implied(claim, &mut claims);
         }
     }
     claims
@@ -261,9 +255,10 @@ pub fn lookups(input: &InboundEvent) -> Result<Lookups, ThreadingError> {
     let event = &input.event;
     let primary = customer_handle(event)?;
     let mut handles = vec![key_of(primary)?];
-    for claim in claims_of(input, primary, false) {
-        if !handles.contains(&claim.key) {
-            handles.push(claim.key);
+    let claims = claims_of(input, primary);
+    for (key, _) in &claims {
+        if !handles.contains(key) {
+            handles.push(key.clone());
         }
     }
     let hints = event.threading.clone().unwrap_or_default();
@@ -274,6 +269,7 @@ pub fn lookups(input: &InboundEvent) -> Result<Lookups, ThreadingError> {
     Ok(Lookups {
         event_id: event.event_id.clone(),
         handles,
+        claims,
         message_ids,
         subject: hints.normalized_subject,
         edits_event_id,
@@ -308,6 +304,18 @@ pub fn plan(
     input: &InboundEvent,
     snapshot: &Snapshot,
 ) -> Result<Decision, ThreadingError> {
+    plan_with(config, input, &lookups(input)?, snapshot)
+}
+
+/// [`plan`] with the event's [`lookups`] already worked out (as a store
+/// has them): normalizing handles, phone numbers above all, is the
+/// costliest part of threading an event, so it is done once.
+pub fn plan_with(
+    config: &ThreadingConfig,
+    input: &InboundEvent,
+    lookups: &Lookups,
+    snapshot: &Snapshot,
+) -> Result<Decision, ThreadingError> {
     if snapshot.already_processed {
         return Ok(Decision::Duplicate);
     }
@@ -318,7 +326,11 @@ pub fn plan(
     let now = event_time_ms(event);
     let trusted = config.trusted_claim_channels.contains(&event.channel_id);
     let primary_handle = customer_handle(event)?;
-    let primary = key_of(primary_handle)?;
+    let primary = lookups
+        .handles
+        .first()
+        .cloned()
+        .ok_or(ThreadingError::MissingCustomerHandle)?;
     let primary_proven = primary_handle.verified || trusted;
 
     // Identity: the anchor group is what this event proves to be one
@@ -326,14 +338,14 @@ pub fn plan(
     // alone and every claim is only a suggestion.
     let mut anchors: Vec<(HandleKey, bool)> = vec![(primary.clone(), primary_proven)];
     let mut suggestions = Vec::new();
-    for claim in claims_of(input, primary_handle, trusted) {
-        if anchors.iter().any(|(k, _)| *k == claim.key) || suggestions.contains(&claim.key) {
+    for (key, proven) in &lookups.claims {
+        if anchors.iter().any(|(k, _)| k == key) || suggestions.contains(key) {
             continue;
         }
-        if claim.proven && primary_proven {
-            anchors.push((claim.key, true));
+        if (*proven || trusted) && primary_proven {
+            anchors.push((key.clone(), true));
         } else {
-            suggestions.push(claim.key);
+            suggestions.push(key.clone());
         }
     }
     let owners: BTreeSet<CustomerId> = anchors

@@ -4,7 +4,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::error::{DbContext as _, StoreError};
-use crate::sql::sql_store;
+use crate::sql::{sql_shared, sql_store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -53,6 +53,7 @@ fn retryable(e: &StoreError) -> bool {
     crate::sql::db_code(e).is_some_and(|code| matches!(code.as_str(), "40001" | "40P01" | "23505"))
 }
 
+sql_shared!(PostgresStore, sqlx::Postgres);
 sql_store!(
     PostgresStore,
     sqlx::Postgres,

@@ -1,9 +1,13 @@
-//! The SQL behind both stores, written once.
+//! The SQL behind the stores.
 //!
-//! SQLite and PostgreSQL accept the same statements here (`$n` parameters,
-//! `ON CONFLICT ... DO UPDATE`, partial indexes), so one macro expands the
-//! whole implementation for each driver; only how a transaction begins,
-//! whether rows are locked, and which errors mean "retry" differ.
+//! [`sql_shared`] is what both stores do alike with SQL (the timeline and
+//! its outbox, the relay lease); SQLite and PostgreSQL accept the same
+//! statements (`$n` parameters, `ON CONFLICT ... DO UPDATE`, partial
+//! indexes), so one macro expands it for each driver. [`sql_store`] keeps
+//! the threading state in tables, as the PostgreSQL store does: one
+//! transaction per batch that several workers can run at once. (The
+//! embedded store keeps its state in memory with a journal instead, see
+//! `crate::state`; the statements here stay portable anyway.)
 
 /// Attempts before [`crate::StoreError::Contention`]: conflicts only happen
 /// while another worker writes the same customer, so a few retries settle.
@@ -68,29 +72,7 @@ macro_rules! sql_store {
                     .ctx("beginning transaction")?;
                 let mut overlay = $crate::batch::Overlay::default();
                 Self::prefetch(&mut tx, &wants, &mut overlay).await?;
-                let mut outcomes = Vec::with_capacity(inputs.len());
-                for (input, lookups) in inputs.iter().zip(lookups) {
-                    let lookups = match lookups {
-                        Ok(lookups) => lookups,
-                        Err(refused) => {
-                            outcomes.push(Err(refused));
-                            continue;
-                        }
-                    };
-                    let snapshot = overlay.snapshot(&lookups);
-                    let plan = match $crate::plan(config, input, &snapshot) {
-                        Err(refused) => {
-                            outcomes.push(Err(refused));
-                            continue;
-                        }
-                        Ok($crate::Decision::Duplicate) => {
-                            outcomes.push(Ok($crate::Outcome::Duplicate));
-                            continue;
-                        }
-                        Ok($crate::Decision::Threaded(plan)) => plan,
-                    };
-                    outcomes.push(Ok(overlay.apply(&input.event.event_id, *plan)));
-                }
+                let outcomes = $crate::batch::plan_batch(config, inputs, lookups, &mut overlay);
                 let writes = overlay.into_writes();
                 if writes.is_empty() {
                     tx.rollback().await.ctx("rolling back")?;
@@ -334,7 +316,7 @@ macro_rules! sql_store {
                 lookups: &$crate::Lookups,
             ) -> Result<Result<$crate::Outcome, $crate::ThreadingError>, $crate::StoreError> {
                 let snapshot = Self::load_snapshot(tx, lookups).await?;
-                let plan = match $crate::plan(config, input, &snapshot) {
+                let plan = match $crate::logic::plan_with(config, input, lookups, &snapshot) {
                     Err(refused) => return Ok(Err(refused)),
                     Ok($crate::Decision::Duplicate) => return Ok(Ok($crate::Outcome::Duplicate)),
                     Ok($crate::Decision::Threaded(plan)) => plan,
@@ -824,42 +806,9 @@ macro_rules! sql_store {
                         .await
                         .ctx("recording events")?;
                 }
-                // Outbox rows in plan order: ids increase with it.
-                for rows in $crate::batch::row_chunks(&run.timeline) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) ",
-                    );
-                    q.push_values(rows, |mut b, entry| {
-                        b.push_bind(entry.customer_id.clone())
-                            .push_bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
-                            .push_bind(entry.timeline_event_id.clone())
-                            .push_bind(prost::Message::encode_to_vec(entry));
-                    });
-                    q.build()
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("writing outbox")?;
-                }
-                Ok(())
+                Self::append_timeline(tx, &run.timeline).await
             }
 
-            fn outbox_rows(
-                rows: Vec<<$db as sqlx::Database>::Row>,
-            ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                use sqlx::Row as _;
-                rows.iter()
-                    .map(|r| {
-                        let id: i64 = r.try_get(0).ctx("decoding outbox row")?;
-                        let payload: Vec<u8> = r.try_get(1).ctx("decoding outbox row")?;
-                        let event = <omni_proto::v1::TimelineEvent as prost::Message>::decode(
-                            payload.as_slice(),
-                        )
-                        .map_err(|source| $crate::StoreError::Corrupt { id, source })?;
-                        Ok($crate::OutboxRow { id, event })
-                    })
-                    .collect()
-            }
         }
 
         #[async_trait::async_trait]
@@ -897,30 +846,11 @@ macro_rules! sql_store {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                let rows = sqlx::query(
-                    "SELECT id, payload FROM timeline WHERE NOT published AND id > $1 \
-                     ORDER BY id LIMIT $2",
-                )
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .ctx("reading outbox")?;
-                Self::outbox_rows(rows)
+                self.read_outbox(after, limit).await
             }
 
             async fn mark_published(&self, ids: &[i64]) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                let mut tx = self.pool.begin().await.ctx("beginning transaction")?;
-                for id in ids {
-                    sqlx::query("UPDATE timeline SET published = TRUE WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("marking outbox row published")?;
-                }
-                tx.commit().await.ctx("committing")
+                self.set_published(ids).await
             }
 
             async fn timeline(
@@ -934,7 +864,7 @@ macro_rules! sql_store {
                     .resolve_customer(customer)
                     .await?
                     .unwrap_or_else(|| customer.clone());
-                let mut rows = sqlx::query(
+                let rows = sqlx::query(
                     "SELECT id, payload FROM timeline WHERE customer_id IN \
                      (SELECT id FROM customers WHERE id = $1 OR merged_into = $1) \
                      AND id > $2 ORDER BY id LIMIT $3",
@@ -945,15 +875,7 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .ctx("reading timeline")?;
-                let more = rows.len() > limit as usize;
-                rows.truncate(limit as usize);
-                let entries = Self::outbox_rows(rows)?;
-                let next = if more { entries.last().map(|r| r.id) } else { None };
-                Ok($crate::TimelinePage {
-                    customer_id: resolved,
-                    entries,
-                    next,
-                })
+                Self::timeline_page(resolved, rows, limit)
             }
 
             async fn identity(
@@ -1032,21 +954,7 @@ macro_rules! sql_store {
                 now_ms: i64,
                 ttl_ms: i64,
             ) -> Result<bool, $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                let done = sqlx::query(
-                    "INSERT INTO leases (name, holder, expires_at_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                     expires_at_ms = excluded.expires_at_ms \
-                     WHERE leases.holder = excluded.holder OR leases.expires_at_ms < $4",
-                )
-                .bind(name)
-                .bind(holder)
-                .bind(now_ms.saturating_add(ttl_ms))
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .ctx("taking the lease")?;
-                Ok(done.rows_affected() == 1)
+                self.take_lease(name, holder, now_ms, ttl_ms).await
             }
 
             async fn release_lease(
@@ -1054,14 +962,7 @@ macro_rules! sql_store {
                 name: &str,
                 holder: &str,
             ) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
-                    .bind(name)
-                    .bind(holder)
-                    .execute(&self.pool)
-                    .await
-                    .ctx("releasing the lease")?;
-                Ok(())
+                self.give_up_lease(name, holder).await
             }
         }
 
@@ -1225,6 +1126,150 @@ macro_rules! sql_store {
 }
 
 pub(crate) use sql_store;
+
+/// Expands what both stores do with SQL alike: the timeline table (the
+/// outbox), its pages, and the relay lease. The threading state itself is
+/// in tables only on PostgreSQL ([`sql_store`]); the embedded store keeps
+/// it in memory with a journal (`crate::state`).
+macro_rules! sql_shared {
+    ($store:ident, $db:ty) => {
+        impl $store {
+            /// Appends timeline rows to the outbox in order (their ids
+            /// increase with it), in multi-row statements.
+            async fn append_timeline(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                entries: &[omni_proto::v1::TimelineEvent],
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                for chunk in $crate::batch::row_chunks(entries) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) ",
+                    );
+                    q.push_values(chunk, |mut b, entry| {
+                        b.push_bind(entry.customer_id.clone())
+                            .push_bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
+                            .push_bind(entry.timeline_event_id.clone())
+                            .push_bind(prost::Message::encode_to_vec(entry));
+                    });
+                    q.build().execute(&mut **tx).await.ctx("writing outbox")?;
+                }
+                Ok(())
+            }
+
+            fn outbox_rows(
+                rows: Vec<<$db as sqlx::Database>::Row>,
+            ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
+                use sqlx::Row as _;
+                use $crate::error::DbContext as _;
+                rows.iter()
+                    .map(|r| {
+                        let id: i64 = r.try_get(0).ctx("decoding outbox row")?;
+                        let payload: Vec<u8> = r.try_get(1).ctx("decoding outbox row")?;
+                        let event = <omni_proto::v1::TimelineEvent as prost::Message>::decode(
+                            payload.as_slice(),
+                        )
+                        .map_err(|source| $crate::StoreError::Corrupt { id, source })?;
+                        Ok($crate::OutboxRow { id, event })
+                    })
+                    .collect()
+            }
+
+            /// A page from up to `limit + 1` rows (the extra one says
+            /// whether there is a next page).
+            fn timeline_page(
+                customer_id: $crate::CustomerId,
+                mut rows: Vec<<$db as sqlx::Database>::Row>,
+                limit: u32,
+            ) -> Result<$crate::TimelinePage, $crate::StoreError> {
+                let more = rows.len() > limit as usize;
+                rows.truncate(limit as usize);
+                let entries = Self::outbox_rows(rows)?;
+                let next = if more {
+                    entries.last().map(|r| r.id)
+                } else {
+                    None
+                };
+                Ok($crate::TimelinePage {
+                    customer_id,
+                    entries,
+                    next,
+                })
+            }
+
+            async fn read_outbox(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::OutboxRow>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let rows = sqlx::query(
+                    "SELECT id, payload FROM timeline WHERE NOT published AND id > $1 \
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .ctx("reading outbox")?;
+                Self::outbox_rows(rows)
+            }
+
+            async fn set_published(&self, ids: &[i64]) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let mut tx = self.pool.begin().await.ctx("beginning transaction")?;
+                for id in ids {
+                    sqlx::query("UPDATE timeline SET published = TRUE WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx("marking outbox row published")?;
+                }
+                tx.commit().await.ctx("committing")
+            }
+
+            async fn take_lease(
+                &self,
+                name: &str,
+                holder: &str,
+                now_ms: i64,
+                ttl_ms: i64,
+            ) -> Result<bool, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let done = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at_ms = excluded.expires_at_ms \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at_ms < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now_ms.saturating_add(ttl_ms))
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .ctx("taking the lease")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn give_up_lease(
+                &self,
+                name: &str,
+                holder: &str,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await
+                    .ctx("releasing the lease")?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_shared;
 
 /// Runs one transaction `attempt` until it commits or fails for good: a
 /// conflict with another worker (`retryable`) is retried from the start,

@@ -1,34 +1,113 @@
-//! The embedded store: a SQLite file in the data directory.
+//! The embedded store: a SQLite file in the data directory, with the
+//! threading state held in memory and journaled to the file.
 
 use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use async_trait::async_trait;
+use omni_proto::v1::ThreadingCommand;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row as _, SqliteConnection, SqlitePool};
+use tokio::sync::Mutex;
 
-use crate::error::{DbContext as _, StoreError};
-use crate::sql::sql_store;
+use crate::batch::{Overlay, Wants, Write, plan_batch};
+use crate::error::{DbContext as _, StoreError, ThreadingError};
+use crate::ids::{CustomerId, HandleKey};
+use crate::logic::{Conversation, InboundEvent, ThreadingConfig};
+use crate::sql::{retrying, sql_shared};
+use crate::state::{HashMap, State, command_writes};
+use crate::store::{
+    CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage,
+};
+use crate::{CommandDecision, CommandError, CommandLookups};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Threading state in a SQLite file.
 ///
-/// Writers take the file's write lock at `BEGIN IMMEDIATE`, so two
-/// processes (or pools) on one file serialize instead of failing on a lock
-/// upgrade; WAL lets readers (the query API, the relay) run meanwhile.
+/// The state (who owns which handle, open conversations, Message-IDs,
+/// event ids seen) lives in memory; each batch or command commits one
+/// `state_journal` row with its row changes plus its timeline rows, in one
+/// transaction, and only then changes the memory. Updating state tables
+/// instead costs several random B-tree pages per event, which caps
+/// throughput far below what a journal append does (docs/benchmarks.md,
+/// "Fourth look"). The price is memory: the state is a few hundred bytes
+/// per event threaded (every event id is kept, for deduplication), loaded
+/// again when the store opens.
+///
+/// Writers take the file's write lock at `BEGIN IMMEDIATE` and then apply
+/// any journal rows another process (or pool) committed since their last
+/// look, so several stores on one file stay correct, like several workers
+/// on PostgreSQL; WAL lets readers (the query API, the relay) run
+/// meanwhile.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The one connection threading transactions use: writers take the
-    /// file's lock one at a time anyway, and a connection that is the
-    /// only writer keeps its page cache across transactions (SQLite drops
-    /// a connection's cache whenever another connection wrote).
+    /// The one connection write transactions use: writers take the file's
+    /// lock one at a time anyway.
     writer: SqlitePool,
+    state: Arc<Mutex<Journaled>>,
+}
+
+/// The state as of journal row `through`, and the store's index of each
+/// customer's timeline rows as of row `timeline_through`.
+#[derive(Default)]
+struct Journaled {
+    state: State,
+    through: i64,
+    /// Customer id (as stored in the row) -> its timeline row ids, in
+    /// increasing order.
+    timeline: HashMap<String, Vec<i64>>,
+    timeline_through: i64,
+    /// A commit failed after the state had changed: reload before use.
+    stale: bool,
+}
+
+impl Journaled {
+    /// The state the file holds: its state tables, then its journal.
+    async fn load(conn: &mut SqliteConnection) -> Result<Journaled, StoreError> {
+        let mut journaled = Journaled::default();
+        load_tables(conn, &mut journaled.state).await?;
+        catch_up(conn, &mut journaled).await?;
+        Ok(journaled)
+    }
+
+    fn add_timeline_row(&mut self, id: i64, customer: String) {
+        self.timeline.entry(customer).or_default().push(id);
+        self.timeline_through = self.timeline_through.max(id);
+    }
+
+    /// The first `limit` row ids after `after` of `customers`' timelines
+    /// together, in order.
+    fn page_ids(&self, customers: &[CustomerId], after: i64, limit: usize) -> Vec<i64> {
+        let mut ids: Vec<i64> = customers
+            .iter()
+            .filter_map(|c| self.timeline.get(c.as_str()))
+            .flat_map(|rows| {
+                let start = rows.partition_point(|&id| id <= after);
+                rows[start..].iter().take(limit).copied()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids
+    }
+}
+
+impl std::fmt::Debug for Journaled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journaled")
+            .field("through", &self.through)
+            .field("timeline_through", &self.timeline_through)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path` and migrates it.
+    /// Opens (creating if needed) the store at `path`, migrates it and
+    /// loads its state.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite:")
             .ctx("parsing sqlite options")?
@@ -41,27 +120,15 @@ impl SqliteStore {
             // Another writer holds the lock for one transaction at most;
             // waiting beats failing.
             .busy_timeout(Duration::from_secs(30))
-            // A batch's multi-row upserts need statement journals: keep
-            // them (and other temporary data) in memory, not temp files.
             .pragma("temp_store", "memory")
-            // 64 MiB of page cache per connection (the default is 2 MiB):
-            // a batch's index lookups then rarely read the file.
-            .pragma("cache_size", "-65536")
             // Checkpoint every ~256 MiB of WAL instead of ~4 MiB: a page
-            // batches rewrite often is copied back once, not once per
-            // checkpoint (a 100k-event run writes 15% fewer bytes than
-            // with 64 MiB). Durability is the WAL's fsync, unchanged.
+            // written often is copied back once, not once per checkpoint.
+            // Durability is the WAL's fsync, unchanged.
             .pragma("wal_autocheckpoint", "65536")
-            // Read the database file through a memory map (up to 2 GB,
-            // SQLite's limit on Linux) instead of a `pread` per page that
-            // misses the page cache: once the file outgrows the cache, as
-            // in a replay, a batch's index lookups cost no system calls.
-            // Writes still go through the WAL.
-            .pragma("mmap_size", "2147418112")
-            // A batch's multi-row writes and bulk reads come in a few fixed
-            // shapes (`batch::row_chunks`, `batch::key_chunks`), about 90
-            // statements with the rest: all stay prepared.
-            .statement_cache_capacity(256);
+            // Read the file through a memory map (up to 2 GB, SQLite's
+            // limit on Linux): loading the state and serving pages cost no
+            // system call per page. Writes still go through the WAL.
+            .pragma("mmap_size", "2147418112");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())
@@ -73,7 +140,14 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .ctx("opening sqlite store")?;
-        Ok(SqliteStore { pool, writer })
+        let mut conn = pool.acquire().await.ctx("opening sqlite store")?;
+        let journaled = Journaled::load(&mut conn).await?;
+        drop(conn);
+        Ok(SqliteStore {
+            pool,
+            writer,
+            state: Arc::new(Mutex::new(journaled)),
+        })
     }
 
     /// Closes the pool, waiting for connections to finish.
@@ -81,15 +155,420 @@ impl SqliteStore {
         self.writer.close().await;
         self.pool.close().await;
     }
+
+    /// The state, reloaded first if a failed commit left it ahead of the
+    /// file.
+    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, Journaled>, StoreError> {
+        let mut journaled = self.state.lock().await;
+        if journaled.stale {
+            let mut conn = self.pool.acquire().await.ctx("reloading state")?;
+            *journaled = Journaled::load(&mut conn).await?;
+        }
+        Ok(journaled)
+    }
+
+    /// The state, caught up with what other processes committed.
+    async fn current(&self) -> Result<tokio::sync::MutexGuard<'_, Journaled>, StoreError> {
+        let mut journaled = self.lock().await?;
+        let mut conn = self.pool.acquire().await.ctx("reading state journal")?;
+        catch_up(&mut conn, &mut journaled).await?;
+        Ok(journaled)
+    }
+
+    /// One attempt at a batch: plans against the state in memory, then
+    /// commits the journal row and the timeline rows (one fsync).
+    async fn thread_batch_once(
+        &self,
+        config: &ThreadingConfig,
+        inputs: &[InboundEvent],
+    ) -> Result<Vec<Result<Outcome, ThreadingError>>, StoreError> {
+        let lookups: Vec<_> = inputs.iter().map(crate::lookups).collect();
+        let wants = Wants::of(lookups.iter().flatten());
+        let mut journaled = self.lock().await?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("beginning transaction")?;
+        catch_up(&mut tx, &mut journaled).await?;
+        let mut overlay = Overlay::default();
+        journaled.state.prefetch(&wants, &mut overlay);
+        let outcomes = plan_batch(config, inputs, lookups, &mut overlay);
+        commit(tx, &mut journaled, overlay.into_writes()).await?;
+        Ok(outcomes)
+    }
+
+    async fn apply_command_once(
+        &self,
+        command: &ThreadingCommand,
+        lookups: &CommandLookups,
+    ) -> Result<Result<CommandOutcome, CommandError>, StoreError> {
+        let mut journaled = self.lock().await?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("beginning transaction")?;
+        catch_up(&mut tx, &mut journaled).await?;
+        let snapshot = journaled.state.command_snapshot(lookups);
+        let plan = match crate::plan_command(command, &snapshot) {
+            Ok(CommandDecision::Apply(plan)) => plan,
+            Ok(CommandDecision::Duplicate) => {
+                tx.rollback().await.ctx("rolling back")?;
+                return Ok(Ok(CommandOutcome::Duplicate));
+            }
+            Err(refused) => {
+                tx.rollback().await.ctx("rolling back")?;
+                return Ok(Err(refused));
+            }
+        };
+        let issued_ms = crate::logic::timestamp_ms(command.issued_at.as_ref());
+        let writes = command_writes(&command.command_id, issued_ms, &plan);
+        commit(tx, &mut journaled, writes).await?;
+        Ok(Ok(CommandOutcome::Applied(plan.timeline)))
+    }
 }
 
-/// SQLITE_BUSY / SQLITE_LOCKED (another writer), and a unique violation
-/// from a row another writer inserted first: all settle on retry.
+/// Journals `writes` and appends their timeline rows in `tx`, commits,
+/// and only then applies them to the state (a failed commit leaves the
+/// state as the file has it).
+async fn commit(
+    mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    journaled: &mut Journaled,
+    writes: Vec<Write>,
+) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return tx.rollback().await.ctx("rolling back");
+    }
+    let mut timeline = Vec::new();
+    let mut changes = Vec::with_capacity(writes.len());
+    for write in writes {
+        match write {
+            Write::Timeline(entry) => timeline.push(*entry),
+            change => changes.push(change),
+        }
+    }
+    let json =
+        serde_json::to_string(&changes).map_err(|source| StoreError::Journal { id: 0, source })?;
+    let id: i64 = sqlx::query_scalar("INSERT INTO state_journal (writes) VALUES ($1) RETURNING id")
+        .bind(json)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("journaling state")?;
+    // Under the write lock, with AUTOINCREMENT, the new rows take the ids
+    // after the table's sequence, in order.
+    let last: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'timeline'), 0)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .ctx("reading timeline sequence")?;
+    SqliteStore::append_timeline(&mut tx, &timeline).await?;
+    // The state changes in memory while the commit's fsync runs; should
+    // the commit fail, the state is reloaded from the file.
+    let commit = tx.commit();
+    let apply = async {
+        for change in &changes {
+            journaled.state.apply(change);
+        }
+    };
+    let (committed, ()) = tokio::join!(commit, apply);
+    if let Err(e) = committed {
+        journaled.stale = true;
+        return Err(StoreError::Database {
+            op: "committing",
+            source: e,
+        });
+    }
+    journaled.through = id;
+    for (n, entry) in (1..).zip(timeline) {
+        journaled.add_timeline_row(last + n, entry.customer_id);
+    }
+    Ok(())
+}
+
+/// Applies the journal rows after `journaled.through` and indexes the
+/// timeline rows after `journaled.timeline_through`: those another process
+/// committed, or all of them when the store opens.
+async fn catch_up(
+    conn: &mut SqliteConnection,
+    journaled: &mut Journaled,
+) -> Result<(), StoreError> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, customer_id FROM timeline WHERE id > $1 ORDER BY id")
+            .bind(journaled.timeline_through)
+            .fetch_all(&mut *conn)
+            .await
+            .ctx("reading timeline index")?;
+    for (id, customer) in rows {
+        journaled.add_timeline_row(id, customer);
+    }
+    let rows = sqlx::query("SELECT id, writes FROM state_journal WHERE id > $1 ORDER BY id")
+        .bind(journaled.through)
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("reading state journal")?;
+    for row in rows {
+        let id: i64 = row.try_get(0).ctx("decoding state journal")?;
+        let json: &str = row.try_get(1).ctx("decoding state journal")?;
+        let writes: Vec<Write> =
+            serde_json::from_str(json).map_err(|source| StoreError::Journal { id, source })?;
+        for write in &writes {
+            journaled.state.apply(write);
+        }
+        journaled.through = id;
+    }
+    Ok(())
+}
+
+/// Loads what the state tables hold: the state an older version of this
+/// store wrote before it journaled (empty in a file created since).
+async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(), StoreError> {
+    let decode = |e| StoreError::Database {
+        op: "loading state",
+        source: e,
+    };
+    let mut merges = Vec::new();
+    for r in sqlx::query("SELECT id, merged_into, next_sequence FROM customers")
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading customers")?
+    {
+        let id = CustomerId::from_string(r.try_get(0).map_err(decode)?);
+        if let Some(survivor) = r.try_get::<Option<String>, _>(1).map_err(decode)? {
+            merges.push(Write::Merge {
+                survivor: CustomerId::from_string(survivor),
+                loser: id.clone(),
+            });
+        }
+        let next: i64 = r.try_get(2).map_err(decode)?;
+        state.apply(&Write::Customer {
+            id,
+            next_sequence: u64::try_from(next).unwrap_or(1),
+        });
+    }
+    merges.iter().for_each(|m| state.apply(m));
+    for r in sqlx::query("SELECT kind, scope, value, customer_id, confirmed FROM identities")
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading identities")?
+    {
+        state.apply(&Write::Identity {
+            key: HandleKey {
+                kind: r.try_get(0).map_err(decode)?,
+                scope: r.try_get(1).map_err(decode)?,
+                value: r.try_get(2).map_err(decode)?,
+            },
+            customer: CustomerId::from_string(r.try_get(3).map_err(decode)?),
+            confirmed: r.try_get(4).map_err(decode)?,
+        });
+    }
+    for r in sqlx::query(
+        "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
+         last_activity_ms FROM conversations",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .ctx("loading conversations")?
+    {
+        state.apply(&Write::Conversation(Conversation {
+            id: r.try_get(0).map_err(decode)?,
+            customer: CustomerId::from_string(r.try_get(1).map_err(decode)?),
+            channel_id: r.try_get(2).map_err(decode)?,
+            thread_key: r.try_get(3).map_err(decode)?,
+            email: r.try_get(4).map_err(decode)?,
+            subject: r.try_get(5).map_err(decode)?,
+            open: r.try_get(6).map_err(decode)?,
+            last_activity_ms: r.try_get(7).map_err(decode)?,
+        }));
+    }
+    for r in sqlx::query("SELECT message_id, customer_id, conversation_id FROM message_refs")
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading message ids")?
+    {
+        state.apply(&Write::MessageRef {
+            message_id: r.try_get(0).map_err(decode)?,
+            customer: CustomerId::from_string(r.try_get(1).map_err(decode)?),
+            conversation: r.try_get(2).map_err(decode)?,
+        });
+    }
+    for r in sqlx::query("SELECT event_id, customer_id, conversation_id FROM processed_events")
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading events")?
+    {
+        state.apply(&Write::Processed {
+            event_id: r.try_get(0).map_err(decode)?,
+            customer: CustomerId::from_string(r.try_get(1).map_err(decode)?),
+            conversation: r.try_get(2).map_err(decode)?,
+        });
+    }
+    for r in sqlx::query("SELECT customer_id, kind, scope, value FROM suggested_links")
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading suggestions")?
+    {
+        state.apply(&Write::InsertSuggestion {
+            customer: CustomerId::from_string(r.try_get(0).map_err(decode)?),
+            key: HandleKey {
+                kind: r.try_get(1).map_err(decode)?,
+                scope: r.try_get(2).map_err(decode)?,
+                value: r.try_get(3).map_err(decode)?,
+            },
+        });
+    }
+    for r in sqlx::query("SELECT command_id, issued_at_ms FROM applied_commands")
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading commands")?
+    {
+        state.apply(&Write::Command {
+            command_id: r.try_get(0).map_err(decode)?,
+            issued_at_ms: r.try_get(1).map_err(decode)?,
+        });
+    }
+    Ok(())
+}
+
+/// SQLITE_BUSY / SQLITE_LOCKED (another writer): settles on retry.
 fn retryable(e: &StoreError) -> bool {
     crate::sql::db_code(e).is_some_and(|code| {
         let code: i64 = code.parse().unwrap_or(0);
-        matches!(code & 0xff, 5 | 6) || code == 2067 || code == 1555
+        matches!(code & 0xff, 5 | 6)
     })
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "", retryable);
+sql_shared!(SqliteStore, sqlx::Sqlite);
+
+#[async_trait]
+impl ThreadingStore for SqliteStore {
+    async fn thread(
+        &self,
+        config: &ThreadingConfig,
+        input: &InboundEvent,
+    ) -> Result<Outcome, StoreError> {
+        let outcome = self
+            .thread_batch(config, std::slice::from_ref(input))
+            .await?;
+        match outcome.into_iter().next() {
+            Some(Ok(outcome)) => Ok(outcome),
+            Some(Err(source)) => Err(StoreError::Threading {
+                event_id: input.event.event_id.clone(),
+                source,
+            }),
+            None => Ok(Outcome::Duplicate),
+        }
+    }
+
+    async fn thread_batch(
+        &self,
+        config: &ThreadingConfig,
+        inputs: &[InboundEvent],
+    ) -> Result<Vec<Result<Outcome, ThreadingError>>, StoreError> {
+        let first = inputs.first().map_or("", |i| i.event.event_id.as_str());
+        retrying(first, retryable, || self.thread_batch_once(config, inputs)).await
+    }
+
+    async fn pending_outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        self.read_outbox(after, limit).await
+    }
+
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.set_published(ids).await
+    }
+
+    async fn timeline(
+        &self,
+        customer: &CustomerId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<TimelinePage, StoreError> {
+        let limit = limit as usize;
+        let (resolved, customers, ids) = {
+            let journaled = self.current().await?;
+            let resolved = journaled
+                .state
+                .resolve(customer)
+                .unwrap_or_else(|| customer.clone());
+            let customers = journaled.state.timeline_customers(&resolved);
+            // One more than asked: it says whether there is a next page.
+            let ids = journaled.page_ids(&customers, after.unwrap_or(0), limit + 1);
+            (resolved, customers, ids)
+        };
+        let rows = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT id, payload FROM timeline WHERE id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            q.push(") ORDER BY id");
+            q.build()
+                .fetch_all(&self.pool)
+                .await
+                .ctx("reading timeline")?
+        };
+        let page = Self::timeline_page(resolved, rows, u32::try_from(limit).unwrap_or(u32::MAX))?;
+        // The index is in memory: never let a row id it got wrong show
+        // one customer another's history.
+        if let Some(row) = page
+            .entries
+            .iter()
+            .find(|r| !customers.iter().any(|c| c.as_str() == r.event.customer_id))
+        {
+            self.state.lock().await.stale = true;
+            return Err(StoreError::TimelineIndex { id: row.id });
+        }
+        Ok(page)
+    }
+
+    async fn identity(&self, handle: &HandleKey) -> Result<Option<IdentityRecord>, StoreError> {
+        let journaled = self.current().await?;
+        Ok(journaled.state.owner(handle).map(|o| IdentityRecord {
+            customer_id: o.customer,
+            confirmed: o.confirmed,
+        }))
+    }
+
+    async fn resolve_customer(&self, id: &CustomerId) -> Result<Option<CustomerId>, StoreError> {
+        Ok(self.current().await?.state.resolve(id))
+    }
+
+    async fn suggestions(&self, customer: &CustomerId) -> Result<Vec<HandleKey>, StoreError> {
+        Ok(self.current().await?.state.suggestions(customer))
+    }
+
+    async fn apply_command(
+        &self,
+        command: &ThreadingCommand,
+    ) -> Result<CommandOutcome, StoreError> {
+        let refused = |source| StoreError::Command {
+            command_id: command.command_id.clone(),
+            source,
+        };
+        let lookups = crate::command_lookups(command).map_err(refused)?;
+        retrying(&command.command_id, retryable, || {
+            self.apply_command_once(command, &lookups)
+        })
+        .await?
+        .map_err(refused)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.take_lease(name, holder, now_ms, ttl_ms).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.give_up_lease(name, holder).await
+    }
+}

@@ -144,3 +144,12 @@ async fn concurrent_workers_keep_sequence_gapless() {
 async fn batches_equal_one_at_a_time() {
     run(|s| async move { contract::batches_equal_one_at_a_time(|| s.fresh()).await }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_reopening() {
+    run(|s| async move {
+        let schema = s.create().await;
+        contract::state_survives_reopening(|| s.store(&schema)).await;
+    })
+    .await;
+}

@@ -1,0 +1,669 @@
+//! The embedded store's threading state, held in memory.
+//!
+//! Why in memory: keeping the state in SQLite tables costs a handful of
+//! B-tree pages per event (every lookup key is random: event ids, handles,
+//! Message-IDs, conversation ids), and each batch rewrites those pages
+//! through the WAL. On the reference VM that caps the embedded store well
+//! below its 20,000 events/s target however the SQL is issued
+//! (docs/benchmarks.md, "Fourth look"). So the embedded store journals each
+//! transaction's [`Write`]s instead (one append per batch, next to the
+//! timeline rows it publishes) and keeps the state they add up to here;
+//! opening the store folds the journal back into a [`State`].
+//!
+//! [`State::apply`] gives each write exactly the effect its SQL has on the
+//! PostgreSQL store's tables (see `sql.rs`), and [`State::prefetch`] reads
+//! what a batch needs the way that store's prefetch does, so both stores
+//! run the same [`Overlay`] and pass the same contract suite.
+
+use std::collections::BTreeSet;
+
+use crate::batch::{Overlay, Wants, Write};
+use crate::commands::{CommandLookups, CommandPlan, CommandSnapshot};
+use crate::ids::{CustomerId, HandleKey};
+use crate::logic::{Conversation, HandleOwner};
+
+/// Maps and sets with a fast hash that is still seeded per process (the
+/// keys come from hostile input); the default SipHash was a tenth of the
+/// embedded store's time.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// A customer row.
+#[derive(Debug, Clone)]
+struct Customer {
+    merged_into: Option<CustomerId>,
+    next_sequence: u64,
+}
+
+/// The whole threading state, with the reverse indexes a merge or a split
+/// needs to move a customer's rows without scanning everything.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Event id -> the conversation it went to.
+    processed: HashMap<String, String>,
+    customers: HashMap<CustomerId, Customer>,
+    /// Survivor -> every customer merged into it.
+    merged_from: HashMap<CustomerId, BTreeSet<CustomerId>>,
+    /// Handle -> (customer as stored, confirmed).
+    identities: HashMap<HandleKey, (CustomerId, bool)>,
+    handles_of: HashMap<CustomerId, HashSet<HandleKey>>,
+    conversations: HashMap<String, Conversation>,
+    conversations_of: HashMap<CustomerId, BTreeSet<String>>,
+    /// Message-ID -> (customer, conversation) rows.
+    message_refs: HashMap<String, Vec<(CustomerId, String)>>,
+    refs_of: HashMap<CustomerId, HashSet<String>>,
+    refs_in: HashMap<String, HashSet<String>>,
+    /// Handle -> customers it is suggested for, and the reverse.
+    suggested: HashMap<HandleKey, BTreeSet<CustomerId>>,
+    suggestions_of: HashMap<CustomerId, BTreeSet<HandleKey>>,
+    applied_commands: HashSet<String>,
+}
+
+/// Moves `item` from `from`'s set to `to`'s in a reverse index.
+fn reindex<K, T>(index: &mut HashMap<K, T>, from: Option<&K>, to: &K, item: &T::Item)
+where
+    K: Clone + Eq + std::hash::Hash,
+    T: Default + SetLike,
+{
+    if let Some(from) = from
+        && from != to
+        && let Some(set) = index.get_mut(from)
+    {
+        set.remove_item(item);
+        if set.is_empty_set() {
+            index.remove(from);
+        }
+    }
+    index.entry(to.clone()).or_default().insert_item(item);
+}
+
+/// The two set types of the reverse indexes.
+trait SetLike {
+    type Item;
+    fn insert_item(&mut self, item: &Self::Item);
+    fn remove_item(&mut self, item: &Self::Item);
+    fn is_empty_set(&self) -> bool;
+}
+
+impl<T: Clone + Eq + std::hash::Hash> SetLike for HashSet<T> {
+    type Item = T;
+    fn insert_item(&mut self, item: &T) {
+        self.insert(item.clone());
+    }
+    fn remove_item(&mut self, item: &T) {
+        self.remove(item);
+    }
+    fn is_empty_set(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl<T: Clone + Ord> SetLike for BTreeSet<T> {
+    type Item = T;
+    fn insert_item(&mut self, item: &T) {
+        self.insert(item.clone());
+    }
+    fn remove_item(&mut self, item: &T) {
+        self.remove(item);
+    }
+    fn is_empty_set(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl State {
+    /// Applies one write as its SQL would (timeline rows live elsewhere).
+    pub(crate) fn apply(&mut self, write: &Write) {
+        match write {
+            // INSERT ... ON CONFLICT (id) DO UPDATE SET next_sequence
+            Write::Customer { id, next_sequence } => {
+                self.customers
+                    .entry(id.clone())
+                    .and_modify(|c| c.next_sequence = *next_sequence)
+                    .or_insert(Customer {
+                        merged_into: None,
+                        next_sequence: *next_sequence,
+                    });
+            }
+            // INSERT ... ON CONFLICT (kind, scope, value) DO UPDATE
+            Write::Identity {
+                key,
+                customer,
+                confirmed,
+            } => {
+                let old = self
+                    .identities
+                    .insert(key.clone(), (customer.clone(), *confirmed));
+                reindex(
+                    &mut self.handles_of,
+                    old.as_ref().map(|(c, _)| c),
+                    customer,
+                    key,
+                );
+            }
+            // INSERT ... ON CONFLICT (id) DO UPDATE SET customer_id, open,
+            // last_activity_ms (the rest is kept).
+            Write::Conversation(c) => {
+                let old_customer = match self.conversations.get_mut(&c.id) {
+                    Some(old) => {
+                        let was = std::mem::replace(&mut old.customer, c.customer.clone());
+                        old.open = c.open;
+                        old.last_activity_ms = c.last_activity_ms;
+                        Some(was)
+                    }
+                    None => {
+                        self.conversations.insert(c.id.clone(), c.clone());
+                        None
+                    }
+                };
+                reindex(
+                    &mut self.conversations_of,
+                    old_customer.as_ref(),
+                    &c.customer,
+                    &c.id,
+                );
+            }
+            // INSERT ... ON CONFLICT (message_id, conversation_id) DO NOTHING
+            Write::MessageRef {
+                message_id,
+                customer,
+                conversation,
+            } => {
+                let rows = self.message_refs.entry(message_id.clone()).or_default();
+                if !rows.iter().any(|(_, c)| c == conversation) {
+                    rows.push((customer.clone(), conversation.clone()));
+                    self.refs_of
+                        .entry(customer.clone())
+                        .or_default()
+                        .insert(message_id.clone());
+                    self.refs_in
+                        .entry(conversation.clone())
+                        .or_default()
+                        .insert(message_id.clone());
+                }
+            }
+            Write::Processed {
+                event_id,
+                conversation,
+                ..
+            } => {
+                self.processed
+                    .insert(event_id.clone(), conversation.clone());
+            }
+            Write::Timeline(_) => {}
+            Write::Merge { survivor, loser } => self.merge(survivor, loser),
+            Write::DeleteSuggestion { customer, key } => self.unsuggest(customer, key),
+            // INSERT ... ON CONFLICT DO NOTHING
+            Write::InsertSuggestion { customer, key } => {
+                self.suggested
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(customer.clone());
+                self.suggestions_of
+                    .entry(customer.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            // UPDATE message_refs SET customer_id = $2
+            // WHERE conversation_id = $1 AND customer_id <> $2
+            Write::MoveMessageRefs {
+                conversation,
+                customer,
+            } => {
+                let ids: Vec<String> = self
+                    .refs_in
+                    .get(conversation)
+                    .map(|ids| ids.iter().cloned().collect())
+                    .unwrap_or_default();
+                for message_id in ids {
+                    let Some(rows) = self.message_refs.get_mut(&message_id) else {
+                        continue;
+                    };
+                    let mut moved = Vec::new();
+                    for (owner, conv) in rows.iter_mut() {
+                        if conv == conversation && owner != customer {
+                            moved.push(std::mem::replace(owner, customer.clone()));
+                        }
+                    }
+                    for old in moved {
+                        self.move_ref(&old, customer, &message_id);
+                    }
+                }
+            }
+            Write::Command { command_id, .. } => {
+                self.applied_commands.insert(command_id.clone());
+            }
+        }
+    }
+
+    /// Keeps `refs_of` right after one row of `message_id` moved from
+    /// `from` to `to` (`from` keeps it while another of its rows has it).
+    fn move_ref(&mut self, from: &CustomerId, to: &CustomerId, message_id: &str) {
+        let still = self
+            .message_refs
+            .get(message_id)
+            .is_some_and(|rows| rows.iter().any(|(c, _)| c == from));
+        if !still && let Some(ids) = self.refs_of.get_mut(from) {
+            ids.remove(message_id);
+            if ids.is_empty() {
+                self.refs_of.remove(from);
+            }
+        }
+        self.refs_of
+            .entry(to.clone())
+            .or_default()
+            .insert(message_id.to_owned());
+    }
+
+    /// `DELETE FROM suggested_links WHERE customer_id = $1 AND key = ...`
+    fn unsuggest(&mut self, customer: &CustomerId, key: &HandleKey) {
+        if let Some(set) = self.suggested.get_mut(key) {
+            set.remove(customer);
+            if set.is_empty() {
+                self.suggested.remove(key);
+            }
+        }
+        if let Some(set) = self.suggestions_of.get_mut(customer) {
+            set.remove(key);
+            if set.is_empty() {
+                self.suggestions_of.remove(customer);
+            }
+        }
+    }
+
+    /// The merge statements of `sql.rs`: the loser and every customer
+    /// merged into it before now point at the survivor, and the loser's
+    /// handles, conversations, Message-IDs and suggestions move to it.
+    fn merge(&mut self, survivor: &CustomerId, loser: &CustomerId) {
+        let mut losers = self.merged_from.remove(loser).unwrap_or_default();
+        losers.insert(loser.clone());
+        for id in &losers {
+            if let Some(c) = self.customers.get_mut(id) {
+                c.merged_into = Some(survivor.clone());
+            }
+        }
+        // Only rows that exist are repointed (an UPDATE matches nothing
+        // for an unknown id), but the survivor remembers them all.
+        let losers: BTreeSet<CustomerId> = losers
+            .into_iter()
+            .filter(|id| self.customers.contains_key(id))
+            .collect();
+        if !losers.is_empty() {
+            self.merged_from
+                .entry(survivor.clone())
+                .or_default()
+                .extend(losers);
+        }
+        for key in self.handles_of.remove(loser).unwrap_or_default() {
+            if let Some(owner) = self.identities.get_mut(&key) {
+                owner.0 = survivor.clone();
+            }
+            self.handles_of
+                .entry(survivor.clone())
+                .or_default()
+                .insert(key);
+        }
+        for id in self.conversations_of.remove(loser).unwrap_or_default() {
+            if let Some(c) = self.conversations.get_mut(&id) {
+                c.customer = survivor.clone();
+            }
+            self.conversations_of
+                .entry(survivor.clone())
+                .or_default()
+                .insert(id);
+        }
+        for message_id in self.refs_of.remove(loser).unwrap_or_default() {
+            if let Some(rows) = self.message_refs.get_mut(&message_id) {
+                for (owner, _) in rows.iter_mut() {
+                    if owner == loser {
+                        *owner = survivor.clone();
+                    }
+                }
+            }
+            self.refs_of
+                .entry(survivor.clone())
+                .or_default()
+                .insert(message_id);
+        }
+        // Suggestions are a set per customer: the survivor's copy of one
+        // the loser also had is kept once.
+        for key in self.suggestions_of.remove(loser).unwrap_or_default() {
+            if let Some(set) = self.suggested.get_mut(&key) {
+                set.remove(loser);
+                set.insert(survivor.clone());
+            }
+            self.suggestions_of
+                .entry(survivor.clone())
+                .or_default()
+                .insert(key);
+        }
+    }
+
+    /// A customer's surviving id (`COALESCE(merged_into, id)`); `None` for
+    /// an unknown id.
+    pub(crate) fn resolve(&self, id: &CustomerId) -> Option<CustomerId> {
+        self.customers
+            .get(id)
+            .map(|c| c.merged_into.clone().unwrap_or_else(|| id.clone()))
+    }
+
+    /// The owner of a handle, resolved through merges.
+    pub(crate) fn owner(&self, key: &HandleKey) -> Option<HandleOwner> {
+        self.identities
+            .get(key)
+            .map(|(customer, confirmed)| HandleOwner {
+                customer: self.resolve(customer).unwrap_or_else(|| customer.clone()),
+                confirmed: *confirmed,
+            })
+    }
+
+    /// Handles suggested for a customer, in key order.
+    pub(crate) fn suggestions(&self, customer: &CustomerId) -> Vec<HandleKey> {
+        self.suggestions_of
+            .get(customer)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The customer ids whose timeline rows belong to `survivor`'s
+    /// timeline: itself and every customer merged into it (none if it is
+    /// unknown).
+    pub(crate) fn timeline_customers(&self, survivor: &CustomerId) -> Vec<CustomerId> {
+        if !self.customers.contains_key(survivor) {
+            return Vec::new();
+        }
+        std::iter::once(survivor.clone())
+            .chain(
+                self.merged_from
+                    .get(survivor)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            )
+            .collect()
+    }
+
+    /// Reads what a batch wanting `wants` can look at into `overlay`, as
+    /// the SQL prefetch reads it from the tables.
+    pub(crate) fn prefetch(&self, wants: &Wants, overlay: &mut Overlay) {
+        for id in &wants.event_ids {
+            if let Some(conversation) = self.processed.get(id) {
+                overlay.add_processed(id.clone(), conversation.clone());
+            }
+        }
+        for key in &wants.handles {
+            if let Some(owner) = self.owner(key) {
+                overlay.add_owner(key.clone(), owner);
+            }
+            for customer in self.suggested.get(key).into_iter().flatten() {
+                overlay.add_suggestion(customer.clone(), key.clone());
+            }
+        }
+        for id in overlay.owner_customers() {
+            if let Some(c) = self.customers.get(&id) {
+                overlay.add_customer(id.clone(), c.next_sequence);
+            }
+            for conv in self.conversations_of.get(&id).into_iter().flatten() {
+                let c = &self.conversations[conv];
+                if c.open || c.email {
+                    overlay.add_conversation(c.clone());
+                }
+            }
+        }
+        for message_id in &wants.message_ids {
+            for (customer, conversation) in self.message_refs.get(message_id).into_iter().flatten()
+            {
+                overlay.add_message_ref(message_id.clone(), customer.clone(), conversation.clone());
+            }
+        }
+        for id in overlay.missing_conversations() {
+            if let Some(c) = self.conversations.get(&id) {
+                overlay.add_conversation(c.clone());
+            }
+        }
+    }
+
+    /// What the SQL store's command snapshot reads, from memory.
+    pub(crate) fn command_snapshot(&self, lookups: &CommandLookups) -> CommandSnapshot {
+        let mut snapshot = CommandSnapshot::default();
+        if self.applied_commands.contains(&lookups.command_id) {
+            snapshot.already_applied = true;
+            return snapshot;
+        }
+        let mut named = lookups.customers.clone();
+        for id in &lookups.conversations {
+            if let Some(c) = self.conversations.get(id) {
+                named.push(c.customer.clone());
+                snapshot.conversations.insert(id.clone(), c.clone());
+            }
+        }
+        for id in named {
+            if let Some(survivor) = self.resolve(&id) {
+                snapshot.resolved.insert(id, survivor);
+            }
+        }
+        for c in snapshot.conversations.values_mut() {
+            if let Some(survivor) = snapshot.resolved.get(&c.customer) {
+                c.customer = survivor.clone();
+            }
+        }
+        for key in &lookups.handles {
+            if let Some(owner) = self.owner(key) {
+                snapshot.owners.insert(key.clone(), owner);
+            }
+        }
+        let survivors: BTreeSet<&CustomerId> = snapshot
+            .resolved
+            .values()
+            .chain(snapshot.owners.values().map(|o| &o.customer))
+            .collect();
+        let next: Vec<(CustomerId, u64)> = survivors
+            .into_iter()
+            .map(|c| {
+                let next = self.customers.get(c).map_or(1, |c| c.next_sequence);
+                (c.clone(), next)
+            })
+            .collect();
+        snapshot.next_sequence.extend(next);
+        snapshot
+    }
+}
+
+/// The writes of a command plan, in the order the SQL store's
+/// `write_command` runs its statements (timeline entries included).
+pub(crate) fn command_writes(
+    command_id: &str,
+    issued_at_ms: i64,
+    plan: &CommandPlan,
+) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for id in &plan.create_customers {
+        writes.push(Write::Customer {
+            id: id.clone(),
+            next_sequence: 1,
+        });
+    }
+    for (survivor, loser) in &plan.merges {
+        writes.push(Write::Merge {
+            survivor: survivor.clone(),
+            loser: loser.clone(),
+        });
+    }
+    for (key, customer, confirmed) in &plan.links {
+        writes.push(Write::Identity {
+            key: key.clone(),
+            customer: customer.clone(),
+            confirmed: *confirmed,
+        });
+        writes.push(Write::DeleteSuggestion {
+            customer: customer.clone(),
+            key: key.clone(),
+        });
+    }
+    for c in &plan.conversations {
+        writes.push(Write::Conversation(c.clone()));
+        writes.push(Write::MoveMessageRefs {
+            conversation: c.id.clone(),
+            customer: c.customer.clone(),
+        });
+    }
+    for entry in &plan.timeline {
+        writes.push(Write::Timeline(Box::new(entry.clone())));
+    }
+    for (customer, next) in &plan.next_sequences {
+        writes.push(Write::Customer {
+            id: customer.clone(),
+            next_sequence: *next,
+        });
+    }
+    writes.push(Write::Command {
+        command_id: command_id.to_owned(),
+        issued_at_ms,
+    });
+    writes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(value: &str) -> HandleKey {
+        HandleKey {
+            kind: "phone".into(),
+            scope: String::new(),
+            value: value.into(),
+        }
+    }
+
+    fn id(s: &str) -> CustomerId {
+        CustomerId::from_string(s.into())
+    }
+
+    fn conversation(id_: &str, customer: &str) -> Conversation {
+        Conversation {
+            id: id_.into(),
+            customer: id(customer),
+            channel_id: "mail".into(),
+            thread_key: String::new(),
+            email: true,
+            subject: "hello".into(),
+            open: true,
+            last_activity_ms: 1,
+        }
+    }
+
+    /// Two customers with a handle, a conversation, a Message-ID and a
+    /// suggestion each; `b` merged into `a`, which had absorbed `c`.
+    fn merged() -> State {
+        let mut s = State::default();
+        for (c, n) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            s.apply(&Write::Customer {
+                id: id(c),
+                next_sequence: 5,
+            });
+            s.apply(&Write::Identity {
+                key: key(n),
+                customer: id(c),
+                confirmed: true,
+            });
+            s.apply(&Write::Conversation(conversation(&format!("conv-{c}"), c)));
+            s.apply(&Write::MessageRef {
+                message_id: format!("<{c}@x>"),
+                customer: id(c),
+                conversation: format!("conv-{c}"),
+            });
+            s.apply(&Write::InsertSuggestion {
+                customer: id(c),
+                key: key("9"),
+            });
+        }
+        s.apply(&Write::Merge {
+            survivor: id("b"),
+            loser: id("c"),
+        });
+        s.apply(&Write::Merge {
+            survivor: id("a"),
+            loser: id("b"),
+        });
+        s
+    }
+
+    #[test]
+    fn a_merge_moves_every_row_and_repoints_earlier_losers() {
+        let s = merged();
+        for c in ["a", "b", "c"] {
+            assert_eq!(s.resolve(&id(c)), Some(id("a")), "{c}");
+        }
+        for n in ["1", "2", "3"] {
+            assert_eq!(s.owner(&key(n)).unwrap().customer, id("a"), "{n}");
+        }
+        assert_eq!(
+            s.timeline_customers(&id("a")),
+            vec![id("a"), id("b"), id("c")]
+        );
+        assert!(s.timeline_customers(&id("zz")).is_empty());
+        assert_eq!(s.suggestions(&id("a")), vec![key("9")]);
+        assert!(s.suggestions(&id("b")).is_empty());
+        assert_eq!(s.conversations_of[&id("a")].len(), 3);
+        assert!(s.conversations.values().all(|c| c.customer == id("a")));
+        assert!(
+            s.message_refs
+                .values()
+                .flatten()
+                .all(|(c, _)| *c == id("a"))
+        );
+    }
+
+    #[test]
+    fn a_split_moves_one_conversation_with_its_message_ids() {
+        let mut s = merged();
+        let mut moved = conversation("conv-b", "new");
+        moved.open = false;
+        s.apply(&Write::Customer {
+            id: id("new"),
+            next_sequence: 1,
+        });
+        s.apply(&Write::Conversation(moved));
+        s.apply(&Write::MoveMessageRefs {
+            conversation: "conv-b".into(),
+            customer: id("new"),
+        });
+        let c = &s.conversations["conv-b"];
+        assert_eq!(
+            (c.customer.clone(), c.open, c.subject.as_str()),
+            (id("new"), false, "hello")
+        );
+        assert_eq!(
+            s.message_refs["<b@x>"],
+            vec![(id("new"), "conv-b".to_owned())]
+        );
+        assert!(s.refs_of[&id("new")].contains("<b@x>"));
+        assert!(!s.refs_of[&id("a")].contains("<b@x>"));
+        assert!(!s.conversations_of[&id("a")].contains("conv-b"));
+    }
+
+    #[test]
+    fn writes_survive_the_journal_encoding() {
+        let writes = vec![
+            Write::Identity {
+                key: key("1"),
+                customer: id("a"),
+                confirmed: false,
+            },
+            Write::Conversation(conversation("conv", "a")),
+            Write::Command {
+                command_id: "cmd".into(),
+                issued_at_ms: 7,
+            },
+        ];
+        let json = serde_json::to_string(&writes).unwrap();
+        let back: Vec<Write> = serde_json::from_str(&json).unwrap();
+        let mut a = State::default();
+        let mut b = State::default();
+        writes.iter().for_each(|w| a.apply(w));
+        back.iter().for_each(|w| b.apply(w));
+        assert_eq!(a.owner(&key("1")), b.owner(&key("1")));
+        assert_eq!(a.conversations, b.conversations);
+        assert_eq!(a.applied_commands, b.applied_commands);
+    }
+}
