@@ -53,6 +53,10 @@ use omni_threading::{InboundEvent, Outcome, PostgresStore, SqliteStore, Threadin
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
+/// The daemon's allocator (`omnid`'s main), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: cargo bench -p omni-threading --bench threading -- [options]
   --events N       events per batch-throughput run, embedded (100000)
@@ -374,6 +378,18 @@ fn usage() -> (Duration, u64) {
     (cpu, written)
 }
 
+/// The process's resident anonymous memory now (`RssAnon`: heap, page
+/// caches; not the database file's memory-mapped pages), 0 if unknown.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let kb = status.lines().find_map(|l| l.strip_prefix("RssAnon:"))?;
+            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 impl Tally {
     fn add(&mut self, outcome: &Result<Outcome, omni_threading::ThreadingError>) {
         match outcome {
@@ -462,7 +478,17 @@ async fn sqlite(options: &Options, dir: &std::path::Path) {
         let store = SqliteStore::open(&path).await.expect("open sqlite store");
         eprintln!("sqlite {mode}: {events} events, batch {batch}");
         let tally = run(&store, events, batch).await;
+        // The embedded store holds its state in memory: what the process
+        // holds with it, and how long opening the file (loading the state
+        // back from its journal) takes.
+        let rss = resident_bytes();
         store.close().await;
+        drop(store);
+        let started = Instant::now();
+        let reopened = SqliteStore::open(&path).await.expect("reopen sqlite store");
+        let reopen = started.elapsed().as_secs_f64();
+        reopened.close().await;
+        drop(reopened);
         let size = ["", "-wal"]
             .iter()
             .filter_map(|suffix| {
@@ -477,7 +503,7 @@ async fn sqlite(options: &Options, dir: &std::path::Path) {
             events,
             batch,
             &tally,
-            &format!(",\"db_bytes\":{size}"),
+            &format!(",\"db_bytes\":{size},\"anon_rss_bytes\":{rss},\"reopen_secs\":{reopen:.3}"),
         );
         if !options.keep {
             for suffix in ["", "-wal", "-shm"] {

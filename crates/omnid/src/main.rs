@@ -10,6 +10,12 @@ mod sink;
 mod tail;
 mod threading;
 
+/// mimalloc rather than glibc's malloc: threading allocates many small,
+/// short-lived strings per event, and glibc spent a third of the embedded
+/// store's time in malloc and free (docs/benchmarks.md, "Fourth look").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
