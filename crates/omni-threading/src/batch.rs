@@ -463,6 +463,12 @@ impl Overlay {
     pub(crate) fn into_writes(self) -> Vec<Write> {
         self.writes
     }
+
+    /// The writes recorded since the last call, in order (the overlay
+    /// keeps its rows, so later plans still see them).
+    pub(crate) fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.writes)
+    }
 }
 
 /// Plans `inputs` in order against `overlay` (prefetched for them),

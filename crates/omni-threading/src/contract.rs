@@ -607,6 +607,38 @@ where
         );
         assert_eq!(observe(&store, &events).await, expected, "after replay");
     }
+
+    // A batch longer than a store's internal parts (the embedded store
+    // plans and writes 128 events at a time): the same stream twenty
+    // times over, under new event ids, so the same people write again.
+    let long: Vec<InboundEvent> = (0..20)
+        .flat_map(|round| {
+            mixed_stream().into_iter().map(move |mut input| {
+                input.event.event_id = format!("{}-r{round}", input.event.event_id);
+                input
+            })
+        })
+        .collect();
+    let single = make().await;
+    let mut expected_outcomes = Vec::new();
+    for input in &long {
+        expected_outcomes.push(single.thread(&config, input).await.ok());
+    }
+    let expected = observe(&single, &long).await;
+    let store = make().await;
+    let outcomes: Vec<_> = store
+        .thread_batch(&config, &long)
+        .await
+        .expect("long batch")
+        .into_iter()
+        .map(Result::ok)
+        .collect();
+    assert_eq!(outcomes, expected_outcomes, "outcomes, one long batch");
+    assert_eq!(
+        observe(&store, &long).await,
+        expected,
+        "state, one long batch"
+    );
 }
 
 fn command(id: &str, at: i64, action: Command) -> ThreadingCommand {

@@ -83,6 +83,10 @@ pub enum StoreError {
         /// The row id.
         id: i64,
     },
+    /// The embedded store's writing task ended without a result (it
+    /// panicked or the runtime is shutting down); nothing was committed.
+    #[error("the embedded store's writing task failed")]
+    Writer(#[source] tokio::task::JoinError),
     /// A journal entry of the embedded store does not decode (a damaged
     /// database, or one written by a newer version).
     #[error("state journal entry {id} does not decode")]

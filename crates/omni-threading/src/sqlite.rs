@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use omni_proto::v1::ThreadingCommand;
+use omni_proto::v1::TimelineEvent;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqliteConnection, SqlitePool};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
 
 use crate::batch::{Overlay, Wants, Write, plan_batch};
 use crate::error::{DbContext as _, StoreError, ThreadingError};
@@ -193,8 +195,15 @@ impl SqliteStore {
         catch_up(&mut tx, &mut journaled).await?;
         let mut overlay = Overlay::default();
         journaled.state.prefetch(&wants, &mut overlay);
-        let outcomes = plan_batch(config, inputs, lookups, &mut overlay);
-        commit(tx, &mut journaled, overlay.into_writes()).await?;
+        let mut pipeline = Pipeline::start(tx).await?;
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        let mut lookups = lookups.into_iter();
+        for part in inputs.chunks(PART) {
+            let part_lookups = lookups.by_ref().take(part.len()).collect();
+            outcomes.extend(plan_batch(config, part, part_lookups, &mut overlay));
+            pipeline.push(overlay.take_writes())?;
+        }
+        pipeline.finish(&mut journaled).await?;
         Ok(outcomes)
     }
 
@@ -223,68 +232,138 @@ impl SqliteStore {
             }
         };
         let issued_ms = crate::logic::timestamp_ms(command.issued_at.as_ref());
-        let writes = command_writes(&command.command_id, issued_ms, &plan);
-        commit(tx, &mut journaled, writes).await?;
+        let mut pipeline = Pipeline::start(tx).await?;
+        pipeline.push(command_writes(&command.command_id, issued_ms, &plan))?;
+        pipeline.finish(&mut journaled).await?;
         Ok(Ok(CommandOutcome::Applied(plan.timeline)))
     }
 }
 
-/// Journals `writes` and appends their timeline rows in `tx`, commits,
-/// and only then applies them to the state (a failed commit leaves the
-/// state as the file has it).
-async fn commit(
-    mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    journaled: &mut Journaled,
-    writes: Vec<Write>,
-) -> Result<(), StoreError> {
-    if writes.is_empty() {
-        return tx.rollback().await.ctx("rolling back");
-    }
-    let mut timeline = Vec::new();
-    let mut changes = Vec::with_capacity(writes.len());
-    for write in writes {
-        match write {
-            Write::Timeline(entry) => timeline.push(*entry),
-            change => changes.push(change),
-        }
-    }
-    let json =
-        serde_json::to_string(&changes).map_err(|source| StoreError::Journal { id: 0, source })?;
-    let id: i64 = sqlx::query_scalar("INSERT INTO state_journal (writes) VALUES ($1) RETURNING id")
-        .bind(json)
+/// Events planned before their rows are handed to the writing task: small
+/// enough that SQLite starts early, large enough for multi-row statements.
+const PART: usize = 128;
+
+/// One write transaction, fed in parts. A task of its own writes each
+/// part's journal row and timeline rows as soon as it is handed over, so
+/// SQLite works on one core while the caller plans the next part on the
+/// other; [`Pipeline::finish`] commits all parts at once (one fsync) and
+/// only then changes the state in memory.
+struct Pipeline {
+    parts: mpsc::UnboundedSender<Part>,
+    task: JoinHandle<Result<Written, StoreError>>,
+    /// The timeline's sequence before the transaction: the new rows take
+    /// the ids after it, in order (under the write lock, AUTOINCREMENT).
+    last: i64,
+    changes: Vec<Write>,
+    customers: Vec<String>,
+}
+
+/// A part's journal row (its changes, JSON) and timeline rows.
+struct Part {
+    json: String,
+    timeline: Vec<TimelineEvent>,
+}
+
+/// The transaction after its parts were written, and the last journal
+/// row's id (none: nothing to commit).
+struct Written {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    journal_id: Option<i64>,
+}
+
+impl Pipeline {
+    async fn start(
+        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    ) -> Result<Pipeline, StoreError> {
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'timeline'), 0)",
+        )
         .fetch_one(&mut *tx)
         .await
-        .ctx("journaling state")?;
-    // Under the write lock, with AUTOINCREMENT, the new rows take the ids
-    // after the table's sequence, in order.
-    let last: i64 = sqlx::query_scalar(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'timeline'), 0)",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .ctx("reading timeline sequence")?;
-    SqliteStore::append_timeline(&mut tx, &timeline).await?;
-    // The state changes in memory while the commit's fsync runs; should
-    // the commit fail, the state is reloaded from the file.
-    let commit = tx.commit();
-    let apply = async {
-        for change in &changes {
-            journaled.state.apply(change);
-        }
-    };
-    let (committed, ()) = tokio::join!(commit, apply);
-    if let Err(e) = committed {
-        journaled.stale = true;
-        return Err(StoreError::Database {
-            op: "committing",
-            source: e,
+        .ctx("reading timeline sequence")?;
+        let (parts, mut receive) = mpsc::unbounded_channel::<Part>();
+        let task = tokio::spawn(async move {
+            let mut journal_id = None;
+            while let Some(part) = receive.recv().await {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO state_journal (writes) VALUES ($1) RETURNING id",
+                )
+                .bind(part.json)
+                .fetch_one(&mut *tx)
+                .await
+                .ctx("journaling state")?;
+                SqliteStore::append_timeline(&mut tx, &part.timeline).await?;
+                journal_id = Some(id);
+            }
+            Ok(Written { tx, journal_id })
         });
+        Ok(Pipeline {
+            parts,
+            task,
+            last,
+            changes: Vec::new(),
+            customers: Vec::new(),
+        })
     }
-    journaled.through = id;
-    for (n, entry) in (1..).zip(timeline) {
-        journaled.add_timeline_row(last + n, entry.customer_id);
+
+    /// Hands `writes` (in plan order) to the writing task.
+    fn push(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut timeline = Vec::new();
+        let first = self.changes.len();
+        for write in writes {
+            match write {
+                Write::Timeline(entry) => {
+                    self.customers.push(entry.customer_id.clone());
+                    timeline.push(*entry);
+                }
+                change => self.changes.push(change),
+            }
+        }
+        let json = serde_json::to_string(&self.changes[first..])
+            .map_err(|source| StoreError::Journal { id: 0, source })?;
+        // A closed channel means the task failed: `finish` reports why.
+        let _ = self.parts.send(Part { json, timeline });
+        Ok(())
     }
-    Ok(())
+
+    /// Commits what was pushed, then applies it to `journaled` (during the
+    /// commit's fsync; should the commit fail, the state is reloaded).
+    async fn finish(self, journaled: &mut Journaled) -> Result<(), StoreError> {
+        let Pipeline {
+            parts,
+            task,
+            last,
+            changes,
+            customers,
+        } = self;
+        drop(parts);
+        let written = task.await.map_err(StoreError::Writer)??;
+        let Some(id) = written.journal_id else {
+            return written.tx.rollback().await.ctx("rolling back");
+        };
+        let commit = written.tx.commit();
+        let apply = async {
+            for change in &changes {
+                journaled.state.apply(change);
+            }
+        };
+        let (committed, ()) = tokio::join!(commit, apply);
+        if let Err(e) = committed {
+            journaled.stale = true;
+            return Err(StoreError::Database {
+                op: "committing",
+                source: e,
+            });
+        }
+        journaled.through = id;
+        for (n, customer) in (1..).zip(customers) {
+            journaled.add_timeline_row(last + n, customer);
+        }
+        Ok(())
+    }
 }
 
 /// Applies the journal rows after `journaled.through` and indexes the
