@@ -140,7 +140,11 @@ impl Fixture {
         .unwrap();
         let config = SpoolConfig {
             max_records,
-            spool_after: Duration::from_millis(200),
+            // Long enough that a healthy primary (a SQLite file, one
+            // fsync per append) never counts as stalled while the other
+            // tests of this file share the disk: with 200 ms, CI once saw
+            // an append after recovery spooled instead of sent directly.
+            spool_after: Duration::from_secs(1),
         };
         SpooledLog::new(Arc::new(self.primary.clone()), spool, config)
             .await
