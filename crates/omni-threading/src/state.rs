@@ -48,7 +48,7 @@ pub(crate) struct State {
     identities: HashMap<HandleKey, (CustomerId, bool)>,
     handles_of: HashMap<CustomerId, HashSet<HandleKey>>,
     conversations: HashMap<String, Conversation>,
-    conversations_of: HashMap<CustomerId, BTreeSet<String>>,
+    conversations_of: HashMap<CustomerId, HashSet<String>>,
     /// Message-ID -> (customer, conversation) rows.
     message_refs: HashMap<String, Vec<(CustomerId, String)>>,
     refs_of: HashMap<CustomerId, HashSet<String>>,
@@ -60,55 +60,21 @@ pub(crate) struct State {
 }
 
 /// Moves `item` from `from`'s set to `to`'s in a reverse index.
-fn reindex<K, T>(index: &mut HashMap<K, T>, from: Option<&K>, to: &K, item: &T::Item)
+fn reindex<K, T>(index: &mut HashMap<K, HashSet<T>>, from: Option<&K>, to: &K, item: &T)
 where
     K: Clone + Eq + std::hash::Hash,
-    T: Default + SetLike,
+    T: Clone + Eq + std::hash::Hash,
 {
     if let Some(from) = from
         && from != to
         && let Some(set) = index.get_mut(from)
     {
-        set.remove_item(item);
-        if set.is_empty_set() {
+        set.remove(item);
+        if set.is_empty() {
             index.remove(from);
         }
     }
-    index.entry(to.clone()).or_default().insert_item(item);
-}
-
-/// The two set types of the reverse indexes.
-trait SetLike {
-    type Item;
-    fn insert_item(&mut self, item: &Self::Item);
-    fn remove_item(&mut self, item: &Self::Item);
-    fn is_empty_set(&self) -> bool;
-}
-
-impl<T: Clone + Eq + std::hash::Hash> SetLike for HashSet<T> {
-    type Item = T;
-    fn insert_item(&mut self, item: &T) {
-        self.insert(item.clone());
-    }
-    fn remove_item(&mut self, item: &T) {
-        self.remove(item);
-    }
-    fn is_empty_set(&self) -> bool {
-        self.is_empty()
-    }
-}
-
-impl<T: Clone + Ord> SetLike for BTreeSet<T> {
-    type Item = T;
-    fn insert_item(&mut self, item: &T) {
-        self.insert(item.clone());
-    }
-    fn remove_item(&mut self, item: &T) {
-        self.remove(item);
-    }
-    fn is_empty_set(&self) -> bool {
-        self.is_empty()
-    }
+    index.entry(to.clone()).or_default().insert(item.clone());
 }
 
 impl State {
