@@ -6,7 +6,7 @@
 //! the envelope from headers without decoding the value. The same headers are
 //! written by the SQLite event log, so `omnid tail` shows both backends alike.
 
-mod rfc3339;
+pub(crate) mod rfc3339;
 
 use std::time::SystemTime;
 

@@ -171,6 +171,9 @@ pub enum HandleError {
     /// A string that is not one of the [`HandleKind`] wire names.
     #[error("unknown handle kind")]
     UnknownKind,
+    /// Handle text without the `kind:` prefix of [`HandleText`].
+    #[error("handle text is not `kind:value`")]
+    MissingKind,
     /// A string that is not an ISO 3166-1 alpha-2 code with phone metadata.
     #[error("unknown region code {0:?}")]
     UnknownRegion(String),
@@ -228,7 +231,9 @@ impl Handle {
     /// Normalization (part of the stream contract):
     /// 1. trim surrounding whitespace; strip one surrounding `<...>`, then a
     ///    case-insensitive `mailto:` prefix;
-    /// 2. reject whitespace and control characters anywhere, and RFC 5322
+    /// 2. reject whitespace, control characters and invisible formatting
+    ///    characters (bidi marks, overrides and isolates, zero-width
+    ///    characters, the BOM) anywhere, and RFC 5322
     ///    specials (`"(),:;<>[\]@`) in the local part — so quoted local parts
     ///    and a second '@' are rejected rather than parsed;
     /// 3. split at the last '@'; neither side may be empty;
@@ -256,16 +261,19 @@ impl Handle {
     /// A phone handle in E.164 (`+989121234567`).
     ///
     /// Normalization (part of the stream contract):
-    /// 1. reject input longer than 64 characters;
+    /// 1. reject input longer than 64 characters; trim surrounding
+    ///    whitespace;
     /// 2. map Persian (U+06F0–U+06F9), Arabic-Indic (U+0660–U+0669) and
     ///    full-width (U+FF10–U+FF19) digits to ASCII, and the full-width plus
     ///    (U+FF0B) to '+', because customers type in their own script;
-    /// 3. drop Unicode spaces (NBSP included), `-` `.` `(` `)` `/`, their
+    /// 3. drop Unicode spaces (NBSP included, control characters such as
+    ///    tab or newline not), `-` `.` `(` `)` `/`, their
     ///    full-width forms, Unicode dashes and minus, zero-width characters
     ///    and the BOM, and bidi marks (U+061C, U+200E, U+200F,
     ///    U+202A–U+202E, U+2066–U+2069), which numbers copy-pasted from
     ///    right-to-left text carry;
-    /// 4. anything else, including letters and extensions, is rejected: a
+    /// 4. anything else, including letters, extensions and control
+    ///    characters, is rejected: a
     ///    handle must not silently lose part of what the customer wrote;
     /// 5. a leading "00" becomes '+'; a '+' is only allowed first;
     /// 6. without a '+', the number is read as a national number of
@@ -283,7 +291,9 @@ impl Handle {
     /// A handle for any kind, mainly provider-assigned ids.
     ///
     /// Provider ids (and scopes) are trimmed, must be non-empty, at most 256
-    /// bytes and free of control characters, and are otherwise kept verbatim:
+    /// bytes and free of control and invisible formatting characters (bidi
+    /// controls, zero-width characters, the BOM), and are otherwise kept
+    /// verbatim:
     /// they are opaque and case-sensitive (WeChat openids differ only in
     /// case). [`HandleKind::ChatVisitor`] and [`HandleKind::External`] need a
     /// scope (the channel id); the others take one optionally.
@@ -333,6 +343,82 @@ impl Handle {
     }
 }
 
+impl fmt::Display for Handle {
+    /// The handle's [`HandleText`], e.g. `email:ana@example.com`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        HandleText {
+            kind: self.kind.as_str(),
+            scope: self.scope().unwrap_or_default(),
+            value: &self.value,
+        }
+        .fmt(f)
+    }
+}
+
+impl FromStr for Handle {
+    type Err = HandleError;
+
+    /// Reads [`HandleText`] and normalizes the value as [`Handle::provider`]
+    /// does, so `phone:+1 415 555 0134` and `phone:+14155550134` are the
+    /// same handle.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = HandleText::parse(s)?;
+        let scope = (!text.scope.is_empty()).then_some(text.scope);
+        Handle::provider(text.kind.parse()?, text.value, scope)
+    }
+}
+
+/// A handle as text: `kind:value`, or `kind:scope:value` for a scoped one,
+/// with the kind's wire name (`email`, `telegram`, `external`, ...).
+///
+/// It is the key of a sender's messages on `omni.inbound.v1` and the form
+/// the CLI and stored link records use, so its bytes are part of the stream
+/// contract. The parts are borrowed so that a [`Handle`], a stored key and a
+/// stream handle all format through this one type.
+///
+/// The text is not escaped, so reading it back relies on what normalization
+/// and channel ids guarantee: email and phone values are never scoped and
+/// keep their colons; for every other kind a scope never contains `:` (the
+/// first colon after the kind ends it), and unscoped values of optionally
+/// scoped kinds (Telegram, WeChat and WhatsApp ids) have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HandleText<'a> {
+    /// The kind's wire name; `unspecified` for a stream handle without one.
+    pub kind: &'a str,
+    /// The scope, empty for an unscoped handle.
+    pub scope: &'a str,
+    /// The value.
+    pub value: &'a str,
+}
+
+impl<'a> HandleText<'a> {
+    /// Splits `kind:value` or `kind:scope:value`. The kind must be a known
+    /// wire name, since it decides whether a scope can follow; the value is
+    /// not normalized (parse a [`Handle`] for that).
+    pub fn parse(text: &'a str) -> Result<HandleText<'a>, HandleError> {
+        let (kind, rest) = text.split_once(':').ok_or(HandleError::MissingKind)?;
+        let takes_scope = !matches!(
+            kind.parse::<HandleKind>()?,
+            HandleKind::Email | HandleKind::Phone
+        );
+        let (scope, value) = match rest.split_once(':') {
+            Some(parts) if takes_scope => parts,
+            _ => ("", rest),
+        };
+        Ok(HandleText { kind, scope, value })
+    }
+}
+
+impl fmt::Display for HandleText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.scope.is_empty() {
+            write!(f, "{}:{}", self.kind, self.value)
+        } else {
+            write!(f, "{}:{}:{}", self.kind, self.scope, self.value)
+        }
+    }
+}
+
 fn normalize_email(raw: &str) -> Result<String, HandleError> {
     const FIELD: &str = "email address";
     if raw.len() > MAX_RAW_EMAIL_BYTES {
@@ -354,7 +440,10 @@ fn normalize_email(raw: &str) -> Result<String, HandleError> {
     if s.is_empty() {
         return Err(HandleError::Empty { field: FIELD });
     }
-    if let Some(ch) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(ch) = s
+        .chars()
+        .find(|&c| c.is_whitespace() || c.is_control() || is_invisible_format(c))
+    {
         return Err(HandleError::InvalidCharacter { field: FIELD, ch });
     }
     let (local, domain) = s.rsplit_once('@').ok_or(HandleError::MissingAt)?;
@@ -421,6 +510,7 @@ fn normalize_phone(raw: &str, default_region: Option<Region>) -> Result<String, 
             unit: "characters",
         });
     }
+    let raw = raw.trim();
     let mut cleaned = String::with_capacity(raw.len());
     for ch in raw.chars() {
         if let Some(digit) = ascii_digit(ch) {
@@ -498,7 +588,7 @@ fn ascii_digit(ch: char) -> Option<char> {
 
 /// Decoration that people and RTL text put into phone numbers.
 fn is_phone_filler(ch: char) -> bool {
-    ch.is_whitespace()
+    (ch.is_whitespace() && !ch.is_control())
         || matches!(
             ch,
             '-' | '.' | '(' | ')' | '/'
@@ -525,10 +615,37 @@ fn check_opaque_id<'a>(field: &'static str, raw: &'a str) -> Result<&'a str, Han
             unit: "bytes",
         });
     }
-    if let Some(ch) = value.chars().find(|c| c.is_control()) {
+    if let Some(ch) = value
+        .chars()
+        .find(|&c| c.is_control() || is_invisible_format(c))
+    {
         return Err(HandleError::InvalidCharacter { field, ch });
     }
     Ok(value)
+}
+
+/// Characters that render as nothing or reorder the text around them.
+///
+/// In a handle they would let two handles look identical while being
+/// different keys (`a\u{200B}b` and `ab`), or make a value display as
+/// something else entirely (a right-to-left override turns `moc.evil@x`
+/// into what reads as another address), so every handle refuses them.
+/// Phone input is the exception in appearance only: those characters are
+/// decoration there and never reach the E.164 value.
+fn is_invisible_format(ch: char) -> bool {
+    matches!(
+        ch,
+        // soft hyphen, Mongolian vowel separator
+        '\u{00AD}' | '\u{180E}'
+        // Arabic letter mark, LRM/RLM, embeddings/overrides, isolates
+        | '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        // zero-width space/non-joiner/joiner, word joiner, invisible operators, BOM
+        | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+        // deprecated shaping controls, interlinear annotation
+        | '\u{206A}'..='\u{206F}' | '\u{FFF9}'..='\u{FFFB}'
+        // language tag and tag characters
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 #[cfg(test)]
@@ -1086,6 +1203,204 @@ mod tests {
         );
     }
 
+    /// Bidi controls, zero-width characters, the BOM, a soft hyphen and a
+    /// tag character.
+    const INVISIBLE: &[char] = &[
+        '\u{202A}',
+        '\u{202B}',
+        '\u{202C}',
+        '\u{202D}',
+        '\u{202E}',
+        '\u{2066}',
+        '\u{2067}',
+        '\u{2068}',
+        '\u{2069}',
+        '\u{200E}',
+        '\u{200F}',
+        '\u{061C}',
+        '\u{200B}',
+        '\u{200C}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{FEFF}',
+        '\u{00AD}',
+        '\u{E0041}',
+    ];
+
+    fn refused(result: Result<Handle, HandleError>, ch: char) -> bool {
+        matches!(result, Err(HandleError::InvalidCharacter { ch: c, .. }) if c == ch)
+    }
+
+    #[test]
+    fn email_refuses_invisible_characters() {
+        assert!(refused(Handle::email("a\u{202e}@example.com"), '\u{202e}'));
+        for &ch in INVISIBLE {
+            for raw in [
+                format!("{ch}ana@example.com"),
+                format!("a{ch}na@example.com"),
+                format!("ana{ch}@example.com"),
+                format!("ana@{ch}example.com"),
+                format!("ana@exam{ch}ple.com"),
+                format!("ana@example.com{ch}"),
+                format!("<ana@example.com{ch}>"),
+            ] {
+                assert!(refused(Handle::email(&raw), ch), "{raw:?}");
+                assert!(
+                    refused(Handle::provider(HandleKind::Email, &raw, None), ch),
+                    "{raw:?}"
+                );
+            }
+        }
+        for ch in ['\u{7}', '\u{1b}', '\u{85}', '\u{9f}'] {
+            assert!(refused(Handle::email(&format!("a{ch}b@example.com")), ch));
+            assert!(refused(Handle::email(&format!("ab@exa{ch}mple.com")), ch));
+        }
+    }
+
+    #[test]
+    fn provider_ids_and_scopes_refuse_invisible_characters() {
+        for &ch in INVISIBLE {
+            for kind in [
+                HandleKind::TelegramUser,
+                HandleKind::WechatOpenid,
+                HandleKind::WechatUnionid,
+                HandleKind::Whatsapp,
+                HandleKind::ChatVisitor,
+                HandleKind::External,
+            ] {
+                for value in [format!("{ch}42"), format!("4{ch}2"), format!("42{ch}")] {
+                    assert!(
+                        refused(Handle::provider(kind, &value, Some("web")), ch),
+                        "{kind} {value:?}"
+                    );
+                    assert!(
+                        refused(Handle::provider(kind, "42", Some(&value)), ch),
+                        "{kind} scope {value:?}"
+                    );
+                }
+            }
+        }
+        for ch in ['\0', '\u{1b}', '\u{7f}', '\u{85}'] {
+            assert!(refused(
+                Handle::provider(HandleKind::External, "42", Some(&format!("a{ch}b"))),
+                ch
+            ));
+        }
+    }
+
+    #[test]
+    fn phone_refuses_control_characters_and_never_keeps_invisible_ones() {
+        for ch in ['\0', '\t', '\n', '\r', '\u{1b}', '\u{7f}', '\u{85}'] {
+            let raw = format!("+98 912{ch}123 4567");
+            assert!(refused(Handle::phone(&raw, None), ch), "{raw:?}");
+            assert!(
+                refused(Handle::provider(HandleKind::Phone, &raw, None), ch),
+                "{raw:?}"
+            );
+        }
+        // Surrounding whitespace is trimmed, as for every other handle.
+        assert_eq!(
+            phone("\t+98 912 123 4567\r\n", None),
+            Ok("+989121234567".to_owned())
+        );
+        // Bidi and zero-width characters are how right-to-left text
+        // decorates numbers (see `bidi_marked_rtl_paste`): they are dropped,
+        // and the value that becomes the handle is plain E.164.
+        for &ch in INVISIBLE.iter().filter(|&&c| is_phone_filler(c)) {
+            let handle = Handle::phone(&format!("{ch}+98 912{ch}123 4567{ch}"), None).unwrap();
+            assert_eq!(handle.value(), "+989121234567");
+        }
+        // Those that are not decoration are refused like letters.
+        for ch in ['\u{00AD}', '\u{E0041}'] {
+            assert!(refused(
+                Handle::phone(&format!("+98 912{ch}1234567"), None),
+                ch
+            ));
+        }
+    }
+
+    #[test]
+    fn handle_text_round_trips_for_every_kind() {
+        for kind in HandleKind::ALL {
+            let value = match kind {
+                HandleKind::Email => "ana@example.com",
+                HandleKind::Phone => "+14155550134",
+                HandleKind::ChatVisitor | HandleKind::External => "user:7",
+                _ => "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+            };
+            let mut handles = Vec::new();
+            if !kind.requires_scope() {
+                handles.push(Handle::provider(kind, value, None).unwrap());
+            }
+            if !matches!(kind, HandleKind::Email | HandleKind::Phone) {
+                handles.push(Handle::provider(kind, value, Some("wx-app_1")).unwrap());
+            }
+            for handle in handles {
+                let text = handle.to_string();
+                let parsed = HandleText::parse(&text).unwrap();
+                assert_eq!(
+                    (parsed.kind, parsed.scope, parsed.value),
+                    (
+                        kind.as_str(),
+                        handle.scope().unwrap_or_default(),
+                        handle.value()
+                    ),
+                    "{text}"
+                );
+                assert_eq!(parsed.to_string(), text);
+                assert_eq!(text.parse::<Handle>(), Ok(handle), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn handle_text_forms() {
+        assert_eq!(
+            Handle::email("Ana@Example.COM").unwrap().to_string(),
+            "email:ana@example.com"
+        );
+        assert_eq!(
+            Handle::provider(HandleKind::External, "u-42", Some("acme"))
+                .unwrap()
+                .to_string(),
+            "external:acme:u-42"
+        );
+        // Values are normalized on the way in.
+        assert_eq!(
+            "phone:+1 415 555 0134".parse::<Handle>(),
+            Handle::phone("+14155550134", None)
+        );
+        assert_eq!(
+            "email:Ana@Example.COM".parse::<Handle>(),
+            Handle::email("ana@example.com")
+        );
+        // Email and phone values are never split at a colon.
+        assert_eq!(
+            HandleText::parse("email:a:b@example.com"),
+            Ok(HandleText {
+                kind: "email",
+                scope: "",
+                value: "a:b@example.com"
+            })
+        );
+        assert_eq!("fax:1".parse::<Handle>(), Err(HandleError::UnknownKind));
+        assert_eq!(
+            "ana@example.com".parse::<Handle>(),
+            Err(HandleError::MissingKind)
+        );
+        assert_eq!(
+            "external:no-scope".parse::<Handle>(),
+            Err(HandleError::MissingScope(HandleKind::External))
+        );
+        assert_eq!(
+            "email:a\u{202e}@example.com".parse::<Handle>(),
+            Err(HandleError::InvalidCharacter {
+                field: "email address",
+                ch: '\u{202e}'
+            })
+        );
+    }
+
     #[test]
     fn error_messages_follow_house_style() {
         let errors = [
@@ -1106,6 +1421,7 @@ mod tests {
             HandleError::MissingScope(HandleKind::External),
             HandleError::UnexpectedScope(HandleKind::Email),
             HandleError::UnknownKind,
+            HandleError::MissingKind,
             HandleError::UnknownRegion("XX".to_owned()),
         ];
         for e in errors {

@@ -1,6 +1,6 @@
 //! Omnid's vocabulary that every other crate shares: identity handles and
-//! their normalization, deterministic event ids, and the CloudEvents header
-//! mapping.
+//! their normalization and stream form, deterministic event ids, checked
+//! stream timestamps, and the CloudEvents header mapping.
 //!
 //! Everything here is a pure function without I/O, because these rules are
 //! part of the stream contract: a connector, the threading service and a
@@ -12,7 +12,9 @@ pub mod cloudevents;
 mod display_name;
 mod event_id;
 mod handle;
+pub mod proto;
+pub mod timestamp;
 
 pub use display_name::{MAX_DISPLAY_NAME_CHARS, normalize_display_name};
 pub use event_id::{EventId, NAMESPACE, ParseEventIdError, event_id};
-pub use handle::{Handle, HandleError, HandleKind, Region};
+pub use handle::{Handle, HandleError, HandleKind, HandleText, Region};

@@ -52,11 +52,15 @@ pub fn format_rfc3339(time: SystemTime) -> String {
 /// `Z` or numeric offset, since other producers on the topic may write
 /// either. Leap seconds (`:60`) are rejected: `SystemTime` cannot hold them.
 pub fn parse_rfc3339(text: &str) -> Result<SystemTime, CloudEventError> {
-    parse(text.as_bytes())
+    parse_unix_parts(text)
+        .and_then(|(seconds, nanos)| from_unix_parts(seconds, nanos))
         .ok_or_else(|| CloudEventError::InvalidTime(text.chars().take(64).collect()))
 }
 
-fn parse(b: &[u8]) -> Option<SystemTime> {
+/// Seconds since the Unix epoch and nanoseconds (`0..1e9`) of an RFC 3339
+/// date-time, in the grammar of [`parse_rfc3339`].
+pub(crate) fn parse_unix_parts(text: &str) -> Option<(i64, u32)> {
+    let b = text.as_bytes();
     let mut p = Parser { b, pos: 0 };
     let year = p.digits(4)?;
     p.expect(b'-')?;
@@ -113,7 +117,7 @@ fn parse(b: &[u8]) -> Option<SystemTime> {
     let seconds =
         days_from_civil(year, month, day) * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second
             - offset_seconds;
-    from_unix_parts(seconds, nanos)
+    Some((seconds, nanos))
 }
 
 struct Parser<'a> {
