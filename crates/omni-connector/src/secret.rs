@@ -50,6 +50,10 @@ pub enum SecretError {
     File { path: String, reason: String },
     #[error("secret from {0} is empty")]
     Empty(String),
+    /// A template or a mount gone wrong, and as an HMAC key or a token it
+    /// would be guessable, so it is refused like an empty one.
+    #[error("secret from {0} is only whitespace")]
+    Blank(String),
 }
 
 impl SecretRef {
@@ -81,6 +85,9 @@ impl SecretRef {
         if bytes.is_empty() {
             return Err(SecretError::Empty(origin));
         }
+        if std::str::from_utf8(&bytes).is_ok_and(|s| s.trim().is_empty()) {
+            return Err(SecretError::Blank(origin));
+        }
         Ok(Secret(bytes))
     }
 }
@@ -108,6 +115,28 @@ mod tests {
             missing.unwrap_err(),
             SecretError::EnvMissing("OMNI_TEST_SURELY_UNSET_VARIABLE".into())
         );
+    }
+
+    #[test]
+    fn whitespace_only_secrets_are_refused() {
+        let dir = std::env::temp_dir().join(format!("omni-secret-blank-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        for blank in [" ", "  \n\n", "\t\r\n", "\u{3000}\u{a0}\n"] {
+            std::fs::write(&path, blank).unwrap();
+            let err = SecretRef::File(path.clone()).resolve().unwrap_err();
+            assert_eq!(
+                err,
+                SecretError::Blank(format!("file {}", path.display())),
+                "{blank:?}"
+            );
+            assert!(err.to_string().ends_with("is only whitespace"), "{err}");
+        }
+        // Whitespace inside or around a real secret is part of it.
+        std::fs::write(&path, " hunter 2 \n").unwrap();
+        let secret = SecretRef::File(path.clone()).resolve().unwrap();
+        assert_eq!(secret.expose(), b" hunter 2 ");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
