@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use omni_model::{Handle, HandleKind};
+use omni_model::proto::kind_to_proto;
+use omni_model::{Handle, HandleKind, HandleText};
 use uuid::Uuid;
 
 /// Namespace of customer ids (UUIDv5 of a handle key).
@@ -115,7 +116,7 @@ impl HandleKey {
         let kind = self
             .kind
             .parse::<HandleKind>()
-            .map_or(omni_proto::v1::HandleKind::Unspecified, proto_kind);
+            .map_or(omni_proto::v1::HandleKind::Unspecified, kind_to_proto);
         omni_proto::v1::IdentityHandle {
             kind: kind as i32,
             value: self.value.clone(),
@@ -127,43 +128,41 @@ impl HandleKey {
 }
 
 impl fmt::Display for HandleKey {
+    /// The handle's [`HandleText`], the same bytes as its inbound record
+    /// key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.scope.is_empty() {
-            write!(f, "{}:{}", self.kind, self.value)
-        } else {
-            write!(f, "{}:{}:{}", self.kind, self.scope, self.value)
+        HandleText {
+            kind: &self.kind,
+            scope: &self.scope,
+            value: &self.value,
         }
+        .fmt(f)
     }
 }
 
-/// The model's kind for a proto kind; `None` for `UNSPECIFIED` or an
-/// unknown number from a newer producer.
-pub fn model_kind(kind: i32) -> Option<HandleKind> {
-    use omni_proto::v1::HandleKind as P;
-    Some(match P::try_from(kind).ok()? {
-        P::Unspecified => return None,
-        P::Email => HandleKind::Email,
-        P::Phone => HandleKind::Phone,
-        P::TelegramUser => HandleKind::TelegramUser,
-        P::WechatOpenid => HandleKind::WechatOpenid,
-        P::WechatUnionid => HandleKind::WechatUnionid,
-        P::Whatsapp => HandleKind::Whatsapp,
-        P::ChatVisitor => HandleKind::ChatVisitor,
-        P::External => HandleKind::External,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use omni_model::proto::{partition_key, to_proto};
 
-/// The proto kind for a model kind.
-pub fn proto_kind(kind: HandleKind) -> omni_proto::v1::HandleKind {
-    use omni_proto::v1::HandleKind as P;
-    match kind {
-        HandleKind::Email => P::Email,
-        HandleKind::Phone => P::Phone,
-        HandleKind::TelegramUser => P::TelegramUser,
-        HandleKind::WechatOpenid => P::WechatOpenid,
-        HandleKind::WechatUnionid => P::WechatUnionid,
-        HandleKind::Whatsapp => P::Whatsapp,
-        HandleKind::ChatVisitor => P::ChatVisitor,
-        HandleKind::External => P::External,
+    use super::*;
+
+    #[test]
+    fn keys_print_as_record_keys() {
+        for handle in [
+            Handle::email("Ana@Example.COM").unwrap(),
+            Handle::provider(HandleKind::TelegramUser, "777", None).unwrap(),
+            Handle::provider(HandleKind::WechatOpenid, "oUpF8u", Some("wx1")).unwrap(),
+            Handle::provider(HandleKind::External, "user:7", Some("shop-api")).unwrap(),
+        ] {
+            let key = HandleKey::from_handle(&handle);
+            let proto = to_proto(&handle, "", true);
+            assert_eq!(key.to_string(), partition_key(&proto));
+            assert_eq!(key.to_proto(true), proto);
+        }
+        let external = Handle::provider(HandleKind::External, "user:7", Some("shop-api")).unwrap();
+        assert_eq!(
+            HandleKey::from_handle(&external).to_string(),
+            "external:shop-api:user:7"
+        );
     }
 }

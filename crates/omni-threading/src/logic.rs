@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use omni_model::proto::kind_from_proto;
 use omni_model::{Handle, HandleKind};
 use omni_proto::v1::{
     ChannelKind, ConversationEvent, ConversationState, ConversationStateChanged, CustomersMerged,
@@ -18,7 +19,7 @@ use omni_proto::v1::{
 };
 
 use crate::error::ThreadingError;
-use crate::ids::{CustomerId, HandleKey, conversation_id, model_kind, timeline_entry_id};
+use crate::ids::{CustomerId, HandleKey, conversation_id, timeline_entry_id};
 
 /// How threading behaves; the daemon builds it from `config/omnid.toml`
 /// and the channel files.
@@ -204,7 +205,8 @@ fn is_chat_like(kind: i32) -> bool {
 
 /// The normalized handle of a proto handle.
 pub(crate) fn key_of(handle: &IdentityHandle) -> Result<HandleKey, ThreadingError> {
-    let kind = model_kind(handle.kind).ok_or(ThreadingError::UnknownHandleKind(handle.kind))?;
+    let kind =
+        kind_from_proto(handle.kind).ok_or(ThreadingError::UnknownHandleKind(handle.kind))?;
     let scope = (!handle.scope.is_empty()).then_some(handle.scope.as_str());
     let normalized = Handle::provider(kind, &handle.value, scope).map_err(|source| {
         ThreadingError::InvalidHandle {
@@ -232,7 +234,7 @@ fn customer_handle(event: &ConversationEvent) -> Result<&IdentityHandle, Threadi
 fn claims_of(input: &InboundEvent, primary: &IdentityHandle) -> Vec<(HandleKey, bool)> {
     let mut claims = Vec::new();
     let implied = |h: &IdentityHandle, claims: &mut Vec<(HandleKey, bool)>| {
-        if model_kind(h.kind) == Some(HandleKind::Whatsapp)
+        if kind_from_proto(h.kind) == Some(HandleKind::Whatsapp)
             && let Ok(phone) = Handle::phone(&format!("+{}", h.value), None)
         {
             claims.push((HandleKey::from_handle(&phone), h.verified));
