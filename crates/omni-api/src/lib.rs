@@ -18,9 +18,8 @@ pub mod signature;
 
 use std::sync::Arc;
 
-use omni_connector::{
-    ChannelContext, ConfigError, Connector, ConnectorFactory, WebhookConnector, parse_settings,
-};
+use omni_connector::{ChannelConfig, ChannelContext, ConfigError, Connector, WebhookConnector};
+use omni_proto::v1::ChannelKind;
 
 pub use config::ApiChannelConfig;
 pub use handler::ApiWebhook;
@@ -28,26 +27,13 @@ pub use handler::ApiWebhook;
 /// The `kind` of API channels in channel files.
 pub const KIND: &str = "api";
 
-/// Registers the API channel with the daemon's factory registry.
-#[derive(Debug, Default)]
-pub struct ApiFactory;
+impl ChannelConfig for ApiChannelConfig {
+    const KIND: &'static str = KIND;
+    const CHANNEL_KIND: ChannelKind = ChannelKind::Api;
 
-impl ConnectorFactory for ApiFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn build(
-        &self,
-        context: ChannelContext,
-        settings: toml::Table,
-    ) -> Result<Arc<dyn Connector>, ConfigError> {
-        let config: ApiChannelConfig = parse_settings(settings)?;
-        let webhook = ApiWebhook::new(context, config)?;
+    fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
+        let webhook = ApiWebhook::new(context, self)?;
         // A webhook, nothing to pull, nothing to send.
-        Ok(Arc::new(WebhookConnector {
-            webhook: Arc::new(webhook),
-            outbound: None,
-        }))
+        Ok(Arc::new(WebhookConnector::new(Arc::new(webhook))))
     }
 }

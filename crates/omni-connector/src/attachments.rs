@@ -262,7 +262,7 @@ pub async fn load_outbound(
         let content = store
             .get(&digest)
             .await
-            .map_err(|e| DeliveryError::Temporary(format!("attachments[{i}]: {e}")))?
+            .map_err(|e| DeliveryError::temporary(format!("attachments[{i}]: {e}")))?
             .ok_or_else(|| {
                 DeliveryError::Rejected(format!(
                     "attachments[{i}] ({URI_PREFIX}{digest}) is not in the attachment store"
@@ -277,7 +277,7 @@ pub async fn load_outbound(
             (content, actual)
         })
         .await
-        .map_err(|e| DeliveryError::Temporary(format!("hashing attachments[{i}] failed: {e}")))?;
+        .map_err(|e| DeliveryError::temporary(format!("hashing attachments[{i}] failed: {e}")))?;
         if actual != digest {
             return Err(DeliveryError::Rejected(format!(
                 "attachments[{i}]: the stored file {digest} does not match its sha256 (it hashes to {actual})"

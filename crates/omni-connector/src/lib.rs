@@ -10,25 +10,37 @@
 pub mod attachments;
 pub mod config;
 pub mod connector;
+pub mod driver;
 pub mod handle;
+pub mod media;
 pub mod outbound;
 mod parse;
 pub mod secret;
 pub mod sender;
 pub mod signature;
 pub mod state;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod webhook;
 
 pub use attachments::{AttachmentStore, FsAttachmentStore, StoredAttachment};
 pub use config::{ConfigError, parse_settings};
 pub use connector::{
-    ChannelContext, Connector, ConnectorError, ConnectorFactory, WebhookConnector,
+    ChannelConfig, ChannelContext, Connector, ConnectorError, ConnectorFactory, TypedFactory,
+    WebhookConnector, factory,
 };
-pub use outbound::{Delivered, DeliveryError, OutboundHandler};
+pub use driver::{
+    EnrichError, Inbound, Parsed, Refusal, Unreadable, WebhookChannel, WebhookDriver,
+};
+pub use media::{
+    FetchError, Fetched, MediaFetcher, MediaJob, MediaQueue, MediaQueueError, MediaRef,
+    MemoryMediaQueue,
+};
+pub use outbound::{Delivered, DeliveryError, OutboundHandler, parse_retry_after};
 pub use parse::ParseError;
 pub use secret::{Secret, SecretRef};
-pub use sender::{Ack, EventSender, EventSink, LogEntry, Receipt, SendError, dead_letter_id};
+pub use sender::{
+    Ack, EventSender, EventSink, LogEntry, Receipt, SendError, dead_letter, dead_letter_id,
+};
 pub use state::{ChannelState, SqliteStateStore, StateStore, StateUpdate};
 pub use webhook::{WebhookHandler, WebhookRequest, WebhookResponse};

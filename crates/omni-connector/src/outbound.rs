@@ -9,6 +9,8 @@
 //! once) rather than never. Handlers derive every provider-visible id from
 //! the outbound event id, so a repeat is recognisable downstream.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use omni_proto::v1::ConversationEvent;
 
@@ -31,9 +33,50 @@ pub enum DeliveryError {
     #[error("rejected: {0}")]
     Rejected(String),
     /// May succeed later (connection refused, SMTP 4xx, provider 5xx or
-    /// 429): the daemon retries with backoff and does not move on.
-    #[error("temporarily failed: {0}")]
-    Temporary(String),
+    /// 429): the daemon retries this channel's queue with backoff, waiting
+    /// at least `retry_after` when the provider said how long (a 429's
+    /// Retry-After, Telegram's `retry_after`), so a throttled channel is
+    /// not hammered and other channels' replies keep flowing.
+    #[error("temporarily failed: {reason}")]
+    Temporary {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl DeliveryError {
+    /// A temporary failure without the provider's word on when to retry.
+    pub fn temporary(reason: impl Into<String>) -> Self {
+        Self::Temporary {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A temporary failure the provider said to retry after `wait`.
+    pub fn throttled(reason: impl Into<String>, wait: Duration) -> Self {
+        Self::Temporary {
+            reason: reason.into(),
+            retry_after: Some(wait),
+        }
+    }
+
+    /// How long the provider asked to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Temporary { retry_after, .. } => *retry_after,
+            Self::Rejected(_) => None,
+        }
+    }
+}
+
+/// The wait a `Retry-After` header value asks for: delta-seconds only
+/// (providers' APIs send those; an HTTP date is ignored rather than
+/// trusted against this machine's clock), capped at an hour so a hostile
+/// or broken answer cannot park a channel for days.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
 }
 
 /// Sends outbound messages for one channel.

@@ -1,9 +1,9 @@
 //! How connectors hand events to the event log without depending on it.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use futures::future::BoxFuture;
-use omni_proto::v1::{ConversationEvent, DeadLetter};
+use omni_proto::v1::{ChannelKind, ConversationEvent, DeadLetter};
 
 /// What a connector can append.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,32 @@ pub fn dead_letter_id(channel_id: &str, raw: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let digest = hex::encode(Sha256::digest(raw));
     omni_model::event_id(channel_id, &format!("dead-letter/{digest}")).to_string()
+}
+
+/// The dead-letter record of input that could not be normalized: the raw
+/// bytes exactly as received, so nothing is lost and an operator (or a
+/// fixed release) can replay it. Callers add `metadata` saying where it was
+/// found (an IMAP UID, a topic offset, the HTTP method).
+pub fn dead_letter(
+    channel_id: &str,
+    channel_kind: ChannelKind,
+    reason: &str,
+    detail: &str,
+    raw: Vec<u8>,
+    content_type: &str,
+    received_at: SystemTime,
+) -> DeadLetter {
+    DeadLetter {
+        dead_letter_id: dead_letter_id(channel_id, &raw),
+        channel_id: channel_id.to_owned(),
+        channel_kind: channel_kind as i32,
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        raw_payload: raw,
+        content_type: content_type.to_owned(),
+        received_at: Some(omni_proto::timestamp(received_at)),
+        metadata: Default::default(),
+    }
 }
 
 /// Where an entry landed, once durable.

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use omni_connector::{
-    ChannelContext, ConfigError, Connector, ConnectorError, ConnectorFactory, OutboundHandler,
-    parse_settings,
+    ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, OutboundHandler,
 };
+use omni_proto::v1::ChannelKind;
 use omni_telemetry::events::ImapMetrics;
 use tokio_util::sync::CancellationToken;
 
@@ -20,21 +20,12 @@ use crate::{
 /// The `kind` of email channels in channel files.
 pub const KIND: &str = "email";
 
-/// Registers the email channel with the daemon's factory registry.
-#[derive(Debug, Default)]
-pub struct EmailFactory;
+impl ChannelConfig for EmailChannelConfig {
+    const KIND: &'static str = KIND;
+    const CHANNEL_KIND: ChannelKind = ChannelKind::Email;
 
-impl ConnectorFactory for EmailFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn build(
-        &self,
-        context: ChannelContext,
-        settings: toml::Table,
-    ) -> Result<Arc<dyn Connector>, ConfigError> {
-        let config: EmailChannelConfig = parse_settings(settings)?;
+    fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
+        let config = self;
         if config.imap.is_none() && config.smtp.is_none() {
             return Err(ConfigError::new(
                 ".",

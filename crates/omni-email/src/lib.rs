@@ -39,7 +39,8 @@ pub mod imap;
 pub mod parse;
 pub mod smtp;
 
-pub use connector::{EmailFactory, KIND};
+pub use config::EmailChannelConfig;
+pub use connector::KIND;
 
 pub use parse::{
     AttachmentBody, Classification, ParseError, ParseLimits, ParsedEmail, header_message_id,

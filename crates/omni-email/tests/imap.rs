@@ -13,7 +13,7 @@ use omni_connector::{
     ChannelContext, ChannelState, ConnectorFactory, EventSender, LogEntry, SqliteStateStore,
     testing::MemorySink,
 };
-use omni_email::EmailFactory;
+use omni_email::EmailChannelConfig;
 use omni_testkit::{ALICE, Dovecot};
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +60,7 @@ impl Channel {
             EventSender::new(Arc::new(self.sink.clone())),
         );
         context.state = ChannelState::new(self.state.clone(), "support-mail");
-        let connector = EmailFactory
+        let connector = omni_connector::factory::<EmailChannelConfig>()
             .build(context, toml::from_str(&self.settings).unwrap())
             .unwrap();
         let shutdown = CancellationToken::new();

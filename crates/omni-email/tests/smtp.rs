@@ -174,7 +174,10 @@ async fn starttls_with_a_private_ca_and_auth() {
         .deliver(&reply("Re: Order 7781"))
         .await
         .unwrap_err();
-    assert!(matches!(error, DeliveryError::Temporary(_)), "{error:?}");
+    assert!(
+        matches!(error, DeliveryError::Temporary { .. }),
+        "{error:?}"
+    );
 
     // A wrong password is the operator's to fix, not the message's fault.
     let wrong = dir.path().join("wrong");
@@ -185,7 +188,7 @@ async fn starttls_with_a_private_ca_and_auth() {
     );
     let refused = SmtpSender::new("support-mail", with(&format!("{wrong}{ca}"))).unwrap();
     match refused.deliver(&reply("Re: Order 7781")).await {
-        Err(DeliveryError::Temporary(reason)) => {
+        Err(DeliveryError::Temporary { reason, .. }) => {
             assert!(reason.contains("credentials"), "{reason}")
         }
         other => panic!("expected a temporary failure, got {other:?}"),
@@ -201,7 +204,10 @@ async fn an_unreachable_relay_is_a_temporary_failure() {
     };
     let sender = SmtpSender::new("support-mail", plain_settings(port)).unwrap();
     let error = sender.deliver(&reply("Re: hi")).await.unwrap_err();
-    assert!(matches!(error, DeliveryError::Temporary(_)), "{error:?}");
+    assert!(
+        matches!(error, DeliveryError::Temporary { .. }),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
@@ -260,7 +266,7 @@ async fn permanent_replies_reject_and_transient_ones_retry() {
     let port = scripted_relay("451 4.3.0 Try again later\r\n").await;
     let sender = SmtpSender::new("support-mail", plain_settings(port)).unwrap();
     match sender.deliver(&reply("Re: hi")).await {
-        Err(DeliveryError::Temporary(reason)) => assert!(reason.contains("451"), "{reason}"),
+        Err(DeliveryError::Temporary { reason, .. }) => assert!(reason.contains("451"), "{reason}"),
         other => panic!("expected a temporary failure, got {other:?}"),
     }
 }
@@ -473,7 +479,7 @@ async fn unusable_attachments_fail_before_anything_is_sent() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, DeliveryError::Temporary(ref r) if r.contains("disk on fire")),
+        matches!(error, DeliveryError::Temporary { reason: ref r, .. } if r.contains("disk on fire")),
         "{error:?}"
     );
 

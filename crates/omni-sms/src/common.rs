@@ -292,7 +292,7 @@ pub(crate) fn classify_status(status: reqwest::StatusCode, detail: String) -> De
         || status == reqwest::StatusCode::UNAUTHORIZED
         || status == reqwest::StatusCode::FORBIDDEN
     {
-        DeliveryError::Temporary(detail)
+        DeliveryError::temporary(detail)
     } else {
         DeliveryError::Rejected(detail)
     }
@@ -300,7 +300,7 @@ pub(crate) fn classify_status(status: reqwest::StatusCode, detail: String) -> De
 
 /// A transport failure (connection refused, timeout, TLS) is temporary.
 pub(crate) fn transport_error(provider: &str, error: &reqwest::Error) -> DeliveryError {
-    DeliveryError::Temporary(format!("{provider} request failed: {error}"))
+    DeliveryError::temporary(format!("{provider} request failed: {error}"))
 }
 
 /// The first recipient of an outbound message, which must be a phone

@@ -335,6 +335,7 @@ pub fn build(
             fields: config.fields,
         }),
         outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
+        media: None,
     })
 }
 

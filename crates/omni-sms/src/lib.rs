@@ -18,68 +18,35 @@ pub mod vonage;
 mod factories {
     use std::sync::Arc;
 
-    use omni_connector::{
-        ChannelContext, ConfigError, Connector, ConnectorFactory, parse_settings,
-    };
+    use omni_connector::{ChannelConfig, ChannelContext, ConfigError, Connector};
+    use omni_proto::v1::ChannelKind;
 
     use crate::{gateway, twilio, vonage};
 
-    /// Builds Twilio channels.
-    #[derive(Debug, Default)]
-    pub struct TwilioFactory;
+    impl ChannelConfig for twilio::TwilioConfig {
+        const KIND: &'static str = twilio::KIND;
+        const CHANNEL_KIND: ChannelKind = ChannelKind::Sms;
 
-    impl ConnectorFactory for TwilioFactory {
-        fn kind(&self) -> &'static str {
-            twilio::KIND
-        }
-
-        fn build(
-            &self,
-            context: ChannelContext,
-            settings: toml::Table,
-        ) -> Result<Arc<dyn Connector>, ConfigError> {
-            let config: twilio::TwilioConfig = parse_settings(settings)?;
-            Ok(Arc::new(twilio::build(context, config)?))
+        fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
+            Ok(Arc::new(twilio::build(context, self)?))
         }
     }
 
-    /// Builds Vonage channels.
-    #[derive(Debug, Default)]
-    pub struct VonageFactory;
+    impl ChannelConfig for vonage::VonageConfig {
+        const KIND: &'static str = vonage::KIND;
+        const CHANNEL_KIND: ChannelKind = ChannelKind::Sms;
 
-    impl ConnectorFactory for VonageFactory {
-        fn kind(&self) -> &'static str {
-            vonage::KIND
-        }
-
-        fn build(
-            &self,
-            context: ChannelContext,
-            settings: toml::Table,
-        ) -> Result<Arc<dyn Connector>, ConfigError> {
-            let config: vonage::VonageConfig = parse_settings(settings)?;
-            Ok(Arc::new(vonage::build(context, config)?))
+        fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
+            Ok(Arc::new(vonage::build(context, self)?))
         }
     }
 
-    /// Builds generic gateway channels.
-    #[derive(Debug, Default)]
-    pub struct SmsGatewayFactory;
+    impl ChannelConfig for gateway::GatewayConfig {
+        const KIND: &'static str = gateway::KIND;
+        const CHANNEL_KIND: ChannelKind = ChannelKind::Sms;
 
-    impl ConnectorFactory for SmsGatewayFactory {
-        fn kind(&self) -> &'static str {
-            gateway::KIND
-        }
-
-        fn build(
-            &self,
-            context: ChannelContext,
-            settings: toml::Table,
-        ) -> Result<Arc<dyn Connector>, ConfigError> {
-            let config: gateway::GatewayConfig = parse_settings(settings)?;
-            Ok(Arc::new(gateway::build(context, config)?))
+        fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
+            Ok(Arc::new(gateway::build(context, self)?))
         }
     }
 }
-
-pub use factories::{SmsGatewayFactory, TwilioFactory, VonageFactory};

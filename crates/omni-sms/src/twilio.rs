@@ -456,6 +456,7 @@ pub fn build(
     Ok(WebhookConnector {
         webhook: Arc::new(webhook),
         outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
+        media: None,
     })
 }
 
@@ -680,7 +681,7 @@ impl OutboundHandler for TwilioSender {
             .map_err(|e| common::transport_error("twilio", &e))?;
         if status.is_success() {
             let resource: MessageResource = serde_json::from_str(&body).map_err(|e| {
-                DeliveryError::Temporary(format!(
+                DeliveryError::temporary(format!(
                     "twilio answered {status} with an unreadable body: {e}"
                 ))
             })?;

@@ -581,6 +581,7 @@ pub fn build(
             concat: tokio::sync::Mutex::new(()),
         }),
         outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
+        media: None,
     })
 }
 
@@ -825,17 +826,15 @@ impl OutboundHandler for VonageSender {
             ));
         }
         let answer: SendResponse = serde_json::from_str(&body).map_err(|e| {
-            DeliveryError::Temporary(format!("vonage answered with an unreadable body: {e}"))
+            DeliveryError::temporary(format!("vonage answered with an unreadable body: {e}"))
         })?;
         if answer.messages.is_empty() {
-            return Err(DeliveryError::Temporary(
-                "vonage answered without messages".into(),
-            ));
+            return Err(DeliveryError::temporary("vonage answered without messages"));
         }
         if let Some(failed) = answer.messages.iter().find(|m| m.status != "0") {
             let detail = format!("vonage status {}: {}", failed.status, failed.error_text);
             return Err(if temporary_status(&failed.status) {
-                DeliveryError::Temporary(detail)
+                DeliveryError::temporary(detail)
             } else {
                 DeliveryError::Rejected(detail)
             });

@@ -44,7 +44,7 @@ sent_at = "data.received_at"
 "#,
         secret_file()
     );
-    omni_sms::SmsGatewayFactory
+    omni_connector::factory::<omni_sms::gateway::GatewayConfig>()
         .build(context, toml::from_str(&settings).unwrap())
         .unwrap()
 }
@@ -170,7 +170,7 @@ async fn replies_are_posted_from_the_template() {
     assert!(outbound.deliver(&reply("+989121234567")).await.is_ok());
     assert!(matches!(
         outbound.deliver(&reply("+989121234568")).await,
-        Err(DeliveryError::Temporary(_))
+        Err(DeliveryError::Temporary { .. })
     ));
     assert!(matches!(
         outbound.deliver(&reply("+989121234569")).await,

@@ -48,7 +48,7 @@ fn connector(sink: &MemorySink, extra: &str) -> Arc<dyn Connector> {
         "account_sid = {SID:?}\nauth_token = {{ file = {:?} }}\ndefault_region = \"US\"\n{extra}",
         secret_file()
     );
-    omni_sms::TwilioFactory
+    omni_connector::factory::<omni_sms::twilio::TwilioConfig>()
         .build(context, toml::from_str(&settings).unwrap())
         .unwrap()
 }
@@ -234,7 +234,7 @@ fn public_base_url_is_required_to_verify() {
         "account_sid = {SID:?}\nauth_token = {{ file = {:?} }}\n",
         secret_file()
     );
-    let error = omni_sms::TwilioFactory
+    let error = omni_connector::factory::<omni_sms::twilio::TwilioConfig>()
         .build(context, toml::from_str(&settings).unwrap())
         .unwrap_err();
     assert!(error.reason.contains("public_base_url"), "{error}");
@@ -367,7 +367,7 @@ async fn replies_go_through_the_messages_api_and_errors_are_classified() {
         assert!(
             matches!(
                 outbound.deliver(&reply(to)).await,
-                Err(DeliveryError::Temporary(_))
+                Err(DeliveryError::Temporary { .. })
             ),
             "{to}"
         );
@@ -385,7 +385,7 @@ async fn replies_go_through_the_messages_api_and_errors_are_classified() {
     .unwrap();
     assert!(matches!(
         dead.deliver(&reply("+14155550134")).await,
-        Err(DeliveryError::Temporary(_))
+        Err(DeliveryError::Temporary { .. })
     ));
 }
 

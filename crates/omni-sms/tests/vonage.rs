@@ -38,7 +38,7 @@ fn connector(sink: &MemorySink, extra: &str) -> Arc<dyn Connector> {
     let file = secret_file();
     let settings =
         format!("signature_secret = {{ file = {file:?} }}\nsignature_method = \"sha256\"\n{extra}");
-    omni_sms::VonageFactory
+    omni_connector::factory::<omni_sms::vonage::VonageConfig>()
         .build(context, toml::from_str(&settings).unwrap())
         .unwrap()
 }
@@ -341,7 +341,7 @@ async fn replies_go_through_the_sms_api_and_errors_are_classified() {
     for to in ["+447911120429", "+447911120500"] {
         assert!(matches!(
             outbound.deliver(&reply(to)).await,
-            Err(DeliveryError::Temporary(_))
+            Err(DeliveryError::Temporary { .. })
         ));
     }
     assert!(matches!(

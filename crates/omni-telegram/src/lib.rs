@@ -18,9 +18,10 @@ pub mod webhook;
 use std::{sync::Arc, time::Duration};
 
 use omni_connector::{
-    ChannelContext, ConfigError, Connector, ConnectorError, ConnectorFactory, OutboundHandler,
-    WebhookHandler, parse_settings,
+    ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, OutboundHandler,
+    WebhookHandler,
 };
+use omni_proto::v1::ChannelKind;
 use omni_telemetry::events::WebhookMetrics;
 use teloxide_core::{payloads::SetWebhookSetters, prelude::Requester, requests::Request};
 use tokio_util::sync::CancellationToken;
@@ -37,22 +38,12 @@ use crate::{
 /// The `kind` of Telegram channels in channel files.
 pub const KIND: &str = "telegram";
 
-/// Registers the Telegram channel with the daemon's factory registry.
-#[derive(Debug, Default)]
-pub struct TelegramFactory;
+impl ChannelConfig for TelegramChannelConfig {
+    const KIND: &'static str = KIND;
+    const CHANNEL_KIND: ChannelKind = ChannelKind::Telegram;
 
-impl ConnectorFactory for TelegramFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn build(
-        &self,
-        context: ChannelContext,
-        settings: toml::Table,
-    ) -> Result<Arc<dyn Connector>, ConfigError> {
-        let config: TelegramChannelConfig = parse_settings(settings)?;
-        Ok(Arc::new(TelegramConnector::new(context, &config)?))
+    fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
+        Ok(Arc::new(TelegramConnector::new(context, &self)?))
     }
 }
 

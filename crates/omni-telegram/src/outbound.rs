@@ -262,7 +262,7 @@ impl TelegramSender {
             tokio::time::sleep_until(self.limiter.reserve(chat)).await;
             let result = tokio::time::timeout(self.api.request_timeout, request.send_ref()).await;
             let error = match result {
-                Err(_) => return Err(DeliveryError::Temporary(format!("{method} timed out"))),
+                Err(_) => return Err(DeliveryError::temporary(format!("{method} timed out"))),
                 Ok(Ok(sent)) => return Ok(sent),
                 Ok(Err(error)) => error,
             };
@@ -271,7 +271,7 @@ impl TelegramSender {
                     let wait = after.duration();
                     self.limiter.hold(chat, Instant::now() + wait);
                     if wait > self.max_retry_wait || attempt > MAX_RETRIES {
-                        return Err(DeliveryError::Temporary(format!(
+                        return Err(DeliveryError::temporary(format!(
                             "429 too many requests: retry after {} s",
                             after.seconds()
                         )));
@@ -284,7 +284,7 @@ impl TelegramSender {
                     );
                 }
                 RequestError::Api(error) if is_temporary(&error) => {
-                    return Err(DeliveryError::Temporary(error.to_string()));
+                    return Err(DeliveryError::temporary(error.to_string()));
                 }
                 RequestError::Api(error) => return Err(DeliveryError::Rejected(error.to_string())),
                 RequestError::MigrateToChatId(to) => {
@@ -292,7 +292,7 @@ impl TelegramSender {
                         "the group became supergroup {to}; reply there"
                     )));
                 }
-                other => return Err(DeliveryError::Temporary(other.to_string())),
+                other => return Err(DeliveryError::temporary(other.to_string())),
             }
         }
     }

@@ -26,7 +26,7 @@ use omni_connector::{
 use omni_proto::v1::{
     Attachment, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle, ThreadingHints,
 };
-use omni_telegram::{TelegramFactory, polling::OFFSET_KEY};
+use omni_telegram::{TelegramChannelConfig, polling::OFFSET_KEY};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -274,7 +274,7 @@ fn secret_files() -> Files {
 }
 
 fn build(context: ChannelContext, settings: &str) -> Arc<dyn omni_connector::Connector> {
-    TelegramFactory
+    omni_connector::factory::<TelegramChannelConfig>()
         .build(context, toml::from_str(settings).unwrap())
         .unwrap()
 }
@@ -716,7 +716,10 @@ async fn send_message_honours_retry_after_and_rejects_bad_requests() {
                 "parameters": { "retry_after": 60 } }),
     )]);
     let error = outbound.deliver(&reply("hello")).await.unwrap_err();
-    assert!(matches!(error, DeliveryError::Temporary(_)), "{error:?}");
+    assert!(
+        matches!(error, DeliveryError::Temporary { .. }),
+        "{error:?}"
+    );
 }
 
 fn with_files(text: &str, attachments: Vec<Attachment>) -> ConversationEvent {
@@ -979,7 +982,7 @@ async fn unusable_attachments_fail_before_anything_is_sent() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, DeliveryError::Temporary(ref r) if r.contains("disk on fire")),
+        matches!(error, DeliveryError::Temporary { reason: ref r, .. } if r.contains("disk on fire")),
         "{error:?}"
     );
 

@@ -11,20 +11,21 @@ use std::{
 
 use omni_connector::{
     AttachmentStore, ChannelContext, ChannelState, Connector, ConnectorFactory, EventSender,
-    StateStore, WebhookHandler,
+    StateStore, WebhookHandler, factory,
 };
+use omni_proto::v1::ChannelKind;
 use sha2::{Digest, Sha256};
 
 /// The explicit registry of connector factories, one per channel kind.
 /// Adding a channel crate means adding one line here.
 pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
     vec![
-        Box::new(omni_api::ApiFactory),
-        Box::new(omni_email::EmailFactory),
-        Box::new(omni_telegram::TelegramFactory),
-        Box::new(omni_sms::TwilioFactory),
-        Box::new(omni_sms::VonageFactory),
-        Box::new(omni_sms::SmsGatewayFactory),
+        factory::<omni_api::ApiChannelConfig>(),
+        factory::<omni_email::EmailChannelConfig>(),
+        factory::<omni_telegram::TelegramChannelConfig>(),
+        factory::<omni_sms::twilio::TwilioConfig>(),
+        factory::<omni_sms::vonage::VonageConfig>(),
+        factory::<omni_sms::gateway::GatewayConfig>(),
     ]
 }
 
@@ -54,6 +55,8 @@ impl std::fmt::Display for ChannelFileError {
 pub struct Channel {
     pub id: String,
     pub kind: String,
+    /// What the channel's events carry as `channel_kind` on the stream.
+    pub channel_kind: ChannelKind,
     pub file: PathBuf,
     /// SHA-256 of the file's text: an unchanged file keeps its running
     /// connector across reloads.
@@ -223,6 +226,7 @@ pub fn load(
                     Channel {
                         id,
                         kind,
+                        channel_kind: factory.channel_kind(),
                         file: file.clone(),
                         fingerprint,
                         connector,

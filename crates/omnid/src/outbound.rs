@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    channels::{Channel, ChannelSet, Wiring},
+    channels::{ChannelSet, Wiring},
     consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause, timestamp},
     server::AppState,
     settings::{Settings, Topics},
@@ -302,7 +302,7 @@ impl Dispatcher {
             match handler.deliver(event).await {
                 Ok(delivered) => return Ok(Outcome::Delivered(delivered)),
                 Err(DeliveryError::Rejected(reason)) => return Ok(Outcome::Rejected(reason)),
-                Err(DeliveryError::Temporary(reason)) => {
+                Err(DeliveryError::Temporary { reason, .. }) => {
                     let wait = backoff.next();
                     OutboundDelivered {
                         outcome: OutboundOutcome::Retried,
@@ -392,7 +392,7 @@ impl Dispatcher {
         let channels = self.state.channels();
         let channel_kind = channels
             .get(channel_id)
-            .map_or(ChannelKind::Unspecified, channel_kind);
+            .map_or(ChannelKind::Unspecified, |channel| channel.channel_kind);
         let dead_letter =
             dead_letter_of(stored, channel_id, channel_kind, event_id, reason, detail);
         consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await?;
@@ -502,16 +502,6 @@ fn delivery_status(
     }
 }
 
-/// The stream's kind of a configured channel (`email` is
-/// `CHANNEL_KIND_EMAIL`).
-pub(crate) fn channel_kind(channel: &Channel) -> ChannelKind {
-    ChannelKind::from_str_name(&format!(
-        "CHANNEL_KIND_{}",
-        channel.kind.to_ascii_uppercase()
-    ))
-    .unwrap_or(ChannelKind::Unspecified)
-}
-
 /// Why `POST /v1/outbound` refused a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -612,7 +602,7 @@ pub fn prepare(
     event.event_id = event_id;
     event.direction = Direction::Outbound as i32;
     event.kind = EventKind::Message as i32;
-    event.channel_kind = channel_kind(channel) as i32;
+    event.channel_kind = channel.channel_kind as i32;
     event.ingested_at = Some(timestamp(now));
     Ok(event)
 }
@@ -633,7 +623,7 @@ mod tests {
     #[async_trait::async_trait]
     impl OutboundHandler for Sends {
         async fn deliver(&self, _: &ConversationEvent) -> Result<Delivered, DeliveryError> {
-            Err(DeliveryError::Temporary("not in this test".into()))
+            Err(DeliveryError::temporary("not in this test"))
         }
     }
 
@@ -647,9 +637,13 @@ mod tests {
     }
 
     fn channels() -> ChannelSet {
-        let channel = |id: &str, kind: &str, sends: bool| Channel {
+        let channel = |id: &str, kind: &str, sends: bool| crate::channels::Channel {
             id: id.into(),
             kind: kind.into(),
+            channel_kind: match kind {
+                "email" => ChannelKind::Email,
+                _ => ChannelKind::Api,
+            },
             file: PathBuf::from(format!("{id}.toml")),
             fingerprint: String::new(),
             connector: Arc::new(Mailer(sends)),

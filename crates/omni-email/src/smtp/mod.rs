@@ -190,7 +190,7 @@ impl OutboundHandler for SmtpSender {
                 composer.compose_with(&event, &files, SystemTime::now())
             })
             .await
-            .map_err(|e| DeliveryError::Temporary(format!("composing the message failed: {e}")))??
+            .map_err(|e| DeliveryError::temporary(format!("composing the message failed: {e}")))??
         };
         let sent = tokio::time::timeout(self.deadline, self.transport.send(message)).await;
         match sent {
@@ -199,7 +199,7 @@ impl OutboundHandler for SmtpSender {
                 provider_status: reply_line(&response),
             }),
             Ok(Err(error)) => Err(classify(&error)),
-            Err(_) => Err(DeliveryError::Temporary(format!(
+            Err(_) => Err(DeliveryError::temporary(format!(
                 "smtp delivery did not finish within {}s",
                 self.deadline.as_secs()
             ))),
@@ -258,11 +258,11 @@ fn classify(error: &lettre::transport::smtp::Error) -> DeliveryError {
     match error.status() {
         Some(code) if code.severity == Severity::PermanentNegativeCompletion => {
             if AUTH_FAILURE_CODES.contains(&u16::from(code)) {
-                DeliveryError::Temporary(format!("relay refused the credentials: {text}"))
+                DeliveryError::temporary(format!("relay refused the credentials: {text}"))
             } else {
                 DeliveryError::Rejected(text)
             }
         }
-        _ => DeliveryError::Temporary(text),
+        _ => DeliveryError::temporary(text),
     }
 }
