@@ -49,10 +49,17 @@ pub fn checked_timestamp(seconds: i64, nanos: i32) -> Result<Timestamp, Timestam
 
 /// Parses an RFC 3339 date-time, with the grammar of
 /// [`crate::cloudevents::parse_rfc3339`] (numeric offsets, any number of
-/// fraction digits), into a checked timestamp.
+/// fraction digits), into a checked timestamp. A space may stand for the
+/// `T`, as RFC 3339 §5.6 allows applications and providers do.
 pub fn parse_timestamp(text: &str) -> Result<Timestamp, TimestampError> {
-    let (seconds, nanos) = crate::cloudevents::rfc3339::parse_unix_parts(text)
-        .ok_or_else(|| TimestampError::Malformed(text.chars().take(64).collect()))?;
+    let parts = if text.as_bytes().get(10) == Some(&b' ') {
+        let spelled = format!("{}T{}", &text[..10], &text[11..]);
+        crate::cloudevents::rfc3339::parse_unix_parts(&spelled)
+    } else {
+        crate::cloudevents::rfc3339::parse_unix_parts(text)
+    };
+    let (seconds, nanos) =
+        parts.ok_or_else(|| TimestampError::Malformed(text.chars().take(64).collect()))?;
     // Below 1e9 by construction of the parser.
     let nanos = i32::try_from(nanos).unwrap_or(i32::MAX);
     checked_timestamp(seconds, nanos)
@@ -151,13 +158,28 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(
-            parse_timestamp("2025-11-23T07:59:00+00:00"),
-            Ok(Timestamp {
-                seconds: 1_763_884_740,
-                nanos: 0
-            })
-        );
+        for text in [
+            "2025-11-23T07:59:00+00:00",
+            "2025-11-23t07:59:00z",
+            "2025-11-23 07:59:00Z",
+            "2025-11-23 11:29:00+03:30",
+        ] {
+            assert_eq!(
+                parse_timestamp(text),
+                Ok(Timestamp {
+                    seconds: 1_763_884_740,
+                    nanos: 0
+                }),
+                "{text}"
+            );
+        }
+        for text in [
+            "2025-11-23 07:59:00",
+            "2025-11-23  07:59:00Z",
+            "2025-11-2 07:59:00Z",
+        ] {
+            assert!(parse_timestamp(text).is_err(), "{text}");
+        }
     }
 
     #[test]
