@@ -40,7 +40,10 @@ pub struct ApiMessage {
     #[serde(default)]
     pub subject: String,
     /// RFC 3339 time the person sent it.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "omni_model::timestamp::deserialize_optional"
+    )]
     pub sent_at: Option<Timestamp>,
     /// The sender system's conversation id, as a threading hint.
     #[serde(default)]

@@ -112,15 +112,12 @@ pub(crate) use omni_proto::timestamp;
 pub(crate) fn parse_time(raw: &str) -> Option<Timestamp> {
     let raw = raw.trim();
     if let Ok(seconds) = raw.parse::<i64>() {
-        return (0..=253_402_300_799)
-            .contains(&seconds)
-            .then_some(Timestamp { seconds, nanos: 0 });
+        return omni_model::timestamp::checked_timestamp(seconds, 0).ok();
     }
     if raw.len() == 19 && raw.as_bytes()[10] == b' ' {
-        let rfc3339 = format!("{}T{}Z", &raw[..10], &raw[11..]);
-        return serde_json::from_value(serde_json::Value::String(rfc3339)).ok();
+        return omni_model::timestamp::parse_timestamp(&format!("{raw}Z")).ok();
     }
-    serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok()
+    omni_model::timestamp::parse_timestamp(raw).ok()
 }
 
 /// The webhook bookkeeping every SMS kind shares.
