@@ -648,19 +648,11 @@ pub fn handle_key(kind: &str, value: &str, scope: Option<&str>) -> Result<Handle
     Ok(HandleKey::from_handle(&handle))
 }
 
-/// Parses `kind:value`, or `kind:scope:value` for channel-local kinds
-/// (the form of inbound record keys).
+/// Parses a handle in the form of inbound record keys, `kind:value` or
+/// `kind:scope:value` ([`omni_model::HandleText`]), normalizing the value.
 pub fn parse_handle(text: &str) -> Result<HandleKey, String> {
-    let (kind, rest) = text
-        .split_once(':')
-        .ok_or_else(|| format!("`{text}` is not `kind:value`"))?;
-    let needs_scope = kind
-        .parse::<HandleKind>()
-        .is_ok_and(HandleKind::requires_scope);
-    match rest.split_once(':') {
-        Some((scope, value)) if needs_scope => handle_key(kind, value, Some(scope)),
-        _ => handle_key(kind, rest, None),
-    }
+    let handle: Handle = text.parse().map_err(|e| format!("handle `{text}`: {e}"))?;
+    Ok(HandleKey::from_handle(&handle))
 }
 
 /// A handle key as JSON.
@@ -761,6 +753,12 @@ mod tests {
             (telegram.scope.as_str(), telegram.value.as_str()),
             ("", "12345")
         );
+        let wechat = parse_handle("wechat_openid:wx123:oUpF8u").unwrap();
+        assert_eq!(
+            (wechat.scope.as_str(), wechat.value.as_str()),
+            ("wx123", "oUpF8u")
+        );
+        assert_eq!(wechat.to_string(), "wechat_openid:wx123:oUpF8u");
         assert!(parse_handle("fax:1").is_err());
         assert!(parse_handle("ana@example.com").is_err());
         assert!(parse_handle("external:no-scope").is_err());
