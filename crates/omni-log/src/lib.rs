@@ -24,11 +24,13 @@ use bytes::Bytes;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 mod headers;
+#[cfg(feature = "kafka")]
 mod kafka;
 mod spool;
 mod sqlite;
 
 pub use headers::HeaderDecodeError;
+#[cfg(feature = "kafka")]
 pub use kafka::{KafkaLog, KafkaLogConfig, TopicSpec};
 pub use spool::{SPOOL_TOPIC, SPOOLED_PARTITION, SpoolConfig, SpoolStatus, SpooledLog};
 pub use sqlite::{SqliteLog, SqliteLogConfig};
