@@ -1,7 +1,14 @@
 //! Internal events: one struct per thing that happens, each emitting its log
 //! line and metrics together.
 
-use std::time::Duration;
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tracing::{debug, error, info, warn};
@@ -22,6 +29,60 @@ pub mod names {
     pub const THREADING_EVENTS_TOTAL: &str = "omnid_threading_events_total";
     pub const TIMELINE_PUBLISHED_TOTAL: &str = "omnid_timeline_published_total";
     pub const THREADING_COMMANDS_TOTAL: &str = "omnid_threading_commands_total";
+    pub const HTTP_REFUSALS_TOTAL: &str = "omnid_http_refusals_total";
+}
+
+/// Bounds a log line that hostile clients can trigger at will: the first
+/// occurrence is logged, then at most one per interval, carrying how many
+/// were suppressed in between. Counters still count every occurrence.
+#[derive(Debug)]
+pub struct LogSampler {
+    origin: Instant,
+    interval_ms: u64,
+    /// Milliseconds after `origin` before which nothing more is logged.
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogSampler {
+    /// The interval of refusal log lines.
+    pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(suppressed)` when this occurrence is to be logged, with the
+    /// number left unlogged since the previous line; `None` otherwise.
+    pub fn sample(&self) -> Option<u64> {
+        self.sample_at(self.origin.elapsed())
+    }
+
+    fn sample_at(&self, elapsed: Duration) -> Option<u64> {
+        let now = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Why a webhook request ended the way it did. A closed set: these are the
@@ -69,6 +130,9 @@ impl WebhookOutcome {
 pub struct WebhookMetrics {
     channel: String,
     outcomes: [Counter; WebhookOutcome::ALL.len()],
+    /// One per outcome: anyone can send unsigned or oversized requests, so
+    /// their log lines are sampled (a flood of one kind hides no other).
+    logs: Arc<[LogSampler; WebhookOutcome::ALL.len()]>,
     duration: Histogram,
     dead_letters: Counter,
 }
@@ -81,6 +145,9 @@ impl WebhookMetrics {
         Self {
             channel: channel.to_owned(),
             outcomes,
+            logs: Arc::new(
+                WebhookOutcome::ALL.map(|_| LogSampler::new(LogSampler::REFUSAL_INTERVAL)),
+            ),
             duration: histogram!(names::WEBHOOK_DURATION_SECONDS, "channel" => channel.to_owned()),
             dead_letters: counter!(names::DEAD_LETTERS_TOTAL, "channel" => channel.to_owned()),
         }
@@ -111,7 +178,15 @@ impl WebhookHandled<'_> {
             WebhookOutcome::Unauthenticated
             | WebhookOutcome::Invalid
             | WebhookOutcome::TooLarge => {
-                warn!(channel, outcome, detail = self.detail, "webhook rejected")
+                if let Some(suppressed) = metrics.logs[index].sample() {
+                    warn!(
+                        channel,
+                        outcome,
+                        detail = self.detail,
+                        suppressed,
+                        "webhook rejected"
+                    )
+                }
             }
             WebhookOutcome::Overloaded => {
                 warn!(channel, outcome, "webhook shed, event log overloaded")
@@ -137,6 +212,94 @@ impl DeadLettered<'_> {
     pub fn emit(&self, metrics: &WebhookMetrics) {
         metrics.dead_letters.increment(1);
         warn!(channel = %metrics.channel, reason = self.reason, detail = self.detail, "input dead-lettered");
+    }
+}
+
+/// Why the HTTP listener turned a client away before any handler saw its
+/// request. A closed set: the `reason` label values of
+/// `omnid_http_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// `http.max_connections` connections were open; answered 503 and
+    /// closed.
+    ConnectionLimit,
+    /// A new connection did not send a complete request head within
+    /// `http.header_read_timeout_secs`; closed.
+    HeaderTimeout,
+    /// A request body did not arrive within `http.body_read_timeout_secs`;
+    /// answered 408 and closed.
+    BodyTimeout,
+    /// `http.max_inflight_body_bytes` were reserved by unauthenticated
+    /// bodies; answered 503 without reading the body.
+    BodyBudget,
+    /// The peer's share, `http.max_inflight_body_bytes_per_peer`, was
+    /// reserved; answered 429 without reading the body.
+    PeerBodyBudget,
+}
+
+impl HttpRefusal {
+    pub const ALL: [HttpRefusal; 5] = [
+        Self::ConnectionLimit,
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::BodyBudget,
+        Self::PeerBodyBudget,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionLimit => "connection_limit",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyBudget => "body_budget",
+            Self::PeerBodyBudget => "peer_body_budget",
+        }
+    }
+}
+
+/// Pre-registered refusal counters of the HTTP listener, and the samplers
+/// bounding their log lines (one per reason).
+#[derive(Debug, Clone)]
+pub struct HttpRefusalMetrics {
+    counters: [Counter; HttpRefusal::ALL.len()],
+    logs: Arc<[LogSampler; HttpRefusal::ALL.len()]>,
+}
+
+impl HttpRefusalMetrics {
+    pub fn register() -> Self {
+        Self {
+            counters: HttpRefusal::ALL
+                .map(|reason| counter!(names::HTTP_REFUSALS_TOTAL, "reason" => reason.as_str())),
+            logs: Arc::new(HttpRefusal::ALL.map(|_| LogSampler::new(LogSampler::REFUSAL_INTERVAL))),
+        }
+    }
+}
+
+/// The HTTP listener refused a connection or a request.
+#[derive(Debug)]
+pub struct HttpRefused<'a> {
+    pub reason: HttpRefusal,
+    pub peer: IpAddr,
+    /// For the log line only (never a label).
+    pub detail: &'a str,
+}
+
+impl HttpRefused<'_> {
+    pub fn emit(&self, metrics: &HttpRefusalMetrics) {
+        let index = HttpRefusal::ALL
+            .iter()
+            .position(|r| *r == self.reason)
+            .unwrap_or(0);
+        metrics.counters[index].increment(1);
+        if let Some(suppressed) = metrics.logs[index].sample() {
+            warn!(
+                reason = self.reason.as_str(),
+                peer = %self.peer,
+                detail = self.detail,
+                suppressed,
+                "http request refused"
+            );
+        }
     }
 }
 
@@ -722,5 +885,24 @@ impl CommandHandled<'_> {
                 "applying a command failed, retrying"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_logs_the_first_then_one_per_interval_with_the_suppressed_count() {
+        let sampler = LogSampler::new(Duration::from_secs(10));
+        let at = Duration::from_millis;
+        assert_eq!(sampler.sample_at(at(0)), Some(0));
+        assert_eq!(sampler.sample_at(at(1)), None);
+        assert_eq!(sampler.sample_at(at(9_999)), None);
+        assert_eq!(sampler.sample_at(at(10_000)), Some(2));
+        assert_eq!(sampler.sample_at(at(10_001)), None);
+        // A quiet spell: the next occurrence is logged at once.
+        assert_eq!(sampler.sample_at(at(60_000)), Some(1));
+        assert_eq!(sampler.sample_at(at(60_001)), None);
     }
 }

@@ -3,6 +3,7 @@
 mod channels;
 mod commands;
 mod consume;
+mod listener;
 mod outbound;
 mod server;
 mod settings;
@@ -296,10 +297,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         signal_state.set_ready(false);
         stop.cancel();
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("http server failed")?;
+    crate::listener::serve(listener, app, &settings.http, shutdown.clone()).await;
 
     // In-flight requests are answered; now stop connectors and flush the log.
     let grace = Duration::from_secs(settings.shutdown_timeout_secs);

@@ -3,6 +3,7 @@
 //! [`WebhookHandler`] does the work.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -11,10 +12,10 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Body,
-    extract::{Path, Query, State},
-    http::{HeaderMap, Method, StatusCode, Uri, header},
+    extract::{ConnectInfo, Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{any, delete, get, post},
 };
@@ -27,12 +28,17 @@ use omni_connector::{
 };
 use omni_proto::v1::{ConversationEvent, threading_command::Command};
 use omni_telemetry::events::{
-    CommandMetrics, OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome, names,
+    CommandMetrics, LogSampler, OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome,
+    names,
 };
 
 use omni_threading::ThreadingStore;
 
-use crate::{channels::ChannelSet, outbound::OutboundApi};
+use crate::{
+    channels::ChannelSet,
+    listener::{Admission, BodyRefusal, Exhausted},
+    outbound::OutboundApi,
+};
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -53,6 +59,9 @@ struct Inner {
     threading: OnceLock<Arc<dyn ThreadingStore>>,
     /// `omnid_threading_commands_total{source="http"}`.
     command_metrics: CommandMetrics,
+    /// Bounds the log lines of oversized webhook bodies, which anyone can
+    /// send.
+    too_large_log: LogSampler,
 }
 
 impl AppState {
@@ -72,6 +81,7 @@ impl AppState {
                 outbound_api: OnceLock::new(),
                 threading: OnceLock::new(),
                 command_metrics: CommandMetrics::register("http"),
+                too_large_log: LogSampler::new(LogSampler::REFUSAL_INTERVAL),
             }),
         }
     }
@@ -159,12 +169,20 @@ fn into_axum(response: omni_connector::WebhookResponse) -> Response {
 async fn webhook(
     State(state): State<AppState>,
     Path(channel_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(admission): Extension<Arc<Admission>>,
+    request: axum::extract::Request,
 ) -> Response {
     let received_at = SystemTime::now();
+    let (
+        http::request::Parts {
+            method,
+            uri,
+            headers,
+            ..
+        },
+        body,
+    ) = request.into_parts();
     let Some(handler) = state.webhook(&channel_id) else {
         return into_axum(error_response(
             StatusCode::NOT_FOUND,
@@ -176,7 +194,9 @@ async fn webhook(
     let too_large = || {
         metrics::counter!(names::WEBHOOK_REQUESTS_TOTAL, "channel" => channel_id.clone(), "outcome" => WebhookOutcome::TooLarge.as_str())
             .increment(1);
-        tracing::warn!(channel = %channel_id, max_body_bytes = max, "webhook rejected, body too large");
+        if let Some(suppressed) = state.inner.too_large_log.sample() {
+            tracing::warn!(channel = %channel_id, max_body_bytes = max, suppressed, "webhook rejected, body too large");
+        }
         into_axum(error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -190,10 +210,39 @@ async fn webhook(
     if declared.is_some_and(|len| len > max as u64) {
         return too_large();
     }
-    let body = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Err(error) => {
+    let declared = declared.and_then(|len| usize::try_from(len).ok());
+    // The body is read, under the unauthenticated-bytes budget, before the
+    // channel can check its signature; the bytes stay reserved until the
+    // channel has answered.
+    let (body, reservation) = match admission.read_body(peer.ip(), body, declared, max).await {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => return too_large(),
+        Err(BodyRefusal::Exhausted(Exhausted::Peer)) => {
+            let mut response = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many request bodies from this address are being read; retry later",
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&RETRY_AFTER.as_secs().to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return closing(into_axum(response));
+        }
+        Err(BodyRefusal::Exhausted(Exhausted::Total)) => {
+            return closing(into_axum(unavailable_response(
+                "overloaded",
+                "too many request bodies are being read; retry later",
+                RETRY_AFTER,
+            )));
+        }
+        Err(BodyRefusal::TimedOut) => {
+            return closing(into_axum(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            )));
+        }
+        Err(BodyRefusal::Unreadable(error)) => {
             return into_axum(error_response(
                 StatusCode::BAD_REQUEST,
                 "unreadable_body",
@@ -215,7 +264,19 @@ async fn webhook(
         received_at,
         public_url,
     };
-    into_axum(handler.handle(request).await)
+    let response = into_axum(handler.handle(request).await);
+    drop(reservation);
+    response
+}
+
+/// Asks hyper to close the connection after `response`: the rest of an
+/// unread body is not worth reading, and a client refused for its slowness
+/// or for load should not keep the connection.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
 }
 
 /// How long a client should wait before retrying after a 503.

@@ -61,6 +61,31 @@ pub struct HttpSettings {
     /// its event id.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// A connection must send a complete request head within this many
+    /// seconds of opening, or of its previous response (an idle keep-alive
+    /// connection), or it is closed: slow or silent clients cannot hold
+    /// connections.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A webhook body must arrive within this many seconds of the handler
+    /// starting to read it, or the request is answered 408 and the
+    /// connection closed.
+    #[serde(default = "default_body_read_timeout_secs")]
+    pub body_read_timeout_secs: u64,
+    /// Open connections at most; a connection beyond it is answered 503
+    /// and closed at once rather than queued.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Webhook body bytes buffered before their signature is checked, over
+    /// all requests: the worst case of that memory. A body that does not
+    /// fit is answered 503 with Retry-After, unread.
+    #[serde(default = "default_max_inflight_body_bytes")]
+    pub max_inflight_body_bytes: usize,
+    /// The same, per client IP address, so one client cannot take the
+    /// whole budget; a body that does not fit is answered 429, unread.
+    /// Behind a reverse proxy every client has the proxy's address.
+    #[serde(default = "default_max_inflight_body_bytes_per_peer")]
+    pub max_inflight_body_bytes_per_peer: usize,
     /// The URL providers reach this daemon at (scheme, host, optional path
     /// prefix), e.g. `https://omnid.example.com`. Needed by channels whose
     /// signatures cover the URL, since a proxy may rewrite the host.
@@ -272,6 +297,21 @@ const fn default_max_body_bytes() -> usize {
 const fn default_request_timeout_secs() -> u64 {
     30
 }
+const fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+const fn default_body_read_timeout_secs() -> u64 {
+    15
+}
+const fn default_max_connections() -> u32 {
+    1024
+}
+const fn default_max_inflight_body_bytes() -> usize {
+    64 * 1024 * 1024
+}
+const fn default_max_inflight_body_bytes_per_peer() -> usize {
+    8 * 1024 * 1024
+}
 const fn default_shutdown_timeout_secs() -> u64 {
     30
 }
@@ -409,6 +449,24 @@ impl Settings {
         }
         if self.http.max_body_bytes == 0 {
             return Err("http.max_body_bytes: must be at least 1".into());
+        }
+        if self.http.header_read_timeout_secs == 0 || self.http.body_read_timeout_secs == 0 {
+            return Err(
+                "http: header_read_timeout_secs and body_read_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if self.http.max_connections == 0 {
+            return Err("http.max_connections: must be at least 1".into());
+        }
+        // Otherwise a body of the largest allowed size could never be read.
+        if self.http.max_inflight_body_bytes_per_peer < self.http.max_body_bytes
+            || self.http.max_inflight_body_bytes < self.http.max_inflight_body_bytes_per_peer
+        {
+            return Err(
+                "http: need max_body_bytes <= max_inflight_body_bytes_per_peer <= max_inflight_body_bytes"
+                    .into(),
+            );
         }
         if self.log.sqlite.max_batch == 0 || self.log.sqlite.queue_capacity == 0 {
             return Err("log.sqlite: max_batch and queue_capacity must be at least 1".into());
