@@ -197,11 +197,13 @@ async fn webhook(
         if let Some(suppressed) = state.inner.too_large_log.sample() {
             tracing::warn!(channel = %channel_id, max_body_bytes = max, suppressed, "webhook rejected, body too large");
         }
-        into_axum(error_response(
+        // The rest of the body is not read, so the connection cannot be
+        // reused.
+        closing(into_axum(error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("request body is larger than {max} bytes"),
-        ))
+        )))
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
