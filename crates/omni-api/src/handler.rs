@@ -1,42 +1,38 @@
-//! The I/O half of the API channel: verify, parse, append, answer.
+//! The API channel's provider-specific half: its signature check and its
+//! message parser. The SDK's [`WebhookDriver`] runs them, so the method
+//! check, the 403, dead letters, the 503 with Retry-After and the request
+//! metrics are the same as every other push channel's.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use http::StatusCode;
 use omni_connector::{
-    ChannelContext, ConfigError, EventSender, Secret, SendError, WebhookHandler, WebhookRequest,
-    WebhookResponse,
-    webhook::{error_response, json_response, unavailable_response},
+    ChannelContext, ConfigError, ParseError, Parsed, Refusal, Secret, WebhookChannel,
+    WebhookDriver, WebhookRequest,
 };
 use omni_model::Region;
-use omni_proto::v1::{ChannelKind, DeadLetter};
-use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
 
 use crate::{
     config::ApiChannelConfig,
     message::{self, NormalizeOptions},
-    signature::{self, AuthError},
+    signature,
 };
 
-/// How long a provider should wait before retrying after a 503.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 /// The webhook of one API channel, built once per (re)load.
+pub type ApiWebhook = WebhookDriver<ApiChannel>;
+
+/// What an API channel checks and parses with.
 #[derive(Debug)]
-pub struct ApiWebhook {
+pub struct ApiChannel {
     channel_id: String,
-    sender: EventSender,
     /// Empty when verification is off.
     secrets: Vec<Secret>,
     replay_window: Duration,
     default_region: Option<Region>,
     trust_sender: bool,
-    metrics: WebhookMetrics,
 }
 
-impl ApiWebhook {
-    pub fn new(context: ChannelContext, config: ApiChannelConfig) -> Result<Self, ConfigError> {
+impl ApiChannel {
+    pub fn new(channel_id: &str, config: ApiChannelConfig) -> Result<Self, ConfigError> {
         let mut secrets = Vec::new();
         if config.verify_signatures {
             let primary = config.secret.as_ref().ok_or_else(|| {
@@ -54,11 +50,6 @@ impl ApiWebhook {
                         .map_err(|e| ConfigError::new("previous_secret", e))?,
                 );
             }
-        } else {
-            tracing::warn!(
-                channel = %context.channel_id,
-                "signature verification is off: this channel accepts unauthenticated requests from anyone"
-            );
         }
         let default_region = config
             .default_region
@@ -72,9 +63,7 @@ impl ApiWebhook {
             return Err(ConfigError::new("replay_window_secs", "must be at least 1"));
         }
         Ok(Self {
-            metrics: WebhookMetrics::register(&context.channel_id),
-            channel_id: context.channel_id,
-            sender: context.sender,
+            channel_id: channel_id.to_owned(),
             secrets,
             replay_window: Duration::from_secs(config.replay_window_secs),
             default_region,
@@ -82,7 +71,24 @@ impl ApiWebhook {
         })
     }
 
-    fn authenticate(&self, request: &WebhookRequest) -> Result<(), AuthError> {
+    /// The channel run by the webhook driver.
+    pub fn webhook(
+        context: &ChannelContext,
+        config: ApiChannelConfig,
+    ) -> Result<ApiWebhook, ConfigError> {
+        Ok(WebhookDriver::new(
+            context,
+            Self::new(&context.channel_id, config)?,
+        ))
+    }
+}
+
+impl WebhookChannel for ApiChannel {
+    fn verifies(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
+    fn verify(&self, request: &WebhookRequest) -> Result<(), Refusal> {
         if self.secrets.is_empty() {
             return Ok(());
         }
@@ -94,129 +100,28 @@ impl ApiWebhook {
             SystemTime::now(),
             self.replay_window,
         )
+        .map_err(|error| Refusal::new(error.code(), error.to_string()))
     }
 
-    fn finish(
-        &self,
-        started: Instant,
-        outcome: WebhookOutcome,
-        detail: &str,
-        response: WebhookResponse,
-    ) -> WebhookResponse {
-        omni_connector::webhook::finish(&self.metrics, started, outcome, detail, response)
-    }
-
-    fn storage_failure(&self, started: Instant, error: SendError) -> WebhookResponse {
-        let outcome = match error {
-            SendError::Overloaded => WebhookOutcome::Overloaded,
-            SendError::Closed | SendError::Failed(_) => WebhookOutcome::Failed,
-        };
-        let code = match error {
-            SendError::Overloaded => "overloaded",
-            SendError::Closed => "shutting_down",
-            SendError::Failed(_) => "storage_unavailable",
-        };
-        let response =
-            unavailable_response(code, "the message was not stored; retry later", RETRY_AFTER);
-        self.finish(started, outcome, &error.to_string(), response)
-    }
-}
-
-#[async_trait]
-impl WebhookHandler for ApiWebhook {
-    async fn handle(&self, request: WebhookRequest) -> WebhookResponse {
-        let started = Instant::now();
-        if request.method != http::Method::POST {
-            let response = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
-            return self.finish(
-                started,
-                WebhookOutcome::Invalid,
-                "method not allowed",
-                response,
-            );
-        }
-        if let Err(error) = self.authenticate(&request) {
-            let response = error_response(StatusCode::FORBIDDEN, error.code(), error);
-            return self.finish(
-                started,
-                WebhookOutcome::Unauthenticated,
-                error.code(),
-                response,
-            );
-        }
-
-        let received_at = timestamp(request.received_at);
+    fn parse(&self, request: &WebhookRequest) -> Result<Parsed, ParseError> {
         let options = NormalizeOptions {
             channel_id: &self.channel_id,
             default_region: self.default_region,
             trust_sender: self.trust_sender,
-            received_at,
+            received_at: omni_proto::timestamp(request.received_at),
         };
-        match message::parse(&request.body, &options) {
-            Ok(event) => {
-                let event_id = event.event_id.clone();
-                match self.sender.send_event(event).await {
-                    Ok(_) => {
-                        let body = serde_json::json!({ "event_id": event_id });
-                        self.finish(
-                            started,
-                            WebhookOutcome::Accepted,
-                            "",
-                            json_response(StatusCode::OK, &body),
-                        )
-                    }
-                    Err(error) => self.storage_failure(started, error),
-                }
-            }
-            Err(error) => {
-                // Authentic but not a message: keep the raw input so nothing
-                // is dropped silently, then tell the sender what is wrong.
-                let dead_letter = DeadLetter {
-                    dead_letter_id: omni_connector::dead_letter_id(&self.channel_id, &request.body),
-                    channel_id: self.channel_id.clone(),
-                    channel_kind: ChannelKind::Api as i32,
-                    reason: error.code.to_owned(),
-                    detail: error.message.clone(),
-                    raw_payload: request.body.to_vec(),
-                    content_type: request
-                        .header("content-type")
-                        .unwrap_or("application/json")
-                        .to_owned(),
-                    received_at: Some(received_at),
-                    metadata: Default::default(),
-                };
-                match self.sender.send_dead_letter(dead_letter).await {
-                    Ok(_) => {
-                        DeadLettered {
-                            reason: error.code,
-                            detail: &error.message,
-                        }
-                        .emit(&self.metrics);
-                        let response =
-                            error_response(StatusCode::BAD_REQUEST, error.code, &error.message);
-                        self.finish(started, WebhookOutcome::Invalid, error.code, response)
-                    }
-                    Err(send_error) => self.storage_failure(started, send_error),
-                }
-            }
-        }
+        message::parse(&request.body, &options).map(Parsed::event)
     }
 }
 
-use omni_proto::timestamp;
-
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
+    use std::{sync::Arc, time::UNIX_EPOCH};
 
     use super::*;
     use bytes::Bytes;
-    use omni_connector::{LogEntry, testing::MemorySink};
-    use std::sync::Arc;
+    use http::StatusCode;
+    use omni_connector::{EventSender, LogEntry, SendError, WebhookHandler, testing::MemorySink};
 
     fn webhook(sink: &MemorySink, verify: bool) -> ApiWebhook {
         // Written once per process: tests run in parallel and must never
@@ -236,7 +141,7 @@ mod tests {
         let config: ApiChannelConfig =
             omni_connector::parse_settings(toml::from_str(&settings).unwrap()).unwrap();
         let context = ChannelContext::new("acme-api", EventSender::new(Arc::new(sink.clone())));
-        ApiWebhook::new(context, config).unwrap()
+        ApiChannel::webhook(&context, config).unwrap()
     }
 
     fn request(body: &[u8], signed_with: Option<&[u8]>) -> WebhookRequest {

@@ -22,7 +22,7 @@ use omni_connector::{ChannelConfig, ChannelContext, ConfigError, Connector, Webh
 use omni_proto::v1::ChannelKind;
 
 pub use config::ApiChannelConfig;
-pub use handler::ApiWebhook;
+pub use handler::{ApiChannel, ApiWebhook};
 
 /// The `kind` of API channels in channel files.
 pub const KIND: &str = "api";
@@ -32,7 +32,7 @@ impl ChannelConfig for ApiChannelConfig {
     const CHANNEL_KIND: ChannelKind = ChannelKind::Api;
 
     fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
-        let webhook = ApiWebhook::new(context, self)?;
+        let webhook = ApiChannel::webhook(&context, self)?;
         // A webhook, nothing to pull, nothing to send.
         Ok(Arc::new(WebhookConnector::new(Arc::new(webhook))))
     }

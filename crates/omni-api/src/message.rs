@@ -243,6 +243,7 @@ pub fn normalize(
         provider_metadata: message.metadata.into_iter().collect(),
         delivery: None,
         sender_identities,
+        ..Default::default()
     })
 }
 

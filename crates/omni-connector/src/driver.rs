@@ -226,14 +226,15 @@ impl<C: WebhookChannel> WebhookDriver<C> {
         // Submitted one after another (so they keep their order in the
         // log), awaited together.
         for inbound in events {
-            let event_id = inbound.event.event_id.clone();
+            let message = inbound.event;
+            // The job names the channel as the driver knows it, whatever
+            // the event says.
             jobs.extend(inbound.media.into_iter().map(|media| MediaJob {
                 channel_id: self.channel_id.clone(),
-                event_id: event_id.clone(),
-                media,
+                ..MediaJob::new(&message, media)
             }));
-            event_ids.push(event_id);
-            acks.push(self.sender.send_event(inbound.event));
+            event_ids.push(message.event_id.clone());
+            acks.push(self.sender.send_event(message));
         }
         for part in &unreadable {
             acks.push(self.sender.send_dead_letter(self.dead_letter(
@@ -607,6 +608,8 @@ mod tests {
                     attachment: 0,
                     source: "file-9".into()
                 },
+                channel_kind: ChannelKind::Unspecified,
+                sender: None,
             }]
         );
     }

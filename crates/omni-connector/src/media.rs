@@ -16,6 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use omni_proto::v1::{ChannelKind, ConversationEvent, IdentityHandle};
+
+mod queue;
+mod worker;
+
+pub use queue::{QueuedJob, SqliteMediaQueue, backoff};
+pub use worker::{FetcherLookup, MediaWorkerConfig, run_media_worker, update_event};
 
 /// One file of a message, still at the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +42,25 @@ pub struct MediaJob {
     /// The id of the durable message the file belongs to.
     pub event_id: String,
     pub media: MediaRef,
+    /// The message's channel kind and sender, copied to the update that
+    /// names the stored file: the sender is the update's partition key, so
+    /// it follows its message in the log.
+    pub channel_kind: ChannelKind,
+    pub sender: Option<IdentityHandle>,
+}
+
+impl MediaJob {
+    /// The job of one file of `message`.
+    pub fn new(message: &ConversationEvent, media: MediaRef) -> Self {
+        Self {
+            channel_id: message.channel_id.clone(),
+            event_id: message.event_id.clone(),
+            media,
+            channel_kind: ChannelKind::try_from(message.channel_kind)
+                .unwrap_or(ChannelKind::Unspecified),
+            sender: message.sender.clone(),
+        }
+    }
 }
 
 /// Why a download did not produce the file.

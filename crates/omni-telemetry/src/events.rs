@@ -29,6 +29,11 @@ pub mod names {
     pub const THREADING_EVENTS_TOTAL: &str = "omnid_threading_events_total";
     pub const TIMELINE_PUBLISHED_TOTAL: &str = "omnid_timeline_published_total";
     pub const THREADING_COMMANDS_TOTAL: &str = "omnid_threading_commands_total";
+    pub const MEDIA_DEFERRED_TOTAL: &str = "omnid_media_deferred_total";
+    pub const MEDIA_FETCHED_TOTAL: &str = "omnid_media_fetched_total";
+    pub const MEDIA_RETRIED_TOTAL: &str = "omnid_media_retried_total";
+    pub const MEDIA_GIVEN_UP_TOTAL: &str = "omnid_media_given_up_total";
+    pub const MEDIA_QUEUE_DEPTH: &str = "omnid_media_queue_depth";
     pub const HTTP_REFUSALS_TOTAL: &str = "omnid_http_refusals_total";
 }
 
@@ -885,6 +890,147 @@ impl CommandHandled<'_> {
                 "applying a command failed, retrying"
             ),
         }
+    }
+}
+
+/// Pre-registered metrics of the deferred-media queue: downloads that
+/// follow a message once it is durable.
+#[derive(Debug, Clone)]
+pub struct MediaMetrics {
+    deferred: Counter,
+    fetched: Counter,
+    retried: Counter,
+    refused: Counter,
+    expired: Counter,
+    depth: Gauge,
+}
+
+impl MediaMetrics {
+    pub fn register() -> Self {
+        let given_up =
+            |reason: &'static str| counter!(names::MEDIA_GIVEN_UP_TOTAL, "reason" => reason);
+        Self {
+            deferred: counter!(names::MEDIA_DEFERRED_TOTAL),
+            fetched: counter!(names::MEDIA_FETCHED_TOTAL),
+            retried: counter!(names::MEDIA_RETRIED_TOTAL),
+            refused: given_up("refused"),
+            expired: given_up("expired"),
+            depth: gauge!(names::MEDIA_QUEUE_DEPTH),
+        }
+    }
+}
+
+/// Downloads were queued behind a durable message (a provider's retry of
+/// jobs already queued counts nothing).
+#[derive(Debug)]
+pub struct MediaDeferred {
+    /// Jobs new to the queue.
+    pub jobs: u64,
+}
+
+impl MediaDeferred {
+    pub fn emit(&self, metrics: &MediaMetrics) {
+        metrics.deferred.increment(self.jobs);
+        if self.jobs > 0 {
+            debug!(jobs = self.jobs, "media downloads deferred");
+        }
+    }
+}
+
+/// A file was downloaded, stored, and its update is durable in the log.
+#[derive(Debug)]
+pub struct MediaFetched<'a> {
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub attachment: u32,
+    pub size: u64,
+    /// Failed attempts before this one.
+    pub retries: u32,
+}
+
+impl MediaFetched<'_> {
+    pub fn emit(&self, metrics: &MediaMetrics) {
+        metrics.fetched.increment(1);
+        debug!(
+            channel = self.channel,
+            event_id = self.event_id,
+            attachment = self.attachment,
+            size = self.size,
+            retries = self.retries,
+            "media stored"
+        );
+    }
+}
+
+/// A download (or appending its update) failed for now; it is tried again
+/// after `retry_in`.
+#[derive(Debug)]
+pub struct MediaRetried<'a> {
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub attachment: u32,
+    /// Failed attempts so far, this one included.
+    pub attempts: u32,
+    pub retry_in: Duration,
+    pub error: &'a str,
+}
+
+impl MediaRetried<'_> {
+    pub fn emit(&self, metrics: &MediaMetrics) {
+        metrics.retried.increment(1);
+        info!(
+            channel = self.channel,
+            event_id = self.event_id,
+            attachment = self.attachment,
+            attempts = self.attempts,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            error = self.error,
+            "media download failed, retrying"
+        );
+    }
+}
+
+/// A download was given up: the message keeps the provider's reference.
+#[derive(Debug)]
+pub struct MediaGivenUp<'a> {
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub attachment: u32,
+    /// The provider refused it for good (`false`: it kept failing for
+    /// longer than the queue's maximum age).
+    pub refused: bool,
+    pub error: &'a str,
+}
+
+impl MediaGivenUp<'_> {
+    pub fn emit(&self, metrics: &MediaMetrics) {
+        let reason = if self.refused {
+            metrics.refused.increment(1);
+            "refused"
+        } else {
+            metrics.expired.increment(1);
+            "expired"
+        };
+        warn!(
+            channel = self.channel,
+            event_id = self.event_id,
+            attachment = self.attachment,
+            reason,
+            error = self.error,
+            "media download given up, the message keeps the provider's reference"
+        );
+    }
+}
+
+/// How many downloads the queue holds (due or waiting for a retry).
+#[derive(Debug)]
+pub struct MediaQueueDepth {
+    pub jobs: u64,
+}
+
+impl MediaQueueDepth {
+    pub fn emit(&self, metrics: &MediaMetrics) {
+        metrics.depth.set(self.jobs as f64);
     }
 }
 
