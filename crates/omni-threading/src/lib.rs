@@ -29,6 +29,7 @@ pub mod contract;
 pub mod error;
 pub mod ids;
 pub mod logic;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sql;
 mod sqlite;
@@ -45,6 +46,7 @@ pub use logic::{
     Conversation, Decision, HandleOwner, InboundEvent, Lookups, Plan, Snapshot, ThreadingConfig,
     event_time_ms, lookups, plan, plan_with,
 };
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use store::{CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};

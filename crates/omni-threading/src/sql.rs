@@ -21,6 +21,7 @@ pub(crate) const MAX_ATTEMPTS: u32 = 50;
 /// and conflicts abort instead of corrupting). `$lock` is appended to the
 /// customer read (`FOR UPDATE` on PostgreSQL, queueing workers on the same
 /// customer instead of letting them fail at commit).
+#[cfg(feature = "postgres")]
 macro_rules! sql_store {
     ($store:ident, $db:ty, $begin:literal, $lock:literal, $retryable:path) => {
         impl $store {
