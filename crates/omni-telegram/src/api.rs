@@ -1,18 +1,16 @@
-//! The Bot API client (teloxide-core's `Bot`), and fetching a message's
-//! files into the attachment store.
+//! The Bot API client (teloxide-core's `Bot`), and the downloader of a
+//! message's files.
 
 use std::{future::IntoFuture, time::Duration};
 
+use async_trait::async_trait;
 use futures::StreamExt;
-use omni_connector::{AttachmentStore, ConfigError, SendError};
-use omni_proto::v1::Attachment;
-use teloxide_core::{Bot, RequestError, net::Download, prelude::Requester, types::FileId};
-
-use crate::{
-    config::TelegramChannelConfig,
-    metrics::TelegramMetrics,
-    normalize::{FILE_ID_URI_PREFIX, FileRef, Normalized},
+use omni_connector::{ConfigError, FetchError, Fetched, MediaFetcher, MediaRef, SendError};
+use teloxide_core::{
+    ApiError, Bot, RequestError, net::Download, prelude::Requester, types::FileId,
 };
+
+use crate::{config::TelegramChannelConfig, metrics::TelegramMetrics};
 
 /// Why an update could not be taken in now. Every variant is transient: the
 /// update is not acknowledged and comes again.
@@ -22,10 +20,8 @@ pub enum TelegramError {
     Request(#[from] RequestError),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
-    #[error("file download: {0}")]
-    Download(String),
-    #[error("attachment store: {0}")]
-    Attachment(#[from] omni_connector::attachments::AttachmentError),
+    #[error("media queue: {0}")]
+    Media(#[from] omni_connector::MediaQueueError),
     #[error("channel state: {0}")]
     State(#[from] omni_connector::state::StateError),
     #[error("event log: {0}")]
@@ -77,97 +73,105 @@ impl BotApi {
             .map_err(|_| TelegramError::Timeout(what))?
             .map_err(TelegramError::Request)
     }
+}
 
-    /// Fetches every file of `normalized` (in order) and appends its
-    /// attachments to the event. Files over the limit, or that the Bot API
-    /// refuses to serve, are listed by file_id instead; network trouble is
-    /// an error, so the update is taken in again later.
-    pub async fn fetch_files(
-        &self,
-        normalized: &mut Normalized,
-        store: &dyn AttachmentStore,
-        metrics: &TelegramMetrics,
-    ) -> Result<(), TelegramError> {
-        let mut attachments = Vec::with_capacity(normalized.files.len());
-        for file in &normalized.files {
-            attachments.push(self.fetch_file(file, store, metrics).await?);
+/// Whether an API error may pass on a retry.
+pub(crate) fn is_temporary(error: &ApiError) -> bool {
+    match error {
+        // The operator's fix, not the customer's fault.
+        ApiError::InvalidToken => true,
+        ApiError::Unknown(text) => {
+            let text = text.to_ascii_lowercase();
+            [
+                "internal server error",
+                "bad gateway",
+                "gateway timeout",
+                "service unavailable",
+                "too many requests",
+            ]
+            .iter()
+            .any(|t| text.contains(t))
         }
-        if let Some(content) = normalized.event.content.as_mut() {
-            content.attachments.extend(attachments);
-        }
-        Ok(())
+        _ => false,
+    }
+}
+
+/// Downloads a message's files once the message is durable: `getFile`,
+/// then the download, within `max_file_bytes` and the request timeout.
+/// The job's source is the file's `file_id`.
+#[derive(Debug, Clone)]
+pub struct TelegramFetcher {
+    pub(crate) api: BotApi,
+    pub(crate) metrics: TelegramMetrics,
+}
+
+impl TelegramFetcher {
+    /// A file that will never be downloaded: its attachment keeps the
+    /// `file_id`.
+    fn refused(&self, file_id: &str, reason: String) -> FetchError {
+        self.metrics.file(false, file_id, &reason);
+        FetchError::Permanent(reason)
     }
 
-    async fn fetch_file(
-        &self,
-        file: &FileRef,
-        store: &dyn AttachmentStore,
-        metrics: &TelegramMetrics,
-    ) -> Result<Attachment, TelegramError> {
-        let listed = |size: u64, reason: &str| {
-            metrics.file(false, &file.file_id, reason);
-            Attachment {
-                name: file.name.clone(),
-                media_type: file.media_type.clone(),
-                size,
-                sha256: String::new(),
-                uri: format!("{FILE_ID_URI_PREFIX}{}", file.file_id),
-            }
-        };
-        if file.size > self.max_file_bytes {
-            return Ok(listed(file.size, "over the size limit"));
-        }
+    fn too_big(&self, file_id: &str, size: u64) -> FetchError {
+        self.refused(
+            file_id,
+            format!(
+                "{size} bytes is over max_file_bytes ({})",
+                self.api.max_file_bytes
+            ),
+        )
+    }
+}
+
+#[async_trait]
+impl MediaFetcher for TelegramFetcher {
+    async fn fetch(&self, media: &MediaRef) -> Result<Fetched, FetchError> {
+        let file_id = media.source.as_str();
         let info = match self
-            .call("getFile", self.bot.get_file(FileId(file.file_id.clone())))
+            .api
+            .call("getFile", self.api.bot.get_file(FileId(file_id.to_owned())))
             .await
         {
             Ok(info) => info,
-            // The Bot API's own refusal ("file is too big", an expired
+            // The Bot API's own refusal ("file is too big", an unknown
             // file_id) will not change on a retry.
-            Err(TelegramError::Request(RequestError::Api(e))) => {
-                return Ok(listed(file.size, &e.to_string()));
+            Err(TelegramError::Request(RequestError::Api(e))) if !is_temporary(&e) => {
+                return Err(self.refused(file_id, format!("getfile: {e}")));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(FetchError::Temporary(e.to_string())),
         };
-        let announced = u64::from(info.meta.size).max(file.size);
-        if announced > self.max_file_bytes {
-            return Ok(listed(announced, "over the size limit"));
+        let announced = u64::from(info.meta.size);
+        if announced > self.api.max_file_bytes {
+            return Err(self.too_big(file_id, announced));
         }
         let download = async {
-            let mut stream = self.bot.download_file_stream(&info.path);
+            let mut stream = self.api.bot.download_file_stream(&info.path);
             let mut bytes = Vec::new();
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
                     Ok(chunk) => chunk,
                     Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
-                        return Ok(None);
+                        return Err(self.refused(file_id, format!("download: {e}")));
                     }
-                    Err(e) => return Err(TelegramError::Download(e.to_string())),
+                    Err(e) => return Err(FetchError::Temporary(format!("download: {e}"))),
                 };
-                if (bytes.len() + chunk.len()) as u64 > self.max_file_bytes {
-                    return Ok(Some(Err(())));
+                let size = (bytes.len() + chunk.len()) as u64;
+                if size > self.api.max_file_bytes {
+                    return Err(self.too_big(file_id, size));
                 }
                 bytes.extend_from_slice(&chunk);
             }
-            Ok(Some(Ok(bytes)))
+            Ok(bytes)
         };
-        let downloaded = tokio::time::timeout(self.request_timeout, download)
+        let content = tokio::time::timeout(self.api.request_timeout, download)
             .await
-            .map_err(|_| TelegramError::Timeout("file download"))??;
-        match downloaded {
-            None => Ok(listed(announced, "the file server refused the download")),
-            Some(Err(())) => Ok(listed(announced, "over the size limit")),
-            Some(Ok(bytes)) => {
-                let stored = store.put(bytes.into()).await?;
-                metrics.file(true, &file.file_id, "");
-                Ok(Attachment {
-                    name: file.name.clone(),
-                    media_type: file.media_type.clone(),
-                    size: stored.size,
-                    sha256: stored.sha256,
-                    uri: stored.uri,
-                })
-            }
-        }
+            .map_err(|_| FetchError::Temporary("timed out downloading the file".into()))??;
+        self.metrics.file(true, file_id, "");
+        Ok(Fetched {
+            content: content.into(),
+            // The type is the message's (Telegram's getFile says none).
+            media_type: String::new(),
+        })
     }
 }

@@ -82,9 +82,9 @@ pub struct TelegramChannelConfig {
     #[serde(default = "default_max_backoff_secs")]
     pub max_backoff_secs: u64,
 
-    /// Files larger than this are not downloaded; the event lists their
-    /// `file_id` (`tg-file:<file_id>`) instead. At most 20 MiB on the
-    /// public Bot API.
+    /// Files larger than this are not downloaded; their attachment keeps
+    /// the `file_id` (`tg-file:<file_id>`). At most 20 MiB on the public
+    /// Bot API.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
 
@@ -97,12 +97,6 @@ pub struct TelegramChannelConfig {
     /// (Telegram allows about one per second).
     #[serde(default = "default_per_chat_interval_ms")]
     pub per_chat_interval_ms: u64,
-
-    /// Outbound: a 429 asking to wait at most this long (seconds) is waited
-    /// out inside the delivery; a longer one is returned as a temporary
-    /// failure for the daemon to retry.
-    #[serde(default = "default_max_retry_wait_secs")]
-    pub max_retry_wait_secs: u64,
 }
 
 impl TelegramChannelConfig {
@@ -186,8 +180,4 @@ const fn default_global_rate_per_sec() -> u32 {
 
 const fn default_per_chat_interval_ms() -> u64 {
     1000
-}
-
-const fn default_max_retry_wait_secs() -> u64 {
-    5
 }

@@ -5,7 +5,10 @@
 //! rule: Telegram learns that an update was taken (a webhook's 2xx, a
 //! confirmed `getUpdates` offset) only once its event is durable in the
 //! log. Event ids come from `chat_id:message_id` (plus the edit date for
-//! edits), so an update delivered twice yields the same event id.
+//! edits), so an update delivered twice yields the same event id. A
+//! message's files never hold it up: it is appended with each file named
+//! by its `file_id`, and the daemon's media worker downloads them after,
+//! through this channel's [`TelegramFetcher`].
 
 pub mod api;
 pub mod config;
@@ -18,14 +21,14 @@ pub mod webhook;
 use std::{sync::Arc, time::Duration};
 
 use omni_connector::{
-    ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, OutboundHandler,
-    WebhookHandler,
+    ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, MediaFetcher,
+    OutboundHandler, WebhookDriver, WebhookHandler,
 };
 use omni_proto::v1::ChannelKind;
-use omni_telemetry::events::WebhookMetrics;
 use teloxide_core::{payloads::SetWebhookSetters, prelude::Requester, requests::Request};
 use tokio_util::sync::CancellationToken;
 
+pub use api::TelegramFetcher;
 pub use config::{Mode, TelegramChannelConfig};
 pub use outbound::TelegramSender;
 pub use webhook::TelegramWebhook;
@@ -50,11 +53,12 @@ impl ChannelConfig for TelegramChannelConfig {
 /// One Telegram bot.
 #[derive(Debug)]
 pub struct TelegramConnector {
-    webhook: Option<Arc<TelegramWebhook>>,
+    webhook: Option<Arc<WebhookDriver<TelegramWebhook>>>,
     poller: Option<Poller>,
     /// Webhook mode with `set_webhook`: what to register at start.
     register: Option<WebhookRegistration>,
     outbound: Arc<TelegramSender>,
+    media: Arc<TelegramFetcher>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,8 +84,11 @@ impl TelegramConnector {
                 config.global_rate_per_sec,
                 Duration::from_millis(config.per_chat_interval_ms),
             ),
-            max_retry_wait: Duration::from_secs(config.max_retry_wait_secs),
             attachments: context.attachments.clone(),
+        });
+        let media = Arc::new(TelegramFetcher {
+            api: api.clone(),
+            metrics: metrics.clone(),
         });
         let (mut webhook, mut poller, mut register) = (None, None, None);
         match config.mode {
@@ -104,10 +111,7 @@ impl TelegramConnector {
                     }
                     Some(secret)
                 } else {
-                    tracing::warn!(
-                        channel = %context.channel_id,
-                        "secret token verification is off: this channel accepts updates from anyone"
-                    );
+                    // The webhook driver warns at every load while it is off.
                     None
                 };
                 if config.set_webhook {
@@ -127,15 +131,14 @@ impl TelegramConnector {
                         channel_id: context.channel_id.clone(),
                     });
                 }
-                webhook = Some(Arc::new(TelegramWebhook {
-                    channel_id: context.channel_id.clone(),
-                    sender: context.sender.clone(),
-                    attachments: context.attachments.clone(),
-                    secret,
-                    api: api.clone(),
-                    metrics: WebhookMetrics::register(&context.channel_id),
-                    telegram_metrics: metrics.clone(),
-                }));
+                webhook = Some(Arc::new(
+                    TelegramWebhook {
+                        channel_id: context.channel_id.clone(),
+                        secret,
+                        metrics: metrics.clone(),
+                    }
+                    .driver(&context),
+                ));
             }
             Mode::LongPolling => {
                 poller = Some(Poller {
@@ -155,6 +158,7 @@ impl TelegramConnector {
             poller,
             register,
             outbound,
+            media,
         })
     }
 }
@@ -213,6 +217,10 @@ impl Connector for TelegramConnector {
         Some(self.outbound.clone() as Arc<dyn OutboundHandler>)
     }
 
+    fn media(&self) -> Option<Arc<dyn MediaFetcher>> {
+        Some(self.media.clone() as Arc<dyn MediaFetcher>)
+    }
+
     async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ConnectorError> {
         if let Some(register) = &self.register {
             register.run(&shutdown).await;
@@ -227,6 +235,8 @@ impl Connector for TelegramConnector {
 
 #[cfg(test)]
 mod tests {
+    use omni_connector::parse_settings;
+
     use super::*;
 
     #[test]

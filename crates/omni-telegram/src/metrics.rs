@@ -21,7 +21,7 @@ pub struct TelegramMetrics {
     ignored: Counter,
     poll_errors: Counter,
     offset: Gauge,
-    files_stored: Counter,
+    files_downloaded: Counter,
     files_listed: Counter,
 }
 
@@ -37,22 +37,24 @@ impl TelegramMetrics {
             ignored: updates("ignored"),
             poll_errors: counter!(POLL_ERRORS_TOTAL, "channel" => channel.to_owned()),
             offset: gauge!(OFFSET, "channel" => channel.to_owned()),
-            files_stored: files("stored"),
+            files_downloaded: files("downloaded"),
             files_listed: files("listed"),
         }
     }
 
-    /// An update that is not a customer message was acknowledged.
+    /// An update of a kind Omnid deliberately does not ingest was
+    /// acknowledged without storing anything. Logged at info: such updates
+    /// only come when `allowed_updates` asks for them.
     pub fn ignored(&self, update_id: u32, what: &'static str) {
         self.ignored.increment(1);
-        tracing::debug!(channel = %self.channel, update_id, kind = what, "telegram update ignored");
+        tracing::info!(channel = %self.channel, update_id, kind = what, "telegram update not ingested");
     }
 
-    /// A file went to the attachment store (`stored`) or was only listed
-    /// by its file_id.
-    pub fn file(&self, stored: bool, file_id: &str, reason: &str) {
-        if stored {
-            self.files_stored.increment(1);
+    /// A file was downloaded, or will never be and stays listed by its
+    /// file_id.
+    pub fn file(&self, downloaded: bool, file_id: &str, reason: &str) {
+        if downloaded {
+            self.files_downloaded.increment(1);
         } else {
             self.files_listed.increment(1);
             tracing::info!(channel = %self.channel, file_id, reason, "telegram file listed, not downloaded");

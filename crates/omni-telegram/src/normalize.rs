@@ -1,20 +1,42 @@
 //! Updates to events: pure functions over the Bot API's types, unit tested
-//! on recorded payloads. Files are only named here ([`FileRef`]); fetching
-//! them is the I/O half's job.
+//! on recorded payloads. Files are only named here: each becomes an
+//! attachment whose `uri` is its `file_id` ([`FILE_ID_URI_PREFIX`]), and a
+//! [`MediaRef`] the media worker downloads once the message is durable.
+//!
+//! What Omnid does with each update kind:
+//!
+//! - `message` and `edited_message` with content a person sent become
+//!   events. Every other message update is dead-lettered, never dropped:
+//!   a message the Bot API types cannot read (a field of the wrong type, a
+//!   content kind newer than the types), a service message (members joining
+//!   or leaving, a pin, a title change) and a business account's message.
+//! - Update kinds that are not messages, or not a conversation with a
+//!   customer, are deliberately not ingested: they are acknowledged, logged
+//!   and counted ([`Outcome::Ignored`]). Those are channel posts (the
+//!   channel's own broadcasts), business connections and deleted business
+//!   messages, reactions, inline queries and chosen inline results,
+//!   callback queries, shipping and pre-checkout queries, paid media
+//!   purchases, polls and poll answers, chat member and join request
+//!   changes, chat boosts, and kinds newer than the Bot API types that
+//!   carry no `message`.
 
 use std::collections::HashMap;
 
-use omni_connector::ParseError;
+use omni_connector::{Inbound, MediaRef, ParseError};
 use omni_model::{Handle, HandleKind};
 use omni_proto::{
     Timestamp,
-    v1::{ChannelKind, Content, ConversationEvent, Direction, EventKind, ThreadingHints},
+    v1::{
+        Attachment, ChannelKind, Content, ConversationEvent, Direction, EventKind, ThreadingHints,
+    },
 };
 use teloxide_core::types::{FileMeta, MediaKind, Message, MessageKind, Update, UpdateKind, User};
 
-/// The URI of a file that was not downloaded (over the size limit, or the
-/// Bot API would not serve it): its `file_id`, usable with `getFile` by the
-/// same bot.
+/// The URI of a file still on Telegram's servers: `tg-file:<file_id>`,
+/// usable with `getFile` by the same bot. Every attachment of an ingested
+/// message starts with it; once the media worker has stored the file, an
+/// update names the stored copy. A file never downloaded (over
+/// `max_file_bytes`, or refused by the Bot API) keeps it.
 pub const FILE_ID_URI_PREFIX: &str = "tg-file:";
 
 /// A file a message carries, still on Telegram's servers.
@@ -36,15 +58,42 @@ impl FileRef {
             media_type,
         }
     }
+
+    /// The attachment that stands for the file until it is stored.
+    fn attachment(&self) -> Attachment {
+        Attachment {
+            name: self.name.clone(),
+            media_type: self.media_type.clone(),
+            size: self.size,
+            sha256: String::new(),
+            uri: format!("{FILE_ID_URI_PREFIX}{}", self.file_id),
+        }
+    }
 }
 
-/// A normalized message whose files still need fetching.
+/// A normalized message and the files it names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalized {
-    /// The event, with `content.attachments` empty until the files are
-    /// fetched (they are appended in `files` order).
+    /// The event; `content.attachments[i]` stands for `files[i]`.
     pub event: ConversationEvent,
     pub files: Vec<FileRef>,
+}
+
+impl Normalized {
+    /// The message for the log, with a download owed for each file (the
+    /// fetcher enforces the size limit, with the size `getFile` reports).
+    pub fn into_inbound(self) -> Inbound {
+        let media = self
+            .files
+            .iter()
+            .zip(0u32..)
+            .map(|(file, attachment)| MediaRef {
+                attachment,
+                source: file.file_id.clone(),
+            })
+            .collect();
+        Inbound::new(self.event).with_media(media)
+    }
 }
 
 /// What an update becomes.
@@ -52,12 +101,12 @@ pub struct Normalized {
 pub enum Outcome {
     /// A message or an edit.
     Event(Box<Normalized>),
-    /// Authentic, meant to be a message, but not normalizable: dead-letter
-    /// it.
+    /// Authentic, but a message update Omnid cannot normalize, or not an
+    /// update at all: dead-letter it.
     Invalid(ParseError),
-    /// Nothing a customer said (an update kind or service message Omnid
-    /// does not ingest): acknowledged and counted, never dead-lettered.
-    /// The label is bounded (a metric label).
+    /// An update kind Omnid deliberately does not ingest (listed in the
+    /// module's documentation): acknowledged, logged and counted. The
+    /// label is bounded (a metric label).
     Ignored(&'static str),
 }
 
@@ -97,6 +146,12 @@ pub fn normalize_update(
         UpdateKind::EditedMessage(message) => {
             normalize_message(message, update.id.0, true, channel_id, received_at)
         }
+        UpdateKind::BusinessMessage(_) | UpdateKind::EditedBusinessMessage(_) => {
+            Outcome::Invalid(ParseError::new(
+                "unsupported_message",
+                "messages of business accounts are not ingested",
+            ))
+        }
         UpdateKind::Error(value) => {
             let value = match value {
                 serde_json::Value::Object(map) if !map.is_empty() => value,
@@ -104,12 +159,30 @@ pub fn normalize_update(
             };
             unreadable(value)
         }
-        _ => Outcome::Ignored("unsupported_update"),
+        UpdateKind::ChannelPost(_)
+        | UpdateKind::EditedChannelPost(_)
+        | UpdateKind::BusinessConnection(_)
+        | UpdateKind::DeletedBusinessMessages(_)
+        | UpdateKind::MessageReaction(_)
+        | UpdateKind::MessageReactionCount(_)
+        | UpdateKind::InlineQuery(_)
+        | UpdateKind::ChosenInlineResult(_)
+        | UpdateKind::CallbackQuery(_)
+        | UpdateKind::ShippingQuery(_)
+        | UpdateKind::PreCheckoutQuery(_)
+        | UpdateKind::PurchasedPaidMedia(_)
+        | UpdateKind::Poll(_)
+        | UpdateKind::PollAnswer(_)
+        | UpdateKind::MyChatMember(_)
+        | UpdateKind::ChatMember(_)
+        | UpdateKind::ChatJoinRequest(_)
+        | UpdateKind::ChatBoost(_)
+        | UpdateKind::RemovedChatBoost(_) => Outcome::Ignored("unsupported_update"),
     }
 }
 
-/// An update the Bot API types could not read: a message we cannot parse is
-/// dead-lettered; an update kind newer than the types is ignored.
+/// An update the Bot API types could not read: one that carries a message
+/// is dead-lettered; an update kind newer than the types is ignored.
 fn unreadable(value: &serde_json::Value) -> Outcome {
     let Some(map) = value.as_object() else {
         return Outcome::Invalid(ParseError::new(
@@ -117,7 +190,12 @@ fn unreadable(value: &serde_json::Value) -> Outcome {
             "update is not a JSON object",
         ));
     };
-    for key in ["message", "edited_message"] {
+    for key in [
+        "message",
+        "edited_message",
+        "business_message",
+        "edited_business_message",
+    ] {
         if map.contains_key(key) {
             return Outcome::Invalid(ParseError::new(
                 "invalid_message",
@@ -135,8 +213,22 @@ fn normalize_message(
     channel_id: &str,
     received_at: Timestamp,
 ) -> Outcome {
-    let MessageKind::Common(common) = &message.kind else {
-        return Outcome::Ignored("service_message");
+    let common = match &message.kind {
+        MessageKind::Common(common) => common,
+        // What the types fall back to when nothing else matched: a field
+        // of the wrong type (`"text": 123`), or content newer than them.
+        MessageKind::Empty {} => {
+            return Outcome::Invalid(ParseError::new(
+                "unreadable_message",
+                "the message has no content the Bot API types can read",
+            ));
+        }
+        _ => {
+            return Outcome::Invalid(ParseError::new(
+                "unsupported_message",
+                "a message kind omnid does not ingest (a service message such as members joining, a pin or a title change; a payment; a dice)",
+            ));
+        }
     };
     let Some(from) = message.from.as_ref() else {
         return Outcome::Invalid(ParseError::new(
@@ -333,6 +425,7 @@ fn normalize_message(
         ingested_at: Some(received_at),
         content: Some(Content {
             text,
+            attachments: files.iter().map(FileRef::attachment).collect(),
             ..Default::default()
         }),
         threading: Some(ThreadingHints {
@@ -344,6 +437,7 @@ fn normalize_message(
         provider_metadata: metadata,
         delivery: None,
         sender_identities,
+        ..Default::default()
     };
     Outcome::Event(Box::new(Normalized { event, files }))
 }
@@ -536,6 +630,63 @@ mod tests {
             normalize_update(&u, Some(&v), "tg", AT),
             Outcome::Ignored("unsupported_update")
         );
+    }
+
+    fn outcome(json: &str) -> Outcome {
+        let (u, v) = update(json);
+        normalize_update(&u, Some(&v), "tg", AT)
+    }
+
+    #[test]
+    fn messages_that_cannot_be_read_are_invalid_never_ignored() {
+        for text in ["123", "null", "{}"] {
+            let json = format!(
+                r#"{{"update_id":500,"message":{{"message_id":500,"date":1765000000,"chat":{{"id":559,"type":"private"}},"from":{{"id":559,"is_bot":false,"first_name":"E"}},"text":{text}}}}}"#
+            );
+            assert!(
+                matches!(outcome(&json), Outcome::Invalid(ref e) if e.code == "unreadable_message"),
+                "text: {text}"
+            );
+        }
+        let caption = r#"{"update_id":501,"message":{"message_id":501,"date":1765000000,"chat":{"id":559,"type":"private"},"from":{"id":559,"is_bot":false,"first_name":"E"},"photo":[{"file_id":"p","file_unique_id":"u","width":1,"height":1}],"caption":7}}"#;
+        assert!(matches!(outcome(caption), Outcome::Invalid(e) if e.code == "unreadable_message"));
+        let joined = r#"{"update_id":502,"message":{"message_id":502,"date":1765000000,"chat":{"id":-5,"type":"group","title":"G"},"from":{"id":559,"is_bot":false,"first_name":"E"},"new_chat_members":[{"id":560,"is_bot":false,"first_name":"F"}]}}"#;
+        assert!(matches!(outcome(joined), Outcome::Invalid(e) if e.code == "unsupported_message"));
+        let edited = r#"{"update_id":503,"edited_message":{"message_id":503,"date":1765000000,"edit_date":1765000001,"chat":{"id":559,"type":"private"},"from":{"id":559,"is_bot":false,"first_name":"E"},"text":false}}"#;
+        assert!(matches!(outcome(edited), Outcome::Invalid(e) if e.code == "unreadable_message"));
+    }
+
+    #[test]
+    fn non_message_kinds_are_ignored() {
+        let poll = r#"{"update_id":8,"poll":{"id":"1","question":"Q?","options":[],"total_voter_count":0,"is_closed":false,"is_anonymous":true,"type":"regular","allows_multiple_answers":false}}"#;
+        assert_eq!(outcome(poll), Outcome::Ignored("unsupported_update"));
+        let member = r#"{"update_id":9,"my_chat_member":{"chat":{"id":559,"type":"private"},"from":{"id":559,"is_bot":false,"first_name":"E"},"date":1765000000,"old_chat_member":{"user":{"id":1,"is_bot":true,"first_name":"B"},"status":"member"},"new_chat_member":{"user":{"id":1,"is_bot":true,"first_name":"B"},"status":"kicked","until_date":0}}}"#;
+        assert_eq!(outcome(member), Outcome::Ignored("unsupported_update"));
+    }
+
+    #[test]
+    fn files_become_provider_references_and_media_jobs() {
+        let n = event("photo.json");
+        let attachments = n.event.content.as_ref().unwrap().attachments.clone();
+        assert_eq!(
+            attachments,
+            [Attachment {
+                name: String::new(),
+                media_type: "image/jpeg".into(),
+                size: 52342,
+                sha256: String::new(),
+                uri: "tg-file:AgADBAADbig-photo".into(),
+            }]
+        );
+        let inbound = n.clone().into_inbound();
+        assert_eq!(
+            inbound.media,
+            [MediaRef {
+                attachment: 0,
+                source: "AgADBAADbig-photo".into()
+            }]
+        );
+        assert_eq!(inbound.event, n.event);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Replies: `sendMessage`, and `sendDocument` / `sendPhoto` for
 //! attachments, within Telegram's rate limits (about 30 messages a second
-//! per bot, one a second per chat), honouring a 429's `retry_after`.
+//! per bot, one a second per chat). A 429 is handed back to the daemon's
+//! dispatcher with its `retry_after` ([`DeliveryError::throttled`]), which
+//! waits that long before retrying this channel; the chat is also held
+//! here until then.
 //!
 //! A reply with attachments is sent as one message per file. With exactly
 //! one file and a text of at most [`MAX_CAPTION_CHARS`], the text is that
@@ -27,7 +30,7 @@ use omni_connector::{
 };
 use omni_proto::v1::{Attachment, ConversationEvent, HandleKind};
 use teloxide_core::{
-    ApiError, RequestError,
+    RequestError,
     payloads::{SendDocumentSetters, SendMessageSetters, SendPhotoSetters},
     prelude::Requester,
     requests::{Payload, Request},
@@ -35,7 +38,10 @@ use teloxide_core::{
 };
 use tokio::time::Instant;
 
-use crate::{api::BotApi, normalize::provider_message_id};
+use crate::{
+    api::{BotApi, is_temporary},
+    normalize::provider_message_id,
+};
 
 /// Telegram's limit on one text message, in characters.
 pub const MAX_TEXT_CHARS: usize = 4096;
@@ -51,9 +57,6 @@ pub const MAX_UPLOAD_BYTES: u64 = 50_000_000;
 /// Largest image sent with `sendPhoto` (the Bot API's limit); larger ones,
 /// and other types, go as documents.
 pub const MAX_PHOTO_BYTES: usize = 10_000_000;
-
-/// How many 429s one delivery waits out before handing back.
-const MAX_RETRIES: u32 = 3;
 
 /// Spaces sends out: globally and per chat.
 #[derive(Debug)]
@@ -113,7 +116,6 @@ impl RateLimiter {
 pub struct TelegramSender {
     pub(crate) api: BotApi,
     pub(crate) limiter: RateLimiter,
-    pub(crate) max_retry_wait: Duration,
     /// Where reply attachments are read from.
     pub(crate) attachments: Arc<dyn AttachmentStore>,
 }
@@ -158,27 +160,6 @@ fn reply_message_id(reference: &str, chat: i64) -> Option<i32> {
         return None;
     }
     id.parse().ok()
-}
-
-/// Whether an API error may pass on a retry.
-fn is_temporary(error: &ApiError) -> bool {
-    match error {
-        // The operator's fix, not the customer's fault.
-        ApiError::InvalidToken => true,
-        ApiError::Unknown(text) => {
-            let text = text.to_ascii_lowercase();
-            [
-                "internal server error",
-                "bad gateway",
-                "gateway timeout",
-                "service unavailable",
-                "too many requests",
-            ]
-            .iter()
-            .any(|t| text.contains(t))
-        }
-        _ => false,
-    }
 }
 
 #[async_trait]
@@ -245,7 +226,7 @@ impl OutboundHandler for TelegramSender {
 }
 
 impl TelegramSender {
-    /// Sends `request` to `chat` in its rate-limit slot, waiting out 429s.
+    /// Sends `request` to `chat` in its rate-limit slot.
     async fn send<R>(
         &self,
         chat: i64,
@@ -256,45 +237,33 @@ impl TelegramSender {
         R: Request<Err = RequestError> + Send + Sync,
         R::Payload: Payload<Output = Message>,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            tokio::time::sleep_until(self.limiter.reserve(chat)).await;
-            let result = tokio::time::timeout(self.api.request_timeout, request.send_ref()).await;
-            let error = match result {
-                Err(_) => return Err(DeliveryError::temporary(format!("{method} timed out"))),
-                Ok(Ok(sent)) => return Ok(sent),
-                Ok(Err(error)) => error,
-            };
-            match error {
-                RequestError::RetryAfter(after) => {
-                    let wait = after.duration();
-                    self.limiter.hold(chat, Instant::now() + wait);
-                    if wait > self.max_retry_wait || attempt > MAX_RETRIES {
-                        return Err(DeliveryError::temporary(format!(
-                            "429 too many requests: retry after {} s",
-                            after.seconds()
-                        )));
-                    }
-                    tracing::debug!(
-                        chat,
-                        method,
-                        retry_after_secs = after.seconds(),
-                        "telegram asked to slow down"
-                    );
-                }
-                RequestError::Api(error) if is_temporary(&error) => {
-                    return Err(DeliveryError::temporary(error.to_string()));
-                }
-                RequestError::Api(error) => return Err(DeliveryError::Rejected(error.to_string())),
-                RequestError::MigrateToChatId(to) => {
-                    return Err(DeliveryError::Rejected(format!(
-                        "the group became supergroup {to}; reply there"
-                    )));
-                }
-                other => return Err(DeliveryError::temporary(other.to_string())),
+        tokio::time::sleep_until(self.limiter.reserve(chat)).await;
+        let error = match tokio::time::timeout(self.api.request_timeout, request.send()).await {
+            Err(_) => return Err(DeliveryError::temporary(format!("{method} timed out"))),
+            Ok(Ok(sent)) => return Ok(sent),
+            Ok(Err(error)) => error,
+        };
+        Err(match error {
+            RequestError::RetryAfter(after) => {
+                let wait = after.duration();
+                self.limiter.hold(chat, Instant::now() + wait);
+                DeliveryError::throttled(
+                    format!(
+                        "{method}: 429 too many requests, retry after {} s",
+                        after.seconds()
+                    ),
+                    wait,
+                )
             }
-        }
+            RequestError::Api(error) if is_temporary(&error) => {
+                DeliveryError::temporary(error.to_string())
+            }
+            RequestError::Api(error) => DeliveryError::Rejected(error.to_string()),
+            RequestError::MigrateToChatId(to) => {
+                DeliveryError::Rejected(format!("the group became supergroup {to}; reply there"))
+            }
+            other => DeliveryError::temporary(other.to_string()),
+        })
     }
 }
 

@@ -1,20 +1,21 @@
 //! Long-polling mode: `getUpdates` in a loop, with the update offset kept
 //! in the channel state and moved only once the batch's events are durable.
 //!
-//! Per batch: every update is normalized (its files fetched first) and
-//! handed to the log in order; once the acknowledgements resolve, the
-//! offset (the last durable update id + 1) and the seen ids (`update:<id>`
-//! and `event:<event id>`) are committed in one transaction. A restart in
-//! the middle of a batch resumes at the stored offset; Telegram hands out
-//! the unconfirmed updates again and the ones already durable are
-//! recognised by their seen ids and skipped. Should the process die between
+//! Per batch: every update is normalized and handed to the log in order;
+//! once the acknowledgements resolve, the files of the durable messages are
+//! deferred to the media queue (downloaded later by the media worker), then
+//! the offset (the last durable update id + 1) and the seen ids
+//! (`update:<id>` and `event:<event id>`) are committed in one transaction.
+//! A restart in the middle of a batch resumes at the stored offset;
+//! Telegram hands out the unconfirmed updates again and the ones already
+//! durable are recognised by their seen ids and skipped. Should the process die between
 //! the log's acknowledgement and the commit, the replayed events carry the
 //! same event ids, which consumers drop.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use omni_connector::{Ack, ChannelContext, StateUpdate};
-use omni_proto::v1::{ChannelKind, DeadLetter};
+use omni_connector::{Ack, ChannelContext, MediaJob, StateUpdate, dead_letter};
+use omni_proto::v1::ChannelKind;
 use teloxide_core::{
     payloads::GetUpdatesSetters,
     prelude::Requester,
@@ -27,7 +28,6 @@ use crate::{
     api::{BotApi, TelegramError},
     metrics::TelegramMetrics,
     normalize::{Outcome, normalize_update},
-    webhook::timestamp,
 };
 
 /// The state key of the next update id to ask for.
@@ -53,6 +53,8 @@ struct Submitted {
     /// None when nothing was appended.
     ack: Option<Ack>,
     kind: Kind,
+    /// The message's files, deferred once it is durable.
+    media: Vec<MediaJob>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +164,8 @@ impl Poller {
             return Ok(());
         }
         let channel_id = &self.context.channel_id;
-        let received_at = timestamp(std::time::SystemTime::now());
+        let now = SystemTime::now();
+        let received_at = omni_proto::timestamp(now);
 
         let mut submitted: Vec<Submitted> = Vec::with_capacity(updates.len());
         let mut failure: Option<TelegramError> = None;
@@ -184,50 +187,45 @@ impl Poller {
                     seen: keys,
                     ack: None,
                     kind: Kind::Duplicate,
+                    media: Vec::new(),
                 });
                 continue;
             }
-            let (ack, kind) = match outcome {
+            let (ack, kind, media) = match outcome {
                 Outcome::Ignored(what) => {
                     self.metrics.ignored(update.id.0, what);
-                    (None, Kind::Ignored)
+                    (None, Kind::Ignored, Vec::new())
                 }
                 Outcome::Invalid(error) => {
-                    let raw = serde_json::to_vec(update).unwrap_or_default();
-                    let dead_letter = DeadLetter {
-                        dead_letter_id: omni_connector::dead_letter_id(channel_id, &raw),
-                        channel_id: channel_id.clone(),
-                        channel_kind: ChannelKind::Telegram as i32,
-                        reason: error.code.to_owned(),
-                        detail: error.message,
-                        raw_payload: raw,
-                        content_type: "application/json".to_owned(),
-                        received_at: Some(received_at),
-                        metadata: [("update_id".to_owned(), update.id.0.to_string())]
-                            .into_iter()
-                            .collect(),
-                    };
+                    let mut record = dead_letter(
+                        channel_id,
+                        ChannelKind::Telegram,
+                        error.code,
+                        &error.message,
+                        raw_update(update),
+                        "application/json",
+                        now,
+                    );
+                    record
+                        .metadata
+                        .insert("update_id".to_owned(), update.id.0.to_string());
                     (
-                        Some(self.context.sender.send_dead_letter(dead_letter)),
+                        Some(self.context.sender.send_dead_letter(record)),
                         Kind::DeadLetter,
+                        Vec::new(),
                     )
                 }
-                Outcome::Event(mut normalized) => {
-                    if let Err(error) = self
-                        .api
-                        .fetch_files(
-                            &mut normalized,
-                            self.context.attachments.as_ref(),
-                            &self.metrics,
-                        )
-                        .await
-                    {
-                        failure = Some(error);
-                        break;
-                    }
+                Outcome::Event(normalized) => {
+                    let inbound = normalized.into_inbound();
+                    let media = inbound
+                        .media
+                        .into_iter()
+                        .map(|media| MediaJob::new(&inbound.event, media))
+                        .collect();
                     (
-                        Some(self.context.sender.send_event(normalized.event)),
+                        Some(self.context.sender.send_event(inbound.event)),
                         Kind::Event,
+                        media,
                     )
                 }
             };
@@ -236,6 +234,7 @@ impl Poller {
                 seen: keys,
                 ack,
                 kind,
+                media,
             });
         }
 
@@ -252,9 +251,11 @@ impl Poller {
         let mut next_offset: Option<i64> = None;
         let mut contiguous = true;
         let mut seen = Vec::new();
-        for (s, result) in submitted.iter().zip(results) {
+        let mut media = Vec::new();
+        for (s, result) in submitted.iter_mut().zip(results) {
             match result {
                 Ok(_) => {
+                    media.append(&mut s.media);
                     match s.kind {
                         Kind::Event => events += 1,
                         Kind::DeadLetter => dead_letters += 1,
@@ -272,6 +273,11 @@ impl Poller {
                 }
             }
         }
+        // The files of every durable message are owed before the offset
+        // passes it: if they cannot be queued, the batch comes again.
+        if !media.is_empty() {
+            self.context.media.defer(media).await?;
+        }
         if let Some(next) = next_offset {
             self.context
                 .state
@@ -287,4 +293,20 @@ impl Poller {
             None => Ok(()),
         }
     }
+}
+
+/// The update as Telegram sent it, for its dead letter: what the Bot API
+/// types could not read is kept whole by them; a message they read only in
+/// part (an unreadable content field) is written back from the types, so
+/// the fields they dropped are missing.
+fn raw_update(update: &Update) -> Vec<u8> {
+    match &update.kind {
+        teloxide_core::types::UpdateKind::Error(value)
+            if value.as_object().is_some_and(|map| !map.is_empty()) =>
+        {
+            serde_json::to_vec(value)
+        }
+        _ => serde_json::to_vec(update),
+    }
+    .unwrap_or_default()
 }

@@ -19,9 +19,12 @@ use axum::{
 };
 use bytes::Bytes;
 use omni_connector::{
-    Ack, AttachmentStore, ChannelContext, ChannelState, ConnectorFactory, DeliveryError,
-    EventSender, EventSink, FsAttachmentStore, LogEntry, SendError, StoredAttachment,
-    WebhookRequest, attachments::AttachmentError, testing::MemorySink,
+    Ack, AttachmentStore, ChannelContext, ChannelState, DeliveryError, EventSender, EventSink,
+    FetchError, FsAttachmentStore, LogEntry, MediaJob, MediaRef, MemoryMediaQueue, SendError,
+    StateStore, StateUpdate, StoredAttachment, WebhookRequest,
+    attachments::AttachmentError,
+    state::{MemoryStateStore, StateError},
+    testing::MemorySink,
 };
 use omni_proto::v1::{
     Attachment, ConversationEvent, Direction, EventKind, HandleKind, IdentityHandle, ThreadingHints,
@@ -50,6 +53,11 @@ struct Fake {
     /// (status, body); success once empty.
     send_replies: VecDeque<(u16, Value)>,
     file_delay: Duration,
+    /// Scripted answers to getFile (status, body); a file of 11 bytes
+    /// once empty.
+    get_file_replies: VecDeque<(u16, Value)>,
+    /// The status of file downloads (200 when unset).
+    file_status: Option<u16>,
     /// Files uploaded with sendDocument / sendPhoto.
     uploads: Vec<Upload>,
     /// The next message id of a sent file.
@@ -172,6 +180,10 @@ async fn method(
             ok(Value::Array(batch))
         }
         "getfile" => {
+            let scripted = fake.lock().unwrap().get_file_replies.pop_front();
+            if let Some((status, body)) = scripted {
+                return (StatusCode::from_u16(status).unwrap(), Json(body));
+            }
             let file_id = params["file_id"].as_str().unwrap().to_owned();
             ok(json!({
                 "file_id": file_id,
@@ -232,11 +244,20 @@ async fn method(
     }
 }
 
-async fn file(State(fake): State<Shared>, Path((bot, path)): Path<(String, String)>) -> Vec<u8> {
+async fn file(
+    State(fake): State<Shared>,
+    Path((bot, path)): Path<(String, String)>,
+) -> (StatusCode, Vec<u8>) {
     assert_eq!(bot, format!("bot{TOKEN}"));
-    let delay = fake.lock().unwrap().file_delay;
+    let (delay, status) = {
+        let fake = fake.lock().unwrap();
+        (fake.file_delay, fake.file_status.unwrap_or(200))
+    };
     tokio::time::sleep(delay).await;
-    format!("bytes of {path}").into_bytes()
+    (
+        StatusCode::from_u16(status).unwrap(),
+        format!("bytes of {path}").into_bytes(),
+    )
 }
 
 async fn start_fake(fake: Shared) -> SocketAddr {
@@ -317,12 +338,13 @@ async fn long_polling_delivers_every_kind_and_confirms_the_offset() {
     let addr = start_fake(fake.clone()).await;
     let files = secret_files();
     let sink = MemorySink::default();
-    let context = ChannelContext::new("tg-poll", EventSender::new(Arc::new(sink.clone())));
+    let mut context = ChannelContext::new("tg-poll", EventSender::new(Arc::new(sink.clone())));
+    let media = MemoryMediaQueue::default();
+    context.media = Arc::new(media.clone());
     let state = context.state.clone();
-    let attachments = context.attachments.clone();
     let connector = build(context, &polling_settings(&files, addr));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(connector.run(shutdown.clone()));
+    let task = tokio::spawn(connector.clone().run(shutdown.clone()));
 
     wait_for("four events", || events(&sink).len() == 4).await;
     // The unknown update is confirmed too, so it is not asked for again.
@@ -347,11 +369,17 @@ async fn long_polling_delivers_every_kind_and_confirms_the_offset() {
         all[1].threading.as_ref().unwrap().edits_event_id,
         all[0].event_id
     );
+    // The photo is appended at once, named by its file_id; its download
+    // is owed to the media queue, and the channel's fetcher does it.
     let photo = &all[2].content.as_ref().unwrap().attachments[0];
-    assert!(photo.uri.starts_with("omni-att://sha256/"), "{photo:?}");
+    assert_eq!(photo.uri, "tg-file:AgADBAADbig-photo", "{photo:?}");
+    assert!(photo.sha256.is_empty());
+    let [job] = media.jobs().try_into().expect("one media job");
+    assert_owed(&job, "tg-poll", &all[2].event_id, "AgADBAADbig-photo");
+    let fetched = connector.media().unwrap().fetch(&job.media).await.unwrap();
     assert_eq!(
-        attachments.get(&photo.sha256).await.unwrap().as_deref(),
-        Some(&b"bytes of photos/AgADBAADbig-photo.jpg"[..])
+        fetched.content.as_ref(),
+        b"bytes of photos/AgADBAADbig-photo.jpg"
     );
     assert_eq!(all[3].provider_metadata["verified_phone"], "+989121234567");
     assert_eq!(
@@ -371,15 +399,16 @@ async fn restart_in_the_middle_of_a_batch_loses_and_doubles_nothing() {
             payload("reply.json"),
             payload("location.json"),
         ];
-        f.file_delay = Duration::from_millis(500);
     }
     let addr = start_fake(fake.clone()).await;
     let files = secret_files();
     let sink = MemorySink::default();
-    let state = ChannelState::memory("tg-restart");
+    let store = Arc::new(SlowStore::default());
+    *store.slow.lock().unwrap() = Some(("update:10003".into(), Duration::from_millis(500)));
+    let state = ChannelState::new(store.clone(), "tg-restart");
 
-    // First run: stopped right after the first event, while the photo of
-    // the second update is still downloading.
+    // First run: stopped right after the first event, while the second
+    // update is still being looked up.
     let mut context = ChannelContext::new("tg-restart", EventSender::new(Arc::new(sink.clone())));
     context.state = state.clone();
     let shutdown = CancellationToken::new();
@@ -395,7 +424,7 @@ async fn restart_in_the_middle_of_a_batch_loses_and_doubles_nothing() {
 
     // Second run on the same state: the server hands out the unconfirmed
     // updates again.
-    fake.lock().unwrap().file_delay = Duration::ZERO;
+    *store.slow.lock().unwrap() = None;
     let mut context = ChannelContext::new("tg-restart", EventSender::new(Arc::new(sink.clone())));
     context.state = state.clone();
     let shutdown = CancellationToken::new();
@@ -426,6 +455,34 @@ async fn restart_in_the_middle_of_a_batch_loses_and_doubles_nothing() {
         ],
         "every message exactly once, in update order"
     );
+}
+
+/// A state store whose seen lookup of one id is slow, so a batch can be
+/// stopped part way.
+#[derive(Debug, Default)]
+struct SlowStore {
+    inner: MemoryStateStore,
+    slow: Mutex<Option<(String, Duration)>>,
+}
+
+impl StateStore for SlowStore {
+    fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.inner.get(channel, key)
+    }
+
+    fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError> {
+        self.inner.commit(channel, update)
+    }
+
+    fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError> {
+        let slow = self.slow.lock().unwrap().clone();
+        if let Some((id, delay)) = slow
+            && ids.contains(&id)
+        {
+            std::thread::sleep(delay);
+        }
+        self.inner.seen(channel, ids)
+    }
 }
 
 /// A log that refuses one chosen append, to leave a batch half durable.
@@ -610,6 +667,257 @@ async fn webhook_checks_the_secret_token_and_stores_then_answers() {
     assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Asserts that `job` owes the download of `file_id` as the first
+/// attachment of `event_id`.
+fn assert_owed(job: &MediaJob, channel_id: &str, event_id: &str, file_id: &str) {
+    assert_eq!(job.channel_id, channel_id, "{job:?}");
+    assert_eq!(job.event_id, event_id, "{job:?}");
+    assert_eq!(
+        job.media,
+        MediaRef {
+            attachment: 0,
+            source: file_id.into()
+        }
+    );
+}
+
+/// A webhook channel whose media jobs are recorded.
+async fn webhook_with_media(
+    sink: &MemorySink,
+    files: &Files,
+    addr: SocketAddr,
+    extra: &str,
+) -> (Arc<dyn omni_connector::Connector>, MemoryMediaQueue) {
+    let media = MemoryMediaQueue::default();
+    let mut context = ChannelContext::new("tg-hook", EventSender::new(Arc::new(sink.clone())));
+    context.media = Arc::new(media.clone());
+    let settings = format!(
+        "mode = \"webhook\"\nbot_token = {{ file = {:?} }}\nsecret_token = {{ file = {:?} }}\napi_url = \"http://{addr}\"\n{extra}",
+        files.token, files.secret
+    );
+    (build(context, &settings), media)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_photo_is_acknowledged_at_once_and_its_file_fetched_later() {
+    let fake: Shared = Default::default();
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let (connector, media) = webhook_with_media(&sink, &files, addr, "").await;
+    let hook = connector.webhook().unwrap();
+    let body = serde_json::to_vec(&payload("photo.json")).unwrap();
+
+    let response = hook
+        .handle(webhook_request(&body, Some("s3cret-Token_1")))
+        .await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let answer: Value = serde_json::from_slice(response.body()).unwrap();
+    let all = events(&sink);
+    let [event] = all.as_slice() else {
+        panic!("{all:?}")
+    };
+    assert_eq!(answer["event_id"], event.event_id.as_str());
+    let content = event.content.as_ref().unwrap();
+    assert_eq!(content.text, "my order");
+    assert_eq!(content.attachments[0].uri, "tg-file:AgADBAADbig-photo");
+    assert_eq!(content.attachments[0].size, 52342);
+    assert!(
+        !fake
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .any(|(m, _)| m == "getfile"),
+        "nothing is fetched while telegram waits"
+    );
+    let [job] = media.jobs().try_into().expect("one media job");
+    assert_owed(&job, "tg-hook", &event.event_id, "AgADBAADbig-photo");
+
+    let fetched = connector.media().unwrap().fetch(&job.media).await.unwrap();
+    assert_eq!(
+        fetched.content.as_ref(),
+        b"bytes of photos/AgADBAADbig-photo.jpg"
+    );
+    let calls = calls_to(&fake, "getfile");
+    assert_eq!(calls[0]["file_id"], "AgADBAADbig-photo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_failures_are_temporary_or_permanent() {
+    let fake: Shared = Default::default();
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let (connector, _) = webhook_with_media(
+        &sink,
+        &files,
+        addr,
+        "max_file_bytes = 10\nrequest_timeout_secs = 1\n",
+    )
+    .await;
+    let fetcher = connector.media().unwrap();
+    let photo = MediaRef {
+        attachment: 0,
+        source: "AgADBAADbig-photo".into(),
+    };
+    let permanent = |result: Result<_, FetchError>| match result {
+        Err(FetchError::Permanent(reason)) => reason,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    };
+    let temporary = |result: Result<_, FetchError>| match result {
+        Err(FetchError::Temporary(reason)) => reason,
+        other => panic!("expected a temporary failure, got {other:?}"),
+    };
+
+    // getFile announces 11 bytes, over max_file_bytes.
+    assert!(permanent(fetcher.fetch(&photo).await).contains("max_file_bytes"));
+    // The Bot API refuses the file.
+    for description in [
+        "Bad Request: file is too big",
+        "Bad Request: file not found",
+    ] {
+        fake.lock().unwrap().get_file_replies = VecDeque::from([(
+            400,
+            json!({ "ok": false, "error_code": 400, "description": description }),
+        )]);
+        permanent(fetcher.fetch(&photo).await);
+    }
+    // Telegram asks to slow down: later.
+    fake.lock().unwrap().get_file_replies = VecDeque::from([(
+        429,
+        json!({ "ok": false, "error_code": 429,
+                "description": "Too Many Requests: retry after 1",
+                "parameters": { "retry_after": 1 } }),
+    )]);
+    temporary(fetcher.fetch(&photo).await);
+
+    // Within the limit, the file server's 5xx and a download slower than
+    // the request timeout are temporary; its 404 is permanent.
+    let (connector, _) =
+        webhook_with_media(&sink, &files, addr, "request_timeout_secs = 1\n").await;
+    let fetcher = connector.media().unwrap();
+    fake.lock().unwrap().file_status = Some(502);
+    temporary(fetcher.fetch(&photo).await);
+    fake.lock().unwrap().file_status = Some(404);
+    permanent(fetcher.fetch(&photo).await);
+    {
+        let mut fake = fake.lock().unwrap();
+        fake.file_status = None;
+        fake.file_delay = Duration::from_secs(3);
+    }
+    assert!(temporary(fetcher.fetch(&photo).await).contains("timed out"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_messages_it_cannot_read_are_dead_letters_never_ignored() {
+    let fake: Shared = Default::default();
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let (connector, _) = webhook_channel(&sink, &files, addr, "").await;
+    let hook = connector.webhook().unwrap();
+
+    for text in ["123", "null", "{}"] {
+        let body = format!(
+            r#"{{"update_id":500,"message":{{"message_id":500,"date":1765000000,"chat":{{"id":559,"type":"private"}},"from":{{"id":559,"is_bot":false,"first_name":"E"}},"text":{text}}}}}"#
+        );
+        let before = sink.entries().len();
+        let response = hook
+            .handle(webhook_request(body.as_bytes(), Some("s3cret-Token_1")))
+            .await;
+        // Answered 200 so Telegram does not hold back later updates.
+        assert_eq!(response.status(), http::StatusCode::OK, "text: {text}");
+        let answer: Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(answer["dead_lettered"], "unreadable_message");
+        let entries = sink.entries();
+        assert_eq!(entries.len(), before + 1, "text: {text}: {entries:?}");
+        let Some(LogEntry::DeadLetter(dead)) = entries.last() else {
+            panic!("text: {text}: {entries:?}")
+        };
+        assert_eq!(dead.reason, "unreadable_message");
+        assert_eq!(dead.raw_payload, body.as_bytes(), "the update as sent");
+        assert_eq!(dead.channel_id, "tg-hook");
+        assert_eq!(
+            dead.channel_kind,
+            omni_proto::v1::ChannelKind::Telegram as i32
+        );
+    }
+    assert!(events(&sink).is_empty());
+
+    // A service message is not ignored either.
+    let joined = br#"{"update_id":502,"message":{"message_id":502,"date":1765000000,"chat":{"id":-5,"type":"group","title":"G"},"from":{"id":559,"is_bot":false,"first_name":"E"},"new_chat_members":[{"id":560,"is_bot":false,"first_name":"F"}]}}"#;
+    let response = hook
+        .handle(webhook_request(joined, Some("s3cret-Token_1")))
+        .await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let entries = sink.entries();
+    let Some(LogEntry::DeadLetter(dead)) = entries.last() else {
+        panic!("{entries:?}")
+    };
+    assert_eq!(dead.reason, "unsupported_message");
+    assert_eq!(dead.raw_payload, joined);
+
+    // Valid JSON that is not an update: 400.
+    let before = sink.entries().len();
+    let response = hook
+        .handle(webhook_request(b"[1, 2]", Some("s3cret-Token_1")))
+        .await;
+    assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
+    let entries = sink.entries();
+    assert_eq!(entries.len(), before + 1);
+    let Some(LogEntry::DeadLetter(dead)) = entries.last() else {
+        panic!("{entries:?}")
+    };
+    assert_eq!(dead.reason, "invalid_update");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_dead_letters_messages_it_cannot_read() {
+    let fake: Shared = Default::default();
+    fake.lock().unwrap().updates = vec![
+        json!({ "update_id": 500, "message": { "message_id": 500, "date": 1765000000,
+                "chat": { "id": 559, "type": "private" },
+                "from": { "id": 559, "is_bot": false, "first_name": "E" }, "text": 123 } }),
+        json!({ "update_id": 501, "message": { "message_id": "nope" } }),
+        payload("text.json"),
+    ];
+    let addr = start_fake(fake.clone()).await;
+    let files = secret_files();
+    let sink = MemorySink::default();
+    let context = ChannelContext::new("tg-poll-bad", EventSender::new(Arc::new(sink.clone())));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(build(context, &polling_settings(&files, addr)).run(shutdown.clone()));
+    wait_for("the offset", || {
+        fake.lock()
+            .unwrap()
+            .calls
+            .iter()
+            .any(|(m, p)| m == "getupdates" && p["offset"] == 10001)
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let dead: Vec<_> = sink
+        .entries()
+        .into_iter()
+        .filter_map(|e| match e {
+            LogEntry::DeadLetter(d) => Some(*d),
+            LogEntry::Event(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(),
+        ["unreadable_message", "invalid_message"]
+    );
+    assert_eq!(dead[0].metadata["update_id"], "500");
+    // What the Bot API types could not read at all is kept whole.
+    let raw: Value = serde_json::from_slice(&dead[1].raw_payload).unwrap();
+    assert_eq!(raw["message"]["message_id"], "nope");
+    assert_eq!(events(&sink).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_webhook_registers_url_secret_and_allowed_updates() {
     let fake: Shared = Default::default();
@@ -683,7 +991,18 @@ async fn send_message_honours_retry_after_and_rejects_bad_requests() {
     let (connector, _) = webhook_channel(&sink, &files, addr, "per_chat_interval_ms = 10\n").await;
     let outbound = connector.outbound().unwrap();
 
+    // A 429 goes back to the daemon's dispatcher with Telegram's wait; the
+    // chat is held until then, and the dispatcher's retry goes through.
     let started = Instant::now();
+    let error = outbound
+        .deliver(&reply("It ships today."))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, DeliveryError::Temporary { .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
     let delivered = outbound.deliver(&reply("It ships today.")).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -720,6 +1039,7 @@ async fn send_message_honours_retry_after_and_rejects_bad_requests() {
         matches!(error, DeliveryError::Temporary { .. }),
         "{error:?}"
     );
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(60)));
 }
 
 fn with_files(text: &str, attachments: Vec<Attachment>) -> ConversationEvent {
@@ -751,7 +1071,8 @@ fn calls_to(fake: &Shared, wanted: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_attachment_goes_as_a_document_captioned_with_the_text() {
     let fake: Shared = Default::default();
-    // The upload is throttled once: waited out, sent again.
+    // The upload is throttled once: handed back with its wait, sent again
+    // by the dispatcher's retry.
     fake.lock().unwrap().send_replies = VecDeque::from([(
         429,
         json!({ "ok": false, "error_code": 429,
@@ -775,6 +1096,12 @@ async fn one_attachment_goes_as_a_document_captioned_with_the_text() {
             "application/pdf",
             &stored,
         )],
+    );
+    let error = outbound.deliver(&event).await.unwrap_err();
+    assert_eq!(
+        error.retry_after(),
+        Some(Duration::from_secs(1)),
+        "{error:?}"
     );
     let delivered = outbound.deliver(&event).await.unwrap();
     assert!(
