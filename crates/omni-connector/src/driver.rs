@@ -160,6 +160,13 @@ pub trait WebhookChannel: Send + Sync + std::fmt::Debug + 'static {
         Ok(parsed)
     }
 
+    /// Called once every entry of the request is durable, before the
+    /// answer: for channel state that may only change after the log holds
+    /// the message (buffered message parts are cleared here, never
+    /// before). The message is stored whatever happens here, so a failure
+    /// is the channel's to log.
+    async fn appended(&self, _request: &WebhookRequest, _event_ids: &[String]) {}
+
     /// The provider's expected answer once every entry is durable.
     fn accepted(&self, event_ids: &[String]) -> WebhookResponse {
         let body = match event_ids {
@@ -256,6 +263,7 @@ impl<C: WebhookChannel> WebhookDriver<C> {
         {
             return self.unavailable(started, "media_queue_unavailable", &error.to_string());
         }
+        self.channel.appended(request, &event_ids).await;
         let response = self.channel.accepted(&event_ids);
         finish(
             &self.metrics,

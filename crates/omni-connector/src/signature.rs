@@ -2,7 +2,10 @@
 //! an expected one is constant-time, so response timing leaks nothing about
 //! how many bytes matched.
 
-use hmac::{Hmac, Mac};
+use hmac::{
+    Hmac, Mac, SimpleHmac,
+    digest::{Digest, core_api::BlockSizeUser},
+};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -31,6 +34,38 @@ pub fn verify_hmac_sha256_hex(key: &[u8], parts: &[&[u8]], provided_hex: &str) -
     constant_time_eq(&hmac_sha256(key, parts), &provided)
 }
 
+/// HMAC over the concatenation of `parts` with any hash, for providers
+/// that sign with something other than SHA-256 (Twilio's SHA-1, the MD5
+/// and SHA-512 variants Vonage offers). Generic over the hash so this crate
+/// depends on none of them.
+pub fn hmac<D: Digest + BlockSizeUser>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = match <SimpleHmac<D> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("hmac accepts keys of any length"),
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// A plain digest of the concatenation of `parts`, for the older schemes
+/// that hash the payload with the secret appended instead of keying an
+/// HMAC (Vonage's `md5hash`).
+pub fn digest<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+    let mut hasher = D::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().to_vec()
+}
+
+/// Whether `provided_hex` (either case) spells `expected`. Malformed hex
+/// is simply a mismatch.
+pub fn eq_hex(expected: &[u8], provided_hex: &str) -> bool {
+    hex::decode(provided_hex.trim()).is_ok_and(|provided| constant_time_eq(expected, &provided))
+}
+
 /// Constant-time equality; differing lengths compare unequal (the length of
 /// a signature is public anyway).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -49,6 +84,47 @@ mod tests {
             hex::encode(mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn generic_hmac_matches_rfc4231_test_case_2() {
+        // RFC 4231, test case 2, for SHA-256 and SHA-512.
+        let parts: &[&[u8]] = &[b"what do ya want ", b"for nothing?"];
+        assert_eq!(
+            hmac::<Sha256>(b"Jefe", parts),
+            hmac_sha256(b"Jefe", parts).to_vec()
+        );
+        assert_eq!(
+            hex::encode(hmac::<sha2::Sha512>(b"Jefe", parts)),
+            "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554\
+             9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+        );
+    }
+
+    #[test]
+    fn generic_hmac_matches_rfc4231_test_case_6_long_key() {
+        // RFC 4231, test case 6: a 131-byte key, longer than the block.
+        let key = [0xaa_u8; 131];
+        assert_eq!(
+            hex::encode(hmac::<Sha256>(
+                &key,
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn digest_and_hex_comparison() {
+        // FIPS 180-2, appendix B.1: SHA-256("abc"), in two parts.
+        let abc = digest::<Sha256>(&[b"a", b"bc"]);
+        let spelled = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(hex::encode(&abc), spelled);
+        assert!(eq_hex(&abc, spelled));
+        assert!(eq_hex(&abc, &spelled.to_uppercase()));
+        assert!(!eq_hex(&abc, &spelled[..62]));
+        assert!(!eq_hex(&abc, "not hex"));
+        assert!(!eq_hex(&abc, &spelled.replace('b', "c")));
     }
 
     #[test]
