@@ -1,27 +1,14 @@
-//! What the three SMS kinds share: the webhook's bookkeeping (metrics,
-//! dead letters, storage failures), form and JSON parameters, phone
+//! What the three SMS kinds share: form and JSON parameters, phone
 //! handles, timestamps, and the HTTP client of the outbound senders.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use http::StatusCode;
-use omni_connector::{
-    ConfigError, DeliveryError, EventSender, ParseError, SendError, WebhookRequest,
-    WebhookResponse,
-    webhook::{error_response, unavailable_response},
-};
+use omni_connector::{ConfigError, DeliveryError, ParseError, WebhookRequest, parse_retry_after};
 use omni_model::{Handle, Region};
 use omni_proto::{
     Timestamp,
-    v1::{ChannelKind, ConversationEvent, DeadLetter, IdentityHandle},
+    v1::{ConversationEvent, IdentityHandle},
 };
-use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
-
-/// How long a provider should wait before retrying after a 503.
-pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Request parameters in the order received (a name may repeat).
 pub(crate) type Params = Vec<(String, String)>;
@@ -120,155 +107,6 @@ pub(crate) fn parse_time(raw: &str) -> Option<Timestamp> {
     omni_model::timestamp::parse_timestamp(raw).ok()
 }
 
-/// The webhook bookkeeping every SMS kind shares.
-#[derive(Debug)]
-pub(crate) struct Hook {
-    pub channel_id: String,
-    pub sender: EventSender,
-    pub metrics: WebhookMetrics,
-}
-
-impl Hook {
-    pub fn new(channel_id: &str, sender: EventSender) -> Self {
-        Self {
-            channel_id: channel_id.to_owned(),
-            sender,
-            metrics: WebhookMetrics::register(channel_id),
-        }
-    }
-
-    pub fn finish(
-        &self,
-        started: Instant,
-        outcome: WebhookOutcome,
-        detail: &str,
-        response: WebhookResponse,
-    ) -> WebhookResponse {
-        omni_connector::webhook::finish(&self.metrics, started, outcome, detail, response)
-    }
-
-    /// 403: not authentic; nothing was stored.
-    pub fn forbidden(
-        &self,
-        started: Instant,
-        code: &'static str,
-        message: &str,
-    ) -> WebhookResponse {
-        let response = error_response(StatusCode::FORBIDDEN, code, message);
-        self.finish(started, WebhookOutcome::Unauthenticated, code, response)
-    }
-
-    /// A 4xx for requests that are not even candidates (wrong method).
-    pub fn refuse(
-        &self,
-        started: Instant,
-        status: StatusCode,
-        code: &'static str,
-        message: &str,
-    ) -> WebhookResponse {
-        let response = error_response(status, code, message);
-        self.finish(started, WebhookOutcome::Invalid, code, response)
-    }
-
-    /// 503 with Retry-After: the log did not take the entry, so the
-    /// provider must keep the message and retry.
-    pub fn storage_failure(&self, started: Instant, error: SendError) -> WebhookResponse {
-        let (outcome, code) = match error {
-            SendError::Overloaded => (WebhookOutcome::Overloaded, "overloaded"),
-            SendError::Closed => (WebhookOutcome::Failed, "shutting_down"),
-            SendError::Failed(_) => (WebhookOutcome::Failed, "storage_unavailable"),
-        };
-        let response =
-            unavailable_response(code, "the message was not stored; retry later", RETRY_AFTER);
-        self.finish(started, outcome, &error.to_string(), response)
-    }
-
-    /// 503 for a failure of the channel's own durable state.
-    pub fn state_failure(&self, started: Instant, detail: &str) -> WebhookResponse {
-        let response = unavailable_response(
-            "state_unavailable",
-            "the message part was not stored; retry later",
-            RETRY_AFTER,
-        );
-        self.finish(started, WebhookOutcome::Failed, detail, response)
-    }
-
-    /// Appends `event`; answers `accepted` once it is durable, 503 if not.
-    pub async fn append(
-        &self,
-        started: Instant,
-        event: ConversationEvent,
-        accepted: WebhookResponse,
-    ) -> WebhookResponse {
-        match self.sender.send_event(event).await {
-            Ok(_) => self.finish(started, WebhookOutcome::Accepted, "", accepted),
-            Err(error) => self.storage_failure(started, error),
-        }
-    }
-
-    /// Keeps authentic input that is not a message on the dead-letter
-    /// topic, then answers `answer` (or 503 if the record is not durable).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn dead_letter(
-        &self,
-        started: Instant,
-        kind: ChannelKind,
-        request: &WebhookRequest,
-        raw: Vec<u8>,
-        error: &ParseError,
-        answer: WebhookResponse,
-    ) -> WebhookResponse {
-        let dead_letter = DeadLetter {
-            dead_letter_id: omni_connector::dead_letter_id(&self.channel_id, &raw),
-            channel_id: self.channel_id.clone(),
-            channel_kind: kind as i32,
-            reason: error.code.to_owned(),
-            detail: error.message.clone(),
-            raw_payload: raw,
-            content_type: request
-                .header("content-type")
-                .unwrap_or(if request.method == http::Method::GET {
-                    "application/x-www-form-urlencoded"
-                } else {
-                    "application/octet-stream"
-                })
-                .to_owned(),
-            received_at: Some(timestamp(request.received_at)),
-            metadata: BTreeMap::from([("method".to_owned(), request.method.to_string())])
-                .into_iter()
-                .collect(),
-        };
-        match self.sender.send_dead_letter(dead_letter).await {
-            Ok(_) => {
-                DeadLettered {
-                    reason: error.code,
-                    detail: &error.message,
-                }
-                .emit(&self.metrics);
-                self.finish(started, WebhookOutcome::Invalid, error.code, answer)
-            }
-            Err(send_error) => self.storage_failure(started, send_error),
-        }
-    }
-}
-
-/// A response with a body and content type.
-pub(crate) fn response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: &'static str,
-) -> WebhookResponse {
-    let mut response = http::Response::new(bytes::Bytes::from_static(body.as_bytes()));
-    *response.status_mut() = status;
-    if !content_type.is_empty() {
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
-        );
-    }
-    response
-}
-
 /// The HTTP client of an outbound sender: rustls, bounded connect and
 /// whole-request times, no proxy from the environment.
 pub(crate) fn http_client(timeout: Duration, key: &str) -> Result<reqwest::Client, ConfigError> {
@@ -282,16 +120,33 @@ pub(crate) fn http_client(timeout: Duration, key: &str) -> Result<reqwest::Clien
 
 /// The normal classification of an HTTP answer of a provider's REST API:
 /// 429, 5xx and refused credentials (401/403, an operator's fix rather
-/// than the customer's fault) are temporary; other 4xx are final.
-pub(crate) fn classify_status(status: reqwest::StatusCode, detail: String) -> DeliveryError {
-    if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+/// than the customer's fault) are temporary; other 4xx are final. A 429 or
+/// 503 that says how long to wait (`Retry-After`) is honoured, so the
+/// channel's queue backs off as long as the provider asked rather than
+/// hammering it on the default backoff.
+pub(crate) fn classify_status(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    detail: String,
+) -> DeliveryError {
+    use reqwest::StatusCode;
+    let temporary = status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
-        || status == reqwest::StatusCode::UNAUTHORIZED
-        || status == reqwest::StatusCode::FORBIDDEN
-    {
-        DeliveryError::temporary(detail)
-    } else {
-        DeliveryError::Rejected(detail)
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN;
+    if !temporary {
+        return DeliveryError::Rejected(detail);
+    }
+    let throttled =
+        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    let wait = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_retry_after)
+        .filter(|_| throttled);
+    match wait {
+        Some(wait) => DeliveryError::throttled(detail, wait),
+        None => DeliveryError::temporary(detail),
     }
 }
 

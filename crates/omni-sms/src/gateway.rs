@@ -4,20 +4,14 @@
 //! the raw body (hex or base64) in a configured header. Replies are sent,
 //! when configured, as a JSON post built from a template.
 
-use omni_connector::WebhookConnector;
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use http::StatusCode;
 use omni_connector::{
-    ChannelContext, ConfigError, Delivered, DeliveryError, OutboundHandler, ParseError, Secret,
-    SecretRef, WebhookHandler, WebhookRequest, WebhookResponse,
+    ChannelContext, ConfigError, Delivered, DeliveryError, OutboundHandler, ParseError, Parsed,
+    Refusal, Secret, SecretRef, WebhookChannel, WebhookConnector, WebhookDriver, WebhookRequest,
     signature::{constant_time_eq, hmac_sha256},
-    webhook::json_response,
 };
 use omni_model::Region;
 use omni_proto::{
@@ -26,7 +20,7 @@ use omni_proto::{
 };
 use serde::Deserialize;
 
-use crate::common::{self, Hook};
+use crate::common;
 
 /// The `kind` of generic gateway channels.
 pub const KIND: &str = "sms_gateway";
@@ -299,10 +293,6 @@ pub fn build(
                 .map_err(|e| ConfigError::new("secret", e))?,
         )
     } else {
-        tracing::warn!(
-            channel = %context.channel_id,
-            "signature verification is off: this channel accepts unauthenticated requests from anyone"
-        );
         None
     };
     let header = config.signature_header.trim().to_ascii_lowercase();
@@ -324,25 +314,27 @@ pub fn build(
         .as_ref()
         .map(|o| GatewaySender::new(o).map(Arc::new))
         .transpose()?;
-    Ok(WebhookConnector {
-        webhook: Arc::new(GatewayWebhook {
-            hook: Hook::new(&context.channel_id, context.sender),
-            secret,
-            header,
-            encoding: config.signature_encoding,
-            prefix: config.signature_prefix.clone(),
-            default_region: common::region(config.default_region.as_deref())?,
-            fields: config.fields,
-        }),
-        outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
-        media: None,
-    })
+    let channel = GatewayChannel {
+        channel_id: context.channel_id.clone(),
+        secret,
+        header,
+        encoding: config.signature_encoding,
+        prefix: config.signature_prefix.clone(),
+        default_region: common::region(config.default_region.as_deref())?,
+        fields: config.fields,
+    };
+    let webhook = WebhookDriver::new(&context, channel);
+    Ok(WebhookConnector::new(Arc::new(webhook))
+        .with_outbound(outbound.map(|o| o as Arc<dyn OutboundHandler>)))
 }
 
-/// The webhook of one gateway channel.
+/// The webhook half of one gateway channel. Its answers are the driver's
+/// defaults: `{"event_id"}` once durable, a 400 naming the problem for
+/// authentic input that is not a message (a generic gateway has no
+/// resend-for-a-day behaviour to avoid, and the 400 tells its operator).
 #[derive(Debug)]
-pub struct GatewayWebhook {
-    hook: Hook,
+pub struct GatewayChannel {
+    channel_id: String,
     secret: Option<Secret>,
     header: String,
     encoding: Encoding,
@@ -362,74 +354,42 @@ pub fn verify(secret: &[u8], body: &[u8], provided: &str, encoding: Encoding) ->
     decoded.is_some_and(|d| constant_time_eq(&hmac_sha256(secret, &[body]), &d))
 }
 
-#[async_trait]
-impl WebhookHandler for GatewayWebhook {
-    async fn handle(&self, request: WebhookRequest) -> WebhookResponse {
-        let started = Instant::now();
-        if request.method != http::Method::POST {
-            return self.hook.refuse(
-                started,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
+impl WebhookChannel for GatewayChannel {
+    fn verifies(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    fn verify(&self, request: &WebhookRequest) -> Result<(), Refusal> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let provided = request
+            .header(&self.header)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Refusal::new("missing_signature", "the signature header is missing"))?;
+        let provided = provided
+            .strip_prefix(self.prefix.as_str())
+            .unwrap_or(provided);
+        if verify(secret.expose(), &request.body, provided, self.encoding) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "invalid_signature",
+                "the signature does not match",
+            ))
         }
-        if let Some(secret) = &self.secret {
-            let Some(provided) = request
-                .header(&self.header)
-                .filter(|s| !s.trim().is_empty())
-            else {
-                return self.hook.forbidden(
-                    started,
-                    "missing_signature",
-                    "the signature header is missing",
-                );
-            };
-            let provided = provided.trim();
-            let provided = provided
-                .strip_prefix(self.prefix.as_str())
-                .unwrap_or(provided);
-            if !verify(secret.expose(), &request.body, provided, self.encoding) {
-                return self.hook.forbidden(
-                    started,
-                    "invalid_signature",
-                    "the signature does not match",
-                );
-            }
-        }
+    }
+
+    fn parse(&self, request: &WebhookRequest) -> Result<Parsed, ParseError> {
         let options = NormalizeOptions {
-            channel_id: &self.hook.channel_id,
+            channel_id: &self.channel_id,
             default_region: self.default_region,
             received_at: common::timestamp(request.received_at),
             fields: &self.fields,
         };
-        let parsed =
-            payload(&request.body, common::is_json(&request)).and_then(|p| normalize(&p, &options));
-        match parsed {
-            Ok(event) => {
-                let body = serde_json::json!({ "event_id": event.event_id });
-                self.hook
-                    .append(started, event, json_response(StatusCode::OK, &body))
-                    .await
-            }
-            Err(error) => {
-                let answer = omni_connector::webhook::error_response(
-                    StatusCode::BAD_REQUEST,
-                    error.code,
-                    &error.message,
-                );
-                self.hook
-                    .dead_letter(
-                        started,
-                        ChannelKind::Sms,
-                        &request,
-                        request.body.to_vec(),
-                        &error,
-                        answer,
-                    )
-                    .await
-            }
-        }
+        let payload = payload(&request.body, common::is_json(request))?;
+        normalize(&payload, &options).map(Parsed::event)
     }
 }
 
@@ -513,6 +473,7 @@ impl OutboundHandler for GatewaySender {
             .await
             .map_err(|e| common::transport_error("gateway", &e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.text().await.unwrap_or_default();
         if status.is_success() {
             return Ok(Delivered {
@@ -522,6 +483,7 @@ impl OutboundHandler for GatewaySender {
         }
         Err(common::classify_status(
             status,
+            &headers,
             format!("gateway {status}: {}", common::snippet(&body, 200)),
         ))
     }

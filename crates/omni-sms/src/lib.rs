@@ -3,7 +3,11 @@
 //! (`kind = "sms_gateway"`). Each verifies its provider's webhook
 //! signature, normalizes the message (numbers to E.164 with the channel's
 //! `default_region`), appends it, and answers the provider only once the
-//! event is durable; replies go out through the provider's REST API.
+//! event is durable; replies go out through the provider's REST API. Each
+//! runs in the connector SDK's webhook driver, so only the provider's
+//! signature, payload and expected answers live here. A Twilio MMS is
+//! answered as soon as its text is durable; its files are downloaded
+//! afterwards through the media queue.
 //!
 //! Authentic input that cannot be normalized goes to the dead-letter topic.
 //! Twilio and Vonage are then answered with their normal 2xx (they would

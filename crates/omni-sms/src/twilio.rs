@@ -7,21 +7,18 @@
 //! channel's public webhook URL (from `http.public_base_url`, since the
 //! daemon may sit behind a proxy) plus the query string as received.
 
-use omni_connector::WebhookConnector;
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http::StatusCode;
 use omni_connector::{
-    AttachmentStore, ChannelContext, ConfigError, Delivered, DeliveryError, OutboundHandler,
-    ParseError, Secret, SecretRef, WebhookHandler, WebhookRequest, WebhookResponse,
-    signature::constant_time_eq,
+    ChannelContext, ConfigError, Delivered, DeliveryError, FetchError, Fetched, MediaFetcher,
+    MediaRef, OutboundHandler, ParseError, Parsed, Refusal, Secret, SecretRef, WebhookChannel,
+    WebhookConnector, WebhookDriver, WebhookRequest, WebhookResponse,
+    driver::static_response,
+    signature::{constant_time_eq, hmac},
 };
 use omni_model::Region;
 use omni_proto::{
@@ -33,7 +30,7 @@ use omni_proto::{
 };
 use serde::Deserialize;
 
-use crate::common::{self, Hook, Params, param};
+use crate::common::{self, Params, param};
 
 /// The `kind` of Twilio channels.
 pub const KIND: &str = "twilio";
@@ -89,8 +86,9 @@ pub struct TwilioConfig {
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
 
-    /// Downloads MMS media into the attachment store before the event is
-    /// appended; off, events carry Twilio's media URLs.
+    /// Downloads MMS media into the attachment store once the message is
+    /// durable (the message is answered at once, its files follow); off,
+    /// events keep Twilio's media URLs.
     #[serde(default = "default_true")]
     pub fetch_media: bool,
 
@@ -122,24 +120,35 @@ const fn default_max_media_bytes() -> u64 {
     5 * 1024 * 1024
 }
 
-type HmacSha1 = Hmac<sha1::Sha1>;
-
-/// Twilio's signature of a form post: base64 HMAC-SHA1 under the auth
-/// token of the URL followed by each parameter's name and value, sorted
-/// by name (then value, for repeated names).
-pub fn signature(auth_token: &[u8], url: &str, params: &[(String, String)]) -> String {
+/// The HMAC-SHA1 Twilio signs a form post with: under the auth token, of
+/// the URL followed by each parameter's name and value, sorted by name
+/// (then value, for repeated names).
+fn signature_bytes(auth_token: &[u8], url: &str, params: &[(String, String)]) -> Vec<u8> {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
-    let mut mac = match HmacSha1::new_from_slice(auth_token) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("hmac accepts keys of any length"),
-    };
-    mac.update(url.as_bytes());
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * sorted.len());
+    parts.push(url.as_bytes());
     for (name, value) in sorted {
-        mac.update(name.as_bytes());
-        mac.update(value.as_bytes());
+        parts.push(name.as_bytes());
+        parts.push(value.as_bytes());
     }
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    hmac::<sha1::Sha1>(auth_token, &parts)
+}
+
+/// Twilio's signature of a form post, as `X-Twilio-Signature` carries it
+/// (base64).
+pub fn signature(auth_token: &[u8], url: &str, params: &[(String, String)]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(signature_bytes(auth_token, url, params))
+}
+
+/// Whether `provided` (the header's base64) is Twilio's signature of the
+/// post; compared as bytes, in constant time.
+pub fn verify(auth_token: &[u8], url: &str, params: &[(String, String)], provided: &str) -> bool {
+    base64::engine::general_purpose::STANDARD
+        .decode(provided.trim())
+        .is_ok_and(|provided| {
+            constant_time_eq(&signature_bytes(auth_token, url, params), &provided)
+        })
 }
 
 /// What normalization needs to know about the channel.
@@ -168,6 +177,31 @@ pub enum Inbound {
     },
     /// A status callback of a message we sent.
     Status(Box<ConversationEvent>),
+}
+
+impl Inbound {
+    /// What the post asks of the log: the event, with a [`MediaRef`] per
+    /// file to download (attachment `i` is `MediaUrl{i}`) when `fetch_media`.
+    pub fn into_parsed(self, fetch_media: bool) -> Parsed {
+        match self {
+            Inbound::Message { event, media } => {
+                let refs = if fetch_media {
+                    media
+                        .into_iter()
+                        .zip(0u32..)
+                        .map(|(item, attachment)| MediaRef {
+                            attachment,
+                            source: item.url,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Parsed::inbound(vec![omni_connector::Inbound::new(*event).with_media(refs)])
+            }
+            Inbound::Status(event) => Parsed::event(*event),
+        }
+    }
 }
 
 fn required<'a>(params: &'a [(String, String)], name: &str) -> Result<&'a str, ParseError> {
@@ -383,14 +417,15 @@ fn parse_status(
 
 /// The empty TwiML document Twilio expects: "received, nothing to do".
 fn twiml_ok() -> WebhookResponse {
-    common::response(
+    static_response(
         StatusCode::OK,
         "text/xml",
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>",
     )
 }
 
-/// Builds one Twilio channel: its webhook and, when configured, its sender.
+/// Builds one Twilio channel: its webhook, its media downloader when
+/// `fetch_media`, and its sender when configured.
 pub fn build(
     context: ChannelContext,
     config: TwilioConfig,
@@ -415,12 +450,6 @@ pub fn build(
             "Twilio signs the public URL it calls: set http.public_base_url in the daemon's config",
         ));
     }
-    if !config.verify_signatures {
-        tracing::warn!(
-            channel = %context.channel_id,
-            "signature verification is off: this channel accepts unauthenticated requests from anyone"
-        );
-    }
     let default_region = common::region(config.default_region.as_deref())?;
     let timeout = Duration::from_secs(config.timeout_secs);
     let client = common::http_client(timeout, "timeout_secs")?;
@@ -441,23 +470,26 @@ pub fn build(
             from: from.clone(),
             messaging_service_sid: service.clone(),
             status_callback: webhook_url.clone().filter(|_| config.status_callbacks),
-        })),
+        }) as Arc<dyn OutboundHandler>),
     };
-    let webhook = TwilioWebhook {
-        hook: Hook::new(&context.channel_id, context.sender),
+    let media = config.fetch_media.then(|| {
+        Arc::new(TwilioMedia {
+            client,
+            credentials: credentials.clone(),
+            max_bytes: config.max_media_bytes,
+        }) as Arc<dyn MediaFetcher>
+    });
+    let channel = TwilioChannel {
+        channel_id: context.channel_id.clone(),
         webhook_url: webhook_url.filter(|_| config.verify_signatures),
         credentials,
         default_region,
         fetch_media: config.fetch_media,
-        max_media_bytes: config.max_media_bytes,
-        client,
-        attachments: context.attachments,
     };
-    Ok(WebhookConnector {
-        webhook: Arc::new(webhook),
-        outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
-        media: None,
-    })
+    let webhook = WebhookDriver::new(&context, channel);
+    Ok(WebhookConnector::new(Arc::new(webhook))
+        .with_outbound(outbound)
+        .with_media(media))
 }
 
 #[derive(Debug, Clone)]
@@ -466,22 +498,26 @@ struct Credentials {
     token: Secret,
 }
 
-/// The webhook of one Twilio channel.
+/// The webhook half of one Twilio channel. Every answer is the empty
+/// TwiML, including the one to authentic posts that are not a message:
+/// those are dead-lettered, and any other answer would only make Twilio
+/// send them again.
 #[derive(Debug)]
-pub struct TwilioWebhook {
-    hook: Hook,
+pub struct TwilioChannel {
+    channel_id: String,
     /// The signed URL's base; None when verification is off.
     webhook_url: Option<String>,
     credentials: Credentials,
     default_region: Option<Region>,
     fetch_media: bool,
-    max_media_bytes: u64,
-    client: reqwest::Client,
-    attachments: Arc<dyn AttachmentStore>,
 }
 
-impl TwilioWebhook {
-    fn authentic(&self, request: &WebhookRequest, params: &Params) -> Result<(), &'static str> {
+impl WebhookChannel for TwilioChannel {
+    fn verifies(&self) -> bool {
+        self.webhook_url.is_some()
+    }
+
+    fn verify(&self, request: &WebhookRequest) -> Result<(), Refusal> {
         let Some(base) = &self.webhook_url else {
             return Ok(());
         };
@@ -489,99 +525,24 @@ impl TwilioWebhook {
             .header(SIGNATURE_HEADER)
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .ok_or("missing_signature")?;
+            .ok_or_else(|| Refusal::new("missing_signature", "X-Twilio-Signature is missing"))?;
         let url = match request.uri.query() {
             Some(query) => format!("{base}?{query}"),
             None => base.clone(),
         };
-        let expected = signature(self.credentials.token.expose(), &url, params);
-        if constant_time_eq(expected.as_bytes(), provided.as_bytes()) {
+        let params = common::form_params(&request.body);
+        if verify(self.credentials.token.expose(), &url, &params, provided) {
             Ok(())
         } else {
-            Err("invalid_signature")
+            Err(Refusal::new(
+                "invalid_signature",
+                "X-Twilio-Signature does not match",
+            ))
         }
     }
 
-    /// Downloads each media item into the attachment store. A failed or
-    /// oversized download keeps Twilio's URL in the event (logged), so the
-    /// message itself is never lost to a media problem.
-    async fn fetch_media(&self, event: &mut ConversationEvent, media: &[Media]) {
-        let Some(content) = event.content.as_mut() else {
-            return;
-        };
-        for (attachment, item) in content.attachments.iter_mut().zip(media) {
-            match self.download(&item.url).await {
-                Ok(bytes) => match self.attachments.put(bytes).await {
-                    Ok(stored) => {
-                        attachment.size = stored.size;
-                        attachment.sha256 = stored.sha256;
-                        attachment.uri = stored.uri;
-                    }
-                    Err(error) => tracing::warn!(
-                        channel = %self.hook.channel_id,
-                        error = %error,
-                        "attachment store failed, keeping the media url"
-                    ),
-                },
-                Err(error) => tracing::warn!(
-                    channel = %self.hook.channel_id,
-                    url = %item.url,
-                    error = %error,
-                    "media download failed, keeping the media url"
-                ),
-            }
-        }
-    }
-
-    async fn download(&self, url: &str) -> Result<Bytes, String> {
-        let mut response = self
-            .client
-            .get(url)
-            .basic_auth(
-                &self.credentials.account_sid,
-                Some(String::from_utf8_lossy(self.credentials.token.expose())),
-            )
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("http status {}", response.status()));
-        }
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_media_bytes)
-        {
-            return Err(format!("larger than {} bytes", self.max_media_bytes));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            if (body.len() + chunk.len()) as u64 > self.max_media_bytes {
-                return Err(format!("larger than {} bytes", self.max_media_bytes));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Bytes::from(body))
-    }
-}
-
-#[async_trait]
-impl WebhookHandler for TwilioWebhook {
-    async fn handle(&self, request: WebhookRequest) -> WebhookResponse {
-        let started = Instant::now();
-        if request.method != http::Method::POST {
-            return self.hook.refuse(
-                started,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
-        }
+    fn parse(&self, request: &WebhookRequest) -> Result<Parsed, ParseError> {
         let params = common::form_params(&request.body);
-        if let Err(code) = self.authentic(&request, &params) {
-            return self
-                .hook
-                .forbidden(started, code, "X-Twilio-Signature does not match");
-        }
         let query = request
             .uri
             .query()
@@ -591,27 +552,81 @@ impl WebhookHandler for TwilioWebhook {
             .and_then(|q| param(q, OUTBOUND_EVENT_PARAM))
             .filter(|id| id.len() <= 64);
         let options = NormalizeOptions {
-            channel_id: &self.hook.channel_id,
+            channel_id: &self.channel_id,
             default_region: self.default_region,
             received_at: common::timestamp(request.received_at),
         };
-        match parse(&params, outbound_event_id, &options) {
-            Ok(Inbound::Message { mut event, media }) => {
-                if self.fetch_media && !media.is_empty() {
-                    self.fetch_media(&mut event, &media).await;
-                }
-                self.hook.append(started, *event, twiml_ok()).await
-            }
-            Ok(Inbound::Status(event)) => self.hook.append(started, *event, twiml_ok()).await,
-            // Authentic but unusable: kept on the dead-letter topic, then
-            // acknowledged, since Twilio would only send it again.
-            Err(error) => {
-                let raw = request.body.to_vec();
-                self.hook
-                    .dead_letter(started, ChannelKind::Sms, &request, raw, &error, twiml_ok())
-                    .await
-            }
+        parse(&params, outbound_event_id, &options)
+            .map(|inbound| inbound.into_parsed(self.fetch_media))
+    }
+
+    fn accepted(&self, _event_ids: &[String]) -> WebhookResponse {
+        twiml_ok()
+    }
+
+    fn invalid(&self, _error: &ParseError) -> WebhookResponse {
+        twiml_ok()
+    }
+}
+
+/// Downloads an MMS's files from Twilio (HTTP basic auth with the account
+/// SID and auth token), for the media queue's worker.
+#[derive(Debug)]
+pub struct TwilioMedia {
+    client: reqwest::Client,
+    credentials: Credentials,
+    max_bytes: u64,
+}
+
+#[async_trait]
+impl MediaFetcher for TwilioMedia {
+    async fn fetch(&self, media: &MediaRef) -> Result<Fetched, FetchError> {
+        let transport = |e: reqwest::Error| FetchError::Temporary(format!("twilio media: {e}"));
+        let mut response = self
+            .client
+            .get(&media.source)
+            .basic_auth(
+                &self.credentials.account_sid,
+                Some(String::from_utf8_lossy(self.credentials.token.expose())),
+            )
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let detail = format!("twilio media: http status {status}");
+            return Err(
+                if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    FetchError::Temporary(detail)
+                } else {
+                    FetchError::Permanent(detail)
+                },
+            );
         }
+        let too_large = || FetchError::Permanent(format!("larger than {} bytes", self.max_bytes));
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_bytes)
+        {
+            return Err(too_large());
+        }
+        let media_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if (body.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched {
+            content: Bytes::from(body),
+            media_type,
+        })
     }
 }
 
@@ -675,6 +690,7 @@ impl OutboundHandler for TwilioSender {
             .await
             .map_err(|e| common::transport_error("twilio", &e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response
             .text()
             .await
@@ -697,7 +713,7 @@ impl OutboundHandler for TwilioSender {
             }) => format!("twilio {status}: error {code}: {message}"),
             _ => format!("twilio {status}: {}", common::snippet(&body, 200)),
         };
-        Err(common::classify_status(status, detail))
+        Err(common::classify_status(status, &headers, detail))
     }
 }
 

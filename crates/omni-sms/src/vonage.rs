@@ -19,21 +19,22 @@
 //! text the parts' texts in `concat-part` order and its provider id the
 //! first part's `messageId`; once that event is durable the parts are
 //! cleared and their ids remembered, so a late retry of a part is
-//! acknowledged without starting a new set.
+//! acknowledged without starting a new set. Until then the parts stay, so
+//! a retry of the completing part after a failed append finds them all.
 
-use omni_connector::WebhookConnector;
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
-use hmac::{Hmac, Mac};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use omni_connector::{
-    ChannelContext, ChannelState, ConfigError, Delivered, DeliveryError, OutboundHandler,
-    ParseError, Secret, SecretRef, StateUpdate, WebhookHandler, WebhookRequest, WebhookResponse,
-    signature::constant_time_eq,
+    ChannelContext, ChannelState, ConfigError, Delivered, DeliveryError, EnrichError,
+    OutboundHandler, ParseError, Parsed, Refusal, Secret, SecretRef, StateUpdate, Unreadable,
+    WebhookChannel, WebhookConnector, WebhookDriver, WebhookRequest, WebhookResponse,
+    driver::static_response,
+    signature::{digest, eq_hex, hmac},
 };
 use omni_model::Region;
 use omni_proto::{
@@ -45,7 +46,7 @@ use omni_proto::{
 };
 use serde::Deserialize;
 
-use crate::common::{self, Hook, Params, param};
+use crate::common::{self, Params, param};
 
 /// The `kind` of Vonage channels.
 pub const KIND: &str = "vonage";
@@ -159,31 +160,27 @@ pub fn signing_string(params: &[(String, String)]) -> String {
     out
 }
 
-fn hmac_hex<M: Mac + hmac::digest::KeyInit>(secret: &[u8], input: &[u8]) -> String {
-    let mut mac = match <M as hmac::digest::KeyInit>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("hmac accepts keys of any length"),
-    };
-    mac.update(input);
-    hex::encode_upper(mac.finalize().into_bytes())
+/// The bytes of the `sig` Vonage computes for `params` (sent as hex:
+/// md5hash lowercase, the HMACs upper-case).
+fn signature_bytes(method: SignatureMethod, secret: &[u8], params: &[(String, String)]) -> Vec<u8> {
+    let input = signing_string(params);
+    let input = input.as_bytes();
+    match method {
+        SignatureMethod::Md5hash => digest::<md5::Md5>(&[input, secret]),
+        SignatureMethod::Md5 => hmac::<md5::Md5>(secret, &[input]),
+        SignatureMethod::Sha1 => hmac::<sha1::Sha1>(secret, &[input]),
+        SignatureMethod::Sha256 => hmac::<sha2::Sha256>(secret, &[input]),
+        SignatureMethod::Sha512 => hmac::<sha2::Sha512>(secret, &[input]),
+    }
 }
 
 /// The `sig` Vonage computes for `params` (md5hash lowercase, HMACs
 /// upper-case hex).
 pub fn signature(method: SignatureMethod, secret: &[u8], params: &[(String, String)]) -> String {
-    use md5::Digest as _;
-    let input = signing_string(params);
+    let bytes = signature_bytes(method, secret, params);
     match method {
-        SignatureMethod::Md5hash => {
-            let mut hasher = md5::Md5::new();
-            hasher.update(input.as_bytes());
-            hasher.update(secret);
-            hex::encode(hasher.finalize())
-        }
-        SignatureMethod::Md5 => hmac_hex::<Hmac<md5::Md5>>(secret, input.as_bytes()),
-        SignatureMethod::Sha1 => hmac_hex::<Hmac<sha1::Sha1>>(secret, input.as_bytes()),
-        SignatureMethod::Sha256 => hmac_hex::<Hmac<sha2::Sha256>>(secret, input.as_bytes()),
-        SignatureMethod::Sha512 => hmac_hex::<Hmac<sha2::Sha512>>(secret, input.as_bytes()),
+        SignatureMethod::Md5hash => hex::encode(bytes),
+        _ => hex::encode_upper(bytes),
     }
 }
 
@@ -219,11 +216,7 @@ pub fn verify(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or(AuthError::MissingSignature)?;
-    let expected = signature(method, secret, params);
-    if !constant_time_eq(
-        expected.to_ascii_lowercase().as_bytes(),
-        provided.to_ascii_lowercase().as_bytes(),
-    ) {
+    if !eq_hex(&signature_bytes(method, secret, params), provided) {
         return Err(AuthError::Mismatch);
     }
     let timestamp: u64 = param(params, "timestamp")
@@ -503,7 +496,7 @@ fn parse_receipt(
 /// The parameters of a Vonage request: the query of a GET, the JSON
 /// object or the form of a POST.
 pub fn request_params(request: &WebhookRequest) -> Result<Params, ParseError> {
-    if request.method == http::Method::GET {
+    if request.method == Method::GET {
         return Ok(common::form_params(
             request.uri.query().unwrap_or_default().as_bytes(),
         ));
@@ -514,8 +507,10 @@ pub fn request_params(request: &WebhookRequest) -> Result<Params, ParseError> {
     Ok(common::form_params(&request.body))
 }
 
+/// Vonage's answer to everything it sent that we took (or dead-lettered:
+/// anything but a 2xx makes it resend for a day).
 fn ok() -> WebhookResponse {
-    common::response(StatusCode::OK, "", "")
+    static_response(StatusCode::OK, "", "")
 }
 
 /// Builds one Vonage channel: its webhook and, when configured, its sender.
@@ -536,10 +531,6 @@ pub fn build(
                 .map_err(|e| ConfigError::new("signature_secret", e))?,
         )
     } else {
-        tracing::warn!(
-            channel = %context.channel_id,
-            "signature verification is off: this channel accepts unauthenticated requests from anyone"
-        );
         None
     };
     if config.replay_window_secs == 0 {
@@ -561,7 +552,7 @@ pub fn build(
                 .resolve()
                 .map_err(|e| ConfigError::new("api_secret", e))?,
             from: from.trim().trim_start_matches('+').to_owned(),
-        })),
+        }) as Arc<dyn OutboundHandler>),
         (None, None, None) => None,
         _ => {
             return Err(ConfigError::new(
@@ -570,32 +561,31 @@ pub fn build(
             ));
         }
     };
-    Ok(WebhookConnector {
-        webhook: Arc::new(VonageWebhook {
-            hook: Hook::new(&context.channel_id, context.sender),
-            secret,
-            method: config.signature_method,
-            window: Duration::from_secs(config.replay_window_secs),
-            default_region,
-            state: context.state,
-            concat: tokio::sync::Mutex::new(()),
-        }),
-        outbound: outbound.map(|o| o as Arc<dyn OutboundHandler>),
-        media: None,
-    })
+    let channel = VonageChannel {
+        channel_id: context.channel_id.clone(),
+        secret,
+        method: config.signature_method,
+        window: Duration::from_secs(config.replay_window_secs),
+        default_region,
+        state: context.state.clone(),
+        concat: tokio::sync::Mutex::new(()),
+    };
+    let webhook = WebhookDriver::new(&context, channel);
+    Ok(WebhookConnector::new(Arc::new(webhook)).with_outbound(outbound))
 }
 
-/// The webhook of one Vonage channel.
+/// The webhook half of one Vonage channel.
 #[derive(Debug)]
-pub struct VonageWebhook {
-    hook: Hook,
+pub struct VonageChannel {
+    channel_id: String,
     /// None when verification is off.
     secret: Option<Secret>,
     method: SignatureMethod,
     window: Duration,
     default_region: Option<Region>,
     state: ChannelState,
-    /// Serializes the buffering of concatenated parts.
+    /// Serializes the buffering of concatenated parts, so two parts of one
+    /// set arriving together cannot each miss the other.
     concat: tokio::sync::Mutex<()>,
 }
 
@@ -606,153 +596,191 @@ fn part_key(part: &Part, number: u32) -> String {
     )
 }
 
-impl VonageWebhook {
-    /// Buffers one part durably; appends the whole message when it is the
-    /// last one missing.
-    async fn buffer_part(
+fn part_seen_id(message_id: &str) -> String {
+    format!("vonage-part/{message_id}")
+}
+
+fn unavailable(error: impl std::fmt::Display) -> EnrichError {
+    EnrichError::Unavailable(error.to_string())
+}
+
+impl VonageChannel {
+    /// The request's parameters and what they are.
+    fn classify(&self, request: &WebhookRequest) -> Result<(Inbound, Params), ParseError> {
+        let params = request_params(request)?;
+        let options = NormalizeOptions {
+            channel_id: &self.channel_id,
+            default_region: self.default_region,
+            received_at: common::timestamp(request.received_at),
+        };
+        parse(&params, &options).map(|inbound| (inbound, params))
+    }
+
+    /// Every stored part of `part`'s set, in part order; None while one is
+    /// missing.
+    async fn stored_parts(&self, part: &Part) -> Result<Option<Vec<Params>>, EnrichError> {
+        let mut parts = Vec::with_capacity(part.total as usize);
+        for number in 1..=part.total {
+            match self
+                .state
+                .get(&part_key(part, number))
+                .await
+                .map_err(unavailable)?
+            {
+                Some(value) if !value.is_empty() => parts.push(
+                    serde_json::from_slice::<Params>(&value)
+                        .map_err(|e| unavailable(format!("unreadable sms part: {e}")))?,
+                ),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(parts))
+    }
+
+    /// Stores one part durably; the whole message once it is the last one
+    /// missing (or the parts as one unreadable entry, if they do not join
+    /// into a message).
+    async fn buffer(
         &self,
-        started: Instant,
+        request: &WebhookRequest,
         part: Part,
         params: Params,
-        options: &NormalizeOptions<'_>,
-        request: &WebhookRequest,
-    ) -> WebhookResponse {
+    ) -> Result<Parsed, EnrichError> {
         let _guard = self.concat.lock().await;
-        let seen_id = format!("vonage-part/{}", part.message_id);
-        match self.state.seen(vec![seen_id.clone()]).await {
-            Ok(seen) if seen.first() == Some(&true) => {
-                // Already part of a message that is durable: a retry.
-                return self.hook.finish(
-                    started,
-                    omni_telemetry::events::WebhookOutcome::Accepted,
-                    "duplicate part",
-                    ok(),
-                );
-            }
-            Ok(_) => {}
-            Err(error) => return self.hook.state_failure(started, &error.to_string()),
+        let seen = self
+            .state
+            .seen(vec![part_seen_id(&part.message_id)])
+            .await
+            .map_err(unavailable)?;
+        if seen.first() == Some(&true) {
+            // Already part of a message that is durable: a retry.
+            return Ok(Parsed::Answer(ok()));
         }
-        let stored = serde_json::to_vec(&params).unwrap_or_default();
+        let stored = serde_json::to_vec(&params).map_err(unavailable)?;
         let update = StateUpdate {
             puts: vec![(part_key(&part, part.part), stored)],
             seen: Vec::new(),
         };
-        if let Err(error) = self.state.commit(update).await {
-            return self.hook.state_failure(started, &error.to_string());
-        }
-        let mut parts = Vec::with_capacity(part.total as usize);
+        self.state.commit(update).await.map_err(unavailable)?;
+        let Some(parts) = self.stored_parts(&part).await? else {
+            // Not complete yet; this part is durable.
+            return Ok(Parsed::Answer(ok()));
+        };
+        let options = NormalizeOptions {
+            channel_id: &self.channel_id,
+            default_region: self.default_region,
+            received_at: common::timestamp(request.received_at),
+        };
+        Ok(match assemble(parts.clone(), &options) {
+            Ok(event) => Parsed::event(event),
+            Err(error) => Parsed::Append {
+                events: Vec::new(),
+                unreadable: vec![Unreadable {
+                    error,
+                    raw: serde_json::to_vec(&parts).unwrap_or_default(),
+                }],
+            },
+        })
+    }
+
+    /// Clears a joined set's parts and remembers their ids. Only once the
+    /// joined message is durable: cleared earlier, a failed append would
+    /// lose the parts Vonage no longer resends.
+    async fn clear(&self, part: &Part) -> Result<(), EnrichError> {
+        let _guard = self.concat.lock().await;
+        let mut update = StateUpdate::default();
         for number in 1..=part.total {
-            match self.state.get(&part_key(&part, number)).await {
-                Ok(Some(value)) if !value.is_empty() => {
-                    match serde_json::from_slice::<Params>(&value) {
-                        Ok(p) => parts.push(p),
-                        Err(_) => return self.hook.state_failure(started, "unreadable part"),
-                    }
-                }
-                Ok(_) => {
-                    // Not complete yet; this part is durable.
-                    return self.hook.finish(
-                        started,
-                        omni_telemetry::events::WebhookOutcome::Accepted,
-                        "part buffered",
-                        ok(),
-                    );
-                }
-                Err(error) => return self.hook.state_failure(started, &error.to_string()),
+            let key = part_key(part, number);
+            if let Some(value) = self.state.get(&key).await.map_err(unavailable)?
+                && let Ok(params) = serde_json::from_slice::<Params>(&value)
+                && let Some(id) = param(&params, "messageId")
+            {
+                update.seen.push(part_seen_id(id));
             }
+            update.puts.push((key, Vec::new()));
         }
-        let part_ids: Vec<String> = parts
-            .iter()
-            .filter_map(|p| param(p, "messageId"))
-            .map(|id| format!("vonage-part/{id}"))
-            .collect();
-        let clear = StateUpdate {
-            puts: (1..=part.total)
-                .map(|n| (part_key(&part, n), Vec::new()))
-                .collect(),
-            seen: part_ids,
-        };
-        let response = match assemble(parts.clone(), options) {
-            Ok(event) => self.hook.append(started, event, ok()).await,
-            Err(error) => {
-                let raw = serde_json::to_vec(&parts).unwrap_or_default();
-                self.hook
-                    .dead_letter(started, ChannelKind::Sms, request, raw, &error, ok())
-                    .await
-            }
-        };
-        if response.status().is_success()
-            && let Err(error) = self.state.commit(clear).await
-        {
-            // The message is durable; the parts linger until a later
-            // message reuses the reference. A retried part would append
-            // the same event id again, which consumers drop.
-            tracing::warn!(channel = %self.hook.channel_id, error = %error, "cannot clear assembled sms parts");
-        }
-        response
+        self.state.commit(update).await.map_err(unavailable)
     }
 }
 
 #[async_trait]
-impl WebhookHandler for VonageWebhook {
-    async fn handle(&self, request: WebhookRequest) -> WebhookResponse {
-        let started = Instant::now();
-        if request.method != http::Method::POST && request.method != http::Method::GET {
-            return self.hook.refuse(
-                started,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST or GET",
-            );
-        }
-        let params = request_params(&request);
-        if let Some(secret) = &self.secret {
-            let checked = match &params {
-                Ok(params) => verify(
-                    self.method,
-                    secret.expose(),
-                    params,
-                    SystemTime::now(),
-                    self.window,
-                ),
-                // An unreadable body cannot carry a valid signature.
-                Err(_) => Err(AuthError::MissingSignature),
-            };
-            if let Err(error) = checked {
-                return self.hook.forbidden(
-                    started,
-                    error.code(),
-                    "the Vonage signature does not match",
-                );
-            }
-        }
-        let raw = if request.method == http::Method::GET {
-            request.uri.query().unwrap_or_default().as_bytes().to_vec()
-        } else {
-            request.body.to_vec()
+impl WebhookChannel for VonageChannel {
+    fn methods(&self) -> &'static [Method] {
+        &[Method::POST, Method::GET]
+    }
+
+    fn verifies(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    fn verify(&self, request: &WebhookRequest) -> Result<(), Refusal> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
         };
-        let options = NormalizeOptions {
-            channel_id: &self.hook.channel_id,
-            default_region: self.default_region,
-            received_at: common::timestamp(request.received_at),
+        // An unreadable body cannot carry a valid signature.
+        let checked = match request_params(request) {
+            Ok(params) => verify(
+                self.method,
+                secret.expose(),
+                &params,
+                SystemTime::now(),
+                self.window,
+            ),
+            Err(_) => Err(AuthError::MissingSignature),
         };
-        let parsed = params.and_then(|params| parse(&params, &options).map(|p| (p, params)));
-        match parsed {
-            Ok((Inbound::Message(event) | Inbound::Receipt(event), _)) => {
-                self.hook.append(started, *event, ok()).await
-            }
-            Ok((Inbound::Part(part), params)) => {
-                self.buffer_part(started, part, params, &options, &request)
-                    .await
-            }
-            // Authentic but unusable: kept, then acknowledged (Vonage
-            // would resend it for a day otherwise).
-            Err(error) => {
-                self.hook
-                    .dead_letter(started, ChannelKind::Sms, &request, raw, &error, ok())
-                    .await
-            }
+        checked.map_err(|error| Refusal::new(error.code(), "the Vonage signature does not match"))
+    }
+
+    /// A part of a concatenated message parses to the answer it gets once
+    /// [`Self::enrich`] has stored it.
+    fn parse(&self, request: &WebhookRequest) -> Result<Parsed, ParseError> {
+        match self.classify(request) {
+            Ok((Inbound::Message(event) | Inbound::Receipt(event), _)) => Ok(Parsed::event(*event)),
+            Ok((Inbound::Part(_), _)) => Ok(Parsed::Answer(ok())),
+            // A GET has no body: what is kept is its query.
+            Err(error) if request.method == Method::GET => Ok(Parsed::Append {
+                events: Vec::new(),
+                unreadable: vec![Unreadable {
+                    error,
+                    raw: request.uri.query().unwrap_or_default().as_bytes().to_vec(),
+                }],
+            }),
+            Err(error) => Err(error),
         }
+    }
+
+    async fn enrich(
+        &self,
+        request: &WebhookRequest,
+        parsed: Parsed,
+    ) -> Result<Parsed, EnrichError> {
+        if !matches!(parsed, Parsed::Answer(_)) {
+            return Ok(parsed);
+        }
+        match self.classify(request) {
+            Ok((Inbound::Part(part), params)) => self.buffer(request, part, params).await,
+            _ => Ok(parsed),
+        }
+    }
+
+    async fn appended(&self, request: &WebhookRequest, _event_ids: &[String]) {
+        let Ok((Inbound::Part(part), _)) = self.classify(request) else {
+            return;
+        };
+        if let Err(error) = self.clear(&part).await {
+            // The message is durable; the parts linger until a later
+            // message reuses the reference. A retried part would append
+            // the same event id again, which consumers drop.
+            tracing::warn!(channel = %self.channel_id, error = %error, "cannot clear joined sms parts");
+        }
+    }
+
+    fn accepted(&self, _event_ids: &[String]) -> WebhookResponse {
+        ok()
+    }
+
+    fn invalid(&self, _error: &ParseError) -> WebhookResponse {
+        ok()
     }
 }
 
@@ -815,6 +843,7 @@ impl OutboundHandler for VonageSender {
             .await
             .map_err(|e| common::transport_error("vonage", &e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response
             .text()
             .await
@@ -822,6 +851,7 @@ impl OutboundHandler for VonageSender {
         if !status.is_success() {
             return Err(common::classify_status(
                 status,
+                &headers,
                 format!("vonage {status}: {}", common::snippet(&body, 200)),
             ));
         }
@@ -859,6 +889,41 @@ mod tests {
         list.iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// The SDK's generic helpers with the hashes Vonage and Twilio use,
+    /// against RFC 2202 (HMAC-MD5, HMAC-SHA1) and RFC 1321 (MD5).
+    #[test]
+    fn published_vectors_of_the_hashes_sms_signs_with() {
+        let data: &[&[u8]] = &[b"what do ya want ", b"for nothing?"];
+        assert_eq!(
+            hex::encode(hmac::<md5::Md5>(b"Jefe", data)),
+            "750c783e6ab0b503eaa86e310a5db738"
+        );
+        assert_eq!(
+            hex::encode(hmac::<sha1::Sha1>(b"Jefe", data)),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+        assert_eq!(
+            hex::encode(hmac::<md5::Md5>(&[0x0b; 16], &[b"Hi There"])),
+            "9294727a3638bb1c13f48ef8158bfc9d"
+        );
+        assert_eq!(
+            hex::encode(hmac::<sha1::Sha1>(&[0x0b; 20], &[b"Hi There"])),
+            "b617318655057264e28bc0b6fb378c8ef146be00"
+        );
+        // RFC 2202 test case 6: a key longer than the block.
+        assert_eq!(
+            hex::encode(hmac::<sha1::Sha1>(
+                &[0xaa; 80],
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+            )),
+            "aa4ae5e15272d00e95705637ce8a3b55ed402112"
+        );
+        assert_eq!(
+            hex::encode(digest::<md5::Md5>(&[b"a", b"bc"])),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
     }
 
     #[test]

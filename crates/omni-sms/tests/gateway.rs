@@ -1,13 +1,21 @@
 //! The generic gateway: mapped fields, HMAC-SHA256 of the raw body in a
 //! configured header, and templated replies against a local server.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
-use axum::{Router, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
 use bytes::Bytes;
 use omni_connector::{
-    ChannelContext, Connector, ConnectorFactory, DeliveryError, EventSender, LogEntry,
-    OutboundHandler, WebhookRequest, testing::MemorySink,
+    ChannelContext, Connector, DeliveryError, EventSender, LogEntry, OutboundHandler,
+    WebhookRequest, testing::MemorySink,
 };
 use omni_proto::v1::{Content, ConversationEvent, HandleKind, IdentityHandle};
 
@@ -136,14 +144,22 @@ async fn replies_are_posted_from_the_template() {
         "/send",
         post(|body: String| async move {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-            match value["to"].as_str().unwrap() {
-                "989121234567" => (StatusCode::OK, r#"{"ok":true}"#),
-                "989121234568" => (StatusCode::SERVICE_UNAVAILABLE, ""),
+            let answer: Response = match value["to"].as_str().unwrap() {
+                "989121234567" => (StatusCode::OK, r#"{"ok":true}"#).into_response(),
+                "989121234568" => (StatusCode::SERVICE_UNAVAILABLE, "").into_response(),
+                "989121234570" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "120")],
+                    "",
+                )
+                    .into_response(),
                 _ => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     r#"{"error":"bad number"}"#,
-                ),
-            }
+                )
+                    .into_response(),
+            };
+            answer
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -172,6 +188,17 @@ async fn replies_are_posted_from_the_template() {
         outbound.deliver(&reply("+989121234568")).await,
         Err(DeliveryError::Temporary { .. })
     ));
+    let throttled = outbound.deliver(&reply("+989121234570")).await.unwrap_err();
+    assert!(matches!(throttled, DeliveryError::Temporary { .. }));
+    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(
+        outbound
+            .deliver(&reply("+989121234568"))
+            .await
+            .unwrap_err()
+            .retry_after(),
+        None
+    );
     assert!(matches!(
         outbound.deliver(&reply("+989121234569")).await,
         Err(DeliveryError::Rejected(_))

@@ -1,23 +1,23 @@
 //! The Twilio channel end to end: documented payloads signed with Twilio's
-//! published algorithm, media fetched from and replies sent to a local
-//! server that speaks Twilio's REST API.
+//! published algorithm, media deferred and then fetched from, and replies
+//! sent to, a local server that speaks Twilio's REST API.
 
 use std::{
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderMap, StatusCode},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use bytes::Bytes;
 use omni_connector::{
-    ChannelContext, Connector, ConnectorFactory, DeliveryError, EventSender, LogEntry,
-    OutboundHandler, WebhookHandler, WebhookRequest, testing::MemorySink,
+    ChannelContext, Connector, DeliveryError, EventSender, FetchError, LogEntry, MediaRef,
+    MemoryMediaQueue, OutboundHandler, WebhookHandler, WebhookRequest, testing::MemorySink,
 };
 use omni_proto::v1::{
     Content, ConversationEvent, DeliveryState, EventKind, HandleKind, IdentityHandle,
@@ -42,8 +42,18 @@ fn secret_file() -> String {
 }
 
 fn connector(sink: &MemorySink, extra: &str) -> Arc<dyn Connector> {
+    connector_with_queue(sink, &MemoryMediaQueue::default(), extra)
+}
+
+/// A channel whose deferred media lands in `queue`.
+fn connector_with_queue(
+    sink: &MemorySink,
+    queue: &MemoryMediaQueue,
+    extra: &str,
+) -> Arc<dyn Connector> {
     let mut context = ChannelContext::new("acme-twilio", EventSender::new(Arc::new(sink.clone())));
     context.public_base_url = Some(BASE.to_owned());
+    context.media = Arc::new(queue.clone());
     let settings = format!(
         "account_sid = {SID:?}\nauth_token = {{ file = {:?} }}\ndefault_region = \"US\"\n{extra}",
         secret_file()
@@ -249,11 +259,7 @@ struct Seen {
     auth: Arc<Mutex<Vec<String>>>,
 }
 
-async fn create_message(
-    State(seen): State<Seen>,
-    headers: HeaderMap,
-    axum::extract::Form(form): axum::extract::Form<Form>,
-) -> impl IntoResponse {
+fn record_auth(seen: &Seen, headers: &HeaderMap) {
     seen.auth.lock().unwrap().push(
         headers
             .get("authorization")
@@ -261,6 +267,14 @@ async fn create_message(
             .unwrap_or_default()
             .to_owned(),
     );
+}
+
+async fn create_message(
+    State(seen): State<Seen>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<Form>,
+) -> Response {
+    record_auth(&seen, &headers);
     let to = form
         .iter()
         .find(|(k, _)| k == "To")
@@ -268,23 +282,43 @@ async fn create_message(
         .unwrap_or_default();
     seen.forms.lock().unwrap().push(form);
     match to.as_str() {
+        "+14155550130" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "7")],
+            r#"{"code":20429,"message":"Too Many Requests","more_info":"https://www.twilio.com/docs/errors/20429","status":429}"#,
+        )
+            .into_response(),
         "+14155550129" => (
             StatusCode::TOO_MANY_REQUESTS,
             r#"{"code":20429,"message":"Too Many Requests","more_info":"https://www.twilio.com/docs/errors/20429","status":429}"#,
-        ),
+        )
+            .into_response(),
         "+14155550150" => (
             StatusCode::INTERNAL_SERVER_ERROR,
             r#"{"code":20500,"message":"Internal Server Error","status":500}"#,
-        ),
+        )
+            .into_response(),
         "+14155550140" => (
             StatusCode::BAD_REQUEST,
             r#"{"code":21211,"message":"The 'To' number +14155550140 is not a valid phone number.","more_info":"https://www.twilio.com/docs/errors/21211","status":400}"#,
-        ),
+        )
+            .into_response(),
         _ => (
             StatusCode::CREATED,
             r#"{"account_sid":"ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX","api_version":"2010-04-01","body":"It ships today.","direction":"outbound-api","error_code":null,"error_message":null,"from":"+14155550100","num_media":"0","num_segments":"1","sid":"SM4d5e6f708192a3b4c5d6e7f8091a2b3c","status":"queued","to":"+14155550134"}"#,
-        ),
+        )
+            .into_response(),
     }
+}
+
+/// A media file, like Twilio's: only with the account's basic auth.
+async fn media(State(seen): State<Seen>, headers: HeaderMap) -> Response {
+    record_auth(&seen, &headers);
+    (
+        [("content-type", "image/jpeg")],
+        &b"\xff\xd8\xff\xe0fake-jpeg"[..],
+    )
+        .into_response()
 }
 
 async fn server(seen: Seen) -> String {
@@ -293,16 +327,14 @@ async fn server(seen: Seen) -> String {
             "/2010-04-01/Accounts/{sid}/Messages.json",
             post(create_message),
         )
+        .route("/media/{id}", get(media))
+        .route("/big/{id}", get(|| async { vec![0u8; 64 * 1024] }))
         .route(
-            "/media/{id}",
-            get(|| async {
-                (
-                    [("content-type", "image/jpeg")],
-                    &b"\xff\xd8\xff\xe0fake-jpeg"[..],
-                )
+            "/status/{code}",
+            get(|Path(code): Path<u16>| async move {
+                StatusCode::from_u16(code).unwrap().into_response()
             }),
         )
-        .route("/big/{id}", get(|| async { vec![0u8; 64 * 1024] }))
         .with_state(seen);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -372,6 +404,13 @@ async fn replies_go_through_the_messages_api_and_errors_are_classified() {
             "{to}"
         );
     }
+    // A 429 that says how long to wait is retried no sooner; one that does
+    // not leaves the wait to the daemon's backoff.
+    let throttled = outbound.deliver(&reply("+14155550130")).await.unwrap_err();
+    assert!(matches!(throttled, DeliveryError::Temporary { .. }));
+    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
+    let plain = outbound.deliver(&reply("+14155550129")).await.unwrap_err();
+    assert_eq!(plain.retry_after(), None);
     match outbound.deliver(&reply("+14155550140")).await {
         Err(DeliveryError::Rejected(detail)) => assert!(detail.contains("21211"), "{detail}"),
         other => panic!("{other:?}"),
@@ -389,33 +428,70 @@ async fn replies_go_through_the_messages_api_and_errors_are_classified() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mms_media_is_fetched_into_the_attachment_store() {
-    let base = server(Seen::default()).await;
-    let sink = MemorySink::default();
-    let hook = connector(&sink, "max_media_bytes = 1024\n")
-        .webhook()
-        .unwrap();
-    let body = String::from_utf8_lossy(include_bytes!("payloads/twilio-inbound-mms.form"))
+/// The MMS payload with its media URL on the local server (`/media/`).
+fn mms_body(base: &str) -> String {
+    String::from_utf8_lossy(include_bytes!("payloads/twilio-inbound-mms.form"))
         .replace("MEDIA_BASE%2F2010-04-01", &format!("{base}/media/"))
-        .replace("%2FAccounts%2FACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX%2FMessages%2FMM2c3d4e5f60718293a4b5c6d7e8f9012%2FMedia%2F", "");
-    let response = hook.handle(signed(body.as_bytes(), None)).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let [event] = events(&sink).try_into().unwrap();
-    let attachment = event.content.unwrap().attachments[0].clone();
-    assert_eq!(attachment.media_type, "image/jpeg");
-    assert!(
-        attachment.uri.starts_with("omni-att://sha256/"),
-        "{attachment:?}"
-    );
-    assert_eq!(attachment.size, 13);
+        .replace("%2FAccounts%2FACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX%2FMessages%2FMM2c3d4e5f60718293a4b5c6d7e8f9012%2FMedia%2F", "")
+}
 
-    // Over the limit: the event keeps Twilio's URL.
+const MEDIA_ID: &str = "ME0123456789abcdef0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mms_is_answered_at_once_and_its_media_deferred_then_fetched() {
+    let seen = Seen::default();
+    let base = server(seen.clone()).await;
     let sink = MemorySink::default();
-    let hook = connector(&sink, "max_media_bytes = 1024\n")
+    let queue = MemoryMediaQueue::default();
+    let channel = connector_with_queue(&sink, &queue, "max_media_bytes = 1024\n");
+    let hook = channel.webhook().unwrap();
+    let response = hook.handle(signed(mms_body(&base).as_bytes(), None)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(String::from_utf8_lossy(response.body()).contains("<Response/>"));
+    // The message is durable before any download: its attachment still
+    // names Twilio's URL, and the download waits in the media queue.
+    let url = format!("{base}/media/{MEDIA_ID}");
+    let [event] = events(&sink).try_into().unwrap();
+    let attachment = event.content.as_ref().unwrap().attachments[0].clone();
+    assert_eq!(attachment.media_type, "image/jpeg");
+    assert_eq!(attachment.uri, url);
+    assert!(attachment.sha256.is_empty());
+    assert!(
+        seen.auth.lock().unwrap().is_empty(),
+        "nothing downloaded yet"
+    );
+    let [job] = queue.jobs().try_into().unwrap();
+    assert_eq!(job.channel_id, "acme-twilio");
+    assert_eq!(job.event_id, event.event_id);
+    assert_eq!(
+        job.media,
+        MediaRef {
+            attachment: 0,
+            source: url
+        }
+    );
+
+    // The queue's worker fetches it later, with the account's credentials.
+    let fetcher = channel.media().unwrap();
+    let fetched = fetcher.fetch(&job.media).await.unwrap();
+    assert_eq!(fetched.content.as_ref(), b"\xff\xd8\xff\xe0fake-jpeg");
+    assert_eq!(fetched.content.len(), 13);
+    assert_eq!(fetched.media_type, "image/jpeg");
+    use base64::Engine as _;
+    let expected_auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"))
+    );
+    assert_eq!(seen.auth.lock().unwrap().as_slice(), [expected_auth]);
+
+    // Over the limit: the message is taken all the same, and the download
+    // fails for good (its attachment keeps Twilio's URL).
+    let sink = MemorySink::default();
+    let queue = MemoryMediaQueue::default();
+    let hook = connector_with_queue(&sink, &queue, "max_media_bytes = 1024\n")
         .webhook()
         .unwrap();
-    let big = body
+    let big = mms_body(&base)
         .replace("%2Fmedia%2F", "%2Fbig%2F")
         .replace("/media/", "/big/");
     assert_eq!(
@@ -426,6 +502,66 @@ async fn mms_media_is_fetched_into_the_attachment_store() {
     let attachment = event.content.unwrap().attachments[0].clone();
     assert!(attachment.uri.contains("/big/"), "{attachment:?}");
     assert!(attachment.sha256.is_empty());
+    let [job] = queue.jobs().try_into().unwrap();
+    assert!(matches!(
+        fetcher.fetch(&job.media).await,
+        Err(FetchError::Permanent(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_failures_are_temporary_or_permanent_as_twilio_answers() {
+    let base = server(Seen::default()).await;
+    let fetcher = connector(&MemorySink::default(), "").media().unwrap();
+    let at = |source: String| MediaRef {
+        attachment: 0,
+        source,
+    };
+    for code in [500, 503, 429] {
+        assert!(
+            matches!(
+                fetcher.fetch(&at(format!("{base}/status/{code}"))).await,
+                Err(FetchError::Temporary(_))
+            ),
+            "{code}"
+        );
+    }
+    for code in [404, 403] {
+        assert!(
+            matches!(
+                fetcher.fetch(&at(format!("{base}/status/{code}"))).await,
+                Err(FetchError::Permanent(_))
+            ),
+            "{code}"
+        );
+    }
+    // Nobody listening: temporary.
+    assert!(matches!(
+        fetcher
+            .fetch(&at("http://127.0.0.1:9/media/x".into()))
+            .await,
+        Err(FetchError::Temporary(_))
+    ));
+}
+
+#[tokio::test]
+async fn without_fetch_media_the_event_keeps_twilios_urls_and_nothing_is_deferred() {
+    let sink = MemorySink::default();
+    let queue = MemoryMediaQueue::default();
+    let channel = connector_with_queue(&sink, &queue, "fetch_media = false\n");
+    assert!(channel.media().is_none());
+    let response = channel
+        .webhook()
+        .unwrap()
+        .handle(signed(mms_body("https://api.twilio.com").as_bytes(), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let [event] = events(&sink).try_into().unwrap();
+    assert_eq!(
+        event.content.unwrap().attachments[0].uri,
+        format!("https://api.twilio.com/media/{MEDIA_ID}")
+    );
+    assert!(queue.jobs().is_empty());
 }
 
 #[test]

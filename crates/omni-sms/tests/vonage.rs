@@ -4,14 +4,20 @@
 
 use std::{
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{Router, extract::Form, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    extract::Form,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
 use bytes::Bytes;
 use omni_connector::{
-    ChannelContext, Connector, ConnectorFactory, DeliveryError, EventSender, LogEntry,
-    OutboundHandler, WebhookRequest, testing::MemorySink,
+    ChannelContext, Connector, DeliveryError, EventSender, LogEntry, OutboundHandler,
+    WebhookRequest, testing::MemorySink,
 };
 use omni_proto::v1::{
     Content, ConversationEvent, DeliveryState, EventKind, HandleKind, IdentityHandle,
@@ -279,7 +285,7 @@ async fn delivery_receipts_become_delivery_status_events() {
     assert_eq!(event.recipients[0].value, "+447911123401");
 }
 
-async fn sms_api(Form(form): Form<Vec<(String, String)>>) -> (StatusCode, String) {
+async fn sms_api(Form(form): Form<Vec<(String, String)>>) -> Response {
     let get = |k: &str| {
         form.iter()
             .find(|(n, _)| n == k)
@@ -288,7 +294,10 @@ async fn sms_api(Form(form): Form<Vec<(String, String)>>) -> (StatusCode, String
     };
     assert_eq!(get("api_key"), "abcd1234");
     assert_eq!(get("api_secret"), SECRET);
-    match get("to").as_str() {
+    let answer = match get("to").as_str() {
+        "447911120430" => {
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "7")], "").into_response();
+        }
         "447911120429" => (StatusCode::TOO_MANY_REQUESTS, String::new()),
         "447911120500" => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
         "447911120400" => (
@@ -303,7 +312,8 @@ async fn sms_api(Form(form): Form<Vec<(String, String)>>) -> (StatusCode, String
             )
         }
         _ => (StatusCode::BAD_REQUEST, "bad".into()),
-    }
+    };
+    answer.into_response()
 }
 
 fn reply(to: &str) -> ConversationEvent {
@@ -344,6 +354,9 @@ async fn replies_go_through_the_sms_api_and_errors_are_classified() {
             Err(DeliveryError::Temporary { .. })
         ));
     }
+    let throttled = outbound.deliver(&reply("+447911120430")).await.unwrap_err();
+    assert!(matches!(throttled, DeliveryError::Temporary { .. }));
+    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
     assert!(matches!(
         outbound.deliver(&reply("+447911120400")).await,
         Err(DeliveryError::Rejected(_))
