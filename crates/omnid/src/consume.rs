@@ -169,19 +169,30 @@ pub async fn commit(
         );
     }
     for ((topic, _), position) in last {
-        let mut backoff = Backoff::default();
-        loop {
-            match subscription.commit(topic, position).await {
-                Ok(()) => break,
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(topic, offset = position.offset, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot commit the consumer position, retrying");
-                    pause(shutdown, wait).await?;
-                }
+        commit_at(subscription, topic, position, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Commits past `position` of `topic`, retrying until the commit is
+/// durable or the consumer is stopped.
+pub async fn commit_at(
+    subscription: &mut dyn Subscription,
+    topic: &str,
+    position: Position,
+    shutdown: &CancellationToken,
+) -> Result<(), Stopped> {
+    let mut backoff = Backoff::default();
+    loop {
+        match subscription.commit(topic, position).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                let wait = backoff.next();
+                tracing::warn!(topic, offset = position.offset, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot commit the consumer position, retrying");
+                pause(shutdown, wait).await?;
             }
         }
     }
-    Ok(())
 }
 
 pub use omni_proto::timestamp;
