@@ -23,7 +23,7 @@
 
 use std::collections::BTreeSet;
 
-use omni_proto::v1::TimelineEvent;
+use omni_proto::v1::{Attachment, TimelineEvent, timeline_event::Entry};
 
 use crate::error::ThreadingError;
 use crate::ids::{CustomerId, HandleKey};
@@ -163,6 +163,17 @@ pub(crate) enum Write {
         command_id: String,
         issued_at_ms: i64,
     },
+    /// Fill the timeline row of message `message_event_id` in with a
+    /// stored file (its row is among `customers`' rows; the stores add
+    /// the customers merged into them). A timeline write, never
+    /// journaled.
+    #[serde(skip)]
+    StoreAttachment {
+        customers: Vec<CustomerId>,
+        message_event_id: String,
+        index: u32,
+        attachment: Box<Attachment>,
+    },
 }
 
 impl Write {
@@ -176,6 +187,8 @@ impl Write {
                 | Write::InsertSuggestion { .. }
                 | Write::MoveMessageRefs { .. }
                 | Write::Command { .. }
+                // The message's row may be in the same batch: written first.
+                | Write::StoreAttachment { .. }
         )
     }
 }
@@ -262,6 +275,20 @@ impl Overlay {
         missing.into_iter().cloned().collect()
     }
 
+    /// Customers of conversations that threaded events went to (an
+    /// attachment update's message) whose next sequence the prefetch has
+    /// not read: the update goes on that customer's timeline.
+    pub(crate) fn missing_customers(&self) -> Vec<CustomerId> {
+        let missing: BTreeSet<&CustomerId> = self
+            .processed
+            .values()
+            .filter_map(|c| self.conversations.get(c))
+            .map(|c| &c.customer)
+            .filter(|c| !self.next_sequence.contains_key(*c))
+            .collect();
+        missing.into_iter().cloned().collect()
+    }
+
     /// The snapshot `load_snapshot` would read for `lookups` now.
     pub(crate) fn snapshot(&self, lookups: &Lookups) -> Snapshot {
         let mut snapshot = Snapshot::default();
@@ -312,6 +339,15 @@ impl Overlay {
             {
                 snapshot.conversations.push(c.clone());
             }
+        }
+        if let Some(edited) = &snapshot.edited_conversation
+            && let Some(c) = self.conversations.get(edited)
+            && let Some(next) = self.next_sequence.get(&c.customer)
+        {
+            snapshot
+                .next_sequence
+                .entry(c.customer.clone())
+                .or_insert(*next);
         }
         snapshot
     }
@@ -401,9 +437,21 @@ impl Overlay {
             customer: survivor.clone(),
             conversation: plan.conversation_id.clone(),
         });
+        let mut stored = None;
         for entry in timeline {
+            if let Some(Entry::AttachmentStored(update)) = &entry.entry
+                && let Some(attachment) = &update.attachment
+            {
+                stored = Some(Write::StoreAttachment {
+                    customers: vec![survivor.clone()],
+                    message_event_id: update.message_event_id.clone(),
+                    index: update.attachment_index,
+                    attachment: Box::new(attachment.clone()),
+                });
+            }
             self.writes.push(Write::Timeline(Box::new(entry)));
         }
+        self.writes.extend(stored);
         self.next_sequence
             .insert(survivor.clone(), plan.next_sequence);
         self.writes.push(Write::Customer {
@@ -572,7 +620,8 @@ impl Run {
             | Write::DeleteSuggestion { .. }
             | Write::InsertSuggestion { .. }
             | Write::MoveMessageRefs { .. }
-            | Write::Command { .. } => {}
+            | Write::Command { .. }
+            | Write::StoreAttachment { .. } => {}
         }
     }
 }

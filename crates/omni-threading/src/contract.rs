@@ -11,15 +11,15 @@ use std::future::Future;
 
 use omni_proto::Timestamp;
 use omni_proto::v1::{
-    ChannelKind, CloseConversation, ConversationEvent, ConversationState, Direction, EventKind,
-    HandleKind, IdentityHandle, LinkIdentity, MergeCustomers, ReopenConversation, SplitCustomer,
-    ThreadingCommand, ThreadingHints, UnlinkIdentity, threading_command::Command,
-    timeline_event::Entry,
+    Attachment, AttachmentStored, ChannelKind, CloseConversation, Content, ConversationEvent,
+    ConversationState, Direction, EventKind, HandleKind, IdentityHandle, LinkIdentity,
+    MergeCustomers, ReopenConversation, SplitCustomer, ThreadingCommand, ThreadingHints,
+    UnlinkIdentity, threading_command::Command, timeline_event::Entry,
 };
 
 use crate::{
     CommandError, CommandOutcome, CustomerId, HandleKey, InboundEvent, OutboxRow, Outcome,
-    StoreError, ThreadingConfig, ThreadingStore,
+    StoreError, ThreadingConfig, ThreadingError, ThreadingStore,
 };
 
 /// Seconds since the epoch the sample events start at.
@@ -1069,4 +1069,228 @@ pub async fn lease_has_one_holder<S: ThreadingStore>(store: S) {
     assert!(!take("a", 1_800).await, "only the holder releases");
     store.release_lease("timeline-relay", "b").await.unwrap();
     assert!(take("a", 1_800).await, "released: free at once");
+}
+
+/// A Telegram message with two photos, announced by the provider's file
+/// ids (not downloaded yet).
+fn photos_from(event_id: &str, user: &str, at: i64) -> ConversationEvent {
+    let mut event = telegram_from(event_id, user, at);
+    let announced = |name: &str, file_id: &str| Attachment {
+        name: name.to_owned(),
+        media_type: "image/jpeg".to_owned(),
+        size: 0,
+        sha256: String::new(),
+        uri: format!("tg-file:{file_id}"),
+    };
+    event.content = Some(Content {
+        text: "the broken part".to_owned(),
+        attachments: vec![
+            announced("front.jpg", "AgAD-front"),
+            announced("back.jpg", "AgAD-back"),
+        ],
+        ..Default::default()
+    });
+    event
+}
+
+/// The file stored for an attachment: `name` empty, as the media worker
+/// sends it.
+fn stored_file(byte: u8) -> Attachment {
+    let sha256 = hex_of(byte);
+    Attachment {
+        name: String::new(),
+        media_type: String::new(),
+        size: 1024,
+        uri: format!("omni-att://sha256/{sha256}"),
+        sha256,
+    }
+}
+
+fn hex_of(byte: u8) -> String {
+    format!("{byte:02x}").repeat(32)
+}
+
+/// The update saying attachment `index` of `message` was stored (or, with
+/// `file` unset, given up).
+fn attachment_stored(
+    event_id: &str,
+    message: &ConversationEvent,
+    index: u32,
+    file: Option<Attachment>,
+    at: i64,
+) -> ConversationEvent {
+    let time = Timestamp {
+        seconds: T0 + at,
+        nanos: 0,
+    };
+    ConversationEvent {
+        event_id: event_id.to_owned(),
+        channel_id: message.channel_id.clone(),
+        channel_kind: message.channel_kind,
+        direction: Direction::Inbound as i32,
+        kind: EventKind::AttachmentStored as i32,
+        sender: message.sender.clone(),
+        ingested_at: Some(time),
+        attachment_stored: Some(AttachmentStored {
+            message_event_id: message.event_id.clone(),
+            attachment_index: index,
+            error: if file.is_none() {
+                "404 file not found".to_owned()
+            } else {
+                String::new()
+            },
+            attachment: file,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The attachments of message `event_id` as a customer's timeline shows
+/// them.
+async fn attachments_of<S: ThreadingStore>(
+    store: &S,
+    customer: &CustomerId,
+    event_id: &str,
+) -> Vec<Attachment> {
+    let page = store.timeline(customer, None, 100).await.expect("timeline");
+    page.entries
+        .iter()
+        .find_map(|row| match &row.event.entry {
+            Some(Entry::Message(m)) if row.event.timeline_event_id == event_id => m
+                .event
+                .as_ref()
+                .and_then(|e| e.content.as_ref())
+                .map(|c| c.attachments.clone()),
+            _ => None,
+        })
+        .expect("the message is on the timeline")
+}
+
+/// A message's files follow it: the attachment-stored update fills the
+/// message's attachment in (the stored file, the message's name) on the
+/// timeline, adds an entry saying so in the message's conversation, and
+/// applying it again changes nothing; an update threaded in one batch with
+/// its message (a replay) does the same; a given-up download leaves the
+/// provider's reference; an update of a message never threaded is
+/// refused (dead-lettered by the worker), writing nothing.
+pub async fn attachment_updates_fill_in_their_message<S: ThreadingStore>(store: S) {
+    let config = ThreadingConfig::default();
+    let photos = photos_from("ph-1", "7001", 0);
+    let first = thread(&store, InboundEvent::new(photos.clone())).await;
+    let customer = customer_of(&first);
+    let Outcome::Threaded { sequences, .. } = &first else {
+        unreachable!()
+    };
+    let update = attachment_stored("st-1", &photos, 1, Some(stored_file(0xab)), 30);
+    assert_eq!(
+        thread(&store, InboundEvent::new(update.clone())).await,
+        Outcome::Threaded {
+            customer_id: customer.clone(),
+            conversation_id: conversation_of(&first),
+            sequences: (sequences.1 + 1, sequences.1 + 1),
+        }
+    );
+    let attachments = attachments_of(&store, &customer, "ph-1").await;
+    assert_eq!(
+        attachments[1],
+        Attachment {
+            name: "back.jpg".to_owned(),
+            media_type: "image/jpeg".to_owned(),
+            ..stored_file(0xab)
+        },
+        "the stored file, under the message's name and type"
+    );
+    assert_eq!(
+        attachments[0].uri, "tg-file:AgAD-front",
+        "the other is untouched"
+    );
+
+    let before = store.timeline(&customer, None, 100).await.unwrap();
+    let last = before.entries.last().expect("entries");
+    assert_eq!(last.event.timeline_event_id, "st-1");
+    assert_eq!(last.event.conversation_id, conversation_of(&first));
+    let Some(Entry::AttachmentStored(entry)) = &last.event.entry else {
+        panic!("an attachment-stored entry: {last:?}")
+    };
+    assert_eq!(
+        (entry.message_event_id.as_str(), entry.attachment_index),
+        ("ph-1", 1)
+    );
+    assert_eq!(entry.attachment, Some(stored_file(0xab)));
+
+    // Applying the same update twice changes nothing.
+    assert_eq!(
+        thread(&store, InboundEvent::new(update.clone())).await,
+        Outcome::Duplicate
+    );
+    assert_eq!(store.timeline(&customer, None, 100).await.unwrap(), before);
+    let rows = drain(&store).await;
+    assert_gapless(&rows, &customer);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| matches!(&r.event.entry, Some(Entry::AttachmentStored(_))))
+            .count(),
+        1
+    );
+
+    // A replay threads a message and its update in one batch.
+    let replayed = photos_from("ph-2", "7002", 100);
+    let update = attachment_stored("st-2", &replayed, 0, Some(stored_file(0xcd)), 130);
+    let given_up = attachment_stored("st-3", &replayed, 1, None, 140);
+    let outcomes = store
+        .thread_batch(
+            &config,
+            &[
+                InboundEvent::new(replayed.clone()),
+                InboundEvent::new(update.clone()),
+                InboundEvent::new(update),
+                InboundEvent::new(given_up),
+            ],
+        )
+        .await
+        .expect("batch");
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("threaded")).collect();
+    let second = customer_of(&outcomes[0]);
+    assert!(matches!(outcomes[1], Outcome::Threaded { .. }));
+    assert_eq!(outcomes[2], Outcome::Duplicate);
+    assert!(matches!(outcomes[3], Outcome::Threaded { .. }));
+    let attachments = attachments_of(&store, &second, "ph-2").await;
+    assert_eq!(
+        attachments[0].uri,
+        format!("omni-att://sha256/{}", hex_of(0xcd))
+    );
+    assert_eq!(attachments[0].name, "front.jpg");
+    assert_eq!(
+        attachments[1].uri, "tg-file:AgAD-back",
+        "a given-up download keeps the provider's reference"
+    );
+    let page = store.timeline(&second, None, 100).await.unwrap();
+    let Some(Entry::AttachmentStored(entry)) = &page.entries.last().unwrap().event.entry else {
+        panic!("the given-up update is on the timeline")
+    };
+    assert_eq!(
+        (entry.attachment.as_ref(), entry.error.as_str()),
+        (None, "404 file not found")
+    );
+
+    // An update whose message was never threaded is refused.
+    let orphan = attachment_stored(
+        "st-4",
+        &photos_from("never-threaded", "7003", 200),
+        0,
+        Some(stored_file(0xef)),
+        230,
+    );
+    let outcomes = store
+        .thread_batch(&config, &[InboundEvent::new(orphan)])
+        .await
+        .expect("batch");
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [Err(ThreadingError::UnthreadedMessage(id))] if id == "never-threaded"
+        ),
+        "{outcomes:?}"
+    );
+    assert!(drain(&store).await.len() == rows.len() + page.entries.len());
 }

@@ -14,6 +14,15 @@ pub enum ThreadingError {
     /// A handle kind this build does not know (a newer producer).
     #[error("unknown handle kind {0}")]
     UnknownHandleKind(i32),
+    /// An `EVENT_KIND_ATTACHMENT_STORED` event without its update.
+    #[error("attachment-stored event carries no attachment_stored update")]
+    MissingAttachmentUpdate,
+    /// An attachment update of a message that was never threaded: it is
+    /// dead-lettered (replay it once the message is threaded). An update
+    /// follows its message on the same partition, so this means the
+    /// message itself was refused or is lost.
+    #[error("attachment update of message {0}, which was not threaded")]
+    UnthreadedMessage(String),
     /// A handle that does not normalize.
     #[error("invalid {kind} handle")]
     InvalidHandle {

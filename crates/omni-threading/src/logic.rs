@@ -13,9 +13,9 @@ use std::time::Duration;
 use omni_model::proto::kind_from_proto;
 use omni_model::{Handle, HandleKind};
 use omni_proto::v1::{
-    ChannelKind, ConversationEvent, ConversationState, ConversationStateChanged, CustomersMerged,
-    Direction, EventKind, IdentityHandle, IdentityLinkChanged, MessageEntry, TimelineEvent,
-    timeline_event::Entry,
+    Attachment, AttachmentStoredEntry, ChannelKind, ConversationEvent, ConversationState,
+    ConversationStateChanged, CustomersMerged, Direction, EventKind, IdentityHandle,
+    IdentityLinkChanged, MessageEntry, TimelineEvent, timeline_event::Entry,
 };
 
 use crate::error::ThreadingError;
@@ -157,7 +157,8 @@ pub struct Lookups {
     pub message_ids: Vec<String>,
     /// Normalized subject for the fallback (empty: none).
     pub subject: String,
-    /// Event id of the edited message, if this is an edit.
+    /// Event id of the edited message, if this is an edit, or of the
+    /// message an attachment update fills in.
     pub edits_event_id: Option<String>,
 }
 
@@ -255,6 +256,21 @@ fn claims_of(input: &InboundEvent, primary: &IdentityHandle) -> Vec<(HandleKey, 
 /// What [`plan`] needs looked up for `input`.
 pub fn lookups(input: &InboundEvent) -> Result<Lookups, ThreadingError> {
     let event = &input.event;
+    if event.kind == EventKind::AttachmentStored as i32 {
+        // Its message says who and where; nothing else is looked up.
+        let update = event
+            .attachment_stored
+            .as_ref()
+            .ok_or(ThreadingError::MissingAttachmentUpdate)?;
+        return Ok(Lookups {
+            event_id: event.event_id.clone(),
+            handles: Vec::new(),
+            claims: Vec::new(),
+            message_ids: Vec::new(),
+            subject: String::new(),
+            edits_event_id: Some(update.message_event_id.clone()),
+        });
+    }
     let primary = customer_handle(event)?;
     let mut handles = vec![key_of(primary)?];
     let claims = claims_of(input, primary);
@@ -324,6 +340,9 @@ pub fn plan_with(
     let event = &input.event;
     if event.event_id.is_empty() {
         return Err(ThreadingError::MissingEventId);
+    }
+    if event.kind == EventKind::AttachmentStored as i32 {
+        return plan_attachment(event, snapshot);
     }
     let now = event_time_ms(event);
     let trusted = config.trusted_claim_channels.contains(&event.channel_id);
@@ -579,6 +598,84 @@ pub fn plan_with(
         timeline,
         next_sequence: sequence,
     })))
+}
+
+/// Places an attachment update in its message's conversation, on the
+/// timeline of the customer that conversation belongs to now: one entry,
+/// and no other change (the conversation's activity time stays, so a
+/// slow download never keeps a chat open). The store also rewrites the
+/// message's own entry ([`apply_stored_attachment`]).
+fn plan_attachment(
+    event: &ConversationEvent,
+    snapshot: &Snapshot,
+) -> Result<Decision, ThreadingError> {
+    let update = event
+        .attachment_stored
+        .clone()
+        .ok_or(ThreadingError::MissingAttachmentUpdate)?;
+    let conversation = snapshot
+        .edited_conversation
+        .as_deref()
+        .and_then(|id| snapshot.conversations.iter().find(|c| c.id == id))
+        .ok_or_else(|| ThreadingError::UnthreadedMessage(update.message_event_id.clone()))?;
+    let customer = conversation.customer.clone();
+    let sequence = snapshot.next_sequence.get(&customer).copied().unwrap_or(1);
+    let entry = TimelineEvent {
+        timeline_event_id: event.event_id.clone(),
+        customer_id: customer.as_str().to_owned(),
+        sequence,
+        conversation_id: conversation.id.clone(),
+        recorded_at: event.ingested_at.or(event.received_at),
+        entry: Some(Entry::AttachmentStored(AttachmentStoredEntry {
+            message_event_id: update.message_event_id,
+            attachment_index: update.attachment_index,
+            attachment: update.attachment,
+            error: update.error,
+        })),
+    };
+    Ok(Decision::Threaded(Box::new(Plan {
+        customer,
+        create_customer: false,
+        merged: Vec::new(),
+        links: Vec::new(),
+        suggestions: Vec::new(),
+        conversations: Vec::new(),
+        message_id: None,
+        conversation_id: conversation.id.clone(),
+        timeline: vec![entry],
+        next_sequence: sequence + 1,
+    })))
+}
+
+/// Fills a message's timeline entry in with a stored file: attachment
+/// `index` takes the file's `uri`, `sha256` and `size`, and its media type
+/// when the update names one; its name stays. False when nothing changed
+/// (not a message, no such attachment, or applied before), so applying an
+/// update twice writes nothing.
+pub fn apply_stored_attachment(entry: &mut TimelineEvent, index: u32, stored: &Attachment) -> bool {
+    let Some(Entry::Message(message)) = &mut entry.entry else {
+        return false;
+    };
+    let Some(attachment) = message
+        .event
+        .as_mut()
+        .and_then(|e| e.content.as_mut())
+        .and_then(|c| c.attachments.get_mut(index as usize))
+    else {
+        return false;
+    };
+    let mut filled = attachment.clone();
+    filled.uri.clone_from(&stored.uri);
+    filled.sha256.clone_from(&stored.sha256);
+    filled.size = stored.size;
+    if !stored.media_type.is_empty() {
+        filled.media_type.clone_from(&stored.media_type);
+    }
+    if *attachment == filled {
+        return false;
+    }
+    *attachment = filled;
+    true
 }
 
 #[cfg(test)]

@@ -249,6 +249,29 @@ macro_rules! sql_store {
                         overlay.add_conversation(Self::conversation_row(r)?);
                     }
                 }
+                let missing = overlay.missing_customers();
+                for ids in $crate::batch::key_chunks(&missing) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, next_sequence FROM customers WHERE id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in &ids {
+                        list.push_bind(id.as_str().to_owned());
+                    }
+                    q.push(concat!(") ORDER BY id", $lock));
+                    let rows = q
+                        .build()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .ctx("locking customers")?;
+                    for r in &rows {
+                        let next: i64 = r.try_get(1).ctx("decoding customer")?;
+                        overlay.add_customer(
+                            $crate::CustomerId::from_string(r.try_get(0).ctx("decoding customer")?),
+                            u64::try_from(next).unwrap_or(1),
+                        );
+                    }
+                }
                 Ok(())
             }
 
@@ -302,6 +325,24 @@ macro_rules! sql_store {
                     }
                     Write::InsertSuggestion { customer, key } => {
                         Self::insert_suggestion(tx, customer.as_str(), &key).await
+                    }
+                    Write::StoreAttachment {
+                        customers,
+                        message_event_id,
+                        index,
+                        attachment,
+                    } => {
+                        for customer in &customers {
+                            Self::fill_attachment(
+                                tx,
+                                customer.as_str(),
+                                &message_event_id,
+                                index,
+                                &attachment,
+                            )
+                            .await?;
+                        }
+                        Ok(())
                     }
                     _ => Ok(()),
                 }
@@ -443,6 +484,21 @@ macro_rules! sql_store {
                         snapshot.conversations.push(conv);
                     }
                 }
+                // An attachment update goes on the timeline of its
+                // message's conversation's customer.
+                let edited_customer = snapshot.edited_conversation.as_ref().and_then(|id| {
+                    snapshot
+                        .conversations
+                        .iter()
+                        .find(|c| c.id == *id)
+                        .map(|c| c.customer.clone())
+                });
+                if let Some(customer) = edited_customer
+                    && !snapshot.next_sequence.contains_key(&customer)
+                {
+                    let next = Self::lock_customer(tx, &customer).await?;
+                    snapshot.next_sequence.insert(customer, next);
+                }
                 Ok(snapshot)
             }
 
@@ -514,8 +570,42 @@ macro_rules! sql_store {
                 .ctx("recording event")?;
                 for entry in &plan.timeline {
                     Self::append_outbox(tx, entry).await?;
+                    if let Some(omni_proto::v1::timeline_event::Entry::AttachmentStored(update)) =
+                        &entry.entry
+                        && let Some(attachment) = &update.attachment
+                    {
+                        Self::fill_attachment(
+                            tx,
+                            survivor,
+                            &update.message_event_id,
+                            update.attachment_index,
+                            attachment,
+                        )
+                        .await?;
+                    }
                 }
                 Self::set_next_sequence(tx, survivor, plan.next_sequence).await
+            }
+
+            /// Fills the timeline row of message `message_event_id` in with
+            /// a stored file; the row is `customer`'s or, if the message
+            /// came before a merge, a merged customer's.
+            async fn fill_attachment(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                message_event_id: &str,
+                index: u32,
+                attachment: &omni_proto::v1::Attachment,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let customers: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM customers WHERE id = $1 OR merged_into = $1",
+                )
+                .bind(customer)
+                .fetch_all(&mut **tx)
+                .await
+                .ctx("reading merged customers")?;
+                Self::rewrite_attachment(tx, &customers, message_event_id, index, attachment).await
             }
 
             /// The owner of a handle, resolved through merges.
@@ -1153,6 +1243,49 @@ macro_rules! sql_shared {
                             .push_bind(prost::Message::encode_to_vec(entry));
                     });
                     q.build().execute(&mut **tx).await.ctx("writing outbox")?;
+                }
+                Ok(())
+            }
+
+            /// Fills the timeline row of message `message_event_id`, among
+            /// `customers`' rows, in with a stored file (see
+            /// [`crate::logic::apply_stored_attachment`]); a row already
+            /// filled in is not written again.
+            async fn rewrite_attachment(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customers: &[String],
+                message_event_id: &str,
+                index: u32,
+                attachment: &omni_proto::v1::Attachment,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                if customers.is_empty() {
+                    return Ok(());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, payload FROM timeline WHERE timeline_event_id = ",
+                );
+                q.push_bind(message_event_id.to_owned());
+                q.push(" AND customer_id IN (");
+                let mut list = q.separated(", ");
+                for customer in customers {
+                    list.push_bind(customer.clone());
+                }
+                q.push(")");
+                let rows = q
+                    .build()
+                    .fetch_all(&mut **tx)
+                    .await
+                    .ctx("reading the message's timeline row")?;
+                for mut row in Self::outbox_rows(rows)? {
+                    if $crate::logic::apply_stored_attachment(&mut row.event, index, attachment) {
+                        sqlx::query("UPDATE timeline SET payload = $1 WHERE id = $2")
+                            .bind(prost::Message::encode_to_vec(&row.event))
+                            .bind(row.id)
+                            .execute(&mut **tx)
+                            .await
+                            .ctx("storing the attachment in the message's row")?;
+                    }
                 }
                 Ok(())
             }

@@ -201,7 +201,12 @@ impl SqliteStore {
         for part in inputs.chunks(PART) {
             let part_lookups = lookups.by_ref().take(part.len()).collect();
             outcomes.extend(plan_batch(config, part, part_lookups, &mut overlay));
-            pipeline.push(overlay.take_writes())?;
+            let writes = overlay
+                .take_writes()
+                .into_iter()
+                .map(|write| with_merged_customers(write, &journaled.state))
+                .collect();
+            pipeline.push(writes)?;
         }
         pipeline.finish(&mut journaled).await?;
         Ok(outcomes)
@@ -239,6 +244,36 @@ impl SqliteStore {
     }
 }
 
+/// A message's timeline row stays with the customer it was written for;
+/// that customer may since have been merged into the one an attachment
+/// update goes to, so the update looks among the merged customers' rows
+/// too.
+fn with_merged_customers(write: Write, state: &State) -> Write {
+    match write {
+        Write::StoreAttachment {
+            customers,
+            message_event_id,
+            index,
+            attachment,
+        } => {
+            let mut all: Vec<CustomerId> = customers
+                .iter()
+                .flat_map(|c| state.timeline_customers(c))
+                .chain(customers.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            Write::StoreAttachment {
+                customers: all,
+                message_event_id,
+                index,
+                attachment,
+            }
+        }
+        write => write,
+    }
+}
+
 /// Events planned before their rows are handed to the writing task: small
 /// enough that SQLite starts early, large enough for multi-row statements.
 const PART: usize = 128;
@@ -258,10 +293,20 @@ struct Pipeline {
     customers: Vec<String>,
 }
 
-/// A part's journal row (its changes, JSON) and timeline rows.
+/// A part's journal row (its changes, JSON), timeline rows, and the
+/// message rows its attachment updates fill in.
 struct Part {
     json: String,
     timeline: Vec<TimelineEvent>,
+    fills: Vec<Fill>,
+}
+
+/// A [`Write::StoreAttachment`], for the writing task.
+struct Fill {
+    customers: Vec<String>,
+    message_event_id: String,
+    index: u32,
+    attachment: Box<omni_proto::v1::Attachment>,
 }
 
 /// The transaction after its parts were written, and the last journal
@@ -293,6 +338,16 @@ impl Pipeline {
                 .await
                 .ctx("journaling state")?;
                 SqliteStore::append_timeline(&mut tx, &part.timeline).await?;
+                for fill in &part.fills {
+                    SqliteStore::rewrite_attachment(
+                        &mut tx,
+                        &fill.customers,
+                        &fill.message_event_id,
+                        fill.index,
+                        &fill.attachment,
+                    )
+                    .await?;
+                }
                 journal_id = Some(id);
             }
             Ok(Written { tx, journal_id })
@@ -312,6 +367,7 @@ impl Pipeline {
             return Ok(());
         }
         let mut timeline = Vec::new();
+        let mut fills = Vec::new();
         let first = self.changes.len();
         for write in writes {
             match write {
@@ -319,13 +375,28 @@ impl Pipeline {
                     self.customers.push(entry.customer_id.clone());
                     timeline.push(*entry);
                 }
+                Write::StoreAttachment {
+                    customers,
+                    message_event_id,
+                    index,
+                    attachment,
+                } => fills.push(Fill {
+                    customers: customers.iter().map(|c| c.as_str().to_owned()).collect(),
+                    message_event_id,
+                    index,
+                    attachment,
+                }),
                 change => self.changes.push(change),
             }
         }
         let json = serde_json::to_string(&self.changes[first..])
             .map_err(|source| StoreError::Journal { id: 0, source })?;
         // A closed channel means the task failed: `finish` reports why.
-        let _ = self.parts.send(Part { json, timeline });
+        let _ = self.parts.send(Part {
+            json,
+            timeline,
+            fills,
+        });
         Ok(())
     }
 

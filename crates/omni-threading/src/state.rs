@@ -156,7 +156,7 @@ impl State {
                 self.processed
                     .insert(event_id.clone(), conversation.clone());
             }
-            Write::Timeline(_) => {}
+            Write::Timeline(_) | Write::StoreAttachment { .. } => {}
             Write::Merge { survivor, loser } => self.merge(survivor, loser),
             Write::DeleteSuggestion { customer, key } => self.unsuggest(customer, key),
             // INSERT ... ON CONFLICT DO NOTHING
@@ -385,6 +385,11 @@ impl State {
         for id in overlay.missing_conversations() {
             if let Some(c) = self.conversations.get(&id) {
                 overlay.add_conversation(c.clone());
+            }
+        }
+        for id in overlay.missing_customers() {
+            if let Some(c) = self.customers.get(&id) {
+                overlay.add_customer(id, c.next_sequence);
             }
         }
     }

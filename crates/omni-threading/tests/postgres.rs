@@ -123,6 +123,7 @@ single_store_cases!(
     commands_close_and_reopen_conversations,
     commands_link_merge_split_unlink,
     lease_has_one_holder,
+    attachment_updates_fill_in_their_message,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
