@@ -259,6 +259,7 @@ pub fn parse_message(
         provider_metadata: metadata,
         delivery: None,
         sender_identities: Vec::new(),
+        attachment_stored: None,
     };
     Ok(ParsedEmail {
         event,
