@@ -106,6 +106,8 @@ pub struct Wiring {
     pub state: Option<Arc<dyn StateStore>>,
     /// The attachment store; `None` keeps attachments in memory.
     pub attachments: Option<Arc<dyn AttachmentStore>>,
+    /// The durable media queue; `None` only records jobs (`check-config`).
+    pub media: Option<Arc<dyn omni_connector::MediaQueue>>,
 }
 
 impl Wiring {
@@ -117,6 +119,9 @@ impl Wiring {
         }
         if let Some(attachments) = &self.attachments {
             context.attachments = attachments.clone();
+        }
+        if let Some(media) = &self.media {
+            context.media = media.clone();
         }
         context
     }
@@ -295,6 +300,7 @@ mod tests {
             public_base_url: None,
             state: None,
             attachments: None,
+            media: None,
         };
         let result = load(dir.path(), &registry(), &wiring, None);
         (dir, result)

@@ -4,6 +4,7 @@ mod channels;
 mod commands;
 mod consume;
 mod listener;
+mod media;
 mod outbound;
 mod server;
 mod settings;
@@ -120,6 +121,7 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<std::process::ExitCo
         public_base_url: settings.http.public_base_url.clone(),
         state: None,
         attachments: None,
+        media: None,
     };
     match channels::load(&settings.channels.dir, &channels::registry(), &wiring, None) {
         Ok(channels) => {
@@ -230,6 +232,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
     let state_path = settings.data_dir.join("channel-state.sqlite3");
     let state_store = omni_connector::SqliteStateStore::open(&state_path)
         .with_context(|| format!("cannot open channel state {}", state_path.display()))?;
+    let media_queue = media::open(&settings)?;
     let wiring = channels::Wiring {
         sender,
         public_base_url: public.clone(),
@@ -237,6 +240,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         attachments: Some(Arc::new(omni_connector::FsAttachmentStore::new(
             settings.attachments_dir(),
         ))),
+        media: Some(media_queue.clone()),
     };
     let initial =
         channels::load(&settings.channels.dir, &factories, &wiring, None).map_err(|errors| {
@@ -257,6 +261,14 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         settings.http.max_body_bytes,
         public.clone(),
         prometheus,
+    );
+    let media = media::start(
+        &settings,
+        media_queue,
+        &state,
+        Arc::new(omni_connector::FsAttachmentStore::new(settings.attachments_dir())),
+        wiring.sender.clone(),
+        &shutdown,
     );
     let outbound = outbound::start(&settings, log.clone(), &wiring, &state, &shutdown)?;
     let threading_store = threading::Store::open(&settings).await?;
@@ -305,6 +317,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         runners.stop_all(grace).await;
     }
     outbound.stop(grace).await;
+    media.stop(grace).await;
     threading.stop(grace).await;
     match tokio::time::timeout(grace, log.close()).await {
         Ok(Ok(())) => tracing::info!("event log closed, bye"),

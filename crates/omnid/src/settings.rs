@@ -30,10 +30,47 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub threading: ThreadingSettings,
+    #[serde(default)]
+    pub media: MediaSettings,
     /// Upper bound (seconds) on draining in-flight requests and queued
     /// events at shutdown.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+}
+
+/// Deferred media: the files a message names are downloaded after the
+/// message is durable (webhooks are answered without waiting for them),
+/// from a queue in `<data_dir>/media-queue.sqlite3`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Downloads in progress at a time, over all channels.
+    #[serde(default = "default_media_concurrency")]
+    pub concurrency: std::num::NonZeroUsize,
+    /// A download that keeps failing temporarily (timeouts, 5xx) is retried
+    /// with backoff (5 s doubling to 1 h) until its job is this many
+    /// seconds old, then given up; the message keeps the provider's
+    /// reference. A download the provider refuses (404) is given up at
+    /// once.
+    #[serde(default = "default_media_max_age_secs")]
+    pub max_age_secs: u64,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: default_media_concurrency(),
+            max_age_secs: default_media_max_age_secs(),
+        }
+    }
+}
+
+const fn default_media_concurrency() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(4).expect("4 is not zero")
+}
+
+const fn default_media_max_age_secs() -> u64 {
+    3 * 24 * 3600
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
