@@ -223,12 +223,11 @@ fn normalize_message(
                 "the message has no content the Bot API types can read",
             ));
         }
-        _ => {
-            return Outcome::Invalid(ParseError::new(
-                "unsupported_message",
-                "a message kind omnid does not ingest (a service message such as members joining, a pin or a title change; a payment; a dice)",
-            ));
-        }
+        // Service messages (members joining, a pin, a title change, a
+        // payment, a dice) say nothing a customer wrote: counted and
+        // logged, not dead-lettered, or every join in a group chat would
+        // fill the dead-letter topic.
+        _ => return Outcome::Ignored("service_message"),
     };
     let Some(from) = message.from.as_ref() else {
         return Outcome::Invalid(ParseError::new(
@@ -651,7 +650,7 @@ mod tests {
         let caption = r#"{"update_id":501,"message":{"message_id":501,"date":1765000000,"chat":{"id":559,"type":"private"},"from":{"id":559,"is_bot":false,"first_name":"E"},"photo":[{"file_id":"p","file_unique_id":"u","width":1,"height":1}],"caption":7}}"#;
         assert!(matches!(outcome(caption), Outcome::Invalid(e) if e.code == "unreadable_message"));
         let joined = r#"{"update_id":502,"message":{"message_id":502,"date":1765000000,"chat":{"id":-5,"type":"group","title":"G"},"from":{"id":559,"is_bot":false,"first_name":"E"},"new_chat_members":[{"id":560,"is_bot":false,"first_name":"F"}]}}"#;
-        assert!(matches!(outcome(joined), Outcome::Invalid(e) if e.code == "unsupported_message"));
+        assert_eq!(outcome(joined), Outcome::Ignored("service_message"));
         let edited = r#"{"update_id":503,"edited_message":{"message_id":503,"date":1765000000,"edit_date":1765000001,"chat":{"id":559,"type":"private"},"from":{"id":559,"is_bot":false,"first_name":"E"},"text":false}}"#;
         assert!(matches!(outcome(edited), Outcome::Invalid(e) if e.code == "unreadable_message"));
     }
