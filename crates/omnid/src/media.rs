@@ -48,7 +48,7 @@ pub fn start(
             .and_then(|channel| channel.connector.media())
     });
     let config = MediaWorkerConfig {
-        concurrency: settings.media.concurrency.get(),
+        concurrency: settings.media.concurrency,
         max_age: Duration::from_secs(settings.media.max_age_secs),
         ..MediaWorkerConfig::default()
     };

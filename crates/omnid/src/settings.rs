@@ -44,9 +44,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaSettings {
-    /// Downloads in progress at a time, over all channels.
+    /// Downloads in progress at a time, over all channels (0 counts as 1).
     #[serde(default = "default_media_concurrency")]
-    pub concurrency: std::num::NonZeroUsize,
+    pub concurrency: usize,
     /// A download that keeps failing temporarily (timeouts, 5xx) is retried
     /// with backoff (5 s doubling to 1 h) until its job is this many
     /// seconds old, then given up; the message keeps the provider's
@@ -65,8 +65,8 @@ impl Default for MediaSettings {
     }
 }
 
-const fn default_media_concurrency() -> std::num::NonZeroUsize {
-    std::num::NonZeroUsize::new(4).expect("4 is not zero")
+const fn default_media_concurrency() -> usize {
+    4
 }
 
 const fn default_media_max_age_secs() -> u64 {
