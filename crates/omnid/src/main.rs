@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     channels::ChannelSet,
-    settings::{Settings, Topics},
+    settings::{LogBackend, Settings, Topics},
 };
 
 #[derive(Debug, Parser)]
@@ -159,8 +159,8 @@ enum LogUse {
 /// creates, when allowed) the topics first, so a wrong cluster or missing
 /// topic is a startup error rather than a stream of failed webhooks.
 async fn open_log(settings: &Settings, usage: LogUse) -> anyhow::Result<Arc<dyn EventLog>> {
-    match settings.log.backend.as_str() {
-        "kafka" => {
+    match settings.log.backend {
+        LogBackend::Kafka => {
             let kafka = &settings.log.kafka;
             let log = KafkaLog::new(KafkaLogConfig {
                 brokers: kafka.brokers.clone(),
@@ -201,7 +201,7 @@ async fn open_log(settings: &Settings, usage: LogUse) -> anyhow::Result<Arc<dyn 
             let spooled = SpooledLog::new(Arc::new(log), file, config).await?;
             Ok(Arc::new(spooled))
         }
-        _ => {
+        LogBackend::Sqlite => {
             let path = settings.sqlite_path();
             let config = SqliteLogConfig {
                 max_batch: settings.log.sqlite.max_batch,
@@ -216,8 +216,7 @@ async fn open_log(settings: &Settings, usage: LogUse) -> anyhow::Result<Arc<dyn 
 
 async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings::load(config)?;
-    let format = settings.telemetry.log_format.parse()?;
-    omni_telemetry::init_tracing(format, &settings.telemetry.log_level)?;
+    omni_telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level)?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
@@ -225,7 +224,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
 
     let log = open_log(&settings, LogUse::Daemon).await?;
     let topics = Topics::new(&settings.log.topic_prefix);
-    let encoding = sink::Encoding::from_setting(&settings.log.encoding);
+    let encoding = settings.log.encoding;
     let sender = EventSender::new(Arc::new(sink::LogSink::new(log.clone(), topics, encoding)));
     let factories = channels::registry();
     let public = settings.http.public_base_url.clone();
@@ -266,7 +265,9 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         &settings,
         media_queue,
         &state,
-        Arc::new(omni_connector::FsAttachmentStore::new(settings.attachments_dir())),
+        Arc::new(omni_connector::FsAttachmentStore::new(
+            settings.attachments_dir(),
+        )),
         wiring.sender.clone(),
         &shutdown,
     );

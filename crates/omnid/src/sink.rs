@@ -17,10 +17,12 @@ use omni_telemetry::events::{LogAppended, LogMetrics};
 
 use crate::settings::Topics;
 
-/// How payloads are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How payloads are written (`log.encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Encoding {
     /// Binary protobuf (`application/protobuf`): compact, the default.
+    #[default]
     Protobuf,
     /// The protobuf JSON mapping (`application/json`), for consumers
     /// without protobuf tooling.
@@ -28,15 +30,6 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// From the validated `log.encoding` setting.
-    pub fn from_setting(value: &str) -> Self {
-        if value == "json" {
-            Self::Json
-        } else {
-            Self::Protobuf
-        }
-    }
-
     fn content_type(self) -> &'static str {
         match self {
             Self::Protobuf => cloudevents::CONTENT_TYPE_PROTOBUF,

@@ -498,13 +498,16 @@ mod tests {
             &state,
             &shutdown,
         );
+        until("the failing channel is tried", || {
+            down.attempts.load(Ordering::SeqCst) >= 1
+        })
+        .await;
         until("the other channel's replies are sent meanwhile", || {
             up.sent().len() == 3
         })
         .await;
         assert_eq!(up.sent(), ["r1", "r2", "r3"]);
         assert!(down.sent().is_empty());
-        assert!(down.attempts.load(Ordering::SeqCst) >= 1);
 
         down.down.store(false, Ordering::SeqCst);
         until("the recovered channel's replies are sent", || {

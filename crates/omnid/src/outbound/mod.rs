@@ -58,7 +58,7 @@ use crate::{
     channels::Wiring,
     server::AppState,
     settings::{Settings, Topics},
-    sink::{Encoding, LogSink},
+    sink::LogSink,
 };
 
 /// The consumer group of the dispatcher on the outbound topic.
@@ -114,11 +114,7 @@ pub fn start(
         let token = token
             .resolve()
             .map_err(|e| anyhow::anyhow!("http.api_token: {e}"))?;
-        let sink = LogSink::new(
-            log.clone(),
-            topics.clone(),
-            Encoding::from_setting(&settings.log.encoding),
-        );
+        let sink = LogSink::new(log.clone(), topics.clone(), settings.log.encoding);
         state.enable_outbound_api(OutboundApi::new(&token, sink));
     }
     Ok(spawn(

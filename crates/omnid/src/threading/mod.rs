@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause},
     settings::{Settings, Topics},
-    sink::{Encoding, LogSink},
+    sink::LogSink,
 };
 
 /// The consumer group of the threading worker on the inbound topic.
@@ -100,7 +100,7 @@ impl Store {
     /// Opens the configured store (and migrates it).
     pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
         let threading = &settings.threading;
-        if threading.store == "postgres" {
+        if threading.store == crate::settings::ThreadingStoreKind::Postgres {
             let url = threading
                 .postgres_url
                 .as_ref()
@@ -205,7 +205,7 @@ pub fn start(
         sink: LogSink::new(
             log.clone(),
             topics.clone(),
-            Encoding::from_setting(&settings.log.encoding),
+            settings.log.encoding,
         ),
         log,
         topic: topics.timeline,
