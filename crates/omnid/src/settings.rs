@@ -8,7 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
+use omni_telemetry::LogFormat;
+use serde::{Deserialize, Deserializer, de::IntoDeserializer as _};
+
+pub use crate::sink::Encoding;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,19 +138,70 @@ pub struct HttpSettings {
     pub api_token: Option<omni_connector::SecretRef>,
 }
 
+/// Where events are stored. A closed set, so a misspelt backend is a
+/// config error rather than the embedded log by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogBackend {
+    /// The embedded SQLite log in the data directory.
+    #[default]
+    Sqlite,
+    /// A Kafka cluster (`log.kafka`), with the local spool in front.
+    Kafka,
+}
+
+/// Which threading store a deployment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadingStoreKind {
+    /// Embedded, a file in the data directory.
+    #[default]
+    Sqlite,
+    /// Shared by every worker (`threading.postgres_url`).
+    Postgres,
+}
+
+/// `telemetry.log_format` read straight into the telemetry crate's type.
+#[derive(Deserialize)]
+#[serde(remote = "LogFormat", rename_all = "snake_case")]
+enum LogFormatSetting {
+    Auto,
+    Pretty,
+    Json,
+}
+
+/// Reads a closed-set setting from its text by serde's own enum rules, so
+/// an unknown value is an error that lists the accepted ones (the config
+/// crate's enum error names none).
+fn closed_set<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let text = String::deserialize(deserializer)?;
+    T::deserialize(text.as_str().into_deserializer())
+        .map_err(|e: serde::de::value::Error| serde::de::Error::custom(e))
+}
+
+fn log_format<'de, D: Deserializer<'de>>(deserializer: D) -> Result<LogFormat, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    LogFormatSetting::deserialize(text.as_str().into_deserializer())
+        .map_err(|e: serde::de::value::Error| serde::de::Error::custom(e))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    /// `sqlite`: the embedded default.
-    #[serde(default = "default_backend")]
-    pub backend: String,
+    /// `sqlite` (the embedded default) or `kafka`.
+    #[serde(default, deserialize_with = "closed_set")]
+    pub backend: LogBackend,
     /// Prefix of every topic name (`omni.` gives `omni.inbound.v1`).
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
     /// Payload encoding: `protobuf` (default) or `json` (the protobuf JSON
     /// mapping), announced by each record's `content-type` header.
-    #[serde(default = "default_encoding")]
-    pub encoding: String,
+    #[serde(default, deserialize_with = "closed_set")]
+    pub encoding: Encoding,
     #[serde(default)]
     pub sqlite: SqliteSettings,
     #[serde(default)]
@@ -240,8 +294,8 @@ pub struct ChannelSettings {
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// `auto` (pretty on a terminal, JSON otherwise), `pretty` or `json`.
-    #[serde(default = "default_log_format")]
-    pub log_format: String,
+    #[serde(default, deserialize_with = "log_format")]
+    pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `info,omni_api=debug`; `RUST_LOG`
     /// overrides it.
     #[serde(default = "default_log_level")]
@@ -259,8 +313,8 @@ pub struct ThreadingSettings {
     pub enabled: bool,
     /// The state store: `sqlite` (embedded, a file in the data directory)
     /// or `postgres` (production, shared by every worker).
-    #[serde(default = "default_threading_store")]
-    pub store: String,
+    #[serde(default, deserialize_with = "closed_set")]
+    pub store: ThreadingStoreKind,
     /// SQLite store file; default `<data_dir>/threading.sqlite3`.
     #[serde(default)]
     pub sqlite_path: Option<PathBuf>,
@@ -309,9 +363,6 @@ impl ThreadingSettings {
     }
 }
 
-fn default_threading_store() -> String {
-    "sqlite".into()
-}
 const fn default_threading_max_connections() -> u32 {
     8
 }
@@ -351,12 +402,6 @@ const fn default_max_inflight_body_bytes_per_peer() -> usize {
 }
 const fn default_shutdown_timeout_secs() -> u64 {
     30
-}
-fn default_backend() -> String {
-    "sqlite".into()
-}
-fn default_encoding() -> String {
-    "protobuf".into()
 }
 fn default_brokers() -> String {
     "127.0.0.1:9092".into()
@@ -402,9 +447,6 @@ fn default_channels_dir() -> PathBuf {
 }
 const fn default_reload_interval_secs() -> u64 {
     2
-}
-fn default_log_format() -> String {
-    "auto".into()
 }
 fn default_log_level() -> String {
     "info".into()
@@ -469,18 +511,6 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !matches!(self.log.backend.as_str(), "sqlite" | "kafka") {
-            return Err(format!(
-                "log.backend: unknown backend `{}`, expected `sqlite` or `kafka`",
-                self.log.backend
-            ));
-        }
-        if !matches!(self.log.encoding.as_str(), "protobuf" | "json") {
-            return Err(format!(
-                "log.encoding: unknown encoding `{}`, expected `protobuf` or `json`",
-                self.log.encoding
-            ));
-        }
         if self.log.kafka.partitions < 1 || self.log.kafka.replication_factor < 1 {
             return Err("log.kafka: partitions and replication_factor must be at least 1".into());
         }
@@ -508,27 +538,16 @@ impl Settings {
         if self.log.sqlite.max_batch == 0 || self.log.sqlite.queue_capacity == 0 {
             return Err("log.sqlite: max_batch and queue_capacity must be at least 1".into());
         }
-        match self.threading.store.as_str() {
-            "sqlite" => {}
-            "postgres" if self.threading.postgres_url.is_none() => {
+        if self.threading.store == ThreadingStoreKind::Postgres {
+            if self.threading.postgres_url.is_none() {
                 return Err(
                     "threading.postgres_url: required with threading.store = \"postgres\"".into(),
                 );
             }
-            "postgres" if self.threading.max_connections == 0 => {
+            if self.threading.max_connections == 0 {
                 return Err("threading.max_connections: must be at least 1".into());
             }
-            "postgres" => {}
-            other => {
-                return Err(format!(
-                    "threading.store: unknown store `{other}`, expected `sqlite` or `postgres`"
-                ));
-            }
         }
-        self.telemetry
-            .log_format
-            .parse::<omni_telemetry::LogFormat>()
-            .map_err(|e| format!("telemetry.log_format: {e}"))?;
         if let Some(base) = &self.http.public_base_url
             && !(base.starts_with("https://") || base.starts_with("http://"))
         {
@@ -609,5 +628,89 @@ impl Topics {
             "commands" => self.commands.clone(),
             other => other.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (tempfile::TempDir, Result<Settings, SettingsError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("omnid.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = Settings::load(&path);
+        (dir, loaded)
+    }
+
+    #[test]
+    fn closed_sets_default_and_parse() {
+        let (_dir, defaults) = load("");
+        let defaults = defaults.unwrap();
+        assert_eq!(defaults.log.backend, LogBackend::Sqlite);
+        assert_eq!(defaults.log.encoding, Encoding::Protobuf);
+        assert_eq!(defaults.threading.store, ThreadingStoreKind::Sqlite);
+        assert_eq!(defaults.telemetry.log_format, LogFormat::Auto);
+
+        let (_dir, chosen) = load(
+            "[log]\nbackend = \"kafka\"\nencoding = \"json\"\n\
+             [threading]\nstore = \"postgres\"\npostgres_url = { env = \"PG_URL\" }\n\
+             [telemetry]\nlog_format = \"pretty\"\n",
+        );
+        let chosen = chosen.unwrap();
+        assert_eq!(chosen.log.backend, LogBackend::Kafka);
+        assert_eq!(chosen.log.encoding, Encoding::Json);
+        assert_eq!(chosen.threading.store, ThreadingStoreKind::Postgres);
+        assert_eq!(chosen.telemetry.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn an_unknown_value_names_the_file_the_key_and_the_accepted_values() {
+        let cases = [
+            (
+                "[log]\nbackend = \"kafak\"",
+                "log.backend",
+                "kafak",
+                &["sqlite", "kafka"][..],
+            ),
+            (
+                "[log]\nencoding = \"avro\"",
+                "log.encoding",
+                "avro",
+                &["protobuf", "json"],
+            ),
+            (
+                "[threading]\nstore = \"mysql\"",
+                "threading.store",
+                "mysql",
+                &["sqlite", "postgres"],
+            ),
+            (
+                "[telemetry]\nlog_format = \"xml\"",
+                "telemetry.log_format",
+                "xml",
+                &["auto", "pretty", "json"],
+            ),
+        ];
+        for (text, key, value, accepted) in cases {
+            let (dir, loaded) = load(text);
+            let message = loaded.unwrap_err().to_string();
+            assert!(
+                message.starts_with(&dir.path().join("omnid.toml").display().to_string()),
+                "{message}"
+            );
+            assert!(message.contains(&format!("`{key}`")), "{message}");
+            assert!(message.contains(&format!("`{value}`")), "{message}");
+            for accepted in accepted {
+                assert!(message.contains(&format!("`{accepted}`")), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn postgres_needs_its_url() {
+        let (_dir, loaded) = load("[threading]\nstore = \"postgres\"");
+        let message = loaded.unwrap_err().to_string();
+        assert!(message.contains("threading.postgres_url"), "{message}");
     }
 }
