@@ -477,6 +477,7 @@ pub fn build(
             client,
             credentials: credentials.clone(),
             max_bytes: config.max_media_bytes,
+            origin: origin(&config.api_base).unwrap_or_default(),
         }) as Arc<dyn MediaFetcher>
     });
     let channel = TwilioChannel {
@@ -576,12 +577,28 @@ pub struct TwilioMedia {
     client: reqwest::Client,
     credentials: Credentials,
     max_bytes: u64,
+    /// The origin of `api_base`: the only host the account's credentials
+    /// are sent to. A media URL comes from the webhook's body, and a
+    /// channel with verification off takes bodies from anyone.
+    origin: String,
+}
+
+/// `scheme://host[:port]` of a URL, as reqwest spells it.
+fn origin(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    Some(url.origin().ascii_serialization())
 }
 
 #[async_trait]
 impl MediaFetcher for TwilioMedia {
     async fn fetch(&self, media: &MediaRef) -> Result<Fetched, FetchError> {
         let transport = |e: reqwest::Error| FetchError::Temporary(format!("twilio media: {e}"));
+        if origin(&media.source).as_deref() != Some(self.origin.as_str()) {
+            return Err(FetchError::Permanent(format!(
+                "twilio media: the url is not on {}, so the credentials are not sent there",
+                self.origin
+            )));
+        }
         let mut response = self
             .client
             .get(&media.source)

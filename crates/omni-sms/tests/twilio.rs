@@ -443,7 +443,11 @@ async fn mms_is_answered_at_once_and_its_media_deferred_then_fetched() {
     let base = server(seen.clone()).await;
     let sink = MemorySink::default();
     let queue = MemoryMediaQueue::default();
-    let channel = connector_with_queue(&sink, &queue, "max_media_bytes = 1024\n");
+    let channel = connector_with_queue(
+        &sink,
+        &queue,
+        &format!("max_media_bytes = 1024\napi_base = {base:?}\n"),
+    );
     let hook = channel.webhook().unwrap();
     let response = hook.handle(signed(mms_body(&base).as_bytes(), None)).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -512,7 +516,9 @@ async fn mms_is_answered_at_once_and_its_media_deferred_then_fetched() {
 #[tokio::test(flavor = "multi_thread")]
 async fn media_failures_are_temporary_or_permanent_as_twilio_answers() {
     let base = server(Seen::default()).await;
-    let fetcher = connector(&MemorySink::default(), "").media().unwrap();
+    let fetcher = connector(&MemorySink::default(), &format!("api_base = {base:?}\n"))
+        .media()
+        .unwrap();
     let at = |source: String| MediaRef {
         attachment: 0,
         source,
@@ -535,9 +541,23 @@ async fn media_failures_are_temporary_or_permanent_as_twilio_answers() {
             "{code}"
         );
     }
-    // Nobody listening: temporary.
+    // A media URL on another host than `api_base` (a forged post to a
+    // channel without verification) never gets the account's credentials.
     assert!(matches!(
         fetcher
+            .fetch(&at("https://attacker.example/media/x".into()))
+            .await,
+        Err(FetchError::Permanent(ref reason)) if reason.contains("not on")
+    ));
+    // Nobody listening: temporary.
+    let unreachable = connector(
+        &MemorySink::default(),
+        "api_base = \"http://127.0.0.1:9\"\n",
+    )
+    .media()
+    .unwrap();
+    assert!(matches!(
+        unreachable
             .fetch(&at("http://127.0.0.1:9/media/x".into()))
             .await,
         Err(FetchError::Temporary(_))
