@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, RwLock},
 };
 
 use omni_connector::{
@@ -67,6 +67,25 @@ pub struct Channel {
 
 /// Every configured channel, by id.
 pub type ChannelSet = BTreeMap<String, Channel>;
+
+/// The channels in force, replaced whole by a reload: readers take the
+/// set of the moment and keep it for their request or attempt.
+#[derive(Debug, Clone, Default)]
+pub struct LiveChannels(Arc<RwLock<Arc<ChannelSet>>>);
+
+impl LiveChannels {
+    pub fn new(channels: ChannelSet) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(channels))))
+    }
+
+    pub fn get(&self) -> Arc<ChannelSet> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, channels: ChannelSet) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
+    }
+}
 
 /// A fingerprint of the directory listing (names, sizes, modification
 /// times), to notice edits cheaply between reloads.

@@ -1,8 +1,10 @@
 //! `omnid`: the omnichannel message-ingestion daemon.
 
+mod auth;
 mod channels;
 mod commands;
 mod consume;
+mod event_log;
 mod listener;
 mod media;
 mod outbound;
@@ -23,16 +25,12 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use omni_connector::{Ack, EventSender, EventSink, LogEntry, SendError};
-use omni_log::{
-    EventLog, KafkaLog, KafkaLogConfig, SpoolConfig, SpooledLog, SqliteLog, SqliteLogConfig,
-    TopicSpec,
-};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     channels::ChannelSet,
-    settings::{LogBackend, Settings, Topics},
+    settings::{Settings, Topics},
 };
 
 #[derive(Debug, Parser)]
@@ -146,74 +144,6 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<std::process::ExitCo
     }
 }
 
-/// Who opens the log: the daemon writes (topics checked, spool started);
-/// a reader such as `omnid tail` only reads, and must never drain the
-/// daemon's spool behind its back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogUse {
-    Daemon,
-    Reader,
-}
-
-/// Opens the configured event log. For Kafka, the daemon checks (and
-/// creates, when allowed) the topics first, so a wrong cluster or missing
-/// topic is a startup error rather than a stream of failed webhooks.
-async fn open_log(settings: &Settings, usage: LogUse) -> anyhow::Result<Arc<dyn EventLog>> {
-    match settings.log.backend {
-        LogBackend::Kafka => {
-            let kafka = &settings.log.kafka;
-            let log = KafkaLog::new(KafkaLogConfig {
-                brokers: kafka.brokers.clone(),
-                client_id: kafka.client_id.clone(),
-                linger_ms: kafka.linger_ms,
-                delivery_timeout_ms: kafka.delivery_timeout_ms,
-                max_in_flight_records: kafka.max_in_flight_records,
-                librdkafka: kafka.librdkafka.clone(),
-                ..KafkaLogConfig::default()
-            })?;
-            if usage == LogUse::Reader {
-                return Ok(Arc::new(log));
-            }
-            let topics: Vec<TopicSpec> = Topics::new(&settings.log.topic_prefix)
-                .all()
-                .iter()
-                .map(|name| TopicSpec {
-                    name: (*name).to_owned(),
-                    partitions: kafka.partitions,
-                    replication_factor: kafka.replication_factor,
-                    config: Default::default(),
-                })
-                .collect();
-            log.ensure_topics(&topics, kafka.create_topics)
-                .await
-                .with_context(|| format!("kafka cluster {} is not ready", kafka.brokers))?;
-            let spool = &settings.log.spool;
-            if !spool.enabled {
-                return Ok(Arc::new(log));
-            }
-            let path = settings.spool_path();
-            let file = SqliteLog::open(&path, SqliteLogConfig::default())
-                .with_context(|| format!("cannot open spool {}", path.display()))?;
-            let config = SpoolConfig {
-                max_records: spool.max_records,
-                spool_after: Duration::from_millis(spool.spool_after_ms),
-            };
-            let spooled = SpooledLog::new(Arc::new(log), file, config).await?;
-            Ok(Arc::new(spooled))
-        }
-        LogBackend::Sqlite => {
-            let path = settings.sqlite_path();
-            let config = SqliteLogConfig {
-                max_batch: settings.log.sqlite.max_batch,
-                queue_capacity: settings.log.sqlite.queue_capacity,
-            };
-            let log = SqliteLog::open(&path, config)
-                .with_context(|| format!("cannot open event log {}", path.display()))?;
-            Ok(Arc::new(log))
-        }
-    }
-}
-
 async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings::load(config)?;
     omni_telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level)?;
@@ -222,10 +152,14 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok();
 
-    let log = open_log(&settings, LogUse::Daemon).await?;
+    let log = event_log::open_log(&settings, event_log::LogUse::Daemon).await?;
     let topics = Topics::new(&settings.log.topic_prefix);
     let encoding = settings.log.encoding;
-    let sender = EventSender::new(Arc::new(sink::LogSink::new(log.clone(), topics, encoding)));
+    let sender = EventSender::new(Arc::new(sink::LogSink::new(
+        log.clone(),
+        topics.clone(),
+        encoding,
+    )));
     let factories = channels::registry();
     let public = settings.http.public_base_url.clone();
     let state_path = settings.data_dir.join("channel-state.sqlite3");
@@ -271,7 +205,20 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
         wiring.sender.clone(),
         &shutdown,
     );
-    let outbound = outbound::start(&settings, log.clone(), &wiring, &state, &shutdown)?;
+    if let Some(token) = &settings.http.api_token {
+        let token = token
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("http.api_token: {e}"))?;
+        let sink = sink::LogSink::new(log.clone(), topics.clone(), settings.log.encoding);
+        state.enable_outbound_api(server::OutboundApi::new(auth::ApiToken::new(&token), sink));
+    }
+    let outbound = outbound::start(
+        &settings,
+        log.clone(),
+        &wiring,
+        state.live_channels(),
+        &shutdown,
+    );
     let threading_store = threading::Store::open(&settings).await?;
     state.enable_threading_api(threading_store.shared());
     let threading = threading::start(

@@ -5,7 +5,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, OnceLock, RwLock,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
@@ -28,17 +28,38 @@ use omni_connector::{
 };
 use omni_proto::v1::{ConversationEvent, threading_command::Command};
 use omni_telemetry::events::{
-    CommandMetrics, LogSampler, OutboundRequestHandled, OutboundRequestOutcome, WebhookOutcome,
-    names,
+    CommandMetrics, LogSampler, OutboundRequestHandled, OutboundRequestMetrics,
+    OutboundRequestOutcome, WebhookOutcome, names,
 };
 
 use omni_threading::ThreadingStore;
 
 use crate::{
-    channels::ChannelSet,
+    auth::{ApiToken, unauthorized},
+    channels::{ChannelSet, LiveChannels},
     listener::{Admission, BodyRefusal, Exhausted},
-    outbound::OutboundApi,
+    sink::LogSink,
 };
+
+/// What the `/v1/` API needs, installed on the [`AppState`] when
+/// `http.api_token` is set.
+#[derive(Debug)]
+pub struct OutboundApi {
+    pub token: ApiToken,
+    /// Where `POST /v1/outbound` appends.
+    pub sink: LogSink,
+    pub metrics: OutboundRequestMetrics,
+}
+
+impl OutboundApi {
+    pub fn new(token: ApiToken, sink: LogSink) -> Self {
+        Self {
+            token,
+            sink,
+            metrics: OutboundRequestMetrics::register(),
+        }
+    }
+}
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -47,7 +68,7 @@ pub struct AppState {
 }
 
 struct Inner {
-    channels: RwLock<Arc<ChannelSet>>,
+    channels: LiveChannels,
     max_body_bytes: usize,
     public_base_url: Option<String>,
     ready: AtomicBool,
@@ -73,7 +94,7 @@ impl AppState {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                channels: RwLock::new(Arc::new(channels)),
+                channels: LiveChannels::new(channels),
                 max_body_bytes,
                 public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
                 ready: AtomicBool::new(false),
@@ -87,19 +108,16 @@ impl AppState {
     }
 
     pub fn channels(&self) -> Arc<ChannelSet> {
-        self.inner
-            .channels
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.channels.get()
+    }
+
+    /// The same channels, for the daemon's other parts.
+    pub fn live_channels(&self) -> LiveChannels {
+        self.inner.channels.clone()
     }
 
     pub fn replace_channels(&self, channels: ChannelSet) {
-        *self
-            .inner
-            .channels
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
+        self.inner.channels.replace(channels);
     }
 
     /// Turns on `POST /v1/outbound` (once; later calls are ignored).
@@ -311,7 +329,7 @@ async fn submit_outbound(
         .emit(&api.metrics);
         into_axum(response)
     };
-    if let Err(detail) = authorize(api, &headers) {
+    if let Err(detail) = api.token.authorize(&headers) {
         return finish(
             OutboundRequestOutcome::Unauthorized,
             "",
@@ -396,36 +414,6 @@ async fn submit_outbound(
     }
 }
 
-/// Checks the daemon's bearer token (`http.api_token`), shared by every
-/// `/v1/` endpoint. On refusal: why, for the log (answer [`unauthorized`]).
-fn authorize(api: &OutboundApi, headers: &HeaderMap) -> Result<(), &'static str> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().as_bytes());
-    match presented {
-        Some(token) if api.authorizes(token) => Ok(()),
-        Some(_) => Err("wrong token"),
-        None => Err("no bearer token"),
-    }
-}
-
-/// The 401 answer of a missing or wrong bearer token.
-fn unauthorized() -> omni_connector::WebhookResponse {
-    let mut response = error_response(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "missing or wrong bearer token",
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Bearer"),
-    );
-    response
-}
-
 /// The store for a query request, once its bearer token checks out.
 fn query_store(
     state: &AppState,
@@ -439,7 +427,7 @@ fn query_store(
             "the query api is off; set http.api_token to enable it",
         ))));
     };
-    if let Err(detail) = authorize(api, headers) {
+    if let Err(detail) = api.token.authorize(headers) {
         tracing::warn!(detail, "query request refused");
         return Err(Box::new(into_axum(unauthorized())));
     }

@@ -31,7 +31,7 @@ pub struct TailArgs {
 
 pub async fn tail(config: &Path, args: TailArgs) -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings::load(config)?;
-    let log = crate::open_log(&settings, crate::LogUse::Reader).await?;
+    let log = crate::event_log::open_log(&settings, crate::event_log::LogUse::Reader).await?;
     let topic = Topics::new(&settings.log.topic_prefix).resolve(&args.topic);
     // Partition by partition: Kafka topics have several, and order is per
     // partition (so per key).

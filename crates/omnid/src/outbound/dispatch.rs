@@ -212,13 +212,12 @@ impl Dispatcher {
         };
         // A channel removed while its replies wait keeps its queue, so
         // they are dead-lettered in order.
-        let key = if queues.contains_key(&channel)
-            || self.shared.state.channels().contains_key(&channel)
-        {
-            channel
-        } else {
-            UNROUTABLE.to_owned()
-        };
+        let key =
+            if queues.contains_key(&channel) || self.shared.channels.get().contains_key(&channel) {
+                channel
+            } else {
+                UNROUTABLE.to_owned()
+            };
         marks.dispatched(&stored.record.topic, stored.position);
         let queue = queues.entry(key).or_insert_with(|| {
             let (records, queue) = mpsc::channel(QUEUE_CAPACITY);
@@ -271,9 +270,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        channels::ChannelSet,
+        channels::{ChannelSet, LiveChannels},
         outbound::fixtures::{channel, outbound, posted},
-        server::AppState,
         settings::Topics,
         sink::{Encoding, LogSink},
     };
@@ -460,21 +458,16 @@ mod tests {
         let down = Arc::new(Provider::default());
         down.down.store(true, Ordering::SeqCst);
         let up = Arc::new(Provider::default());
-        let state = AppState::new(
-            ChannelSet::from([
-                (
-                    "relay-down".into(),
-                    channel("relay-down", "email", Arc::new(Sending(down.clone()))),
-                ),
-                (
-                    "relay-up".into(),
-                    channel("relay-up", "email", Arc::new(Sending(up.clone()))),
-                ),
-            ]),
-            1024,
-            None,
-            None,
-        );
+        let channels = LiveChannels::new(ChannelSet::from([
+            (
+                "relay-down".into(),
+                channel("relay-down", "email", Arc::new(Sending(down.clone()))),
+            ),
+            (
+                "relay-up".into(),
+                channel("relay-up", "email", Arc::new(Sending(up.clone()))),
+            ),
+        ]));
         // The failing channel's replies come first on the topic.
         for n in 1..=3 {
             for channel in ["relay-down", "relay-up"] {
@@ -495,7 +488,7 @@ mod tests {
             topics.outbound.clone(),
             sender,
             Some(Arc::new(seen)),
-            &state,
+            channels,
             &shutdown,
         );
         until("the failing channel is tried", || {

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::delivery_status;
 use crate::{
+    channels::LiveChannels,
     consume::{self, Backoff, Stopped, dead_letter_of, header, pause},
-    server::AppState,
 };
 
 /// Longest wait a provider's `retry_after` may impose between two
@@ -37,7 +37,7 @@ pub struct Shared {
     /// Seen marks of delivered event ids (`None`: nothing is remembered).
     pub seen: Option<Arc<dyn StateStore>>,
     /// Where channels are looked up, afresh for every attempt.
-    pub state: AppState,
+    pub channels: LiveChannels,
     pub shutdown: CancellationToken,
 }
 
@@ -215,7 +215,7 @@ impl Lane {
     }
 
     fn handler(&self, channel_id: &str) -> Result<Arc<dyn OutboundHandler>, Outcome> {
-        let channels = self.shared.state.channels();
+        let channels = self.shared.channels.get();
         let Some(channel) = channels.get(channel_id) else {
             return Err(Outcome::Unroutable {
                 reason: "unknown_channel",
@@ -286,7 +286,7 @@ impl Lane {
         reason: &'static str,
         detail: &str,
     ) -> Result<(), Stopped> {
-        let channels = self.shared.state.channels();
+        let channels = self.shared.channels.get();
         let channel_kind = channels
             .get(channel_id)
             .map_or(ChannelKind::Unspecified, |channel| channel.channel_kind);
@@ -312,7 +312,7 @@ impl Lane {
     /// count under one label).
     fn metrics_for(&mut self, channel_id: &str) -> &OutboundMetrics {
         let label = if channel_id == OutboundMetrics::UNKNOWN_CHANNEL
-            || self.shared.state.channels().contains_key(channel_id)
+            || self.shared.channels.get().contains_key(channel_id)
         {
             channel_id
         } else {

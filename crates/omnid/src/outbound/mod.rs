@@ -45,52 +45,20 @@ mod status;
 
 use std::{sync::Arc, time::Duration};
 
-use omni_connector::{EventSender, Secret, StateStore, signature::constant_time_eq};
+use omni_connector::{EventSender, StateStore};
 use omni_log::EventLog;
-use omni_telemetry::events::OutboundRequestMetrics;
-use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use prepare::prepare;
 
 use crate::{
-    channels::Wiring,
-    server::AppState,
+    channels::{LiveChannels, Wiring},
     settings::{Settings, Topics},
-    sink::LogSink,
 };
 
 /// The consumer group of the dispatcher on the outbound topic.
 pub const GROUP: &str = "omnid-outbound";
-
-/// What `POST /v1/outbound` needs, installed on the [`AppState`] when
-/// `http.api_token` is set.
-#[derive(Debug)]
-pub struct OutboundApi {
-    /// SHA-256 of the bearer token: presented tokens are hashed and the
-    /// digests compared in constant time, so neither the token's bytes nor
-    /// its length leak through timing.
-    token_sha256: [u8; 32],
-    pub sink: LogSink,
-    pub metrics: OutboundRequestMetrics,
-}
-
-impl OutboundApi {
-    pub fn new(token: &Secret, sink: LogSink) -> Self {
-        Self {
-            token_sha256: Sha256::digest(token.expose()).into(),
-            sink,
-            metrics: OutboundRequestMetrics::register(),
-        }
-    }
-
-    /// Whether `presented` is the configured token.
-    pub fn authorizes(&self, presented: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        constant_time_eq(&digest, &self.token_sha256)
-    }
-}
 
 /// The running dispatcher.
 #[derive(Debug)]
@@ -99,32 +67,24 @@ pub struct Outbound {
     task: JoinHandle<()>,
 }
 
-/// Starts the dispatcher and, when `http.api_token` is set, enables
-/// `POST /v1/outbound`. The dispatcher stops at `shutdown`, each channel
-/// finishing the record in hand; [`Outbound::stop`] waits for that.
+/// Starts the dispatcher. It stops at `shutdown`, each channel finishing
+/// the record in hand; [`Outbound::stop`] waits for that.
 pub fn start(
     settings: &Settings,
     log: Arc<dyn EventLog>,
     wiring: &Wiring,
-    state: &AppState,
+    channels: LiveChannels,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Outbound> {
+) -> Outbound {
     let topics = Topics::new(&settings.log.topic_prefix);
-    if let Some(token) = &settings.http.api_token {
-        let token = token
-            .resolve()
-            .map_err(|e| anyhow::anyhow!("http.api_token: {e}"))?;
-        let sink = LogSink::new(log.clone(), topics.clone(), settings.log.encoding);
-        state.enable_outbound_api(OutboundApi::new(&token, sink));
-    }
-    Ok(spawn(
+    spawn(
         log,
         topics.outbound,
         wiring.sender.clone(),
         wiring.state.clone(),
-        state,
+        channels,
         shutdown,
-    ))
+    )
 }
 
 /// Starts the dispatcher alone.
@@ -133,7 +93,7 @@ fn spawn(
     topic: String,
     sender: EventSender,
     seen: Option<Arc<dyn StateStore>>,
-    state: &AppState,
+    channels: LiveChannels,
     shutdown: &CancellationToken,
 ) -> Outbound {
     let stop = shutdown.child_token();
@@ -143,7 +103,7 @@ fn spawn(
         lane::Shared {
             sender,
             seen,
-            state: state.clone(),
+            channels,
             shutdown: stop.clone(),
         },
     );

@@ -1,0 +1,267 @@
+//! The timeline relay: publishes the store's outbox to the timeline topic
+//! in order, once, while it holds the store's relay lease.
+
+use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use omni_log::EventLog;
+use omni_model::cloudevents;
+use omni_telemetry::events::{ThreadingMetrics, TimelinePublished};
+use omni_threading::{OutboxRow, ThreadingStore};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    consume::{Backoff, header},
+    sink::LogSink,
+};
+
+/// Outbox rows published per append batch; also how far back the relay
+/// looks in the timeline topic at start.
+const RELAY_BATCH: u32 = 256;
+
+/// How often the relay looks for rows when nobody wakes it (rows written
+/// by other processes on a shared PostgreSQL), and how often a standby
+/// relay asks for the lease.
+const RELAY_IDLE: Duration = Duration::from_millis(500);
+
+/// How long the relay lease lasts unless renewed. A holder publishes only
+/// while at least two thirds of it remain, so a round (append, wait for
+/// the broker, mark) has 20 s before a standby may take over; a holder
+/// stalled longer than that may repeat entries, never lose or reorder
+/// them, and consumers drop repeats by `(customer_id, sequence)`.
+pub const RELAY_LEASE: Duration = Duration::from_secs(30);
+
+/// The lease's name in the store.
+const RELAY_LEASE_NAME: &str = "timeline-relay";
+
+pub struct Relay {
+    pub store: Arc<dyn ThreadingStore>,
+    pub log: Arc<dyn EventLog>,
+    pub sink: LogSink,
+    pub topic: String,
+    pub metrics: ThreadingMetrics,
+    pub wake: Arc<Notify>,
+    /// Cancelled at shutdown: publish what is pending, then return.
+    pub stop: CancellationToken,
+    /// This process's name on the relay lease.
+    pub holder: String,
+}
+
+/// This daemon's name on the relay lease: its host and data directory.
+/// Stable across restarts, so a daemon restarted after a crash takes its
+/// own lease back at once instead of waiting for it to lapse; distinct
+/// between daemons, which never share a data directory (the event log and
+/// channel state live there).
+pub fn relay_holder(data_dir: &Path) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    format!("{host}:{}", dir.display())
+}
+
+/// What one relay round did.
+enum Round {
+    Published,
+    Idle,
+    /// Another relay holds the lease.
+    Standby,
+}
+
+impl Relay {
+    pub async fn run(self) {
+        let mut backoff = Backoff::default();
+        let mut reconciled = false;
+        // When the lease was last taken or renewed (by our clock).
+        let mut leased_at: Option<tokio::time::Instant> = None;
+        tracing::info!(topic = %self.topic, holder = %self.holder, "timeline relay started");
+        loop {
+            let stopping = self.stop.is_cancelled();
+            let step = async {
+                if !self.hold_lease(&mut leased_at).await? {
+                    return Ok(Round::Standby);
+                }
+                if !reconciled {
+                    self.reconcile().await?;
+                    reconciled = true;
+                }
+                let rows = self
+                    .store
+                    .pending_outbox(0, RELAY_BATCH)
+                    .await
+                    .context("reading the outbox")?;
+                if rows.is_empty() {
+                    return Ok(Round::Idle);
+                }
+                self.publish(&rows).await?;
+                Ok::<_, anyhow::Error>(Round::Published)
+            };
+            match step.await {
+                Ok(Round::Published) => backoff.reset(),
+                Ok(Round::Idle | Round::Standby) if stopping => break,
+                Ok(round) => {
+                    backoff.reset();
+                    if matches!(round, Round::Standby) {
+                        // Whoever held it may have appended without
+                        // marking: look at the topic before publishing.
+                        reconciled = false;
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => {}
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(RELAY_IDLE) => {}
+                    }
+                }
+                Err(error) => {
+                    if stopping {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "timeline relay stopped with rows unpublished; they are published at the next start"
+                        );
+                        break;
+                    }
+                    let wait = backoff.next();
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "timeline relay failed, retrying"
+                    );
+                    // Rows appended before the failure may be on the
+                    // topic already: look again before republishing.
+                    reconciled = false;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        if leased_at.is_some()
+            && let Err(error) = self
+                .store
+                .release_lease(RELAY_LEASE_NAME, &self.holder)
+                .await
+        {
+            tracing::warn!(error = %error, "cannot give up the relay lease; a standby takes over when it expires");
+        }
+        tracing::info!("timeline relay stopped");
+    }
+
+    /// Takes or renews the relay lease when a third of it has passed;
+    /// false while another relay holds it.
+    async fn hold_lease(
+        &self,
+        leased_at: &mut Option<tokio::time::Instant>,
+    ) -> anyhow::Result<bool> {
+        let now = tokio::time::Instant::now();
+        if leased_at.is_some_and(|at| now.duration_since(at) < RELAY_LEASE / 3) {
+            return Ok(true);
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ttl_ms = i64::try_from(RELAY_LEASE.as_millis()).unwrap_or(i64::MAX);
+        let held = self
+            .store
+            .acquire_lease(RELAY_LEASE_NAME, &self.holder, now_ms, ttl_ms)
+            .await
+            .context("taking the relay lease")?;
+        match (held, leased_at.is_some()) {
+            (true, false) => {
+                tracing::info!(holder = %self.holder, "this relay now publishes the timeline")
+            }
+            (false, true) => tracing::warn!(holder = %self.holder, "relay lease lost; standing by"),
+            _ => {}
+        }
+        *leased_at = held.then_some(now);
+        Ok(held)
+    }
+
+    /// Appends `rows` in order, waits until all are durable, marks them
+    /// published.
+    async fn publish(&self, rows: &[OutboxRow]) -> anyhow::Result<()> {
+        // `append` enqueues at once, so the topic gets the outbox order.
+        let acks: Vec<_> = rows
+            .iter()
+            .map(|row| self.sink.submit_timeline(&row.event))
+            .collect();
+        for ack in acks {
+            ack.await.context("appending to the timeline topic")?;
+        }
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        self.store
+            .mark_published(&ids)
+            .await
+            .context("marking outbox rows published")?;
+        TimelinePublished {
+            entries: rows.len(),
+            last_row: ids.last().copied().unwrap_or_default(),
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    /// Marks published the pending rows already on the topic: those a
+    /// crash left appended but unmarked (at most one batch, the newest
+    /// records of the topic).
+    async fn reconcile(&self) -> anyhow::Result<()> {
+        let pending = self
+            .store
+            .pending_outbox(0, RELAY_BATCH)
+            .await
+            .context("reading the outbox")?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut on_topic = HashSet::new();
+        let partitions = self
+            .log
+            .partition_count(&self.topic)
+            .await
+            .context("reading the timeline topic")?;
+        for partition in 0..partitions.max(1) {
+            let end = self
+                .log
+                .end_offset(&self.topic, partition)
+                .await
+                .context("reading the timeline topic")?;
+            let mut next = (end - i64::from(RELAY_BATCH)).max(0);
+            while next < end {
+                let records = self
+                    .log
+                    .read(&self.topic, partition, next, RELAY_BATCH as usize)
+                    .await
+                    .context("reading the timeline topic")?;
+                let Some(last) = records.last() else {
+                    break;
+                };
+                next = last.position.offset + 1;
+                on_topic.extend(
+                    records
+                        .iter()
+                        .filter_map(|r| header(r, cloudevents::HEADER_ID)),
+                );
+            }
+        }
+        let published: Vec<i64> = pending
+            .iter()
+            .filter(|row| on_topic.contains(&row.event.timeline_event_id))
+            .map(|row| row.id)
+            .collect();
+        if !published.is_empty() {
+            tracing::info!(
+                entries = published.len(),
+                "timeline entries found on the topic after a restart, not published again"
+            );
+            self.store
+                .mark_published(&published)
+                .await
+                .context("marking outbox rows published")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! The threading worker: threads each polled batch of the inbound topic
+//! in one store transaction, dead-letters what cannot be threaded, and
+//! wakes the relay.
+
+use std::sync::Arc;
+
+use omni_connector::EventSender;
+use omni_log::{EventLog, StoredRecord};
+use omni_model::cloudevents;
+use omni_proto::v1::ChannelKind;
+use omni_telemetry::events::{EventThreaded, ThreadingMetrics, ThreadingOutcome};
+use omni_threading::{InboundEvent, Outcome, ThreadingConfig, ThreadingStore};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause};
+
+/// The consumer group of the threading worker on the inbound topic.
+pub const GROUP: &str = "omnid-threading";
+
+/// Records threaded per poll (and per store transaction and commit). A
+/// poll returns what is there, so batches are small when traffic is light;
+/// under a backlog a larger transaction shares more pages per commit
+/// (docs/benchmarks.md, "Threading": 1,024 threads ~30% faster than 256
+/// embedded), while one batch still commits well within a second.
+const POLL_BATCH: usize = 1024;
+
+pub struct Worker {
+    pub log: Arc<dyn EventLog>,
+    pub topic: String,
+    pub store: Arc<dyn ThreadingStore>,
+    pub config: ThreadingConfig,
+    pub sender: EventSender,
+    pub metrics: ThreadingMetrics,
+    pub wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+impl consume::BatchHandler for Worker {
+    async fn handle_batch(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+        self.handle(records).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Worker {
+    pub async fn run(self) {
+        consume::consume_batches(
+            self.log.as_ref(),
+            GROUP,
+            &self.topic,
+            POLL_BATCH,
+            &self.shutdown,
+            &self,
+        )
+        .await;
+    }
+
+    /// Threads a polled batch in one store transaction (one commit, so
+    /// one fsync, for all of it) and dead-letters the records that are no
+    /// conversation event or that the threading logic refuses. A store
+    /// failure leaves nothing written and is retried, the whole batch,
+    /// until it passes or the worker is stopped.
+    async fn handle(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+        let mut threadable: Vec<(&StoredRecord, InboundEvent)> = Vec::with_capacity(records.len());
+        for stored in records {
+            match decode(stored) {
+                Ok(event) => threadable.push((
+                    stored,
+                    InboundEvent {
+                        claims: event.sender_identities.clone(),
+                        event,
+                    },
+                )),
+                Err((reason, detail)) => {
+                    let channel = header(stored, cloudevents::HEADER_SOURCE)
+                        .and_then(|s| s.rsplit('/').next().map(str::to_owned))
+                        .unwrap_or_default();
+                    let event_id = header(stored, cloudevents::HEADER_ID).unwrap_or_default();
+                    self.dead_letter(
+                        stored,
+                        &channel,
+                        ChannelKind::Unspecified,
+                        &event_id,
+                        reason,
+                        &detail,
+                    )
+                    .await?;
+                }
+            }
+        }
+        if threadable.is_empty() {
+            return Ok(());
+        }
+        let inputs: Vec<InboundEvent> = threadable.iter().map(|(_, i)| i.clone()).collect();
+        let mut backoff = Backoff::default();
+        let outcomes = loop {
+            match self.store.thread_batch(&self.config, &inputs).await {
+                Ok(outcomes) => break outcomes,
+                Err(error) => {
+                    let wait = backoff.next();
+                    // One line per attempt, naming the batch's first event.
+                    EventThreaded {
+                        outcome: ThreadingOutcome::Retried,
+                        event_id: &inputs[0].event.event_id,
+                        customer_id: "",
+                        detail: &format!(
+                            "batch of {} events: {:#}",
+                            inputs.len(),
+                            anyhow::Error::new(error)
+                        ),
+                        retry_in: Some(wait),
+                    }
+                    .emit(&self.metrics);
+                    pause(&self.shutdown, wait).await?;
+                }
+            }
+        };
+        for ((stored, input), outcome) in threadable.iter().zip(outcomes) {
+            let event = &input.event;
+            let emit = |outcome, customer_id: &str| {
+                EventThreaded {
+                    outcome,
+                    event_id: &event.event_id,
+                    customer_id,
+                    detail: "",
+                    retry_in: None,
+                }
+                .emit(&self.metrics);
+            };
+            match outcome {
+                Ok(Outcome::Duplicate) => emit(ThreadingOutcome::Duplicate, ""),
+                Ok(Outcome::Threaded { customer_id, .. }) => {
+                    emit(ThreadingOutcome::Threaded, customer_id.as_str());
+                }
+                Err(refused) => {
+                    let kind = ChannelKind::try_from(event.channel_kind)
+                        .unwrap_or(ChannelKind::Unspecified);
+                    self.dead_letter(
+                        stored,
+                        &event.channel_id,
+                        kind,
+                        &event.event_id,
+                        "not_threadable",
+                        &refused.to_string(),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        stored: &StoredRecord,
+        channel_id: &str,
+        channel_kind: ChannelKind,
+        event_id: &str,
+        reason: &'static str,
+        detail: &str,
+    ) -> Result<(), Stopped> {
+        let dead_letter =
+            dead_letter_of(stored, channel_id, channel_kind, event_id, reason, detail);
+        consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await?;
+        EventThreaded {
+            outcome: ThreadingOutcome::DeadLettered,
+            event_id,
+            customer_id: "",
+            detail: &format!("{reason}: {detail}"),
+            retry_in: None,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+}
