@@ -35,6 +35,8 @@ pub mod names {
     pub const MEDIA_GIVEN_UP_TOTAL: &str = "omnid_media_given_up_total";
     pub const MEDIA_QUEUE_DEPTH: &str = "omnid_media_queue_depth";
     pub const HTTP_REFUSALS_TOTAL: &str = "omnid_http_refusals_total";
+    pub const CHANNEL_UP: &str = "omnid_channel_up";
+    pub const CHANNEL_RESTARTS_TOTAL: &str = "omnid_channel_restarts_total";
 }
 
 /// Bounds a log line that hostile clients can trigger at will: the first
@@ -365,6 +367,66 @@ impl ChannelsReloaded<'_> {
                 );
             }
         }
+    }
+}
+
+/// Pre-registered metrics of one channel's connector: whether its loop
+/// runs (`omnid_channel_up`, 1 or 0) and how often it was restarted.
+#[derive(Debug, Clone)]
+pub struct ConnectorMetrics {
+    channel: String,
+    up: Gauge,
+    restarts: Counter,
+}
+
+impl ConnectorMetrics {
+    pub fn register(channel: &str, kind: &str) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            up: gauge!(names::CHANNEL_UP, "channel" => channel.to_owned(), "kind" => kind.to_owned()),
+            restarts: counter!(names::CHANNEL_RESTARTS_TOTAL, "channel" => channel.to_owned()),
+        }
+    }
+}
+
+/// A channel's connector loop started, first or after a failure.
+#[derive(Debug)]
+pub struct ConnectorStarted {
+    /// Times it was restarted before this start (0: its first).
+    pub restarts: u64,
+}
+
+impl ConnectorStarted {
+    pub fn emit(&self, metrics: &ConnectorMetrics) {
+        metrics.up.set(1.0);
+        if self.restarts > 0 {
+            metrics.restarts.increment(1);
+            info!(
+                channel = %metrics.channel,
+                restarts = self.restarts,
+                "connector restarted"
+            );
+        }
+    }
+}
+
+/// A channel's connector loop failed (returned an error or panicked); it is
+/// restarted after `restart_in`.
+#[derive(Debug)]
+pub struct ConnectorFailed<'a> {
+    pub error: &'a str,
+    pub restart_in: Duration,
+}
+
+impl ConnectorFailed<'_> {
+    pub fn emit(&self, metrics: &ConnectorMetrics) {
+        metrics.up.set(0.0);
+        error!(
+            channel = %metrics.channel,
+            error = self.error,
+            restart_in_ms = self.restart_in.as_millis() as u64,
+            "connector failed, restarting"
+        );
     }
 }
 

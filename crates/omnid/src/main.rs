@@ -11,6 +11,7 @@ mod outbound;
 mod server;
 mod settings;
 mod sink;
+mod supervisor;
 mod tail;
 mod threading;
 
@@ -20,18 +21,14 @@ mod threading;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use omni_connector::{Ack, EventSender, EventSink, LogEntry, SendError};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    channels::ChannelSet,
-    settings::{Settings, Topics},
-};
+use crate::settings::{Settings, Topics};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -187,13 +184,16 @@ async fn run(config: &std::path::Path) -> anyhow::Result<std::process::ExitCode>
     .emit();
 
     let shutdown = CancellationToken::new();
-    let mut runners = Runners::default();
+    let health = supervisor::Health::default();
+    let mut runners =
+        supervisor::Supervisor::new(health.clone(), supervisor::RestartPolicy::default());
     runners.sync(&initial, &shutdown);
     let state = server::AppState::new(
         initial,
         settings.http.max_body_bytes,
         public.clone(),
         prometheus,
+        health,
     );
     let media = media::start(
         &settings,
@@ -287,87 +287,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// The background tasks of pull connectors, one per channel. A task is
-/// restarted exactly when its channel's connector was rebuilt (its file
-/// changed, or a SIGHUP rebuilt everything).
-#[derive(Default)]
-struct Runners {
-    running: HashMap<String, Runner>,
-}
-
-/// A running connector task, its connector and its stop switch.
-struct Runner {
-    connector: Arc<dyn omni_connector::Connector>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Runners {
-    /// Starts connectors that are new or were rebuilt and stops the rest.
-    /// A rebuilt channel's new connector starts only once its predecessor
-    /// has stopped, so two generations never pull the same mailbox (or
-    /// offset) at once.
-    fn sync(&mut self, channels: &ChannelSet, shutdown: &CancellationToken) {
-        let mut stopping = HashMap::new();
-        let ids: Vec<String> = self.running.keys().cloned().collect();
-        for id in ids {
-            let current = channels
-                .get(&id)
-                .is_some_and(|c| Arc::ptr_eq(&c.connector, &self.running[&id].connector));
-            if !current && let Some(runner) = self.running.remove(&id) {
-                runner.stop.cancel();
-                stopping.insert(id, runner.task);
-            }
-        }
-        for channel in channels.values() {
-            if self.running.contains_key(&channel.id) {
-                continue;
-            }
-            let token = shutdown.child_token();
-            let connector = channel.connector.clone();
-            let id = channel.id.clone();
-            let run_token = token.clone();
-            let predecessor = stopping.remove(&channel.id);
-            let handle = tokio::spawn(async move {
-                if let Some(predecessor) = predecessor {
-                    let _ = predecessor.await;
-                }
-                if run_token.is_cancelled() {
-                    return;
-                }
-                if let Err(error) = connector.run(run_token).await {
-                    tracing::error!(channel = %id, error = %error, "connector stopped with an error");
-                }
-            });
-            self.running.insert(
-                channel.id.clone(),
-                Runner {
-                    connector: channel.connector.clone(),
-                    stop: token,
-                    task: handle,
-                },
-            );
-        }
-    }
-
-    async fn stop_all(&mut self, grace: Duration) {
-        for runner in self.running.values() {
-            runner.stop.cancel();
-        }
-        let handles: Vec<_> = self
-            .running
-            .drain()
-            .map(|(_, runner)| runner.task)
-            .collect();
-        if tokio::time::timeout(grace, futures::future::join_all(handles))
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connectors did not stop within the shutdown timeout");
-        }
-    }
-}
-
 /// Reloads channel files when the directory changes (polled) or on SIGHUP.
 /// A rejected reload keeps the previous channels running.
 async fn reload_loop(
@@ -375,9 +294,9 @@ async fn reload_loop(
     factories: Vec<Box<dyn omni_connector::ConnectorFactory>>,
     wiring: channels::Wiring,
     state: server::AppState,
-    mut runners: Runners,
+    mut runners: supervisor::Supervisor,
     shutdown: CancellationToken,
-) -> Runners {
+) -> supervisor::Supervisor {
     use tokio::signal::unix::{SignalKind, signal};
     let dir = settings.channels.dir.clone();
     let mut hangup = signal(SignalKind::hangup()).ok();

@@ -39,6 +39,7 @@ use crate::{
     channels::{ChannelSet, LiveChannels},
     listener::{Admission, BodyRefusal, Exhausted},
     sink::LogSink,
+    supervisor::{ChannelHealth, Health, RunState},
 };
 
 /// What the `/v1/` API needs, installed on the [`AppState`] when
@@ -73,6 +74,8 @@ struct Inner {
     public_base_url: Option<String>,
     ready: AtomicBool,
     prometheus: Option<PrometheusHandle>,
+    /// What each channel's connector loop is doing.
+    health: Health,
     /// Set when `http.api_token` is configured.
     outbound_api: OnceLock<OutboundApi>,
     /// The threading store, read by the query API and changed by the
@@ -91,6 +94,7 @@ impl AppState {
         max_body_bytes: usize,
         public_base_url: Option<String>,
         prometheus: Option<PrometheusHandle>,
+        health: Health,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -99,6 +103,7 @@ impl AppState {
                 public_base_url: public_base_url.map(|u| u.trim_end_matches('/').to_owned()),
                 ready: AtomicBool::new(false),
                 prometheus,
+                health,
                 outbound_api: OnceLock::new(),
                 threading: OnceLock::new(),
                 command_metrics: CommandMetrics::register("http"),
@@ -855,16 +860,47 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.inner.ready.load(Ordering::SeqCst) {
-        axum::Json(serde_json::json!({ "status": "ready", "channels": state.channels().len() }))
-            .into_response()
+    let (ready, report) = readiness(
+        state.inner.ready.load(Ordering::SeqCst),
+        &state.channels(),
+        &state.inner.health.snapshot(),
+    );
+    let status = if ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "not_ready" })),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+/// `/readyz`'s report: ready while the daemon serves and every channel's
+/// loop is up, so a load balancer or an alert can tell which channel is
+/// failing.
+fn readiness(
+    serving: bool,
+    channels: &ChannelSet,
+    health: &std::collections::HashMap<String, ChannelHealth>,
+) -> (bool, serde_json::Value) {
+    let mut all_up = true;
+    let report: serde_json::Map<String, serde_json::Value> = channels
+        .values()
+        .map(|channel| {
+            let health = health.get(&channel.id).unwrap_or(&ChannelHealth::STARTING);
+            all_up &= health.state == RunState::Up;
+            let entry = serde_json::json!({
+                "kind": channel.kind,
+                "state": health.state,
+                "error": health.error,
+                "restarts": health.restarts,
+            });
+            (channel.id.clone(), entry)
+        })
+        .collect();
+    let ready = serving && all_up;
+    (
+        ready,
+        serde_json::json!({ "ready": ready, "channels": report }),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -875,5 +911,72 @@ async fn metrics(State(state): State<AppState>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::outbound::fixtures::{channel, channels};
+
+    fn health(state: RunState, error: Option<&str>, restarts: u64) -> ChannelHealth {
+        ChannelHealth {
+            state,
+            error: error.map(str::to_owned),
+            restarts,
+        }
+    }
+
+    #[test]
+    fn readiness_reports_every_channel_and_needs_all_of_them_up() {
+        let channels = channels();
+        let all_up = HashMap::from([
+            ("support-mail".to_owned(), health(RunState::Up, None, 0)),
+            ("shop-api".to_owned(), health(RunState::Up, None, 0)),
+        ]);
+        let (ready, report) = readiness(true, &channels, &all_up);
+        assert!(ready);
+        assert_eq!(
+            report,
+            serde_json::json!({
+                "ready": true,
+                "channels": {
+                    "support-mail": { "kind": "email", "state": "up", "error": null, "restarts": 0 },
+                    "shop-api": { "kind": "api", "state": "up", "error": null, "restarts": 0 },
+                },
+            })
+        );
+        // Not while starting or shutting down.
+        assert!(!readiness(false, &channels, &all_up).0);
+
+        let mut one_down = all_up.clone();
+        one_down.insert(
+            "support-mail".to_owned(),
+            health(RunState::Down, Some("imap login refused"), 3),
+        );
+        let (ready, report) = readiness(true, &channels, &one_down);
+        assert!(!ready);
+        assert_eq!(report["ready"], false);
+        assert_eq!(
+            report["channels"]["support-mail"],
+            serde_json::json!({ "kind": "email", "state": "down", "error": "imap login refused", "restarts": 3 })
+        );
+        assert_eq!(report["channels"]["shop-api"]["state"], "up");
+
+        // A channel whose loop has not started yet is not up.
+        let mut more = channels.clone();
+        more.insert(
+            "new-mail".to_owned(),
+            channel(
+                "new-mail",
+                "email",
+                channels["support-mail"].connector.clone(),
+            ),
+        );
+        let (ready, report) = readiness(true, &more, &all_up);
+        assert!(!ready);
+        assert_eq!(report["channels"]["new-mail"]["state"], "starting");
     }
 }

@@ -38,7 +38,7 @@
 
 mod dispatch;
 #[cfg(test)]
-mod fixtures;
+pub mod fixtures;
 mod lane;
 mod prepare;
 mod status;
