@@ -10,8 +10,7 @@ use std::{
 };
 
 use omni_connector::{
-    ChannelContext, ChannelState, ConnectorFactory, EventSender, LogEntry, SqliteStateStore,
-    testing::MemorySink,
+    ChannelContext, ChannelState, EventSender, LogEntry, SqliteStateStore, testing::MemorySink,
 };
 use omni_email::EmailChannelConfig;
 use omni_testkit::{ALICE, Dovecot};
