@@ -470,3 +470,57 @@ async fn sigterm_mid_burst_drains_in_flight_requests_and_exits_cleanly() {
         "an acknowledged message is missing after SIGTERM"
     );
 }
+
+/// Hostile identities: a sender address with a right-to-left override in
+/// its local part renders as another address in an agent's inbox, so it is
+/// refused (400) and kept as a dead letter, never stored as a handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sender_with_a_bidi_override_is_refused_and_dead_lettered() {
+    let deployment = Deployment::new();
+    let daemon = deployment.start();
+    let url = daemon.url(&format!("/webhooks/{CHANNEL}"));
+    let body = serde_json::json!({
+        "external_id": "bidi-1",
+        "sender": { "kind": "email", "value": "moc.elpmaxe\u{202e}@example.com" },
+        "text": "refund please",
+    })
+    .to_string();
+    let response = signed(&client(), &url, body.clone(), SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("invalid character '\\u{202e}'"),
+        "{answer}"
+    );
+    assert!(deployment.tail("inbound").is_empty());
+    let dead = deployment.tail("deadletter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["value"]["reason"], "invalid_field");
+}
+
+/// A secret that is only whitespace (an empty file with a newline, a
+/// variable set to a space) is a config error, not a key anyone can guess.
+#[test]
+fn check_config_refuses_whitespace_only_secrets() {
+    let deployment = Deployment::new();
+    std::fs::write(deployment.path().join("blank"), " \n").unwrap();
+    deployment.write_channel(
+        "blank",
+        &format!(
+            "id = \"blank\"\nkind = \"api\"\nsecret = {{ file = \"{}\" }}\n",
+            deployment.path().join("blank").display()
+        ),
+    );
+    let output = deployment.command(&["check-config"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("blank.toml"), "{stderr}");
+    assert!(stderr.contains("key `secret`"), "{stderr}");
+    assert!(stderr.contains("whitespace"), "{stderr}");
+}
