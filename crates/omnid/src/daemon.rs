@@ -1,0 +1,289 @@
+//! The daemon assembled: the event log, the channels and their supervised
+//! loops, the outbound dispatcher, deferred media, threading, and the HTTP
+//! server, started in order and stopped in reverse, each finishing what it
+//! has in hand.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use omni_connector::{ConnectorFactory, EventSender};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error, auth, channels, event_log, media, outbound, server,
+    settings::{Settings, Topics},
+    sink, supervisor, threading,
+};
+
+/// A running daemon. It serves until [`Daemon::shutdown`] (the binary
+/// calls it on SIGTERM or SIGINT), then stops in order; [`Daemon::stopped`]
+/// waits for that.
+pub struct Daemon {
+    addr: SocketAddr,
+    state: server::AppState,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Opens everything `settings` name, builds the channels with
+    /// `registry` (the kinds channel files may use: the built-in ones are
+    /// [`channels::registry`], a test or an embedding may add its own) and
+    /// starts serving. Returns once the HTTP listener is bound.
+    /// `prometheus` renders `/metrics` (none: it answers 404).
+    pub async fn start(
+        settings: Settings,
+        registry: Vec<Box<dyn ConnectorFactory>>,
+        prometheus: Option<PrometheusHandle>,
+    ) -> Result<Daemon, Error> {
+        let log = event_log::open_log(&settings, event_log::LogUse::Daemon)
+            .await
+            .map_err(Error::failed)?;
+        let topics = Topics::new(&settings.log.topic_prefix);
+        let encoding = settings.log.encoding;
+        let sender = EventSender::new(Arc::new(sink::LogSink::new(
+            log.clone(),
+            topics.clone(),
+            encoding,
+        )));
+        let factories = registry;
+        let public = settings.http.public_base_url.clone();
+        let state_path = settings.data_dir.join("channel-state.sqlite3");
+        let state_store = omni_connector::SqliteStateStore::open(&state_path)
+            .with_context(|| format!("cannot open channel state {}", state_path.display()))
+            .map_err(Error::failed)?;
+        let media_queue = media::open(&settings).map_err(Error::failed)?;
+        let wiring = channels::Wiring {
+            sender,
+            public_base_url: public.clone(),
+            state: Some(Arc::new(state_store)),
+            attachments: Some(Arc::new(omni_connector::FsAttachmentStore::new(
+                settings.attachments_dir(),
+            ))),
+            media: Some(media_queue.clone()),
+        };
+        let initial = channels::load(&settings.channels.dir, &factories, &wiring, None)
+            .map_err(Error::Channels)?;
+        omni_telemetry::events::ChannelsReloaded {
+            channels: initial.len(),
+            error: None,
+        }
+        .emit();
+
+        let shutdown = CancellationToken::new();
+        let health = supervisor::Health::default();
+        let mut runners =
+            supervisor::Supervisor::new(health.clone(), supervisor::RestartPolicy::default());
+        runners.sync(&initial, &shutdown);
+        let state = server::AppState::new(
+            initial,
+            settings.http.max_body_bytes,
+            public.clone(),
+            prometheus,
+            health,
+        );
+        let media = media::start(
+            &settings,
+            media_queue,
+            &state,
+            Arc::new(omni_connector::FsAttachmentStore::new(
+                settings.attachments_dir(),
+            )),
+            wiring.sender.clone(),
+            &shutdown,
+        );
+        if let Some(token) = &settings.http.api_token {
+            let token = token
+                .resolve()
+                .map_err(|e| Error::Failed(format!("http.api_token: {e}")))?;
+            let sink = sink::LogSink::new(log.clone(), topics.clone(), settings.log.encoding);
+            state.enable_outbound_api(server::OutboundApi::new(auth::ApiToken::new(&token), sink));
+        }
+        let outbound = outbound::start(
+            &settings,
+            log.clone(),
+            &wiring,
+            state.live_channels(),
+            &shutdown,
+        );
+        let threading_store = threading::Store::open(&settings)
+            .await
+            .map_err(Error::failed)?;
+        state.enable_threading_api(threading_store.shared());
+        let threading = threading::start(
+            &settings,
+            log.clone(),
+            wiring.sender.clone(),
+            threading_store,
+            &shutdown,
+        );
+
+        let listener = tokio::net::TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.http.listen))
+            .map_err(Error::failed)?;
+        let addr = listener
+            .local_addr()
+            .context("the listener has no address")
+            .map_err(Error::failed)?;
+        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+
+        let reloader = tokio::spawn(reload_loop(
+            settings.clone(),
+            factories,
+            wiring,
+            state.clone(),
+            runners,
+            shutdown.clone(),
+        ));
+
+        let app = server::router(
+            state.clone(),
+            Duration::from_secs(settings.http.request_timeout_secs),
+        );
+        state.set_ready(true);
+        let serving = shutdown.clone();
+        let task = tokio::spawn(async move {
+            crate::listener::serve(listener, app, &settings.http, serving).await;
+
+            // In-flight requests are answered; now stop connectors and flush the log.
+            let grace = Duration::from_secs(settings.shutdown_timeout_secs);
+            if let Ok(Ok(mut runners)) = tokio::time::timeout(grace, reloader).await {
+                runners.stop_all(grace).await;
+            }
+            outbound.stop(grace).await;
+            media.stop(grace).await;
+            threading.stop(grace).await;
+            match tokio::time::timeout(grace, log.close()).await {
+                Ok(Ok(())) => tracing::info!("event log closed, bye"),
+                Ok(Err(error)) => {
+                    tracing::error!(error = %error, "event log did not close cleanly")
+                }
+                Err(_) => tracing::error!("event log did not close within the shutdown timeout"),
+            }
+        });
+        Ok(Daemon {
+            addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Where the HTTP server listens (an `http.listen` port of 0 picks a
+    /// free one).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Begins a graceful shutdown: `/readyz` turns 503, in-flight requests
+    /// are answered, then connectors, dispatcher, media, threading and the
+    /// log are stopped, each within `shutdown_timeout_secs`.
+    pub fn shutdown(&self) {
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.state.set_ready(false);
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the daemon has stopped (after [`Daemon::shutdown`]).
+    pub async fn stopped(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(error = %error, "the daemon's shutdown did not finish");
+        }
+    }
+}
+
+/// `omnid run`: loads the config at `config` (and `OMNID__*` overrides),
+/// installs logging and the metrics recorder, and runs the daemon with the
+/// channel kinds of `registry` until SIGTERM or SIGINT.
+pub async fn run(config: &Path, registry: Vec<Box<dyn ConnectorFactory>>) -> Result<(), Error> {
+    let settings = Settings::load(config)?;
+    omni_telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level)
+        .map_err(|e| Error::Failed(e.to_string()))?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+        .ok();
+    let daemon = Daemon::start(settings, registry, prometheus).await?;
+    wait_for_signal().await;
+    daemon.shutdown();
+    daemon.stopped().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Reloads channel files when the directory changes (polled) or on SIGHUP.
+/// A rejected reload keeps the previous channels running.
+async fn reload_loop(
+    settings: Settings,
+    factories: Vec<Box<dyn ConnectorFactory>>,
+    wiring: channels::Wiring,
+    state: server::AppState,
+    mut runners: supervisor::Supervisor,
+    shutdown: CancellationToken,
+) -> supervisor::Supervisor {
+    use tokio::signal::unix::{SignalKind, signal};
+    let dir = settings.channels.dir.clone();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let interval = Duration::from_secs(settings.channels.reload_interval_secs.max(1));
+    let polling = settings.channels.reload_interval_secs > 0;
+    let mut stamp = channels::directory_stamp(&dir);
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return runners,
+            _ = tokio::time::sleep(interval), if polling => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let current = channels::directory_stamp(&dir);
+        if !forced && current == stamp {
+            continue;
+        }
+        stamp = current;
+        let previous = state.channels();
+        let reuse = if forced {
+            None
+        } else {
+            Some(previous.as_ref())
+        };
+        match channels::load(&dir, &factories, &wiring, reuse) {
+            Ok(loaded) => {
+                omni_telemetry::events::ChannelsReloaded {
+                    channels: loaded.len(),
+                    error: None,
+                }
+                .emit();
+                runners.sync(&loaded, &shutdown);
+                state.replace_channels(loaded);
+            }
+            Err(errors) => {
+                let text: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                omni_telemetry::events::ChannelsReloaded {
+                    channels: previous.len(),
+                    error: Some(&text.join("; ")),
+                }
+                .emit();
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Omnid, the omnichannel message-ingestion daemon, as a library: the
+//! `omnid` binary is a thin CLI over it, and a test suite or an embedding
+//! runs the same daemon with its own channel kinds ([`Daemon::start`] with
+//! a registry of [`ConnectorFactory`](omni_connector::ConnectorFactory)s,
+//! built with the connector SDK alone).
+
+mod auth;
+pub mod channels;
+mod commands;
+mod consume;
+mod daemon;
+mod event_log;
+mod listener;
+mod media;
+mod outbound;
+mod server;
+pub mod settings;
+mod sink;
+mod supervisor;
+mod tail;
+mod threading;
+
+use std::{path::Path, process::ExitCode, sync::Arc};
+
+use omni_connector::{Ack, ConnectorFactory, EventSender, EventSink, LogEntry, SendError};
+
+pub use daemon::{Daemon, run};
+pub use settings::Settings;
+pub use tail::TailArgs;
+pub use threading::TimelineArgs;
+
+use crate::{channels::ChannelFileError, settings::SettingsError};
+
+/// Why the daemon or one of its commands could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon's config file (or an `OMNID__*` override).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// Channel files: every problem found, each naming its file and key.
+    #[error("invalid channel configuration:\n  {}", lines(.0))]
+    Channels(Vec<ChannelFileError>),
+    /// Something the daemon opens or runs failed (the event log, a store,
+    /// the listener, a command's output), with its causes.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    /// An internal error with its chain of causes, as one line.
+    fn failed(error: anyhow::Error) -> Self {
+        Self::Failed(format!("{error:#}"))
+    }
+}
+
+fn lines(errors: &[ChannelFileError]) -> String {
+    let lines: Vec<_> = errors.iter().map(ToString::to_string).collect();
+    lines.join("\n  ")
+}
+
+/// An event sink that stores nothing, for validating channel files without
+/// opening the log.
+struct DiscardSink;
+
+impl EventSink for DiscardSink {
+    fn submit(&self, _entry: LogEntry) -> Ack {
+        Box::pin(async { Err(SendError::Closed) })
+    }
+}
+
+/// `omnid check-config`: validates the daemon's config and every channel
+/// file with the kinds of `registry`, opening nothing. Returns each
+/// channel's id and kind.
+pub fn check_config(
+    config: &Path,
+    registry: &[Box<dyn ConnectorFactory>],
+) -> Result<Vec<(String, String)>, Error> {
+    let settings = Settings::load(config)?;
+    let wiring = channels::Wiring {
+        sender: EventSender::new(Arc::new(DiscardSink)),
+        public_base_url: settings.http.public_base_url.clone(),
+        state: None,
+        attachments: None,
+        media: None,
+    };
+    let channels =
+        channels::load(&settings.channels.dir, registry, &wiring, None).map_err(Error::Channels)?;
+    Ok(channels
+        .into_values()
+        .map(|channel| (channel.id, channel.kind))
+        .collect())
+}
+
+/// `omnid tail`: prints a topic's records as JSON lines.
+pub async fn tail(config: &Path, args: TailArgs) -> Result<ExitCode, Error> {
+    tail::tail(config, args).await.map_err(Error::failed)
+}
+
+/// `omnid timeline`: prints a customer's timeline as JSON lines.
+pub async fn timeline(config: &Path, args: TimelineArgs) -> Result<ExitCode, Error> {
+    threading::timeline(config, args)
+        .await
+        .map_err(Error::failed)
+}
