@@ -3,7 +3,7 @@
 //! connector: verify, parse, normalize, append, and answer 2xx only once
 //! the event is durable.
 //!
-//! Signing scheme (documented for senders in the README):
+//! Signing scheme (documented for senders in `docs/channels/api.md`):
 //! `X-Omnid-Timestamp: <unix seconds>` and
 //! `X-Omnid-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>`.
 //! The timestamp is inside the signed material so a captured request cannot

@@ -1,9 +1,8 @@
 //! Real mail servers for integration tests, one private instance per test.
 //!
-//! The architecture asks for tests against real parts rather than mocks
-//! (see "Testing with real parts"): a connector that only ever talked to a
-//! hand-written fake learns nothing about STARTTLS, literal handling, IDLE
-//! wake-ups or a server that restarts under it. This crate starts the real
+//! Omnid is tested against real parts rather than mocks: a connector that
+//! only ever talked to a hand-written fake learns nothing about STARTTLS,
+//! literal handling, IDLE wake-ups or a server that restarts under it. This crate starts the real
 //! servers from Debian's packages as child processes:
 //!
 //! - [`Dovecot`]: Dovecot IMAP (`dovecot-imapd`) with its own config, users,
