@@ -400,4 +400,70 @@ mod tests {
             "{errors:?}"
         );
     }
+
+    /// A kind of the test's own, as an embedding registers it.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Probe {
+        #[serde(default)]
+        _note: String,
+    }
+
+    #[derive(Debug)]
+    struct ProbeConnector;
+
+    impl Connector for ProbeConnector {}
+
+    impl omni_connector::ChannelConfig for Probe {
+        const KIND: &'static str = "probe";
+        const CHANNEL_KIND: ChannelKind = ChannelKind::Api;
+
+        fn build(
+            self,
+            _: ChannelContext,
+        ) -> Result<Arc<dyn Connector>, omni_connector::ConfigError> {
+            Ok(Arc::new(ProbeConnector))
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_channels_and_rebuilds_edited_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("a.toml", "id = \"a\"\nkind = \"probe\"\n");
+        write("b.toml", "id = \"b\"\nkind = \"probe\"\n");
+        let wiring = Wiring {
+            sender: EventSender::new(Arc::new(NoSink)),
+            public_base_url: None,
+            state: None,
+            attachments: None,
+            media: None,
+        };
+        let factories = vec![factory::<Probe>()];
+        let first = load(dir.path(), &factories, &wiring, None).unwrap();
+        assert_eq!(first["a"].kind, "probe");
+        assert_eq!(first["a"].channel_kind, ChannelKind::Api);
+
+        write(
+            "b.toml",
+            "id = \"b\"\nkind = \"probe\"\n_note = \"edited\"\n",
+        );
+        let second = load(dir.path(), &factories, &wiring, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first["a"].connector, &second["a"].connector));
+        assert!(!Arc::ptr_eq(&first["b"].connector, &second["b"].connector));
+        // A forced reload (no previous set) rebuilds everything.
+        let forced = load(dir.path(), &factories, &wiring, None).unwrap();
+        assert!(!Arc::ptr_eq(&second["a"].connector, &forced["a"].connector));
+
+        // Built-in kinds are unknown to a registry without them.
+        write("c.toml", "id = \"c\"\nkind = \"api\"\n");
+        let errors = load(dir.path(), &factories, &wiring, None).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].key, "kind");
+        assert!(
+            errors[0].reason.contains("expected one of probe"),
+            "{}",
+            errors[0]
+        );
+    }
 }

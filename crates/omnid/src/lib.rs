@@ -102,3 +102,47 @@ pub async fn timeline(config: &Path, args: TimelineArgs) -> Result<ExitCode, Err
         .await
         .map_err(Error::failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(channel: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let channels = dir.path().join("channels");
+        std::fs::create_dir_all(&channels).unwrap();
+        std::fs::write(dir.path().join("secret"), "k").unwrap();
+        std::fs::write(
+            channels.join("shop.toml"),
+            channel.replace("$DIR", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let config = dir.path().join("omnid.toml");
+        std::fs::write(
+            &config,
+            format!("[channels]\ndir = \"{}\"\n", channels.display()),
+        )
+        .unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn check_config_lists_the_channels_or_every_problem() {
+        let (_dir, config) =
+            deployment("id = \"shop\"\nkind = \"api\"\nsecret = { file = \"$DIR/secret\" }\n");
+        let channels = check_config(&config, &channels::registry()).unwrap();
+        assert_eq!(channels, [("shop".to_owned(), "api".to_owned())]);
+
+        let (_dir, config) = deployment("id = \"shop\"\nkind = \"api\"\nsecrt = 1\n");
+        let Err(Error::Channels(errors)) = check_config(&config, &channels::registry()) else {
+            panic!("a bad channel file is refused");
+        };
+        assert!(errors[0].file.ends_with("shop.toml"), "{}", errors[0]);
+        assert_eq!(errors[0].key, "secrt");
+
+        let (_dir, config) = deployment("");
+        std::fs::write(&config, "[log]\nbackend = \"kafak\"\n").unwrap();
+        let error = check_config(&config, &channels::registry()).unwrap_err();
+        assert!(matches!(error, Error::Settings(_)), "{error}");
+    }
+}
