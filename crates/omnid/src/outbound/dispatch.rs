@@ -140,7 +140,7 @@ impl Dispatcher {
         let mut queues: HashMap<String, Queue> = HashMap::new();
         let mut marks = Watermarks::default();
         let mut backoff = Backoff::default();
-        loop {
+        'consume: loop {
             while let Ok((topic, position)) = done_rx.try_recv() {
                 marks.done(&topic, position);
             }
@@ -179,7 +179,15 @@ impl Dispatcher {
                     .await
                     .is_err()
                 {
-                    break;
+                    // Stopping, or a lane is gone (a bug): reading on could
+                    // commit past the records it held, so stop here and
+                    // leave them to the next start.
+                    if !shutdown.is_cancelled() {
+                        tracing::error!(
+                            "an outbound queue stopped unexpectedly; the dispatcher stops, its records are delivered after a restart"
+                        );
+                    }
+                    break 'consume;
                 }
             }
         }
