@@ -168,26 +168,7 @@ macro_rules! sql_store {
                 }
                 let customers = overlay.owner_customers();
                 for ids in $crate::batch::key_chunks(&customers) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT id, next_sequence FROM customers WHERE id IN (",
-                    );
-                    let mut list = q.separated(", ");
-                    for id in &ids {
-                        list.push_bind(id.as_str().to_owned());
-                    }
-                    q.push(concat!(") ORDER BY id", $lock));
-                    let rows = q
-                        .build()
-                        .fetch_all(&mut **tx)
-                        .await
-                        .ctx("locking customers")?;
-                    for r in &rows {
-                        let next: i64 = r.try_get(1).ctx("decoding customer")?;
-                        overlay.add_customer(
-                            $crate::CustomerId::from_string(r.try_get(0).ctx("decoding customer")?),
-                            u64::try_from(next).unwrap_or(1),
-                        );
-                    }
+                    Self::lock_customers(tx, &ids, overlay).await?;
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms FROM conversations WHERE (open OR email) AND customer_id IN (",
@@ -251,26 +232,39 @@ macro_rules! sql_store {
                 }
                 let missing = overlay.missing_customers();
                 for ids in $crate::batch::key_chunks(&missing) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT id, next_sequence FROM customers WHERE id IN (",
+                    Self::lock_customers(tx, &ids, overlay).await?;
+                }
+                Ok(())
+            }
+
+            /// Reads and locks (`$lock`) the customers `ids`, in id order so
+            /// that concurrent workers queue rather than deadlock.
+            async fn lock_customers(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                ids: &[&$crate::CustomerId],
+                overlay: &mut $crate::batch::Overlay,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                use sqlx::Row as _;
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, next_sequence FROM customers WHERE id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(id.as_str().to_owned());
+                }
+                q.push(concat!(") ORDER BY id", $lock));
+                let rows = q
+                    .build()
+                    .fetch_all(&mut **tx)
+                    .await
+                    .ctx("locking customers")?;
+                for r in &rows {
+                    let next: i64 = r.try_get(1).ctx("decoding customer")?;
+                    overlay.add_customer(
+                        $crate::CustomerId::from_string(r.try_get(0).ctx("decoding customer")?),
+                        u64::try_from(next).unwrap_or(1),
                     );
-                    let mut list = q.separated(", ");
-                    for id in &ids {
-                        list.push_bind(id.as_str().to_owned());
-                    }
-                    q.push(concat!(") ORDER BY id", $lock));
-                    let rows = q
-                        .build()
-                        .fetch_all(&mut **tx)
-                        .await
-                        .ctx("locking customers")?;
-                    for r in &rows {
-                        let next: i64 = r.try_get(1).ctx("decoding customer")?;
-                        overlay.add_customer(
-                            $crate::CustomerId::from_string(r.try_get(0).ctx("decoding customer")?),
-                            u64::try_from(next).unwrap_or(1),
-                        );
-                    }
                 }
                 Ok(())
             }
