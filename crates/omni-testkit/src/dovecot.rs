@@ -243,6 +243,13 @@ impl Dovecot {
         format!("{signed}.{signature}")
     }
 
+    /// The pid of the running server's master process (Dovecot runs in
+    /// the foreground, so it is our child), whose `imap` children serve
+    /// the connections: what a benchmark meters.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Dovecot's log so far (logins, errors, disconnect reasons): worth
     /// printing when a test against it fails.
     pub fn log(&self) -> String {

@@ -1,4 +1,6 @@
-//! Real mail servers for integration tests, one private instance per test.
+//! The test harness: real mail servers, one private instance per test,
+//! and the real daemon, Kafka broker and PostgreSQL schema for end-to-end
+//! tests and benchmarks.
 //!
 //! Omnid is tested against real parts rather than mocks: a connector that
 //! only ever talked to a hand-written fake learns nothing about STARTTLS,
@@ -19,11 +21,28 @@
 //! the clearest test failure. Each server is stopped (its whole process
 //! group) and its directory deleted on drop.
 //!
+//! Beside them:
+//!
+//! - [`daemon`]: the real `omnid` binary on a temporary deployment
+//!   (start, SIGKILL, SIGTERM, `omnid tail`), and signed API requests.
+//! - [`kafka`]: a Tansu broker behind a proxy the test can cut.
+//! - [`postgres`]: a schema of its own on the test PostgreSQL server.
+//! - [`imap`]: the blocking IMAP client the servers are seeded with, also
+//!   for measuring (APPEND, a counting FETCH, IDLE).
+//! - [`corpus`]: deterministic, realistic customer emails.
+//! - [`cpu`]: CPU accounting from /proc for benchmarks.
+//!
 //! `scripts/test` installs the servers on a fresh machine
-//! (`ensure_mail_servers` in `scripts/lib.sh`).
+//! (`ensure_mail_servers`, `ensure_tansu` and `ensure_postgres` in
+//! `scripts/lib.sh`).
 
+pub mod corpus;
+pub mod cpu;
+pub mod daemon;
 mod dovecot;
-mod imap;
+pub mod imap;
+pub mod kafka;
+pub mod postgres;
 mod process;
 mod smtp;
 mod tls;

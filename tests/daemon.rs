@@ -1,14 +1,12 @@
 //! End-to-end tests of the real `omnid` binary on the embedded default.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::{CHANNEL, Deployment, SECRET, message, signed};
+use omni_testkit::daemon::{CHANNEL, Daemon, Deployment, SECRET, message, signed};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -321,12 +319,7 @@ async fn channel_files_reload_without_restart_and_bad_edits_are_refused() {
     wait_for_status(&client, &new_url, 404, &daemon).await;
 }
 
-async fn wait_for_status(
-    client: &reqwest::Client,
-    url: &str,
-    status: u16,
-    daemon: &common::Daemon,
-) {
+async fn wait_for_status(client: &reqwest::Client, url: &str, status: u16, daemon: &Daemon) {
     for _ in 0..100 {
         let response = signed(
             client,

@@ -3,15 +3,16 @@
 //! API, `omnid timeline` and the timeline topic (`omnid tail`), on the
 //! embedded SQLite store and on a real PostgreSQL server.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::{CHANNEL, Daemon, Deployment, SECRET, postgres::Schema, signed};
+use omni_testkit::{
+    daemon::{CHANNEL, Daemon, Deployment, SECRET, signed},
+    postgres::Schema,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "threading-test-token";

@@ -4,8 +4,6 @@
 //! API's refusals, a relay that is down and comes back, and a message whose
 //! channel goes away while it waits.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
@@ -16,8 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Deployment;
 use omni_testkit::SmtpSink;
+use omni_testkit::{
+    daemon::{CHANNEL as API_CHANNEL, Deployment},
+    kafka::{Broker, log_config},
+};
 use serde_json::{Value, json};
 
 const CHANNEL: &str = "support-mail";
@@ -254,7 +255,7 @@ async fn the_api_refuses_bad_tokens_channels_and_bodies() {
 
     // The API channel receives only.
     let mut receive_only = reply("k-3");
-    receive_only["channelId"] = json!(common::CHANNEL);
+    receive_only["channelId"] = json!(API_CHANNEL);
     let (status, error) = post(&client, &url, Some(TOKEN), &receive_only).await;
     assert_eq!(status, 400);
     assert_eq!(error["error"]["code"], "outbound_not_supported");
@@ -409,13 +410,10 @@ async fn a_message_whose_channel_goes_away_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_go_out_from_kafka_too() {
-    let broker = common::kafka::Broker::start().await;
+    let broker = Broker::start().await;
     let sink = SmtpSink::start();
     // JSON payloads, so the dispatcher decodes by content-type.
-    let deployment = deployment_with(
-        sink.port(),
-        &common::kafka::log_config(&broker.bootstrap(), 3, "json"),
-    );
+    let deployment = deployment_with(sink.port(), &log_config(&broker.bootstrap(), 3, "json"));
     let daemon = deployment.start();
     let (status, body) = post(
         &client(),

@@ -3,15 +3,13 @@
 //! The assertions are about bounds (memory, connections cut, log lines),
 //! never about speed.
 
-mod common;
-
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::{CHANNEL, Daemon, Deployment, SECRET, message, signed};
+use omni_testkit::daemon::{CHANNEL, Daemon, Deployment, SECRET, message, signed};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},

@@ -1,15 +1,12 @@
 //! The daemon on a real Kafka-protocol broker (Tansu): the stream contract,
 //! and the spool's guarantees when the broker goes away.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::{CHANNEL, Deployment, SECRET, kafka::Broker, message, postgres::Schema, signed};
 use omni_log::{EventLog, KafkaLog, KafkaLogConfig, StoredRecord};
 use omni_proto::{
     Message,
@@ -18,6 +15,11 @@ use omni_proto::{
         MergeCustomers, ThreadingCommand, TimelineEvent, threading_command::Command,
         timeline_event::Entry,
     },
+};
+use omni_testkit::{
+    daemon::{CHANNEL, Daemon, Deployment, SECRET, message, signed},
+    kafka::{Broker, log_config},
+    postgres::Schema,
 };
 
 const INBOUND: &str = "omni.inbound.v1";
@@ -71,7 +73,7 @@ fn header<'a>(record: &'a StoredRecord, name: &str) -> &'a str {
 async fn wait_for_ids(
     log: &KafkaLog,
     expected: &HashSet<String>,
-    daemon: &common::Daemon,
+    daemon: &Daemon,
 ) -> HashMap<String, usize> {
     let mut missing = expected.len();
     for _ in 0..20 {
@@ -134,11 +136,7 @@ async fn post_burst(url: &str, prefix: &str, senders: usize, count: usize) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_reach_kafka_with_contract_keys_headers_and_ids_and_a_group_consumes_them() {
     let broker = Broker::start().await;
-    let deployment = Deployment::with_config(&common::kafka::log_config(
-        &broker.bootstrap(),
-        3,
-        "protobuf",
-    ));
+    let deployment = Deployment::with_config(&log_config(&broker.bootstrap(), 3, "protobuf"));
     let daemon = deployment.start();
     let url = daemon.url(&format!("/webhooks/{CHANNEL}"));
     let per_sender = post_burst(&url, "contract", 10, 10).await;
@@ -213,11 +211,7 @@ async fn events_reach_kafka_with_contract_keys_headers_and_ids_and_a_group_consu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_mid_burst_is_spooled_and_every_ack_arrives_exactly_once() {
     let broker = Broker::start().await;
-    let deployment = Deployment::with_config(&common::kafka::log_config(
-        &broker.bootstrap(),
-        3,
-        "protobuf",
-    ));
+    let deployment = Deployment::with_config(&log_config(&broker.bootstrap(), 3, "protobuf"));
     let daemon = deployment.start();
     let url = daemon.url(&format!("/webhooks/{CHANNEL}"));
     let client = client();
@@ -286,11 +280,7 @@ async fn a_broker_outage_mid_burst_is_spooled_and_every_ack_arrives_exactly_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_in_the_spool_survive_kill_9() {
     let broker = Broker::start().await;
-    let deployment = Deployment::with_config(&common::kafka::log_config(
-        &broker.bootstrap(),
-        3,
-        "protobuf",
-    ));
+    let deployment = Deployment::with_config(&log_config(&broker.bootstrap(), 3, "protobuf"));
     let mut daemon = deployment.start();
     let url = daemon.url(&format!("/webhooks/{CHANNEL}"));
     let mut expected: HashSet<String> = post_burst(&url, "before", 2, 5)
@@ -320,8 +310,7 @@ async fn events_in_the_spool_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_encoding_writes_the_protobuf_json_mapping() {
     let broker = Broker::start().await;
-    let deployment =
-        Deployment::with_config(&common::kafka::log_config(&broker.bootstrap(), 1, "json"));
+    let deployment = Deployment::with_config(&log_config(&broker.bootstrap(), 1, "json"));
     let daemon = deployment.start();
     let url = daemon.url(&format!("/webhooks/{CHANNEL}"));
     let ids: HashSet<String> = post_burst(&url, "json", 1, 3)
@@ -347,7 +336,7 @@ async fn json_encoding_writes_the_protobuf_json_mapping() {
 /// A counter's value on a daemon's `/metrics` (0 when absent): the series
 /// `name` carrying every label of `labels` (`outcome="applied"`), in
 /// whatever order the exporter writes them.
-async fn metric(daemon: &common::Daemon, name: &str, labels: &[&str]) -> f64 {
+async fn metric(daemon: &Daemon, name: &str, labels: &[&str]) -> f64 {
     let text = client()
         .get(daemon.url("/metrics"))
         .send()
@@ -447,7 +436,7 @@ fn from(external_id: &str, kind: &str, value: &str) -> serde_json::Value {
 /// Posts one message to a channel of `daemon`; its event id.
 async fn post_one(
     client: &reqwest::Client,
-    daemon: &common::Daemon,
+    daemon: &Daemon,
     channel: &str,
     body: serde_json::Value,
 ) -> String {
@@ -462,11 +451,7 @@ async fn post_one(
 }
 
 /// The customer id owning a handle (`email/...`), per the query API.
-async fn identity(
-    client: &reqwest::Client,
-    daemon: &common::Daemon,
-    handle: &str,
-) -> Option<String> {
+async fn identity(client: &reqwest::Client, daemon: &Daemon, handle: &str) -> Option<String> {
     let response = client
         .get(daemon.url(&format!("/v1/identities/{handle}")))
         .bearer_auth(TOKEN)
@@ -494,8 +479,8 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
     let broker = Broker::start().await;
     let schema = Schema::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = common::kafka::log_config(&broker.bootstrap(), 4, "protobuf")
-        + &schema.threading_config(dir.path());
+    let config =
+        log_config(&broker.bootstrap(), 4, "protobuf") + &schema.threading_config(dir.path());
     let result = tokio::spawn(async move {
         let (one, two) = (
             Deployment::with_config(&config),
@@ -731,7 +716,7 @@ async fn commands_survive_kill_9_exactly_once() {
     let broker = Broker::start().await;
     // A killed consumer leaves the group only when its session times out:
     // keep that short, so the restarted one gets the partitions back soon.
-    let config = common::kafka::log_config(&broker.bootstrap(), 3, "protobuf").replacen(
+    let config = log_config(&broker.bootstrap(), 3, "protobuf").replacen(
         "[log.kafka.librdkafka]\n",
         "[log.kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
         1,

@@ -3,8 +3,6 @@
 //! file follows as an attachment-stored update once the server serves it,
 //! and the timeline shows the stored file.
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -20,7 +18,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use common::Deployment;
+use omni_testkit::daemon::Deployment;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw";
@@ -105,7 +103,7 @@ async fn a_photo_is_on_the_stream_at_once_and_its_file_follows() {
     );
     let daemon = deployment.start();
 
-    let update = include_str!("../../omni-telegram/tests/payloads/photo.json");
+    let update = include_str!("../crates/omni-telegram/tests/payloads/photo.json");
     let response = reqwest::Client::new()
         .post(daemon.url("/webhooks/support-telegram"))
         .header("content-type", "application/json")

@@ -5,7 +5,6 @@
 //! broker going away, while the broker's in-memory storage survives.
 
 use std::{
-    net::TcpListener as StdListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -16,6 +15,8 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::Mutex, task::JoinHandle};
+
+use crate::process::free_port;
 
 /// The broker binary: `$TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on
 /// the PATH. `./scripts/test` installs it.
@@ -32,20 +33,19 @@ fn tansu_binary() -> PathBuf {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A Tansu broker with in-memory storage, stopped on drop.
+#[derive(Debug)]
 pub struct Broker {
     child: Child,
     pub proxy: Proxy,
 }
 
 impl Broker {
+    /// Starts a broker and its proxy (on the caller's tokio runtime) and
+    /// waits up to 10 s for the broker to listen.
+    ///
+    /// # Panics
+    /// If Tansu is not installed.
     pub async fn start() -> Broker {
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_port = proxy_listener.local_addr().unwrap().port();
@@ -84,6 +84,7 @@ impl Broker {
         Broker { child, proxy }
     }
 
+    /// The bootstrap address clients are given: the proxy's.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.proxy.port)
     }
@@ -97,6 +98,7 @@ impl Drop for Broker {
 }
 
 /// Forwards connections to the broker until cut.
+#[derive(Debug)]
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
@@ -145,6 +147,7 @@ impl Proxy {
         }
     }
 
+    /// Accepts connections again.
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }

@@ -8,16 +8,22 @@ use std::{
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, postgres::PgConnectOptions};
 
-/// A schema of its own on the test PostgreSQL server, dropped at the end.
+/// A schema of its own on the test PostgreSQL server
+/// (`$OMNID_TEST_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test`),
+/// dropped by [`Schema::drop`].
+#[derive(Debug)]
 pub struct Schema {
     options: PgConnectOptions,
     pub name: String,
 }
 
 impl Schema {
+    /// Creates a schema named after this process and the time.
+    ///
+    /// # Panics
+    /// If the server is unreachable.
     pub async fn create() -> Schema {
-        let url = std::env::var("OMNID_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let url = server_url();
         let options = PgConnectOptions::from_str(&url).expect("OMNID_TEST_POSTGRES_URL parses");
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -31,6 +37,7 @@ impl Schema {
         schema
     }
 
+    /// Runs `sql` on its own connection (outside the schema).
     pub async fn admin(&self, sql: &str) {
         let mut conn = PgConnection::connect_with(&self.options).await.unwrap_or_else(|e| {
             panic!("PostgreSQL is not reachable ({e}); start one (scripts/lib.sh ensure_postgres) or set OMNID_TEST_POSTGRES_URL")
@@ -44,8 +51,7 @@ impl Schema {
 
     /// The server's URL with this schema as `search_path`.
     pub fn url(&self) -> String {
-        let url = std::env::var("OMNID_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let url = server_url();
         let separator = if url.contains('?') { '&' } else { '?' };
         format!("{url}{separator}options=-c%20search_path%3D{}", self.name)
     }
@@ -66,4 +72,9 @@ impl Schema {
         self.admin(&format!("DROP SCHEMA {} CASCADE", self.name))
             .await;
     }
+}
+
+fn server_url() -> String {
+    std::env::var("OMNID_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }

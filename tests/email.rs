@@ -1,14 +1,12 @@
 //! The email channel inside the real daemon, against a real Dovecot: what
 //! survives a kill -9 and a graceful restart in the middle of a backlog.
 
-mod common;
-
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use common::Deployment;
+use omni_testkit::daemon::Deployment;
 use omni_testkit::{ALICE, Dovecot};
 
 const CHANNEL: &str = "support-mail";
@@ -147,7 +145,7 @@ fn a_graceful_restart_mid_backlog_ingests_every_message_exactly_once() {
 fn the_example_email_channel_file_passes_check_config_and_mistakes_name_their_key() {
     let deployment = Deployment::new();
     let example = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/examples/email.toml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/email.toml"),
     )
     .unwrap();
     deployment.write_channel("support-mail", &example);

@@ -2,9 +2,7 @@
 //! signed webhook, posted to the running binary, lands in the log with the
 //! right handle and key; a forged one gets 403 and appends nothing.
 
-mod common;
-
-use common::Deployment;
+use omni_testkit::daemon::Deployment;
 
 const PUBLIC: &str = "https://omnid.example.com";
 
@@ -119,7 +117,7 @@ async fn a_telegram_webhook_needs_its_secret_token() {
     );
     let daemon = deployment.start();
     // The text message update from the Bot API documentation's examples.
-    let update = include_str!("../../omni-telegram/tests/payloads/text.json");
+    let update = include_str!("../crates/omni-telegram/tests/payloads/text.json");
     let client = reqwest::Client::new();
     let post = |secret: Option<&str>| {
         let mut request = client
