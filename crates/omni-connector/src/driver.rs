@@ -22,10 +22,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use omni_proto::v1::{ChannelKind, ConversationEvent};
-use omni_telemetry::events::{DeadLettered, WebhookMetrics, WebhookOutcome};
+use omni_telemetry::emit;
 
 use crate::{
     connector::ChannelContext,
+    events::{DeadLettered, WebhookMetrics, WebhookOutcome},
     media::{MediaJob, MediaQueue, MediaRef},
     parse::ParseError,
     sender::{EventSender, SendError, dead_letter},
@@ -298,11 +299,10 @@ impl<C: WebhookChannel> WebhookDriver<C> {
     }
 
     fn dead_lettered(&self, error: &ParseError) {
-        DeadLettered {
+        emit!(DeadLettered {
             reason: error.code,
             detail: &error.message,
-        }
-        .emit(&self.metrics);
+        } => &self.metrics);
     }
 
     /// Keeps the whole request on the dead-letter topic, then answers as

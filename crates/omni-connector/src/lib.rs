@@ -11,6 +11,7 @@ pub mod attachments;
 pub mod config;
 pub mod connector;
 pub mod driver;
+pub mod events;
 pub mod handle;
 pub mod media;
 pub mod outbound;

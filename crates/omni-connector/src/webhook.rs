@@ -6,7 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use omni_telemetry::events::{WebhookHandled, WebhookMetrics, WebhookOutcome};
+use omni_telemetry::emit;
+
+use crate::events::{WebhookHandled, WebhookMetrics, WebhookOutcome};
 
 /// A webhook request, already limited in size by the daemon.
 #[derive(Debug, Clone)]
@@ -88,12 +90,11 @@ pub fn finish(
     detail: &str,
     response: WebhookResponse,
 ) -> WebhookResponse {
-    WebhookHandled {
+    emit!(WebhookHandled {
         outcome,
         elapsed: started.elapsed(),
         detail,
-    }
-    .emit(metrics);
+    } => metrics);
     response
 }
 

@@ -8,11 +8,11 @@ use omni_connector::{
     ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, OutboundHandler,
 };
 use omni_proto::v1::ChannelKind;
-use omni_telemetry::events::ImapMetrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::EmailChannelConfig,
+    events::ImapMetrics,
     imap::{MailboxWorker, transport},
     smtp::SmtpSender,
 };

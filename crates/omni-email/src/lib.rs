@@ -35,6 +35,7 @@
 
 pub mod config;
 mod connector;
+pub mod events;
 pub mod imap;
 pub mod parse;
 pub mod smtp;

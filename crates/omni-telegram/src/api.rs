@@ -6,11 +6,15 @@ use std::{future::IntoFuture, time::Duration};
 use async_trait::async_trait;
 use futures::StreamExt;
 use omni_connector::{ConfigError, FetchError, Fetched, MediaFetcher, MediaRef, SendError};
+use omni_telemetry::emit;
 use teloxide_core::{
     ApiError, Bot, RequestError, net::Download, prelude::Requester, types::FileId,
 };
 
-use crate::{config::TelegramChannelConfig, metrics::TelegramMetrics};
+use crate::{
+    config::TelegramChannelConfig,
+    events::{FileDownloaded, FileListed, TelegramMetrics},
+};
 
 /// Why an update could not be taken in now. Every variant is transient: the
 /// update is not acknowledged and comes again.
@@ -109,7 +113,7 @@ impl TelegramFetcher {
     /// A file that will never be downloaded: its attachment keeps the
     /// `file_id`.
     fn refused(&self, file_id: &str, reason: String) -> FetchError {
-        self.metrics.file(false, file_id, &reason);
+        emit!(FileListed { file_id, reason: &reason } => &self.metrics);
         FetchError::Permanent(reason)
     }
 
@@ -167,7 +171,7 @@ impl MediaFetcher for TelegramFetcher {
         let content = tokio::time::timeout(self.api.request_timeout, download)
             .await
             .map_err(|_| FetchError::Temporary("timed out downloading the file".into()))??;
-        self.metrics.file(true, file_id, "");
+        emit!(FileDownloaded => &self.metrics);
         Ok(Fetched {
             content: content.into(),
             // The type is the message's (Telegram's getFile says none).

@@ -12,7 +12,7 @@
 
 pub mod api;
 pub mod config;
-pub mod metrics;
+pub mod events;
 pub mod normalize;
 pub mod outbound;
 pub mod polling;
@@ -34,7 +34,7 @@ pub use outbound::TelegramSender;
 pub use webhook::TelegramWebhook;
 
 use crate::{
-    api::BotApi, config::valid_secret_token, metrics::TelegramMetrics, outbound::RateLimiter,
+    api::BotApi, config::valid_secret_token, events::TelegramMetrics, outbound::RateLimiter,
     polling::Poller,
 };
 

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use omni_connector::{Ack, ChannelContext, MediaJob, StateUpdate, dead_letter};
 use omni_proto::v1::ChannelKind;
+use omni_telemetry::emit;
 use teloxide_core::{
     payloads::GetUpdatesSetters,
     prelude::Requester,
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{BotApi, TelegramError},
-    metrics::TelegramMetrics,
+    events::{BatchCheckpointed, PollFailed, TelegramMetrics, UpdateIgnored},
     normalize::{Outcome, normalize_update},
 };
 
@@ -87,7 +88,7 @@ impl Poller {
                         }
                         _ => backoff,
                     };
-                    self.metrics.poll_failed(&error, wait);
+                    emit!(PollFailed { error: &error, retry_in: wait } => &self.metrics);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
@@ -193,7 +194,7 @@ impl Poller {
             }
             let (ack, kind, media) = match outcome {
                 Outcome::Ignored(what) => {
-                    self.metrics.ignored(update.id.0, what);
+                    emit!(UpdateIgnored { update_id: update.id.0, kind: what } => &self.metrics);
                     (None, Kind::Ignored, Vec::new())
                 }
                 Outcome::Invalid(error) => {
@@ -286,7 +287,7 @@ impl Poller {
                     seen,
                 })
                 .await?;
-            self.metrics.batch(events, dead_letters, duplicates, next);
+            emit!(BatchCheckpointed { events, dead_letters, duplicates, offset: next } => &self.metrics);
         }
         match failure {
             Some(error) => Err(error),

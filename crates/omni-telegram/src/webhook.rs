@@ -13,10 +13,11 @@ use omni_connector::{
     signature::constant_time_eq,
     webhook::{error_response, json_response},
 };
+use omni_telemetry::emit;
 use teloxide_core::types::Update;
 
 use crate::{
-    metrics::TelegramMetrics,
+    events::{TelegramMetrics, UpdateIgnored, WebhookUpdateHandled},
     normalize::{Outcome, normalize_update},
 };
 
@@ -81,7 +82,7 @@ impl WebhookChannel for TelegramWebhook {
             Outcome::Event(normalized) => Ok(Parsed::inbound(vec![normalized.into_inbound()])),
             Outcome::Invalid(error) => Err(error),
             Outcome::Ignored(what) => {
-                self.metrics.ignored(update.id.0, what);
+                emit!(UpdateIgnored { update_id: update.id.0, kind: what } => &self.metrics);
                 Ok(Parsed::Answer(json_response(
                     StatusCode::OK,
                     &serde_json::json!({}),
@@ -91,7 +92,7 @@ impl WebhookChannel for TelegramWebhook {
     }
 
     fn accepted(&self, event_ids: &[String]) -> WebhookResponse {
-        self.metrics.webhook_update(false);
+        emit!(WebhookUpdateHandled { dead_lettered: false } => &self.metrics);
         json_response(
             StatusCode::OK,
             &serde_json::json!({ "event_id": event_ids.first() }),
@@ -99,7 +100,7 @@ impl WebhookChannel for TelegramWebhook {
     }
 
     fn invalid(&self, error: &ParseError) -> WebhookResponse {
-        self.metrics.webhook_update(true);
+        emit!(WebhookUpdateHandled { dead_lettered: true } => &self.metrics);
         if NOT_AN_UPDATE.contains(&error.code) {
             // It cannot have come from Telegram (though it passed the
             // secret): the sender learns what is wrong.

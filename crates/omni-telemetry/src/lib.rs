@@ -1,13 +1,21 @@
 //! Telemetry for Omnid, kept in one small crate so every component reports
 //! the same way.
 //!
-//! Following Vector's instrumentation spec, each thing worth reporting is a
-//! struct in [`events`] that emits its log line and updates its metrics in
-//! one place. Metric handles are registered once (per channel, at build
-//! time), never looked up per event, and every label value comes from a
-//! bounded set, so a hostile input can never create unbounded series.
+//! Following Vector's instrumentation spec, each thing worth reporting is
+//! an [`InternalEvent`]: a struct, owned by the crate that emits it, whose
+//! `emit` writes its log line and updates its metrics in one place, called
+//! through [`emit!`]. Metric handles are registered once (per channel, at
+//! build time), never looked up per event, and every label value comes
+//! from a bounded set, so a hostile input can never create unbounded
+//! series. What stays here is what every crate shares: the trait and the
+//! macro, the catalogue of metric [`names`], [`LogSampler`] and tracing
+//! set-up.
 
-pub mod events;
+mod internal_event;
+pub mod names;
+mod sampler;
 mod setup;
 
+pub use internal_event::InternalEvent;
+pub use sampler::LogSampler;
 pub use setup::{LogFormat, TelemetryError, init_tracing};

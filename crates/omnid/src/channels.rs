@@ -16,6 +16,8 @@ use omni_connector::{
 use omni_proto::v1::ChannelKind;
 use sha2::{Digest, Sha256};
 
+use crate::events::WebhookLimitMetrics;
+
 /// The explicit registry of connector factories, one per channel kind.
 /// Adding a channel crate means adding one line here.
 pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
@@ -62,7 +64,15 @@ pub struct Channel {
     /// connector across reloads.
     pub fingerprint: String,
     pub connector: Arc<dyn Connector>,
-    pub webhook: Option<Arc<dyn WebhookHandler>>,
+    pub webhook: Option<Webhook>,
+}
+
+/// A channel's webhook endpoint, with the handles of the daemon's own
+/// refusals of its requests, registered when the channel is built.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub handler: Arc<dyn WebhookHandler>,
+    pub(crate) limits: WebhookLimitMetrics,
 }
 
 /// Every configured channel, by id.
@@ -244,7 +254,10 @@ pub fn load(
         }
         match factory.build(wiring.context(&id), table) {
             Ok(connector) => {
-                let webhook = connector.webhook();
+                let webhook = connector.webhook().map(|handler| Webhook {
+                    handler,
+                    limits: WebhookLimitMetrics::register(&id),
+                });
                 channels.insert(
                     id.clone(),
                     Channel {

@@ -18,12 +18,13 @@ use omni_connector::EventSender;
 use omni_log::{EventLog, StoredRecord};
 use omni_model::cloudevents;
 use omni_proto::v1::{ChannelKind, ThreadingCommand, threading_command::Command};
-use omni_telemetry::events::{CommandHandled, CommandMetrics, CommandOutcome as Handled};
+use omni_telemetry::emit;
 use omni_threading::{CommandOutcome, StoreError, ThreadingStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::consume::{self, Backoff, Stopped, dead_letter_of, decode_as, header, pause};
+use crate::events::{CommandHandled, CommandMetrics, CommandOutcome as Handled};
 
 /// The consumer group on the commands topic.
 pub const GROUP: &str = "omnid-commands";
@@ -65,15 +66,14 @@ pub async fn apply(
         // The caller retries (consumer) or answers 503 (HTTP).
         Err(_) => return result,
     };
-    CommandHandled {
+    emit!(CommandHandled {
         outcome,
         command_id: &command.command_id,
         action: action_name(command),
         actor: &command.actor,
         detail: &detail,
         retry_in: None,
-    }
-    .emit(metrics);
+    } => metrics);
     result
 }
 
@@ -121,15 +121,14 @@ impl Consumer {
             Err((reason, detail)) => {
                 let id = header(stored, cloudevents::HEADER_ID).unwrap_or_default();
                 self.dead_letter(stored, &id, reason, &detail).await?;
-                CommandHandled {
+                emit!(CommandHandled {
                     outcome: Handled::Refused,
                     command_id: &id,
                     action: "",
                     actor: "",
                     detail: &format!("{reason}: {detail}"),
                     retry_in: None,
-                }
-                .emit(&self.metrics);
+                } => &self.metrics);
                 return Ok(());
             }
         };
@@ -146,15 +145,14 @@ impl Consumer {
                 }
                 Err(error) => {
                     let wait = backoff.next();
-                    CommandHandled {
+                    emit!(CommandHandled {
                         outcome: Handled::Retried,
                         command_id: &command.command_id,
                         action: action_name(&command),
                         actor: &command.actor,
                         detail: &format!("{:#}", anyhow::Error::new(error)),
                         retry_in: Some(wait),
-                    }
-                    .emit(&self.metrics);
+                    } => &self.metrics);
                     pause(&self.shutdown, wait).await?;
                 }
             }

@@ -8,11 +8,14 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use omni_connector::{ConnectorFactory, EventSender};
+use omni_telemetry::emit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Error, auth, channels, event_log, media, outbound, server,
+    Error, auth, channels, event_log,
+    events::{ChannelsReloaded, ReloadMetrics},
+    media, outbound, server,
     settings::{Settings, Topics},
     sink, supervisor, threading,
 };
@@ -74,11 +77,11 @@ impl Daemon {
         };
         let initial = channels::load(&settings.channels.dir, &factories, &wiring, None)
             .map_err(Error::Channels)?;
-        omni_telemetry::events::ChannelsReloaded {
+        let reloads = ReloadMetrics::register();
+        emit!(ChannelsReloaded {
             channels: initial.len(),
             error: None,
-        }
-        .emit();
+        } => &reloads);
 
         let shutdown = CancellationToken::new();
         let health = supervisor::Health::default();
@@ -144,6 +147,7 @@ impl Daemon {
             wiring,
             state.clone(),
             runners,
+            reloads,
             shutdown.clone(),
         ));
 
@@ -241,6 +245,7 @@ async fn reload_loop(
     wiring: channels::Wiring,
     state: server::AppState,
     mut runners: supervisor::Supervisor,
+    reloads: ReloadMetrics,
     shutdown: CancellationToken,
 ) -> supervisor::Supervisor {
     use tokio::signal::unix::{SignalKind, signal};
@@ -268,21 +273,19 @@ async fn reload_loop(
         };
         match channels::load(&dir, &factories, &wiring, reuse) {
             Ok(loaded) => {
-                omni_telemetry::events::ChannelsReloaded {
+                emit!(ChannelsReloaded {
                     channels: loaded.len(),
                     error: None,
-                }
-                .emit();
+                } => &reloads);
                 runners.sync(&loaded, &shutdown);
                 state.replace_channels(loaded);
             }
             Err(errors) => {
                 let text: Vec<_> = errors.iter().map(ToString::to_string).collect();
-                omni_telemetry::events::ChannelsReloaded {
+                emit!(ChannelsReloaded {
                     channels: previous.len(),
                     error: Some(&text.join("; ")),
-                }
-                .emit();
+                } => &reloads);
             }
         }
     }

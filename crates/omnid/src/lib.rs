@@ -10,6 +10,7 @@ mod commands;
 mod consume;
 mod daemon;
 mod event_log;
+mod events;
 mod listener;
 mod media;
 mod outbound;

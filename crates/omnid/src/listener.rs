@@ -27,11 +27,12 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use omni_telemetry::events::{HttpRefusal, HttpRefusalMetrics, HttpRefused};
+use omni_telemetry::emit;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::events::{HttpRefusal, HttpRefusalMetrics, HttpRefused};
 use crate::settings::HttpSettings;
 
 /// Read and write buffer of one connection at most: a request head must fit
@@ -137,12 +138,11 @@ impl Admission {
     }
 
     pub fn refuse(&self, reason: HttpRefusal, peer: IpAddr, detail: &str) {
-        HttpRefused {
+        emit!(HttpRefused {
             reason,
             peer,
             detail,
-        }
-        .emit(&self.refusals);
+        } => &self.refusals);
     }
 }
 

@@ -23,20 +23,21 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use omni_connector::{
-    SendError, WebhookHandler, WebhookRequest,
+    SendError, WebhookRequest,
     webhook::{error_response, unavailable_response},
 };
 use omni_proto::v1::{ConversationEvent, threading_command::Command};
-use omni_telemetry::events::{
-    CommandMetrics, LogSampler, OutboundRequestHandled, OutboundRequestMetrics,
-    OutboundRequestOutcome, WebhookOutcome, names,
-};
+use omni_telemetry::emit;
 
 use omni_threading::ThreadingStore;
 
 use crate::{
     auth::{ApiToken, unauthorized},
-    channels::{ChannelSet, LiveChannels},
+    channels::{ChannelSet, LiveChannels, Webhook},
+    events::{
+        CommandMetrics, OutboundRequestHandled, OutboundRequestMetrics, OutboundRequestOutcome,
+        WebhookTooLarge,
+    },
     listener::{Admission, BodyRefusal, Exhausted},
     sink::LogSink,
     supervisor::{ChannelHealth, Health, RunState},
@@ -83,9 +84,6 @@ struct Inner {
     threading: OnceLock<Arc<dyn ThreadingStore>>,
     /// `omnid_threading_commands_total{source="http"}`.
     command_metrics: CommandMetrics,
-    /// Bounds the log lines of oversized webhook bodies, which anyone can
-    /// send.
-    too_large_log: LogSampler,
 }
 
 impl AppState {
@@ -107,7 +105,6 @@ impl AppState {
                 outbound_api: OnceLock::new(),
                 threading: OnceLock::new(),
                 command_metrics: CommandMetrics::register("http"),
-                too_large_log: LogSampler::new(LogSampler::REFUSAL_INTERVAL),
             }),
         }
     }
@@ -140,7 +137,7 @@ impl AppState {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
 
-    fn webhook(&self, channel_id: &str) -> Option<Arc<dyn WebhookHandler>> {
+    fn webhook(&self, channel_id: &str) -> Option<Webhook> {
         self.channels()
             .get(channel_id)
             .and_then(|c| c.webhook.clone())
@@ -206,7 +203,7 @@ async fn webhook(
         },
         body,
     ) = request.into_parts();
-    let Some(handler) = state.webhook(&channel_id) else {
+    let Some(Webhook { handler, limits }) = state.webhook(&channel_id) else {
         return into_axum(error_response(
             StatusCode::NOT_FOUND,
             "unknown_channel",
@@ -215,11 +212,7 @@ async fn webhook(
     };
     let max = state.inner.max_body_bytes;
     let too_large = || {
-        metrics::counter!(names::WEBHOOK_REQUESTS_TOTAL, "channel" => channel_id.clone(), "outcome" => WebhookOutcome::TooLarge.as_str())
-            .increment(1);
-        if let Some(suppressed) = state.inner.too_large_log.sample() {
-            tracing::warn!(channel = %channel_id, max_body_bytes = max, suppressed, "webhook rejected, body too large");
-        }
+        emit!(WebhookTooLarge { max_body_bytes: max } => &limits);
         // The rest of the body is not read, so the connection cannot be
         // reused.
         closing(into_axum(error_response(
@@ -326,12 +319,11 @@ async fn submit_outbound(
         ));
     };
     let finish = |outcome: OutboundRequestOutcome, channel: &str, detail: &str, response| {
-        OutboundRequestHandled {
+        emit!(OutboundRequestHandled {
             outcome,
             channel,
             detail,
-        }
-        .emit(&api.metrics);
+        } => &api.metrics);
         into_axum(response)
     };
     if let Err(detail) = api.token.authorize(&headers) {

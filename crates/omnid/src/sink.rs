@@ -13,8 +13,9 @@ use omni_proto::{
     Message,
     v1::{ConversationEvent, Direction, TimelineEvent},
 };
-use omni_telemetry::events::{LogAppended, LogMetrics};
+use omni_telemetry::emit;
 
+use crate::events::{LogAppended, LogMetrics};
 use crate::settings::Topics;
 
 /// How payloads are written (`log.encoding`).
@@ -199,11 +200,10 @@ impl LogSink {
         self.log
             .append(record)
             .map(move |result| {
-                LogAppended {
+                emit!(LogAppended {
                     topic: &topic,
                     error: result.as_ref().err().map(|e| e as &dyn std::error::Error),
-                }
-                .emit(&metrics);
+                } => &metrics);
                 result
                     .map(|position| Receipt {
                         partition: position.partition,

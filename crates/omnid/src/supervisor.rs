@@ -14,12 +14,13 @@ use std::{
 
 use futures::FutureExt as _;
 use omni_connector::Connector;
-use omni_telemetry::events::{ConnectorFailed, ConnectorMetrics, ConnectorStarted};
+use omni_telemetry::emit;
 use serde::Serialize;
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::ChannelSet;
+use crate::events::{ConnectorFailed, ConnectorMetrics, ConnectorStarted};
 
 /// Where a channel's loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -232,7 +233,7 @@ async fn supervise(run: Loop, predecessor: Option<JoinHandle<()>>) {
                 restarts,
             },
         );
-        ConnectorStarted { restarts }.emit(&run.metrics);
+        emit!(ConnectorStarted { restarts } => &run.metrics);
         let started = Instant::now();
         let outcome = AssertUnwindSafe(run.connector.clone().run(run.stop.clone()))
             .catch_unwind()
@@ -255,11 +256,10 @@ async fn supervise(run: Loop, predecessor: Option<JoinHandle<()>>) {
                 restarts,
             },
         );
-        ConnectorFailed {
+        emit!(ConnectorFailed {
             error: &error,
             restart_in: next,
-        }
-        .emit(&run.metrics);
+        } => &run.metrics);
         tokio::select! {
             _ = run.stop.cancelled() => return,
             _ = tokio::time::sleep(next) => {}

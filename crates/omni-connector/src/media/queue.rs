@@ -18,11 +18,12 @@ use omni_proto::{
     Message,
     v1::{ChannelKind, IdentityHandle},
 };
-use omni_telemetry::events::{MediaDeferred, MediaMetrics, MediaQueueDepth};
+use omni_telemetry::emit;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
 use super::{MediaJob, MediaQueue, MediaQueueError, MediaRef};
+use crate::events::{MediaDeferred, MediaMetrics, MediaQueueDepth};
 
 /// The first retry's delay; each failure doubles it.
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
@@ -95,7 +96,7 @@ impl SqliteMediaQueue {
             metrics: MediaMetrics::register(),
         };
         let depth = queue.with_conn(count)?;
-        MediaQueueDepth { jobs: depth }.emit(&queue.metrics);
+        emit!(MediaQueueDepth { jobs: depth } => &queue.metrics);
         Ok(queue)
     }
 
@@ -181,7 +182,7 @@ impl SqliteMediaQueue {
                 count(conn)
             })
             .await?;
-        MediaQueueDepth { jobs: depth }.emit(&self.metrics);
+        emit!(MediaQueueDepth { jobs: depth } => &self.metrics);
         Ok(())
     }
 
@@ -287,8 +288,8 @@ impl MediaQueue for SqliteMediaQueue {
                 Ok((added, count(conn)?))
             })
             .await?;
-        MediaDeferred { jobs: added }.emit(&self.metrics);
-        MediaQueueDepth { jobs: depth }.emit(&self.metrics);
+        emit!(MediaDeferred { jobs: added } => &self.metrics);
+        emit!(MediaQueueDepth { jobs: depth } => &self.metrics);
         if added > 0 {
             self.wake.notify_one();
         }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use omni_proto::v1::{Attachment, AttachmentStored, ConversationEvent, Direction, EventKind};
-use omni_telemetry::events::{MediaFetched, MediaGivenUp, MediaRetried};
+use omni_telemetry::emit;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,11 @@ use super::{
     FetchError, MediaFetcher, MediaJob,
     queue::{QueuedJob, RETRY_BASE, RETRY_CAP, SqliteMediaQueue, backoff, epoch_ms},
 };
-use crate::{attachments::AttachmentStore, sender::EventSender};
+use crate::{
+    attachments::AttachmentStore,
+    events::{MediaFetched, MediaGivenUp, MediaRetried},
+    sender::EventSender,
+};
 
 /// The fetcher of a channel id: the daemon looks it up among the channels
 /// configured now, so a reloaded channel's new credentials are used.
@@ -184,14 +188,13 @@ impl Attempt {
         };
         let size = attachment.size;
         self.append(job, Some(attachment), "").await?;
-        MediaFetched {
+        emit!(MediaFetched {
             channel: &job.channel_id,
             event_id: &job.event_id,
             attachment: job.media.attachment,
             size,
             retries: queued.failures,
-        }
-        .emit(self.queue.metrics());
+        } => self.queue.metrics());
         Ok(())
     }
 
@@ -200,14 +203,13 @@ impl Attempt {
     async fn give_up(&self, queued: &QueuedJob, refused: bool, error: &str) -> Result<(), String> {
         let job = &queued.job;
         self.append(job, None, error).await?;
-        MediaGivenUp {
+        emit!(MediaGivenUp {
             channel: &job.channel_id,
             event_id: &job.event_id,
             attachment: job.media.attachment,
             refused,
             error,
-        }
-        .emit(self.queue.metrics());
+        } => self.queue.metrics());
         Ok(())
     }
 
@@ -252,15 +254,14 @@ impl Attempt {
             // The job stays due: it is tried again at the next look.
             tracing::error!(channel = %job.channel_id, error = %e, "media retry not recorded");
         }
-        MediaRetried {
+        emit!(MediaRetried {
             channel: &job.channel_id,
             event_id: &job.event_id,
             attachment: job.media.attachment,
             attempts: failures,
             retry_in: delay,
             error,
-        }
-        .emit(self.queue.metrics());
+        } => self.queue.metrics());
     }
 }
 

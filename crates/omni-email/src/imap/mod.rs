@@ -28,9 +28,7 @@ use omni_proto::{
     Timestamp,
     v1::{ChannelKind, DeadLetter},
 };
-use omni_telemetry::events::{
-    ImapBatchIngested, ImapMetrics, ImapSessionFailed, ImapUidValidityChanged,
-};
+use omni_telemetry::emit;
 use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +37,7 @@ use transport::{Credentials, ImapSession};
 
 use crate::{
     config::{ImapSettings, StartFrom},
+    events::{ImapBatchIngested, ImapMetrics, ImapSessionFailed, ImapUidValidityChanged},
     parse::{ParseLimits, header_message_id, parse_message},
 };
 
@@ -123,11 +122,10 @@ impl MailboxWorker {
                     if healthy {
                         backoff = Duration::from_secs(1).min(max);
                     }
-                    ImapSessionFailed {
+                    emit!(ImapSessionFailed {
                         error: &error,
                         retry_in: backoff,
-                    }
-                    .emit(&self.metrics);
+                    } => &self.metrics);
                 }
             }
             tokio::select! {
@@ -240,11 +238,10 @@ impl MailboxWorker {
             Resume::After(last_uid) => (last_uid, None),
             Resume::Fresh => (0, self.start.search_criterion()),
             Resume::Renumbered { previous } => {
-                ImapUidValidityChanged {
+                emit!(ImapUidValidityChanged {
                     previous,
                     current: uid_validity,
-                }
-                .emit(&self.metrics);
+                } => &self.metrics);
                 (0, None)
             }
         };
@@ -372,7 +369,7 @@ impl MailboxWorker {
             worker
                 .commit_checkpoint(uid_validity, report.last_uid, seen)
                 .await?;
-            report.emit(&worker.metrics);
+            emit!(report => &worker.metrics);
             Ok(())
         })
     }

@@ -17,11 +17,12 @@ use omni_connector::{
 use omni_log::{Position, StoredRecord};
 use omni_model::cloudevents;
 use omni_proto::v1::{ChannelKind, ConversationEvent, Direction, EventKind};
-use omni_telemetry::events::{OutboundDelivered, OutboundMetrics, OutboundOutcome};
+use omni_telemetry::emit;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::status::delivery_status;
+use crate::events::{OutboundDelivered, OutboundMetrics, OutboundOutcome};
 use crate::{
     channels::LiveChannels,
     consume::{self, Backoff, Stopped, dead_letter_of, header, pause},
@@ -119,13 +120,12 @@ impl Lane {
             }
         };
         if self.already_delivered(&event).await {
-            OutboundDelivered {
+            emit!(OutboundDelivered {
                 outcome: OutboundOutcome::Duplicate,
                 event_id: &event.event_id,
                 detail: "",
                 retry_in: None,
-            }
-            .emit(self.metrics_for(&event.channel_id));
+            } => self.metrics_for(&event.channel_id));
             return Ok(());
         }
         let result = match self.deliver(&event).await? {
@@ -144,13 +144,12 @@ impl Lane {
             Ok(delivered) => (OutboundOutcome::Sent, delivered.provider_status.as_str()),
             Err(reason) => (OutboundOutcome::Failed, reason.as_str()),
         };
-        OutboundDelivered {
+        emit!(OutboundDelivered {
             outcome,
             event_id: &event.event_id,
             detail,
             retry_in: None,
-        }
-        .emit(self.metrics_for(&event.channel_id));
+        } => self.metrics_for(&event.channel_id));
         Ok(())
     }
 
@@ -201,13 +200,12 @@ impl Lane {
                     retry_after,
                 }) => {
                     let wait = retry_wait(&mut backoff, retry_after);
-                    OutboundDelivered {
+                    emit!(OutboundDelivered {
                         outcome: OutboundOutcome::Retried,
                         event_id: &event.event_id,
                         detail: &reason,
                         retry_in: Some(wait),
-                    }
-                    .emit(self.metrics_for(&event.channel_id));
+                    } => self.metrics_for(&event.channel_id));
                     pause(&self.shared.shutdown, wait).await?;
                 }
             }
@@ -298,13 +296,12 @@ impl Lane {
         } else {
             OutboundMetrics::UNKNOWN_CHANNEL
         };
-        OutboundDelivered {
+        emit!(OutboundDelivered {
             outcome: OutboundOutcome::DeadLettered,
             event_id,
             detail: &format!("{reason}: {detail}"),
             retry_in: None,
-        }
-        .emit(self.metrics_for(label));
+        } => self.metrics_for(label));
         Ok(())
     }
 

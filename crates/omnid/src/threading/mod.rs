@@ -45,7 +45,6 @@ use std::{sync::Arc, time::Duration};
 
 use omni_connector::EventSender;
 use omni_log::EventLog;
-use omni_telemetry::events::{CommandMetrics, ThreadingMetrics};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +52,7 @@ pub use cli::{TimelineArgs, timeline};
 pub use store::Store;
 pub use wire::{entry_json, handle_json, handle_key};
 
+use crate::events::{CommandMetrics, ThreadingMetrics};
 use crate::{
     settings::{Settings, Topics},
     sink::LogSink,

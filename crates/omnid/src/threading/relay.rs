@@ -6,11 +6,12 @@ use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use omni_log::EventLog;
 use omni_model::cloudevents;
-use omni_telemetry::events::{ThreadingMetrics, TimelinePublished};
+use omni_telemetry::emit;
 use omni_threading::{OutboxRow, ThreadingStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{ThreadingMetrics, TimelinePublished};
 use crate::{
     consume::{Backoff, header},
     sink::LogSink,
@@ -197,11 +198,10 @@ impl Relay {
             .mark_published(&ids)
             .await
             .context("marking outbox rows published")?;
-        TimelinePublished {
+        emit!(TimelinePublished {
             entries: rows.len(),
             last_row: ids.last().copied().unwrap_or_default(),
-        }
-        .emit(&self.metrics);
+        } => &self.metrics);
         Ok(())
     }
 

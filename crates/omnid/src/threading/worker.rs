@@ -8,12 +8,13 @@ use omni_connector::EventSender;
 use omni_log::{EventLog, StoredRecord};
 use omni_model::cloudevents;
 use omni_proto::v1::ChannelKind;
-use omni_telemetry::events::{EventThreaded, ThreadingMetrics, ThreadingOutcome};
+use omni_telemetry::emit;
 use omni_threading::{InboundEvent, Outcome, ThreadingConfig, ThreadingStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause};
+use crate::events::{EventThreaded, ThreadingMetrics, ThreadingOutcome};
 
 /// The consumer group of the threading worker on the inbound topic.
 pub const GROUP: &str = "omnid-threading";
@@ -101,7 +102,7 @@ impl Worker {
                 Err(error) => {
                     let wait = backoff.next();
                     // One line per attempt, naming the batch's first event.
-                    EventThreaded {
+                    emit!(EventThreaded {
                         outcome: ThreadingOutcome::Retried,
                         event_id: &inputs[0].event.event_id,
                         customer_id: "",
@@ -111,8 +112,7 @@ impl Worker {
                             anyhow::Error::new(error)
                         ),
                         retry_in: Some(wait),
-                    }
-                    .emit(&self.metrics);
+                    } => &self.metrics);
                     pause(&self.shutdown, wait).await?;
                 }
             }
@@ -120,14 +120,13 @@ impl Worker {
         for ((stored, input), outcome) in threadable.iter().zip(outcomes) {
             let event = &input.event;
             let emit = |outcome, customer_id: &str| {
-                EventThreaded {
+                emit!(EventThreaded {
                     outcome,
                     event_id: &event.event_id,
                     customer_id,
                     detail: "",
                     retry_in: None,
-                }
-                .emit(&self.metrics);
+                } => &self.metrics);
             };
             match outcome {
                 Ok(Outcome::Duplicate) => emit(ThreadingOutcome::Duplicate, ""),
@@ -164,14 +163,13 @@ impl Worker {
         let dead_letter =
             dead_letter_of(stored, channel_id, channel_kind, event_id, reason, detail);
         consume::store_dead_letter(&self.sender, dead_letter, &self.shutdown).await?;
-        EventThreaded {
+        emit!(EventThreaded {
             outcome: ThreadingOutcome::DeadLettered,
             event_id,
             customer_id: "",
             detail: &format!("{reason}: {detail}"),
             retry_in: None,
-        }
-        .emit(&self.metrics);
+        } => &self.metrics);
         Ok(())
     }
 }

@@ -1,226 +1,15 @@
-//! Internal events: one struct per thing that happens, each emitting its log
-//! line and metrics together.
+//! The daemon's internal events: the HTTP listener's refusals, event-log
+//! appends, configuration reloads, connector supervision, outbound
+//! delivery, threading and helpdesk commands. Each emits its log line and
+//! its metrics together through [`omni_telemetry::emit!`], with handles
+//! registered once.
 
-use std::{
-    net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, counter, gauge};
+use omni_connector::events::WebhookOutcome;
+use omni_telemetry::{InternalEvent, LogSampler, names};
 use tracing::{debug, error, info, warn};
-
-/// Metric names, in one place so dashboards and docs can rely on them.
-pub mod names {
-    pub const WEBHOOK_REQUESTS_TOTAL: &str = "omnid_webhook_requests_total";
-    pub const WEBHOOK_DURATION_SECONDS: &str = "omnid_webhook_duration_seconds";
-    pub const LOG_APPENDS_TOTAL: &str = "omnid_log_appends_total";
-    pub const LOG_APPEND_ERRORS_TOTAL: &str = "omnid_log_append_errors_total";
-    pub const DEAD_LETTERS_TOTAL: &str = "omnid_dead_letters_total";
-    pub const CONFIG_RELOADS_TOTAL: &str = "omnid_config_reloads_total";
-    pub const IMAP_MESSAGES_TOTAL: &str = "omnid_imap_messages_total";
-    pub const IMAP_SESSION_ERRORS_TOTAL: &str = "omnid_imap_session_errors_total";
-    pub const IMAP_CHECKPOINT_UID: &str = "omnid_imap_checkpoint_uid";
-    pub const OUTBOUND_DELIVERIES_TOTAL: &str = "omnid_outbound_deliveries_total";
-    pub const OUTBOUND_REQUESTS_TOTAL: &str = "omnid_outbound_requests_total";
-    pub const THREADING_EVENTS_TOTAL: &str = "omnid_threading_events_total";
-    pub const TIMELINE_PUBLISHED_TOTAL: &str = "omnid_timeline_published_total";
-    pub const THREADING_COMMANDS_TOTAL: &str = "omnid_threading_commands_total";
-    pub const MEDIA_DEFERRED_TOTAL: &str = "omnid_media_deferred_total";
-    pub const MEDIA_FETCHED_TOTAL: &str = "omnid_media_fetched_total";
-    pub const MEDIA_RETRIED_TOTAL: &str = "omnid_media_retried_total";
-    pub const MEDIA_GIVEN_UP_TOTAL: &str = "omnid_media_given_up_total";
-    pub const MEDIA_QUEUE_DEPTH: &str = "omnid_media_queue_depth";
-    pub const HTTP_REFUSALS_TOTAL: &str = "omnid_http_refusals_total";
-    pub const CHANNEL_UP: &str = "omnid_channel_up";
-    pub const CHANNEL_RESTARTS_TOTAL: &str = "omnid_channel_restarts_total";
-}
-
-/// Bounds a log line that hostile clients can trigger at will: the first
-/// occurrence is logged, then at most one per interval, carrying how many
-/// were suppressed in between. Counters still count every occurrence.
-#[derive(Debug)]
-pub struct LogSampler {
-    origin: Instant,
-    interval_ms: u64,
-    /// Milliseconds after `origin` before which nothing more is logged.
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogSampler {
-    /// The interval of refusal log lines.
-    pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
-
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            origin: Instant::now(),
-            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(suppressed)` when this occurrence is to be logged, with the
-    /// number left unlogged since the previous line; `None` otherwise.
-    pub fn sample(&self) -> Option<u64> {
-        self.sample_at(self.origin.elapsed())
-    }
-
-    fn sample_at(&self, elapsed: Duration) -> Option<u64> {
-        let now = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now.saturating_add(self.interval_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
-/// Why a webhook request ended the way it did. A closed set: these are the
-/// `outcome` label values of `omnid_webhook_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WebhookOutcome {
-    /// Durable and acknowledged with a 2xx.
-    Accepted,
-    /// Signature or timestamp missing, wrong or stale.
-    Unauthenticated,
-    /// Authentic, but not a message we can normalize (also dead-lettered).
-    Invalid,
-    /// Body over the configured limit.
-    TooLarge,
-    /// Shed with 503 and Retry-After: the log's queue is full.
-    Overloaded,
-    /// The log failed to store the event.
-    Failed,
-}
-
-impl WebhookOutcome {
-    pub const ALL: [WebhookOutcome; 6] = [
-        Self::Accepted,
-        Self::Unauthenticated,
-        Self::Invalid,
-        Self::TooLarge,
-        Self::Overloaded,
-        Self::Failed,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Unauthenticated => "unauthenticated",
-            Self::Invalid => "invalid",
-            Self::TooLarge => "too_large",
-            Self::Overloaded => "overloaded",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// Pre-registered webhook metrics of one channel.
-#[derive(Debug, Clone)]
-pub struct WebhookMetrics {
-    channel: String,
-    outcomes: [Counter; WebhookOutcome::ALL.len()],
-    /// One per outcome: anyone can send unsigned or oversized requests, so
-    /// their log lines are sampled (a flood of one kind hides no other).
-    logs: Arc<[LogSampler; WebhookOutcome::ALL.len()]>,
-    duration: Histogram,
-    dead_letters: Counter,
-}
-
-impl WebhookMetrics {
-    pub fn register(channel: &str) -> Self {
-        let outcomes = WebhookOutcome::ALL.map(|outcome| {
-            counter!(names::WEBHOOK_REQUESTS_TOTAL, "channel" => channel.to_owned(), "outcome" => outcome.as_str())
-        });
-        Self {
-            channel: channel.to_owned(),
-            outcomes,
-            logs: Arc::new(
-                WebhookOutcome::ALL.map(|_| LogSampler::new(LogSampler::REFUSAL_INTERVAL)),
-            ),
-            duration: histogram!(names::WEBHOOK_DURATION_SECONDS, "channel" => channel.to_owned()),
-            dead_letters: counter!(names::DEAD_LETTERS_TOTAL, "channel" => channel.to_owned()),
-        }
-    }
-}
-
-/// A webhook request finished.
-#[derive(Debug)]
-pub struct WebhookHandled<'a> {
-    pub outcome: WebhookOutcome,
-    pub elapsed: Duration,
-    /// Detail for the log line only (never a label).
-    pub detail: &'a str,
-}
-
-impl WebhookHandled<'_> {
-    pub fn emit(&self, metrics: &WebhookMetrics) {
-        let index = WebhookOutcome::ALL
-            .iter()
-            .position(|o| *o == self.outcome)
-            .unwrap_or(0);
-        metrics.outcomes[index].increment(1);
-        metrics.duration.record(self.elapsed.as_secs_f64());
-        let channel = metrics.channel.as_str();
-        let outcome = self.outcome.as_str();
-        match self.outcome {
-            WebhookOutcome::Accepted => debug!(channel, outcome, "webhook accepted"),
-            WebhookOutcome::Unauthenticated
-            | WebhookOutcome::Invalid
-            | WebhookOutcome::TooLarge => {
-                if let Some(suppressed) = metrics.logs[index].sample() {
-                    warn!(
-                        channel,
-                        outcome,
-                        detail = self.detail,
-                        suppressed,
-                        "webhook rejected"
-                    )
-                }
-            }
-            WebhookOutcome::Overloaded => {
-                warn!(channel, outcome, "webhook shed, event log overloaded")
-            }
-            WebhookOutcome::Failed => error!(
-                channel,
-                outcome,
-                detail = self.detail,
-                "webhook failed, event not stored"
-            ),
-        }
-    }
-}
-
-/// An authentic input could not be normalized and was dead-lettered.
-#[derive(Debug)]
-pub struct DeadLettered<'a> {
-    pub reason: &'a str,
-    pub detail: &'a str,
-}
-
-impl DeadLettered<'_> {
-    pub fn emit(&self, metrics: &WebhookMetrics) {
-        metrics.dead_letters.increment(1);
-        warn!(channel = %metrics.channel, reason = self.reason, detail = self.detail, "input dead-lettered");
-    }
-}
 
 /// Why the HTTP listener turned a client away before any handler saw its
 /// request. A closed set: the `reason` label values of
@@ -291,8 +80,10 @@ pub struct HttpRefused<'a> {
     pub detail: &'a str,
 }
 
-impl HttpRefused<'_> {
-    pub fn emit(&self, metrics: &HttpRefusalMetrics) {
+impl InternalEvent for HttpRefused<'_> {
+    type Handles = HttpRefusalMetrics;
+
+    fn emit(self, metrics: &HttpRefusalMetrics) {
         let index = HttpRefusal::ALL
             .iter()
             .position(|r| *r == self.reason)
@@ -305,6 +96,54 @@ impl HttpRefused<'_> {
                 detail = self.detail,
                 suppressed,
                 "http request refused"
+            );
+        }
+    }
+}
+
+/// Pre-registered handles of the daemon's own refusal of one webhook
+/// channel's requests: a body over `http.max_body_bytes`, turned away
+/// before the channel sees it. Counted with the channel's other outcomes of
+/// `omnid_webhook_requests_total`; its log line is sampled, as anyone can
+/// send oversized requests.
+#[derive(Debug, Clone)]
+pub struct WebhookLimitMetrics {
+    channel: String,
+    too_large: Counter,
+    log: Arc<LogSampler>,
+}
+
+impl WebhookLimitMetrics {
+    pub fn register(channel: &str) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            too_large: counter!(
+                names::WEBHOOK_REQUESTS_TOTAL,
+                "channel" => channel.to_owned(),
+                "outcome" => WebhookOutcome::TooLarge.as_str()
+            ),
+            log: Arc::new(LogSampler::new(LogSampler::REFUSAL_INTERVAL)),
+        }
+    }
+}
+
+/// A webhook request's body was over `http.max_body_bytes`; answered 413.
+#[derive(Debug)]
+pub struct WebhookTooLarge {
+    pub max_body_bytes: usize,
+}
+
+impl InternalEvent for WebhookTooLarge {
+    type Handles = WebhookLimitMetrics;
+
+    fn emit(self, metrics: &WebhookLimitMetrics) {
+        metrics.too_large.increment(1);
+        if let Some(suppressed) = metrics.log.sample() {
+            warn!(
+                channel = %metrics.channel,
+                max_body_bytes = self.max_body_bytes,
+                suppressed,
+                "webhook rejected, body too large"
             );
         }
     }
@@ -333,14 +172,32 @@ pub struct LogAppended<'a> {
     pub error: Option<&'a dyn std::error::Error>,
 }
 
-impl LogAppended<'_> {
-    pub fn emit(&self, metrics: &LogMetrics) {
+impl InternalEvent for LogAppended<'_> {
+    type Handles = LogMetrics;
+
+    fn emit(self, metrics: &LogMetrics) {
         match self.error {
             None => metrics.appends.increment(1),
             Some(error) => {
                 metrics.errors.increment(1);
                 error!(topic = self.topic, error = %error, "event log append failed");
             }
+        }
+    }
+}
+
+/// Pre-registered `omnid_config_reloads_total` counters, one per result.
+#[derive(Debug, Clone)]
+pub struct ReloadMetrics {
+    ok: Counter,
+    error: Counter,
+}
+
+impl ReloadMetrics {
+    pub fn register() -> Self {
+        Self {
+            ok: counter!(names::CONFIG_RELOADS_TOTAL, "result" => "ok"),
+            error: counter!(names::CONFIG_RELOADS_TOTAL, "result" => "error"),
         }
     }
 }
@@ -352,15 +209,17 @@ pub struct ChannelsReloaded<'a> {
     pub error: Option<&'a str>,
 }
 
-impl ChannelsReloaded<'_> {
-    pub fn emit(&self) {
+impl InternalEvent for ChannelsReloaded<'_> {
+    type Handles = ReloadMetrics;
+
+    fn emit(self, metrics: &ReloadMetrics) {
         match self.error {
             None => {
-                counter!(names::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
-                tracing::info!(channels = self.channels, "channel configuration loaded");
+                metrics.ok.increment(1);
+                info!(channels = self.channels, "channel configuration loaded");
             }
             Some(error) => {
-                counter!(names::CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                metrics.error.increment(1);
                 error!(
                     error,
                     "channel configuration rejected, keeping the previous one"
@@ -396,8 +255,10 @@ pub struct ConnectorStarted {
     pub restarts: u64,
 }
 
-impl ConnectorStarted {
-    pub fn emit(&self, metrics: &ConnectorMetrics) {
+impl InternalEvent for ConnectorStarted {
+    type Handles = ConnectorMetrics;
+
+    fn emit(self, metrics: &ConnectorMetrics) {
         metrics.up.set(1.0);
         if self.restarts > 0 {
             metrics.restarts.increment(1);
@@ -418,112 +279,16 @@ pub struct ConnectorFailed<'a> {
     pub restart_in: Duration,
 }
 
-impl ConnectorFailed<'_> {
-    pub fn emit(&self, metrics: &ConnectorMetrics) {
+impl InternalEvent for ConnectorFailed<'_> {
+    type Handles = ConnectorMetrics;
+
+    fn emit(self, metrics: &ConnectorMetrics) {
         metrics.up.set(0.0);
         error!(
             channel = %metrics.channel,
             error = self.error,
             restart_in_ms = self.restart_in.as_millis() as u64,
             "connector failed, restarting"
-        );
-    }
-}
-
-/// Pre-registered metrics of one IMAP mailbox of one channel (mailboxes
-/// come from the channel file, so the label set stays bounded).
-#[derive(Debug, Clone)]
-pub struct ImapMetrics {
-    channel: String,
-    mailbox: String,
-    ingested: Counter,
-    dead_lettered: Counter,
-    duplicates: Counter,
-    session_errors: Counter,
-    checkpoint_uid: Gauge,
-}
-
-impl ImapMetrics {
-    pub fn register(channel: &str, mailbox: &str) -> Self {
-        let messages = |outcome: &'static str| counter!(names::IMAP_MESSAGES_TOTAL, "channel" => channel.to_owned(), "mailbox" => mailbox.to_owned(), "outcome" => outcome);
-        Self {
-            channel: channel.to_owned(),
-            mailbox: mailbox.to_owned(),
-            ingested: messages("ingested"),
-            dead_lettered: messages("dead_lettered"),
-            duplicates: messages("duplicate"),
-            session_errors: counter!(names::IMAP_SESSION_ERRORS_TOTAL, "channel" => channel.to_owned(), "mailbox" => mailbox.to_owned()),
-            checkpoint_uid: gauge!(names::IMAP_CHECKPOINT_UID, "channel" => channel.to_owned(), "mailbox" => mailbox.to_owned()),
-        }
-    }
-}
-
-/// A batch of fetched messages is durable and the checkpoint moved.
-#[derive(Debug)]
-pub struct ImapBatchIngested {
-    pub events: u64,
-    pub dead_letters: u64,
-    /// Already ingested before (a replay after a crash or a UIDVALIDITY
-    /// change), so not appended again.
-    pub duplicates: u64,
-    pub last_uid: u32,
-}
-
-impl ImapBatchIngested {
-    pub fn emit(&self, metrics: &ImapMetrics) {
-        metrics.ingested.increment(self.events);
-        metrics.dead_lettered.increment(self.dead_letters);
-        metrics.duplicates.increment(self.duplicates);
-        metrics.checkpoint_uid.set(f64::from(self.last_uid));
-        debug!(
-            channel = %metrics.channel,
-            mailbox = %metrics.mailbox,
-            events = self.events,
-            dead_letters = self.dead_letters,
-            duplicates = self.duplicates,
-            last_uid = self.last_uid,
-            "imap batch checkpointed"
-        );
-    }
-}
-
-/// An IMAP session ended with an error; the mailbox reconnects after
-/// `retry_in`.
-#[derive(Debug)]
-pub struct ImapSessionFailed<'a> {
-    pub error: &'a dyn std::error::Error,
-    pub retry_in: Duration,
-}
-
-impl ImapSessionFailed<'_> {
-    pub fn emit(&self, metrics: &ImapMetrics) {
-        metrics.session_errors.increment(1);
-        warn!(
-            channel = %metrics.channel,
-            mailbox = %metrics.mailbox,
-            error = %self.error,
-            retry_in_ms = self.retry_in.as_millis() as u64,
-            "imap session failed, reconnecting"
-        );
-    }
-}
-
-/// The server renumbered a mailbox; it is walked again from the start and
-/// messages already ingested are recognised by their Message-ID.
-#[derive(Debug)]
-pub struct ImapUidValidityChanged {
-    pub previous: u32,
-    pub current: u32,
-}
-
-impl ImapUidValidityChanged {
-    pub fn emit(&self, metrics: &ImapMetrics) {
-        warn!(
-            channel = %metrics.channel,
-            mailbox = %metrics.mailbox,
-            previous = self.previous,
-            current = self.current,
-            "imap uidvalidity changed, resyncing deduplicated by message-id"
         );
     }
 }
@@ -605,8 +370,10 @@ pub struct OutboundDelivered<'a> {
     pub retry_in: Option<Duration>,
 }
 
-impl OutboundDelivered<'_> {
-    pub fn emit(&self, metrics: &OutboundMetrics) {
+impl InternalEvent for OutboundDelivered<'_> {
+    type Handles = OutboundMetrics;
+
+    fn emit(self, metrics: &OutboundMetrics) {
         let index = OutboundOutcome::ALL
             .iter()
             .position(|o| *o == self.outcome)
@@ -617,7 +384,7 @@ impl OutboundDelivered<'_> {
         let detail = self.detail;
         match self.outcome {
             OutboundOutcome::Sent => {
-                tracing::info!(channel, event_id, detail, "outbound message sent")
+                info!(channel, event_id, detail, "outbound message sent")
             }
             OutboundOutcome::Failed => {
                 warn!(channel, event_id, detail, "outbound message rejected")
@@ -707,8 +474,10 @@ pub struct OutboundRequestHandled<'a> {
     pub detail: &'a str,
 }
 
-impl OutboundRequestHandled<'_> {
-    pub fn emit(&self, metrics: &OutboundRequestMetrics) {
+impl InternalEvent for OutboundRequestHandled<'_> {
+    type Handles = OutboundRequestMetrics;
+
+    fn emit(self, metrics: &OutboundRequestMetrics) {
         let index = OutboundRequestOutcome::ALL
             .iter()
             .position(|o| *o == self.outcome)
@@ -799,8 +568,10 @@ pub struct EventThreaded<'a> {
     pub retry_in: Option<Duration>,
 }
 
-impl EventThreaded<'_> {
-    pub fn emit(&self, metrics: &ThreadingMetrics) {
+impl InternalEvent for EventThreaded<'_> {
+    type Handles = ThreadingMetrics;
+
+    fn emit(self, metrics: &ThreadingMetrics) {
         let index = ThreadingOutcome::ALL
             .iter()
             .position(|o| *o == self.outcome)
@@ -838,8 +609,10 @@ pub struct TimelinePublished {
     pub last_row: i64,
 }
 
-impl TimelinePublished {
-    pub fn emit(&self, metrics: &ThreadingMetrics) {
+impl InternalEvent for TimelinePublished {
+    type Handles = ThreadingMetrics;
+
+    fn emit(self, metrics: &ThreadingMetrics) {
         metrics.published.increment(self.entries as u64);
         debug!(
             entries = self.entries,
@@ -918,8 +691,10 @@ pub struct CommandHandled<'a> {
     pub retry_in: Option<Duration>,
 }
 
-impl CommandHandled<'_> {
-    pub fn emit(&self, metrics: &CommandMetrics) {
+impl InternalEvent for CommandHandled<'_> {
+    type Handles = CommandMetrics;
+
+    fn emit(self, metrics: &CommandMetrics) {
         let index = CommandOutcome::ALL
             .iter()
             .position(|o| *o == self.outcome)
@@ -952,165 +727,5 @@ impl CommandHandled<'_> {
                 "applying a command failed, retrying"
             ),
         }
-    }
-}
-
-/// Pre-registered metrics of the deferred-media queue: downloads that
-/// follow a message once it is durable.
-#[derive(Debug, Clone)]
-pub struct MediaMetrics {
-    deferred: Counter,
-    fetched: Counter,
-    retried: Counter,
-    refused: Counter,
-    expired: Counter,
-    depth: Gauge,
-}
-
-impl MediaMetrics {
-    pub fn register() -> Self {
-        let given_up =
-            |reason: &'static str| counter!(names::MEDIA_GIVEN_UP_TOTAL, "reason" => reason);
-        Self {
-            deferred: counter!(names::MEDIA_DEFERRED_TOTAL),
-            fetched: counter!(names::MEDIA_FETCHED_TOTAL),
-            retried: counter!(names::MEDIA_RETRIED_TOTAL),
-            refused: given_up("refused"),
-            expired: given_up("expired"),
-            depth: gauge!(names::MEDIA_QUEUE_DEPTH),
-        }
-    }
-}
-
-/// Downloads were queued behind a durable message (a provider's retry of
-/// jobs already queued counts nothing).
-#[derive(Debug)]
-pub struct MediaDeferred {
-    /// Jobs new to the queue.
-    pub jobs: u64,
-}
-
-impl MediaDeferred {
-    pub fn emit(&self, metrics: &MediaMetrics) {
-        metrics.deferred.increment(self.jobs);
-        if self.jobs > 0 {
-            debug!(jobs = self.jobs, "media downloads deferred");
-        }
-    }
-}
-
-/// A file was downloaded, stored, and its update is durable in the log.
-#[derive(Debug)]
-pub struct MediaFetched<'a> {
-    pub channel: &'a str,
-    pub event_id: &'a str,
-    pub attachment: u32,
-    pub size: u64,
-    /// Failed attempts before this one.
-    pub retries: u32,
-}
-
-impl MediaFetched<'_> {
-    pub fn emit(&self, metrics: &MediaMetrics) {
-        metrics.fetched.increment(1);
-        debug!(
-            channel = self.channel,
-            event_id = self.event_id,
-            attachment = self.attachment,
-            size = self.size,
-            retries = self.retries,
-            "media stored"
-        );
-    }
-}
-
-/// A download (or appending its update) failed for now; it is tried again
-/// after `retry_in`.
-#[derive(Debug)]
-pub struct MediaRetried<'a> {
-    pub channel: &'a str,
-    pub event_id: &'a str,
-    pub attachment: u32,
-    /// Failed attempts so far, this one included.
-    pub attempts: u32,
-    pub retry_in: Duration,
-    pub error: &'a str,
-}
-
-impl MediaRetried<'_> {
-    pub fn emit(&self, metrics: &MediaMetrics) {
-        metrics.retried.increment(1);
-        info!(
-            channel = self.channel,
-            event_id = self.event_id,
-            attachment = self.attachment,
-            attempts = self.attempts,
-            retry_in_ms = self.retry_in.as_millis() as u64,
-            error = self.error,
-            "media download failed, retrying"
-        );
-    }
-}
-
-/// A download was given up: the message keeps the provider's reference.
-#[derive(Debug)]
-pub struct MediaGivenUp<'a> {
-    pub channel: &'a str,
-    pub event_id: &'a str,
-    pub attachment: u32,
-    /// The provider refused it for good (`false`: it kept failing for
-    /// longer than the queue's maximum age).
-    pub refused: bool,
-    pub error: &'a str,
-}
-
-impl MediaGivenUp<'_> {
-    pub fn emit(&self, metrics: &MediaMetrics) {
-        let reason = if self.refused {
-            metrics.refused.increment(1);
-            "refused"
-        } else {
-            metrics.expired.increment(1);
-            "expired"
-        };
-        warn!(
-            channel = self.channel,
-            event_id = self.event_id,
-            attachment = self.attachment,
-            reason,
-            error = self.error,
-            "media download given up, the message keeps the provider's reference"
-        );
-    }
-}
-
-/// How many downloads the queue holds (due or waiting for a retry).
-#[derive(Debug)]
-pub struct MediaQueueDepth {
-    pub jobs: u64,
-}
-
-impl MediaQueueDepth {
-    pub fn emit(&self, metrics: &MediaMetrics) {
-        metrics.depth.set(self.jobs as f64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sampler_logs_the_first_then_one_per_interval_with_the_suppressed_count() {
-        let sampler = LogSampler::new(Duration::from_secs(10));
-        let at = Duration::from_millis;
-        assert_eq!(sampler.sample_at(at(0)), Some(0));
-        assert_eq!(sampler.sample_at(at(1)), None);
-        assert_eq!(sampler.sample_at(at(9_999)), None);
-        assert_eq!(sampler.sample_at(at(10_000)), Some(2));
-        assert_eq!(sampler.sample_at(at(10_001)), None);
-        // A quiet spell: the next occurrence is logged at once.
-        assert_eq!(sampler.sample_at(at(60_000)), Some(1));
-        assert_eq!(sampler.sample_at(at(60_001)), None);
     }
 }

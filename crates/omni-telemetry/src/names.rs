@@ -1,0 +1,30 @@
+//! Metric names, in one place so dashboards and docs can rely on them:
+//! every crate registers its handles under these constants, never under a
+//! spelled-out string.
+
+pub const WEBHOOK_REQUESTS_TOTAL: &str = "omnid_webhook_requests_total";
+pub const WEBHOOK_DURATION_SECONDS: &str = "omnid_webhook_duration_seconds";
+pub const LOG_APPENDS_TOTAL: &str = "omnid_log_appends_total";
+pub const LOG_APPEND_ERRORS_TOTAL: &str = "omnid_log_append_errors_total";
+pub const DEAD_LETTERS_TOTAL: &str = "omnid_dead_letters_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "omnid_config_reloads_total";
+pub const IMAP_MESSAGES_TOTAL: &str = "omnid_imap_messages_total";
+pub const IMAP_SESSION_ERRORS_TOTAL: &str = "omnid_imap_session_errors_total";
+pub const IMAP_CHECKPOINT_UID: &str = "omnid_imap_checkpoint_uid";
+pub const TELEGRAM_UPDATES_TOTAL: &str = "omnid_telegram_updates_total";
+pub const TELEGRAM_POLL_ERRORS_TOTAL: &str = "omnid_telegram_poll_errors_total";
+pub const TELEGRAM_OFFSET: &str = "omnid_telegram_offset";
+pub const TELEGRAM_FILES_TOTAL: &str = "omnid_telegram_files_total";
+pub const OUTBOUND_DELIVERIES_TOTAL: &str = "omnid_outbound_deliveries_total";
+pub const OUTBOUND_REQUESTS_TOTAL: &str = "omnid_outbound_requests_total";
+pub const THREADING_EVENTS_TOTAL: &str = "omnid_threading_events_total";
+pub const TIMELINE_PUBLISHED_TOTAL: &str = "omnid_timeline_published_total";
+pub const THREADING_COMMANDS_TOTAL: &str = "omnid_threading_commands_total";
+pub const MEDIA_DEFERRED_TOTAL: &str = "omnid_media_deferred_total";
+pub const MEDIA_FETCHED_TOTAL: &str = "omnid_media_fetched_total";
+pub const MEDIA_RETRIED_TOTAL: &str = "omnid_media_retried_total";
+pub const MEDIA_GIVEN_UP_TOTAL: &str = "omnid_media_given_up_total";
+pub const MEDIA_QUEUE_DEPTH: &str = "omnid_media_queue_depth";
+pub const HTTP_REFUSALS_TOTAL: &str = "omnid_http_refusals_total";
+pub const CHANNEL_UP: &str = "omnid_channel_up";
+pub const CHANNEL_RESTARTS_TOTAL: &str = "omnid_channel_restarts_total";
