@@ -347,12 +347,23 @@ async fn submit_outbound(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max as u64) {
-        return finish(OutboundRequestOutcome::TooLarge, "", "", too_large());
+        // The body is not read, so the connection cannot be reused.
+        return closing(finish(
+            OutboundRequestOutcome::TooLarge,
+            "",
+            "",
+            too_large(),
+        ));
     }
     let body = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return finish(OutboundRequestOutcome::TooLarge, "", "", too_large());
+            return closing(finish(
+                OutboundRequestOutcome::TooLarge,
+                "",
+                "",
+                too_large(),
+            ));
         }
         Err(error) => {
             let message = format!("cannot read body: {error}");
@@ -636,16 +647,27 @@ async fn apply_command(
     .into_response()
 }
 
-/// A JSON request body; an empty body reads as `T::default()`, and a bad
-/// one is answered 400 `invalid_json`.
+/// A JSON request body of an API route; an empty body reads as
+/// `T::default()`, and a bad one is answered 400 `invalid_json`. The bearer
+/// token is checked before the body is read, so an unauthenticated client
+/// cannot make the daemon buffer anything.
 struct JsonBody<T>(T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S>
+impl<T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<AppState>
     for JsonBody<T>
 {
     type Rejection = Response;
 
-    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Response> {
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        if let Some(api) = state.inner.outbound_api.get()
+            && let Err(detail) = api.token.authorize(request.headers())
+        {
+            tracing::warn!(detail, "api request refused");
+            return Err(closing(into_axum(unauthorized())));
+        }
         let body = Bytes::from_request(request, state)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -970,5 +992,59 @@ mod tests {
         let (ready, report) = readiness(true, &more, &all_up);
         assert!(!ready);
         assert_eq!(report["channels"]["new-mail"]["state"], "starting");
+    }
+}
+
+#[cfg(test)]
+mod api_auth_tests {
+    use std::time::Duration;
+
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{settings::Topics, sink::Encoding, supervisor::Health};
+
+    /// An API route refuses a request without the token before reading
+    /// its body: the body here never ends, so reading it would hang.
+    #[tokio::test]
+    async fn api_routes_check_the_token_before_reading_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = omni_log::SqliteLog::open(
+            &dir.path().join("events.sqlite3"),
+            omni_log::SqliteLogConfig {
+                max_batch: 16,
+                queue_capacity: 16,
+            },
+        )
+        .unwrap();
+        let sink = LogSink::new(Arc::new(log), Topics::new("omni."), Encoding::Protobuf);
+        let state = AppState::new(
+            ChannelSet::new(),
+            1024 * 1024,
+            None,
+            None,
+            Health::default(),
+        );
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken").unwrap();
+        let secret = omni_connector::SecretRef::File(file).resolve().unwrap();
+        state.enable_outbound_api(OutboundApi::new(ApiToken::new(&secret), sink));
+        let app = router(state, Duration::from_secs(30));
+        for path in ["/v1/commands", "/v1/customers/c-1/merge"] {
+            let endless =
+                Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+            let request = axum::http::Request::post(path)
+                .header("content-type", "application/json")
+                .header("content-length", "1048576")
+                .body(endless)
+                .unwrap();
+            let response =
+                tokio::time::timeout(Duration::from_secs(5), app.clone().oneshot(request))
+                    .await
+                    .expect("answered without reading the body")
+                    .unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(response.headers()[header::CONNECTION], "close");
+        }
     }
 }
