@@ -729,3 +729,87 @@ impl InternalEvent for CommandHandled<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, atomic::AtomicU64, atomic::Ordering};
+
+    use metrics::{Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+    use omni_telemetry::emit;
+
+    use super::*;
+
+    /// Records every counter registered, as Prometheus spells its series.
+    #[derive(Debug, Default)]
+    struct Capture(Mutex<Vec<(String, Arc<AtomicU64>)>>);
+
+    impl Capture {
+        fn series(&self) -> Vec<(String, u64)> {
+            let counters = self.0.lock().unwrap();
+            counters
+                .iter()
+                .map(|(series, value)| (series.clone(), value.load(Ordering::Relaxed)))
+                .collect()
+        }
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<_> = key
+                .labels()
+                .map(|l| format!("{}=\"{}\"", l.key(), l.value()))
+                .collect();
+            let value = Arc::new(AtomicU64::new(0));
+            let series = format!("{}{{{}}}", key.name(), labels.join(","));
+            self.0.lock().unwrap().push((series, value.clone()));
+            Counter::from_arc(value)
+        }
+
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn an_oversized_webhook_body_counts_as_the_channels_too_large_outcome() {
+        let capture = Capture::default();
+        let limits =
+            metrics::with_local_recorder(&capture, || WebhookLimitMetrics::register("shop"));
+        emit!(WebhookTooLarge { max_body_bytes: 10 } => &limits);
+        emit!(WebhookTooLarge { max_body_bytes: 10 } => &limits);
+        assert_eq!(
+            capture.series(),
+            [(
+                r#"omnid_webhook_requests_total{channel="shop",outcome="too_large"}"#.to_owned(),
+                2
+            )]
+        );
+    }
+
+    #[test]
+    fn reloads_count_by_result() {
+        let capture = Capture::default();
+        let reloads = metrics::with_local_recorder(&capture, ReloadMetrics::register);
+        emit!(ChannelsReloaded { channels: 2, error: None } => &reloads);
+        emit!(ChannelsReloaded { channels: 2, error: Some("bad.toml: key `kind`") } => &reloads);
+        emit!(ChannelsReloaded { channels: 3, error: None } => &reloads);
+        assert_eq!(
+            capture.series(),
+            [
+                (r#"omnid_config_reloads_total{result="ok"}"#.to_owned(), 2),
+                (
+                    r#"omnid_config_reloads_total{result="error"}"#.to_owned(),
+                    1
+                ),
+            ]
+        );
+    }
+}
