@@ -73,7 +73,8 @@ impl Index {
             for path in files {
                 let text =
                     std::fs::read_to_string(&path).map_err(|e| SourceError::Io(path.clone(), e))?;
-                let file = syn::parse_file(&text).map_err(|e| SourceError::Parse(path.clone(), e))?;
+                let file =
+                    syn::parse_file(&text).map_err(|e| SourceError::Parse(path.clone(), e))?;
                 let name = path
                     .strip_prefix(crates)
                     .unwrap_or(&path)
@@ -115,11 +116,14 @@ impl Index {
                         });
                 }
                 Item::Enum(e) if derives_deserialize(&e.attrs) => {
-                    self.enums.entry(e.ident.to_string()).or_default().push(Found {
-                        krate: krate.to_owned(),
-                        file: file.to_owned(),
-                        item: e.clone(),
-                    });
+                    self.enums
+                        .entry(e.ident.to_string())
+                        .or_default()
+                        .push(Found {
+                            krate: krate.to_owned(),
+                            file: file.to_owned(),
+                            item: e.clone(),
+                        });
                 }
                 Item::Fn(f) => {
                     self.fns
@@ -157,6 +161,9 @@ impl Index {
                         }
                     }
                 }
+                // Test modules may define kinds of their own (an
+                // embedding's); they are not the product's.
+                Item::Mod(m) if is_test_only(&m.attrs) => {}
                 Item::Mod(m) => {
                     if let Some((_, inner)) = &m.content {
                         self.add_items(krate, file, inner, kinds);
@@ -188,8 +195,16 @@ impl Index {
             .map(|found| found.file.clone());
         let pick = candidates
             .iter()
-            .find(|(f, _)| module.as_ref().is_some_and(|m| f.ends_with(&format!("/{m}.rs"))))
-            .or_else(|| candidates.iter().find(|(f, _)| Some(f) == config_file.as_ref()))
+            .find(|(f, _)| {
+                module
+                    .as_ref()
+                    .is_some_and(|m| f.ends_with(&format!("/{m}.rs")))
+            })
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .find(|(f, _)| Some(f) == config_file.as_ref())
+            })
             .or_else(|| candidates.iter().find(|(f, _)| f == file))
             .or_else(|| (candidates.len() == 1).then(|| &candidates[0]))?;
         string_literal(&pick.1)
@@ -198,13 +213,17 @@ impl Index {
     /// A struct by name, preferring the given crate's.
     pub fn find_struct(&self, krate: &str, name: &str) -> Option<&Found<syn::ItemStruct>> {
         let all = self.structs.get(name)?;
-        all.iter().find(|f| f.krate == krate).or_else(|| all.first())
+        all.iter()
+            .find(|f| f.krate == krate)
+            .or_else(|| all.first())
     }
 
     /// An enum by name, preferring the given crate's.
     pub fn find_enum(&self, krate: &str, name: &str) -> Option<&Found<syn::ItemEnum>> {
         let all = self.enums.get(name)?;
-        all.iter().find(|f| f.krate == krate).or_else(|| all.first())
+        all.iter()
+            .find(|f| f.krate == krate)
+            .or_else(|| all.first())
     }
 
     /// A constant by name (`NAME` or `Type::NAME`) in a crate.
@@ -219,7 +238,9 @@ impl Index {
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
     let entries = std::fs::read_dir(dir).map_err(|e| SourceError::Io(dir.to_path_buf(), e))?;
     for entry in entries {
-        let path = entry.map_err(|e| SourceError::Io(dir.to_path_buf(), e))?.path();
+        let path = entry
+            .map_err(|e| SourceError::Io(dir.to_path_buf(), e))?
+            .path();
         if path.is_dir() {
             rust_files(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "rs") {
@@ -227,6 +248,16 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
         }
     }
     Ok(())
+}
+
+/// `#[cfg(test)]`.
+fn is_test_only(attrs: &[Attribute]) -> bool {
+    attrs.iter().any(|attr| {
+        attr.path().is_ident("cfg")
+            && attr
+                .parse_args::<syn::Path>()
+                .is_ok_and(|path| path.is_ident("test"))
+    })
 }
 
 fn derives_deserialize(attrs: &[Attribute]) -> bool {
@@ -246,7 +277,7 @@ fn derives_deserialize(attrs: &[Attribute]) -> bool {
 
 /// The last path segment of a type (`omni_connector::SecretRef` is
 /// `SecretRef`).
-pub fn type_name(ty: &syn::Type) -> String {
+pub(crate) fn type_name(ty: &syn::Type) -> String {
     match ty {
         syn::Type::Path(p) => p
             .path
@@ -258,7 +289,7 @@ pub fn type_name(ty: &syn::Type) -> String {
     }
 }
 
-pub fn string_literal(expr: &Expr) -> Option<String> {
+pub(crate) fn string_literal(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Lit(lit) => match &lit.lit {
             Lit::Str(s) => Some(s.value()),
@@ -271,7 +302,7 @@ pub fn string_literal(expr: &Expr) -> Option<String> {
 
 /// The doc comment of an item or field, as paragraphs joined into one
 /// line each.
-pub fn doc(attrs: &[Attribute]) -> String {
+pub(crate) fn doc(attrs: &[Attribute]) -> String {
     let mut lines = Vec::new();
     for attr in attrs {
         if let Meta::NameValue(nv) = &attr.meta
@@ -299,7 +330,7 @@ pub fn doc(attrs: &[Attribute]) -> String {
 
 /// The `serde(...)` settings of an item or field that the docs need.
 #[derive(Debug, Default, Clone)]
-pub struct Serde {
+pub(crate) struct Serde {
     pub rename: Option<String>,
     pub rename_all: Option<String>,
     /// `Some(None)`: `#[serde(default)]`; `Some(Some(f))`: `default = "f"`.
@@ -309,7 +340,7 @@ pub struct Serde {
     pub untagged: bool,
 }
 
-pub fn serde_attrs(attrs: &[Attribute]) -> Serde {
+pub(crate) fn serde_attrs(attrs: &[Attribute]) -> Serde {
     let mut serde = Serde::default();
     for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
         let _ = attr.parse_nested_meta(|meta| {
@@ -352,7 +383,7 @@ pub fn serde_attrs(attrs: &[Attribute]) -> Serde {
 }
 
 /// A name as serde spells it under `rename_all`.
-pub fn renamed(name: &str, rule: Option<&str>) -> String {
+pub(crate) fn renamed(name: &str, rule: Option<&str>) -> String {
     let words = split_words(name);
     match rule {
         Some("snake_case") => words.join("_").to_lowercase(),

@@ -345,7 +345,7 @@ impl EventLog for KafkaLog {
     }
 
     /// Reads by assignment (no consumer group), until `max` records or
-    /// until the partition stays quiet for [`READ_IDLE`]. It deliberately
+    /// until the partition stays quiet for a moment (`READ_IDLE`). It deliberately
     /// does not stop at the high watermark: some Kafka-protocol brokers
     /// (Tansu 0.6) under-report it for multi-record batches, and a reader
     /// trusting it would silently miss records.

@@ -11,12 +11,12 @@ use sha2::{Digest as _, Sha256};
 /// and the digests compared in constant time, so neither the token's
 /// bytes nor its length leak through timing.
 #[derive(Debug)]
-pub struct ApiToken {
+pub(crate) struct ApiToken {
     sha256: [u8; 32],
 }
 
 impl ApiToken {
-    pub fn new(token: &Secret) -> Self {
+    pub(crate) fn new(token: &Secret) -> Self {
         Self::from_bytes(token.expose())
     }
 
@@ -27,14 +27,14 @@ impl ApiToken {
     }
 
     /// Whether `presented` is the configured token.
-    pub fn authorizes(&self, presented: &[u8]) -> bool {
+    pub(crate) fn authorizes(&self, presented: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented).into();
         constant_time_eq(&digest, &self.sha256)
     }
 
     /// Checks a request's `Authorization: Bearer` header. On refusal: why,
     /// for the log (answer [`unauthorized`]).
-    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -50,7 +50,7 @@ impl ApiToken {
 }
 
 /// The 401 answer of a missing or wrong bearer token.
-pub fn unauthorized() -> WebhookResponse {
+pub(crate) fn unauthorized() -> WebhookResponse {
     let mut response = error_response(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

@@ -27,7 +27,7 @@ use crate::consume::{self, Backoff, Stopped, dead_letter_of, decode_as, header, 
 use crate::events::{CommandHandled, CommandMetrics, CommandOutcome as Handled};
 
 /// The consumer group on the commands topic.
-pub const GROUP: &str = "omnid-commands";
+pub(crate) const GROUP: &str = "omnid-commands";
 
 /// Commands applied per poll (and per commit).
 const POLL_BATCH: usize = 64;
@@ -36,7 +36,7 @@ const POLL_BATCH: usize = 64;
 const DEAD_LETTER_CHANNEL: &str = "commands";
 
 /// The action's name, for logs, metrics and the HTTP answer.
-pub fn action_name(command: &ThreadingCommand) -> &'static str {
+pub(crate) fn action_name(command: &ThreadingCommand) -> &'static str {
     match &command.command {
         Some(Command::Close(_)) => "close",
         Some(Command::Reopen(_)) => "reopen",
@@ -50,7 +50,7 @@ pub fn action_name(command: &ThreadingCommand) -> &'static str {
 
 /// Applies `command` once (no retry), recording the outcome: what both
 /// the consumer and the HTTP API do.
-pub async fn apply(
+pub(crate) async fn apply(
     store: &dyn ThreadingStore,
     command: &ThreadingCommand,
     metrics: &CommandMetrics,
@@ -78,7 +78,7 @@ pub async fn apply(
 }
 
 /// The commands-topic consumer.
-pub struct Consumer {
+pub(crate) struct Consumer {
     pub log: Arc<dyn EventLog>,
     pub topic: String,
     pub store: Arc<dyn ThreadingStore>,
@@ -100,7 +100,7 @@ impl consume::BatchHandler for Consumer {
 }
 
 impl Consumer {
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         consume::consume_batches(
             self.log.as_ref(),
             GROUP,

@@ -19,15 +19,15 @@ use omni_proto::{
 use tokio_util::sync::CancellationToken;
 
 /// First wait after a temporary failure (delivery, log append or commit).
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The dead-letter record of a consumed record that cannot be handled:
 /// its raw payload and content type, the reason, and where it was read
 /// (`topic`, `partition`, `offset`, `event_id` in `metadata`).
-pub fn dead_letter_of(
+pub(crate) fn dead_letter_of(
     stored: &StoredRecord,
     channel_id: &str,
     channel_kind: ChannelKind,
@@ -61,7 +61,7 @@ pub fn dead_letter_of(
 
 /// Capped exponential backoff.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -74,19 +74,19 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(MAX_BACKOFF);
         wait
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = INITIAL_BACKOFF;
     }
 }
 
 /// A record header as text (names compared case-insensitively).
-pub fn header(stored: &StoredRecord, name: &str) -> Option<String> {
+pub(crate) fn header(stored: &StoredRecord, name: &str) -> Option<String> {
     stored
         .record
         .headers
@@ -98,7 +98,7 @@ pub fn header(stored: &StoredRecord, name: &str) -> Option<String> {
 
 /// Decodes a conversation-event record (outbound, or inbound for the
 /// threading worker).
-pub fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
+pub(crate) fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str, String)> {
     decode_as(stored, cloudevents::TYPE_CONVERSATION_EVENT)
 }
 
@@ -106,7 +106,10 @@ pub fn decode(stored: &StoredRecord) -> Result<ConversationEvent, (&'static str,
 /// mapping) when its `content-type` says `application/json`, else binary
 /// protobuf. A record of another type is refused; one without a type is
 /// tried as `M`.
-pub fn decode_as<M>(stored: &StoredRecord, ce_type: &str) -> Result<M, (&'static str, String)>
+pub(crate) fn decode_as<M>(
+    stored: &StoredRecord,
+    ce_type: &str,
+) -> Result<M, (&'static str, String)>
 where
     M: Message + Default + serde::de::DeserializeOwned,
 {
@@ -135,7 +138,7 @@ where
 
 /// Stores a dead letter, retrying until it is durable or the consumer is
 /// stopped (the record's position must not be committed before).
-pub async fn store_dead_letter(
+pub(crate) async fn store_dead_letter(
     sender: &EventSender,
     dead_letter: DeadLetter,
     shutdown: &CancellationToken,
@@ -156,7 +159,7 @@ pub async fn store_dead_letter(
 
 /// Commits past `records`: the last position of each partition they hold,
 /// each retried until the commit is durable or the consumer is stopped.
-pub async fn commit(
+pub(crate) async fn commit(
     subscription: &mut dyn Subscription,
     records: &[StoredRecord],
     shutdown: &CancellationToken,
@@ -176,7 +179,7 @@ pub async fn commit(
 
 /// Commits past `position` of `topic`, retrying until the commit is
 /// durable or the consumer is stopped.
-pub async fn commit_at(
+pub(crate) async fn commit_at(
     subscription: &mut dyn Subscription,
     topic: &str,
     position: Position,
@@ -195,14 +198,14 @@ pub async fn commit_at(
     }
 }
 
-pub use omni_proto::timestamp;
+pub(crate) use omni_proto::timestamp;
 
 /// The consumer was told to stop.
 #[derive(Debug)]
-pub struct Stopped;
+pub(crate) struct Stopped;
 
 /// Sleeps for `wait` unless the consumer is stopped first.
-pub async fn pause(shutdown: &CancellationToken, wait: Duration) -> Result<(), Stopped> {
+pub(crate) async fn pause(shutdown: &CancellationToken, wait: Duration) -> Result<(), Stopped> {
     tokio::select! {
         _ = shutdown.cancelled() => Err(Stopped),
         _ = tokio::time::sleep(wait) => Ok(()),
@@ -212,7 +215,7 @@ pub async fn pause(shutdown: &CancellationToken, wait: Duration) -> Result<(), S
 /// Joins `group` on `topic`, retrying with backoff until it works or the
 /// consumer is stopped (joining a Kafka group can take a while; shutdown
 /// must not wait for it).
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     log: &dyn EventLog,
     group: &str,
     topic: &str,
@@ -238,7 +241,7 @@ pub async fn subscribe(
 
 /// What a batch consumer does with each polled batch, before its
 /// positions are committed.
-pub trait BatchHandler: Sync {
+pub(crate) trait BatchHandler: Sync {
     fn handle_batch(
         &self,
         records: &[StoredRecord],
@@ -249,7 +252,7 @@ pub trait BatchHandler: Sync {
 /// each polled batch (at most `max` records) runs `handler` and commits
 /// the batch's positions, until it is stopped or `handler` stops it. A
 /// record is thus committed only after its whole batch was handled.
-pub async fn consume_batches(
+pub(crate) async fn consume_batches(
     log: &dyn EventLog,
     group: &str,
     topic: &str,
@@ -283,7 +286,7 @@ pub async fn consume_batches(
 
 /// The next records (possibly none after a second), a failed poll retried
 /// with `backoff`, until the consumer is stopped.
-pub async fn poll(
+pub(crate) async fn poll(
     subscription: &mut dyn Subscription,
     max: usize,
     topic: &str,

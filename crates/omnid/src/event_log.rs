@@ -15,7 +15,7 @@ use crate::settings::{LogBackend, Settings, Topics};
 /// a reader such as `omnid tail` only reads, and must never drain the
 /// daemon's spool behind its back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogUse {
+pub(crate) enum LogUse {
     Daemon,
     Reader,
 }
@@ -23,7 +23,10 @@ pub enum LogUse {
 /// Opens the configured event log. For Kafka, the daemon checks (and
 /// creates, when allowed) the topics first, so a wrong cluster or missing
 /// topic is a startup error rather than a stream of failed webhooks.
-pub async fn open_log(settings: &Settings, usage: LogUse) -> anyhow::Result<Arc<dyn EventLog>> {
+pub(crate) async fn open_log(
+    settings: &Settings,
+    usage: LogUse,
+) -> anyhow::Result<Arc<dyn EventLog>> {
     match settings.log.backend {
         LogBackend::Kafka => {
             let kafka = &settings.log.kafka;

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 /// request. A closed set: the `reason` label values of
 /// `omnid_http_refusals_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpRefusal {
+pub(crate) enum HttpRefusal {
     /// `http.max_connections` connections were open; answered 503 and
     /// closed.
     ConnectionLimit,
@@ -34,7 +34,7 @@ pub enum HttpRefusal {
 }
 
 impl HttpRefusal {
-    pub const ALL: [HttpRefusal; 5] = [
+    pub(crate) const ALL: [HttpRefusal; 5] = [
         Self::ConnectionLimit,
         Self::HeaderTimeout,
         Self::BodyTimeout,
@@ -42,7 +42,7 @@ impl HttpRefusal {
         Self::PeerBodyBudget,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::ConnectionLimit => "connection_limit",
             Self::HeaderTimeout => "header_timeout",
@@ -56,13 +56,13 @@ impl HttpRefusal {
 /// Pre-registered refusal counters of the HTTP listener, and the samplers
 /// bounding their log lines (one per reason).
 #[derive(Debug, Clone)]
-pub struct HttpRefusalMetrics {
+pub(crate) struct HttpRefusalMetrics {
     counters: [Counter; HttpRefusal::ALL.len()],
     logs: Arc<[LogSampler; HttpRefusal::ALL.len()]>,
 }
 
 impl HttpRefusalMetrics {
-    pub fn register() -> Self {
+    pub(crate) fn register() -> Self {
         Self {
             counters: HttpRefusal::ALL
                 .map(|reason| counter!(names::HTTP_REFUSALS_TOTAL, "reason" => reason.as_str())),
@@ -73,7 +73,7 @@ impl HttpRefusalMetrics {
 
 /// The HTTP listener refused a connection or a request.
 #[derive(Debug)]
-pub struct HttpRefused<'a> {
+pub(crate) struct HttpRefused<'a> {
     pub reason: HttpRefusal,
     pub peer: IpAddr,
     /// For the log line only (never a label).
@@ -107,14 +107,14 @@ impl InternalEvent for HttpRefused<'_> {
 /// `omnid_webhook_requests_total`; its log line is sampled, as anyone can
 /// send oversized requests.
 #[derive(Debug, Clone)]
-pub struct WebhookLimitMetrics {
+pub(crate) struct WebhookLimitMetrics {
     channel: String,
     too_large: Counter,
     log: Arc<LogSampler>,
 }
 
 impl WebhookLimitMetrics {
-    pub fn register(channel: &str) -> Self {
+    pub(crate) fn register(channel: &str) -> Self {
         Self {
             channel: channel.to_owned(),
             too_large: counter!(
@@ -129,7 +129,7 @@ impl WebhookLimitMetrics {
 
 /// A webhook request's body was over `http.max_body_bytes`; answered 413.
 #[derive(Debug)]
-pub struct WebhookTooLarge {
+pub(crate) struct WebhookTooLarge {
     pub max_body_bytes: usize,
 }
 
@@ -151,13 +151,13 @@ impl InternalEvent for WebhookTooLarge {
 
 /// Pre-registered event-log metrics of one topic.
 #[derive(Debug, Clone)]
-pub struct LogMetrics {
+pub(crate) struct LogMetrics {
     appends: Counter,
     errors: Counter,
 }
 
 impl LogMetrics {
-    pub fn register(topic: &str) -> Self {
+    pub(crate) fn register(topic: &str) -> Self {
         Self {
             appends: counter!(names::LOG_APPENDS_TOTAL, "topic" => topic.to_owned()),
             errors: counter!(names::LOG_APPEND_ERRORS_TOTAL, "topic" => topic.to_owned()),
@@ -167,7 +167,7 @@ impl LogMetrics {
 
 /// An append to the event log finished (durably or not).
 #[derive(Debug)]
-pub struct LogAppended<'a> {
+pub(crate) struct LogAppended<'a> {
     pub topic: &'a str,
     pub error: Option<&'a dyn std::error::Error>,
 }
@@ -188,13 +188,13 @@ impl InternalEvent for LogAppended<'_> {
 
 /// Pre-registered `omnid_config_reloads_total` counters, one per result.
 #[derive(Debug, Clone)]
-pub struct ReloadMetrics {
+pub(crate) struct ReloadMetrics {
     ok: Counter,
     error: Counter,
 }
 
 impl ReloadMetrics {
-    pub fn register() -> Self {
+    pub(crate) fn register() -> Self {
         Self {
             ok: counter!(names::CONFIG_RELOADS_TOTAL, "result" => "ok"),
             error: counter!(names::CONFIG_RELOADS_TOTAL, "result" => "error"),
@@ -204,7 +204,7 @@ impl ReloadMetrics {
 
 /// Channel configuration was (re)loaded, or a reload was refused.
 #[derive(Debug)]
-pub struct ChannelsReloaded<'a> {
+pub(crate) struct ChannelsReloaded<'a> {
     pub channels: usize,
     pub error: Option<&'a str>,
 }
@@ -232,14 +232,14 @@ impl InternalEvent for ChannelsReloaded<'_> {
 /// Pre-registered metrics of one channel's connector: whether its loop
 /// runs (`omnid_channel_up`, 1 or 0) and how often it was restarted.
 #[derive(Debug, Clone)]
-pub struct ConnectorMetrics {
+pub(crate) struct ConnectorMetrics {
     channel: String,
     up: Gauge,
     restarts: Counter,
 }
 
 impl ConnectorMetrics {
-    pub fn register(channel: &str, kind: &str) -> Self {
+    pub(crate) fn register(channel: &str, kind: &str) -> Self {
         Self {
             channel: channel.to_owned(),
             up: gauge!(names::CHANNEL_UP, "channel" => channel.to_owned(), "kind" => kind.to_owned()),
@@ -250,7 +250,7 @@ impl ConnectorMetrics {
 
 /// A channel's connector loop started, first or after a failure.
 #[derive(Debug)]
-pub struct ConnectorStarted {
+pub(crate) struct ConnectorStarted {
     /// Times it was restarted before this start (0: its first).
     pub restarts: u64,
 }
@@ -274,7 +274,7 @@ impl InternalEvent for ConnectorStarted {
 /// A channel's connector loop failed (returned an error or panicked); it is
 /// restarted after `restart_in`.
 #[derive(Debug)]
-pub struct ConnectorFailed<'a> {
+pub(crate) struct ConnectorFailed<'a> {
     pub error: &'a str,
     pub restart_in: Duration,
 }
@@ -297,7 +297,7 @@ impl InternalEvent for ConnectorFailed<'_> {
 /// it. A closed set: the `outcome` label values of
 /// `omnid_outbound_deliveries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboundOutcome {
+pub(crate) enum OutboundOutcome {
     /// The provider accepted the message; a `SENT` status was appended.
     Sent,
     /// The provider or the channel refused it for good; a `FAILED` status
@@ -314,7 +314,7 @@ pub enum OutboundOutcome {
 }
 
 impl OutboundOutcome {
-    pub const ALL: [OutboundOutcome; 5] = [
+    pub(crate) const ALL: [OutboundOutcome; 5] = [
         Self::Sent,
         Self::Failed,
         Self::Retried,
@@ -322,7 +322,7 @@ impl OutboundOutcome {
         Self::DeadLettered,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Sent => "sent",
             Self::Failed => "failed",
@@ -337,16 +337,16 @@ impl OutboundOutcome {
 /// a channel that is not configured are counted under `channel="unknown"`,
 /// so a producer cannot grow the label set.
 #[derive(Debug, Clone)]
-pub struct OutboundMetrics {
+pub(crate) struct OutboundMetrics {
     channel: String,
     outcomes: [Counter; OutboundOutcome::ALL.len()],
 }
 
 impl OutboundMetrics {
     /// The label of records whose channel is not configured.
-    pub const UNKNOWN_CHANNEL: &'static str = "unknown";
+    pub(crate) const UNKNOWN_CHANNEL: &'static str = "unknown";
 
-    pub fn register(channel: &str) -> Self {
+    pub(crate) fn register(channel: &str) -> Self {
         let outcomes = OutboundOutcome::ALL.map(|outcome| {
             counter!(names::OUTBOUND_DELIVERIES_TOTAL, "channel" => channel.to_owned(), "outcome" => outcome.as_str())
         });
@@ -359,7 +359,7 @@ impl OutboundMetrics {
 
 /// An outbound record was handled (or one attempt at it failed).
 #[derive(Debug)]
-pub struct OutboundDelivered<'a> {
+pub(crate) struct OutboundDelivered<'a> {
     pub outcome: OutboundOutcome,
     /// The outbound event id (empty when the record did not decode).
     pub event_id: &'a str,
@@ -410,7 +410,7 @@ impl InternalEvent for OutboundDelivered<'_> {
 /// How a `POST /v1/outbound` request ended. A closed set: the `outcome`
 /// label values of `omnid_outbound_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboundRequestOutcome {
+pub(crate) enum OutboundRequestOutcome {
     /// Durable on the outbound topic; answered 202.
     Accepted,
     /// Missing or wrong bearer token.
@@ -426,7 +426,7 @@ pub enum OutboundRequestOutcome {
 }
 
 impl OutboundRequestOutcome {
-    pub const ALL: [OutboundRequestOutcome; 6] = [
+    pub(crate) const ALL: [OutboundRequestOutcome; 6] = [
         Self::Accepted,
         Self::Unauthorized,
         Self::Invalid,
@@ -435,7 +435,7 @@ impl OutboundRequestOutcome {
         Self::Unavailable,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
             Self::Unauthorized => "unauthorized",
@@ -449,12 +449,12 @@ impl OutboundRequestOutcome {
 
 /// Pre-registered metrics of `POST /v1/outbound`.
 #[derive(Debug, Clone)]
-pub struct OutboundRequestMetrics {
+pub(crate) struct OutboundRequestMetrics {
     outcomes: [Counter; OutboundRequestOutcome::ALL.len()],
 }
 
 impl OutboundRequestMetrics {
-    pub fn register() -> Self {
+    pub(crate) fn register() -> Self {
         Self {
             outcomes: OutboundRequestOutcome::ALL.map(
                 |outcome| counter!(names::OUTBOUND_REQUESTS_TOTAL, "outcome" => outcome.as_str()),
@@ -465,7 +465,7 @@ impl OutboundRequestMetrics {
 
 /// A `POST /v1/outbound` request was answered.
 #[derive(Debug)]
-pub struct OutboundRequestHandled<'a> {
+pub(crate) struct OutboundRequestHandled<'a> {
     pub outcome: OutboundRequestOutcome,
     /// The channel id the request named (log line only).
     pub channel: &'a str,
@@ -504,7 +504,7 @@ impl InternalEvent for OutboundRequestHandled<'_> {
 /// What the threading worker did with one inbound record: the `outcome`
 /// label values of `omnid_threading_events_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadingOutcome {
+pub(crate) enum ThreadingOutcome {
     /// Threaded: its timeline rows are in the outbox.
     Threaded,
     /// Its event id was threaded before (a provider retry or a replay):
@@ -518,14 +518,14 @@ pub enum ThreadingOutcome {
 }
 
 impl ThreadingOutcome {
-    pub const ALL: [ThreadingOutcome; 4] = [
+    pub(crate) const ALL: [ThreadingOutcome; 4] = [
         Self::Threaded,
         Self::Duplicate,
         Self::DeadLettered,
         Self::Retried,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Threaded => "threaded",
             Self::Duplicate => "duplicate",
@@ -537,13 +537,13 @@ impl ThreadingOutcome {
 
 /// Pre-registered metrics of the threading worker and its outbox relay.
 #[derive(Debug, Clone)]
-pub struct ThreadingMetrics {
+pub(crate) struct ThreadingMetrics {
     outcomes: [Counter; ThreadingOutcome::ALL.len()],
     published: Counter,
 }
 
 impl ThreadingMetrics {
-    pub fn register() -> Self {
+    pub(crate) fn register() -> Self {
         Self {
             outcomes: ThreadingOutcome::ALL.map(
                 |outcome| counter!(names::THREADING_EVENTS_TOTAL, "outcome" => outcome.as_str()),
@@ -556,7 +556,7 @@ impl ThreadingMetrics {
 /// The threading worker handled one inbound record (or one attempt at it
 /// failed).
 #[derive(Debug)]
-pub struct EventThreaded<'a> {
+pub(crate) struct EventThreaded<'a> {
     pub outcome: ThreadingOutcome,
     /// The inbound event id (empty when the record did not decode).
     pub event_id: &'a str,
@@ -602,7 +602,7 @@ impl InternalEvent for EventThreaded<'_> {
 /// The outbox relay published timeline entries (durably appended to the
 /// timeline topic, then marked published).
 #[derive(Debug)]
-pub struct TimelinePublished {
+pub(crate) struct TimelinePublished {
     /// How many entries.
     pub entries: usize,
     /// The last outbox row id published.
@@ -625,7 +625,7 @@ impl InternalEvent for TimelinePublished {
 /// What became of one helpdesk command: the `outcome` label values of
 /// `omnid_threading_commands_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandOutcome {
+pub(crate) enum CommandOutcome {
     /// Applied; its timeline entries are in the outbox.
     Applied,
     /// Applied, but it was already true: nothing changed.
@@ -640,7 +640,7 @@ pub enum CommandOutcome {
 }
 
 impl CommandOutcome {
-    pub const ALL: [CommandOutcome; 5] = [
+    pub(crate) const ALL: [CommandOutcome; 5] = [
         Self::Applied,
         Self::Unchanged,
         Self::Duplicate,
@@ -648,7 +648,7 @@ impl CommandOutcome {
         Self::Retried,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Applied => "applied",
             Self::Unchanged => "unchanged",
@@ -662,12 +662,12 @@ impl CommandOutcome {
 /// Pre-registered `omnid_threading_commands_total` counters of one source
 /// (`topic` or `http`).
 #[derive(Debug, Clone)]
-pub struct CommandMetrics {
+pub(crate) struct CommandMetrics {
     outcomes: [Counter; CommandOutcome::ALL.len()],
 }
 
 impl CommandMetrics {
-    pub fn register(source: &'static str) -> Self {
+    pub(crate) fn register(source: &'static str) -> Self {
         Self {
             outcomes: CommandOutcome::ALL.map(|outcome| {
                 counter!(names::THREADING_COMMANDS_TOTAL, "source" => source, "outcome" => outcome.as_str())
@@ -678,7 +678,7 @@ impl CommandMetrics {
 
 /// A helpdesk command was handled (or one attempt at it failed).
 #[derive(Debug)]
-pub struct CommandHandled<'a> {
+pub(crate) struct CommandHandled<'a> {
     pub outcome: CommandOutcome,
     pub command_id: &'a str,
     /// `close`, `reopen`, `link`, `unlink`, `merge`, `split` (empty when

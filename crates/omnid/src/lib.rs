@@ -1,7 +1,7 @@
 //! Omnid, the omnichannel message-ingestion daemon, as a library: the
 //! `omnid` binary is a thin CLI over it, and a test suite or an embedding
 //! runs the same daemon with its own channel kinds ([`Daemon::start`] with
-//! a registry of [`ConnectorFactory`](omni_connector::ConnectorFactory)s,
+//! a registry of [`omni_connector::ConnectorFactory`]s,
 //! built with the connector SDK alone).
 
 mod auth;

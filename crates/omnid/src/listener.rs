@@ -37,7 +37,7 @@ use crate::settings::HttpSettings;
 
 /// Read and write buffer of one connection at most: a request head must fit
 /// (a larger one is answered 431), and a slow client holds no more.
-pub const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+pub(crate) const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
 /// What a connection beyond `http.max_connections` is told before it is
 /// closed; written without waiting, so a refused client costs nothing.
@@ -53,7 +53,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// the body deadline and the refusal metrics. Each request carries it as an
 /// extension, beside its peer's [`ConnectInfo`].
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     pub budget: Arc<BodyBudget>,
     pub body_read_timeout: Duration,
     pub refusals: HttpRefusalMetrics,
@@ -61,7 +61,7 @@ pub struct Admission {
 
 /// Why a webhook body was not read.
 #[derive(Debug)]
-pub enum BodyRefusal {
+pub(crate) enum BodyRefusal {
     /// Over `http.max_body_bytes` (answer 413).
     TooLarge,
     /// The budget had no room for it (answer 429 or 503, unread).
@@ -77,7 +77,7 @@ impl Admission {
     /// bytes reserved from the budget before they are buffered: all of a
     /// declared `Content-Length` up front, otherwise chunk by chunk. The
     /// bytes stay reserved until the returned reservation drops.
-    pub async fn read_body(
+    pub(crate) async fn read_body(
         &self,
         peer: IpAddr,
         body: axum::body::Body,
@@ -137,7 +137,7 @@ impl Admission {
         BodyRefusal::Exhausted(exhausted)
     }
 
-    pub fn refuse(&self, reason: HttpRefusal, peer: IpAddr, detail: &str) {
+    pub(crate) fn refuse(&self, reason: HttpRefusal, peer: IpAddr, detail: &str) {
         emit!(HttpRefused {
             reason,
             peer,
@@ -148,7 +148,7 @@ impl Admission {
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for
 /// every open connection to finish its in-flight request.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     settings: &HttpSettings,
@@ -242,7 +242,7 @@ pub async fn serve(
 
 /// Why a body's bytes could not be reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exhausted {
+pub(crate) enum Exhausted {
     /// The peer's share is taken (answer 429).
     Peer,
     /// The whole budget is taken (answer 503).
@@ -253,7 +253,7 @@ pub enum Exhausted {
 /// and per peer address. Reserving never waits: a request that does not
 /// fit is refused at once, so the budget bounds memory, not a queue.
 #[derive(Debug)]
-pub struct BodyBudget {
+pub(crate) struct BodyBudget {
     total_max: usize,
     peer_max: usize,
     used: Mutex<Used>,
@@ -300,7 +300,7 @@ impl Used {
 }
 
 impl BodyBudget {
-    pub fn new(total_max: usize, peer_max: usize) -> Self {
+    pub(crate) fn new(total_max: usize, peer_max: usize) -> Self {
         Self {
             total_max,
             peer_max,
@@ -314,7 +314,11 @@ impl BodyBudget {
 
     /// Reserves `bytes` for `peer`; they are given back when the
     /// reservation drops.
-    pub fn reserve(self: &Arc<Self>, peer: IpAddr, bytes: usize) -> Result<Reservation, Exhausted> {
+    pub(crate) fn reserve(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        bytes: usize,
+    ) -> Result<Reservation, Exhausted> {
         self.used()
             .take(peer, bytes, self.total_max, self.peer_max)?;
         Ok(Reservation {
@@ -327,7 +331,7 @@ impl BodyBudget {
 
 /// Body bytes held from a [`BodyBudget`] until dropped.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     budget: Arc<BodyBudget>,
     peer: IpAddr,
     bytes: usize,
@@ -336,7 +340,7 @@ pub struct Reservation {
 impl Reservation {
     /// Makes the reservation at least `bytes` (for a body without a
     /// declared length, as its chunks arrive).
-    pub fn grow_to(&mut self, bytes: usize) -> Result<(), Exhausted> {
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), Exhausted> {
         if bytes <= self.bytes {
             return Ok(());
         }

@@ -17,7 +17,7 @@ use crate::{server::AppState, settings::Settings};
 
 /// Opens the queue in the data directory; jobs a previous run left are
 /// downloaded once the worker starts.
-pub fn open(settings: &Settings) -> anyhow::Result<Arc<SqliteMediaQueue>> {
+pub(crate) fn open(settings: &Settings) -> anyhow::Result<Arc<SqliteMediaQueue>> {
     let path = settings.data_dir.join("media-queue.sqlite3");
     let queue = SqliteMediaQueue::open(&path)
         .with_context(|| format!("cannot open media queue {}", path.display()))?;
@@ -26,13 +26,13 @@ pub fn open(settings: &Settings) -> anyhow::Result<Arc<SqliteMediaQueue>> {
 
 /// The running worker.
 #[derive(Debug)]
-pub struct MediaWorker {
+pub(crate) struct MediaWorker {
     task: JoinHandle<()>,
 }
 
 /// Starts the worker. Each job's fetcher is looked up among the channels
 /// configured at the time, so a reloaded channel's new credentials apply.
-pub fn start(
+pub(crate) fn start(
     settings: &Settings,
     queue: Arc<SqliteMediaQueue>,
     state: &AppState,
@@ -66,7 +66,7 @@ pub fn start(
 impl MediaWorker {
     /// Waits for the worker to stop (after `shutdown`): downloads in
     /// progress are dropped and stay queued for the next start.
-    pub async fn stop(self, grace: Duration) {
+    pub(crate) async fn stop(self, grace: Duration) {
         if tokio::time::timeout(grace, self.task).await.is_err() {
             tracing::error!("media worker did not stop within the shutdown timeout");
         }

@@ -46,7 +46,7 @@ use crate::{
 /// What the `/v1/` API needs, installed on the [`AppState`] when
 /// `http.api_token` is set.
 #[derive(Debug)]
-pub struct OutboundApi {
+pub(crate) struct OutboundApi {
     pub token: ApiToken,
     /// Where `POST /v1/outbound` appends.
     pub sink: LogSink,
@@ -54,7 +54,7 @@ pub struct OutboundApi {
 }
 
 impl OutboundApi {
-    pub fn new(token: ApiToken, sink: LogSink) -> Self {
+    pub(crate) fn new(token: ApiToken, sink: LogSink) -> Self {
         Self {
             token,
             sink,
@@ -65,7 +65,7 @@ impl OutboundApi {
 
 /// Shared by every request.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     inner: Arc<Inner>,
 }
 
@@ -87,7 +87,7 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         channels: ChannelSet,
         max_body_bytes: usize,
         public_base_url: Option<String>,
@@ -109,31 +109,31 @@ impl AppState {
         }
     }
 
-    pub fn channels(&self) -> Arc<ChannelSet> {
+    pub(crate) fn channels(&self) -> Arc<ChannelSet> {
         self.inner.channels.get()
     }
 
     /// The same channels, for the daemon's other parts.
-    pub fn live_channels(&self) -> LiveChannels {
+    pub(crate) fn live_channels(&self) -> LiveChannels {
         self.inner.channels.clone()
     }
 
-    pub fn replace_channels(&self, channels: ChannelSet) {
+    pub(crate) fn replace_channels(&self, channels: ChannelSet) {
         self.inner.channels.replace(channels);
     }
 
     /// Turns on `POST /v1/outbound` (once; later calls are ignored).
-    pub fn enable_outbound_api(&self, api: OutboundApi) {
+    pub(crate) fn enable_outbound_api(&self, api: OutboundApi) {
         let _ = self.inner.outbound_api.set(api);
     }
 
     /// Turns on the query and commands API over `store` (it still needs
     /// `http.api_token`).
-    pub fn enable_threading_api(&self, store: Arc<dyn ThreadingStore>) {
+    pub(crate) fn enable_threading_api(&self, store: Arc<dyn ThreadingStore>) {
         let _ = self.inner.threading.set(store);
     }
 
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::SeqCst);
     }
 
@@ -144,7 +144,7 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/webhooks/{channel_id}", any(webhook))
         .route("/v1/outbound", post(submit_outbound))

@@ -50,7 +50,7 @@ impl Encoding {
 }
 
 #[derive(Debug)]
-pub struct LogSink {
+pub(crate) struct LogSink {
     log: Arc<dyn EventLog>,
     topics: Topics,
     encoding: Encoding,
@@ -61,7 +61,7 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    pub fn new(log: Arc<dyn EventLog>, topics: Topics, encoding: Encoding) -> Self {
+    pub(crate) fn new(log: Arc<dyn EventLog>, topics: Topics, encoding: Encoding) -> Self {
         Self {
             encoding,
             inbound_metrics: LogMetrics::register(&topics.inbound),
@@ -76,7 +76,7 @@ impl LogSink {
     /// Appends an outbound message (a reply for a channel to send) to the
     /// outbound topic, with the same headers and key rule as inbound
     /// events; resolves once it is durable.
-    pub fn submit_outbound(&self, event: ConversationEvent) -> Ack {
+    pub(crate) fn submit_outbound(&self, event: ConversationEvent) -> Ack {
         let record = self.event_record(&self.topics.outbound, &event);
         self.append(record, self.outbound_metrics.clone())
     }
@@ -84,7 +84,7 @@ impl LogSink {
     /// Appends a timeline entry to the timeline topic, keyed by its
     /// customer id (so one customer's entries keep their order), with
     /// `ce_id` the entry's id; resolves once it is durable.
-    pub fn submit_timeline(&self, entry: &TimelineEvent) -> Ack {
+    pub(crate) fn submit_timeline(&self, entry: &TimelineEvent) -> Ack {
         let now = SystemTime::now();
         let ce = CloudEvent {
             id: entry.timeline_event_id.clone(),
@@ -154,7 +154,7 @@ impl LogSink {
 }
 
 /// `ce_source` of timeline entries: the threading service, not a channel.
-pub const TIMELINE_SOURCE: &str = "/omnid/threading";
+pub(crate) const TIMELINE_SOURCE: &str = "/omnid/threading";
 
 /// The partition key of a conversation event: the customer's handle, so
 /// one customer's records keep their order. That is the sender of an

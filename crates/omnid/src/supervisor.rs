@@ -25,7 +25,7 @@ use crate::events::{ConnectorFailed, ConnectorMetrics, ConnectorStarted};
 /// Where a channel's loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RunState {
+pub(crate) enum RunState {
     /// Not started yet (its previous generation is still stopping).
     Starting,
     Up,
@@ -35,7 +35,7 @@ pub enum RunState {
 
 /// A channel's loop, as `/readyz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelHealth {
+pub(crate) struct ChannelHealth {
     pub state: RunState,
     /// Why it is down.
     pub error: Option<String>,
@@ -45,7 +45,7 @@ pub struct ChannelHealth {
 
 impl ChannelHealth {
     /// Before its loop first starts.
-    pub const STARTING: Self = Self {
+    pub(crate) const STARTING: Self = Self {
         state: RunState::Starting,
         error: None,
         restarts: 0,
@@ -54,11 +54,11 @@ impl ChannelHealth {
 
 /// Every supervised channel's [`ChannelHealth`], by id.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<Mutex<HashMap<String, ChannelHealth>>>);
+pub(crate) struct Health(Arc<Mutex<HashMap<String, ChannelHealth>>>);
 
 impl Health {
     /// The health of every supervised channel, now.
-    pub fn snapshot(&self) -> HashMap<String, ChannelHealth> {
+    pub(crate) fn snapshot(&self) -> HashMap<String, ChannelHealth> {
         self.lock().clone()
     }
 
@@ -77,7 +77,7 @@ impl Health {
 
 /// How failed loops are restarted.
 #[derive(Debug, Clone, Copy)]
-pub struct RestartPolicy {
+pub(crate) struct RestartPolicy {
     /// The wait before the first restart; it doubles at each failure.
     pub initial: Duration,
     /// The longest wait between two restarts.
@@ -101,7 +101,7 @@ impl RestartPolicy {
     /// The wait before the restart that follows `previous` (the wait
     /// before the last restart, `None` before the first) after a run of
     /// `ran`.
-    pub fn next_wait(&self, previous: Option<Duration>, ran: Duration) -> Duration {
+    pub(crate) fn next_wait(&self, previous: Option<Duration>, ran: Duration) -> Duration {
         match previous {
             Some(previous) if ran < self.healthy_after => (previous * 2).min(self.max),
             _ => self.initial.min(self.max),
@@ -112,7 +112,7 @@ impl RestartPolicy {
 /// The supervised loops, one per channel. A loop is replaced exactly when
 /// its channel's connector was rebuilt (its file changed, or a SIGHUP
 /// rebuilt everything).
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     running: HashMap<String, Runner>,
     health: Health,
     policy: RestartPolicy,
@@ -126,7 +126,7 @@ struct Runner {
 }
 
 impl Supervisor {
-    pub fn new(health: Health, policy: RestartPolicy) -> Self {
+    pub(crate) fn new(health: Health, policy: RestartPolicy) -> Self {
         Self {
             running: HashMap::new(),
             health,
@@ -138,7 +138,7 @@ impl Supervisor {
     /// A rebuilt channel's new connector starts only once its predecessor
     /// has stopped, so two generations never pull the same mailbox (or
     /// offset) at once.
-    pub fn sync(&mut self, channels: &ChannelSet, shutdown: &CancellationToken) {
+    pub(crate) fn sync(&mut self, channels: &ChannelSet, shutdown: &CancellationToken) {
         let mut stopping = HashMap::new();
         let ids: Vec<String> = self.running.keys().cloned().collect();
         for id in ids {
@@ -184,7 +184,7 @@ impl Supervisor {
     }
 
     /// Stops every loop, waiting up to `grace` for them to finish.
-    pub async fn stop_all(&mut self, grace: Duration) {
+    pub(crate) async fn stop_all(&mut self, grace: Duration) {
         for runner in self.running.values() {
             runner.stop.cancel();
         }

@@ -29,7 +29,7 @@ pub struct TailArgs {
     follow: bool,
 }
 
-pub async fn tail(config: &Path, args: TailArgs) -> anyhow::Result<std::process::ExitCode> {
+pub(crate) async fn tail(config: &Path, args: TailArgs) -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings::load(config)?;
     let log = crate::event_log::open_log(&settings, crate::event_log::LogUse::Reader).await?;
     let topic = Topics::new(&settings.log.topic_prefix).resolve(&args.topic);
@@ -73,7 +73,7 @@ pub async fn tail(config: &Path, args: TailArgs) -> anyhow::Result<std::process:
 }
 
 /// One record as JSON: position, key, headers, and the decoded value.
-pub fn to_json(stored: &StoredRecord) -> Value {
+pub(crate) fn to_json(stored: &StoredRecord) -> Value {
     let record = &stored.record;
     let headers: serde_json::Map<String, Value> = record
         .headers

@@ -26,9 +26,9 @@ use super::{MediaJob, MediaQueue, MediaQueueError, MediaRef};
 use crate::events::{MediaDeferred, MediaMetrics, MediaQueueDepth};
 
 /// The first retry's delay; each failure doubles it.
-pub const RETRY_BASE: Duration = Duration::from_secs(5);
+pub(super) const RETRY_BASE: Duration = Duration::from_secs(5);
 /// The longest delay between two attempts.
-pub const RETRY_CAP: Duration = Duration::from_secs(3600);
+pub(super) const RETRY_CAP: Duration = Duration::from_secs(3600);
 
 /// The delay before attempt `failures + 1`, after `failures` (>= 1)
 /// failed attempts: `base` doubling per failure up to `cap`, less up to

@@ -100,7 +100,7 @@ const fn default_max_attachment_bytes() -> u64 {
 
 /// Largest `max_attachment_bytes` accepted (256 MiB): the files of a reply
 /// are held in memory while it is sent.
-pub const MAX_ATTACHMENT_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
+pub(super) const MAX_ATTACHMENT_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Longest `timeout_secs` accepted (an hour): beyond that a silent relay
 /// would hold the outbound queue for no good reason.

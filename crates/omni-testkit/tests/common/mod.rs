@@ -13,28 +13,28 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName};
 
-pub type Tls = StreamOwned<ClientConnection, TcpStream>;
+pub(crate) type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// Reads CRLF lines and writes commands on any stream.
 #[derive(Debug)]
-pub struct Conn<S: Read + Write> {
+pub(crate) struct Conn<S: Read + Write> {
     stream: BufReader<S>,
 }
 
 impl<S: Read + Write> Conn<S> {
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         Conn {
             stream: BufReader::new(stream),
         }
     }
 
     /// The next line without its CRLF; panics if the server closed.
-    pub fn line(&mut self) -> String {
+    pub(crate) fn line(&mut self) -> String {
         self.try_line().expect("server closed the connection")
     }
 
     /// The next line, or `None` once the server closed the connection.
-    pub fn try_line(&mut self) -> Option<String> {
+    pub(crate) fn try_line(&mut self) -> Option<String> {
         let mut line = String::new();
         match self.stream.read_line(&mut line) {
             Ok(0) | Err(_) => None,
@@ -42,11 +42,11 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
-    pub fn send(&mut self, text: &str) {
+    pub(crate) fn send(&mut self, text: &str) {
         self.try_send(text).expect("write");
     }
 
-    pub fn try_send(&mut self, text: &str) -> std::io::Result<()> {
+    pub(crate) fn try_send(&mut self, text: &str) -> std::io::Result<()> {
         let stream = self.stream.get_mut();
         stream.write_all(format!("{text}\r\n").as_bytes())?;
         stream.flush()
@@ -54,7 +54,7 @@ impl<S: Read + Write> Conn<S> {
 
     /// Sends an IMAP command with `tag` and returns all lines up to and
     /// including the tagged one.
-    pub fn imap(&mut self, tag: &str, command: &str) -> Vec<String> {
+    pub(crate) fn imap(&mut self, tag: &str, command: &str) -> Vec<String> {
         self.send(&format!("{tag} {command}"));
         let mut lines = Vec::new();
         loop {
@@ -70,7 +70,7 @@ impl<S: Read + Write> Conn<S> {
     }
 
     /// Reads one SMTP reply (all its continuation lines); returns the last.
-    pub fn smtp_reply(&mut self) -> String {
+    pub(crate) fn smtp_reply(&mut self) -> String {
         loop {
             let line = self.line();
             if line.len() < 4 || line.as_bytes()[3] != b'-' {
@@ -79,20 +79,20 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
-    pub fn into_inner(self) -> S {
+    pub(crate) fn into_inner(self) -> S {
         assert!(self.stream.buffer().is_empty(), "unread data before TLS");
         self.stream.into_inner()
     }
 }
 
-pub fn connect(port: u16) -> TcpStream {
+pub(crate) fn connect(port: u16) -> TcpStream {
     let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     tcp
 }
 
 /// A client config trusting exactly the PEM CA given (none if empty).
-pub fn tls_config(ca_pem: &str) -> Arc<ClientConfig> {
+pub(crate) fn tls_config(ca_pem: &str) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("CA PEM")).expect("add CA");
@@ -108,7 +108,11 @@ pub fn tls_config(ca_pem: &str) -> Arc<ClientConfig> {
 }
 
 /// Completes a TLS handshake as `name` over `tcp`, verifying the server.
-pub fn handshake(config: Arc<ClientConfig>, name: &str, tcp: TcpStream) -> Result<Tls, String> {
+pub(crate) fn handshake(
+    config: Arc<ClientConfig>,
+    name: &str,
+    tcp: TcpStream,
+) -> Result<Tls, String> {
     let name = ServerName::try_from(name.to_owned()).expect("server name");
     let conn = ClientConnection::new(config, name).expect("client connection");
     let mut tls = StreamOwned::new(conn, tcp);

@@ -41,10 +41,10 @@ use super::{
 use crate::consume::{self, Backoff, Stopped, decode, header};
 
 /// Records fetched per poll.
-pub const POLL_BATCH: usize = 16;
+pub(super) const POLL_BATCH: usize = 16;
 
 /// Records one channel's queue holds (beyond the one in hand).
-pub const QUEUE_CAPACITY: usize = 256;
+pub(super) const QUEUE_CAPACITY: usize = 256;
 
 /// The queue of records whose channel is not configured (nor has a queue
 /// already): they are dead-lettered there, so they cannot make a queue
@@ -54,13 +54,13 @@ const UNROUTABLE: &str = "";
 /// Positions handed to queues, per partition, and whether each is done:
 /// what may be committed is everything below the lowest that is not.
 #[derive(Debug, Default)]
-pub struct Watermarks {
+pub(super) struct Watermarks {
     partitions: HashMap<(String, i32), BTreeMap<i64, bool>>,
 }
 
 impl Watermarks {
     /// `position` was handed to a queue.
-    pub fn dispatched(&mut self, topic: &str, position: Position) {
+    pub(super) fn dispatched(&mut self, topic: &str, position: Position) {
         self.partitions
             .entry((topic.to_owned(), position.partition))
             .or_default()
@@ -69,7 +69,7 @@ impl Watermarks {
     }
 
     /// `position`'s outcome is durable.
-    pub fn done(&mut self, topic: &str, position: Position) {
+    pub(super) fn done(&mut self, topic: &str, position: Position) {
         if let Some(done) = self
             .partitions
             .get_mut(&(topic.to_owned(), position.partition))
@@ -82,7 +82,7 @@ impl Watermarks {
     /// The positions that may be committed now, one per partition that
     /// moved: the last of the records that are done with nothing undone
     /// before them. They are forgotten here.
-    pub fn committable(&mut self) -> Vec<(String, Position)> {
+    pub(super) fn committable(&mut self) -> Vec<(String, Position)> {
         let mut positions = Vec::new();
         for ((topic, partition), offsets) in &mut self.partitions {
             let mut last = None;
@@ -113,14 +113,14 @@ struct Queue {
     lane: JoinHandle<()>,
 }
 
-pub struct Dispatcher {
+pub(super) struct Dispatcher {
     log: Arc<dyn EventLog>,
     topic: String,
     shared: Arc<Shared>,
 }
 
 impl Dispatcher {
-    pub fn new(log: Arc<dyn EventLog>, topic: String, shared: Shared) -> Self {
+    pub(super) fn new(log: Arc<dyn EventLog>, topic: String, shared: Shared) -> Self {
         Self {
             log,
             topic,
@@ -128,7 +128,7 @@ impl Dispatcher {
         }
     }
 
-    pub async fn run(self) {
+    pub(super) async fn run(self) {
         let shutdown = self.shared.shutdown.clone();
         let Ok(mut subscription) =
             consume::subscribe(self.log.as_ref(), GROUP, &self.topic, &shutdown).await

@@ -29,7 +29,7 @@ impl Connector for Mailer {
 }
 
 /// A channel named `id` whose connector is `connector`.
-pub fn channel(id: &str, kind: &str, connector: Arc<dyn Connector>) -> Channel {
+pub(crate) fn channel(id: &str, kind: &str, connector: Arc<dyn Connector>) -> Channel {
     Channel {
         id: id.into(),
         kind: kind.into(),
@@ -45,7 +45,7 @@ pub fn channel(id: &str, kind: &str, connector: Arc<dyn Connector>) -> Channel {
 }
 
 /// `support-mail` (email, sends) and `shop-api` (api, receives only).
-pub fn channels() -> ChannelSet {
+pub(crate) fn channels() -> ChannelSet {
     ChannelSet::from([
         (
             "support-mail".into(),
@@ -59,7 +59,7 @@ pub fn channels() -> ChannelSet {
 }
 
 /// A reply as a helpdesk posts it.
-pub fn posted() -> ConversationEvent {
+pub(crate) fn posted() -> ConversationEvent {
     ConversationEvent {
         channel_id: "support-mail".into(),
         provider_message_id: "ticket-19/reply-3".into(),
@@ -77,7 +77,7 @@ pub fn posted() -> ConversationEvent {
 }
 
 /// A prepared reply of `support-mail`, with threading hints.
-pub fn outbound() -> ConversationEvent {
+pub(crate) fn outbound() -> ConversationEvent {
     let mut event = super::prepare(posted(), &channels(), SystemTime::now()).unwrap();
     event.threading = Some(ThreadingHints {
         in_reply_to: vec!["m2@shop.example".into()],

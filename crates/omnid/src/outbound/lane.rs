@@ -30,10 +30,10 @@ use crate::{
 
 /// Longest wait a provider's `retry_after` may impose between two
 /// attempts: a broken or hostile answer must not park a channel for days.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What every lane works with.
-pub struct Shared {
+pub(super) struct Shared {
     pub sender: EventSender,
     /// Seen marks of delivered event ids (`None`: nothing is remembered).
     pub seen: Option<Arc<dyn StateStore>>,
@@ -44,18 +44,18 @@ pub struct Shared {
 
 /// A record for a lane, decoded by the dispatcher, which routes it by its
 /// channel id.
-pub struct Item {
+pub(super) struct Item {
     pub stored: StoredRecord,
     pub decoded: Result<ConversationEvent, (&'static str, String)>,
 }
 
 /// A record whose outcome is durable (sent or failed status, or dead
 /// letter): its position may be committed.
-pub type Done = (String, Position);
+pub(super) type Done = (String, Position);
 
 /// The wait before the next attempt after a temporary failure: the
 /// backoff's, or longer when the provider asked for longer.
-pub fn retry_wait(backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
+pub(super) fn retry_wait(backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
     let wait = backoff.next();
     retry_after.map_or(wait, |after| wait.max(after.min(MAX_RETRY_AFTER)))
 }
@@ -71,13 +71,13 @@ enum Outcome {
 }
 
 /// The worker of one queue.
-pub struct Lane {
+pub(super) struct Lane {
     shared: Arc<Shared>,
     metrics: HashMap<String, OutboundMetrics>,
 }
 
 impl Lane {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
             metrics: HashMap::new(),
@@ -87,7 +87,11 @@ impl Lane {
     /// Handles the queue's records in order, reporting each on `done`,
     /// until the queue closes or the dispatcher stops (the record in hand
     /// is finished first).
-    pub async fn run(mut self, mut queue: mpsc::Receiver<Item>, done: mpsc::UnboundedSender<Done>) {
+    pub(super) async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Item>,
+        done: mpsc::UnboundedSender<Done>,
+    ) {
         loop {
             let item = tokio::select! {
                 biased;

@@ -38,7 +38,7 @@
 
 mod dispatch;
 #[cfg(test)]
-pub mod fixtures;
+pub(crate) mod fixtures;
 mod lane;
 mod prepare;
 mod status;
@@ -50,7 +50,7 @@ use omni_log::EventLog;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use prepare::prepare;
+pub(crate) use prepare::prepare;
 
 use crate::{
     channels::{LiveChannels, Wiring},
@@ -58,18 +58,18 @@ use crate::{
 };
 
 /// The consumer group of the dispatcher on the outbound topic.
-pub const GROUP: &str = "omnid-outbound";
+pub(crate) const GROUP: &str = "omnid-outbound";
 
 /// The running dispatcher.
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 /// Starts the dispatcher. It stops at `shutdown`, each channel finishing
 /// the record in hand; [`Outbound::stop`] waits for that.
-pub fn start(
+pub(crate) fn start(
     settings: &Settings,
     log: Arc<dyn EventLog>,
     wiring: &Wiring,
@@ -115,7 +115,7 @@ impl Outbound {
     /// Stops the dispatcher: each channel finishes the record in hand
     /// (delivery, status) and what is done is committed, within `grace`;
     /// anything cut short is delivered again after the restart.
-    pub async fn stop(self, grace: Duration) {
+    pub(crate) async fn stop(self, grace: Duration) {
         self.stop.cancel();
         let abort = self.task.abort_handle();
         if tokio::time::timeout(grace, self.task).await.is_err() {

@@ -9,11 +9,11 @@ use omni_proto::v1::{ConversationEvent, Direction, EventKind};
 use crate::{channels::ChannelSet, consume::timestamp};
 
 /// Longest idempotency key (`provider_message_id`) the API accepts.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 512;
+pub(super) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 512;
 
 /// Why `POST /v1/outbound` refused a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
@@ -33,7 +33,7 @@ impl Refusal {
 /// outbound topic: direction and kind (when unset), the channel's kind,
 /// `event_id` from the channel and the client's idempotency key
 /// (`provider_message_id`), and `ingested_at`.
-pub fn prepare(
+pub(crate) fn prepare(
     mut event: ConversationEvent,
     channels: &ChannelSet,
     now: SystemTime,

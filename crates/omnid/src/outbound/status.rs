@@ -15,7 +15,7 @@ use crate::consume::timestamp;
 /// outbound content and threading hints (so the timeline shows what was
 /// sent), and for a sent message its provider id as `provider_message_id`
 /// and `threading.message_id`, so the customer's answer threads onto it.
-pub fn delivery_status(
+pub(super) fn delivery_status(
     outbound: &ConversationEvent,
     result: Result<&Delivered, &String>,
     now: SystemTime,

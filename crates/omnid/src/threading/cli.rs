@@ -25,7 +25,10 @@ pub struct TimelineArgs {
 
 /// `omnid timeline`: prints a customer's timeline from the configured
 /// store as JSON lines, oldest first.
-pub async fn timeline(config: &Path, args: TimelineArgs) -> anyhow::Result<std::process::ExitCode> {
+pub(crate) async fn timeline(
+    config: &Path,
+    args: TimelineArgs,
+) -> anyhow::Result<std::process::ExitCode> {
     let settings = Settings::load(config)?;
     let store = Store::open(&settings).await?;
     let shared = store.shared();

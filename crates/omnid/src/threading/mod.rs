@@ -48,9 +48,10 @@ use omni_log::EventLog;
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-pub use cli::{TimelineArgs, timeline};
-pub use store::Store;
-pub use wire::{entry_json, handle_json, handle_key};
+pub use cli::TimelineArgs;
+pub(crate) use cli::timeline;
+pub(crate) use store::Store;
+pub(crate) use wire::{entry_json, handle_json, handle_key};
 
 use crate::events::{CommandMetrics, ThreadingMetrics};
 use crate::{
@@ -60,7 +61,7 @@ use crate::{
 
 /// The running worker and relay.
 #[derive(Debug)]
-pub struct Threading {
+pub(crate) struct Threading {
     store: Store,
     worker_stop: CancellationToken,
     relay_stop: CancellationToken,
@@ -72,7 +73,7 @@ pub struct Threading {
 /// Starts the worker and the relay (when `threading.enabled`). The worker
 /// stops at `shutdown`, finishing its batch; [`Threading::stop`] then lets
 /// the relay publish what is left.
-pub fn start(
+pub(crate) fn start(
     settings: &Settings,
     log: Arc<dyn EventLog>,
     sender: EventSender,
@@ -135,7 +136,7 @@ impl Threading {
     /// Stops the worker (it finishes its batch), then the relay (it
     /// publishes the rows left), each within `grace`, and closes the store.
     /// Whatever is cut short is done again after the restart.
-    pub async fn stop(self, grace: Duration) {
+    pub(crate) async fn stop(self, grace: Duration) {
         self.worker_stop.cancel();
         for (task, what) in [
             (self.worker, "threading worker"),

@@ -31,12 +31,12 @@ const RELAY_IDLE: Duration = Duration::from_millis(500);
 /// the broker, mark) has 20 s before a standby may take over; a holder
 /// stalled longer than that may repeat entries, never lose or reorder
 /// them, and consumers drop repeats by `(customer_id, sequence)`.
-pub const RELAY_LEASE: Duration = Duration::from_secs(30);
+pub(super) const RELAY_LEASE: Duration = Duration::from_secs(30);
 
 /// The lease's name in the store.
 const RELAY_LEASE_NAME: &str = "timeline-relay";
 
-pub struct Relay {
+pub(super) struct Relay {
     pub store: Arc<dyn ThreadingStore>,
     pub log: Arc<dyn EventLog>,
     pub sink: LogSink,
@@ -54,7 +54,7 @@ pub struct Relay {
 /// own lease back at once instead of waiting for it to lapse; distinct
 /// between daemons, which never share a data directory (the event log and
 /// channel state live there).
-pub fn relay_holder(data_dir: &Path) -> String {
+pub(super) fn relay_holder(data_dir: &Path) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
@@ -74,7 +74,7 @@ enum Round {
 }
 
 impl Relay {
-    pub async fn run(self) {
+    pub(super) async fn run(self) {
         let mut backoff = Backoff::default();
         let mut reconciled = false;
         // When the lease was last taken or renewed (by our clock).

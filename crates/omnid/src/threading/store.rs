@@ -10,14 +10,14 @@ use crate::settings::{Settings, ThreadingStoreKind};
 
 /// The opened threading store.
 #[derive(Debug, Clone)]
-pub enum Store {
+pub(crate) enum Store {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
 }
 
 impl Store {
     /// Opens the configured store (and migrates it).
-    pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
+    pub(crate) async fn open(settings: &Settings) -> anyhow::Result<Store> {
         let threading = &settings.threading;
         if threading.store == ThreadingStoreKind::Postgres {
             let url = threading
@@ -46,7 +46,7 @@ impl Store {
     }
 
     /// The store behind its trait.
-    pub fn shared(&self) -> Arc<dyn ThreadingStore> {
+    pub(crate) fn shared(&self) -> Arc<dyn ThreadingStore> {
         match self {
             Store::Sqlite(store) => Arc::new(store.clone()),
             Store::Postgres(store) => Arc::new(store.clone()),
@@ -54,7 +54,7 @@ impl Store {
     }
 
     /// Closes its connections.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         match self {
             Store::Sqlite(store) => store.close().await,
             Store::Postgres(store) => store.close().await,

@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 /// (`email`, `phone`, `telegram`, ...), the value, and for channel-local
 /// kinds (`external`, `chat_visitor`) the channel id as scope. Values are
 /// normalized like the channels do (phones need their country code).
-pub fn handle_key(kind: &str, value: &str, scope: Option<&str>) -> Result<HandleKey, String> {
+pub(crate) fn handle_key(
+    kind: &str,
+    value: &str,
+    scope: Option<&str>,
+) -> Result<HandleKey, String> {
     let kind: HandleKind = kind
         .parse()
         .map_err(|_| format!("unknown handle kind `{kind}`"))?;
@@ -20,18 +24,18 @@ pub fn handle_key(kind: &str, value: &str, scope: Option<&str>) -> Result<Handle
 
 /// Parses a handle in the form of inbound record keys, `kind:value` or
 /// `kind:scope:value` ([`omni_model::HandleText`]), normalizing the value.
-pub fn parse_handle(text: &str) -> Result<HandleKey, String> {
+pub(super) fn parse_handle(text: &str) -> Result<HandleKey, String> {
     let handle: Handle = text.parse().map_err(|e| format!("handle `{text}`: {e}"))?;
     Ok(HandleKey::from_handle(&handle))
 }
 
 /// A handle key as JSON.
-pub fn handle_json(key: &HandleKey) -> Value {
+pub(crate) fn handle_json(key: &HandleKey) -> Value {
     json!({ "kind": key.kind, "scope": key.scope, "value": key.value })
 }
 
 /// A timeline entry as JSON: the protobuf JSON mapping of `TimelineEvent`.
-pub fn entry_json(row: &OutboxRow) -> Value {
+pub(crate) fn entry_json(row: &OutboxRow) -> Value {
     serde_json::to_value(&row.event).unwrap_or(Value::Null)
 }
 

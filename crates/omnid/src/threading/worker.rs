@@ -17,7 +17,7 @@ use crate::consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pau
 use crate::events::{EventThreaded, ThreadingMetrics, ThreadingOutcome};
 
 /// The consumer group of the threading worker on the inbound topic.
-pub const GROUP: &str = "omnid-threading";
+pub(super) const GROUP: &str = "omnid-threading";
 
 /// Records threaded per poll (and per store transaction and commit). A
 /// poll returns what is there, so batches are small when traffic is light;
@@ -26,7 +26,7 @@ pub const GROUP: &str = "omnid-threading";
 /// embedded), while one batch still commits well within a second.
 const POLL_BATCH: usize = 1024;
 
-pub struct Worker {
+pub(super) struct Worker {
     pub log: Arc<dyn EventLog>,
     pub topic: String,
     pub store: Arc<dyn ThreadingStore>,
@@ -46,7 +46,7 @@ impl consume::BatchHandler for Worker {
 }
 
 impl Worker {
-    pub async fn run(self) {
+    pub(super) async fn run(self) {
         consume::consume_batches(
             self.log.as_ref(),
             GROUP,
