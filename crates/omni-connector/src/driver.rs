@@ -290,7 +290,7 @@ impl<C: WebhookChannel> WebhookDriver<C> {
             request
                 .header("content-type")
                 .unwrap_or("application/octet-stream"),
-            request.received_at,
+            omni_proto::timestamp(request.received_at),
         );
         record
             .metadata

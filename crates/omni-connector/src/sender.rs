@@ -1,9 +1,12 @@
 //! How connectors hand events to the event log without depending on it.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use omni_proto::v1::{ChannelKind, ConversationEvent, DeadLetter};
+use omni_proto::{
+    Timestamp,
+    v1::{ChannelKind, ConversationEvent, DeadLetter},
+};
 
 /// What a connector can append.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +37,7 @@ pub fn dead_letter(
     detail: &str,
     raw: Vec<u8>,
     content_type: &str,
-    received_at: SystemTime,
+    received_at: Timestamp,
 ) -> DeadLetter {
     DeadLetter {
         dead_letter_id: dead_letter_id(channel_id, &raw),
@@ -44,7 +47,7 @@ pub fn dead_letter(
         detail: detail.to_owned(),
         raw_payload: raw,
         content_type: content_type.to_owned(),
-        received_at: Some(omni_proto::timestamp(received_at)),
+        received_at: Some(received_at),
         metadata: Default::default(),
     }
 }

@@ -205,7 +205,7 @@ impl Poller {
                         &error.message,
                         raw_update(update),
                         "application/json",
-                        now,
+                        received_at,
                     );
                     record
                         .metadata

@@ -45,18 +45,19 @@ pub(crate) fn dead_letter_of(
         ("offset".to_owned(), stored.position.offset.to_string()),
         ("event_id".to_owned(), event_id.to_owned()),
     ]);
-    DeadLetter {
-        dead_letter_id: omni_connector::dead_letter_id(channel_id, &record.payload),
-        channel_id: channel_id.to_owned(),
-        channel_kind: channel_kind as i32,
-        reason: reason.to_owned(),
-        detail: detail.to_owned(),
-        raw_payload: record.payload.to_vec(),
-        content_type: header(stored, cloudevents::HEADER_CONTENT_TYPE)
-            .unwrap_or_else(|| cloudevents::CONTENT_TYPE_PROTOBUF.to_owned()),
-        received_at: Some(timestamp(SystemTime::now())),
-        metadata,
-    }
+    let content_type = header(stored, cloudevents::HEADER_CONTENT_TYPE)
+        .unwrap_or_else(|| cloudevents::CONTENT_TYPE_PROTOBUF.to_owned());
+    let mut dead = omni_connector::dead_letter(
+        channel_id,
+        channel_kind,
+        reason,
+        detail,
+        record.payload.to_vec(),
+        &content_type,
+        timestamp(SystemTime::now()),
+    );
+    dead.metadata = metadata;
+    dead
 }
 
 /// Capped exponential backoff.

@@ -607,17 +607,17 @@ impl MailboxWorker {
         detail: String,
         received_at: Timestamp,
     ) -> DeadLetter {
-        DeadLetter {
-            dead_letter_id: omni_connector::dead_letter_id(&self.context.channel_id, &raw),
-            channel_id: self.context.channel_id.clone(),
-            channel_kind: ChannelKind::Email as i32,
-            reason: reason.to_owned(),
-            detail,
-            raw_payload: raw,
-            content_type: "message/rfc822".to_owned(),
-            received_at: Some(received_at),
-            metadata: self.location(uid_validity, uid).collect(),
-        }
+        let mut record = omni_connector::dead_letter(
+            &self.context.channel_id,
+            ChannelKind::Email,
+            reason,
+            &detail,
+            raw,
+            "message/rfc822",
+            received_at,
+        );
+        record.metadata = self.location(uid_validity, uid).collect();
+        record
     }
 
     /// Where a message was found, for people tracing an event back.
