@@ -50,14 +50,7 @@ async fn signed_messages_are_stored_and_tailed_with_stream_headers() {
     assert_eq!(health.status(), 200);
     let ready = client.get(daemon.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let metrics = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(&format!(
             "omnid_webhook_requests_total{{channel=\"{CHANNEL}\",outcome=\"accepted\"}} 6"

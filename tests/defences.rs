@@ -43,14 +43,7 @@ fn addr(daemon: &Daemon) -> SocketAddr {
 
 /// A counter of the daemon's `/metrics` (0 when absent).
 async fn metric(daemon: &Daemon, series: &str) -> u64 {
-    let text = client()
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0, |value| value.trim().parse().unwrap())

@@ -337,14 +337,7 @@ async fn json_encoding_writes_the_protobuf_json_mapping() {
 /// `name` carrying every label of `labels` (`outcome="applied"`), in
 /// whatever order the exporter writes them.
 async fn metric(daemon: &Daemon, name: &str, labels: &[&str]) -> f64 {
-    let text = client()
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.metrics().await;
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)

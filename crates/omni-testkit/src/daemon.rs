@@ -291,6 +291,17 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        response
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
