@@ -64,11 +64,14 @@ pub enum HandleKind {
     /// An id from the generic API channel; only meaningful within that
     /// channel, so the channel id is a required scope.
     External,
+    /// A WeChat user as one WeCom corporation sees them (`external_userid`,
+    /// e.g. in WeChat Customer Service); the corp id is a required scope.
+    WecomExternalUser,
 }
 
 impl HandleKind {
     /// Every kind, for iteration in tests, CLIs and docs.
-    pub const ALL: [HandleKind; 8] = [
+    pub const ALL: [HandleKind; 9] = [
         HandleKind::Email,
         HandleKind::Phone,
         HandleKind::TelegramUser,
@@ -77,6 +80,7 @@ impl HandleKind {
         HandleKind::Whatsapp,
         HandleKind::ChatVisitor,
         HandleKind::External,
+        HandleKind::WecomExternalUser,
     ];
 
     /// The stable wire name of the kind.
@@ -90,6 +94,7 @@ impl HandleKind {
             HandleKind::Whatsapp => "whatsapp",
             HandleKind::ChatVisitor => "chat_visitor",
             HandleKind::External => "external",
+            HandleKind::WecomExternalUser => "wecom_external_user",
         }
     }
 
@@ -97,7 +102,10 @@ impl HandleKind {
     /// number visitors from 1), so a handle must name the channel they came
     /// from.
     pub const fn requires_scope(self) -> bool {
-        matches!(self, HandleKind::ChatVisitor | HandleKind::External)
+        matches!(
+            self,
+            HandleKind::ChatVisitor | HandleKind::External | HandleKind::WecomExternalUser
+        )
     }
 }
 
@@ -677,7 +685,8 @@ mod tests {
                 "wechat_unionid",
                 "whatsapp",
                 "chat_visitor",
-                "external"
+                "external",
+                "wecom_external_user"
             ]
         );
         for kind in HandleKind::ALL {

@@ -16,6 +16,7 @@ pub const fn kind_to_proto(kind: HandleKind) -> v1::HandleKind {
         HandleKind::Whatsapp => v1::HandleKind::Whatsapp,
         HandleKind::ChatVisitor => v1::HandleKind::ChatVisitor,
         HandleKind::External => v1::HandleKind::External,
+        HandleKind::WecomExternalUser => v1::HandleKind::WecomExternalUser,
     }
 }
 
@@ -99,6 +100,10 @@ mod tests {
                 (HandleKind::Whatsapp, v1::HandleKind::Whatsapp),
                 (HandleKind::ChatVisitor, v1::HandleKind::ChatVisitor),
                 (HandleKind::External, v1::HandleKind::External),
+                (
+                    HandleKind::WecomExternalUser,
+                    v1::HandleKind::WecomExternalUser
+                ),
             ]
         );
         assert_eq!(kind_from_proto(v1::HandleKind::Unspecified as i32), None);

@@ -1294,3 +1294,93 @@ pub async fn attachment_updates_fill_in_their_message<S: ThreadingStore>(store: 
     );
     assert!(drain(&store).await.len() == rows.len() + page.entries.len());
 }
+
+/// A WeChat activity from `openid` (a follow, a menu tap), `at` seconds
+/// after [`T0`].
+fn wechat_activity(event_id: &str, openid: &str, name: &str, at: i64) -> ConversationEvent {
+    let mut event = message(
+        event_id,
+        "wx",
+        ChannelKind::Wechat,
+        handle(HandleKind::WechatOpenid, openid, "wx1234567890abcdef", true),
+        at,
+    );
+    event.kind = EventKind::Activity as i32;
+    event.activity = Some(omni_proto::v1::Activity {
+        name: name.to_owned(),
+        ..Default::default()
+    });
+    event
+}
+
+/// Activities are on the timeline, in the open conversation when there is
+/// one, but never open, reopen or prolong a conversation: a follow alone
+/// opens nothing, a menu tap during a chat lands in it, and after the idle
+/// timeout the next message opens a new conversation however many
+/// activities came in between.
+pub async fn activities_never_open_conversations<S: ThreadingStore>(store: S) {
+    let openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+    let wechat_message = |id: &str, at: i64| {
+        message(
+            id,
+            "wx",
+            ChannelKind::Wechat,
+            handle(HandleKind::WechatOpenid, openid, "wx1234567890abcdef", true),
+            at,
+        )
+    };
+    let idle = i64::try_from(ThreadingConfig::default().default_idle_timeout.as_secs()).unwrap();
+    let follow = thread(
+        &store,
+        InboundEvent::new(wechat_activity("a1", openid, "subscribe", 0)),
+    )
+    .await;
+    let customer = customer_of(&follow);
+    thread(&store, InboundEvent::new(wechat_message("m1", 10))).await;
+    thread(
+        &store,
+        InboundEvent::new(wechat_activity("a2", openid, "menu_click", 20)),
+    )
+    .await;
+    // Location reports keep coming, but the conversation idles out.
+    thread(
+        &store,
+        InboundEvent::new(wechat_activity("a3", openid, "location_report", 20 + idle)),
+    )
+    .await;
+    thread(&store, InboundEvent::new(wechat_message("m2", 30 + idle))).await;
+
+    let rows = drain(&store).await;
+    assert_gapless(&rows, &customer);
+    let placed: Vec<(String, String, bool)> = rows
+        .iter()
+        .filter_map(|r| match &r.event.entry {
+            Some(Entry::Message(m)) => m.event.as_ref().map(|e| {
+                (
+                    e.event_id.clone(),
+                    r.event.conversation_id.clone(),
+                    m.opened_conversation,
+                )
+            }),
+            _ => None,
+        })
+        .collect();
+    let ids: Vec<&str> = placed.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["a1", "m1", "a2", "a3", "m2"]);
+    let (_, a1, a1_opened) = &placed[0];
+    let (_, m1, m1_opened) = &placed[1];
+    let (_, a2, _) = &placed[2];
+    let (_, a3, a3_opened) = &placed[3];
+    let (_, m2, m2_opened) = &placed[4];
+    assert!(a1.is_empty() && !a1_opened, "a follow opens nothing");
+    assert!(!m1.is_empty() && *m1_opened, "the first message opens one");
+    assert_eq!(a2, m1, "a menu tap during the chat is in it");
+    assert!(
+        a3.is_empty() && !a3_opened,
+        "an idle conversation is not prolonged"
+    );
+    assert!(
+        *m2_opened && m2 != m1,
+        "the next message opens a new conversation"
+    );
+}

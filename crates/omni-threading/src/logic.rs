@@ -529,6 +529,35 @@ pub fn plan_with(
             }
         }
     }
+    // An activity (a follow, a menu tap, a session notice) belongs in the
+    // open conversation when there is one, but never opens, reopens or
+    // prolongs one: a stream of location reports must not keep a
+    // conversation open for ever, nor an unfollow open a new one.
+    if event.kind == EventKind::Activity as i32 {
+        let conversation_id = chosen.filter(|c| c.open).map(|c| c.id).unwrap_or_default();
+        push(
+            event.event_id.clone(),
+            &conversation_id,
+            Entry::Message(MessageEntry {
+                event: Some(event.clone()),
+                opened_conversation: false,
+                other_open_conversation_ids: Vec::new(),
+            }),
+            &mut timeline,
+        );
+        return Ok(Decision::Threaded(Box::new(Plan {
+            customer: survivor,
+            create_customer,
+            merged,
+            links,
+            suggestions,
+            conversations: writes,
+            message_id: None,
+            conversation_id,
+            timeline,
+            next_sequence: sequence,
+        })));
+    }
     let opened = chosen.is_none();
     let mut conversation = match chosen {
         Some(c) => c,

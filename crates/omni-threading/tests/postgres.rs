@@ -124,6 +124,7 @@ single_store_cases!(
     commands_link_merge_split_unlink,
     lease_has_one_holder,
     attachment_updates_fill_in_their_message,
+    activities_never_open_conversations,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
