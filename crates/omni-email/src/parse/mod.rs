@@ -260,6 +260,7 @@ pub fn parse_message(
         delivery: None,
         sender_identities: Vec::new(),
         attachment_stored: None,
+        activity: None,
     };
     Ok(ParsedEmail {
         event,

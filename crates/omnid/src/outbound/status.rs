@@ -65,6 +65,7 @@ pub(super) fn delivery_status(
         }),
         sender_identities: Vec::new(),
         attachment_stored: None,
+        activity: None,
     }
 }
 
