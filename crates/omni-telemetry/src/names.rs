@@ -28,3 +28,6 @@ pub const MEDIA_QUEUE_DEPTH: &str = "omnid_media_queue_depth";
 pub const HTTP_REFUSALS_TOTAL: &str = "omnid_http_refusals_total";
 pub const CHANNEL_UP: &str = "omnid_channel_up";
 pub const CHANNEL_RESTARTS_TOTAL: &str = "omnid_channel_restarts_total";
+pub const WECHAT_MESSAGES_TOTAL: &str = "omnid_wechat_messages_total";
+pub const WECOM_KF_SYNCS_TOTAL: &str = "omnid_wecom_kf_syncs_total";
+pub const WECOM_KF_UNREAD_AGE_SECONDS: &str = "omnid_wecom_kf_unread_age_seconds";

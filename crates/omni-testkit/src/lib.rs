@@ -31,6 +31,8 @@
 //!   for measuring (APPEND, a counting FETCH, IDLE).
 //! - [`corpus`]: deterministic, realistic customer emails.
 //! - [`cpu`]: CPU accounting from /proc for benchmarks.
+//! - [`wechat`]: WeChat's signatures and encryption, the requests its
+//!   servers make to a channel, and a local server playing its APIs.
 //!
 //! `scripts/test` installs the servers on a fresh machine
 //! (`ensure_mail_servers`, `ensure_tansu` and `ensure_postgres` in
@@ -46,6 +48,7 @@ pub mod postgres;
 mod process;
 mod smtp;
 mod tls;
+pub mod wechat;
 
 pub use dovecot::{ALICE, BOB, Dovecot, User};
 pub use smtp::{Received, SMTP_LOGIN, SMTP_PASSWORD, SmtpSink};

@@ -28,6 +28,8 @@ pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
         factory::<omni_sms::twilio::TwilioConfig>(),
         factory::<omni_sms::vonage::VonageConfig>(),
         factory::<omni_sms::gateway::GatewayConfig>(),
+        factory::<omni_wechat::WechatOaConfig>(),
+        factory::<omni_wechat::WecomKfConfig>(),
     ]
 }
 
