@@ -28,14 +28,17 @@ pub(crate) struct CallbackQuery {
 
 impl CallbackQuery {
     /// Reads the parameters WeChat signs; an overlong value is dropped, so
-    /// its check fails rather than hashing megabytes.
+    /// its check fails rather than hashing megabytes. WeChat's values are
+    /// plain ASCII, so only a value that holds an escape is decoded (a
+    /// general form decoder cost more than the signature check itself).
     pub(crate) fn parse(uri: &Uri) -> Self {
         let mut query = Self::default();
-        for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        for pair in uri.query().unwrap_or("").split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             if value.len() > MAX_QUERY_VALUE {
                 continue;
             }
-            let slot = match name.as_ref() {
+            let slot = match name {
                 "signature" => &mut query.signature,
                 "msg_signature" => &mut query.msg_signature,
                 "timestamp" => &mut query.timestamp,
@@ -44,7 +47,14 @@ impl CallbackQuery {
                 "encrypt_type" => &mut query.encrypt_type,
                 _ => continue,
             };
-            *slot = Some(value.into_owned());
+            *slot = Some(if value.contains(['%', '+']) {
+                form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            } else {
+                value.to_owned()
+            });
         }
         query
     }
@@ -122,14 +132,41 @@ impl Keys {
         }
     }
 
-    /// The `<Encrypt>` of an envelope, for the signature check.
-    pub(crate) fn envelope(&self, body: &[u8]) -> Result<String, Refusal> {
-        let fields = xml::parse(body, &self.limits)
-            .map_err(|e| Refusal::new("unreadable_envelope", e.to_string()))?;
-        fields
-            .get("Encrypt")
-            .map(str::to_owned)
-            .ok_or_else(|| Refusal::new("missing_encrypt", "the body has no <Encrypt> element"))
+    /// The `<Encrypt>` of an envelope, for the signature check: found by a
+    /// plain scan rather than the XML reader, since the signature is
+    /// checked on every request, signed or not. It must be the one
+    /// `<Encrypt>` of the body, and [`Keys::open`] decrypts
+    /// only what the XML reader finds there when it is this same text.
+    pub(crate) fn envelope<'a>(&self, body: &'a [u8]) -> Result<&'a str, Refusal> {
+        const OPEN: &[u8] = b"<Encrypt>";
+        const CLOSE: &[u8] = b"</Encrypt>";
+        let unreadable = |why: &str| Refusal::new("unreadable_envelope", why.to_owned());
+        if body.len() > self.limits.max_bytes {
+            return Err(unreadable("the body is larger than any WeChat envelope"));
+        }
+        let start = memchr::memmem::find(body, OPEN)
+            .filter(|&start| memchr::memmem::rfind(body, OPEN) == Some(start))
+            .ok_or_else(|| {
+                Refusal::new(
+                    "missing_encrypt",
+                    "the body has no single <Encrypt> element",
+                )
+            })?;
+        let rest = &body[start + OPEN.len()..];
+        let end = memchr::memmem::find(rest, CLOSE)
+            .ok_or_else(|| unreadable("<Encrypt> is not closed"))?;
+        let inner = &rest[..end];
+        let inner = inner
+            .strip_prefix(b"<![CDATA[")
+            .and_then(|i| i.strip_suffix(b"]]>"))
+            .unwrap_or(inner);
+        // Nothing else is checked here: `open` decrypts only when the XML
+        // reader's text is byte for byte this slice, and the decoder
+        // refuses what is not base64.
+        match std::str::from_utf8(inner) {
+            Ok(inner) if !inner.is_empty() => Ok(inner),
+            _ => Err(unreadable("<Encrypt> is empty or not text")),
+        }
     }
 
     /// The decrypted message inside an envelope, read as XML.
@@ -139,6 +176,14 @@ impl Keys {
         let encrypted = envelope.get("Encrypt").ok_or_else(|| {
             ParseError::new("missing_encrypt", "the body has no <Encrypt> element")
         })?;
+        // What the signature covered (when verification is on) must be
+        // what is decrypted.
+        if self.envelope(body).ok() != Some(encrypted) {
+            return Err(ParseError::new(
+                "ambiguous_envelope",
+                "the <Encrypt> the XML holds is not the one that was signed",
+            ));
+        }
         let plain = self.decrypt(encrypted)?;
         xml::parse(&plain, &self.limits).map_err(|e| ParseError::new(e.code(), e.to_string()))
     }
@@ -171,4 +216,78 @@ pub(crate) fn text(body: Vec<u8>) -> WebhookResponse {
         http::HeaderValue::from_static("text/plain"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys {
+            token: None,
+            crypt: None,
+            limits: XmlLimits::default(),
+        }
+    }
+
+    #[test]
+    fn the_signed_ciphertext_is_the_one_encrypt_in_plain_base64() {
+        let keys = keys();
+        let body = b"<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[aGVsbG8+/w==]]></Encrypt></xml>";
+        assert_eq!(keys.envelope(body).unwrap(), "aGVsbG8+/w==");
+        assert_eq!(
+            keys.envelope(b"<xml><Encrypt>aGk=</Encrypt></xml>")
+                .unwrap(),
+            "aGk="
+        );
+        for (body, code) in [
+            (
+                &b"<xml><Encrypt>YQ==</Encrypt><Encrypt>Yg==</Encrypt></xml>"[..],
+                "missing_encrypt",
+            ),
+            (b"<xml><ToUserName>gh</ToUserName></xml>", "missing_encrypt"),
+            (b"<xml><Encrypt>YQ==</xml>", "unreadable_envelope"),
+            (b"<xml><Encrypt></Encrypt></xml>", "unreadable_envelope"),
+            (b"<xml><Encrypt>\xff</Encrypt></xml>", "unreadable_envelope"),
+        ] {
+            assert_eq!(keys.envelope(body).unwrap_err().code, code, "{body:?}");
+        }
+        // An entity in the raw text: signed as is, never decrypted, since
+        // the XML reader reads it differently.
+        let body = b"<xml><Encrypt>&#89;Q==</Encrypt></xml>";
+        assert_eq!(keys.envelope(body).unwrap(), "&#89;Q==");
+        assert_eq!(keys.open(body).unwrap_err().code, "ambiguous_envelope");
+        let huge = format!("<xml><Encrypt>{}</Encrypt></xml>", "A".repeat(70_000));
+        assert_eq!(
+            keys.envelope(huge.as_bytes()).unwrap_err().code,
+            "unreadable_envelope"
+        );
+    }
+
+    #[test]
+    fn only_the_signed_ciphertext_is_decrypted() {
+        // The scan finds the commented-out one; the XML reader the other.
+        let body = b"<xml><!-- <Encrypt>YQ==</Encrypt> --><Encrypt2>Yg==</Encrypt2></xml>";
+        assert!(keys().envelope(body).is_ok());
+        let error = keys().open(body).unwrap_err();
+        assert_eq!(error.code, "missing_encrypt");
+        let body = b"<xml><Encrypt >Yg==</Encrypt><!-- <Encrypt>YQ==</Encrypt> --></xml>";
+        assert_eq!(keys().envelope(body).unwrap(), "YQ==");
+        assert_eq!(keys().open(body).unwrap_err().code, "ambiguous_envelope");
+    }
+
+    #[test]
+    fn query_values_are_taken_as_sent_and_decoded_only_when_escaped() {
+        let query = CallbackQuery::parse(
+            &"/webhooks/wx?signature=abc&timestamp=1409659813&nonce=1372623149\
+              &echostr=a%2Bb%3D&encrypt_type=aes&msg_signature=def&openid=o1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(query.signature.as_deref(), Some("abc"));
+        assert_eq!(query.echostr.as_deref(), Some("a+b="));
+        assert!(query.encrypted());
+        let long = format!("/w?signature={}", "a".repeat(2000));
+        assert_eq!(CallbackQuery::parse(&long.parse().unwrap()).signature, None);
+    }
 }

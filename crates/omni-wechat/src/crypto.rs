@@ -94,7 +94,8 @@ pub fn sign(token: &[u8], parts: &[&str]) -> String {
     let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
     all.push(token);
     all.extend(parts.iter().map(|p| p.as_bytes()));
-    all.sort_unstable();
+    // A stable sort: for a handful of parts it is a plain insertion sort.
+    all.sort();
     let mut hasher = Sha1::new();
     for part in all {
         hasher.update(part);

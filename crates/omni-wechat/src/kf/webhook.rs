@@ -44,7 +44,7 @@ impl WebhookChannel for KfWebhook {
             self.keys.verify_msg_signature(&query, echostr)
         } else {
             let encrypted = self.keys.envelope(&request.body)?;
-            self.keys.verify_msg_signature(&query, &encrypted)
+            self.keys.verify_msg_signature(&query, encrypted)
         }
     }
 

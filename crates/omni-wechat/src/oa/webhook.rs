@@ -35,7 +35,7 @@ use crate::{
 fn from_wechat(code: &str) -> bool {
     !(crate::crypto::CryptoError::CODES.contains(&code)
         || xml::XmlError::CODES.contains(&code)
-        || code == "missing_encrypt")
+        || matches!(code, "missing_encrypt" | "ambiguous_envelope"))
 }
 
 /// The unionid lookup done while WeChat waits.
@@ -74,7 +74,7 @@ impl WebhookChannel for OaWebhook {
             // The content trusted is the ciphertext, so its own signature
             // is what counts (WeChat also sends `signature`).
             let encrypted = self.keys.envelope(&request.body)?;
-            self.keys.verify_msg_signature(&query, &encrypted)
+            self.keys.verify_msg_signature(&query, encrypted)
         } else if request.method == Method::GET && query.msg_signature.is_some() {
             // An encrypted URL check: the echostr is a ciphertext.
             let echostr = query.echostr.as_deref().unwrap_or("");
