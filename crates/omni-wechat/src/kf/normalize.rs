@@ -23,18 +23,15 @@
 
 use std::collections::HashMap;
 
-use omni_connector::{Inbound, MediaRef, ParseError};
+use omni_connector::{Inbound, ParseError};
 use omni_model::{Handle, HandleKind};
 use omni_proto::{
     Timestamp,
-    v1::{
-        Activity, Attachment, ChannelKind, Content, ConversationEvent, Direction, EventKind,
-        ThreadingHints,
-    },
+    v1::{Activity, ChannelKind, ConversationEvent, Direction, EventKind, ThreadingHints},
 };
 use serde_json::{Map, Value};
 
-use crate::oa::normalize::{join_lines, media_file, shown};
+use crate::oa::normalize::{Body, join_lines, shown};
 
 /// The error code of an event that names no customer (an agent's own
 /// status): counted and skipped, not dead-lettered.
@@ -152,29 +149,7 @@ pub fn normalize(item: &Value, cx: &KfContext<'_>) -> Result<Inbound, ParseError
     Ok(Inbound::new(event).with_media(body.media))
 }
 
-/// What a message says, gathered per type.
-#[derive(Default)]
-struct Body {
-    text: String,
-    attachments: Vec<Attachment>,
-    media: Vec<MediaRef>,
-    metadata: HashMap<String, String>,
-    activity: Option<Activity>,
-}
-
 impl Body {
-    /// Activities carry no content.
-    fn content(&self) -> Option<Content> {
-        if self.activity.is_some() {
-            return None;
-        }
-        Some(Content {
-            text: self.text.clone(),
-            attachments: self.attachments.clone(),
-            ..Default::default()
-        })
-    }
-
     /// Copies the scalar fields `names` of `part` into the metadata as
     /// `{msgtype}.{name}`.
     fn keep(&mut self, msgtype: &str, part: &Map<String, Value>, names: &[&str]) {
@@ -216,9 +191,7 @@ fn message_body(
         .ok_or_else(|| missing(msgtype))?;
     if let Some(media_type) = media_type {
         let media_id = text(part, "media_id").ok_or_else(|| missing("media_id"))?;
-        let (attachment, media) = media_file(media_id, media_type, 0)?;
-        body.attachments.push(attachment);
-        body.media.push(media);
+        body.add_media(media_id, media_type)?;
         return Ok(());
     }
     match msgtype {
@@ -391,6 +364,9 @@ fn coordinate(part: &Map<String, Value>, name: &str, limit: f64) -> Result<Strin
 
 #[cfg(test)]
 mod tests {
+    use omni_connector::MediaRef;
+    use omni_proto::v1::Attachment;
+
     use super::*;
 
     const AT: Timestamp = Timestamp {

@@ -194,19 +194,19 @@ pub fn normalize(fields: &Fields, cx: &OaContext<'_>) -> Result<Inbound, ParseEr
     Ok(Inbound::new(event).with_media(body.media))
 }
 
-/// What a message says, gathered per type.
+/// What a message says, gathered per type (by both kinds' normalizers).
 #[derive(Default)]
-struct Body {
-    text: String,
-    attachments: Vec<Attachment>,
-    media: Vec<MediaRef>,
-    metadata: HashMap<String, String>,
-    activity: Option<Activity>,
+pub(crate) struct Body {
+    pub(crate) text: String,
+    pub(crate) attachments: Vec<Attachment>,
+    pub(crate) media: Vec<MediaRef>,
+    pub(crate) metadata: HashMap<String, String>,
+    pub(crate) activity: Option<Activity>,
 }
 
 impl Body {
     /// Activities carry no content.
-    fn content(&self) -> Option<Content> {
+    pub(crate) fn content(&self) -> Option<Content> {
         if self.activity.is_some() {
             return None;
         }
@@ -217,7 +217,8 @@ impl Body {
         })
     }
 
-    fn add_media(&mut self, media_id: &str, media_type: &str) -> Result<(), ParseError> {
+    /// A file to download after the message is durable.
+    pub(crate) fn add_media(&mut self, media_id: &str, media_type: &str) -> Result<(), ParseError> {
         let index = u32::try_from(self.attachments.len()).unwrap_or(u32::MAX);
         let (attachment, media) = media_file(media_id, media_type, index)?;
         self.attachments.push(attachment);
