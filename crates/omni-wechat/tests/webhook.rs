@@ -26,11 +26,14 @@ const CORP_ID: &str = "ww0123456789abcdef";
 const KFID: &str = "wkAJ2GCAAAZSfhHCt7IFSvLKtMPxyJTw";
 const OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
 
-/// Secrets as files, as an admin would keep them.
+/// Secrets as files, as an admin would keep them: one file per call, so
+/// tests running at once never read each other's half-written file.
 fn secret_file(name: &str, value: &str) -> String {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-    let path = dir.path().join(name);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.path().join(format!("{name}-{n}"));
     std::fs::write(&path, value).unwrap();
     path.display().to_string()
 }
@@ -374,7 +377,7 @@ fn customer_service(sink: &MemorySink, api_base: &str) -> (Arc<dyn Connector>, C
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if done() {
             return;
         }
@@ -431,9 +434,10 @@ async fn a_callback_pulls_every_page_and_the_cursor_never_runs_ahead_of_the_log(
         None
     );
 
-    // The log works again: the next callback reads all 5 in pages of 2.
+    // The log works again: the retry (1 s, then 2 s: no callback, and the
+    // next poll is an hour away) reads all 5 in pages of 2, with the
+    // callback's token.
     sink.fail_with(None);
-    post(&webhook, &app.kf_msg_or_event("ENCA2", KFID)).await;
     wait_for("all five messages", || events(&sink).len() >= 5).await;
     let ids: Vec<String> = events(&sink)
         .iter()
@@ -443,11 +447,21 @@ async fn a_callback_pulls_every_page_and_the_cursor_never_runs_ahead_of_the_log(
     wait_for("the cursor", || {
         fake.sync_requests()
             .last()
-            .is_some_and(|r| r.token == "ENCA2" && r.answer.is_some())
+            .is_some_and(|r| r.position == Some(4) && r.answer.is_some())
     })
     .await;
     let requests = fake.sync_requests();
     assert!(requests.iter().all(|r| r.open_kfid == KFID && r.limit == 2));
+    assert!(
+        requests.last().unwrap().token.starts_with("ENCApHx"),
+        "the retry keeps the callback's token"
+    );
+    // Pages from the start while the log refused them, then 0, 2, 4.
+    let positions: Vec<_> = requests.iter().map(|r| r.position).collect();
+    assert_eq!(
+        &positions[positions.len() - 3..],
+        [Some(0), Some(2), Some(4)]
+    );
     let event = &events(&sink)[0];
     let sender = event.sender.as_ref().unwrap();
     assert_eq!(sender.kind, HandleKind::WecomExternalUser as i32);

@@ -6,7 +6,8 @@
 //! flight, whose events keep their ids (from `msgid`) and are dropped
 //! downstream. Every known account is also synced every
 //! `poll_interval_secs` without a callback: WeCom keeps messages for three
-//! days only, and a lost callback must not lose them. The gauge
+//! days only, and a lost callback must not lose them. A sync that stops
+//! early (the API or the log failed) is retried with backoff. The gauge
 //! `omnid_wecom_kf_unread_age_seconds` says how long ago each account was
 //! last read to its end, so an operator is warned long before that.
 
@@ -71,6 +72,49 @@ impl Wake {
     }
 }
 
+/// Accounts whose last sync stopped early, and when to try them again.
+#[derive(Debug)]
+struct Retry {
+    due: BTreeMap<String, Option<String>>,
+    at: tokio::time::Instant,
+    delay: Duration,
+    max: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_secs(1);
+
+    fn new(max: Duration) -> Self {
+        Self {
+            due: BTreeMap::new(),
+            at: tokio::time::Instant::now(),
+            delay: Self::FIRST.min(max),
+            max,
+        }
+    }
+
+    fn schedule(&mut self, open_kfid: String, token: Option<String>) {
+        if self.due.is_empty() {
+            self.at = tokio::time::Instant::now() + self.delay;
+        }
+        let slot = self.due.entry(open_kfid).or_default();
+        if token.is_some() {
+            *slot = token;
+        }
+    }
+
+    /// After a round of retries: back off further while some still fail,
+    /// start from 1 s again once all passed.
+    fn rearm(&mut self) {
+        if self.due.is_empty() {
+            self.delay = Self::FIRST.min(self.max);
+        } else {
+            self.delay = (self.delay * 2).min(self.max);
+            self.at = tokio::time::Instant::now() + self.delay;
+        }
+    }
+}
+
 /// Why a sync stopped before the end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SyncError {
@@ -117,6 +161,7 @@ impl Syncer {
         let mut poll = tokio::time::interval(self.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        let mut retry = Retry::new(self.poll_interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -126,13 +171,19 @@ impl Syncer {
                             accounts.push(open_kfid.clone());
                             self.remember(&accounts).await;
                         }
-                        self.sync_logged(&open_kfid, token, &shutdown).await;
+                        self.sync_logged(open_kfid, token, &mut retry, &shutdown).await;
                     }
                 }
                 _ = poll.tick() => {
                     for open_kfid in &accounts {
-                        self.sync_logged(open_kfid, None, &shutdown).await;
+                        self.sync_logged(open_kfid.clone(), None, &mut retry, &shutdown).await;
                     }
+                }
+                _ = tokio::time::sleep_until(retry.at), if !retry.due.is_empty() => {
+                    for (open_kfid, token) in std::mem::take(&mut retry.due) {
+                        self.sync_logged(open_kfid, token, &mut retry, &shutdown).await;
+                    }
+                    retry.rearm();
                 }
                 _ = gauges.tick() => {
                     for open_kfid in &accounts {
@@ -143,23 +194,33 @@ impl Syncer {
         }
     }
 
+    /// Syncs one account; one that stops early is retried with backoff
+    /// (from 1 s, doubling up to the poll interval) rather than waiting
+    /// for the next poll, with the callback's token while it lasts.
     async fn sync_logged(
         &self,
-        open_kfid: &str,
+        open_kfid: String,
         token: Option<String>,
+        retry: &mut Retry,
         shutdown: &CancellationToken,
     ) {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = self.sync(open_kfid, token) => result,
+            result = self.sync(&open_kfid, token.clone()) => result,
         };
         match result {
-            Ok(pages) => emit!(SyncCaughtUp { open_kfid, pages } => &self.metrics),
-            Err(error) => emit!(SyncFailed {
-                open_kfid,
-                error: &error,
-                retry_in: self.poll_interval,
-            } => &self.metrics),
+            Ok(pages) => {
+                emit!(SyncCaughtUp { open_kfid: &open_kfid, pages } => &self.metrics);
+                retry.due.remove(&open_kfid);
+            }
+            Err(error) => {
+                emit!(SyncFailed {
+                    open_kfid: &open_kfid,
+                    error: &error,
+                    retry_in: retry.delay,
+                } => &self.metrics);
+                retry.schedule(open_kfid, token);
+            }
         }
     }
 
