@@ -2,8 +2,8 @@
 //! only the news that there are some (`kf_msg_or_event`, with a `Token`
 //! that lifts `kf/sync_msg`'s rate limit for ten minutes and the account's
 //! `OpenKfId`), so it is answered `success` at once and the account's
-//! [`Syncer`](super::sync::Syncer) is woken: the messages themselves are
-//! acknowledged by the cursor, which moves only after they are durable.
+//! puller is woken: the messages themselves are acknowledged by the
+//! cursor, which moves only after they are durable.
 
 use std::sync::Arc;
 
