@@ -27,7 +27,9 @@ impl Default for XmlLimits {
     fn default() -> Self {
         Self {
             max_bytes: 64 * 1024,
-            max_depth: 4,
+            // `<xml>` counts as 1; a menu event's
+            // `SendPicsInfo/PicList/item/PicMd5Sum` is 5 deep.
+            max_depth: 6,
             max_fields: 64,
         }
     }
@@ -288,7 +290,10 @@ impl State<'_> {
             path.push('/');
         }
         path.push_str(&element.name);
-        if self.fields.iter().any(|(n, _)| *n == path) {
+        // A top-level field twice is ambiguous (which `MsgId`?); nested
+        // ones repeat by design (the `item`s of a menu event's
+        // `SendPicsInfo/PicList`), and `get` reads the first.
+        if self.open.is_empty() && self.fields.iter().any(|(n, _)| *n == path) {
             return Err(XmlError::DuplicateField(path.chars().take(128).collect()));
         }
         if self.fields.len() >= self.limits.max_fields {
@@ -407,6 +412,25 @@ mod tests {
 
     fn error(xml: &[u8]) -> &'static str {
         parse(xml, &XmlLimits::default()).unwrap_err().code()
+    }
+
+    /// WeChat's own lists repeat nested names: a menu's photo event
+    /// (`pic_sysphoto`) as documented, 5 levels deep.
+    #[test]
+    fn nested_lists_repeat() {
+        let body = b"<xml><ToUserName><![CDATA[gh_e136c6e50636]]></ToUserName>\
+<FromUserName><![CDATA[oMgHVjngRipVsoxg6TuX3vz6glDg]]></FromUserName>\
+<CreateTime>1408090651</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+<Event><![CDATA[pic_sysphoto]]></Event><EventKey><![CDATA[6]]></EventKey>\
+<SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum><![CDATA[1b5f7c23b5bf75682a53e7b6d163e185]]></PicMd5Sum></item>\
+<item><PicMd5Sum><![CDATA[2c5f7c23b5bf75682a53e7b6d163e186]]></PicMd5Sum></item></PicList></SendPicsInfo></xml>";
+        let fields = parse(body, &XmlLimits::default()).unwrap();
+        assert_eq!(fields.get("SendPicsInfo/Count"), Some("2"));
+        assert_eq!(
+            fields.get("SendPicsInfo/PicList/item/PicMd5Sum"),
+            Some("1b5f7c23b5bf75682a53e7b6d163e185")
+        );
+        assert_eq!(fields.get("Event"), Some("pic_sysphoto"));
     }
 
     #[test]
