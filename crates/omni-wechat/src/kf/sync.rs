@@ -38,10 +38,6 @@ pub(crate) const MAX_ACCOUNTS: usize = 256;
 /// The state key listing the accounts learned from callbacks.
 const ACCOUNTS_KEY: &str = "accounts";
 
-/// The code [`normalize`] gives items that belong to no customer (an
-/// agent's status change): counted and skipped, by design.
-const SERVICER_EVENT: &str = "servicer_event";
-
 /// Callbacks waiting for the syncer: which accounts have news, with the
 /// token each callback brought.
 #[derive(Debug, Default)]
@@ -308,7 +304,7 @@ impl Syncer {
                     acks.push(self.sender.send_event(inbound.event));
                     events += 1;
                 }
-                Err(error) if error.code == SERVICER_EVENT => skipped += 1,
+                Err(error) if error.code == normalize::SERVICER_EVENT => skipped += 1,
                 Err(error) => {
                     acks.push(self.sender.send_dead_letter(dead_letter(
                         &self.channel_id,
