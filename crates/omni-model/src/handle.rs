@@ -67,11 +67,17 @@ pub enum HandleKind {
     /// A WeChat user as one WeCom corporation sees them (`external_userid`,
     /// e.g. in WeChat Customer Service); the corp id is a required scope.
     WecomExternalUser,
+    /// A Messenger user as one Facebook Page sees them (page-scoped id);
+    /// the Page id is a required scope.
+    MessengerPsid,
+    /// An Instagram user as one professional account sees them
+    /// (Instagram-scoped id); the account id is a required scope.
+    InstagramIgsid,
 }
 
 impl HandleKind {
     /// Every kind, for iteration in tests, CLIs and docs.
-    pub const ALL: [HandleKind; 9] = [
+    pub const ALL: [HandleKind; 11] = [
         HandleKind::Email,
         HandleKind::Phone,
         HandleKind::TelegramUser,
@@ -81,6 +87,8 @@ impl HandleKind {
         HandleKind::ChatVisitor,
         HandleKind::External,
         HandleKind::WecomExternalUser,
+        HandleKind::MessengerPsid,
+        HandleKind::InstagramIgsid,
     ];
 
     /// The stable wire name of the kind.
@@ -95,6 +103,8 @@ impl HandleKind {
             HandleKind::ChatVisitor => "chat_visitor",
             HandleKind::External => "external",
             HandleKind::WecomExternalUser => "wecom_external_user",
+            HandleKind::MessengerPsid => "messenger_psid",
+            HandleKind::InstagramIgsid => "instagram_igsid",
         }
     }
 
@@ -104,7 +114,11 @@ impl HandleKind {
     pub const fn requires_scope(self) -> bool {
         matches!(
             self,
-            HandleKind::ChatVisitor | HandleKind::External | HandleKind::WecomExternalUser
+            HandleKind::ChatVisitor
+                | HandleKind::External
+                | HandleKind::WecomExternalUser
+                | HandleKind::MessengerPsid
+                | HandleKind::InstagramIgsid
         )
     }
 }
@@ -686,7 +700,9 @@ mod tests {
                 "whatsapp",
                 "chat_visitor",
                 "external",
-                "wecom_external_user"
+                "wecom_external_user",
+                "messenger_psid",
+                "instagram_igsid"
             ]
         );
         for kind in HandleKind::ALL {

@@ -17,6 +17,8 @@ pub const fn kind_to_proto(kind: HandleKind) -> v1::HandleKind {
         HandleKind::ChatVisitor => v1::HandleKind::ChatVisitor,
         HandleKind::External => v1::HandleKind::External,
         HandleKind::WecomExternalUser => v1::HandleKind::WecomExternalUser,
+        HandleKind::MessengerPsid => v1::HandleKind::MessengerPsid,
+        HandleKind::InstagramIgsid => v1::HandleKind::InstagramIgsid,
     }
 }
 
@@ -104,6 +106,8 @@ mod tests {
                     HandleKind::WecomExternalUser,
                     v1::HandleKind::WecomExternalUser
                 ),
+                (HandleKind::MessengerPsid, v1::HandleKind::MessengerPsid),
+                (HandleKind::InstagramIgsid, v1::HandleKind::InstagramIgsid),
             ]
         );
         assert_eq!(kind_from_proto(v1::HandleKind::Unspecified as i32), None);
