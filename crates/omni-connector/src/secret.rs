@@ -35,6 +35,11 @@ impl AsRef<[u8]> for Secret {
 }
 
 impl Secret {
+    /// A secret held in memory (tests, and values derived at run time).
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
     pub fn expose(&self) -> &[u8] {
         &self.0
     }

@@ -31,3 +31,4 @@ pub const CHANNEL_RESTARTS_TOTAL: &str = "omnid_channel_restarts_total";
 pub const WECHAT_MESSAGES_TOTAL: &str = "omnid_wechat_messages_total";
 pub const WECOM_KF_SYNCS_TOTAL: &str = "omnid_wecom_kf_syncs_total";
 pub const WECOM_KF_UNREAD_AGE_SECONDS: &str = "omnid_wecom_kf_unread_age_seconds";
+pub const META_UPDATES_TOTAL: &str = "omnid_meta_updates_total";

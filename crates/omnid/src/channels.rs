@@ -30,6 +30,9 @@ pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
         factory::<omni_sms::gateway::GatewayConfig>(),
         factory::<omni_wechat::WechatOaConfig>(),
         factory::<omni_wechat::WecomKfConfig>(),
+        factory::<omni_meta::WhatsappConfig>(),
+        factory::<omni_meta::MessengerConfig>(),
+        factory::<omni_meta::InstagramConfig>(),
     ]
 }
 

@@ -1,0 +1,201 @@
+//! The channel's own cost per message: signed WhatsApp webhooks carrying 1
+//! and 10 text messages through the webhook driver, from the request as
+//! the HTTP server hands it over to the answer, with a log that keeps
+//! nothing and the channel's in-memory state (the redelivery check and the
+//! seen marks); beside the API channel's signed JSON through its driver,
+//! measured in the same run as the ceiling. HTTP and the durable log are
+//! the same for both and are measured by `scripts/bench-meta` against the
+//! running daemon.
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method};
+use omni_connector::{
+    Ack, ChannelConfig, ChannelContext, EventSender, EventSink, LogEntry, Receipt, WebhookHandler,
+    WebhookRequest, signature::hmac_sha256,
+};
+
+const APP_SECRET: &str = "bench-app-secret";
+const PHONE_NUMBER_ID: &str = "106540352242922";
+
+/// A log that takes every entry at once and keeps none, so millions of
+/// iterations measure the channel, not a growing vector.
+struct NullSink;
+
+impl EventSink for NullSink {
+    fn submit(&self, _entry: LogEntry) -> Ack {
+        Box::pin(async {
+            Ok(Receipt {
+                partition: 0,
+                offset: 0,
+            })
+        })
+    }
+}
+
+fn webhook<C: ChannelConfig>(settings: &str) -> Arc<dyn WebhookHandler> {
+    let context = ChannelContext::new("bench", EventSender::new(Arc::new(NullSink)));
+    omni_connector::factory::<C>()
+        .build(context, toml::from_str(settings).unwrap())
+        .unwrap()
+        .webhook()
+        .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn request(headers: HeaderMap, body: String) -> WebhookRequest {
+    WebhookRequest {
+        method: Method::POST,
+        uri: "/webhooks/bench".parse().unwrap(),
+        headers,
+        body: Bytes::from(body),
+        received_at: SystemTime::now(),
+        public_url: None,
+    }
+}
+
+/// A POST as Meta sends it: one change carrying `count` text messages from
+/// as many customers, with their contacts.
+fn whatsapp_request(first: u64, count: u64) -> WebhookRequest {
+    let (mut contacts, mut messages) = (Vec::new(), Vec::new());
+    for i in first..first + count {
+        let wa_id = format!("1555{:07}", i % 1000);
+        contacts.push(serde_json::json!({"profile": {"name": "Bench Customer"}, "wa_id": wa_id}));
+        messages.push(serde_json::json!({
+            "from": wa_id,
+            "id": format!("wamid.HBgLMTU1NTEyMzQ1NjcVAgASGBQzQTZBRTk{i:020}"),
+            "timestamp": now().to_string(),
+            "text": {"body": "x".repeat(200)},
+            "type": "text",
+        }));
+    }
+    let body = serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": "102290129340398",
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+                    "contacts": contacts,
+                    "messages": messages,
+                },
+            }],
+        }],
+    })
+    .to_string();
+    let signature = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(APP_SECRET.as_bytes(), &[body.as_bytes()]))
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "x-hub-signature-256",
+        HeaderValue::from_str(&signature).unwrap(),
+    );
+    request(headers, body)
+}
+
+fn api_request(i: u64) -> WebhookRequest {
+    let body = serde_json::json!({
+        "external_id": format!("bench-{i}"),
+        "sender": { "kind": "external", "value": format!("customer-{}", i % 1000) },
+        "text": "x".repeat(200),
+    })
+    .to_string();
+    let now = now();
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        omni_api::signature::TIMESTAMP_HEADER,
+        HeaderValue::from_str(&now.to_string()).unwrap(),
+    );
+    headers.insert(
+        omni_api::signature::SIGNATURE_HEADER,
+        HeaderValue::from_str(&omni_api::signature::sign(
+            b"bench-secret",
+            now,
+            body.as_bytes(),
+        ))
+        .unwrap(),
+    );
+    request(headers, body)
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, value: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        path.display().to_string()
+    };
+    let (app_secret, verify, api_secret) = (
+        file("app_secret", APP_SECRET),
+        file("verify", "bench-verify"),
+        file("api_secret", "bench-secret"),
+    );
+    let whatsapp = format!(
+        "phone_number_id = {PHONE_NUMBER_ID:?}\napp_secret = {{ file = {app_secret:?} }}\n\
+         verify_token = {{ file = {verify:?} }}\n"
+    );
+    let api = format!("secret = {{ file = {api_secret:?} }}\n");
+
+    let mut group = c.benchmark_group("webhook");
+    // Requests are built outside the timed part (iter_batched), so each
+    // figure is the channel's work alone; throughput is per message.
+    group.throughput(Throughput::Elements(1));
+    let api_hook = webhook::<omni_api::ApiChannelConfig>(&api);
+    let mut i = 0;
+    group.bench_function("api_signed_json (ceiling)", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                api_request(i)
+            },
+            |r| runtime.block_on(api_hook.handle(r)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let wa = webhook::<omni_meta::WhatsappConfig>(&whatsapp);
+    group.bench_function("whatsapp_1_per_post", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                whatsapp_request(i, 1)
+            },
+            |r| runtime.block_on(wa.handle(r)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.throughput(Throughput::Elements(10));
+    group.bench_function("whatsapp_10_per_post", |b| {
+        b.iter_batched(
+            || {
+                i += 10;
+                whatsapp_request(i, 10)
+            },
+            |r| runtime.block_on(wa.handle(r)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

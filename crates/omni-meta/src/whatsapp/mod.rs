@@ -1,0 +1,3 @@
+//! WhatsApp Business Cloud API: webhook payloads to events.
+
+pub mod normalize;
