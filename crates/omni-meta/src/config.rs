@@ -106,10 +106,11 @@ pub struct MessengerConfig {
     #[serde(default)]
     pub access_token: Option<SecretRef>,
 
-    /// The app's id. Echoes of messages this app sent (Omnid's own
-    /// replies, already on the timeline) are then recognised and not
-    /// recorded twice; echoes of messages sent from the Page inbox or other
-    /// apps are recorded as outbound messages either way.
+    /// The app's id. Omnid's own replies are on the timeline already, and
+    /// their echoes are recognised by the message ids the Send API
+    /// returned; with the app id, an echo that arrives before that answer
+    /// is recognised too. Echoes of messages sent from the Page inbox or
+    /// other apps are recorded as outbound messages either way.
     #[serde(default)]
     pub app_id: Option<String>,
 
