@@ -15,6 +15,8 @@ pub struct MemorySink {
 struct Inner {
     entries: Vec<LogEntry>,
     fail_with: Option<SendError>,
+    /// Entries still taken before `fail_with` applies.
+    fail_after: Option<usize>,
 }
 
 impl MemorySink {
@@ -24,7 +26,17 @@ impl MemorySink {
 
     /// Makes every later submit fail with `error` (None: succeed again).
     pub fn fail_with(&self, error: Option<SendError>) {
-        self.lock().fail_with = error;
+        let mut inner = self.lock();
+        inner.fail_with = error;
+        inner.fail_after = None;
+    }
+
+    /// Takes `count` more entries, then fails every later submit with
+    /// `error`: a log that breaks in the middle of a request.
+    pub fn fail_after(&self, count: usize, error: SendError) {
+        let mut inner = self.lock();
+        inner.fail_with = Some(error);
+        inner.fail_after = Some(count);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -37,7 +49,14 @@ impl MemorySink {
 impl EventSink for MemorySink {
     fn submit(&self, entry: LogEntry) -> Ack {
         let mut inner = self.lock();
-        let result = match inner.fail_with.clone() {
+        let failing = match &mut inner.fail_after {
+            Some(0) | None => inner.fail_with.clone(),
+            Some(left) => {
+                *left -= 1;
+                None
+            }
+        };
+        let result = match failing {
             Some(error) => Err(error),
             None => {
                 inner.entries.push(entry);

@@ -1516,6 +1516,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sent_messages_echoes_are_marked_seen_for_the_webhook() {
+        let fake = Fake::start().await;
+        let store = Store::new();
+        let state = state_with(PSID, HOUR).await;
+        let sender = send_api(&fake, SendPlatform::Instagram, state.clone(), &store, false)
+            .marking_echoes("ig");
+        let echo = omni_model::event_id("ig", "m_1").to_string();
+        assert_eq!(state.seen(vec![echo.clone()]).await.unwrap(), [false]);
+        sender
+            .deliver(&reply(
+                handle(HandleKind::InstagramIgsid, PSID),
+                "Hi",
+                Vec::new(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(state.seen(vec![echo]).await.unwrap(), [true]);
+    }
+
+    #[tokio::test]
     async fn send_api_human_agent_between_one_and_seven_days() {
         let fake = Fake::start().await;
         let store = Store::new();
