@@ -66,6 +66,17 @@ ensure_mail_servers() {
   fi
 }
 
+# libfaketime: the Meta tests restart the daemon with its clock a day ahead
+# (LD_PRELOAD, real time otherwise) to show a redelivery that late is still
+# dropped. tests read OMNID_TEST_FAKETIME (the library's path).
+ensure_faketime() {
+  if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
+    apt_install faketime
+  fi
+  OMNID_TEST_FAKETIME="$(ls /usr/lib/*/faketime/libfaketime.so.1 | head -n1)"
+  export OMNID_TEST_FAKETIME
+}
+
 # The PostgreSQL server the threading store's tests use: 127.0.0.1:5432,
 # trust auth on loopback, users postgres and root, database `test`. Reused
 # when one already answers; otherwise Debian's `postgresql` is installed and

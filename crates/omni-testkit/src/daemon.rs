@@ -222,8 +222,15 @@ impl Deployment {
     /// If it does not listen within a minute; the message carries its
     /// stderr.
     pub fn start(&self) -> Daemon {
+        self.start_with_env(&[])
+    }
+
+    /// [`start`](Self::start) with more environment variables (an
+    /// `LD_PRELOAD`ed fake clock, say).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let mut child = self
             .command(&["run"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -33,10 +33,12 @@
 //! - [`cpu`]: CPU accounting from /proc for benchmarks.
 //! - [`wechat`]: WeChat's signatures and encryption, the requests its
 //!   servers make to a channel, and a local server playing its APIs.
+//! - [`meta`]: Meta's `X-Hub-Signature-256`, its documented webhook
+//!   payloads (WhatsApp, Messenger, Instagram), and a local Graph API.
 //!
 //! `scripts/test` installs the servers on a fresh machine
-//! (`ensure_mail_servers`, `ensure_tansu` and `ensure_postgres` in
-//! `scripts/lib.sh`).
+//! (`ensure_mail_servers`, `ensure_tansu`, `ensure_postgres` and
+//! `ensure_faketime` in `scripts/lib.sh`).
 
 pub mod corpus;
 pub mod cpu;
@@ -44,6 +46,7 @@ pub mod daemon;
 mod dovecot;
 pub mod imap;
 pub mod kafka;
+pub mod meta;
 pub mod postgres;
 mod process;
 mod smtp;
