@@ -1,7 +1,9 @@
 //! `omni-loadgen`: drives a webhook channel of a running daemon: the API
-//! channel (HMAC-signed JSON), or a WeChat Official Account in safe mode
-//! (AES-encrypted XML with its `msg_signature`), so the two can be compared
-//! on one machine in one run.
+//! channel (HMAC-signed JSON), a WeChat Official Account in safe mode
+//! (AES-encrypted XML with its `msg_signature`), or a WhatsApp phone number
+//! (Meta's webhook JSON with `X-Hub-Signature-256`, several messages per
+//! POST as Meta batches them under load), so each can be compared with the
+//! API channel on one machine in one run.
 //!
 //! Each connection is one keep-alive HTTP/1.1 connection sending requests
 //! back to back (closed loop), or on a fixed schedule when `--rate` is set
@@ -46,7 +48,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     warmup: u64,
     /// Target messages/s over all connections (open loop); unset: as fast
-    /// as the daemon answers (closed loop).
+    /// as the daemon answers (closed loop). With several messages per POST
+    /// the POSTs are spaced so the messages come at this rate.
     #[arg(long)]
     rate: Option<u64>,
     /// Bytes of message text.
@@ -55,8 +58,10 @@ struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
-    /// What to post: `api` (signed JSON) or `wechat` (safe-mode WeChat
-    /// text messages; needs the `--wechat-*` options).
+    /// What to post: `api` (signed JSON), `wechat` (safe-mode WeChat
+    /// text messages; needs the `--wechat-*` options) or `whatsapp`
+    /// (WhatsApp Cloud API webhooks of text messages; needs
+    /// `--meta-app-secret`).
     #[arg(long, default_value = "api")]
     kind: Kind,
     /// The WeChat channel's AppID.
@@ -68,6 +73,17 @@ struct Args {
     /// The WeChat channel's EncodingAESKey (43 characters).
     #[arg(long, env = "OMNID_BENCH_WECHAT_AES_KEY", default_value = "")]
     wechat_aes_key: String,
+    /// The Meta app's App Secret the WhatsApp channel checks
+    /// `X-Hub-Signature-256` with.
+    #[arg(long, env = "OMNID_BENCH_META_APP_SECRET", default_value = "")]
+    meta_app_secret: String,
+    /// The WhatsApp channel's `phone_number_id` (the webhooks' metadata).
+    #[arg(long, default_value = "106540352242922")]
+    phone_number_id: String,
+    /// Text messages in each WhatsApp POST (Meta batches up to 1000; a
+    /// busy number sees several per POST).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    messages_per_post: u64,
     /// The daemon's process id: its CPU time over the measured window is
     /// reported per acknowledged message.
     #[arg(long)]
@@ -78,6 +94,17 @@ struct Args {
 enum Kind {
     Api,
     Wechat,
+    Whatsapp,
+}
+
+impl Args {
+    /// Messages in each request: several only for WhatsApp.
+    fn messages_per_request(&self) -> u64 {
+        match self.kind {
+            Kind::Whatsapp => self.messages_per_post,
+            Kind::Api | Kind::Wechat => 1,
+        }
+    }
 }
 
 /// CPU seconds (user + system) a process has used so far, from
@@ -106,16 +133,17 @@ async fn main() -> anyhow::Result<()> {
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let warmup_end = Instant::now() + Duration::from_secs(args.warmup);
     let end = warmup_end + Duration::from_secs(args.duration);
-    let wechat = match args.kind {
-        Kind::Api => None,
-        Kind::Wechat => Some(Arc::new(Wechat::new(&args)?)),
+    let payload = match args.kind {
+        Kind::Api => Payload::Api,
+        Kind::Wechat => Payload::Wechat(Arc::new(Wechat::new(&args)?)),
+        Kind::Whatsapp => Payload::Whatsapp(Arc::new(Whatsapp::new(&args)?)),
     };
     let mut tasks = Vec::new();
     for conn in 0..args.connections {
-        let wechat = wechat.clone();
+        let payload = payload.clone();
         let args = args.clone();
         tasks.push(tokio::spawn(async move {
-            connection(args, wechat, run_id, conn, warmup_end, end).await
+            connection(args, payload, run_id, conn, warmup_end, end).await
         }));
     }
     // CPU over the measured window: the daemon's and this generator's.
@@ -152,6 +180,69 @@ async fn main() -> anyhow::Result<()> {
 struct Cpu {
     daemon_s: Option<f64>,
     loadgen_s: Option<f64>,
+}
+
+/// What each request is built from.
+#[derive(Clone)]
+enum Payload {
+    Api,
+    Wechat(Arc<Wechat>),
+    Whatsapp(Arc<Whatsapp>),
+}
+
+/// What a WhatsApp webhook needs: the app secret it is signed with and
+/// the phone number it is for.
+struct Whatsapp {
+    app_secret: Vec<u8>,
+    phone_number_id: String,
+    per_post: u64,
+}
+
+impl Whatsapp {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !args.meta_app_secret.is_empty(),
+            "--meta-app-secret is required with --kind whatsapp"
+        );
+        Ok(Self {
+            app_secret: args.meta_app_secret.as_bytes().to_vec(),
+            phone_number_id: args.phone_number_id.clone(),
+            per_post: args.messages_per_post,
+        })
+    }
+
+    /// The body Meta would post for `per_post` text messages (one entry,
+    /// one `messages` change, a contact per sender), and its
+    /// `X-Hub-Signature-256`. `first` numbers the first message: wamids
+    /// and senders follow from it.
+    fn request(&self, id_prefix: &str, first: u64, text: &str, now: u64) -> (String, String) {
+        let mut contacts = String::new();
+        let mut messages = String::new();
+        for n in first..first + self.per_post {
+            let wa_id = format!("1555{:07}", n % 1000);
+            if n > first {
+                contacts.push(',');
+                messages.push(',');
+            }
+            contacts.push_str(&format!(
+                r#"{{"profile":{{"name":"Bench {wa_id}"}},"wa_id":"{wa_id}"}}"#
+            ));
+            messages.push_str(&format!(
+                r#"{{"from":"{wa_id}","id":"wamid.{id_prefix}{n}","timestamp":"{now}","text":{{"body":"{text}"}},"type":"text"}}"#
+            ));
+        }
+        let body = format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{}"}},"contacts":[{contacts}],"messages":[{messages}]}},"field":"messages"}}]}}]}}"#,
+            self.phone_number_id
+        );
+        let mac = omni_connector::signature::hmac_sha256(&self.app_secret, &[body.as_bytes()]);
+        let mut signature = String::with_capacity(7 + 64);
+        signature.push_str("sha256=");
+        for byte in mac {
+            signature.push_str(&format!("{byte:02x}"));
+        }
+        (body, signature)
+    }
 }
 
 /// What a safe-mode WeChat request needs.
@@ -213,7 +304,7 @@ async fn connect(
 
 async fn connection(
     args: Arc<Args>,
-    wechat: Option<Arc<Wechat>>,
+    payload: Payload,
     run_id: u128,
     conn: usize,
     warmup_end: Instant,
@@ -224,9 +315,11 @@ async fn connection(
         ..Default::default()
     };
     let mut sender = connect(&args.addr).await?;
-    let interval = args
-        .rate
-        .map(|rate| Duration::from_secs_f64(args.connections as f64 / rate.max(1) as f64));
+    // Requests per second = messages per second / messages per request.
+    let per_request = args.messages_per_request() as f64;
+    let interval = args.rate.map(|rate| {
+        Duration::from_secs_f64(args.connections as f64 * per_request / rate.max(1) as f64)
+    });
     let text = "x".repeat(args.text_bytes);
     let uri = format!("http://{}/webhooks/{}", args.addr, args.channel);
     let start = Instant::now();
@@ -245,8 +338,8 @@ async fn connection(
         }
         tokio::time::sleep_until(due.into()).await;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let request = match &wechat {
-            None => {
+        let request = match &payload {
+            Payload::Api => {
                 let body = serde_json::json!({
                     "external_id": format!("lg-{run_id}-{conn}-{seq}"),
                     "sender": { "kind": "external", "value": format!("customer-{}", seq % 1000) },
@@ -263,7 +356,19 @@ async fn connection(
                     )
                     .body(Full::new(Bytes::from(body)))?
             }
-            Some(wechat) => {
+            Payload::Whatsapp(whatsapp) => {
+                // wamids unique per run: the run, the connection, then
+                // the message's number on this connection.
+                let prefix = format!("lg{run_id}.{conn}.");
+                let (body, signature) =
+                    whatsapp.request(&prefix, seq * whatsapp.per_post, &text, now);
+                http::Request::post(&uri)
+                    .header("content-type", "application/json")
+                    .header("host", &args.addr)
+                    .header("x-hub-signature-256", signature)
+                    .body(Full::new(Bytes::from(body)))?
+            }
+            Payload::Wechat(wechat) => {
                 // MsgIds unique per run: the run's low digits, then the
                 // connection, then the sequence number.
                 let msg_id = (run_id % 1_000_000) as u64 * 1_000_000_000_000
@@ -313,11 +418,15 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
         return;
     };
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let throughput = tally.ok as f64 / args.duration as f64;
+    // A request answered 2xx acknowledges every message in it.
+    let per_request = args.messages_per_request();
+    let messages = tally.ok * per_request;
+    let throughput = messages as f64 / args.duration as f64;
+    let requests_per_s = tally.ok as f64 / args.duration as f64;
     let per_msg_us = |seconds: Option<f64>| {
         seconds
-            .filter(|_| tally.ok > 0)
-            .map(|s| (s * 1e6 / tally.ok as f64 * 10.0).round() / 10.0)
+            .filter(|_| messages > 0)
+            .map(|s| (s * 1e6 / messages as f64 * 10.0).round() / 10.0)
     };
     let result = serde_json::json!({
         "kind": format!("{:?}", args.kind).to_lowercase(),
@@ -325,8 +434,11 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
         "target_rate": args.rate,
         "connections": args.connections,
         "duration_s": args.duration,
-        "acknowledged": tally.ok,
+        "messages_per_request": per_request,
+        "acknowledged": messages,
         "acknowledged_per_s": (throughput * 10.0).round() / 10.0,
+        "requests": tally.ok,
+        "requests_per_s": (requests_per_s * 10.0).round() / 10.0,
         "statuses": tally.statuses,
         "transport_errors": tally.errors,
         "latency_ms": {
@@ -342,13 +454,17 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
         println!("{result}");
     } else {
         println!(
-            "{} connections, {} s: {} acknowledged ({:.0}/s); statuses {:?}; transport errors {}\n\
-             latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
+            "{} connections, {} s: {} messages acknowledged ({:.0}/s) in {} requests \
+             ({:.0}/s, {} messages each); statuses {:?}; transport errors {}\n\
+             latency ms (per request): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
              cpu µs per message: daemon {:?}  loadgen {:?}",
             args.connections,
             args.duration,
-            tally.ok,
+            messages,
             throughput,
+            tally.ok,
+            requests_per_s,
+            per_request,
             tally.statuses,
             tally.errors,
             ms(0.5),
