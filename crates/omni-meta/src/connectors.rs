@@ -15,6 +15,7 @@ use crate::{
     envelope::Limits,
     events::MetaMetrics,
     graph::GraphClient,
+    marks::Marks,
     media::MetaFetcher,
     messaging::normalize::Platform,
     outbound::{SendApiSender, SendPlatform, Template, WhatsappSender},
@@ -43,6 +44,7 @@ impl Common<'_> {
         &self,
         context: &ChannelContext,
         product: Product,
+        marks: &Arc<Marks>,
     ) -> Result<MetaWebhook, ConfigError> {
         let secrets = if self.verify_signature {
             Some(AppSecrets {
@@ -60,7 +62,7 @@ impl Common<'_> {
             product,
             secrets,
             verify_token: secret("verify_token", self.verify_token)?,
-            state: context.state.clone(),
+            marks: marks.clone(),
             limits: Limits::default(),
             metrics: MetaMetrics::register(&context.channel_id),
         })
@@ -115,21 +117,26 @@ impl ChannelConfig for WhatsappConfig {
             request_timeout_secs: self.request_timeout_secs,
             max_media_bytes: self.max_media_bytes,
         };
+        let marks = Arc::new(Marks::new(context.state.clone(), &context.channel_id));
         let webhook = common.webhook(
             &context,
             Product::Whatsapp {
                 phone_number_id: self.phone_number_id.clone(),
             },
+            &marks,
         )?;
         let graph = common.graph()?;
         let outbound = graph.clone().map(|graph| {
-            Arc::new(WhatsappSender::new(
-                graph,
-                self.phone_number_id.clone(),
-                context.state.clone(),
-                context.attachments.clone(),
-                self.template.as_ref().map(Template::from),
-            )) as Arc<dyn OutboundHandler>
+            Arc::new(
+                WhatsappSender::new(
+                    graph,
+                    self.phone_number_id.clone(),
+                    context.state.clone(),
+                    context.attachments.clone(),
+                    self.template.as_ref().map(Template::from),
+                )
+                .with_marks(marks),
+            ) as Arc<dyn OutboundHandler>
         });
         Ok(common.connector(&context, webhook, graph, outbound))
     }
@@ -146,6 +153,7 @@ fn messaging(
     app_id: Option<&str>,
     human_agent_tag: bool,
 ) -> Result<Arc<dyn Connector>, ConfigError> {
+    let marks = Arc::new(Marks::new(context.state.clone(), &context.channel_id));
     let webhook = common.webhook(
         &context,
         Product::Messaging {
@@ -153,6 +161,7 @@ fn messaging(
             account_id: account_id.to_owned(),
             own_app_id: app_id.map(str::to_owned),
         },
+        &marks,
     )?;
     let graph = common.graph()?;
     // Without a token the CDN URLs Messenger and Instagram send are still
@@ -175,7 +184,8 @@ fn messaging(
                 context.attachments.clone(),
                 human_agent_tag,
             )
-            .marking_echoes(&context.channel_id),
+            .marking_echoes(&context.channel_id)
+            .with_marks(marks),
         ) as Arc<dyn OutboundHandler>
     });
     Ok(common.connector(&context, webhook, Some(files), outbound))

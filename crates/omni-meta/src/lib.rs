@@ -22,6 +22,7 @@ pub mod config;
 pub mod envelope;
 pub mod events;
 pub mod graph;
+pub mod marks;
 pub mod media;
 pub mod messaging;
 pub mod outbound;

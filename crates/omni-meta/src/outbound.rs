@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use crate::{
     config::TemplateConfig,
     graph::{FilePart, GraphClient, GraphError},
+    marks::Marks,
     window,
 };
 
@@ -480,6 +481,7 @@ pub struct WhatsappSender {
     attachments: Arc<dyn AttachmentStore>,
     template: Option<Template>,
     progress: Progress,
+    marks: Option<Arc<Marks>>,
 }
 
 impl WhatsappSender {
@@ -500,7 +502,16 @@ impl WhatsappSender {
             attachments,
             template,
             progress: Progress::default(),
+            marks: None,
         }
+    }
+
+    /// Also reads the window from the webhook's marks not yet committed,
+    /// so a reply moments after the customer's message (an instant
+    /// acknowledgement) sees it.
+    pub fn with_marks(mut self, marks: Arc<Marks>) -> Self {
+        self.marks = Some(marks);
+        self
     }
 
     /// A message to `to` of type `kind`, tied to `event_id`.
@@ -634,9 +645,7 @@ impl OutboundHandler for WhatsappSender {
                 "text of {chars} characters is over WhatsApp's limit of {MAX_WHATSAPP_TEXT_CHARS}"
             )));
         }
-        let last = window::last_message(&self.state, &to)
-            .await
-            .map_err(state_error)?;
+        let last = last_message(&self.state, self.marks.as_deref(), &to).await?;
         let now = SystemTime::now();
         if last.is_none_or(|at| window::age(at, now) >= window::STANDARD) {
             return self.send_template(event_id, &to, message, last, now).await;
@@ -781,6 +790,7 @@ pub struct SendApiSender {
     progress: Progress,
     /// The channel whose echoes of sent messages are pre-marked seen.
     echo_channel: Option<String>,
+    marks: Option<Arc<Marks>>,
 }
 
 impl SendApiSender {
@@ -805,7 +815,15 @@ impl SendApiSender {
             human_agent_tag,
             progress: Progress::default(),
             echo_channel: None,
+            marks: None,
         }
+    }
+
+    /// Also reads the window from the webhook's marks not yet committed
+    /// (see [`WhatsappSender::with_marks`]).
+    pub fn with_marks(mut self, marks: Arc<Marks>) -> Self {
+        self.marks = Some(marks);
+        self
     }
 
     /// Marks the event id each sent message's echo will get on channel
@@ -927,9 +945,7 @@ impl OutboundHandler for SendApiSender {
             ));
         }
         self.platform.check_text(&content.text)?;
-        let last = window::last_message(&self.state, to)
-            .await
-            .map_err(state_error)?;
+        let last = last_message(&self.state, self.marks.as_deref(), to).await?;
         let tagging =
             send_api_tagging(self.platform, last, SystemTime::now(), self.human_agent_tag)?;
         let files = load_files(
@@ -972,6 +988,19 @@ impl OutboundHandler for SendApiSender {
             provider_status: "accepted".into(),
         })
     }
+}
+
+/// The customer's latest message time: committed, or still pending in
+/// the webhook's marks, whichever is later.
+async fn last_message(
+    state: &ChannelState,
+    marks: Option<&Marks>,
+    customer: &str,
+) -> Result<Option<i64>, DeliveryError> {
+    let stored = window::last_message(state, customer)
+        .await
+        .map_err(state_error)?;
+    Ok(stored.max(marks.and_then(|m| m.pending_window(customer))))
 }
 
 #[cfg(test)]

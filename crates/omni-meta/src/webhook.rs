@@ -11,29 +11,30 @@
 //! - Redeliveries: Meta retries for up to 7 days and sometimes delivers an
 //!   update again after a 200. Event ids come from Meta's message ids, and
 //!   the ids appended are marked in the channel's durable state once the
-//!   log holds them, so a repeat, however late, is dropped before the log.
-//!   (If the daemon dies between the append and the mark, the repeat is
-//!   appended again with the same event id, and the threading service
-//!   drops it.)
+//!   log holds them ([`Marks`], committed in groups), so a repeat, however
+//!   late, is dropped before the log. (If the daemon dies before a mark is
+//!   committed, the repeat is appended again with the same event id, and
+//!   the threading service drops it.)
 //! - The customer-service window: each customer's latest message time is
 //!   recorded with the same marks, for the reply senders.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, StatusCode};
 use omni_connector::{
-    ChannelState, EnrichError, ParseError, Parsed, Refusal, Secret, WebhookChannel, WebhookRequest,
+    EnrichError, ParseError, Parsed, Refusal, Secret, WebhookChannel, WebhookRequest,
     WebhookResponse, driver::static_response, signature,
 };
+use omni_proto::v1::{Direction, EventKind};
 use omni_telemetry::emit;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::{
     envelope::{Envelope, Limits},
     events::{DuplicatesDropped, MetaMetrics, UpdatesParsed},
+    marks::Marks,
     messaging::normalize::{self as messaging, MessagingContext, Platform},
     whatsapp::normalize::{self as whatsapp, WaContext},
-    window,
 };
 
 /// The header carrying the body's signature.
@@ -83,7 +84,7 @@ pub struct MetaWebhook {
     /// None when an admin turned signature checks off.
     pub(crate) secrets: Option<AppSecrets>,
     pub(crate) verify_token: Secret,
-    pub(crate) state: ChannelState,
+    pub(crate) marks: Arc<Marks>,
     pub(crate) limits: Limits,
     pub(crate) metrics: MetaMetrics,
 }
@@ -225,7 +226,9 @@ impl WebhookChannel for MetaWebhook {
     }
 
     /// Drops updates already appended (a redelivery), and repeats within
-    /// the POST itself.
+    /// the POST itself; notes when customers wrote, for the reply window
+    /// (a customer who wrote opened it, whether or not the append
+    /// succeeds: Meta redelivers until it does).
     async fn enrich(
         &self,
         _request: &WebhookRequest,
@@ -239,8 +242,8 @@ impl WebhookChannel for MetaWebhook {
         }
         let ids: Vec<String> = events.iter().map(|e| e.event.event_id.clone()).collect();
         let seen = self
-            .state
-            .seen(ids.clone())
+            .marks
+            .seen(&ids)
             .await
             .map_err(|e| EnrichError::Unavailable(e.to_string()))?;
         let before = events.len();
@@ -260,21 +263,17 @@ impl WebhookChannel for MetaWebhook {
             dead_lettered: 0,
             own_echoes: 0,
         } => &self.metrics);
+        self.marks.wrote(
+            events
+                .iter()
+                .filter_map(|inbound| customer_wrote(&inbound.event)),
+        );
         Ok(parsed)
     }
 
-    /// Marks the appended ids seen and records the customers' latest
-    /// message times, in one state commit.
-    async fn appended(&self, request: &WebhookRequest, event_ids: &[String]) {
-        let customers = Envelope::parse(&request.body, self.product.object(), &self.limits)
-            .map(|envelope| customer_messages(&envelope, &self.product))
-            .unwrap_or_default();
-        if let Err(e) = window::record(&self.state, customers, event_ids.to_vec()).await {
-            // The messages are durable; a repeat will be appended again
-            // and dropped downstream by its event id, and the window is
-            // refreshed by the customer's next message.
-            tracing::warn!(channel = %self.channel_id, error = %e, "could not mark updates seen");
-        }
+    /// Marks the appended ids seen (committed in groups, see [`Marks`]).
+    async fn appended(&self, _request: &WebhookRequest, event_ids: &[String]) {
+        self.marks.appended(event_ids);
     }
 
     fn accepted(&self, _event_ids: &[String]) -> WebhookResponse {
@@ -313,89 +312,16 @@ impl HubQuery {
     }
 }
 
-/// Who wrote when in a POST (customer id, seconds since the epoch), for
-/// the customer-service window: any customer message opens it, even one
-/// Omnid cannot read. Business echoes, statuses and other accounts' updates
-/// do not.
-pub fn customer_messages(envelope: &Envelope<'_>, product: &Product) -> Vec<(String, i64)> {
-    let mut found = Vec::new();
-    match product {
-        Product::Whatsapp { phone_number_id } => {
-            #[derive(Deserialize)]
-            struct Value<'a> {
-                #[serde(default)]
-                metadata: Metadata,
-                #[serde(default, borrow)]
-                messages: Vec<&'a RawValue>,
-            }
-            #[derive(Deserialize, Default)]
-            struct Metadata {
-                #[serde(default)]
-                phone_number_id: String,
-            }
-            #[derive(Deserialize)]
-            struct Message {
-                from: String,
-                timestamp: String,
-            }
-            for change in envelope.entry.iter().flat_map(|e| &e.changes) {
-                let Some(Ok(value)) = change
-                    .value
-                    .filter(|_| change.field == "messages")
-                    .map(|v| serde_json::from_str::<Value<'_>>(v.get()))
-                else {
-                    continue;
-                };
-                if value.metadata.phone_number_id != *phone_number_id {
-                    continue;
-                }
-                for message in value.messages {
-                    if let Ok(m) = serde_json::from_str::<Message>(message.get())
-                        && let Ok(at) = m.timestamp.parse::<i64>()
-                    {
-                        found.push((m.from, at));
-                    }
-                }
-            }
-        }
-        Product::Messaging { account_id, .. } => {
-            #[derive(Deserialize)]
-            struct Item {
-                sender: Party,
-                #[serde(default)]
-                timestamp: i64,
-                #[serde(default)]
-                message: Option<Message>,
-                #[serde(default)]
-                postback: Option<serde::de::IgnoredAny>,
-            }
-            #[derive(Deserialize)]
-            struct Party {
-                id: String,
-            }
-            #[derive(Deserialize)]
-            struct Message {
-                #[serde(default)]
-                is_echo: bool,
-            }
-            for entry in envelope.entry.iter().filter(|e| e.id == *account_id) {
-                for item in &entry.messaging {
-                    let Ok(item) = serde_json::from_str::<Item>(item.get()) else {
-                        continue;
-                    };
-                    let customer_wrote = match &item.message {
-                        Some(message) => !message.is_echo,
-                        None => item.postback.is_some(),
-                    };
-                    if customer_wrote && item.sender.id != *account_id {
-                        // Messenger's timestamps are milliseconds.
-                        found.push((item.sender.id, item.timestamp / 1000));
-                    }
-                }
-            }
-        }
+/// Who wrote when (customer id, seconds since the epoch), if `event` is a
+/// customer's message: Meta's window opens with each, by its own time.
+/// Echoes, statuses and activities (reactions, reads) do not count.
+pub fn customer_wrote(event: &omni_proto::v1::ConversationEvent) -> Option<(String, i64)> {
+    if event.kind != EventKind::Message as i32 || event.direction != Direction::Inbound as i32 {
+        return None;
     }
-    found
+    let sender = event.sender.as_ref()?;
+    let at = event.sent_at.as_ref().map_or(0, |t| t.seconds);
+    (at > 0).then(|| (sender.value.clone(), at))
 }
 
 #[cfg(test)]
@@ -418,7 +344,7 @@ mod tests {
                 previous: previous.map(|p| Secret::new(p.to_vec())),
             }),
             verify_token: Secret::new(b"verify-me".to_vec()),
-            state: ChannelState::memory("wa"),
+            marks: Arc::new(Marks::new(omni_connector::ChannelState::memory("wa"), "wa")),
             limits: Limits::default(),
             metrics: MetaMetrics::register("wa"),
         }
@@ -536,18 +462,28 @@ mod tests {
         );
     }
 
+    /// Who opened the reply window in a POST, as the webhook records it.
+    fn wrote(hook: &MetaWebhook, body: &[u8]) -> Vec<(String, i64)> {
+        let Ok(Parsed::Append { events, .. }) = hook.parse(&request(Method::POST, "/", body, None))
+        else {
+            panic!("not appended");
+        };
+        events
+            .iter()
+            .filter_map(|i| customer_wrote(&i.event))
+            .collect()
+    }
+
     #[test]
     fn customer_message_times_skip_echoes_statuses_and_other_accounts() {
         let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
             {"field":"messages","value":{"metadata":{"phone_number_id":"106540352242922"},
-             "messages":[{"from":"15551234567","id":"wamid.1","timestamp":"1700000000","type":"text"}],
+             "messages":[{"from":"15551234567","id":"wamid.1","timestamp":"1700000000","type":"text","text":{"body":"hi"}}],
              "statuses":[{"id":"wamid.2","recipient_id":"15550000000","status":"read","timestamp":"1700000100"}]}},
             {"field":"messages","value":{"metadata":{"phone_number_id":"999"},
              "messages":[{"from":"15559999999","id":"wamid.3","timestamp":"1700000000","type":"text"}]}}]}]}"#;
-        let envelope =
-            Envelope::parse(body, "whatsapp_business_account", &Limits::default()).unwrap();
         assert_eq!(
-            customer_messages(&envelope, &whatsapp()),
+            wrote(&webhook(whatsapp(), None), body),
             [("15551234567".to_owned(), 1_700_000_000)]
         );
         let body = br#"{"object":"page","entry":[{"id":"42","messaging":[
@@ -556,14 +492,13 @@ mod tests {
             {"sender":{"id":"8"},"recipient":{"id":"42"},"timestamp":1700000600000,"postback":{"payload":"P"}},
             {"sender":{"id":"9"},"recipient":{"id":"42"},"timestamp":1700000700000,"read":{"watermark":1}}]},
             {"id":"43","messaging":[{"sender":{"id":"10"},"timestamp":1,"message":{"mid":"m3"}}]}]}"#;
-        let envelope = Envelope::parse(body, "page", &Limits::default()).unwrap();
         let product = Product::Messaging {
             platform: Platform::Messenger,
             account_id: "42".into(),
             own_app_id: None,
         };
         assert_eq!(
-            customer_messages(&envelope, &product),
+            wrote(&webhook(product, None), body),
             [
                 ("7".to_owned(), 1_700_000_000),
                 ("8".to_owned(), 1_700_000_600)

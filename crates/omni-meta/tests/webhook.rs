@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use omni_connector::{
-    ChannelContext, ChannelState, EventSender, LogEntry, SendError, SqliteStateStore,
+    ChannelContext, ChannelState, EventSender, LogEntry, SendError, SqliteStateStore, StateStore,
     WebhookHandler, WebhookRequest, signature::hmac_sha256, testing::MemorySink,
 };
 use serde_json::json;
@@ -157,8 +157,16 @@ async fn a_redelivery_after_a_restart_appends_nothing() {
     let body = batch();
     {
         let store = Arc::new(SqliteStateStore::open(&path).unwrap());
-        let hook = channel(&sink, ChannelState::new(store, "wa"), dir.path());
+        let hook = channel(&sink, ChannelState::new(store.clone(), "wa"), dir.path());
         assert_eq!(hook.handle(post(&body)).await.status(), StatusCode::OK);
+        // The marks are committed in groups, moments after the answer.
+        let last = omni_model::event_id("wa", "wamid.batch.11").to_string();
+        let mut waited = 0;
+        while !store.seen("wa", std::slice::from_ref(&last)).unwrap()[0] {
+            assert!(waited < 200, "the seen marks were never committed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
     }
     assert_eq!(sink.entries().len(), 13);
     let store = Arc::new(SqliteStateStore::open(&path).unwrap());

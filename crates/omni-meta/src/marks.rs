@@ -1,0 +1,249 @@
+//! What the channel remembers between POSTs, written in groups: the ids
+//! already appended (so Meta's redeliveries are dropped before the log)
+//! and each customer's latest message time (for the reply window).
+//!
+//! Writing both in the POST's own state commit cost a synchronous SQLite
+//! commit (an fsync) per POST on top of the log's group commit, which
+//! tripled the CPU of a one-message POST. Marks are instead kept in memory
+//! until a writer task commits everything pending in one transaction;
+//! under load, one commit covers many POSTs. Lookups see pending marks
+//! too, so a redelivery arriving before the commit is still dropped.
+//!
+//! Losing pending marks (a crash) costs nothing that matters: a redelivery
+//! is then appended again with the same event id and dropped downstream by
+//! the threading service, and a lost window time is refreshed by the
+//! customer's next message. Nothing acknowledged depends on the marks.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use omni_connector::{ChannelState, state::StateError};
+use tokio::sync::Notify;
+
+use crate::window;
+
+/// The marks of one channel.
+#[derive(Debug)]
+pub struct Marks {
+    shared: Arc<Shared>,
+    writer: OnceLock<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: ChannelState,
+    channel_id: String,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    /// Held for a whole write, so a flush waits for one in flight.
+    write: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Not yet handed to the writer.
+    seen: HashSet<String>,
+    windows: HashMap<String, i64>,
+    /// Being committed right now: still only in memory.
+    writing: HashSet<String>,
+    writing_windows: HashMap<String, i64>,
+}
+
+impl Marks {
+    pub fn new(state: ChannelState, channel_id: &str) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state,
+                channel_id: channel_id.to_owned(),
+                pending: Mutex::new(Pending::default()),
+                wake: Notify::new(),
+                write: tokio::sync::Mutex::new(()),
+            }),
+            writer: OnceLock::new(),
+        }
+    }
+
+    /// For each id, whether it was appended before (committed or pending).
+    pub async fn seen(&self, ids: &[String]) -> Result<Vec<bool>, StateError> {
+        let mut answer = vec![false; ids.len()];
+        let mut unknown = Vec::new();
+        {
+            let pending = self.shared.lock();
+            for (i, id) in ids.iter().enumerate() {
+                if pending.seen.contains(id) || pending.writing.contains(id) {
+                    answer[i] = true;
+                } else {
+                    unknown.push(i);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(answer);
+        }
+        let stored = self
+            .shared
+            .state
+            .seen(unknown.iter().map(|&i| ids[i].clone()).collect())
+            .await?;
+        for (i, seen) in unknown.into_iter().zip(stored) {
+            answer[i] = seen;
+        }
+        Ok(answer)
+    }
+
+    /// Records that customers wrote at these times (seconds since the
+    /// epoch), keeping the latest per customer.
+    pub fn wrote(&self, messages: impl IntoIterator<Item = (String, i64)>) {
+        let mut any = false;
+        {
+            let mut pending = self.shared.lock();
+            for (customer, at) in messages {
+                let slot = pending.windows.entry(customer).or_insert(at);
+                *slot = (*slot).max(at);
+                any = true;
+            }
+        }
+        if any {
+            self.wake();
+        }
+    }
+
+    /// Records that these event ids are durable in the log.
+    pub fn appended(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.shared.lock().seen.extend(ids.iter().cloned());
+        self.wake();
+    }
+
+    /// The latest pending message time of `customer`, not yet committed.
+    pub fn pending_window(&self, customer: &str) -> Option<i64> {
+        let pending = self.shared.lock();
+        let a = pending.windows.get(customer).copied();
+        let b = pending.writing_windows.get(customer).copied();
+        a.max(b)
+    }
+
+    /// Wakes the writer, starting it on first use (the channel may be
+    /// built outside a runtime, as `check-config` does).
+    fn wake(&self) {
+        self.writer.get_or_init(|| {
+            let shared = self.shared.clone();
+            tokio::spawn(write_forever(Arc::downgrade(&shared)));
+        });
+        self.shared.wake.notify_one();
+    }
+
+    /// Commits everything pending now (tests, and shutdown paths).
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.shared.write_once().await
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves what is pending to `writing`, commits it in one transaction,
+    /// then forgets it (it is in the store). On failure the marks go back
+    /// to pending for the next round.
+    async fn write_once(&self) -> Result<(), StateError> {
+        let _writing = self.write.lock().await;
+        let (seen, windows) = {
+            let mut pending = self.lock();
+            if pending.seen.is_empty() && pending.windows.is_empty() {
+                return Ok(());
+            }
+            let seen = std::mem::take(&mut pending.seen);
+            let windows = std::mem::take(&mut pending.windows);
+            pending.writing.extend(seen.iter().cloned());
+            pending
+                .writing_windows
+                .extend(windows.iter().map(|(c, t)| (c.clone(), *t)));
+            (seen, windows)
+        };
+        let result = window::record(
+            &self.state,
+            windows.iter().map(|(c, t)| (c.clone(), *t)),
+            seen.iter().cloned().collect(),
+        )
+        .await;
+        let mut pending = self.lock();
+        pending.writing.clear();
+        pending.writing_windows.clear();
+        if result.is_err() {
+            pending.seen.extend(seen);
+            for (customer, at) in windows {
+                let slot = pending.windows.entry(customer).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+        result
+    }
+}
+
+/// The writer: one commit per wake-up, covering everything that arrived
+/// meanwhile. Ends when the channel is dropped (a reload replaced it).
+async fn write_forever(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        if let Err(e) = strong.write_once().await {
+            tracing::warn!(channel = %strong.channel_id, error = %e, "could not store seen marks; retrying");
+            drop(strong);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        // A wake-up while writing left a permit, so nothing is missed;
+        // the bounded wait lets a dropped channel's writer end.
+        let wait = async {
+            let notified = strong.wake.notified();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), notified).await;
+        };
+        wait.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pending_marks_count_before_and_after_the_commit() {
+        let state = ChannelState::memory("wa");
+        let marks = Marks::new(state.clone(), "wa");
+        let ids = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(marks.seen(&ids).await.unwrap(), [false, false]);
+        marks.appended(&ids[..1]);
+        marks.wrote([("155".to_owned(), 10), ("155".to_owned(), 30)]);
+        // Seen at once, before any commit.
+        assert_eq!(marks.seen(&ids).await.unwrap(), [true, false]);
+        assert_eq!(marks.pending_window("155"), Some(30));
+        marks.flush().await.unwrap();
+        assert_eq!(state.seen(ids.clone()).await.unwrap(), [true, false]);
+        assert_eq!(window::last_message(&state, "155").await.unwrap(), Some(30));
+        assert_eq!(marks.pending_window("155"), None);
+        assert_eq!(marks.seen(&ids).await.unwrap(), [true, false]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_commits_without_being_asked() {
+        let state = ChannelState::memory("wa");
+        let marks = Marks::new(state.clone(), "wa");
+        marks.appended(&["x".to_owned()]);
+        for _ in 0..200 {
+            if state.seen(vec!["x".into()]).await.unwrap()[0] {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the mark was never committed");
+    }
+}
