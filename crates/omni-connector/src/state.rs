@@ -16,7 +16,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("connector state {path}: {message}")]
 pub struct StateError {
     pub path: String,
@@ -64,6 +64,12 @@ impl ChannelState {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let (store, channel, key) = (self.store.clone(), self.channel.clone(), key.to_owned());
         blocking(move || store.get(&channel, &key)).await
+    }
+
+    /// Several keys in one trip to the store's thread.
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let (store, channel) = (self.store.clone(), self.channel.clone());
+        blocking(move || keys.iter().map(|key| store.get(&channel, key)).collect()).await
     }
 
     pub async fn commit(&self, update: StateUpdate) -> Result<(), StateError> {

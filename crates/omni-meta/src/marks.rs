@@ -9,6 +9,11 @@
 //! under load, one commit covers many POSTs. Lookups see pending marks
 //! too, so a redelivery arriving before the commit is still dropped.
 //!
+//! Lookups of ids not pending are batched the same way: a reader task
+//! answers every lookup queued meanwhile with one trip to the store's
+//! thread, since a thread hand-off per POST was most of a small POST's
+//! cost.
+//!
 //! Losing pending marks (a crash) costs nothing that matters: a redelivery
 //! is then appended again with the same event id and dropped downstream by
 //! the threading service, and a lost window time is refreshed by the
@@ -20,7 +25,7 @@ use std::{
 };
 
 use omni_connector::{ChannelState, state::StateError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::window;
 
@@ -29,7 +34,17 @@ use crate::window;
 pub struct Marks {
     shared: Arc<Shared>,
     writer: OnceLock<()>,
+    reader: OnceLock<mpsc::UnboundedSender<Lookup>>,
 }
+
+/// Ids to look up in the store, and where the answer goes.
+type Lookup = (Vec<String>, oneshot::Sender<Result<Vec<bool>, StateError>>);
+
+/// The least time between two commits of marks.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Most ids one store trip looks up.
+const MAX_LOOKUP_BATCH: usize = 4096;
 
 #[derive(Debug)]
 struct Shared {
@@ -62,6 +77,7 @@ impl Marks {
                 write: tokio::sync::Mutex::new(()),
             }),
             writer: OnceLock::new(),
+            reader: OnceLock::new(),
         }
     }
 
@@ -82,11 +98,19 @@ impl Marks {
         if unknown.is_empty() {
             return Ok(answer);
         }
-        let stored = self
-            .shared
-            .state
-            .seen(unknown.iter().map(|&i| ids[i].clone()).collect())
-            .await?;
+        let (answer_to, answered) = oneshot::channel();
+        let reader = self.reader.get_or_init(|| {
+            let (queue, lookups) = mpsc::unbounded_channel();
+            tokio::spawn(read_forever(self.shared.state.clone(), lookups));
+            queue
+        });
+        let lookup = (unknown.iter().map(|&i| ids[i].clone()).collect(), answer_to);
+        let closed = || StateError {
+            path: String::new(),
+            message: "the seen-mark reader stopped".into(),
+        };
+        reader.send(lookup).map_err(|_| closed())?;
+        let stored = answered.await.map_err(|_| closed())??;
         for (i, seen) in unknown.into_iter().zip(stored) {
             answer[i] = seen;
         }
@@ -188,6 +212,36 @@ impl Shared {
     }
 }
 
+/// The reader: answers every lookup queued while the previous trip ran
+/// with one trip. Ends when the channel (the queue's sender) is dropped.
+async fn read_forever(state: ChannelState, mut lookups: mpsc::UnboundedReceiver<Lookup>) {
+    while let Some(first) = lookups.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].0.len();
+        while count < MAX_LOOKUP_BATCH {
+            match lookups.try_recv() {
+                Ok(lookup) => {
+                    count += lookup.0.len();
+                    batch.push(lookup);
+                }
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<String> = batch
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().cloned())
+            .collect();
+        let mut answers = state.seen(ids).await.map(Vec::into_iter);
+        for (ids, answer_to) in batch {
+            let answer = match &mut answers {
+                Ok(all) => Ok(all.by_ref().take(ids.len()).collect()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = answer_to.send(answer);
+        }
+    }
+}
+
 /// The writer: one commit per wake-up, covering everything that arrived
 /// meanwhile. Ends when the channel is dropped (a reload replaced it).
 async fn write_forever(shared: std::sync::Weak<Shared>) {
@@ -201,8 +255,12 @@ async fn write_forever(shared: std::sync::Weak<Shared>) {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         }
-        // A wake-up while writing left a permit, so nothing is missed;
-        // the bounded wait lets a dropped channel's writer end.
+        // Marks arriving in the next moments join the next commit: a
+        // synchronous commit (an fsync) per group rather than per POST,
+        // while the log's own commits keep the disk busy. A wake-up
+        // meanwhile left a permit, so nothing is missed; the bounded wait
+        // lets a dropped channel's writer end.
+        tokio::time::sleep(COALESCE).await;
         let wait = async {
             let notified = strong.wake.notified();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), notified).await;
@@ -223,9 +281,10 @@ mod tests {
         assert_eq!(marks.seen(&ids).await.unwrap(), [false, false]);
         marks.appended(&ids[..1]);
         marks.wrote([("155".to_owned(), 10), ("155".to_owned(), 30)]);
-        // Seen at once, before any commit.
+        // Seen at once, whether or not the writer has committed yet.
         assert_eq!(marks.seen(&ids).await.unwrap(), [true, false]);
-        assert_eq!(marks.pending_window("155"), Some(30));
+        let stored = window::last_message(&state, "155").await.unwrap();
+        assert_eq!(marks.pending_window("155").max(stored), Some(30));
         marks.flush().await.unwrap();
         assert_eq!(state.seen(ids.clone()).await.unwrap(), [true, false]);
         assert_eq!(window::last_message(&state, "155").await.unwrap(), Some(30));

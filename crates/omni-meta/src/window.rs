@@ -25,11 +25,11 @@ pub fn key(customer: &str) -> String {
 
 /// When the customer last wrote (seconds since the epoch), if they have.
 pub async fn last_message(state: &ChannelState, customer: &str) -> Result<Option<i64>, StateError> {
-    Ok(state
-        .get(&key(customer))
-        .await?
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.parse().ok()))
+    Ok(parse(state.get(&key(customer)).await?.as_deref()))
+}
+
+fn parse(stored: Option<&[u8]>) -> Option<i64> {
+    std::str::from_utf8(stored?).ok()?.parse().ok()
 }
 
 /// Records that each `(customer, seconds)` wrote then, keeping the later
@@ -46,16 +46,16 @@ pub async fn record(
             None => latest.push((customer, at)),
         }
     }
-    let mut puts = Vec::with_capacity(latest.len());
-    for (customer, at) in latest {
-        if last_message(state, &customer)
-            .await?
-            .is_some_and(|stored| stored >= at)
-        {
-            continue;
-        }
-        puts.push((key(&customer), at.to_string().into_bytes()));
-    }
+    // The stored times, read in one trip, so only later ones are written.
+    let stored = state
+        .get_many(latest.iter().map(|(customer, _)| key(customer)).collect())
+        .await?;
+    let puts: Vec<(String, Vec<u8>)> = latest
+        .into_iter()
+        .zip(stored)
+        .filter(|((_, at), stored)| parse(stored.as_deref()).is_none_or(|stored| stored < *at))
+        .map(|((customer, at), _)| (key(&customer), at.to_string().into_bytes()))
+        .collect();
     if puts.is_empty() && seen.is_empty() {
         return Ok(());
     }
