@@ -95,11 +95,15 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// State in one SQLite file (WAL, `synchronous = FULL`), shared by every
-/// channel of the daemon.
+/// channel of the daemon. Reads have a connection of their own, so a
+/// lookup never waits behind another channel's commit and its fsync (WAL
+/// lets one writer and readers run at once; a read sees every commit that
+/// finished before it began).
 #[derive(Debug)]
 pub struct SqliteStateStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
 }
 
 impl SqliteStateStore {
@@ -127,9 +131,14 @@ impl SqliteStateStore {
                  PRIMARY KEY (channel, id)) WITHOUT ROWID;",
         )
         .map_err(fail)?;
+        let reader = Connection::open(path).map_err(fail)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            .map_err(fail)?;
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
@@ -143,11 +152,15 @@ impl SqliteStateStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl StateStore for SqliteStateStore {
     fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        self.conn()
+        self.reader()
             .query_row(
                 "SELECT value FROM checkpoints WHERE channel = ?1 AND key = ?2",
                 params![channel, key],
@@ -188,7 +201,7 @@ impl StateStore for SqliteStateStore {
     }
 
     fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut query = conn
             .prepare_cached("SELECT 1 FROM seen WHERE channel = ?1 AND id = ?2")
             .map_err(|e| self.error(e))?;
