@@ -1,11 +1,13 @@
-//! The channel's own cost per message: signed WhatsApp webhooks carrying 1
-//! and 10 text messages through the webhook driver, from the request as
-//! the HTTP server hands it over to the answer, with a log that keeps
-//! nothing and the channel's in-memory state (the redelivery check and the
-//! seen marks); beside the API channel's signed JSON through its driver,
-//! measured in the same run as the ceiling. HTTP and the durable log are
-//! the same for both and are measured by `scripts/bench-meta` against the
-//! running daemon.
+//! The channel's own cost per message, beside the API channel's signed
+//! JSON through its driver (the ceiling, measured in the same run):
+//!
+//! - `whatsapp_pure_*`: the pure half, signature check, envelope and
+//!   normalization of a POST carrying 1 or 10 text messages;
+//! - `whatsapp_*_per_post`: the same POSTs through the webhook driver with
+//!   a log that keeps nothing, including the redelivery check against the
+//!   channel's state, whose trip to the state store's thread dominates an
+//!   idle single-threaded run (under load the daemon batches those trips:
+//!   `scripts/bench-meta` measures it with HTTP and the durable log).
 
 use std::{
     sync::Arc,
@@ -18,6 +20,10 @@ use http::{HeaderMap, HeaderValue, Method};
 use omni_connector::{
     Ack, ChannelConfig, ChannelContext, EventSender, EventSink, LogEntry, Receipt, WebhookHandler,
     WebhookRequest, signature::hmac_sha256,
+};
+use omni_meta::{
+    envelope::{Envelope, Limits},
+    whatsapp::normalize::{WaContext, normalize},
 };
 
 const APP_SECRET: &str = "bench-app-secret";
@@ -109,6 +115,31 @@ fn whatsapp_request(first: u64, count: u64) -> WebhookRequest {
     request(headers, body)
 }
 
+/// What the channel does with a POST before the log: the signature, the
+/// envelope, the events.
+fn pure(request: &WebhookRequest) -> usize {
+    let header = request.header("x-hub-signature-256").unwrap_or_default();
+    let expected = hmac_sha256(APP_SECRET.as_bytes(), &[&request.body]);
+    assert!(omni_connector::signature::eq_hex(
+        &expected,
+        header.trim_start_matches("sha256=")
+    ));
+    let envelope = Envelope::parse(
+        &request.body,
+        "whatsapp_business_account",
+        &Limits::default(),
+    )
+    .unwrap();
+    let cx = WaContext {
+        channel_id: "bench",
+        phone_number_id: PHONE_NUMBER_ID,
+        received_at: omni_proto::timestamp(request.received_at),
+    };
+    let (events, unreadable) = normalize(&envelope, &cx);
+    assert!(unreadable.is_empty());
+    events.len()
+}
+
 fn api_request(i: u64) -> WebhookRequest {
     let body = serde_json::json!({
         "external_id": format!("bench-{i}"),
@@ -136,7 +167,9 @@ fn api_request(i: u64) -> WebhookRequest {
 }
 
 fn bench(c: &mut Criterion) {
+    // Timers on: the channel's marks writer waits between commits.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +205,20 @@ fn bench(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    for count in [1u64, 10] {
+        group.throughput(Throughput::Elements(count));
+        group.bench_function(format!("whatsapp_pure_{count}"), |b| {
+            b.iter_batched(
+                || {
+                    i += count;
+                    whatsapp_request(i, count)
+                },
+                |r| pure(&r),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.throughput(Throughput::Elements(1));
     let wa = webhook::<omni_meta::WhatsappConfig>(&whatsapp);
     group.bench_function("whatsapp_1_per_post", |b| {
         b.iter_batched(
