@@ -145,19 +145,10 @@ async fn answer(request: reqwest::RequestBuilder) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-/// Records of `topic` from `channel`.
-fn records(deployment: &Deployment, topic: &str, channel: &str) -> Vec<Value> {
-    deployment
-        .tail(topic)
-        .into_iter()
-        .filter(|r| r["value"]["channelId"] == channel)
-        .collect()
-}
-
 /// Inbound message records from `channel`, by provider message id.
 fn inbound_by_id(deployment: &Deployment, channel: &str) -> BTreeMap<String, Vec<Value>> {
     let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for record in records(deployment, "inbound", channel) {
+    for record in deployment.channel_records("inbound", channel) {
         if record["value"]["kind"] != "EVENT_KIND_MESSAGE" {
             continue;
         }
@@ -171,7 +162,8 @@ fn inbound_by_id(deployment: &Deployment, channel: &str) -> BTreeMap<String, Vec
 /// Provider message ids of the inbound messages from `channel`, in stream
 /// order.
 fn inbound_order(deployment: &Deployment, channel: &str) -> Vec<String> {
-    records(deployment, "inbound", channel)
+    deployment
+        .channel_records("inbound", channel)
         .into_iter()
         .filter(|r| r["value"]["kind"] == "EVENT_KIND_MESSAGE")
         .filter_map(|r| r["value"]["providerMessageId"].as_str().map(str::to_owned))
@@ -192,33 +184,6 @@ fn timeline_counts(deployment: &Deployment, channel: &str) -> BTreeMap<String, u
         }
     }
     counts
-}
-
-/// Polls `check` every 200 ms until it answers; panics with `what` and
-/// the daemon's log after `within`.
-async fn eventually<T>(
-    what: &str,
-    within: Duration,
-    daemon: &Daemon,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}; daemon log (last lines):\n{}",
-            last_lines(&daemon.stderr(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The distinct CloudEvents ids among copies of one message.
@@ -274,7 +239,7 @@ async fn the_url_check_echoes_the_challenge_only_for_the_verify_token() {
     }
     for channel in [WA, FB, IG] {
         assert!(
-            records(&deployment, "inbound", channel).is_empty(),
+            deployment.channel_records("inbound", channel).is_empty(),
             "a URL check stores nothing"
         );
     }
@@ -335,9 +300,9 @@ async fn only_bodies_signed_with_the_app_secret_are_appended() {
         .await;
         assert_eq!(status, 403, "{what}: {answer_body}");
     }
-    assert!(records(&deployment, "inbound", WA).is_empty());
+    assert!(deployment.channel_records("inbound", WA).is_empty());
     assert!(
-        records(&deployment, "deadletter", WA).is_empty(),
+        deployment.channel_records("deadletter", WA).is_empty(),
         "nothing unauthenticated is kept"
     );
 
@@ -451,17 +416,17 @@ async fn a_redelivery_after_a_restart_appends_nothing() {
     assert_eq!(post_bytes(&client, &daemon, WA, bytes.clone()).await.0, 200);
     // Meta sometimes delivers twice even after a 200.
     assert_eq!(post_bytes(&client, &daemon, WA, bytes.clone()).await.0, 200);
-    eventually(
-        "the message on the timeline",
-        Duration::from_secs(20),
-        &daemon,
-        || {
-            timeline_counts(&deployment, WA)
-                .contains_key(wamid)
-                .then_some(())
-        },
-    )
-    .await;
+    daemon
+        .eventually(
+            "the message on the timeline",
+            Duration::from_secs(20),
+            || {
+                timeline_counts(&deployment, WA)
+                    .contains_key(wamid)
+                    .then_some(())
+            },
+        )
+        .await;
     daemon.stop();
 
     // Meta's redelivery a day later, to a restarted daemon whose clock
@@ -596,9 +561,10 @@ async fn batched_posts_land_in_order_and_a_kill_9_leaves_every_message_once() {
     assert_eq!(post(&client, &daemon, WA, &body).await.0, 200);
     let order = inbound_order(&deployment, WA);
     assert_eq!(order, expected, "every message once, in the POST's order");
-    let status_kept = records(&deployment, "inbound", WA)
+    let status_kept = deployment
+        .channel_records("inbound", WA)
         .into_iter()
-        .chain(records(&deployment, "deadletter", WA))
+        .chain(deployment.channel_records("deadletter", WA))
         .any(|r| r.to_string().contains(status_wamid));
     assert!(status_kept, "the status is recorded, not dropped");
 
@@ -640,7 +606,7 @@ async fn batched_posts_land_in_order_and_a_kill_9_leaves_every_message_once() {
         assert!(
             Instant::now() < deadline,
             "20 POSTs not answered; daemon log:\n{}",
-            last_lines(&daemon.stderr(), 40)
+            daemon.last_lines(40)
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -708,19 +674,19 @@ async fn batched_posts_land_in_order_and_a_kill_9_leaves_every_message_once() {
             .unwrap_or_else(|| panic!("{id} not on the inbound stream"));
         assert_eq!(event_ids(copies).len(), 1, "{id} got several event ids");
     }
-    let counts = eventually(
-        "every message on the timeline",
-        Duration::from_secs(45),
-        &daemon,
-        || {
-            let counts = timeline_counts(&deployment, WA);
-            wanted
-                .iter()
-                .all(|id| counts.contains_key(id))
-                .then_some(counts)
-        },
-    )
-    .await;
+    let counts = daemon
+        .eventually(
+            "every message on the timeline",
+            Duration::from_secs(45),
+            || {
+                let counts = timeline_counts(&deployment, WA);
+                wanted
+                    .iter()
+                    .all(|id| counts.contains_key(id))
+                    .then_some(counts)
+            },
+        )
+        .await;
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
         doubled.is_empty(),
@@ -774,18 +740,22 @@ async fn an_image_lands_at_once_and_its_file_follows_through_failed_downloads() 
         attachments[0]
     );
 
-    let update = eventually(
-        "the attachment-stored update",
-        Duration::from_secs(45),
-        &daemon,
-        || {
-            records(&deployment, "inbound", WA).into_iter().find(|r| {
-                r["value"]["kind"] == "EVENT_KIND_ATTACHMENT_STORED"
-                    && r["value"]["attachmentStored"]["messageEventId"] == message["eventId"]
-            })
-        },
-    )
-    .await;
+    let update = daemon
+        .eventually(
+            "the attachment-stored update",
+            Duration::from_secs(45),
+            || {
+                deployment
+                    .channel_records("inbound", WA)
+                    .into_iter()
+                    .find(|r| {
+                        r["value"]["kind"] == "EVENT_KIND_ATTACHMENT_STORED"
+                            && r["value"]["attachmentStored"]["messageEventId"]
+                                == message["eventId"]
+                    })
+            },
+        )
+        .await;
     let stored = &update["value"]["attachmentStored"];
     let sha256 = meta::sha256_hex(JPEG);
     assert_eq!(stored["attachment"]["sha256"], sha256.as_str(), "{update}");
@@ -838,19 +808,22 @@ async fn send_reply(client: &reqwest::Client, daemon: &Daemon, reply: &Value) ->
 
 /// A delivery status of the reply `event_id` in `state`, once appended.
 async fn delivery(deployment: &Deployment, daemon: &Daemon, event_id: &str, state: &str) -> Value {
-    eventually(
-        &format!("{state} for {event_id}"),
-        Duration::from_secs(30),
-        daemon,
-        || {
-            records(deployment, "inbound", WA).into_iter().find(|r| {
-                r["value"]["kind"] == "EVENT_KIND_DELIVERY_STATUS"
-                    && r["value"]["delivery"]["outboundEventId"] == event_id
-                    && r["value"]["delivery"]["state"] == state
-            })
-        },
-    )
-    .await
+    daemon
+        .eventually(
+            &format!("{state} for {event_id}"),
+            Duration::from_secs(30),
+            || {
+                deployment
+                    .channel_records("inbound", WA)
+                    .into_iter()
+                    .find(|r| {
+                        r["value"]["kind"] == "EVENT_KIND_DELIVERY_STATUS"
+                            && r["value"]["delivery"]["outboundEventId"] == event_id
+                            && r["value"]["delivery"]["state"] == state
+                    })
+            },
+        )
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1087,11 +1060,8 @@ async fn whatsapp_and_sms_from_one_number_are_one_customer() {
     };
 
     // Both messages on that customer's timeline.
-    let timeline = eventually(
-        "both on one timeline",
-        Duration::from_secs(30),
-        &daemon,
-        || {
+    let timeline = daemon
+        .eventually("both on one timeline", Duration::from_secs(30), || {
             let entries: Vec<Value> = deployment
                 .tail("timeline")
                 .into_iter()
@@ -1104,9 +1074,8 @@ async fn whatsapp_and_sms_from_one_number_are_one_customer() {
                 .collect();
             (ids.contains(wamid) && ids.contains("SM7a1c3e5f7a9b1c3d5e7f9a1b3c5d7e9f"))
                 .then_some(entries)
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(timeline.len() >= 2);
 }
 
@@ -1196,14 +1165,14 @@ async fn hostile_bodies_get_a_clear_answer_and_never_a_crash() {
         ("not JSON", b"<xml>hello</xml>".to_vec()),
     ];
     for (what, bytes) in cases {
-        let dead_before = records(&deployment, "deadletter", WA).len();
+        let dead_before = deployment.channel_records("deadletter", WA).len();
         let (status, body) = post_bytes(&client, &daemon, WA, bytes).await;
         assert!(
             daemon.child.try_wait().unwrap().is_none(),
             "{what}: the daemon died; log:\n{}",
-            last_lines(&daemon.stderr(), 40)
+            daemon.last_lines(40)
         );
-        let dead_after = records(&deployment, "deadletter", WA).len();
+        let dead_after = deployment.channel_records("deadletter", WA).len();
         eprintln!(
             "{what}: {status} {body}; dead letters +{}",
             dead_after - dead_before

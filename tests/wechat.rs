@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use omni_testkit::{
@@ -186,19 +186,10 @@ async fn oversized_status(daemon: &Daemon, channel: &str, request: &WebhookPost)
         .unwrap_or_else(|| panic!("no status line in {answer:?}"))
 }
 
-/// Records of `topic` from `channel`.
-fn records(deployment: &Deployment, topic: &str, channel: &str) -> Vec<Value> {
-    deployment
-        .tail(topic)
-        .into_iter()
-        .filter(|r| r["value"]["channelId"] == channel)
-        .collect()
-}
-
 /// Inbound records from `channel` by provider message id.
 fn inbound_by_id(deployment: &Deployment, channel: &str) -> BTreeMap<String, Vec<Value>> {
     let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for record in records(deployment, "inbound", channel) {
+    for record in deployment.channel_records("inbound", channel) {
         if let Some(id) = record["value"]["providerMessageId"].as_str() {
             by_id.entry(id.to_owned()).or_default().push(record);
         }
@@ -219,33 +210,6 @@ fn timeline_counts(deployment: &Deployment, channel: &str) -> BTreeMap<String, u
         }
     }
     counts
-}
-
-/// Polls `check` every 200 ms until it answers; panics with `what` and
-/// the daemon's log after `within`.
-async fn eventually<T>(
-    what: &str,
-    within: Duration,
-    daemon: &Daemon,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}; daemon log (last lines):\n{}",
-            last_lines(&daemon.stderr(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn openid(i: usize) -> String {
@@ -311,10 +275,10 @@ async fn url_checks_are_answered_only_when_signed() {
     assert_eq!(status, 403, "a forged msg_signature: {body}");
     for channel in [OA, KF] {
         assert!(
-            records(&deployment, "inbound", channel).is_empty(),
+            deployment.channel_records("inbound", channel).is_empty(),
             "a URL check stores nothing"
         );
-        let dead = records(&deployment, "deadletter", channel);
+        let dead = deployment.channel_records("deadletter", channel);
         assert!(dead.is_empty(), "{channel}: {dead:?}");
     }
 
@@ -323,7 +287,7 @@ async fn url_checks_are_answered_only_when_signed() {
     let other_key = WecomApp::new(CORP_ID, KF_TOKEN, OA_KEY).url_check("5");
     let (status, _, _) = get(other_key.url(&endpoint(KF))).await;
     assert!((400..500).contains(&status), "another key: {status}");
-    assert!(records(&deployment, "inbound", KF).is_empty());
+    assert!(deployment.channel_records("inbound", KF).is_empty());
 
     // A safe-mode message under the documentation's key lands too.
     let xml = text_message(
@@ -335,7 +299,7 @@ async fn url_checks_are_answered_only_when_signed() {
     );
     let (status, body) = post(&client, &daemon, DOC, &doc.safe(&xml)).await;
     assert_eq!((status, body.as_str()), (200, "success"));
-    assert_eq!(records(&deployment, "inbound", DOC).len(), 1);
+    assert_eq!(deployment.channel_records("inbound", DOC).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,16 +343,16 @@ async fn a_safe_mode_text_lands_once_across_wechats_retry() {
     assert_eq!(event["sender"]["value"], openid(7));
     assert_eq!(event["sender"]["scope"], APP_ID);
 
-    let counts = eventually(
-        "the message on the timeline",
-        Duration::from_secs(20),
-        &daemon,
-        || {
-            let counts = timeline_counts(&deployment, OA);
-            counts.contains_key(&msg_id.to_string()).then_some(counts)
-        },
-    )
-    .await;
+    let counts = daemon
+        .eventually(
+            "the message on the timeline",
+            Duration::from_secs(20),
+            || {
+                let counts = timeline_counts(&deployment, OA);
+                counts.contains_key(&msg_id.to_string()).then_some(counts)
+            },
+        )
+        .await;
     // Give a second copy the time to show up if it were going to.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let counts = timeline_counts(&deployment, OA).max(counts);
@@ -453,13 +417,13 @@ async fn kill_9_mid_burst_and_wechats_retries_leave_every_message_once() {
             }
         }));
     }
-    eventually(
-        "150 answers before the kill",
-        Duration::from_secs(30),
-        &daemon,
-        || (acked.lock().unwrap().len() >= 150).then_some(()),
-    )
-    .await;
+    daemon
+        .eventually(
+            "150 answers before the kill",
+            Duration::from_secs(30),
+            || (acked.lock().unwrap().len() >= 150).then_some(()),
+        )
+        .await;
     daemon.kill9();
     for sender in senders {
         sender.await.unwrap();
@@ -519,16 +483,16 @@ async fn kill_9_mid_burst_and_wechats_retries_leave_every_message_once() {
         assert_eq!(ids.len(), 1, "MsgId {id} got {} event ids", ids.len());
     }
     let total = TASKS * PER_TASK;
-    let counts = eventually(
-        "every message on the timeline",
-        Duration::from_secs(40),
-        &daemon,
-        || {
-            let counts = timeline_counts(&deployment, OA);
-            (counts.len() >= total).then_some(counts)
-        },
-    )
-    .await;
+    let counts = daemon
+        .eventually(
+            "every message on the timeline",
+            Duration::from_secs(40),
+            || {
+                let counts = timeline_counts(&deployment, OA);
+                (counts.len() >= total).then_some(counts)
+            },
+        )
+        .await;
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(doubled.is_empty(), "entries per MsgId: {doubled:?}");
     assert_eq!(counts.len(), total);
@@ -604,7 +568,8 @@ async fn every_mode_lands_and_an_image_file_follows_from_media_get() {
         landed.contains_key("25000000000000003"),
         "the voice message: {landed:?}"
     );
-    let follows: Vec<Value> = records(&deployment, "inbound", OA)
+    let follows: Vec<Value> = deployment
+        .channel_records("inbound", OA)
         .into_iter()
         .filter(|r| r["value"]["kind"] == "EVENT_KIND_ACTIVITY")
         .collect();
@@ -622,22 +587,24 @@ async fn every_mode_lands_and_an_image_file_follows_from_media_get() {
     assert_eq!(attachments.len(), 1, "{message}");
 
     // The file follows from media/get as an attachment-stored update.
-    let updates = eventually(
-        "the attachment-stored update",
-        Duration::from_secs(30),
-        &daemon,
-        || {
-            let updates: Vec<Value> = records(&deployment, "inbound", OA)
-                .into_iter()
-                .filter(|r| {
-                    r["value"]["kind"] == "EVENT_KIND_ATTACHMENT_STORED"
-                        && r["value"]["attachmentStored"]["messageEventId"] == message["eventId"]
-                })
-                .collect();
-            (!updates.is_empty()).then_some(updates)
-        },
-    )
-    .await;
+    let updates = daemon
+        .eventually(
+            "the attachment-stored update",
+            Duration::from_secs(30),
+            || {
+                let updates: Vec<Value> = deployment
+                    .channel_records("inbound", OA)
+                    .into_iter()
+                    .filter(|r| {
+                        r["value"]["kind"] == "EVENT_KIND_ATTACHMENT_STORED"
+                            && r["value"]["attachmentStored"]["messageEventId"]
+                                == message["eventId"]
+                    })
+                    .collect();
+                (!updates.is_empty()).then_some(updates)
+            },
+        )
+        .await;
     assert_eq!(updates.len(), 1, "{updates:?}");
     assert!(
         fake.media_gets().contains(&"MEDIA_photo_1".to_owned()),
@@ -765,7 +732,7 @@ async fn hostile_requests_are_refused_and_nothing_reaches_the_stream() {
     let health = client.get(daemon.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     for channel in [OA, PLAIN] {
-        let inbound = records(&deployment, "inbound", channel);
+        let inbound = deployment.channel_records("inbound", channel);
         assert!(inbound.is_empty(), "{channel}: {inbound:?}");
     }
 
@@ -780,13 +747,13 @@ async fn hostile_requests_are_refused_and_nothing_reaches_the_stream() {
     );
     let answer = post(&client, &daemon, OA, &account.safe(&xml)).await;
     assert_eq!(answer, (200, "success".to_owned()));
-    let dead = records(&deployment, "deadletter", OA);
+    let dead = deployment.channel_records("deadletter", OA);
     assert!(
         dead.iter()
             .any(|d| d["value"]["reason"] == "unknown_msg_type"),
         "a dead letter for the unknown MsgType: {dead:?}"
     );
-    assert!(records(&deployment, "inbound", OA).is_empty());
+    assert!(deployment.channel_records("inbound", OA).is_empty());
     let health = client.get(daemon.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
@@ -892,19 +859,19 @@ async fn a_callback_syncs_2500_messages_each_landing_once() {
     assert_eq!(status, 200);
 
     let wanted: HashSet<String> = backlog.iter().map(msgid).collect();
-    let inbound = eventually(
-        "all 2500 on the inbound stream",
-        Duration::from_secs(45),
-        &daemon,
-        || {
-            let inbound = inbound_by_id(&deployment, KF);
-            wanted
-                .iter()
-                .all(|id| inbound.contains_key(id))
-                .then_some(inbound)
-        },
-    )
-    .await;
+    let inbound = daemon
+        .eventually(
+            "all 2500 on the inbound stream",
+            Duration::from_secs(45),
+            || {
+                let inbound = inbound_by_id(&deployment, KF);
+                wanted
+                    .iter()
+                    .all(|id| inbound.contains_key(id))
+                    .then_some(inbound)
+            },
+        )
+        .await;
     let doubled: Vec<_> = inbound
         .iter()
         .filter(|(_, r)| r.len() != 1)
@@ -944,19 +911,19 @@ async fn a_callback_syncs_2500_messages_each_landing_once() {
 
     // Every text on the timeline once.
     let texts: Vec<String> = backlog.iter().filter(|m| is_text(m)).map(msgid).collect();
-    let counts = eventually(
-        "every text on the timeline",
-        Duration::from_secs(40),
-        &daemon,
-        || {
-            let counts = timeline_counts(&deployment, KF);
-            texts
-                .iter()
-                .all(|id| counts.contains_key(id))
-                .then_some(counts)
-        },
-    )
-    .await;
+    let counts = daemon
+        .eventually(
+            "every text on the timeline",
+            Duration::from_secs(40),
+            || {
+                let counts = timeline_counts(&deployment, KF);
+                texts
+                    .iter()
+                    .all(|id| counts.contains_key(id))
+                    .then_some(counts)
+            },
+        )
+        .await;
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
         doubled.is_empty(),
@@ -978,10 +945,11 @@ async fn kill_9_mid_sync_resumes_from_a_durable_cursor() {
     );
     let mut daemon = deployment.start();
 
-    eventually("six pages served", Duration::from_secs(30), &daemon, || {
-        (fake.sync_pages_served() >= 6).then_some(())
-    })
-    .await;
+    daemon
+        .eventually("six pages served", Duration::from_secs(30), || {
+            (fake.sync_pages_served() >= 6).then_some(())
+        })
+        .await;
     daemon.kill9();
     // Let a request the dead daemon sent reach the fake's record.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -992,19 +960,19 @@ async fn kill_9_mid_sync_resumes_from_a_durable_cursor() {
     fake.set_sync_delay(Duration::from_millis(10));
     let daemon = deployment.start();
     let wanted: HashSet<String> = backlog.iter().map(msgid).collect();
-    eventually(
-        "all 2500 after the restart",
-        Duration::from_secs(45),
-        &daemon,
-        || {
-            let inbound = inbound_by_id(&deployment, KF);
-            wanted
-                .iter()
-                .all(|id| inbound.contains_key(id))
-                .then_some(())
-        },
-    )
-    .await;
+    daemon
+        .eventually(
+            "all 2500 after the restart",
+            Duration::from_secs(45),
+            || {
+                let inbound = inbound_by_id(&deployment, KF);
+                wanted
+                    .iter()
+                    .all(|id| inbound.contains_key(id))
+                    .then_some(())
+            },
+        )
+        .await;
 
     // The first sync after the restart asked from a cursor whose every
     // earlier message was already durable.
@@ -1041,19 +1009,19 @@ async fn kill_9_mid_sync_resumes_from_a_durable_cursor() {
         assert_eq!(ids.len(), 1, "{id} got {} event ids", ids.len());
     }
     let texts: Vec<String> = backlog.iter().filter(|m| is_text(m)).map(msgid).collect();
-    let counts = eventually(
-        "every text on the timeline",
-        Duration::from_secs(40),
-        &daemon,
-        || {
-            let counts = timeline_counts(&deployment, KF);
-            texts
-                .iter()
-                .all(|id| counts.contains_key(id))
-                .then_some(counts)
-        },
-    )
-    .await;
+    let counts = daemon
+        .eventually(
+            "every text on the timeline",
+            Duration::from_secs(40),
+            || {
+                let counts = timeline_counts(&deployment, KF);
+                texts
+                    .iter()
+                    .all(|id| counts.contains_key(id))
+                    .then_some(counts)
+            },
+        )
+        .await;
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
         doubled.is_empty(),
@@ -1076,20 +1044,19 @@ async fn polling_picks_up_messages_without_any_callback() {
         let inbound = inbound_by_id(&deployment, KF);
         (from..to).all(|i| inbound.contains_key(&format!("msg-{i:05}")))
     };
-    eventually("the first five", Duration::from_secs(20), &daemon, || {
-        landed(1, 6).then_some(())
-    })
-    .await;
+    daemon
+        .eventually("the first five", Duration::from_secs(20), || {
+            landed(1, 6).then_some(())
+        })
+        .await;
 
     // New messages, and still no callback.
     fake.push_kf_messages(OPEN_KFID, kf_backlog(6, 3));
-    eventually(
-        "three more by polling",
-        Duration::from_secs(10),
-        &daemon,
-        || landed(6, 9).then_some(()),
-    )
-    .await;
+    daemon
+        .eventually("three more by polling", Duration::from_secs(10), || {
+            landed(6, 9).then_some(())
+        })
+        .await;
     let inbound = inbound_by_id(&deployment, KF);
     assert!(
         inbound.values().all(|copies| copies.len() == 1),
@@ -1100,11 +1067,8 @@ async fn polling_picks_up_messages_without_any_callback() {
         "no callback token"
     );
 
-    let metrics = eventually(
-        "the unread-age gauge",
-        Duration::from_secs(15),
-        &daemon,
-        || {
+    let metrics = daemon
+        .eventually("the unread-age gauge", Duration::from_secs(15), || {
             let metrics = block_on(daemon.metrics());
             metrics
                 .lines()
@@ -1112,9 +1076,8 @@ async fn polling_picks_up_messages_without_any_callback() {
                     l.starts_with("omnid_wecom_kf_unread_age_seconds{") && l.contains(OPEN_KFID)
                 })
                 .then_some(metrics)
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(metrics.contains(&format!("channel=\"{KF}\"")), "{metrics}");
 }
 
@@ -1148,20 +1111,17 @@ async fn delivery(
     channel: &str,
     event_id: &str,
 ) -> Value {
-    eventually(
-        "the delivery status",
-        Duration::from_secs(30),
-        daemon,
-        || {
-            records(deployment, "inbound", channel)
+    daemon
+        .eventually("the delivery status", Duration::from_secs(30), || {
+            deployment
+                .channel_records("inbound", channel)
                 .into_iter()
                 .find(|r| {
                     r["value"]["kind"] == "EVENT_KIND_DELIVERY_STATUS"
                         && r["value"]["delivery"]["outboundEventId"] == event_id
                 })
-        },
-    )
-    .await
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1252,12 +1212,14 @@ async fn replies_go_out_through_custom_send_and_kf_send_msg() {
     );
     let answer = post(&client, &daemon, OA, &oa().safe(&xml)).await;
     assert_eq!(answer, (200, "success".to_owned()));
-    let stored = eventually("the photo stored", Duration::from_secs(30), &daemon, || {
-        records(&deployment, "inbound", OA)
-            .into_iter()
-            .find(|r| r["value"]["attachmentStored"]["attachment"]["sha256"].is_string())
-    })
-    .await;
+    let stored = daemon
+        .eventually("the photo stored", Duration::from_secs(30), || {
+            deployment
+                .channel_records("inbound", OA)
+                .into_iter()
+                .find(|r| r["value"]["attachmentStored"]["attachment"]["sha256"].is_string())
+        })
+        .await;
     let attachment = stored["value"]["attachmentStored"]["attachment"].clone();
     let mut with_file = reply("ticket-1/reply-4", "这是您发的照片。");
     with_file["content"]["attachments"] = json!([{

@@ -39,6 +39,23 @@ struct Common<'a> {
     max_media_bytes: u64,
 }
 
+/// The settings every kind's file has under the same names.
+macro_rules! common {
+    ($config:expr) => {
+        Common {
+            app_secret: &$config.app_secret,
+            previous_app_secret: $config.previous_app_secret.as_ref(),
+            verify_token: &$config.verify_token,
+            access_token: $config.access_token.as_ref(),
+            verify_signature: $config.verify_signature,
+            graph_base: &$config.graph_base,
+            api_version: &$config.api_version,
+            request_timeout_secs: $config.request_timeout_secs,
+            max_media_bytes: $config.max_media_bytes,
+        }
+    };
+}
+
 impl Common<'_> {
     fn webhook(
         &self,
@@ -106,17 +123,7 @@ impl ChannelConfig for WhatsappConfig {
 
     fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
         self.validate()?;
-        let common = Common {
-            app_secret: &self.app_secret,
-            previous_app_secret: self.previous_app_secret.as_ref(),
-            verify_token: &self.verify_token,
-            access_token: self.access_token.as_ref(),
-            verify_signature: self.verify_signature,
-            graph_base: &self.graph_base,
-            api_version: &self.api_version,
-            request_timeout_secs: self.request_timeout_secs,
-            max_media_bytes: self.max_media_bytes,
-        };
+        let common = common!(self);
         let marks = Arc::new(Marks::new(context.state.clone(), &context.channel_id));
         let webhook = common.webhook(
             &context,
@@ -197,17 +204,7 @@ impl ChannelConfig for MessengerConfig {
 
     fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
         self.validate()?;
-        let common = Common {
-            app_secret: &self.app_secret,
-            previous_app_secret: self.previous_app_secret.as_ref(),
-            verify_token: &self.verify_token,
-            access_token: self.access_token.as_ref(),
-            verify_signature: self.verify_signature,
-            graph_base: &self.graph_base,
-            api_version: &self.api_version,
-            request_timeout_secs: self.request_timeout_secs,
-            max_media_bytes: self.max_media_bytes,
-        };
+        let common = common!(self);
         messaging(
             context,
             common,
@@ -226,17 +223,7 @@ impl ChannelConfig for InstagramConfig {
 
     fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
         self.validate()?;
-        let common = Common {
-            app_secret: &self.app_secret,
-            previous_app_secret: self.previous_app_secret.as_ref(),
-            verify_token: &self.verify_token,
-            access_token: self.access_token.as_ref(),
-            verify_signature: self.verify_signature,
-            graph_base: &self.graph_base,
-            api_version: &self.api_version,
-            request_timeout_secs: self.request_timeout_secs,
-            max_media_bytes: self.max_media_bytes,
-        };
+        let common = common!(self);
         messaging(
             context,
             common,

@@ -264,6 +264,14 @@ impl Deployment {
         Daemon { child, addr, lines }
     }
 
+    /// The records of `topic` from channel `channel`, through `omnid tail`.
+    pub fn channel_records(&self, topic: &str, channel: &str) -> Vec<serde_json::Value> {
+        self.tail(topic)
+            .into_iter()
+            .filter(|r| r["value"]["channelId"] == channel)
+            .collect()
+    }
+
     /// Every record of a topic, through `omnid tail`.
     pub fn tail(&self, topic: &str) -> Vec<serde_json::Value> {
         let output = self
@@ -358,6 +366,34 @@ impl Daemon {
 
     pub fn stderr(&self) -> String {
         self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The last `n` lines of its stderr, for a failing test's message.
+    pub fn last_lines(&self, n: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Polls `check` every 200 ms until it answers; panics with `what` and
+    /// the daemon's last log lines after `within`.
+    pub async fn eventually<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within {within:?}; daemon log (last lines):\n{}",
+                self.last_lines(40)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
