@@ -10,7 +10,9 @@
 //! - a WhatsApp image on the stream at once, its file following through
 //!   failed downloads;
 //! - replies: a template outside the 24-hour window, tied back by
-//!   `biz_opaque_callback_data`; a text with context inside it;
+//!   `biz_opaque_callback_data`; a text with context inside it; an
+//!   Instagram reply whose echo is not recorded twice, beside an inbox
+//!   echo recorded as the business's message;
 //! - one customer across WhatsApp and SMS;
 //! - hostile bodies answered without a crash.
 
@@ -932,6 +934,135 @@ async fn replies_use_the_template_outside_the_window_and_statuses_tie_back() {
     assert_eq!(body["text"]["body"], "Yes, 10:00 to 16:00.");
     assert_eq!(body["context"]["message_id"], their_wamid, "{body}");
     assert!(body["template"].is_null());
+}
+
+/// An Instagram echo: the account's own message to `igsid`, as Meta posts
+/// it back (no `app_id`, as Instagram's echoes often have none).
+fn instagram_echo(igsid: &str, mid: &str, text: &str, ts_ms: u64) -> Value {
+    json!({
+        "object": "instagram",
+        "entry": [{
+            "id": IG_ACCOUNT_ID,
+            "time": ts_ms,
+            "messaging": [{
+                "sender": { "id": IG_ACCOUNT_ID },
+                "recipient": { "id": igsid },
+                "timestamp": ts_ms,
+                "message": { "mid": mid, "text": text, "is_echo": true },
+            }],
+        }],
+    })
+}
+
+/// A reply through the Send API answers inside the window, and its echo is
+/// not recorded a second time; an echo of a message sent from the
+/// Instagram inbox is recorded as the business's outbound message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instagram_replies_go_out_and_their_echoes_are_not_recorded_twice() {
+    let graph = FakeGraph::start().await;
+    graph.allow_token(WA_TOKEN);
+    let deployment = Deployment::new();
+    deployment.enable_api(API_TOKEN);
+    deployment.write_channel(
+        IG,
+        &format!(
+            "id = \"{IG}\"\nkind = \"instagram\"\naccount_id = \"{IG_ACCOUNT_ID}\"\n{}\
+             access_token = {}\ngraph_base = \"{}\"\n",
+            common(&deployment),
+            secret(&deployment, "ig-token", WA_TOKEN),
+            graph.base_url()
+        ),
+    );
+    let daemon = deployment.start();
+    let client = client();
+    let igsid = "6180412345678901";
+    let ts = now() * 1000;
+    let body = instagram_text(
+        IG_ACCOUNT_ID,
+        igsid,
+        "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQx",
+        "سلام، سفارشم کجاست؟",
+        ts,
+    );
+    assert_eq!(post(&client, &daemon, IG, &body).await.0, 200);
+
+    let reply = json!({
+        "channelId": IG,
+        "providerMessageId": "ticket-41/reply-1",
+        "recipients": [{ "kind": "HANDLE_KIND_INSTAGRAM_IGSID", "value": igsid, "scope": IG_ACCOUNT_ID }],
+        "content": { "text": "سفارش شما امروز ارسال شد." },
+    });
+    let event_id = send_reply(&client, &daemon, &reply).await;
+    let sent = daemon
+        .eventually("the reply sent", Duration::from_secs(30), || {
+            deployment
+                .channel_records("inbound", IG)
+                .into_iter()
+                .find(|r| {
+                    r["value"]["kind"] == "EVENT_KIND_DELIVERY_STATUS"
+                        && r["value"]["delivery"]["outboundEventId"] == event_id.as_str()
+                        && r["value"]["delivery"]["state"] == "DELIVERY_STATE_SENT"
+                })
+        })
+        .await;
+    let calls = graph.send_api_calls();
+    assert_eq!(calls.len(), 1, "{:?}", graph.log());
+    assert_eq!(
+        calls[0].body["messaging_type"], "RESPONSE",
+        "{}",
+        calls[0].body
+    );
+    assert_eq!(calls[0].body["recipient"]["id"], igsid);
+    let mid = calls[0].message_id.clone().expect("the fake accepted it");
+    assert_eq!(sent["value"]["providerMessageId"], mid.as_str());
+
+    // Meta echoes the reply back, and the business also wrote from the
+    // Instagram app.
+    let echo = instagram_echo(igsid, &mid, "سفارش شما امروز ارسال شد.", ts + 1000);
+    assert_eq!(post(&client, &daemon, IG, &echo).await.0, 200);
+    let inbox_mid = "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQyinbox";
+    let inbox = instagram_echo(igsid, inbox_mid, "A colleague will call you.", ts + 2000);
+    assert_eq!(post(&client, &daemon, IG, &inbox).await.0, 200);
+
+    let messages = |mid: &str| -> Vec<Value> {
+        deployment
+            .channel_records("inbound", IG)
+            .into_iter()
+            .filter(|r| {
+                r["value"]["kind"] == "EVENT_KIND_MESSAGE" && r["value"]["providerMessageId"] == mid
+            })
+            .collect()
+    };
+    let recorded = daemon
+        .eventually(
+            "the inbox echo on the stream",
+            Duration::from_secs(20),
+            || messages(inbox_mid).pop(),
+        )
+        .await;
+    assert_eq!(
+        recorded["value"]["direction"], "DIRECTION_OUTBOUND",
+        "{recorded}"
+    );
+    assert_eq!(recorded["value"]["recipients"][0]["value"], igsid);
+    assert!(
+        recorded["value"]["sender"].is_null(),
+        "never a customer message: {recorded}"
+    );
+    assert!(
+        messages(&mid).is_empty(),
+        "the reply's echo is the reply itself, already recorded"
+    );
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("omnid_meta_updates_total")
+                && l.contains("channel=\"ig\"")
+                && l.contains("outcome=\"duplicate\"")
+                && l.ends_with(" 1")),
+        "the echo was dropped as already seen:\n{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------
