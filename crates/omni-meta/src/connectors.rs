@@ -108,12 +108,50 @@ impl Common<'_> {
         outbound: Option<Arc<dyn OutboundHandler>>,
     ) -> Arc<dyn Connector> {
         let fetcher = Arc::new(MetaFetcher::new(graph, self.max_media_bytes));
+        let marks = webhook.marks.clone();
         let driver = Arc::new(WebhookDriver::new(context, webhook));
-        Arc::new(
-            WebhookConnector::new(driver)
+        Arc::new(MetaConnector {
+            inner: WebhookConnector::new(driver)
                 .with_outbound(outbound)
                 .with_media(Some(fetcher as Arc<dyn MediaFetcher>)),
-        )
+            marks,
+        })
+    }
+}
+
+/// A Meta channel: the SDK's webhook connector, whose marks are flushed
+/// when the channel stops (a deploy, a reload), so a redelivery right
+/// after a restart is still dropped before the log.
+#[derive(Debug)]
+struct MetaConnector {
+    inner: WebhookConnector,
+    marks: Arc<Marks>,
+}
+
+#[async_trait::async_trait]
+impl Connector for MetaConnector {
+    fn webhook(&self) -> Option<Arc<dyn omni_connector::WebhookHandler>> {
+        self.inner.webhook()
+    }
+
+    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
+        self.inner.outbound()
+    }
+
+    fn media(&self) -> Option<Arc<dyn MediaFetcher>> {
+        self.inner.media()
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), omni_connector::ConnectorError> {
+        shutdown.cancelled().await;
+        if let Err(e) = self.marks.flush().await {
+            // Their repeats are appended again and dropped downstream.
+            tracing::warn!(error = %e, "seen marks not flushed at stop");
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@
 //! thread, since a thread hand-off per POST was most of a small POST's
 //! cost.
 //!
+//! The channel flushes its marks when it stops (a deploy, a reload).
 //! Losing pending marks (a crash) costs nothing that matters: a redelivery
 //! is then appended again with the same event id and dropped downstream by
 //! the threading service, and a lost window time is refreshed by the

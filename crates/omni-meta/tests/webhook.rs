@@ -182,3 +182,39 @@ async fn a_redelivery_after_a_restart_appends_nothing() {
     assert_eq!(sink.entries().len(), 14);
     assert_eq!(counts["wamid.new"], 1);
 }
+
+#[tokio::test]
+async fn stopping_the_channel_flushes_its_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Arc::new(SqliteStateStore::open(&path).unwrap());
+    let sink = MemorySink::default();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("verify"), "verify").unwrap();
+    let settings = format!(
+        "phone_number_id = \"{PHONE_NUMBER_ID}\"\napp_secret = {{ file = {:?} }}\n\
+         verify_token = {{ file = {:?} }}\n",
+        dir.path().join("secret").display().to_string(),
+        dir.path().join("verify").display().to_string(),
+    );
+    let mut context = ChannelContext::new("wa", EventSender::new(Arc::new(sink.clone())));
+    context.state = ChannelState::new(store.clone(), "wa");
+    let connector = omni_connector::factory::<omni_meta::WhatsappConfig>()
+        .build(context, toml::from_str(&settings).unwrap())
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(connector.clone().run(stop.clone()));
+    let hook = connector.webhook().unwrap();
+    // The first POST's marks are committed at once; the second's wait for
+    // the next group commit, 100 ms later, unless the channel stops.
+    let first = batch();
+    assert_eq!(hook.handle(post(&first)).await.status(), StatusCode::OK);
+    let mut second: serde_json::Value = serde_json::from_slice(&batch()).unwrap();
+    second["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = json!("wamid.second");
+    let second = Bytes::from(second.to_string());
+    assert_eq!(hook.handle(post(&second)).await.status(), StatusCode::OK);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let id = omni_model::event_id("wa", "wamid.second").to_string();
+    assert_eq!(store.seen("wa", &[id]).unwrap(), [true]);
+}
