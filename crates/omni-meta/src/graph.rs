@@ -1074,7 +1074,13 @@ pub(crate) mod fake {
                         "messaging_product": "whatsapp",
                         "url": format!("{}/files/{id}", fake.base),
                         "mime_type": mime,
-                        "sha256": "00",
+                        // The file's digest; ids starting `corrupt` announce
+                        // another file's, as a damaged transfer would look.
+                        "sha256": if id.starts_with("corrupt") {
+                            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"another file"))
+                        } else {
+                            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+                        },
                         "file_size": bytes.len(),
                         "id": id,
                     }),

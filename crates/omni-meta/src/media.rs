@@ -104,6 +104,13 @@ impl MediaFetcher for MetaFetcher {
                     .download(&info.url, true, self.max_bytes)
                     .await
                     .map_err(|e| e.into_fetch())?;
+                if !digest_matches(&info.sha256, &fetched.content) {
+                    // A truncated or altered transfer: the lookup is
+                    // repeated later, with a fresh URL.
+                    return Err(FetchError::Temporary(
+                        "the downloaded file does not match the sha256 WhatsApp gave".into(),
+                    ));
+                }
                 if uninformative(&fetched.media_type) && !info.mime_type.is_empty() {
                     fetched.media_type = info.mime_type;
                 }
@@ -117,8 +124,64 @@ impl MediaFetcher for MetaFetcher {
     }
 }
 
+/// Whether `content` is the file WhatsApp described by `expected`, its
+/// SHA-256 in hex or base64 (both are seen in Meta's answers). An empty or
+/// unreadable value checks nothing rather than refusing every file.
+fn digest_matches(expected: &str, content: &[u8]) -> bool {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let expected = expected.trim();
+    let digest = sha2::Sha256::digest(content);
+    if expected.len() == 64 && expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex::encode(digest).eq_ignore_ascii_case(expected);
+    }
+    match base64::engine::general_purpose::STANDARD.decode(expected) {
+        Ok(bytes) if bytes.len() == 32 => bytes == digest.as_slice(),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_download_not_matching_its_digest_is_retried_later() {
+        let fake = crate::graph::fake::Fake::start().await;
+        fake.add_media("corrupt-1", "image/jpeg", b"jpeg bytes");
+        fake.add_media("fine-1", "image/jpeg", b"jpeg bytes");
+        let fetcher = super::MetaFetcher::new(Some(fake.client()), 1024);
+        let media = |id: &str| omni_connector::MediaRef {
+            attachment: 0,
+            source: super::graph_media(id),
+        };
+        use omni_connector::MediaFetcher as _;
+        assert!(matches!(
+            fetcher.fetch(&media("corrupt-1")).await,
+            Err(omni_connector::FetchError::Temporary(reason)) if reason.contains("sha256")
+        ));
+        assert_eq!(
+            &fetcher.fetch(&media("fine-1")).await.unwrap().content[..],
+            b"jpeg bytes"
+        );
+    }
+
+    #[test]
+    fn downloads_are_checked_against_whatsapps_digest_in_hex_or_base64() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let file = b"a customer's photo";
+        let digest = sha2::Sha256::digest(file);
+        let hex = hex::encode(digest);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        assert!(super::digest_matches(&hex, file));
+        assert!(super::digest_matches(&hex.to_uppercase(), file));
+        assert!(super::digest_matches(&b64, file));
+        assert!(!super::digest_matches(&hex, b"a customer's photX"));
+        assert!(!super::digest_matches(&b64, b"truncated"));
+        // Nothing to check against: accepted.
+        assert!(super::digest_matches("", file));
+        assert!(super::digest_matches("00", file));
+    }
+
     use std::time::Duration;
 
     use serde_json::json;
