@@ -98,6 +98,17 @@ pub trait Connector: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Endpoints of the channel's own, served by the daemon under
+    /// `/channels/{channel_id}/` with the path below that: a web chat's
+    /// WebSocket, its widget script, a visitor's history. Plain axum
+    /// handlers, since such a channel is an HTTP application of its own
+    /// rather than a provider's callback; the daemon's connection limits,
+    /// header timeouts and request timeout apply, and WebSocket upgrades
+    /// are handed over.
+    fn routes(&self) -> Option<axum::Router> {
+        None
+    }
+
     /// The pulling loop (IMAP, long polling), for pull channels. Runs until
     /// `shutdown` is cancelled, then returns after its in-flight events are
     /// acknowledged or abandoned unacknowledged (so they are pulled again).

@@ -209,8 +209,12 @@ pub(crate) async fn serve(
         let (builder, admission, shutdown) = (builder.clone(), admission.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let connection =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            // Upgrades (a web chat's WebSocket) take the connection over
+            // from HTTP; the permit then goes back, and the channel bounds
+            // its own sockets.
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

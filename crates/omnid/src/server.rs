@@ -147,6 +147,7 @@ impl AppState {
 pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/webhooks/{channel_id}", any(webhook))
+        .route("/channels/{channel_id}/{*rest}", any(channel_route))
         .route("/v1/outbound", post(submit_outbound))
         .route(
             "/v1/customers/{customer_id}/timeline",
@@ -180,6 +181,49 @@ pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
             request_timeout,
         ))
         .with_state(state)
+}
+
+/// A channel's own endpoints ([`omni_connector::Connector::routes`]): the
+/// request goes to the channel's router with the path below
+/// `/channels/{channel_id}`, query kept. Looked up per request, so a
+/// reloaded channel serves its new routes at once.
+async fn channel_route(
+    State(state): State<AppState>,
+    Path((channel_id, rest)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    use tower::ServiceExt as _;
+    let Some(routes) = state
+        .channels()
+        .get(&channel_id)
+        .and_then(|c| c.connector.routes())
+    else {
+        return into_axum(error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_channel",
+            "no channel with its own endpoints has this id",
+        ));
+    };
+    let (mut parts, body) = request.into_parts();
+    let path = match parts.uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    let Ok(uri) = path.parse() else {
+        return into_axum(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the path is not a valid URI",
+        ));
+    };
+    parts.uri = uri;
+    match routes
+        .oneshot(axum::extract::Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 fn into_axum(response: omni_connector::WebhookResponse) -> Response {
