@@ -130,13 +130,12 @@ impl<'a> Envelope<'a> {
             return Err(EnvelopeError::TooDeep(limits.max_depth));
         }
         let envelope: Envelope<'a> = serde_json::from_str(text).map_err(|e| {
-            let mut message = e.to_string();
-            message.truncate(200);
-            EnvelopeError::InvalidJson(message)
+            // serde quotes the input, which may be any UTF-8: cut on a
+            // character boundary.
+            EnvelopeError::InvalidJson(e.to_string().chars().take(200).collect())
         })?;
         if envelope.object != expected {
-            let mut found = envelope.object;
-            found.truncate(64);
+            let found = envelope.object.chars().take(64).collect();
             return Err(EnvelopeError::UnexpectedObject { found, expected });
         }
         let count = envelope
@@ -239,6 +238,18 @@ mod tests {
         for code in EnvelopeError::CODES {
             assert!(!code.is_empty());
         }
+    }
+
+    #[test]
+    fn long_multibyte_input_in_errors_is_cut_on_character_boundaries() {
+        // serde quotes the offending string; 200 bytes falls inside a
+        // two-byte letter here.
+        let body = format!("{{\"object\":\"x{}\",\"entry\":5}}", "ش".repeat(300));
+        let error = Envelope::parse(body.as_bytes(), "page", &Limits::default()).unwrap_err();
+        assert!(matches!(error.code(), "invalid_json" | "unexpected_object"));
+        let object = format!("{{\"object\":\"x{}\"}}", "ش".repeat(300));
+        let error = Envelope::parse(object.as_bytes(), "page", &Limits::default()).unwrap_err();
+        assert_eq!(error.code(), "unexpected_object");
     }
 
     #[test]
