@@ -33,6 +33,7 @@ pub fn registry() -> Vec<Box<dyn ConnectorFactory>> {
         factory::<omni_meta::WhatsappConfig>(),
         factory::<omni_meta::MessengerConfig>(),
         factory::<omni_meta::InstagramConfig>(),
+        factory::<omni_chat::WebchatConfig>(),
     ]
 }
 

@@ -1,0 +1,286 @@
+//! One browser connection: `hello` → `welcome` and `history`, then the
+//! visitor's messages, each acknowledged only once durable in the log,
+//! and replies pushed by the channel's outbound sender through the hub.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use omni_connector::{ChannelState, EventSender, StateUpdate};
+use tokio::sync::mpsc;
+
+use crate::{
+    history::History,
+    hub::{Full, Hub, QUEUE},
+    identity::{self, IdentityCheck, SenderIdentity},
+    normalize::{self, ChatContext},
+    protocol::{self, ClientFrame, Limits, ServerFrame},
+};
+
+/// WebSocket's "policy violation": a connection that does not open with
+/// `hello`.
+const CLOSE_POLICY: u16 = 1008;
+
+/// How long a new connection may take to say `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a connection needs of its channel.
+#[derive(Debug)]
+pub struct Channel {
+    pub channel_id: String,
+    pub secret: omni_connector::Secret,
+    pub identity_secret: Option<omni_connector::Secret>,
+    pub require_identity: bool,
+    pub limits: Limits,
+    pub messages_per_minute: u32,
+    pub idle_timeout: Duration,
+    pub sender: EventSender,
+    pub state: ChannelState,
+    pub hub: Hub,
+    pub history: History,
+}
+
+/// A close frame with `code` and a short reason.
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Serves one upgraded connection until it closes.
+pub async fn serve(channel: Arc<Channel>, mut socket: WebSocket) {
+    if channel.hub.admit().is_err() {
+        let _ = socket
+            .send(close(
+                protocol::CLOSE_TOO_MANY_CONNECTIONS,
+                "too_many_connections",
+            ))
+            .await;
+        return;
+    }
+    let outcome = run(&channel, &mut socket).await;
+    if let Some((code, reason)) = outcome {
+        let _ = socket.send(close(code, reason)).await;
+    }
+}
+
+/// The connection's life; the close to send, if the channel ends it.
+async fn run(channel: &Channel, socket: &mut WebSocket) -> Option<(u16, &'static str)> {
+    let Ok(Some(Ok(Message::Text(first)))) =
+        tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await
+    else {
+        channel.hub.leave();
+        return Some((CLOSE_POLICY, "hello_expected"));
+    };
+    let Ok(ClientFrame::Hello {
+        visitor_id,
+        visitor_token,
+        identity: claimed,
+        ..
+    }) = protocol::parse_client_frame(first.as_str(), &channel.limits)
+    else {
+        channel.hub.leave();
+        return Some((CLOSE_POLICY, "hello_expected"));
+    };
+    // A visitor id is only resumed with its token; anything else starts a
+    // new visitor, so a guessed id reads nothing.
+    let visitor = match (visitor_id, visitor_token) {
+        (Some(id), Some(token))
+            if identity::is_visitor_id(&id)
+                && identity::verify_visitor_token(channel.secret.expose(), &id, &token) =>
+        {
+            id
+        }
+        _ => identity::new_visitor_id(&mut rand::rng()),
+    };
+    let checked = identity::check_hello_identity(
+        channel.identity_secret.as_ref().map(|s| s.expose()),
+        claimed.as_ref(),
+        channel.require_identity,
+        &channel.channel_id,
+    );
+    if let IdentityCheck::Refused(_) = checked {
+        channel.hub.leave();
+        return Some((protocol::CLOSE_IDENTITY_REFUSED, "identity_refused"));
+    }
+    let sender = checked.sender(claimed.as_ref());
+    let (frames, mut queued) = mpsc::channel(QUEUE);
+    let tab = match channel.hub.register(&visitor, frames) {
+        Ok(tab) => tab,
+        Err(Full::Visitor | Full::Channel) => {
+            channel.hub.leave();
+            return Some((protocol::CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections"));
+        }
+    };
+    let outcome = converse(
+        channel,
+        socket,
+        &visitor,
+        &checked,
+        sender.as_ref(),
+        &mut queued,
+    )
+    .await;
+    channel.hub.unregister(&visitor, tab);
+    outcome
+}
+
+/// After `hello`: welcome, history, then frames both ways.
+async fn converse(
+    channel: &Channel,
+    socket: &mut WebSocket,
+    visitor: &str,
+    checked: &IdentityCheck,
+    sender: Option<&SenderIdentity>,
+    queued: &mut mpsc::Receiver<ServerFrame>,
+) -> Option<(u16, &'static str)> {
+    let welcome = ServerFrame::Welcome {
+        visitor_id: visitor.to_owned(),
+        visitor_token: identity::visitor_token(channel.secret.expose(), visitor),
+        identity: checked.status(),
+    };
+    let messages = channel.history.load(visitor).await.unwrap_or_default();
+    for frame in [welcome, ServerFrame::History { messages }] {
+        if socket
+            .send(Message::Text(frame.to_text().into()))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+    let mut window = (Instant::now(), 0u32);
+    loop {
+        let incoming = tokio::select! {
+            frame = queued.recv() => {
+                let frame = frame?;
+                if socket.send(Message::Text(frame.to_text().into())).await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+            incoming = tokio::time::timeout(channel.idle_timeout, socket.recv()) => incoming,
+        };
+        let text = match incoming {
+            Err(_) => return Some((protocol::CLOSE_GOING_AWAY, "idle")),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                send_error(socket, "binary_not_supported", "frames are JSON text").await;
+                continue;
+            }
+        };
+        let frame = match protocol::parse_client_frame(text.as_str(), &channel.limits) {
+            Ok(frame) => frame,
+            Err(error) => {
+                send_error(socket, error.code(), &error.to_string()).await;
+                continue;
+            }
+        };
+        match frame {
+            ClientFrame::Message {
+                client_message_id,
+                text,
+            } => {
+                // A fixed one-minute window: over the limit is refused, at
+                // twice the limit the connection is closed.
+                if window.0.elapsed() >= Duration::from_secs(60) {
+                    window = (Instant::now(), 0);
+                }
+                window.1 += 1;
+                if window.1 > 2 * channel.messages_per_minute {
+                    return Some((protocol::CLOSE_RATE_LIMITED, "rate_limited"));
+                }
+                if window.1 > channel.messages_per_minute {
+                    send_error(socket, "rate_limited", "too many messages; wait a minute").await;
+                    continue;
+                }
+                let reply = accept(channel, visitor, sender, &client_message_id, &text).await;
+                if socket
+                    .send(Message::Text(reply.to_text().into()))
+                    .await
+                    .is_err()
+                {
+                    return None;
+                }
+            }
+            ClientFrame::Hello { .. } => {
+                send_error(socket, "unexpected_hello", "hello only opens a connection").await;
+            }
+            ClientFrame::Typing { .. } | ClientFrame::Read { .. } => {}
+        }
+    }
+}
+
+/// Appends one message (unless a resend of one already durable) and
+/// answers its `ack`, or an error the widget retries after.
+async fn accept(
+    channel: &Channel,
+    visitor: &str,
+    sender: Option<&SenderIdentity>,
+    client_message_id: &str,
+    text: &str,
+) -> ServerFrame {
+    let cx = ChatContext {
+        channel_id: &channel.channel_id,
+        received_at: omni_proto::timestamp(SystemTime::now()),
+    };
+    let event = match normalize::message_event(&cx, visitor, sender, client_message_id, text) {
+        Ok(event) => event,
+        Err(error) => {
+            return ServerFrame::Error {
+                code: error.code.to_owned(),
+                message: error.message,
+            };
+        }
+    };
+    let event_id = event.event_id.clone();
+    let ack = ServerFrame::Ack {
+        client_message_id: client_message_id.to_owned(),
+        event_id: event_id.clone(),
+    };
+    match channel.state.seen(vec![event_id.clone()]).await {
+        Ok(seen) if seen.first() == Some(&true) => return ack,
+        Ok(_) => {}
+        Err(e) => {
+            return ServerFrame::Error {
+                code: "state_unavailable".into(),
+                message: e.to_string(),
+            };
+        }
+    }
+    let entry = crate::history::entry(&event);
+    if let Err(error) = channel.sender.send_event(event).await {
+        return ServerFrame::Error {
+            code: "storage_unavailable".into(),
+            message: format!("not stored, send it again: {error}"),
+        };
+    }
+    // Durable: the marks and the history only help, so their failure is
+    // logged, never the message's.
+    let update = StateUpdate {
+        puts: Vec::new(),
+        seen: vec![event_id],
+    };
+    if let Err(e) = channel.state.commit(update).await {
+        tracing::warn!(channel = %channel.channel_id, error = %e, "message stored, but not marked seen");
+    }
+    if let Some(entry) = entry
+        && let Err(e) = channel.history.append(visitor, entry).await
+    {
+        tracing::warn!(channel = %channel.channel_id, error = %e, "message stored, but not in the widget's history");
+    }
+    ack
+}
+
+async fn send_error(socket: &mut WebSocket, code: &str, message: &str) {
+    let frame = ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    };
+    let _ = socket.send(Message::Text(frame.to_text().into())).await;
+}
