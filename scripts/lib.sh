@@ -115,3 +115,13 @@ ensure_postgres() {
     || psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE test'
   export OMNID_TEST_POSTGRES_URL="${OMNID_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 }
+
+# Chromium and its WebDriver server, for the browser end-to-end tests
+# (crates/omni-testkit's `browser`): tests drive Debian's /usr/bin/chromium
+# headless through /usr/bin/chromedriver and read OMNID_TEST_CHROMEDRIVER.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    apt_install chromium chromium-driver
+  fi
+  export OMNID_TEST_CHROMEDRIVER=/usr/bin/chromedriver
+}

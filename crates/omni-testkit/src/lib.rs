@@ -35,11 +35,14 @@
 //!   servers make to a channel, and a local server playing its APIs.
 //! - [`meta`]: Meta's `X-Hub-Signature-256`, its documented webhook
 //!   payloads (WhatsApp, Messenger, Instagram), and a local Graph API.
+//! - [`browser`]: a headless Chromium under chromedriver (W3C WebDriver),
+//!   with tabs sharing one profile, for tests of web pages.
 //!
 //! `scripts/test` installs the servers on a fresh machine
 //! (`ensure_mail_servers`, `ensure_tansu`, `ensure_postgres` and
-//! `ensure_faketime` in `scripts/lib.sh`).
+//! `ensure_faketime` and `ensure_chromium` in `scripts/lib.sh`).
 
+pub mod browser;
 pub mod corpus;
 pub mod cpu;
 pub mod daemon;
