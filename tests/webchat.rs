@@ -10,7 +10,10 @@
 //! - identity hashes: refused when forged under `require_identity`, an
 //!   unverified claim without it, and a verified email joins that
 //!   customer's email history on one timeline;
-//! - a page from an origin not allowed is refused with close code 4003.
+//! - a page from an origin not allowed is refused with close code 4003;
+//! - the widget itself, in headless Chromium: the demo page in Persian,
+//!   a message acknowledged, an agent's reply in two tabs, the history
+//!   after a reload, and screenshots left to right and right to left.
 
 use std::time::Duration;
 
@@ -395,4 +398,140 @@ async fn identities_are_verified_claimed_or_refused_and_origins_checked() {
     let mut signed_in = connect(&daemon, SHOP).await;
     let (welcome, _) = hello(&mut signed_in, None, signed("email", "ana@example.com")).await;
     assert_eq!(welcome["identity"], "verified");
+}
+
+/// Posts an agent's reply to `visitor` through the API; its event id.
+async fn reply(daemon: &Daemon, visitor: &str, text: &str, id: &str) -> String {
+    let reply = json!({
+        "channelId": CHAT,
+        "providerMessageId": id,
+        "recipients": [{ "kind": "HANDLE_KIND_CHAT_VISITOR", "value": visitor, "scope": CHAT }],
+        "content": { "text": text },
+    });
+    let response = reqwest::Client::new()
+        .post(daemon.url("/v1/outbound"))
+        .bearer_auth(API_TOKEN)
+        .header("content-type", "application/json")
+        .body(reply.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Where screenshots go: `OMNID_SCREENSHOT_DIR` (to refresh the ones in
+/// docs/), else a temporary directory.
+fn screenshot(name: &str, png: &[u8]) {
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let dir = std::env::var("OMNID_SCREENSHOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_in_chromium_sends_receives_and_reloads_its_history() {
+    use omni_testkit::browser::Browser;
+    let deployment = deployment("");
+    let daemon = deployment.start();
+    let browser = Browser::start().await;
+    let tab = browser.tab().await;
+    let demo = daemon.url(&format!("/channels/{CHAT}/demo"));
+    tab.goto(&format!("{demo}?lang=fa")).await;
+    let wait = Duration::from_secs(20);
+    tab.wait_for(
+        "the widget online",
+        "window.OmnidChatWidget && OmnidChatWidget.status() === 'online'",
+        wait,
+    )
+    .await;
+    let dir = tab
+        .execute(
+            "return document.querySelector('[dir=rtl]') !== null",
+            vec![],
+        )
+        .await;
+    assert_eq!(dir, json!(true), "Persian lays the panel out right to left");
+
+    let text = "سلام! سفارش ۱۲۳۴ من کی می‌رسد؟";
+    tab.execute(
+        "OmnidChatWidget.send(arguments[0]); return true",
+        vec![json!(text)],
+    )
+    .await;
+    tab.wait_for(
+        "the message acknowledged",
+        "OmnidChatWidget.messages().some(m => m.direction === 'inbound' && m.state === 'acked')",
+        wait,
+    )
+    .await;
+    let stored = inbound(&deployment);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0]["value"]["content"]["text"], text,
+        "the Persian text, as typed"
+    );
+    let visitor = stored[0]["value"]["sender"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A second tab of the same browser is the same visitor.
+    let second = browser.new_tab().await;
+    second.goto(&format!("{demo}?lang=fa")).await;
+    second
+        .wait_for(
+            "the second tab online",
+            "window.OmnidChatWidget && OmnidChatWidget.status() === 'online'",
+            wait,
+        )
+        .await;
+    let answer = "سلام! فردا تحویل داده می‌شود.";
+    let event_id = reply(&daemon, &visitor, answer, "ticket-9/reply-1").await;
+    let shown = format!(
+        "OmnidChatWidget.messages().some(m => m.direction === 'outbound' && m.event_id === '{event_id}')"
+    );
+    tab.wait_for("the reply in the first tab", &shown, wait)
+        .await;
+    second
+        .wait_for("the reply in the second tab", &shown, wait)
+        .await;
+    screenshot("webchat-rtl.png", &tab.screenshot_png().await);
+
+    // After a reload the history has both, once each.
+    tab.reload().await;
+    tab.wait_for("the history after a reload", &shown, wait)
+        .await;
+    let messages = tab
+        .execute("return OmnidChatWidget.messages()", vec![])
+        .await;
+    let messages = messages.as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["text"], text);
+    assert_eq!(messages[1]["text"], answer);
+
+    // Left to right in English.
+    tab.goto(&format!("{demo}?lang=en")).await;
+    tab.wait_for(
+        "the widget online",
+        "window.OmnidChatWidget && OmnidChatWidget.status() === 'online'",
+        wait,
+    )
+    .await;
+    tab.execute(
+        "OmnidChatWidget.send('Thanks! Can I change the address?'); return true",
+        vec![],
+    )
+    .await;
+    tab.wait_for(
+        "the English message acknowledged",
+        "OmnidChatWidget.messages().filter(m => m.direction === 'inbound' && m.state === 'acked').length === 2",
+        wait,
+    )
+    .await;
+    screenshot("webchat-ltr.png", &tab.screenshot_png().await);
 }

@@ -218,8 +218,12 @@ impl OutboundHandler for Pusher {
         if text.trim().is_empty() {
             return Err(DeliveryError::Rejected("the reply has no text".into()));
         }
-        let entry = history::entry(message)
+        let mut entry = history::entry(message)
             .ok_or_else(|| DeliveryError::Rejected("only text replies reach the chat".into()))?;
+        if entry.sent_at.seconds <= 0 {
+            // A reply carries no send time until it is sent: now.
+            entry.sent_at = omni_proto::timestamp(std::time::SystemTime::now());
+        }
         // History first: a tab that connects between the two still sees it.
         self.channel
             .history
