@@ -288,6 +288,32 @@ async fn replies_reach_every_open_tab_and_later_visits() {
         assert_eq!(pushed["event_id"], event_id.as_str());
         assert_eq!(pushed["text"], "بله، موجود است.");
     }
+    // The visitor types and reads the reply: activities, not messages.
+    send(&mut first, json!({ "type": "typing", "on": true })).await;
+    send(&mut first, json!({ "type": "read", "event_id": event_id })).await;
+    // A message the channel refuses for good is named, so the widget
+    // gives it up.
+    let refused = message(&mut first, "q-2", &"x".repeat(4001)).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "text_too_long");
+    assert_eq!(refused["client_message_id"], "q-2");
+    let activities = daemon
+        .eventually(
+            "typing and read on the stream",
+            Duration::from_secs(10),
+            || {
+                let names: Vec<String> = deployment
+                    .channel_records("inbound", CHAT)
+                    .into_iter()
+                    .filter(|r| r["value"]["kind"] == "EVENT_KIND_ACTIVITY")
+                    .filter_map(|r| r["value"]["activity"]["name"].as_str().map(str::to_owned))
+                    .collect();
+                (names.len() >= 2).then_some(names)
+            },
+        )
+        .await;
+    assert_eq!(activities, ["typing", "read"]);
+
     drop((first, second));
     let mut later = connect(&daemon, SHOP).await;
     let (_, history) = hello(&mut later, Some((&visitor, &token)), Value::Null).await;

@@ -542,6 +542,7 @@
       case 'error':
         // Discreet: a line under the list that fades; details for developers.
         if (window.console) console.warn('[omnid-chat]', f.code, f.message);
+        giveUp(f);
         return showNotice(typeof f.message === 'string' ? f.message : String(f.code || 'error'));
       default: // unknown frames are ignored, so the channel can add some
     }
@@ -606,6 +607,19 @@
     if (code === 1009) dropOversized();
     // Rate limited or too many tabs: go straight to the long waits.
     scheduleReconnect(code === 4008 || code === 4009 ? 5 : 0);
+  }
+
+  // A message the channel refused for good (too long, malformed) would be
+  // resent forever from the outbox: it is marked failed and dropped. The
+  // retryable codes (the log briefly unavailable, writing too fast) keep it.
+  const RETRYABLE = ['storage_unavailable', 'state_unavailable', 'rate_limited'];
+  function giveUp(f) {
+    if (typeof f.client_message_id !== 'string' || RETRYABLE.indexOf(f.code) >= 0) return;
+    const e = byClient.get(f.client_message_id);
+    if (!e || e.state !== 'pending') return;
+    e.state = 'failed';
+    updateMark(e);
+    removeFromOutbox(e.client_message_id);
   }
 
   // The channel closed on a frame over max_message_bytes. Resending it would

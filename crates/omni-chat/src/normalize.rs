@@ -114,6 +114,45 @@ pub fn message_event(
     })
 }
 
+/// An activity of the visitor (`typing`, `read`): not a message, so it
+/// never opens a conversation. Its id is random: two "typing" moments are
+/// two events, and a lost one is not resent.
+pub fn activity_event(
+    cx: &ChatContext<'_>,
+    visitor_id: &str,
+    name: &str,
+    attributes: Vec<(&str, String)>,
+) -> Result<ConversationEvent, ParseError> {
+    let visitor =
+        omni_model::Handle::provider(HandleKind::ChatVisitor, visitor_id, Some(cx.channel_id))
+            .map_err(|e| ParseError::new("invalid_sender", format!("the visitor handle: {e}")))?;
+    let nonce: u128 = rand::random();
+    let provider_message_id = format!("{visitor_id}:{name}:{nonce:032x}");
+    Ok(ConversationEvent {
+        event_id: omni_model::event_id(cx.channel_id, &provider_message_id).to_string(),
+        channel_id: cx.channel_id.to_owned(),
+        channel_kind: ChannelKind::Chat as i32,
+        direction: Direction::Inbound as i32,
+        kind: EventKind::Activity as i32,
+        sender: Some(omni_connector::handle::to_proto(&visitor, "", true)),
+        provider_message_id,
+        received_at: Some(cx.received_at),
+        ingested_at: Some(cx.received_at),
+        threading: Some(ThreadingHints {
+            provider_chat_id: visitor_id.to_owned(),
+            ..Default::default()
+        }),
+        activity: Some(omni_proto::v1::Activity {
+            name: name.to_owned(),
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }),
+        ..Default::default()
+    })
+}
+
 /// The `history` entry of a stored event of the conversation: a visitor's
 /// message (with its `client_message_id`, read back from the provider
 /// message id) or an agent's reply. `None` for anything else (typing,

@@ -156,8 +156,20 @@ pub enum ServerFrame {
         sent_at: Timestamp,
     },
     /// A refused frame; the connection stays open unless a close follows.
-    Error { code: String, message: String },
+    /// `client_message_id` names the message refused, when it was one: the
+    /// widget gives it up, unless the code is one of [`RETRYABLE`].
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_message_id: Option<String>,
+    },
 }
+
+/// Error codes after which the widget keeps the message and sends it
+/// again (the log or the channel's state was briefly unavailable, or the
+/// visitor wrote too fast).
+pub const RETRYABLE: [&str; 3] = ["storage_unavailable", "state_unavailable", "rate_limited"];
 
 impl ServerFrame {
     /// An `error` frame.
@@ -165,6 +177,7 @@ impl ServerFrame {
         Self::Error {
             code: code.to_owned(),
             message: message.into(),
+            client_message_id: None,
         }
     }
 

@@ -23,6 +23,9 @@ use crate::{
 /// `hello`.
 const CLOSE_POLICY: u16 = 1008;
 
+/// Least time between two `typing` activities of one connection.
+const TYPING_EVERY: Duration = Duration::from_secs(10);
+
 /// How long a new connection may take to say `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -153,6 +156,7 @@ async fn converse(
         }
     }
     let mut window = (Instant::now(), 0u32);
+    let mut typing: Option<Instant> = None;
     loop {
         let incoming = tokio::select! {
             frame = queued.recv() => {
@@ -170,14 +174,17 @@ async fn converse(
             Ok(Some(Ok(Message::Text(text)))) => text,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => {
-                send_error(socket, "binary_not_supported", "frames are JSON text").await;
+                send_error(socket, "binary_not_supported", "frames are JSON text", None).await;
                 continue;
             }
         };
         let frame = match protocol::parse_client_frame(text.as_str(), &channel.limits) {
             Ok(frame) => frame,
             Err(error) => {
-                send_error(socket, error.code(), &error.to_string()).await;
+                // Name the message refused (a text too long, say), so the
+                // widget gives it up instead of resending it forever.
+                let id = refused_message_id(text.as_str());
+                send_error(socket, error.code(), &error.to_string(), id).await;
                 continue;
             }
         };
@@ -196,7 +203,13 @@ async fn converse(
                     return Some((protocol::CLOSE_RATE_LIMITED, "rate_limited"));
                 }
                 if window.1 > channel.messages_per_minute {
-                    send_error(socket, "rate_limited", "too many messages; wait a minute").await;
+                    send_error(
+                        socket,
+                        "rate_limited",
+                        "too many messages; wait a minute",
+                        Some(client_message_id),
+                    )
+                    .await;
                     continue;
                 }
                 let reply = accept(channel, visitor, sender, &client_message_id, &text).await;
@@ -209,9 +222,25 @@ async fn converse(
                 }
             }
             ClientFrame::Hello { .. } => {
-                send_error(socket, "unexpected_hello", "hello only opens a connection").await;
+                send_error(
+                    socket,
+                    "unexpected_hello",
+                    "hello only opens a connection",
+                    None,
+                )
+                .await;
             }
-            ClientFrame::Typing { .. } | ClientFrame::Read { .. } => {}
+            ClientFrame::Typing { on } => {
+                // Only the start of typing, at most every 10 s: enough for a
+                // helpdesk's "typing…" without an event per keystroke.
+                if on && typing.is_none_or(|at| at.elapsed() >= TYPING_EVERY) {
+                    typing = Some(Instant::now());
+                    activity(channel, visitor, "typing", Vec::new()).await;
+                }
+            }
+            ClientFrame::Read { event_id } => {
+                activity(channel, visitor, "read", vec![("event_id", event_id)]).await;
+            }
         }
     }
 }
@@ -235,6 +264,7 @@ async fn accept(
             return ServerFrame::Error {
                 code: error.code.to_owned(),
                 message: error.message,
+                client_message_id: Some(client_message_id.to_owned()),
             };
         }
     };
@@ -250,6 +280,7 @@ async fn accept(
             return ServerFrame::Error {
                 code: "state_unavailable".into(),
                 message: e.to_string(),
+                client_message_id: Some(client_message_id.to_owned()),
             };
         }
     }
@@ -258,6 +289,7 @@ async fn accept(
         return ServerFrame::Error {
             code: "storage_unavailable".into(),
             message: format!("not stored, send it again: {error}"),
+            client_message_id: Some(client_message_id.to_owned()),
         };
     }
     // Durable: the marks and the history only help, so their failure is
@@ -277,10 +309,44 @@ async fn accept(
     ack
 }
 
-async fn send_error(socket: &mut WebSocket, code: &str, message: &str) {
+async fn send_error(
+    socket: &mut WebSocket,
+    code: &str,
+    message: &str,
+    client_message_id: Option<String>,
+) {
     let frame = ServerFrame::Error {
         code: code.to_owned(),
         message: message.to_owned(),
+        client_message_id,
     };
     let _ = socket.send(Message::Text(frame.to_text().into())).await;
+}
+
+/// The `client_message_id` of a refused `message` frame, when the frame is
+/// JSON enough to name a well-formed one.
+fn refused_message_id(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let id = value.get("client_message_id")?.as_str()?;
+    protocol::is_client_message_id(id).then(|| id.to_owned())
+}
+
+/// Appends what the visitor did that is not a message (`typing`, `read`)
+/// as an activity: never opening a conversation, and best effort: a
+/// failure is logged, the visitor is not told.
+async fn activity(channel: &Channel, visitor: &str, name: &str, attributes: Vec<(&str, String)>) {
+    let Ok(event) = normalize::activity_event(
+        &ChatContext {
+            channel_id: &channel.channel_id,
+            received_at: omni_proto::timestamp(SystemTime::now()),
+        },
+        visitor,
+        name,
+        attributes,
+    ) else {
+        return;
+    };
+    if let Err(e) = channel.sender.send_event(event).await {
+        tracing::debug!(channel = %channel.channel_id, error = %e, "chat activity not stored");
+    }
 }
