@@ -404,6 +404,15 @@ async fn identities_are_verified_claimed_or_refused_and_origins_checked() {
     // An origin not on the list is refused.
     let mut elsewhere = connect(&daemon, "https://evil.example").await;
     assert_eq!(next(&mut elsewhere).await, Err(4003));
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("omnid_chat_refusals_total")
+                && l.contains("reason=\"origin_not_allowed\"")
+                && l.ends_with(" 1")),
+        "the refusal is counted:\n{metrics}"
+    );
     drop(daemon);
 
     // With require_identity: forged and missing hashes are refused.

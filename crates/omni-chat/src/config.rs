@@ -150,3 +150,54 @@ fn is_origin(origin: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
+
+#[cfg(test)]
+mod tests {
+    use omni_connector::parse_settings;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<WebchatConfig, ConfigError> {
+        let config: WebchatConfig = parse_settings(toml::from_str(text).unwrap())?;
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn the_example_channel_file_is_valid() {
+        let path = format!(
+            "{}/../../config/examples/webchat.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        table.remove("id");
+        assert_eq!(table.remove("kind").unwrap().as_str(), Some(crate::KIND));
+        let config: WebchatConfig = parse_settings(table).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.allowed_origins, ["https://shop.example"]);
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let base = "secret = { env = \"S\" }\n";
+        let key = |text: &str| parse(&format!("{base}{text}")).unwrap_err().key;
+        assert_eq!(key("require_identity = true"), "require_identity");
+        assert_eq!(
+            key("allowed_origins = [\"shop.example\"]"),
+            "allowed_origins[0]"
+        );
+        assert_eq!(
+            key("allowed_origins = [\"https://a.example\", \"https://b.example/path\"]"),
+            "allowed_origins[1]"
+        );
+        assert_eq!(key("max_text_chars = 5000"), "max_text_chars");
+        assert_eq!(key("messages_per_minute = 0"), "messages_per_minute");
+        assert_eq!(key("max_conections = 5"), "max_conections");
+        assert!(
+            parse(&format!(
+                "{base}allowed_origins = [\"http://localhost:8080\"]"
+            ))
+            .is_ok()
+        );
+    }
+}

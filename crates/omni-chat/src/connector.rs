@@ -64,6 +64,7 @@ impl ChannelConfig for WebchatConfig {
             state: context.state.clone(),
             hub: Hub::new(self.max_connections, self.max_connections_per_visitor),
             history: History::new(context.state.clone(), self.history_messages),
+            metrics: crate::events::ChatMetrics::register(&context.channel_id),
         });
         Ok(Arc::new(ChatConnector {
             channel,
@@ -145,6 +146,7 @@ async fn socket(
         .max_frame_size(routes.max_message_bytes)
         .on_upgrade(move |mut socket| async move {
             if !allowed {
+                channel.metrics.refused("origin_not_allowed");
                 // The browser sees the close code; an HTTP 403 would reach
                 // the page only as a failed connection.
                 let _ = socket

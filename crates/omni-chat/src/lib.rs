@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod events;
 pub mod history;
 pub mod hub;
 pub mod identity;

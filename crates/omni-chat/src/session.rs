@@ -43,6 +43,7 @@ pub struct Channel {
     pub state: ChannelState,
     pub hub: Hub,
     pub history: History,
+    pub metrics: crate::events::ChatMetrics,
 }
 
 /// A close frame with `code` and a short reason.
@@ -174,7 +175,14 @@ async fn converse(
             Ok(Some(Ok(Message::Text(text)))) => text,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => {
-                send_error(socket, "binary_not_supported", "frames are JSON text", None).await;
+                send_error(
+                    channel,
+                    socket,
+                    "binary_not_supported",
+                    "frames are JSON text",
+                    None,
+                )
+                .await;
                 continue;
             }
         };
@@ -184,7 +192,7 @@ async fn converse(
                 // Name the message refused (a text too long, say), so the
                 // widget gives it up instead of resending it forever.
                 let id = refused_message_id(text.as_str());
-                send_error(socket, error.code(), &error.to_string(), id).await;
+                send_error(channel, socket, error.code(), &error.to_string(), id).await;
                 continue;
             }
         };
@@ -204,6 +212,7 @@ async fn converse(
                 }
                 if window.1 > channel.messages_per_minute {
                     send_error(
+                        channel,
                         socket,
                         "rate_limited",
                         "too many messages; wait a minute",
@@ -223,6 +232,7 @@ async fn converse(
             }
             ClientFrame::Hello { .. } => {
                 send_error(
+                    channel,
                     socket,
                     "unexpected_hello",
                     "hello only opens a connection",
@@ -261,6 +271,7 @@ async fn accept(
     let event = match normalize::message_event(&cx, visitor, sender, client_message_id, text) {
         Ok(event) => event,
         Err(error) => {
+            channel.metrics.refused(error.code);
             return ServerFrame::Error {
                 code: error.code.to_owned(),
                 message: error.message,
@@ -274,9 +285,13 @@ async fn accept(
         event_id: event_id.clone(),
     };
     match channel.state.seen(vec![event_id.clone()]).await {
-        Ok(seen) if seen.first() == Some(&true) => return ack,
+        Ok(seen) if seen.first() == Some(&true) => {
+            channel.metrics.duplicates.increment(1);
+            return ack;
+        }
         Ok(_) => {}
         Err(e) => {
+            channel.metrics.refused("state_unavailable");
             return ServerFrame::Error {
                 code: "state_unavailable".into(),
                 message: e.to_string(),
@@ -286,12 +301,14 @@ async fn accept(
     }
     let entry = crate::history::entry(&event);
     if let Err(error) = channel.sender.send_event(event).await {
+        channel.metrics.refused("storage_unavailable");
         return ServerFrame::Error {
             code: "storage_unavailable".into(),
             message: format!("not stored, send it again: {error}"),
             client_message_id: Some(client_message_id.to_owned()),
         };
     }
+    channel.metrics.accepted.increment(1);
     // Durable: the marks and the history only help, so their failure is
     // logged, never the message's.
     let update = StateUpdate {
@@ -310,11 +327,13 @@ async fn accept(
 }
 
 async fn send_error(
+    channel: &Channel,
     socket: &mut WebSocket,
-    code: &str,
+    code: &'static str,
     message: &str,
     client_message_id: Option<String>,
 ) {
+    channel.metrics.refused(code);
     let frame = ServerFrame::Error {
         code: code.to_owned(),
         message: message.to_owned(),

@@ -32,3 +32,6 @@ pub const WECHAT_MESSAGES_TOTAL: &str = "omnid_wechat_messages_total";
 pub const WECOM_KF_SYNCS_TOTAL: &str = "omnid_wecom_kf_syncs_total";
 pub const WECOM_KF_UNREAD_AGE_SECONDS: &str = "omnid_wecom_kf_unread_age_seconds";
 pub const META_UPDATES_TOTAL: &str = "omnid_meta_updates_total";
+pub const CHAT_CONNECTIONS: &str = "omnid_chat_connections";
+pub const CHAT_REFUSALS_TOTAL: &str = "omnid_chat_refusals_total";
+pub const CHAT_MESSAGES_TOTAL: &str = "omnid_chat_messages_total";
