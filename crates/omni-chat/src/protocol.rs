@@ -284,7 +284,7 @@ pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, Fr
             max: limits.max_frame_bytes,
         });
     }
-    if depth(text.as_bytes()) > limits.max_depth {
+    if omni_connector::json::depth(text.as_bytes()) > limits.max_depth {
         return Err(FrameError::TooDeep(limits.max_depth));
     }
     let mut object: Map<String, Value> =
@@ -379,34 +379,6 @@ fn is_locale(locale: &str) -> bool {
         && locale
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The deepest nesting of `[` and `{` outside strings. Unbalanced input is
-/// serde's to refuse; this only bounds the work serde may do.
-fn depth(body: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in body {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// At most [`MAX_SHOWN_CHARS`] characters of `text`, cut on a character

@@ -13,6 +13,7 @@ pub mod connector;
 pub mod driver;
 pub mod events;
 pub mod handle;
+pub mod json;
 pub mod media;
 pub mod outbound;
 mod parse;

@@ -126,7 +126,7 @@ impl<'a> Envelope<'a> {
     ) -> Result<Self, EnvelopeError> {
         let text =
             std::str::from_utf8(body).map_err(|e| EnvelopeError::InvalidUtf8(e.valid_up_to()))?;
-        if depth(body) > limits.max_depth {
+        if omni_connector::json::depth(body) > limits.max_depth {
             return Err(EnvelopeError::TooDeep(limits.max_depth));
         }
         let envelope: Envelope<'a> = serde_json::from_str(text).map_err(|e| {
@@ -151,34 +151,6 @@ impl<'a> Envelope<'a> {
         }
         Ok(envelope)
     }
-}
-
-/// The deepest nesting of `[` and `{` outside strings. Unbalanced input
-/// is serde's to refuse; this only bounds the work serde may do.
-pub fn depth(body: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in body {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -250,12 +222,5 @@ mod tests {
         let object = format!("{{\"object\":\"x{}\"}}", "ش".repeat(300));
         let error = Envelope::parse(object.as_bytes(), "page", &Limits::default()).unwrap_err();
         assert_eq!(error.code(), "unexpected_object");
-    }
-
-    #[test]
-    fn depth_ignores_brackets_inside_strings() {
-        assert_eq!(depth(br#"{"a":"[[[{{{\"[[["}"#), 1);
-        assert_eq!(depth(br#"[[{}],[]]"#), 3);
-        assert_eq!(depth(b""), 0);
     }
 }
