@@ -5,6 +5,7 @@
 use omni_chat::protocol::{
     ClientFrame, FrameError, Limits, is_client_message_id, parse_client_frame,
 };
+use omni_testkit::corpus::Rng;
 
 const SAMPLES: &[&str] = &[
     r#"{"type":"hello"}"#,
@@ -44,26 +45,6 @@ const FRAGMENTS: &[&str] = &[
     "\"client_message_id\":\"a:b\"",
 ];
 
-/// xorshift64*: a fixed, dependency-free sequence, so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
-
 fn mutate(rng: &mut Rng, sample: &str) -> String {
     let mut bytes = sample.as_bytes().to_vec();
     for _ in 0..=rng.below(4) {
@@ -90,7 +71,7 @@ fn mutate(rng: &mut Rng, sample: &str) -> String {
                 bytes.splice(at..at, run);
             }
             // A random byte.
-            5 => bytes.insert(at, (rng.next() & 0xff) as u8),
+            5 => bytes.insert(at, (rng.next_u64() & 0xff) as u8),
             // Swap two bytes.
             _ if !bytes.is_empty() => {
                 let other = rng.below(bytes.len());
@@ -128,7 +109,7 @@ fn check_accepted(frame: &ClientFrame, limits: &Limits) {
 }
 
 fn run(limits: &Limits, seed: u64, rounds: usize) -> (usize, usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut accepted, mut refused) = (0, 0);
     for round in 0..rounds {
         let sample = SAMPLES[round % SAMPLES.len()];

@@ -9,6 +9,7 @@
 //!
 //! One test function per kind; the helpers above them are shared.
 
+use omni_testkit::corpus::Rng;
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -23,31 +24,6 @@ use omni_proto::{
     v1::{ChannelKind, EventKind},
 };
 use serde_json::{Value, value::RawValue};
-
-/// xorshift64*: small, fast and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number below `n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 const AT: Timestamp = Timestamp {
     seconds: 1_700_000_000,
@@ -116,8 +92,8 @@ fn random_value(rng: &mut Rng) -> Value {
     match rng.below(14) {
         0 => Value::Null,
         1 => Value::Bool(rng.below(2) == 0),
-        2 => Value::from(rng.next() as i64),
-        3 => Value::from(rng.next()),
+        2 => Value::from(rng.next_u64() as i64),
+        3 => Value::from(rng.next_u64()),
         4 => Value::from(-1.5e300),
         5 => Value::from(""),
         6 => Value::from("x".repeat(10 * 1024 + rng.below(64 * 1024))),
@@ -388,7 +364,7 @@ fn whatsapp_payloads_survive_mutation() {
         };
         assert_eq!(dead, expected, "{name}: {before:?}");
     }
-    let mut rng = Rng(0x5eed_0a11);
+    let mut rng = Rng::new(0x5eed_0a11);
     for _ in 0..6_000 {
         let (_, sample) = rng.pick(&samples);
         let body = mutate(&mut rng, sample);
@@ -637,8 +613,8 @@ mod messaging {
         match rng.below(16) {
             0 => Value::Null,
             1 => Value::Bool(rng.below(2) == 0),
-            2 => Value::from(rng.next() as i64),
-            3 => Value::from(rng.next()),
+            2 => Value::from(rng.next_u64() as i64),
+            3 => Value::from(rng.next_u64()),
             4 => Value::from(1.5e300),
             5 => Value::from(""),
             6 => Value::from("\u{0}\u{202e}x".repeat(rng.below(100))),
@@ -766,7 +742,7 @@ mod messaging {
             assert!(outcomes.contains_key(outcome), "{outcome}: {outcomes:?}");
         }
 
-        let mut rng = Rng(0x5eed_4d45_5441);
+        let mut rng = Rng::new(0x5eed_4d45_5441);
         let mut damaged = BTreeMap::<String, usize>::new();
         for round in 0..8000 {
             let (platform, sample) = rng.pick(&samples);
@@ -808,7 +784,7 @@ mod messaging {
         // Whatever else is damaged, a message marked `is_echo` is the
         // business's: outbound, skipped as our own, or dead-lettered.
         let samples = samples();
-        let mut rng = Rng(0x5eed_ec40);
+        let mut rng = Rng::new(0x5eed_ec40);
         let mut outbound = 0;
         for _ in 0..2000 {
             let (platform, body) = rng.pick(&samples);

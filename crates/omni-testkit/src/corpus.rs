@@ -429,6 +429,24 @@ impl Rng {
         self.0 = self.0.wrapping_add(1);
         hash(self.0)
     }
+
+    /// A number below `n` (0 when `n` is 0), for picking and mutating.
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// A random byte.
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+
+    /// One of `items` (not empty).
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
 }
 
 #[cfg(test)]
