@@ -17,9 +17,10 @@ use std::{
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
+use omni_connector::testing::NullSink;
 use omni_connector::{
-    Ack, ChannelConfig, ChannelContext, EventSender, EventSink, LogEntry, Receipt, WebhookHandler,
-    WebhookRequest, signature::hmac_sha256,
+    ChannelConfig, ChannelContext, EventSender, WebhookHandler, WebhookRequest,
+    signature::hmac_sha256,
 };
 use omni_meta::{
     envelope::{Envelope, Limits},
@@ -28,21 +29,6 @@ use omni_meta::{
 
 const APP_SECRET: &str = "bench-app-secret";
 const PHONE_NUMBER_ID: &str = "106540352242922";
-
-/// A log that takes every entry at once and keeps none, so millions of
-/// iterations measure the channel, not a growing vector.
-struct NullSink;
-
-impl EventSink for NullSink {
-    fn submit(&self, _entry: LogEntry) -> Ack {
-        Box::pin(async {
-            Ok(Receipt {
-                partition: 0,
-                offset: 0,
-            })
-        })
-    }
-}
 
 fn webhook<C: ChannelConfig>(settings: &str) -> Arc<dyn WebhookHandler> {
     let context = ChannelContext::new("bench", EventSender::new(Arc::new(NullSink)));

@@ -13,30 +13,13 @@ use std::{
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
-use omni_connector::{
-    Ack, ChannelConfig, ChannelContext, EventSender, EventSink, LogEntry, Receipt, WebhookHandler,
-    WebhookRequest,
-};
+use omni_connector::testing::NullSink;
+use omni_connector::{ChannelConfig, ChannelContext, EventSender, WebhookHandler, WebhookRequest};
 use omni_wechat::crypto::{AesKey, MsgCrypt, sign};
 
 const TOKEN: &str = "bench-token";
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const APP_ID: &str = "wx1234567890abcdef";
-
-/// A log that takes every entry at once and keeps none, so millions of
-/// iterations measure the channel, not a growing vector.
-struct NullSink;
-
-impl EventSink for NullSink {
-    fn submit(&self, _entry: LogEntry) -> Ack {
-        Box::pin(async {
-            Ok(Receipt {
-                partition: 0,
-                offset: 0,
-            })
-        })
-    }
-}
 
 fn webhook<C: ChannelConfig>(settings: &str) -> Arc<dyn WebhookHandler> {
     let context = ChannelContext::new("bench", EventSender::new(Arc::new(NullSink)));
