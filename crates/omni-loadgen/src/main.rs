@@ -107,16 +107,9 @@ impl Args {
     }
 }
 
-/// CPU seconds (user + system) a process has used so far, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s).
+/// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields count from after its `)`.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    omni_loadgen::proc::cpu_ticks(pid).map(|ticks| ticks as f64 / 100.0)
 }
 
 #[derive(Default)]

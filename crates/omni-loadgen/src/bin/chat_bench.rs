@@ -23,6 +23,7 @@
 //! Each open socket is one file descriptor here and one in the daemon:
 //! raise `ulimit -n` for both (scripts/bench-chat does).
 
+use omni_loadgen::proc::{busy_ticks, cpu_ticks, vm_rss_kib};
 use std::{
     collections::BTreeMap,
     sync::{
@@ -114,39 +115,6 @@ enum BenchError {
 
 // ---- pure parsing ----
 
-/// Resident memory (KiB) from a `/proc/<pid>/status` text.
-fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.get("VmRSS:".len()..)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// User + system CPU ticks (1/100 s) from a `/proc/<pid>/stat` line.
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    // The command name, in parentheses, may hold spaces and parentheses.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Busy ticks of all CPUs (everything but idle and iowait) from the first
-/// line of `/proc/stat`.
-fn parse_busy_ticks(stat: &str) -> Option<u64> {
-    let line = stat.lines().next()?;
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|i| n.get(*i)).sum())
-}
-
 /// The text of the reply numbered `seq` in run `run`.
 fn reply_text(run: &str, seq: u64) -> String {
     format!("chat-bench {run} {seq}")
@@ -211,20 +179,6 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-// ---- /proc ----
-
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    parse_vm_rss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn busy_ticks() -> Option<u64> {
-    parse_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
-}
-
 /// CPU ticks of the daemon, this tool and the whole machine at one moment,
 /// so a window can say what else ran during it.
 #[derive(Debug, Clone, Copy)]
@@ -239,8 +193,8 @@ impl CpuMark {
     fn now(pid: Option<u32>) -> Self {
         Self {
             at: Instant::now(),
-            daemon: pid.and_then(cpu_ticks),
-            tool: cpu_ticks(std::process::id()),
+            daemon: pid.and_then(|pid| cpu_ticks(&pid.to_string())),
+            tool: cpu_ticks("self"),
             machine: busy_ticks(),
         }
     }
@@ -881,25 +835,6 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_vm_rss_from_a_status_file() {
-        let status =
-            "Name:\tomnid\nVmPeak:\t  900000 kB\nVmRSS:\t   51234 kB\nRssAnon:\t   40000 kB\n";
-        assert_eq!(parse_vm_rss_kib(status), Some(51234));
-        assert_eq!(parse_vm_rss_kib("Name:\tkthreadd\n"), None);
-        assert_eq!(parse_vm_rss_kib("VmRSS:\tlots kB\n"), None);
-    }
-
-    #[test]
-    fn reads_cpu_ticks_past_a_command_name_with_spaces() {
-        let line = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 1200 0 0 0 731 96 0 0 20 0 5 0";
-        assert_eq!(parse_stat_ticks(line), Some(731 + 96));
-        assert_eq!(parse_stat_ticks("4242 (cut) S 1"), None);
-        assert_eq!(parse_stat_ticks("garbage"), None);
-        let machine = "cpu  100 5 20 9000 40 1 2 3 0 0\ncpu0 1 2 3\n";
-        assert_eq!(parse_busy_ticks(machine), Some(100 + 5 + 20 + 1 + 2 + 3));
-    }
 
     #[test]
     fn frames_are_told_apart_and_only_this_runs_replies_are_numbered() {
