@@ -164,15 +164,7 @@ mod tests {
 
     #[test]
     fn the_example_channel_file_is_valid() {
-        let path = format!(
-            "{}/../../config/examples/webchat.toml",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let mut table: toml::Table =
-            toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        table.remove("id");
-        assert_eq!(table.remove("kind").unwrap().as_str(), Some(crate::KIND));
-        let config: WebchatConfig = parse_settings(table).unwrap();
+        let config: WebchatConfig = omni_connector::testing::example_channel("webchat.toml");
         config.validate().unwrap();
         assert_eq!(config.allowed_origins, ["https://shop.example"]);
     }

@@ -86,3 +86,24 @@ impl EventSink for NullSink {
         })
     }
 }
+
+/// The settings of `config/examples/<file>`, the example channel file a
+/// kind ships, parsed as `C` the way the daemon parses channel files (its
+/// `kind` must be `C::KIND`). Panics with the reason: a test helper that
+/// keeps every kind's example honest.
+pub fn example_channel<C: crate::ChannelConfig>(file: &str) -> C {
+    let path = format!(
+        "{}/../../config/examples/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut table: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    table.remove("id");
+    let kind = table.remove("kind");
+    assert_eq!(
+        kind.as_ref().and_then(|k| k.as_str()),
+        Some(C::KIND),
+        "{path}: the kind"
+    );
+    crate::parse_settings(table).unwrap_or_else(|e| panic!("{path}: {e}"))
+}

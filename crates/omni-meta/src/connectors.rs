@@ -277,30 +277,18 @@ impl ChannelConfig for InstagramConfig {
 #[cfg(test)]
 mod tests {
     use omni_connector::parse_settings;
-    use serde::de::DeserializeOwned;
+    use omni_connector::testing::example_channel;
 
     use super::*;
 
-    fn example<C: DeserializeOwned>(file: &str, kind: &str) -> C {
-        let path = format!(
-            "{}/../../config/examples/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let mut table: toml::Table =
-            toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        table.remove("id");
-        assert_eq!(table.remove("kind").unwrap().as_str(), Some(kind));
-        parse_settings(table).unwrap()
-    }
-
     #[test]
     fn the_example_channel_files_are_valid() {
-        let wa: WhatsappConfig = example("whatsapp.toml", WHATSAPP_KIND);
+        let wa: WhatsappConfig = example_channel("whatsapp.toml");
         wa.validate().unwrap();
         assert!(wa.template.is_some() && wa.access_token.is_some());
-        let messenger: MessengerConfig = example("messenger.toml", MESSENGER_KIND);
+        let messenger: MessengerConfig = example_channel("messenger.toml");
         messenger.validate().unwrap();
-        let instagram: InstagramConfig = example("instagram.toml", INSTAGRAM_KIND);
+        let instagram: InstagramConfig = example_channel("instagram.toml");
         instagram.validate().unwrap();
     }
 

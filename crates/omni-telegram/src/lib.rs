@@ -241,15 +241,8 @@ mod tests {
 
     #[test]
     fn the_example_channel_file_is_valid() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../config/examples/telegram.toml"
-        ))
-        .unwrap();
-        let mut table: toml::Table = toml::from_str(&text).unwrap();
-        table.remove("id");
-        assert_eq!(table.remove("kind").unwrap().as_str(), Some(KIND));
-        let config: TelegramChannelConfig = parse_settings(table).unwrap();
+        let config: TelegramChannelConfig =
+            omni_connector::testing::example_channel("telegram.toml");
         config.validate().unwrap();
         assert_eq!(config.mode, Mode::Webhook);
     }

@@ -229,28 +229,16 @@ impl Connector for KfConnector {
 #[cfg(test)]
 mod tests {
     use omni_connector::parse_settings;
-    use serde::de::DeserializeOwned;
+    use omni_connector::testing::example_channel;
 
     use super::*;
 
-    fn example<C: DeserializeOwned>(file: &str, kind: &str) -> C {
-        let path = format!(
-            "{}/../../config/examples/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let mut table: toml::Table =
-            toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        table.remove("id");
-        assert_eq!(table.remove("kind").unwrap().as_str(), Some(kind));
-        parse_settings(table).unwrap()
-    }
-
     #[test]
     fn the_example_channel_files_are_valid() {
-        let oa: WechatOaConfig = example("wechat_oa.toml", OA_KIND);
+        let oa: WechatOaConfig = example_channel("wechat_oa.toml");
         oa.validate().unwrap();
         assert!(oa.encoding_aes_key.is_some() && oa.app_secret.is_some());
-        let kf: WecomKfConfig = example("wecom_kf.toml", KF_KIND);
+        let kf: WecomKfConfig = example_channel("wecom_kf.toml");
         kf.validate().unwrap();
         assert_eq!(kf.open_kfids.len(), 1);
     }
