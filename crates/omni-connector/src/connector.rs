@@ -102,9 +102,9 @@ pub trait Connector: Send + Sync + std::fmt::Debug + 'static {
     /// `/channels/{channel_id}/` with the path below that: a web chat's
     /// WebSocket, its widget script, a visitor's history. Plain axum
     /// handlers, since such a channel is an HTTP application of its own
-    /// rather than a provider's callback; the daemon's connection limits,
-    /// header timeouts and request timeout apply, and WebSocket upgrades
-    /// are handed over.
+    /// rather than a provider's callback. Called once, when the channel is
+    /// built; the daemon's connection limits, header timeouts and request
+    /// timeout apply, and WebSocket upgrades are handed over.
     fn routes(&self) -> Option<axum::Router> {
         None
     }

@@ -71,6 +71,9 @@ pub struct Channel {
     pub fingerprint: String,
     pub connector: Arc<dyn Connector>,
     pub webhook: Option<Webhook>,
+    /// The channel's own endpoints, built once with the channel (a cheap
+    /// clone per request), served under `/channels/{id}/`.
+    pub routes: Option<axum::Router>,
 }
 
 /// A channel's webhook endpoint, with the handles of the daemon's own
@@ -272,6 +275,7 @@ pub fn load(
                         channel_kind: factory.channel_kind(),
                         file: file.clone(),
                         fingerprint,
+                        routes: connector.routes(),
                         connector,
                         webhook,
                     },

@@ -185,8 +185,9 @@ pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
 
 /// A channel's own endpoints ([`omni_connector::Connector::routes`]): the
 /// request goes to the channel's router with the path below
-/// `/channels/{channel_id}`, query kept. Looked up per request, so a
-/// reloaded channel serves its new routes at once.
+/// `/channels/{channel_id}`, query kept. The router was built with the
+/// channel and is looked up per request, so a reloaded channel serves its
+/// new routes at once.
 async fn channel_route(
     State(state): State<AppState>,
     Path((channel_id, rest)): Path<(String, String)>,
@@ -196,7 +197,7 @@ async fn channel_route(
     let Some(routes) = state
         .channels()
         .get(&channel_id)
-        .and_then(|c| c.connector.routes())
+        .and_then(|c| c.routes.clone())
     else {
         return into_axum(error_response(
             StatusCode::NOT_FOUND,

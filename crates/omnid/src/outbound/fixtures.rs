@@ -41,6 +41,7 @@ pub(crate) fn channel(id: &str, kind: &str, connector: Arc<dyn Connector>) -> Ch
         fingerprint: String::new(),
         connector,
         webhook: None,
+        routes: None,
     }
 }
 
