@@ -11,10 +11,17 @@ use omni_proto::{
 /// What a connector can append.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogEntry {
-    /// A normalized message for the inbound (or outbound) stream.
+    /// A normalized event for the inbound stream (a customer's message, a
+    /// delivery status, an activity).
     Event(Box<ConversationEvent>),
     /// Authentic input that could not be normalized.
     DeadLetter(Box<DeadLetter>),
+    /// A message for another channel to send, on the outbound stream, as a
+    /// helpdesk would post it: a web chat reply the visitor did not read,
+    /// sent on by email. The outbound dispatcher sends it once per event
+    /// id, so a connector that appends it again after a crash sends
+    /// nothing twice.
+    Outbound(Box<ConversationEvent>),
 }
 
 /// The id of a dead-letter record: deterministic in the raw input, so a
@@ -102,9 +109,20 @@ impl EventSender {
         Self { sink }
     }
 
+    /// Appends any entry; see [`EventSink::submit`] for ordering.
+    pub fn send(&self, entry: LogEntry) -> Ack {
+        self.sink.submit(entry)
+    }
+
     /// Appends a normalized event; see [`EventSink::submit`] for ordering.
     pub fn send_event(&self, event: ConversationEvent) -> Ack {
         self.sink.submit(LogEntry::Event(Box::new(event)))
+    }
+
+    /// Appends a message to the outbound stream, for the channel it names
+    /// to send; see [`LogEntry::Outbound`].
+    pub fn send_outbound(&self, event: ConversationEvent) -> Ack {
+        self.sink.submit(LogEntry::Outbound(Box::new(event)))
     }
 
     /// Appends a dead-letter record.

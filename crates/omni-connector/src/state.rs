@@ -30,6 +30,8 @@ pub struct StateUpdate {
     pub puts: Vec<(String, Vec<u8>)>,
     /// Ids to mark as seen.
     pub seen: Vec<String>,
+    /// Keys to remove (after the puts, so a key in both is removed).
+    pub deletes: Vec<String>,
 }
 
 /// Where channels keep their state. Blocking: [`ChannelState`] runs the
@@ -39,6 +41,15 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError>;
     /// For each id, whether it was marked seen.
     fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError>;
+    /// Up to `limit` keys starting with `prefix`, in byte order of the key,
+    /// with their values: how a channel walks a queue it keys by time
+    /// (`due/<zero-padded millis>/...`) without holding it in memory.
+    fn scan(
+        &self,
+        channel: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError>;
 }
 
 /// One channel's view of the store.
@@ -81,6 +92,36 @@ impl ChannelState {
         let (store, channel) = (self.store.clone(), self.channel.clone());
         blocking(move || store.seen(&channel, &ids)).await
     }
+
+    /// See [`StateStore::scan`].
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let (store, channel, prefix) =
+            (self.store.clone(), self.channel.clone(), prefix.to_owned());
+        blocking(move || store.scan(&channel, &prefix, limit)).await
+    }
+}
+
+/// The least string greater than every string starting with `prefix`, in
+/// byte order; `None` when there is none (an empty prefix, or one of only
+/// U+10FFFF), and the scan then has no upper bound.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value after `last` (skipping the surrogates).
+        let next = match last as u32 {
+            0xD7FF => Some('\u{E000}'),
+            n => char::from_u32(n + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 async fn blocking<T: Send + 'static>(
@@ -196,6 +237,14 @@ impl StateStore for SqliteStateStore {
                 mark.execute(params![channel, id, now])
                     .map_err(|e| self.error(e))?;
             }
+            let mut delete = tx
+                .prepare_cached("DELETE FROM checkpoints WHERE channel = ?1 AND key = ?2")
+                .map_err(|e| self.error(e))?;
+            for key in &update.deletes {
+                delete
+                    .execute(params![channel, key])
+                    .map_err(|e| self.error(e))?;
+            }
         }
         tx.commit().map_err(|e| self.error(e))
     }
@@ -212,6 +261,46 @@ impl StateStore for SqliteStateStore {
                     .map_err(|e| self.error(e))
             })
             .collect()
+    }
+
+    fn scan(
+        &self,
+        channel: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        // A key range, not `LIKE`, so the primary key's order serves it.
+        let conn = self.reader();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match prefix_end(prefix) {
+            Some(end) => {
+                let mut query = conn
+                    .prepare_cached(
+                        "SELECT key, value FROM checkpoints
+                         WHERE channel = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+                    )
+                    .map_err(|e| self.error(e))?;
+                query
+                    .query_map(params![channel, prefix, end, limit], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .and_then(Iterator::collect)
+            }
+            None => {
+                let mut query = conn
+                    .prepare_cached(
+                        "SELECT key, value FROM checkpoints
+                         WHERE channel = ?1 AND key >= ?2 ORDER BY key LIMIT ?3",
+                    )
+                    .map_err(|e| self.error(e))?;
+                query
+                    .query_map(params![channel, prefix, limit], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .and_then(Iterator::collect)
+            }
+        };
+        rows.map_err(|e| self.error(e))
     }
 }
 
@@ -243,6 +332,9 @@ impl StateStore for MemoryStateStore {
         for id in &update.seen {
             inner.seen.insert((channel.into(), id.clone()));
         }
+        for key in &update.deletes {
+            inner.values.remove(&(channel.into(), key.clone()));
+        }
         Ok(())
     }
 
@@ -252,6 +344,24 @@ impl StateStore for MemoryStateStore {
             .iter()
             .map(|id| inner.seen.contains(&(channel.into(), id.clone())))
             .collect())
+    }
+
+    fn scan(
+        &self,
+        channel: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(String, Vec<u8>)> = inner
+            .values
+            .iter()
+            .filter(|((c, key), _)| c == channel && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found)
     }
 }
 
@@ -267,12 +377,14 @@ mod tests {
         a.commit(StateUpdate {
             puts: vec![("k".into(), b"1".to_vec())],
             seen: vec!["<m1@x>".into()],
+            ..StateUpdate::default()
         })
         .await
         .unwrap();
         a.commit(StateUpdate {
             puts: vec![("k".into(), b"2".to_vec())],
             seen: vec!["<m1@x>".into(), "<m2@x>".into()],
+            ..StateUpdate::default()
         })
         .await
         .unwrap();
@@ -285,6 +397,70 @@ mod tests {
             [true, false, true]
         );
         assert_eq!(b.seen(vec!["<m1@x>".into()]).await.unwrap(), [false]);
+
+        // Scans: by prefix, in key order, bounded, deletes applied.
+        let put = |key: &str| (key.to_owned(), key.as_bytes().to_vec());
+        a.commit(StateUpdate {
+            puts: vec![
+                put("due/002/x"),
+                put("due/001/y"),
+                put("due/003/z"),
+                put("duf"),
+            ],
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+        b.commit(StateUpdate {
+            puts: vec![put("due/000/b")],
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+        let keys = |found: Vec<(String, Vec<u8>)>| -> Vec<String> {
+            found
+                .into_iter()
+                .map(|(key, value)| {
+                    assert_eq!(key.as_bytes(), value);
+                    key
+                })
+                .collect()
+        };
+        assert_eq!(
+            keys(a.scan("due/", 2).await.unwrap()),
+            ["due/001/y", "due/002/x"]
+        );
+        a.commit(StateUpdate {
+            puts: vec![put("due/004/w")],
+            deletes: vec!["due/001/y".into(), "due/004/w".into(), "absent".into()],
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            keys(a.scan("due/", 10).await.unwrap()),
+            ["due/002/x", "due/003/z"]
+        );
+        assert_eq!(
+            a.get("due/004/w").await.unwrap(),
+            None,
+            "deletes follow puts"
+        );
+        assert_eq!(
+            a.scan("", 10).await.unwrap().len(),
+            4,
+            "k, due/002/x, due/003/z, duf"
+        );
+        assert_eq!(keys(b.scan("due/", 10).await.unwrap()), ["due/000/b"]);
+    }
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefixed_keys() {
+        assert_eq!(prefix_end("due/").as_deref(), Some("due0"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
     }
 
     #[tokio::test]

@@ -73,7 +73,7 @@ impl Channel {
             .into_iter()
             .filter_map(|e| match e {
                 LogEntry::Event(event) => Some(*event),
-                LogEntry::DeadLetter(_) => None,
+                LogEntry::DeadLetter(_) | LogEntry::Outbound(_) => None,
             })
             .collect()
     }
@@ -84,7 +84,7 @@ impl Channel {
             .into_iter()
             .filter_map(|e| match e {
                 LogEntry::DeadLetter(dl) => Some(*dl),
-                LogEntry::Event(_) => None,
+                LogEntry::Event(_) | LogEntry::Outbound(_) => None,
             })
             .collect()
     }

@@ -977,6 +977,7 @@ impl OutboundHandler for SendApiSender {
                 .commit(StateUpdate {
                     puts: Vec::new(),
                     seen,
+                    deletes: Vec::new(),
                 })
                 .await
             {
@@ -1454,6 +1455,9 @@ mod tests {
             unreachable!()
         }
         fn seen(&self, _: &str, _: &[String]) -> Result<Vec<bool>, StateError> {
+            unreachable!()
+        }
+        fn scan(&self, _: &str, _: &str, _: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
             unreachable!()
         }
     }

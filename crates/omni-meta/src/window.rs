@@ -59,7 +59,13 @@ pub async fn record(
     if puts.is_empty() && seen.is_empty() {
         return Ok(());
     }
-    state.commit(StateUpdate { puts, seen }).await
+    state
+        .commit(StateUpdate {
+            puts,
+            seen,
+            deletes: Vec::new(),
+        })
+        .await
 }
 
 /// How long ago `at` (seconds since the epoch) was, by `now`; zero when

@@ -131,7 +131,7 @@ async fn a_log_failing_mid_post_answers_5xx_and_the_redelivery_completes_it() {
             LogEntry::Event(event) => {
                 Some((event.provider_message_id.clone(), event.event_id.clone()))
             }
-            LogEntry::DeadLetter(_) => None,
+            LogEntry::DeadLetter(_) | LogEntry::Outbound(_) => None,
         })
         .fold(HashMap::new(), |mut ids, (message, event)| {
             ids.entry(message).or_insert_with(Vec::new).push(event);

@@ -660,6 +660,7 @@ impl VonageChannel {
         let update = StateUpdate {
             puts: vec![(part_key(&part, part.part), stored)],
             seen: Vec::new(),
+            deletes: Vec::new(),
         };
         self.state.commit(update).await.map_err(unavailable)?;
         let Some(parts) = self.stored_parts(&part).await? else {

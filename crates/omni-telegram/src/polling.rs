@@ -285,6 +285,7 @@ impl Poller {
                 .commit(StateUpdate {
                     puts: vec![(OFFSET_KEY.to_owned(), next.to_string().into_bytes())],
                     seen,
+                    deletes: Vec::new(),
                 })
                 .await?;
             emit!(BatchCheckpointed { events, dead_letters, duplicates, offset: next } => &self.metrics);

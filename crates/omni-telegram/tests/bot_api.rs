@@ -312,7 +312,7 @@ fn events(sink: &MemorySink) -> Vec<ConversationEvent> {
         .into_iter()
         .filter_map(|e| match e {
             LogEntry::Event(e) => Some(*e),
-            LogEntry::DeadLetter(_) => None,
+            LogEntry::DeadLetter(_) | LogEntry::Outbound(_) => None,
         })
         .collect()
 }
@@ -482,6 +482,15 @@ impl StateStore for SlowStore {
             std::thread::sleep(delay);
         }
         self.inner.seen(channel, ids)
+    }
+
+    fn scan(
+        &self,
+        channel: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.inner.scan(channel, prefix, limit)
     }
 }
 
@@ -902,7 +911,7 @@ async fn polling_dead_letters_messages_it_cannot_read() {
         .into_iter()
         .filter_map(|e| match e {
             LogEntry::DeadLetter(d) => Some(*d),
-            LogEntry::Event(_) => None,
+            LogEntry::Event(_) | LogEntry::Outbound(_) => None,
         })
         .collect();
     assert_eq!(

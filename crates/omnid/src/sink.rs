@@ -77,8 +77,7 @@ impl LogSink {
     /// outbound topic, with the same headers and key rule as inbound
     /// events; resolves once it is durable.
     pub(crate) fn submit_outbound(&self, event: ConversationEvent) -> Ack {
-        let record = self.event_record(&self.topics.outbound, &event);
-        self.append(record, self.outbound_metrics.clone())
+        self.submit(LogEntry::Outbound(Box::new(event)))
     }
 
     /// Appends a timeline entry to the timeline topic, keyed by its
@@ -129,6 +128,10 @@ impl LogSink {
             LogEntry::Event(event) => (
                 self.event_record(&self.topics.inbound, &event),
                 self.inbound_metrics.clone(),
+            ),
+            LogEntry::Outbound(event) => (
+                self.event_record(&self.topics.outbound, &event),
+                self.outbound_metrics.clone(),
             ),
             LogEntry::DeadLetter(dead_letter) => {
                 let ce = CloudEvent {

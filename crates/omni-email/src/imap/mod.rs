@@ -313,6 +313,7 @@ impl MailboxWorker {
             .commit(StateUpdate {
                 puts: vec![(Checkpoint::key(&self.mailbox), checkpoint.encode())],
                 seen,
+                deletes: Vec::new(),
             })
             .await?;
         Ok(())
@@ -464,14 +465,11 @@ impl MailboxWorker {
                 continue;
             }
             match &p.entry {
-                LogEntry::Event(_) => events += 1,
                 LogEntry::DeadLetter(_) => dead_letters += 1,
+                LogEntry::Event(_) | LogEntry::Outbound(_) => events += 1,
             }
             seen.push(p.seen_id);
-            acks.push(match p.entry {
-                LogEntry::Event(event) => self.context.sender.send_event(*event),
-                LogEntry::DeadLetter(dl) => self.context.sender.send_dead_letter(*dl),
-            });
+            acks.push(self.context.sender.send(p.entry));
         }
         Ok(Staged {
             acks,

@@ -259,6 +259,7 @@ impl Syncer {
                 .commit(StateUpdate {
                     puts,
                     seen: Vec::new(),
+                    deletes: Vec::new(),
                 })
                 .await
                 .map_err(|e| SyncError::State(e.to_string()))?;
@@ -358,6 +359,7 @@ impl Syncer {
         let update = StateUpdate {
             puts: vec![(ACCOUNTS_KEY.to_owned(), accounts.join("\n").into_bytes())],
             seen: Vec::new(),
+            deletes: Vec::new(),
         };
         if let Err(e) = self.state.commit(update).await {
             tracing::warn!(channel = %self.channel_id, error = %e, "account learned from a callback not remembered");

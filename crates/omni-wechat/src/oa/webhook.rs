@@ -168,6 +168,7 @@ impl UnionidLookup {
                         let update = StateUpdate {
                             puts: vec![(key, value.into_bytes())],
                             seen: Vec::new(),
+                            deletes: Vec::new(),
                         };
                         if let Err(e) = self.state.commit(update).await {
                             tracing::warn!(channel = %channel_id, error = %e, "unionid not cached");

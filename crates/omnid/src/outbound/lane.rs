@@ -258,6 +258,7 @@ impl Lane {
         let update = StateUpdate {
             puts: Vec::new(),
             seen: vec![seen_key(&event.event_id)],
+            deletes: Vec::new(),
         };
         if let Err(error) = state.commit(update).await {
             tracing::warn!(channel = %event.channel_id, event_id = %event.event_id, error = %error, "cannot record an outbound message as sent; a redelivery would send it again");
