@@ -10,12 +10,14 @@ use omni_connector::ParseError;
 use omni_model::HandleKind;
 use omni_proto::{
     Timestamp,
-    v1::{ChannelKind, Content, ConversationEvent, Direction, EventKind, ThreadingHints},
+    v1::{
+        Attachment, ChannelKind, Content, ConversationEvent, Direction, EventKind, ThreadingHints,
+    },
 };
 
 use crate::{
     identity::{SenderIdentity, is_visitor_id},
-    protocol::{HistoryDirection, HistoryEntry, is_client_message_id},
+    protocol::{HistoryAttachment, HistoryDirection, HistoryEntry, is_client_message_id},
 };
 
 /// Every [`ParseError::code`] [`message_event`] returns.
@@ -54,6 +56,9 @@ pub fn message_event_id(channel_id: &str, visitor_id: &str, client_message_id: &
 /// its token, so the `chat_visitor` sender is verified). `identity`, from
 /// [`crate::identity::IdentityCheck::sender`], becomes the sender's other
 /// identity, verified or not as its check said, and names the sender.
+/// `attachments` are the visitor's uploads the frame named, already in the
+/// attachment store, in the frame's order; with them the text may be
+/// empty. They do not enter the event id: a resend is the same event.
 ///
 /// The ids and the text's emptiness are checked again although
 /// [`crate::protocol::parse_client_frame`] already did, so no caller can
@@ -66,6 +71,7 @@ pub fn message_event(
     identity: Option<&SenderIdentity>,
     client_message_id: &str,
     text: &str,
+    attachments: Vec<Attachment>,
 ) -> Result<ConversationEvent, ParseError> {
     if !is_visitor_id(visitor_id) {
         return Err(ParseError::new(
@@ -79,8 +85,11 @@ pub fn message_event(
             "`client_message_id` must be 1 to 64 of A-Z, a-z, 0-9, `_` and `-`",
         ));
     }
-    if text.trim().is_empty() {
-        return Err(ParseError::new("empty_message", "the message has no text"));
+    if text.trim().is_empty() && attachments.is_empty() {
+        return Err(ParseError::new(
+            "empty_message",
+            "the message has no text and no attachment",
+        ));
     }
     let visitor =
         omni_model::Handle::provider(HandleKind::ChatVisitor, visitor_id, Some(cx.channel_id))
@@ -104,6 +113,7 @@ pub fn message_event(
         ingested_at: Some(cx.received_at),
         content: Some(Content {
             text: text.to_owned(),
+            attachments,
             ..Default::default()
         }),
         threading: Some(ThreadingHints {
@@ -155,14 +165,15 @@ pub fn activity_event(
 
 /// The `history` entry of a stored event of the conversation: a visitor's
 /// message (with its `client_message_id`, read back from the provider
-/// message id) or an agent's reply. `None` for anything else (typing,
-/// delivery statuses, events without text), which the widget does not show.
+/// message id) or an agent's reply, with its files' names, types and
+/// sizes. `None` for anything else (typing, delivery statuses, events with
+/// neither text nor files), which the widget does not show.
 pub fn history_entry(event: &ConversationEvent) -> Option<HistoryEntry> {
     if event.kind != EventKind::Message as i32 {
         return None;
     }
-    let text = event.content.as_ref().map(|c| c.text.as_str())?;
-    if text.is_empty() {
+    let content = event.content.as_ref()?;
+    if content.text.is_empty() && content.attachments.is_empty() {
         return None;
     }
     let (direction, client_message_id) = match Direction::try_from(event.direction).ok()? {
@@ -181,9 +192,18 @@ pub fn history_entry(event: &ConversationEvent) -> Option<HistoryEntry> {
     Some(HistoryEntry {
         event_id: event.event_id.clone(),
         direction,
-        text: text.to_owned(),
+        text: content.text.clone(),
         sent_at: event.sent_at.or(event.received_at).unwrap_or_default(),
         client_message_id,
+        attachments: content
+            .attachments
+            .iter()
+            .map(|a| HistoryAttachment {
+                name: a.name.clone(),
+                media_type: a.media_type.clone(),
+                size: a.size,
+            })
+            .collect(),
     })
 }
 
@@ -211,7 +231,7 @@ mod tests {
 
     #[test]
     fn an_anonymous_message() {
-        let event = message_event(&cx(), VISITOR, None, "m1", "hello").unwrap();
+        let event = message_event(&cx(), VISITOR, None, "m1", "hello", Vec::new()).unwrap();
         assert_eq!(event.channel_id, "chat-main");
         assert_eq!(event.channel_kind, ChannelKind::Chat as i32);
         assert_eq!(event.direction, Direction::Inbound as i32);
@@ -238,13 +258,20 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
-        let a = message_event(&cx(), VISITOR, None, "m1", "hello").unwrap();
+        let a = message_event(&cx(), VISITOR, None, "m1", "hello", Vec::new()).unwrap();
         // A resend, even with other text, is the same event.
-        let again = message_event(&cx(), VISITOR, None, "m1", "hello!").unwrap();
+        let again = message_event(&cx(), VISITOR, None, "m1", "hello!", Vec::new()).unwrap();
         assert_eq!(a.event_id, again.event_id);
-        let other_id = message_event(&cx(), VISITOR, None, "m2", "hello").unwrap();
-        let other_visitor =
-            message_event(&cx(), "v_0123456789ABCDEFGHIJac", None, "m1", "hello").unwrap();
+        let other_id = message_event(&cx(), VISITOR, None, "m2", "hello", Vec::new()).unwrap();
+        let other_visitor = message_event(
+            &cx(),
+            "v_0123456789ABCDEFGHIJac",
+            None,
+            "m1",
+            "hello",
+            Vec::new(),
+        )
+        .unwrap();
         let other_channel = message_event(
             &ChatContext {
                 channel_id: "chat-b",
@@ -254,6 +281,7 @@ mod tests {
             None,
             "m1",
             "hello",
+            Vec::new(),
         )
         .unwrap();
         let ids = [
@@ -285,7 +313,8 @@ mod tests {
         };
         let check = check_identity(Some(b"k"), &claimed, true, "chat-main");
         let identity = check.sender(Some(&claimed)).unwrap();
-        let event = message_event(&cx(), VISITOR, Some(&identity), "m1", "سلام").unwrap();
+        let event =
+            message_event(&cx(), VISITOR, Some(&identity), "m1", "سلام", Vec::new()).unwrap();
         let sender = event.sender.as_ref().unwrap();
         assert_eq!(sender.display_name, "آنا رضایی");
         assert!(sender.verified);
@@ -306,7 +335,7 @@ mod tests {
             verified: false,
             name: None,
         };
-        let event = message_event(&cx(), VISITOR, Some(&identity), "m1", "hi").unwrap();
+        let event = message_event(&cx(), VISITOR, Some(&identity), "m1", "hi", Vec::new()).unwrap();
         assert!(event.sender.as_ref().unwrap().verified);
         let [other] = event.sender_identities.as_slice() else {
             panic!()
@@ -322,7 +351,7 @@ mod tests {
             "مرحبًا، أين طلبي رقم ٤٥٦؟",
             "  \u{202b}mixed עברית and English\u{202c}\n",
         ] {
-            let event = message_event(&cx(), VISITOR, None, "m1", text).unwrap();
+            let event = message_event(&cx(), VISITOR, None, "m1", text, Vec::new()).unwrap();
             assert_eq!(event.content.unwrap().text, text);
         }
     }
@@ -337,13 +366,13 @@ mod tests {
             (VISITOR, "m1", "", "empty_message"),
             (VISITOR, "m1", " \n", "empty_message"),
         ] {
-            let error = message_event(&cx(), visitor, None, id, text).unwrap_err();
+            let error = message_event(&cx(), visitor, None, id, text, Vec::new()).unwrap_err();
             assert_eq!(error.code, code, "{visitor:?} {id:?} {text:?}");
             assert!(CODES.contains(&error.code));
         }
         // The length bound is the channel's, enforced by the frame parser.
         let long = "a".repeat(10_000);
-        assert!(message_event(&cx(), VISITOR, None, "m1", &long).is_ok());
+        assert!(message_event(&cx(), VISITOR, None, "m1", &long, Vec::new()).is_ok());
         let error = message_event(
             &ChatContext {
                 channel_id: "",
@@ -353,6 +382,7 @@ mod tests {
             None,
             "m1",
             "hi",
+            Vec::new(),
         )
         .unwrap_err();
         assert_eq!(error.code, "invalid_sender");
@@ -361,7 +391,7 @@ mod tests {
     #[test]
     fn history_entries_of_messages_and_replies() {
         let visitor = new_visitor_id(&mut rand::rng());
-        let inbound = message_event(&cx(), &visitor, None, "m-7", "hi").unwrap();
+        let inbound = message_event(&cx(), &visitor, None, "m-7", "hi", Vec::new()).unwrap();
         assert_eq!(
             history_entry(&inbound),
             Some(HistoryEntry {
@@ -370,6 +400,7 @@ mod tests {
                 text: "hi".into(),
                 sent_at: cx().received_at,
                 client_message_id: Some("m-7".into()),
+                attachments: Vec::new(),
             })
         );
         let reply = ConversationEvent {
@@ -406,5 +437,59 @@ mod tests {
             ..reply
         };
         assert_eq!(history_entry(&unknown_direction), None);
+    }
+
+    fn photo(sha: &str, name: &str) -> Attachment {
+        Attachment {
+            name: name.into(),
+            media_type: "image/png".into(),
+            size: 1234,
+            sha256: sha.into(),
+            uri: format!("{}{sha}", omni_connector::attachments::URI_PREFIX),
+        }
+    }
+
+    #[test]
+    fn attachments_ride_on_the_message_and_not_in_its_id() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let files = vec![photo(&b, "second.png"), photo(&a, "first.png")];
+        let event = message_event(&cx(), VISITOR, None, "m1", "", files.clone()).unwrap();
+        let content = event.content.as_ref().unwrap();
+        assert_eq!(content.text, "");
+        assert_eq!(content.attachments, files, "kept in the frame's order");
+        // A resend, or the same id with other files, is the same event.
+        let plain = message_event(&cx(), VISITOR, None, "m1", "hi", Vec::new()).unwrap();
+        assert_eq!(event.event_id, plain.event_id);
+        // Whitespace only is still empty without a file, a caption with one.
+        assert_eq!(
+            message_event(&cx(), VISITOR, None, "m1", " ", Vec::new())
+                .unwrap_err()
+                .code,
+            "empty_message"
+        );
+        assert!(message_event(&cx(), VISITOR, None, "m1", " ", files).is_ok());
+    }
+
+    #[test]
+    fn history_entries_carry_file_chips_without_uris() {
+        let sha = "c".repeat(64);
+        let event =
+            message_event(&cx(), VISITOR, None, "m1", "", vec![photo(&sha, "p.png")]).unwrap();
+        let entry = history_entry(&event).expect("a file without text is shown");
+        assert_eq!(entry.text, "");
+        assert_eq!(
+            entry.attachments,
+            [HistoryAttachment {
+                name: "p.png".into(),
+                media_type: "image/png".into(),
+                size: 1234,
+            }]
+        );
+        let json = serde_json::to_string(&entry).unwrap();
+        assert!(!json.contains("omni-att") && !json.contains(&sha), "{json}");
+        // Without files the field is left out, as before.
+        let plain = message_event(&cx(), VISITOR, None, "m2", "hi", Vec::new()).unwrap();
+        let json = serde_json::to_string(&history_entry(&plain).unwrap()).unwrap();
+        assert!(!json.contains("attachments"), "{json}");
     }
 }
