@@ -1,28 +1,33 @@
 //! The channel: its routes (the socket, the widget, the demo page) and its
 //! outbound sender, which pushes replies to the visitor's open tabs.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use axum::{
     Router,
-    extract::{State, WebSocketUpgrade},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, State, WebSocketUpgrade},
+    http::{Extensions, HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use omni_connector::{
-    ChannelConfig, ChannelContext, ConfigError, Connector, Delivered, DeliveryError,
-    OutboundHandler, Secret, SecretRef,
+    ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, Delivered,
+    DeliveryError, OutboundHandler, Secret, SecretRef,
 };
 use omni_proto::v1::{ChannelKind, ConversationEvent, HandleKind};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     KIND, WebchatConfig,
+    address::{self, AddressLimiter},
     history::{self, History},
     hub::Hub,
+    offline::{self, Mailer, OfflineMail, Pending},
     protocol::{self, Limits},
     session::{self, Channel},
+    upload::{self, UploadLimits, Uploads},
 };
 
 const WIDGET_JS: &str = include_str!("../assets/widget.js");
@@ -62,17 +67,39 @@ impl ChannelConfig for WebchatConfig {
                 ..Limits::default()
             },
             messages_per_minute: self.messages_per_minute,
+            addresses: AddressLimiter::new(self.messages_per_minute_per_address),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             sender: context.sender.clone(),
             state: context.state.clone(),
             hub: Hub::new(self.max_connections, self.max_connections_per_visitor),
             history: History::new(context.state.clone(), self.history_messages),
             metrics: crate::events::ChatMetrics::register(&context.channel_id),
+            offline: self.offline_email.map(|o| OfflineMail {
+                channel: o.channel,
+                after: Duration::from_secs(o.after_secs),
+                subject: o.subject,
+            }),
         });
+        let uploads = Arc::new(Uploads::new(
+            channel.clone(),
+            context.attachments.clone(),
+            self.allowed_origins.clone().into(),
+            UploadLimits {
+                max_bytes: self.max_attachment_bytes,
+                types: self
+                    .attachment_types
+                    .iter()
+                    .filter_map(|t| upload::media_type(t))
+                    .collect(),
+                max_concurrent: self.max_concurrent_uploads,
+            },
+        ));
         Ok(Arc::new(ChatConnector {
             channel,
+            uploads,
             allowed_origins: self.allowed_origins,
             max_message_bytes: self.max_message_bytes,
+            client_address_header: self.client_address_header.map(Into::into),
         }))
     }
 }
@@ -81,8 +108,11 @@ impl ChannelConfig for WebchatConfig {
 #[derive(Debug)]
 pub struct ChatConnector {
     channel: Arc<Channel>,
+    /// Built with the channel, so its upload permits are the channel's.
+    uploads: Arc<Uploads>,
     allowed_origins: Vec<String>,
     max_message_bytes: usize,
+    client_address_header: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +120,7 @@ struct Routes {
     channel: Arc<Channel>,
     allowed_origins: Arc<[String]>,
     max_message_bytes: usize,
+    client_address_header: Option<Arc<str>>,
 }
 
 #[async_trait]
@@ -99,6 +130,7 @@ impl Connector for ChatConnector {
             channel: self.channel.clone(),
             allowed_origins: self.allowed_origins.clone().into(),
             max_message_bytes: self.max_message_bytes,
+            client_address_header: self.client_address_header.clone(),
         };
         Some(
             Router::new()
@@ -106,7 +138,8 @@ impl Connector for ChatConnector {
                 .route("/widget.js", get(widget_js))
                 .route("/widget.css", get(widget_css))
                 .route("/demo", get(demo))
-                .with_state(routes),
+                .with_state(routes)
+                .merge(self.uploads.router()),
         )
     }
 
@@ -115,11 +148,31 @@ impl Connector for ChatConnector {
             channel: self.channel.clone(),
         }))
     }
+
+    /// Emails the replies visitors did not see, when `offline_email` is
+    /// set; nothing else runs in the background.
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ConnectorError> {
+        let Some(mail) = self.channel.offline.clone() else {
+            shutdown.cancelled().await;
+            return Ok(());
+        };
+        Mailer {
+            chat_channel: self.channel.channel_id.clone(),
+            mail,
+            state: self.channel.state.clone(),
+            sender: self.channel.sender.clone(),
+            metrics: self.channel.metrics.clone(),
+        }
+        .run(shutdown)
+        .await;
+        Ok(())
+    }
 }
 
-/// Whether a page of `origin` may open the chat: an allowed origin, or
-/// the daemon's own pages (the origin's host is the request's `Host`).
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+/// Whether a page of `origin` may open the chat or upload to it: an
+/// allowed origin, or the daemon's own pages (the origin's host is the
+/// request's `Host`).
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         // Not a browser (browsers always send Origin on WebSocket
         // handshakes): nothing a page could abuse.
@@ -139,10 +192,20 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 async fn socket(
     State(routes): State<Routes>,
+    extensions: Extensions,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let allowed = origin_allowed(&headers, &routes.allowed_origins);
+    let address = address::client_address(
+        routes.client_address_header.as_deref(),
+        &headers,
+        // The daemon's listener puts the peer there; absent in tests that
+        // serve the router on its own.
+        extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip()),
+    );
     let channel = routes.channel.clone();
     // Small buffers: most sockets sit idle for minutes, and the library's
     // default 128 KiB read buffer per socket made 10,000 visitors cost
@@ -167,7 +230,7 @@ async fn socket(
                     .await;
                 return;
             }
-            session::serve(channel, socket).await;
+            session::serve(channel, socket, address).await;
         })
 }
 
@@ -211,6 +274,35 @@ struct Pusher {
     channel: Arc<Channel>,
 }
 
+impl Pusher {
+    /// Queues a reply that found no open tab to be emailed after
+    /// `mail.after`, when the visitor left an address.
+    async fn email_later(
+        &self,
+        mail: &OfflineMail,
+        visitor: &str,
+        entry: &crate::protocol::HistoryEntry,
+    ) -> Result<(), DeliveryError> {
+        let state = &self.channel.state;
+        let contact = offline::load_contact(state, visitor)
+            .await
+            .map_err(|e| DeliveryError::temporary(format!("contact not readable: {e}")))?;
+        let Some(contact) = contact else {
+            return Ok(());
+        };
+        let pending = Pending {
+            visitor: visitor.to_owned(),
+            contact,
+            reply_event_id: entry.event_id.clone(),
+            text: entry.text.clone(),
+            sent_at: entry.sent_at.seconds,
+        };
+        offline::schedule(state, mail.after, &pending, std::time::SystemTime::now())
+            .await
+            .map_err(|e| DeliveryError::temporary(format!("email not queued: {e}")))
+    }
+}
+
 #[async_trait]
 impl OutboundHandler for Pusher {
     async fn deliver(&self, message: &ConversationEvent) -> Result<Delivered, DeliveryError> {
@@ -244,6 +336,11 @@ impl OutboundHandler for Pusher {
             .channel
             .hub
             .push(&visitor, &history::reply_frame(&entry));
+        if tabs == 0
+            && let Some(mail) = &self.channel.offline
+        {
+            self.email_later(mail, &visitor, &entry).await?;
+        }
         Ok(Delivered {
             provider_message_id: message.event_id.clone(),
             provider_status: if tabs == 0 {

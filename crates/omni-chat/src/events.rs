@@ -13,6 +13,10 @@ pub struct ChatMetrics {
     pub connections: Gauge,
     pub accepted: Counter,
     pub duplicates: Counter,
+    /// Replies emailed because the visitor was away.
+    pub offline_emailed: Counter,
+    /// Replies queued for email that the visitor read in time.
+    pub offline_read: Counter,
 }
 
 impl ChatMetrics {
@@ -23,6 +27,8 @@ impl ChatMetrics {
             connections: gauge!(names::CHAT_CONNECTIONS, "channel" => channel.to_owned()),
             accepted: messages("accepted"),
             duplicates: messages("duplicate"),
+            offline_emailed: counter!(names::CHAT_OFFLINE_REPLIES_TOTAL, "channel" => channel.to_owned(), "outcome" => "emailed"),
+            offline_read: counter!(names::CHAT_OFFLINE_REPLIES_TOTAL, "channel" => channel.to_owned(), "outcome" => "read"),
         }
     }
 

@@ -3,6 +3,7 @@
 //! `/channels/{channel_id}/`. The pure halves ([`identity`], [`protocol`],
 //! [`normalize`]) do no I/O, so they are unit tested and fuzzed.
 
+pub mod address;
 pub mod config;
 pub mod connector;
 pub mod events;
@@ -10,8 +11,10 @@ pub mod history;
 pub mod hub;
 pub mod identity;
 pub mod normalize;
+pub mod offline;
 pub mod protocol;
 pub mod session;
+pub mod upload;
 
 pub use config::WebchatConfig;
 

@@ -36,6 +36,10 @@ pub const MAX_CLIENT_MESSAGE_ID_BYTES: usize = 64;
 /// sends is well under this.
 pub const MAX_LOCALE_BYTES: usize = 35;
 
+/// Most files one message may carry: a chat message is not a file
+/// transfer, and each one is a state lookup before the append.
+pub const MAX_ATTACHMENTS: usize = 5;
+
 /// Bounds on one browser frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -44,8 +48,8 @@ pub struct Limits {
     /// Longest message text, in characters (Unicode scalar values, so a
     /// Persian message gets as many letters as an English one).
     pub max_text_chars: usize,
-    /// Deepest nesting of arrays and objects. Frames are 2 deep (`hello`
-    /// with its identity); the margin is for fields added later.
+    /// Deepest nesting of arrays and objects. Frames are at most 3 deep
+    /// (a `message`'s `attachments`); the margin is for fields added later.
     pub max_depth: usize,
 }
 
@@ -85,8 +89,13 @@ pub enum ClientFrame {
     /// A message, resent with the same `client_message_id` until acked.
     Message {
         client_message_id: String,
-        /// As typed: not trimmed, never empty or only whitespace.
+        /// As typed: not trimmed, never empty or only whitespace unless
+        /// the message carries attachments (a photo needs no caption).
         text: String,
+        /// Files the visitor uploaded first (`POST uploads`), in the order
+        /// shown; at most [`MAX_ATTACHMENTS`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<AttachmentRef>,
     },
     Typing {
         on: bool,
@@ -95,6 +104,20 @@ pub enum ClientFrame {
     Read {
         event_id: String,
     },
+    /// The address the visitor wants replies emailed to while away;
+    /// normalized by [`parse_client_frame`] (`Ana@Example.COM` →
+    /// `ana@example.com`).
+    Contact {
+        email: String,
+    },
+}
+
+/// A file of a `message` frame: the id the upload answered (the file's
+/// SHA-256, 64 lowercase hex digits). Only the form is checked here; that
+/// this visitor uploaded it is the session's to check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    pub id: String,
 }
 
 /// What the `welcome` frame says of the `hello`'s identity.
@@ -129,6 +152,18 @@ pub struct HistoryEntry {
     /// holds it unacknowledged can mark it delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
+    /// The message's files, as the widget shows them (a chip with the
+    /// name). No URI: the store is not the browser's to read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<HistoryAttachment>,
+}
+
+/// One file of a [`HistoryEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryAttachment {
+    pub name: String,
+    pub media_type: String,
+    pub size: u64,
 }
 
 /// A frame to the browser.
@@ -140,6 +175,14 @@ pub enum ServerFrame {
         visitor_id: String,
         visitor_token: String,
         identity: IdentityStatus,
+        /// The address replies are emailed to while the visitor is away,
+        /// once left (a `contact` frame, or a signed-in email identity).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact_email: Option<String>,
+        /// Whether the channel emails replies to visitors who are away
+        /// (`[offline_email]`), so the widget offers its address form.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        email_replies: bool,
     },
     /// The conversation so far, oldest first, after `welcome`.
     History { messages: Vec<HistoryEntry> },
@@ -155,6 +198,8 @@ pub enum ServerFrame {
         /// RFC 3339 in UTC on the wire.
         sent_at: Timestamp,
     },
+    /// The `contact` address is saved (normalized).
+    Contact { email: String },
     /// A refused frame; the connection stays open unless a close follows.
     /// `client_message_id` names the message refused, when it was one: the
     /// widget gives it up, unless the code is one of [`RETRYABLE`].
@@ -224,11 +269,17 @@ pub enum FrameError {
     TextTooLong { chars: usize, max: usize },
     #[error("`event_id` is not an event id")]
     InvalidEventId,
+    #[error("the message has {count} attachments; at most {max} are taken")]
+    TooManyAttachments { count: usize, max: usize },
+    #[error("an attachment `id` is not the 64 lowercase hex digits an upload answers")]
+    InvalidAttachmentId,
+    #[error("not an email address: {0}")]
+    InvalidEmail(String),
 }
 
 impl FrameError {
     /// Every [`FrameError::code`].
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 14] = [
         "frame_too_large",
         "too_deep",
         "invalid_json",
@@ -240,6 +291,9 @@ impl FrameError {
         "empty_message",
         "text_too_long",
         "invalid_event_id",
+        "invalid_email",
+        "too_many_attachments",
+        "invalid_attachment_id",
     ];
 
     /// The stable code: the `error` frame's `code`, a metric label.
@@ -256,6 +310,9 @@ impl FrameError {
             Self::EmptyMessage => "empty_message",
             Self::TextTooLong { .. } => "text_too_long",
             Self::InvalidEventId => "invalid_event_id",
+            Self::TooManyAttachments { .. } => "too_many_attachments",
+            Self::InvalidAttachmentId => "invalid_attachment_id",
+            Self::InvalidEmail(_) => "invalid_email",
         }
     }
 }
@@ -298,6 +355,7 @@ pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, Fr
         "message" => "message",
         "typing" => "typing",
         "read" => "read",
+        "contact" => "contact",
         other => return Err(FrameError::UnknownType(shown(other))),
     };
     // The identity is read on its own so that its errors say so.
@@ -328,14 +386,29 @@ pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, Fr
         ClientFrame::Message {
             client_message_id,
             text,
+            attachments,
         } => {
             if !is_client_message_id(&client_message_id) {
                 return Err(FrameError::InvalidClientMessageId);
             }
-            check_text(&text, limits)?;
+            if attachments.len() > MAX_ATTACHMENTS {
+                return Err(FrameError::TooManyAttachments {
+                    count: attachments.len(),
+                    max: MAX_ATTACHMENTS,
+                });
+            }
+            if !attachments.iter().all(|a| is_attachment_id(&a.id)) {
+                return Err(FrameError::InvalidAttachmentId);
+            }
+            if attachments.is_empty() {
+                check_text(&text, limits)?;
+            } else {
+                check_text_length(&text, limits)?;
+            }
             Ok(ClientFrame::Message {
                 client_message_id,
                 text,
+                attachments,
             })
         }
         ClientFrame::Typing { on } => Ok(ClientFrame::Typing { on }),
@@ -345,6 +418,12 @@ pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, Fr
             }
             Ok(ClientFrame::Read { event_id })
         }
+        ClientFrame::Contact { email } => match omni_model::Handle::email(&email) {
+            Ok(handle) => Ok(ClientFrame::Contact {
+                email: handle.value().to_owned(),
+            }),
+            Err(e) => Err(FrameError::InvalidEmail(shown(&e.to_string()))),
+        },
     }
 }
 
@@ -357,12 +436,26 @@ pub fn is_client_message_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether `id` names an upload: its SHA-256 as 64 lowercase hex digits,
+/// the form the attachment store keys files by.
+pub fn is_attachment_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A message text must carry something besides whitespace and stay within
 /// [`Limits::max_text_chars`].
 pub fn check_text(text: &str, limits: &Limits) -> Result<(), FrameError> {
     if text.trim().is_empty() {
         return Err(FrameError::EmptyMessage);
     }
+    check_text_length(text, limits)
+}
+
+/// The length bound alone: the caption of attachments may be empty.
+pub fn check_text_length(text: &str, limits: &Limits) -> Result<(), FrameError> {
     let chars = text.chars().count();
     if chars > limits.max_text_chars {
         return Err(FrameError::TextTooLong {
@@ -443,6 +536,7 @@ mod tests {
             ClientFrame::Message {
                 client_message_id: "m-1_a".to_owned(),
                 text: "سلام، خوبی؟".to_owned(),
+                attachments: Vec::new(),
             }
         );
         assert_eq!(
@@ -650,6 +744,77 @@ mod tests {
     }
 
     #[test]
+    fn message_attachments_are_checked_and_allow_an_empty_caption() {
+        let id = "0123456789abcdef".repeat(4);
+        let frame = |text: &str, ids: &[&str]| {
+            let attachments: Vec<Value> =
+                ids.iter().map(|id| serde_json::json!({"id": id})).collect();
+            serde_json::json!({"type": "message", "client_message_id": "m1", "text": text,
+                               "attachments": attachments})
+            .to_string()
+        };
+        assert_eq!(
+            parse(&frame("", &[&id, &id.replace('0', "f")])).unwrap(),
+            ClientFrame::Message {
+                client_message_id: "m1".into(),
+                text: String::new(),
+                attachments: vec![
+                    AttachmentRef { id: id.clone() },
+                    AttachmentRef {
+                        id: id.replace('0', "f")
+                    },
+                ],
+            }
+        );
+        // Unknown fields of an attachment are ignored, like the frame's.
+        let extra = format!(
+            r#"{{"type":"message","client_message_id":"m1","text":"hi","attachments":[{{"id":"{id}","name":"x.png"}}]}}"#
+        );
+        assert!(parse(&extra).is_ok());
+        assert_eq!(code(&frame("", &[])), "empty_message");
+        assert_eq!(code(&frame(" ", &[])), "empty_message");
+        assert_eq!(
+            code(&frame("", &[id.as_str(); MAX_ATTACHMENTS + 1])),
+            "too_many_attachments"
+        );
+        assert!(parse(&frame("", &[id.as_str(); MAX_ATTACHMENTS])).is_ok());
+        for bad in [
+            "",
+            "abc",
+            &id.to_uppercase(),
+            &format!("{id}0"),
+            &id[1..],
+            &id.replace('a', "g"),
+            "../../../../etc/passwd",
+        ] {
+            assert_eq!(
+                code(&frame("hi", &[&id, bad])),
+                "invalid_attachment_id",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            code(
+                r#"{"type":"message","client_message_id":"m1","text":"hi","attachments":[{"id":7}]}"#
+            ),
+            "invalid_frame"
+        );
+        assert_eq!(
+            code(r#"{"type":"message","client_message_id":"m1","text":"hi","attachments":"x"}"#),
+            "invalid_frame"
+        );
+        // The caption keeps its length bound.
+        let limits = Limits {
+            max_text_chars: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_client_frame(&frame("abcd", &[&id]), &limits),
+            Err(FrameError::TextTooLong { chars: 4, max: 3 })
+        );
+    }
+
+    #[test]
     fn bad_locales_are_dropped() {
         for locale in ["", "fa IR", "<script>", &"a".repeat(36)] {
             let json = serde_json::json!({"type": "hello", "locale": locale});
@@ -677,6 +842,37 @@ mod tests {
     }
 
     #[test]
+    fn contact_addresses_are_normalized_or_refused() {
+        let limits = Limits::default();
+        let parse = |email: &str| {
+            parse_client_frame(
+                &serde_json::json!({"type": "contact", "email": email}).to_string(),
+                &limits,
+            )
+        };
+        assert_eq!(
+            parse("  Ana.Lima@Example.COM ").unwrap(),
+            ClientFrame::Contact {
+                email: "ana.lima@example.com".into()
+            }
+        );
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@example.com",
+            "a b@example.com",
+            "ana@exa mple.com",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code(), "invalid_email", "{bad:?}");
+        }
+        let long = format!("{}@example.com", "a".repeat(300));
+        let error = parse(&long).unwrap_err();
+        assert_eq!(error.code(), "invalid_email");
+        assert!(error.to_string().chars().count() < 150, "{error}");
+    }
+
+    #[test]
     fn server_frames_have_the_documented_json() {
         let sent_at = Timestamp {
             seconds: 1_738_315_800,
@@ -688,8 +884,27 @@ mod tests {
                     visitor_id: "v_x".into(),
                     visitor_token: "t".into(),
                     identity: IdentityStatus::None,
+                    contact_email: None,
+                    email_replies: false,
                 },
                 serde_json::json!({"type":"welcome","visitor_id":"v_x","visitor_token":"t","identity":"none"}),
+            ),
+            (
+                ServerFrame::Welcome {
+                    visitor_id: "v_x".into(),
+                    visitor_token: "t".into(),
+                    identity: IdentityStatus::Unverified,
+                    contact_email: Some("ana@example.com".into()),
+                    email_replies: true,
+                },
+                serde_json::json!({"type":"welcome","visitor_id":"v_x","visitor_token":"t",
+                    "identity":"unverified","contact_email":"ana@example.com","email_replies":true}),
+            ),
+            (
+                ServerFrame::Contact {
+                    email: "ana@example.com".into(),
+                },
+                serde_json::json!({"type":"contact","email":"ana@example.com"}),
             ),
             (
                 ServerFrame::History {
@@ -700,6 +915,7 @@ mod tests {
                             text: "hi".into(),
                             sent_at,
                             client_message_id: Some("m1".into()),
+                            attachments: Vec::new(),
                         },
                         HistoryEntry {
                             event_id: "e2".into(),
@@ -707,12 +923,18 @@ mod tests {
                             text: "hello".into(),
                             sent_at,
                             client_message_id: None,
+                            attachments: vec![HistoryAttachment {
+                                name: "invoice.pdf".into(),
+                                media_type: "application/pdf".into(),
+                                size: 2048,
+                            }],
                         },
                     ],
                 },
                 serde_json::json!({"type":"history","messages":[
                     {"event_id":"e1","direction":"inbound","text":"hi","sent_at":"2025-01-31T09:30:00+00:00","client_message_id":"m1"},
-                    {"event_id":"e2","direction":"outbound","text":"hello","sent_at":"2025-01-31T09:30:00+00:00"}]}),
+                    {"event_id":"e2","direction":"outbound","text":"hello","sent_at":"2025-01-31T09:30:00+00:00",
+                     "attachments":[{"name":"invoice.pdf","media_type":"application/pdf","size":2048}]}]}),
             ),
             (
                 ServerFrame::Ack {
@@ -756,6 +978,14 @@ mod tests {
             ClientFrame::Message {
                 client_message_id: "x".into(),
                 text: "y".into(),
+                attachments: Vec::new(),
+            },
+            ClientFrame::Message {
+                client_message_id: "x".into(),
+                text: String::new(),
+                attachments: vec![AttachmentRef {
+                    id: "ab".repeat(32),
+                }],
             },
             ClientFrame::Hello {
                 visitor_id: Some("v_0123456789ABCDEFGHIJab".into()),

@@ -3,6 +3,7 @@
 //! and replies pushed by the channel's outbound sender through the hub.
 
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -12,11 +13,14 @@ use omni_connector::{ChannelState, EventSender, StateUpdate};
 use tokio::sync::mpsc;
 
 use crate::{
+    address::AddressLimiter,
     history::History,
     hub::{Full, Hub, QUEUE},
     identity::{self, IdentityCheck, SenderIdentity},
     normalize::{self, ChatContext},
-    protocol::{self, ClientFrame, Limits, ServerFrame},
+    offline::{self, Contact, OfflineMail},
+    protocol::{self, AttachmentRef, ClientFrame, Limits, ServerFrame},
+    upload,
 };
 
 /// WebSocket's "policy violation": a connection that does not open with
@@ -38,12 +42,16 @@ pub struct Channel {
     pub require_identity: bool,
     pub limits: Limits,
     pub messages_per_minute: u32,
+    /// Messages per minute of all connections from one address.
+    pub addresses: AddressLimiter,
     pub idle_timeout: Duration,
     pub sender: EventSender,
     pub state: ChannelState,
     pub hub: Hub,
     pub history: History,
     pub metrics: crate::events::ChatMetrics,
+    /// Where replies the visitor did not see are emailed, if anywhere.
+    pub offline: Option<OfflineMail>,
 }
 
 /// A close frame with `code` and a short reason.
@@ -54,8 +62,9 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// Serves one upgraded connection until it closes.
-pub async fn serve(channel: Arc<Channel>, mut socket: WebSocket) {
+/// Serves one upgraded connection, from `address` when known, until it
+/// closes.
+pub async fn serve(channel: Arc<Channel>, mut socket: WebSocket, address: Option<IpAddr>) {
     if channel.hub.admit().is_err() {
         let _ = socket
             .send(close(
@@ -65,14 +74,18 @@ pub async fn serve(channel: Arc<Channel>, mut socket: WebSocket) {
             .await;
         return;
     }
-    let outcome = run(&channel, &mut socket).await;
+    let outcome = run(&channel, &mut socket, address).await;
     if let Some((code, reason)) = outcome {
         let _ = socket.send(close(code, reason)).await;
     }
 }
 
 /// The connection's life; the close to send, if the channel ends it.
-async fn run(channel: &Channel, socket: &mut WebSocket) -> Option<(u16, &'static str)> {
+async fn run(
+    channel: &Channel,
+    socket: &mut WebSocket,
+    address: Option<IpAddr>,
+) -> Option<(u16, &'static str)> {
     let Ok(Some(Ok(Message::Text(first)))) =
         tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await
     else {
@@ -110,7 +123,7 @@ async fn run(channel: &Channel, socket: &mut WebSocket) -> Option<(u16, &'static
         channel.hub.leave();
         return Some((protocol::CLOSE_IDENTITY_REFUSED, "identity_refused"));
     }
-    let sender = checked.sender(claimed.as_ref());
+    let identity = checked.sender(claimed.as_ref());
     let (frames, mut queued) = mpsc::channel(QUEUE);
     let tab = match channel.hub.register(&visitor, frames) {
         Ok(tab) => tab,
@@ -122,9 +135,12 @@ async fn run(channel: &Channel, socket: &mut WebSocket) -> Option<(u16, &'static
     let outcome = converse(
         channel,
         socket,
-        &visitor,
-        &checked,
-        sender.as_ref(),
+        Visitor {
+            id: &visitor,
+            address,
+            status: checked.status(),
+            identity,
+        },
         &mut queued,
     )
     .await;
@@ -132,21 +148,78 @@ async fn run(channel: &Channel, socket: &mut WebSocket) -> Option<(u16, &'static
     outcome
 }
 
+/// Who is on a connection, once `hello` is checked.
+struct Visitor<'a> {
+    id: &'a str,
+    address: Option<IpAddr>,
+    status: protocol::IdentityStatus,
+    /// The identity the page passed, checked.
+    identity: Option<SenderIdentity>,
+}
+
+/// The address replies go to while the visitor is away: the one kept for
+/// the visitor, replaced by a signed-in email identity that differs (the
+/// page knows best who is signed in now).
+async fn contact_of(channel: &Channel, visitor: &Visitor<'_>) -> Option<Contact> {
+    let kept = offline::load_contact(&channel.state, visitor.id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(channel = %channel.channel_id, error = %e, "contact address unreadable");
+            None
+        });
+    let signed_in = visitor
+        .identity
+        .as_ref()
+        .filter(|i| i.handle.kind() == omni_model::HandleKind::Email)
+        .map(|i| Contact {
+            email: i.handle.value().to_owned(),
+            name: i.name.clone(),
+        });
+    match signed_in {
+        Some(contact) if kept.as_ref() != Some(&contact) => {
+            if let Err(e) = offline::save_contact(&channel.state, visitor.id, &contact).await {
+                tracing::warn!(channel = %channel.channel_id, error = %e, "contact address not kept");
+            }
+            Some(contact)
+        }
+        _ => kept,
+    }
+}
+
+/// The identity on the visitor's messages: the page's, else the address
+/// the visitor left, as an unverified claim.
+fn sender_of(
+    identity: Option<&SenderIdentity>,
+    contact: Option<&Contact>,
+) -> Option<SenderIdentity> {
+    identity.cloned().or_else(|| {
+        let contact = contact?;
+        Some(SenderIdentity {
+            handle: omni_model::Handle::email(&contact.email).ok()?,
+            verified: false,
+            name: contact.name.clone(),
+        })
+    })
+}
+
 /// After `hello`: welcome, history, then frames both ways.
 async fn converse(
     channel: &Channel,
     socket: &mut WebSocket,
-    visitor: &str,
-    checked: &IdentityCheck,
-    sender: Option<&SenderIdentity>,
+    visitor: Visitor<'_>,
     queued: &mut mpsc::Receiver<ServerFrame>,
 ) -> Option<(u16, &'static str)> {
+    let mut contact = contact_of(channel, &visitor).await;
+    let mut sender = sender_of(visitor.identity.as_ref(), contact.as_ref());
     let welcome = ServerFrame::Welcome {
-        visitor_id: visitor.to_owned(),
-        visitor_token: identity::visitor_token(channel.secret.expose(), visitor),
-        identity: checked.status(),
+        visitor_id: visitor.id.to_owned(),
+        visitor_token: identity::visitor_token(channel.secret.expose(), visitor.id),
+        identity: visitor.status,
+        contact_email: contact.as_ref().map(|c| c.email.clone()),
+        email_replies: channel.offline.is_some(),
     };
-    let messages = channel.history.load(visitor).await.unwrap_or_default();
+    let visitor_id = visitor.id;
+    let messages = channel.history.load(visitor_id).await.unwrap_or_default();
     for frame in [welcome, ServerFrame::History { messages }] {
         if socket
             .send(Message::Text(frame.to_text().into()))
@@ -200,6 +273,7 @@ async fn converse(
             ClientFrame::Message {
                 client_message_id,
                 text,
+                attachments,
             } => {
                 // A fixed one-minute window: over the limit is refused, at
                 // twice the limit the connection is closed.
@@ -210,7 +284,10 @@ async fn converse(
                 if window.1 > 2 * channel.messages_per_minute {
                     return Some((protocol::CLOSE_RATE_LIMITED, "rate_limited"));
                 }
-                if window.1 > channel.messages_per_minute {
+                let address_allows = visitor
+                    .address
+                    .is_none_or(|address| channel.addresses.allow(address, Instant::now()));
+                if window.1 > channel.messages_per_minute || !address_allows {
                     send_error(
                         channel,
                         socket,
@@ -221,7 +298,15 @@ async fn converse(
                     .await;
                     continue;
                 }
-                let reply = accept(channel, visitor, sender, &client_message_id, &text).await;
+                let reply = accept(
+                    channel,
+                    visitor_id,
+                    sender.as_ref(),
+                    &client_message_id,
+                    &text,
+                    &attachments,
+                )
+                .await;
                 if socket
                     .send(Message::Text(reply.to_text().into()))
                     .await
@@ -245,11 +330,48 @@ async fn converse(
                 // helpdesk's "typing…" without an event per keystroke.
                 if on && typing.is_none_or(|at| at.elapsed() >= TYPING_EVERY) {
                     typing = Some(Instant::now());
-                    activity(channel, visitor, "typing", Vec::new()).await;
+                    activity(channel, visitor_id, "typing", Vec::new()).await;
                 }
             }
             ClientFrame::Read { event_id } => {
-                activity(channel, visitor, "read", vec![("event_id", event_id)]).await;
+                if channel.offline.is_some() {
+                    // Read in time: the mailer will not email it.
+                    let mark = StateUpdate {
+                        seen: vec![offline::read_mark(&event_id)],
+                        ..StateUpdate::default()
+                    };
+                    if let Err(e) = channel.state.commit(mark).await {
+                        tracing::warn!(channel = %channel.channel_id, error = %e, "read not kept");
+                    }
+                }
+                activity(channel, visitor_id, "read", vec![("event_id", event_id)]).await;
+            }
+            ClientFrame::Contact { email } => {
+                let left = Contact {
+                    email,
+                    name: sender.as_ref().and_then(|s| s.name.clone()),
+                };
+                let frame = match offline::save_contact(&channel.state, visitor_id, &left).await {
+                    Ok(()) => {
+                        let frame = ServerFrame::Contact {
+                            email: left.email.clone(),
+                        };
+                        contact = Some(left);
+                        sender = sender_of(visitor.identity.as_ref(), contact.as_ref());
+                        frame
+                    }
+                    Err(e) => {
+                        channel.metrics.refused("state_unavailable");
+                        ServerFrame::error("state_unavailable", e.to_string())
+                    }
+                };
+                if socket
+                    .send(Message::Text(frame.to_text().into()))
+                    .await
+                    .is_err()
+                {
+                    return None;
+                }
             }
         }
     }
@@ -263,12 +385,46 @@ async fn accept(
     sender: Option<&SenderIdentity>,
     client_message_id: &str,
     text: &str,
+    attachments: &[AttachmentRef],
 ) -> ServerFrame {
     let cx = ChatContext {
         channel_id: &channel.channel_id,
         received_at: omni_proto::timestamp(SystemTime::now()),
     };
-    let event = match normalize::message_event(&cx, visitor, sender, client_message_id, text) {
+    // Only files this visitor uploaded: the records are keyed by visitor,
+    // so another visitor's file id (or a guess) is unknown here.
+    let files = if attachments.is_empty() {
+        Vec::new()
+    } else {
+        let keys = attachments
+            .iter()
+            .map(|a| upload::record_key(visitor, &a.id))
+            .collect();
+        let records = match channel.state.get_many(keys).await {
+            Ok(records) => records,
+            Err(e) => {
+                channel.metrics.refused("state_unavailable");
+                return ServerFrame::Error {
+                    code: "state_unavailable".into(),
+                    message: e.to_string(),
+                    client_message_id: Some(client_message_id.to_owned()),
+                };
+            }
+        };
+        match upload::resolve(attachments, records) {
+            Ok(files) => files,
+            Err(unknown) => {
+                channel.metrics.refused("unknown_attachment");
+                return ServerFrame::Error {
+                    code: "unknown_attachment".into(),
+                    message: format!("attachment {unknown} was not uploaded by this visitor"),
+                    client_message_id: Some(client_message_id.to_owned()),
+                };
+            }
+        }
+    };
+    let event = match normalize::message_event(&cx, visitor, sender, client_message_id, text, files)
+    {
         Ok(event) => event,
         Err(error) => {
             channel.metrics.refused(error.code);
@@ -314,6 +470,7 @@ async fn accept(
     let update = StateUpdate {
         puts: Vec::new(),
         seen: vec![event_id],
+        deletes: Vec::new(),
     };
     if let Err(e) = channel.state.commit(update).await {
         tracing::warn!(channel = %channel.channel_id, error = %e, "message stored, but not marked seen");

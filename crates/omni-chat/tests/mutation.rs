@@ -3,7 +3,8 @@
 //! refuses with a documented code, and what it accepts is within bounds.
 
 use omni_chat::protocol::{
-    ClientFrame, FrameError, Limits, is_client_message_id, parse_client_frame,
+    ClientFrame, FrameError, Limits, MAX_ATTACHMENTS, is_attachment_id, is_client_message_id,
+    parse_client_frame,
 };
 use omni_testkit::corpus::Rng;
 
@@ -12,7 +13,9 @@ const SAMPLES: &[&str] = &[
     r#"{"type":"hello","visitor_id":"v_0123456789ABCDEFGHIJab","visitor_token":"5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843","identity":{"kind":"email","value":"ana@example.com","name":"Ana","hash":"5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},"locale":"fa-IR"}"#,
     r#"{"type":"message","client_message_id":"m-1","text":"سلام، سفارش ۱۲۳ کجاست؟"}"#,
     r#"{"type":"message","client_message_id":"m_2","text":"مرحبا \"quoted\" \\ \u0000 \ud83d\ude00"}"#,
+    r#"{"type":"message","client_message_id":"m-3","text":"","attachments":[{"id":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},{"id":"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}]}"#,
     r#"{"type":"typing","on":true}"#,
+    r#"{"type":"contact","email":"Zoë.Lima+chat@Bücher.Example"}"#,
     r#"{"type":"read","event_id":"6f1c1b9e-1f5d-5c1a-9a7e-2b1f3c4d5e6f"}"#,
     r#"{"type":"typing","on":false,"future":{"nested":[1,[2,[3]]],"s":"[[[{{{"}}"#,
 ];
@@ -90,12 +93,15 @@ fn check_accepted(frame: &ClientFrame, limits: &Limits) {
         ClientFrame::Message {
             client_message_id,
             text,
+            attachments,
         } => {
             assert!(
                 is_client_message_id(client_message_id),
                 "{client_message_id:?}"
             );
-            assert!(!text.trim().is_empty());
+            assert!(!text.trim().is_empty() || !attachments.is_empty());
+            assert!(attachments.len() <= MAX_ATTACHMENTS);
+            assert!(attachments.iter().all(|a| is_attachment_id(&a.id)));
             assert!(text.chars().count() <= limits.max_text_chars);
         }
         ClientFrame::Read { event_id } => assert_eq!(event_id.len(), 36),
@@ -105,6 +111,11 @@ fn check_accepted(frame: &ClientFrame, limits: &Limits) {
             }
         }
         ClientFrame::Typing { .. } => {}
+        ClientFrame::Contact { email } => {
+            // Kept normalized: normalizing again changes nothing.
+            let again = omni_model::Handle::email(email).expect("a kept address parses");
+            assert_eq!(again.value(), email);
+        }
     }
 }
 

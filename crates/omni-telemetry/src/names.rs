@@ -35,3 +35,4 @@ pub const META_UPDATES_TOTAL: &str = "omnid_meta_updates_total";
 pub const CHAT_CONNECTIONS: &str = "omnid_chat_connections";
 pub const CHAT_REFUSALS_TOTAL: &str = "omnid_chat_refusals_total";
 pub const CHAT_MESSAGES_TOTAL: &str = "omnid_chat_messages_total";
+pub const CHAT_OFFLINE_REPLIES_TOTAL: &str = "omnid_chat_offline_replies_total";
