@@ -13,7 +13,10 @@
 //! - a page from an origin not allowed is refused with close code 4003;
 //! - the widget itself, in headless Chromium: the demo page in Persian,
 //!   a message acknowledged, an agent's reply in two tabs, the history
-//!   after a reload, and screenshots left to right and right to left.
+//!   after a reload, a PNG chosen with the paperclip and sent (the event
+//!   names the stored file), the email for replies while away left and
+//!   shown after a reload, and screenshots left to right and right to
+//!   left.
 
 use std::time::Duration;
 
@@ -458,6 +461,191 @@ async fn reply(daemon: &Daemon, visitor: &str, text: &str, id: &str) -> String {
         .to_owned()
 }
 
+/// Delivery statuses of the chat's replies, by provider status.
+fn chat_statuses(deployment: &Deployment) -> Vec<String> {
+    deployment
+        .channel_records("inbound", CHAT)
+        .into_iter()
+        .filter(|r| r["value"]["kind"] == "EVENT_KIND_DELIVERY_STATUS")
+        .map(|r| {
+            r["value"]["delivery"]["providerStatus"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_visitor_misses_is_emailed_once_across_a_kill() {
+    let smtp = omni_testkit::SmtpSink::start();
+    let deployment = deployment(
+        "[offline_email]\nchannel = \"support-mail\"\nafter_secs = 3\n\
+         subject = \"Your chat with Acme\"\n",
+    );
+    deployment.write_channel(
+        "support-mail",
+        &format!(
+            "id = \"support-mail\"\nkind = \"email\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+             tls = \"none\"\nfrom = \"Acme Support <support@acme.example>\"\ntimeout_secs = 5\n",
+            smtp.port()
+        ),
+    );
+    let mut daemon = deployment.start();
+
+    // Ana leaves her address and a message, then closes the tab.
+    let mut ana = connect(&daemon, SHOP).await;
+    let (welcome, _) = hello(&mut ana, None, Value::Null).await;
+    assert!(welcome.get("contact_email").is_none(), "{welcome}");
+    assert_eq!(welcome["email_replies"], true, "the widget offers its form");
+    let ana_id = welcome["visitor_id"].as_str().unwrap().to_owned();
+    let ana_token = welcome["visitor_token"].as_str().unwrap().to_owned();
+    send(
+        &mut ana,
+        json!({ "type": "contact", "email": "not an address" }),
+    )
+    .await;
+    let refused = next(&mut ana).await.unwrap();
+    assert_eq!(refused["code"], "invalid_email", "{refused}");
+    send(
+        &mut ana,
+        json!({ "type": "contact", "email": " Ana.Lima@Example.COM" }),
+    )
+    .await;
+    let saved = next(&mut ana).await.unwrap();
+    assert_eq!(
+        saved,
+        json!({ "type": "contact", "email": "ana.lima@example.com" })
+    );
+    let ack = message(&mut ana, "a-1", "Is the blue kettle back in stock?").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    drop(ana);
+    // Her message carries the address as an unverified claim.
+    let stored = inbound(&deployment);
+    let claims = &stored[0]["value"]["senderIdentities"];
+    assert_eq!(claims[0]["kind"], "HANDLE_KIND_EMAIL", "{claims}");
+    assert_eq!(claims[0]["value"], "ana.lima@example.com");
+    assert!(claims[0]["verified"].as_bool() != Some(true), "{claims}");
+
+    // Sara, signed in by email, will come back and read hers in time.
+    let mut sara = connect(&daemon, SHOP).await;
+    let (welcome, _) = hello(&mut sara, None, signed("email", "sara@shop.example")).await;
+    assert_eq!(welcome["contact_email"], "sara@shop.example", "{welcome}");
+    let sara_id = welcome["visitor_id"].as_str().unwrap().to_owned();
+    let sara_token = welcome["visitor_token"].as_str().unwrap().to_owned();
+    drop(sara);
+
+    // Replies to both while neither has a tab open; the daemon is killed
+    // with both queued for email.
+    let to_ana = reply(&daemon, &ana_id, "Yes, it is back: 4 left.", "r-ana").await;
+    let to_sara = reply(&daemon, &sara_id, "Your refund is on its way.", "r-sara").await;
+    daemon
+        .eventually(
+            "both replies stored for the next visit",
+            Duration::from_secs(20),
+            || {
+                let stored = chat_statuses(&deployment)
+                    .iter()
+                    .filter(|s| s.starts_with("stored for the visitor"))
+                    .count();
+                (stored == 2).then_some(())
+            },
+        )
+        .await;
+    daemon.kill9();
+    assert!(
+        smtp.received().is_empty(),
+        "nothing emailed before its time"
+    );
+    let daemon = deployment.start();
+
+    // Sara comes back and reads hers.
+    let mut sara = connect(&daemon, SHOP).await;
+    let (_, history) = hello(&mut sara, Some((&sara_id, &sara_token)), Value::Null).await;
+    assert_eq!(
+        history["messages"][0]["event_id"],
+        to_sara.as_str(),
+        "{history}"
+    );
+    send(&mut sara, json!({ "type": "read", "event_id": to_sara })).await;
+
+    // Ana stays away: her reply is emailed, once.
+    let received = smtp.wait_for(1, Duration::from_secs(30));
+    assert_eq!(received[0].rcpt_to, ["ana.lima@example.com"]);
+    let mail = String::from_utf8_lossy(&received[0].data);
+    assert!(mail.contains("Subject: Your chat with Acme"), "{mail}");
+    assert!(mail.contains("Yes, it is back: 4 left."), "{mail}");
+    let emails: Vec<Value> = deployment
+        .channel_records("outbound", "support-mail")
+        .into_iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(
+        emails[0]["providerMessageId"],
+        format!("webchat/{CHAT}/{to_ana}").as_str()
+    );
+    // A restart finds nothing more to send, and Sara's stays unsent.
+    drop(daemon);
+    let daemon = deployment.start();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(smtp.received().len(), 1, "emailed once, and only Ana's");
+    let mut ana = connect(&daemon, SHOP).await;
+    let (welcome, history) = hello(&mut ana, Some((&ana_id, &ana_token)), Value::Null).await;
+    assert_eq!(welcome["contact_email"], "ana.lima@example.com");
+    assert_eq!(
+        history["messages"][1]["event_id"],
+        to_ana.as_str(),
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_shares_one_message_budget() {
+    let deployment = deployment("messages_per_minute = 2\nmessages_per_minute_per_address = 3\n");
+    let daemon = deployment.start();
+    let mut first = connect(&daemon, SHOP).await;
+    hello(&mut first, None, Value::Null).await;
+    let mut second = connect(&daemon, SHOP).await;
+    hello(&mut second, None, Value::Null).await;
+    for id in ["f-1", "f-2"] {
+        assert_eq!(message(&mut first, id, "hello").await["type"], "ack");
+    }
+    // Another visitor from the same address: one more, then refused.
+    assert_eq!(message(&mut second, "s-1", "hi").await["type"], "ack");
+    let refused = message(&mut second, "s-2", "hi again").await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited");
+    assert_eq!(refused["client_message_id"], "s-2");
+    assert_eq!(inbound(&deployment).len(), 3);
+}
+
+/// A real 2x2 PNG (blue pixels), as a visitor's photo.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00\x02\x00\x00\x00\x02\x08\x02\
+    \x00\x00\x00\xfd\xd4\x9a\x73\x00\x00\x00\x10IDAT\x78\xda\x63\x50\x09\x3c\x0e\x44\x0c\x10\x0a\
+    \x00\x20\x12\x04\xf1\x5a\xa1\x06\x93\x00\x00\x00\x00IEND\xae\x42\x60\x82";
+
+/// A protobuf `uint64` in JSON: a string, or a number from older writers.
+fn json_u64(value: &Value) -> Option<u64> {
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// Types `email` into the widget's "leave your email" field and presses
+/// its save button.
+async fn leave_email(tab: &omni_testkit::browser::Tab, email: &str) {
+    tab.execute(
+        "const input = document.querySelector('.omnid-chat__contact-input');
+         input.value = arguments[0];
+         input.dispatchEvent(new Event('input', { bubbles: true }));
+         document.querySelector('.omnid-chat__contact-save').click();
+         return true",
+        vec![json!(email)],
+    )
+    .await;
+}
+
 /// Where screenshots go: `OMNID_SCREENSHOT_DIR` (to refresh the ones in
 /// docs/), else a temporary directory.
 fn screenshot(name: &str, png: &[u8]) {
@@ -471,7 +659,9 @@ fn screenshot(name: &str, png: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_widget_in_chromium_sends_receives_and_reloads_its_history() {
     use omni_testkit::browser::Browser;
-    let deployment = deployment("");
+    // Replies are emailed to visitors who are away, so the widget offers
+    // its address form (no reply here stays unread long enough).
+    let deployment = deployment("[offline_email]\nchannel = \"support-mail\"\n");
     let daemon = deployment.start();
     let browser = Browser::start().await;
     let tab = browser.tab().await;
@@ -568,5 +758,197 @@ async fn the_widget_in_chromium_sends_receives_and_reloads_its_history() {
         wait,
     )
     .await;
+
+    // A photo: chosen in the paperclip's file input, uploaded at once (a
+    // chip above the text box), then sent with a caption by the send
+    // button. The event names the stored file by its digest.
+    let files = tempfile::tempdir().unwrap();
+    let photo = files.path().join("label photo.png");
+    std::fs::write(&photo, PNG).unwrap();
+    tab.choose_files(".omnid-chat__picker", &[photo.as_path()])
+        .await;
+    let uploaded = tab
+        .wait_for(
+            "the photo uploaded",
+            "OmnidChatWidget.pendingFiles().length === 1 && OmnidChatWidget.pendingFiles()[0].state === 'ready' && OmnidChatWidget.pendingFiles()[0]",
+            wait,
+        )
+        .await;
+    let digest = omni_testkit::meta::sha256_hex(PNG);
+    assert_eq!(uploaded["id"], digest.as_str(), "{uploaded}");
+    assert_eq!(
+        tab.execute(
+            "return Array.from(document.querySelectorAll('.omnid-chat__pending .omnid-chat__chip-name'), n => n.textContent)",
+            vec![],
+        )
+        .await,
+        json!(["label photo.png"]),
+        "a chip above the text box"
+    );
+    let caption = "Here is the label, it came torn.";
+    tab.execute(
+        "document.querySelector('.omnid-chat__input').value = arguments[0];
+         document.querySelector('.omnid-chat__send').click();
+         return true",
+        vec![json!(caption)],
+    )
+    .await;
+    tab.wait_for(
+        "the photo's message acknowledged",
+        "OmnidChatWidget.messages().filter(m => m.direction === 'inbound' && m.state === 'acked').length === 3",
+        wait,
+    )
+    .await;
+    let stored = inbound(&deployment);
+    let sent = stored
+        .iter()
+        .find(|r| r["value"]["content"]["text"] == caption)
+        .unwrap_or_else(|| panic!("the caption's event: {stored:?}"));
+    let attachments = sent["value"]["content"]["attachments"]
+        .as_array()
+        .unwrap_or_else(|| panic!("attachments on the event: {sent}"));
+    assert_eq!(attachments.len(), 1, "{sent}");
+    assert_eq!(attachments[0]["mediaType"], "image/png", "{sent}");
+    assert_eq!(attachments[0]["sha256"], digest.as_str(), "{sent}");
+    assert_eq!(
+        json_u64(&attachments[0]["size"]),
+        Some(PNG.len() as u64),
+        "{sent}"
+    );
+    assert_eq!(attachments[0]["name"], "label photo.png", "{sent}");
+    let pending = tab
+        .execute(
+            "return [OmnidChatWidget.pendingFiles().length, document.querySelector('.omnid-chat__pending').hidden]",
+            vec![],
+        )
+        .await;
+    assert_eq!(pending, json!([0, true]), "the chips went with the message");
+
+    // Email for replies while away: the form (no address yet), a refused
+    // address shown as such, then a saved one (as the channel normalized
+    // it) in place of the form.
+    let contact_form = "!document.querySelector('.omnid-chat__contact').hidden \
+         && !document.querySelector('.omnid-chat__contact-form').hidden \
+         && document.querySelector('.omnid-chat__contact-saved').hidden";
+    tab.wait_for("the email form", contact_form, wait).await;
+    leave_email(&tab, "ana").await;
+    let refused = tab
+        .wait_for(
+            "the refused address",
+            "!document.querySelector('.omnid-chat__contact-error').hidden \
+             && document.querySelector('.omnid-chat__contact-error').textContent",
+            wait,
+        )
+        .await;
+    assert_eq!(refused, "That doesn\u{2019}t look like an email address.");
+    assert_eq!(
+        tab.execute(
+            "return document.querySelector('.omnid-chat__contact-input').getAttribute('aria-invalid')",
+            vec![]
+        )
+        .await,
+        "true"
+    );
+    leave_email(&tab, "  Ana@Example.COM ").await;
+    let saved_line = "OmnidChatWidget.contactEmail() === 'ana@example.com' \
+         && document.querySelector('.omnid-chat__contact-form').hidden \
+         && !document.querySelector('.omnid-chat__contact-saved').hidden \
+         && document.querySelector('.omnid-chat__contact-text').textContent";
+    let saved = tab.wait_for("the saved address", saved_line, wait).await;
+    assert_eq!(
+        saved,
+        "We\u{2019}ll email ana@example.com if you\u{2019}re away"
+    );
+    // "change" opens the form again, with the address in it.
+    let reopened = tab
+        .execute(
+            "document.querySelector('.omnid-chat__contact-change').click();
+             return [document.querySelector('.omnid-chat__contact-form').hidden,
+                     document.querySelector('.omnid-chat__contact-input').value,
+                     document.activeElement === document.querySelector('.omnid-chat__contact-input')]",
+            vec![],
+        )
+        .await;
+    assert_eq!(reopened, json!([false, "ana@example.com", true]));
+    leave_email(&tab, "ana@example.com").await;
+    tab.wait_for("the address saved again", saved_line, wait)
+        .await;
+
+    // A message the socket cannot carry waits in the outbox with its
+    // file's id (and name, to show it), and goes with it on the next
+    // connection: here the one after a reload.
+    let receipt = files.path().join("receipt.png");
+    std::fs::write(&receipt, PNG).unwrap();
+    tab.choose_files(".omnid-chat__picker", &[receipt.as_path()])
+        .await;
+    tab.wait_for(
+        "the receipt uploaded",
+        "OmnidChatWidget.pendingFiles().length === 1 && OmnidChatWidget.pendingFiles()[0].state === 'ready'",
+        wait,
+    )
+    .await;
+    let outbox = tab
+        .execute(
+            "WebSocket.prototype.send = function () { throw new Error('the network is gone'); };
+             document.querySelector('.omnid-chat__input').value = 'And the receipt.';
+             document.querySelector('.omnid-chat__send').click();
+             return JSON.parse(localStorage.getItem('omnid-chat:' + arguments[0])).outbox",
+            vec![json!(CHAT)],
+        )
+        .await;
+    assert_eq!(outbox.as_array().map(Vec::len), Some(1), "{outbox}");
+    assert_eq!(outbox[0]["text"], "And the receipt.");
+    assert_eq!(
+        outbox[0]["attachments"],
+        json!([{ "id": digest.as_str(), "name": "receipt.png", "media_type": "image/png", "size": PNG.len() }]),
+    );
+
+    // After a reload the outbox is resent, the welcome brings the address
+    // (no form), and the history the photos' chips.
+    tab.reload().await;
+    tab.wait_for(
+        "the saved address after a reload",
+        &format!("window.OmnidChatWidget && OmnidChatWidget.status() === 'online' && {saved_line}"),
+        wait,
+    )
+    .await;
+    tab.wait_for(
+        "the receipt's message acknowledged",
+        "OmnidChatWidget.messages().some(m => m.text === 'And the receipt.' && m.state === 'acked')",
+        wait,
+    )
+    .await;
+    let stored = inbound(&deployment);
+    let resent: Vec<&Value> = stored
+        .iter()
+        .filter(|r| r["value"]["content"]["text"] == "And the receipt.")
+        .collect();
+    assert_eq!(resent.len(), 1, "{stored:?}");
+    let attachments = &resent[0]["value"]["content"]["attachments"];
+    assert_eq!(attachments[0]["name"], "receipt.png", "{attachments}");
+    assert_eq!(attachments[0]["sha256"], digest.as_str(), "{attachments}");
+    let with_photo = tab
+        .wait_for(
+            "the photo in the history",
+            &format!(
+                "OmnidChatWidget.messages().find(m => m.text === {caption:?} && m.state === 'acked' && m.attachments.length)"
+            ),
+            wait,
+        )
+        .await;
+    assert_eq!(
+        with_photo["attachments"],
+        json!([{ "name": "label photo.png", "media_type": "image/png", "size": PNG.len() }]),
+        "{with_photo}"
+    );
+    assert_eq!(
+        tab.execute(
+            "return Array.from(document.querySelectorAll('.omnid-chat__list .omnid-chat__chip-name'), n => n.textContent)",
+            vec![],
+        )
+        .await,
+        json!(["label photo.png", "receipt.png"]),
+        "the chips in the conversation"
+    );
     screenshot("webchat-ltr.png", &tab.screenshot_png().await);
 }

@@ -3,7 +3,7 @@
 //!
 //! WebDriver over plain HTTP with `reqwest` rather than a WebDriver or CDP
 //! client crate: the handful of commands a test needs (navigate, execute a
-//! script, new window, screenshot) are one JSON request each, and a test
+//! script, new window, screenshot, choose a file) are one JSON request each, and a test
 //! harness gains nothing from a large async dependency tree it would have
 //! to keep in step with Chromium.
 //!
@@ -23,7 +23,7 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, Instant},
@@ -53,6 +53,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many free ports chromedriver is tried on: the port is free when
 /// picked, not reserved, so a parallel test can take it first.
 const START_ATTEMPTS: usize = 5;
+/// The key of a W3C WebDriver element reference (`{"element-6066-...": id}`).
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium under a private chromedriver, with one WebDriver
 /// session. Tabs keep the browser alive; it is shut down (session deleted,
@@ -356,6 +358,43 @@ impl Tab {
             .unwrap_or_else(|e| panic!("GET /screenshot: invalid base64: {e}"))
     }
 
+    /// Chooses `files` in the `<input type=file>` that `css_selector`
+    /// finds, as a visitor picking them in the file dialog would (the page
+    /// gets its `input` and `change` events). WebDriver's "send keys" with
+    /// the paths, one per line: the only way a page's file input can be
+    /// given a file, since scripts may not set its value. The input may be
+    /// hidden behind a button of the page's own.
+    ///
+    /// # Panics
+    ///
+    /// If nothing matches, the element is not a file input, or a file does
+    /// not exist.
+    pub async fn choose_files(&self, css_selector: &str, files: &[&Path]) {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                Some(&json!({ "using": "css selector", "value": css_selector })),
+            )
+            .await
+            .unwrap_or_else(|e| self.session.fail(e));
+        let Some(element) = found.get(ELEMENT_KEY).and_then(Value::as_str) else {
+            panic!("POST /element {css_selector:?}: reply without an element: {found}");
+        };
+        let text = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(&json!({ "text": text })),
+        )
+        .await
+        .unwrap_or_else(|e| self.session.fail(e));
+    }
+
     async fn try_execute(
         &self,
         endpoint: &str,
@@ -637,6 +676,20 @@ mod tests {
     const OTHER: &str = r#"<!doctype html>
 <html><head><title>other page</title></head><body>other</body></html>"#;
 
+    /// A hidden file input that reports what was chosen, as the chat
+    /// widget's behind its paperclip button.
+    const UPLOAD: &str = r#"<!doctype html>
+<html><head><title>upload</title></head>
+<body><input type="file" id="pick" multiple hidden>
+<script>
+  document.getElementById("pick").addEventListener("change", async (ev) => {
+    const files = Array.from(ev.target.files);
+    const texts = await Promise.all(files.map((f) => f.text()));
+    document.body.dataset.chosen = JSON.stringify(files.map((f, i) => [f.name, f.size, texts[i]]));
+  });
+</script>
+</body></html>"#;
+
     /// Serves `/` and `/other` on a free loopback port, on the test's
     /// runtime (which runs it while the test awaits chromedriver).
     async fn serve() -> String {
@@ -646,7 +699,8 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/", get(|| async { Html(PAGE) }))
-            .route("/other", get(|| async { Html(OTHER) }));
+            .route("/other", get(|| async { Html(OTHER) }))
+            .route("/upload", get(|| async { Html(UPLOAD) }));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         format!("http://{address}")
     }
@@ -766,6 +820,33 @@ mod tests {
             "second tab"
         );
         assert_ne!(first.handle, second.handle);
+    }
+
+    #[tokio::test]
+    async fn files_are_chosen_in_a_hidden_file_input() {
+        let base = serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first.txt");
+        let second = dir.path().join("second file.txt");
+        fs::write(&first, "one").unwrap();
+        fs::write(&second, "and two").unwrap();
+        let browser = Browser::start().await;
+        let tab = browser.tab().await;
+        tab.goto(&format!("{base}/upload")).await;
+
+        tab.choose_files("#pick", &[&first, &second]).await;
+        let chosen = tab
+            .wait_for(
+                "the change event",
+                "document.body.dataset.chosen",
+                Duration::from_secs(10),
+            )
+            .await;
+        let chosen: Value = serde_json::from_str(chosen.as_str().unwrap()).unwrap();
+        assert_eq!(
+            chosen,
+            json!([["first.txt", 3, "one"], ["second file.txt", 7, "and two"]])
+        );
     }
 
     #[tokio::test]
