@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod driver;
 pub mod events;
+pub mod group;
 pub mod handle;
 pub mod json;
 pub mod media;
@@ -34,6 +35,7 @@ pub use connector::{
 pub use driver::{
     EnrichError, Inbound, Parsed, Refusal, Unreadable, WebhookChannel, WebhookDriver,
 };
+pub use group::GroupCommit;
 pub use media::{
     FetchError, Fetched, MediaFetcher, MediaJob, MediaQueue, MediaQueueError, MediaRef,
     MemoryMediaQueue,

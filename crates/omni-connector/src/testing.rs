@@ -107,3 +107,111 @@ pub fn example_channel<C: crate::ChannelConfig>(file: &str) -> C {
     );
     crate::parse_settings(table).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// A [`MemoryStateStore`](crate::state::MemoryStateStore) that records its
+/// transactions, can take a while over each (as an fsync does, so
+/// concurrent writers overlap) and can be told to fail them: what tests of
+/// batched state writes count and break.
+#[derive(Debug, Default)]
+pub struct CountingStateStore {
+    store: crate::state::MemoryStateStore,
+    delay: std::time::Duration,
+    fail: std::sync::atomic::AtomicBool,
+    log: Mutex<CommitLog>,
+}
+
+#[derive(Debug, Default)]
+struct CommitLog {
+    attempts: usize,
+    stored: Vec<crate::StateUpdate>,
+}
+
+impl CountingStateStore {
+    /// Each commit blocks its thread for `delay` before storing.
+    pub fn with_delay(delay: std::time::Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
+
+    /// Makes every later commit fail (false: succeed again).
+    pub fn fail(&self, fail: bool) {
+        self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Transactions attempted, failed ones included.
+    pub fn commits(&self) -> usize {
+        self.log().attempts
+    }
+
+    /// The updates stored, one per successful transaction, in order.
+    pub fn stored(&self) -> Vec<crate::StateUpdate> {
+        self.log().stored.clone()
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, CommitLog> {
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl crate::StateStore for CountingStateStore {
+    fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, crate::state::StateError> {
+        self.store.get(channel, key)
+    }
+
+    fn commit(
+        &self,
+        channel: &str,
+        update: &crate::StateUpdate,
+    ) -> Result<(), crate::state::StateError> {
+        self.log().attempts += 1;
+        std::thread::sleep(self.delay);
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::state::StateError {
+                path: "counting".into(),
+                message: "commit refused by the test".into(),
+            });
+        }
+        self.store.commit(channel, update)?;
+        self.log().stored.push(update.clone());
+        Ok(())
+    }
+
+    fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, crate::state::StateError> {
+        self.store.seen(channel, ids)
+    }
+
+    fn scan(
+        &self,
+        channel: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, crate::state::StateError> {
+        self.store.scan(channel, prefix, limit)
+    }
+
+    fn scan_after(
+        &self,
+        channel: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, crate::state::StateError> {
+        self.store.scan_after(channel, prefix, after, limit)
+    }
+
+    fn prune_seen(
+        &self,
+        older_than_unix_secs: i64,
+        limit: usize,
+    ) -> Result<usize, crate::state::StateError> {
+        self.store.prune_seen(older_than_unix_secs, limit)
+    }
+
+    fn count_seen(&self) -> Result<u64, crate::state::StateError> {
+        self.store.count_seen()
+    }
+}
