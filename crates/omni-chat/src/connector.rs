@@ -13,7 +13,7 @@ use axum::{
 };
 use omni_connector::{
     ChannelConfig, ChannelContext, ConfigError, Connector, ConnectorError, Delivered,
-    DeliveryError, OutboundHandler, Secret, SecretRef,
+    DeliveryError, GroupCommit, OutboundHandler, Secret, SecretRef,
 };
 use omni_proto::v1::{ChannelKind, ConversationEvent, HandleKind};
 
@@ -52,6 +52,7 @@ impl ChannelConfig for WebchatConfig {
 
     fn build(self, context: ChannelContext) -> Result<Arc<dyn Connector>, ConfigError> {
         self.validate()?;
+        let writes = GroupCommit::new(context.state.clone());
         let channel = Arc::new(Channel {
             channel_id: context.channel_id.clone(),
             secret: secret("secret", &self.secret)?,
@@ -72,7 +73,8 @@ impl ChannelConfig for WebchatConfig {
             sender: context.sender.clone(),
             state: context.state.clone(),
             hub: Hub::new(self.max_connections, self.max_connections_per_visitor),
-            history: History::new(context.state.clone(), self.history_messages),
+            history: History::new(writes.clone(), self.history_messages),
+            writes,
             metrics: crate::events::ChatMetrics::register(&context.channel_id),
             offline: self.offline_email.map(|o| OfflineMail {
                 channel: o.channel,

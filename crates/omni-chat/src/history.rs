@@ -40,10 +40,12 @@ fn key(visitor: &str) -> String {
 }
 
 impl History {
-    pub fn new(state: ChannelState, keep: usize) -> Self {
+    /// A history kept in `writes`' state, its writes grouped with the
+    /// channel's other state writes.
+    pub fn new(writes: GroupCommit, keep: usize) -> Self {
         Self {
-            writes: GroupCommit::new(state.clone()),
-            state,
+            state: writes.state().clone(),
+            writes,
             keep,
             visitors: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             stripe_of: RandomState::new(),
@@ -133,7 +135,10 @@ mod tests {
     async fn concurrent_appends_all_land_in_fewer_commits() {
         // Each commit takes 2 ms, as an fsync does, so appends overlap.
         let store = Arc::new(CountingStateStore::with_delay(Duration::from_millis(2)));
-        let history = Arc::new(History::new(ChannelState::new(store.clone(), "chat"), 10));
+        let history = Arc::new(History::new(
+            GroupCommit::new(ChannelState::new(store.clone(), "chat")),
+            10,
+        ));
         let (visitors, each) = (20, 10);
         let tasks: Vec<_> = (0..visitors * each)
             .map(|i| {
@@ -175,7 +180,10 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_is_reported_and_stores_nothing() {
         let store = Arc::new(CountingStateStore::default());
-        let history = History::new(ChannelState::new(store.clone(), "chat"), 10);
+        let history = History::new(
+            GroupCommit::new(ChannelState::new(store.clone(), "chat")),
+            10,
+        );
         store.fail(true);
         assert!(history.append("v", reply("e1".into())).await.is_err());
         store.fail(false);

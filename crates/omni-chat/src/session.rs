@@ -9,7 +9,7 @@ use std::{
 };
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use omni_connector::{ChannelState, EventSender, StateUpdate};
+use omni_connector::{ChannelState, EventSender, GroupCommit, StateUpdate};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -47,6 +47,9 @@ pub struct Channel {
     pub idle_timeout: Duration,
     pub sender: EventSender,
     pub state: ChannelState,
+    /// The channel's state writes that only help (seen and read marks,
+    /// history), grouped into shared transactions.
+    pub writes: GroupCommit,
     pub hub: Hub,
     pub history: History,
     pub metrics: crate::events::ChatMetrics,
@@ -340,7 +343,7 @@ async fn converse(
                         seen: vec![offline::read_mark(&event_id)],
                         ..StateUpdate::default()
                     };
-                    if let Err(e) = channel.state.commit(mark).await {
+                    if let Err(e) = channel.writes.commit(mark).await {
                         tracing::warn!(channel = %channel.channel_id, error = %e, "read not kept");
                     }
                 }
@@ -472,7 +475,7 @@ async fn accept(
         seen: vec![event_id],
         deletes: Vec::new(),
     };
-    if let Err(e) = channel.state.commit(update).await {
+    if let Err(e) = channel.writes.commit(update).await {
         tracing::warn!(channel = %channel.channel_id, error = %e, "message stored, but not marked seen");
     }
     if let Some(entry) = entry
