@@ -7,6 +7,12 @@
 //! transaction, so after any crash the checkpoint never claims more than
 //! the log holds. The worst case is a replay of events whose ids the log
 //! already has, which consumers drop by event id.
+//!
+//! Seen marks are only needed while a duplicate can still arrive (a
+//! provider's retry, a redelivered batch), so the daemon removes old ones
+//! with [`StateStore::prune_seen`]; without that the table would grow with
+//! every message ever received. A mark's age counts from its first
+//! marking: marking an id again does not renew it.
 
 use std::{
     collections::HashMap,
@@ -50,6 +56,103 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+
+    /// Like [`Self::scan`], but only keys after `after` (in byte order):
+    /// how a channel walks a prefix it does not empty as it goes, one
+    /// bounded page at a time. The default reads the whole prefix; the
+    /// daemon's stores override it with a range read.
+    fn scan_after(
+        &self,
+        channel: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut found = self.scan(channel, prefix, usize::MAX)?;
+        found.retain(|(key, _)| key.as_str() > after);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Removes up to `limit` seen marks, of every channel, first made
+    /// before `older_than_unix_secs`, and says how many it removed. Bounded
+    /// so that a caller works through a large backlog in short
+    /// transactions, between which the channels' own commits get their
+    /// turn: call it again until it returns less than `limit`. A store
+    /// that cannot prune answers an error rather than pretending to.
+    fn prune_seen(&self, older_than_unix_secs: i64, limit: usize) -> Result<usize, StateError> {
+        let _ = (older_than_unix_secs, limit);
+        Err(unsupported("pruning seen marks"))
+    }
+
+    /// How many seen marks the store holds, over all channels: a gauge for
+    /// operators, read after pruning. Costs a pass over the marks, so call
+    /// it seldom.
+    fn count_seen(&self) -> Result<u64, StateError> {
+        Err(unsupported("counting seen marks"))
+    }
+}
+
+fn unsupported(what: &str) -> StateError {
+    StateError {
+        path: String::new(),
+        message: format!("this state store does not support {what}"),
+    }
+}
+
+/// Removes old seen marks off the async threads; see
+/// [`StateStore::prune_seen`].
+pub async fn prune_seen(
+    store: Arc<dyn StateStore>,
+    older_than_unix_secs: i64,
+    limit: usize,
+) -> Result<usize, StateError> {
+    blocking(move || store.prune_seen(older_than_unix_secs, limit)).await
+}
+
+/// Counts seen marks off the async threads; see
+/// [`StateStore::count_seen`].
+pub async fn count_seen(store: Arc<dyn StateStore>) -> Result<u64, StateError> {
+    blocking(move || store.count_seen()).await
+}
+
+/// Where the stores read the time they stamp seen marks with (seconds
+/// since the Unix epoch): the system clock, or a test's own, so tests can
+/// age marks without waiting.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        }))
+    }
+
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 /// One channel's view of the store.
@@ -103,6 +206,22 @@ impl ChannelState {
             (self.store.clone(), self.channel.clone(), prefix.to_owned());
         blocking(move || store.scan(&channel, &prefix, limit)).await
     }
+
+    /// See [`StateStore::scan_after`].
+    pub async fn scan_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let (store, channel, prefix, after) = (
+            self.store.clone(),
+            self.channel.clone(),
+            prefix.to_owned(),
+            after.to_owned(),
+        );
+        blocking(move || store.scan_after(&channel, &prefix, &after, limit)).await
+    }
 }
 
 /// The least string greater than every string starting with `prefix`, in
@@ -140,11 +259,16 @@ async fn blocking<T: Send + 'static>(
 /// lookup never waits behind another channel's commit and its fsync (WAL
 /// lets one writer and readers run at once; a read sees every commit that
 /// finished before it began).
+///
+/// Seen marks carry the time they were first made, indexed
+/// (`seen_by_time`), so pruning old ones reads only those, never the whole
+/// table.
 #[derive(Debug)]
 pub struct SqliteStateStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
+    clock: Clock,
 }
 
 impl SqliteStateStore {
@@ -169,7 +293,8 @@ impl SqliteStateStore {
                  PRIMARY KEY (channel, key)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS seen (
                  channel TEXT NOT NULL, id TEXT NOT NULL, seen_at INTEGER NOT NULL,
-                 PRIMARY KEY (channel, id)) WITHOUT ROWID;",
+                 PRIMARY KEY (channel, id)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS seen_by_time ON seen (seen_at);",
         )
         .map_err(fail)?;
         let reader = Connection::open(path).map_err(fail)?;
@@ -180,7 +305,14 @@ impl SqliteStateStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
+            clock: Clock::system(),
         })
+    }
+
+    /// Stamps seen marks with `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn error(&self, e: rusqlite::Error) -> StateError {
@@ -213,9 +345,7 @@ impl StateStore for SqliteStateStore {
 
     fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError> {
         let mut conn = self.conn();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = self.clock.now();
         let tx = conn.transaction().map_err(|e| self.error(e))?;
         {
             let mut put = tx
@@ -302,18 +432,103 @@ impl StateStore for SqliteStateStore {
         };
         rows.map_err(|e| self.error(e))
     }
+
+    fn scan_after(
+        &self,
+        channel: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        // One lower bound, the greater of the two, so the key range is
+        // exactly what the primary key's order walks.
+        let (lower, op) = if after >= prefix {
+            (after, ">")
+        } else {
+            (prefix, ">=")
+        };
+        let conn = self.reader();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let read = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
+        let rows = match prefix_end(prefix) {
+            Some(end) => conn
+                .prepare_cached(&format!(
+                    "SELECT key, value FROM checkpoints
+                     WHERE channel = ?1 AND key {op} ?2 AND key < ?3 ORDER BY key LIMIT ?4"
+                ))
+                .and_then(|mut query| {
+                    query
+                        .query_map(params![channel, lower, end, limit], read)
+                        .and_then(Iterator::collect)
+                }),
+            None => conn
+                .prepare_cached(&format!(
+                    "SELECT key, value FROM checkpoints
+                     WHERE channel = ?1 AND key {op} ?2 ORDER BY key LIMIT ?3"
+                ))
+                .and_then(|mut query| {
+                    query
+                        .query_map(params![channel, lower, limit], read)
+                        .and_then(Iterator::collect)
+                }),
+        };
+        rows.map_err(|e| self.error(e))
+    }
+
+    fn prune_seen(&self, older_than_unix_secs: i64, limit: usize) -> Result<usize, StateError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The subquery walks `seen_by_time`; each row is then removed by
+        // its primary key. One statement, so one short transaction.
+        self.conn()
+            .prepare_cached(
+                "DELETE FROM seen WHERE (channel, id) IN
+                     (SELECT channel, id FROM seen WHERE seen_at < ?1 LIMIT ?2)",
+            )
+            .and_then(|mut delete| delete.execute(params![older_than_unix_secs, limit]))
+            .map_err(|e| self.error(e))
+    }
+
+    fn count_seen(&self) -> Result<u64, StateError> {
+        // A connection of its own: the count reads every mark, and channels'
+        // lookups on the shared reader should not wait behind it.
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| self.error(e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| self.error(e))?;
+        conn.query_row("SELECT count(*) FROM seen", [], |row| row.get::<_, i64>(0))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| self.error(e))
+    }
 }
 
 /// State that lives as long as the process.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
     inner: Mutex<MemoryInner>,
+    clock: Clock,
 }
 
 #[derive(Debug, Default)]
 struct MemoryInner {
     values: HashMap<(String, String), Vec<u8>>,
-    seen: std::collections::HashSet<(String, String)>,
+    /// When each mark was first made.
+    seen: HashMap<(String, String), i64>,
+}
+
+impl MemoryStateStore {
+    /// Stamps seen marks with `clock` instead of the system clock.
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            inner: Mutex::default(),
+            clock,
+        }
+    }
 }
 
 impl StateStore for MemoryStateStore {
@@ -323,6 +538,7 @@ impl StateStore for MemoryStateStore {
     }
 
     fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError> {
+        let now = self.clock.now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for (key, value) in &update.puts {
             inner
@@ -330,7 +546,10 @@ impl StateStore for MemoryStateStore {
                 .insert((channel.into(), key.clone()), value.clone());
         }
         for id in &update.seen {
-            inner.seen.insert((channel.into(), id.clone()));
+            inner
+                .seen
+                .entry((channel.into(), id.clone()))
+                .or_insert(now);
         }
         for key in &update.deletes {
             inner.values.remove(&(channel.into(), key.clone()));
@@ -342,7 +561,7 @@ impl StateStore for MemoryStateStore {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(ids
             .iter()
-            .map(|id| inner.seen.contains(&(channel.into(), id.clone())))
+            .map(|id| inner.seen.contains_key(&(channel.into(), id.clone())))
             .collect())
     }
 
@@ -363,16 +582,65 @@ impl StateStore for MemoryStateStore {
         found.truncate(limit);
         Ok(found)
     }
+
+    fn scan_after(
+        &self,
+        channel: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(String, Vec<u8>)> = inner
+            .values
+            .iter()
+            .filter(|((c, key), _)| c == channel && key.starts_with(prefix) && key.as_str() > after)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    fn prune_seen(&self, older_than_unix_secs: i64, limit: usize) -> Result<usize, StateError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let old: Vec<(String, String)> = inner
+            .seen
+            .iter()
+            .filter(|(_, at)| **at < older_than_unix_secs)
+            .map(|(key, _)| key.clone())
+            .take(limit)
+            .collect();
+        for key in &old {
+            inner.seen.remove(key);
+        }
+        Ok(old.len())
+    }
+
+    fn count_seen(&self) -> Result<u64, StateError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(inner.seen.len() as u64)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
     use super::*;
 
-    /// The contract every store keeps, run against each.
-    async fn contract(store: Arc<dyn StateStore>) {
+    /// A clock the test sets, and the [`Clock`] the stores read it by.
+    fn test_clock(start: i64) -> (Arc<AtomicI64>, Clock) {
+        let now = Arc::new(AtomicI64::new(start));
+        let read = now.clone();
+        (now, Clock::new(move || read.load(Ordering::SeqCst)))
+    }
+
+    /// The contract every store keeps, run against each. `now` is the
+    /// store's clock, at 1000 to begin with.
+    async fn contract(store: Arc<dyn StateStore>, now: &AtomicI64) {
         let a = ChannelState::new(store.clone(), "a");
-        let b = ChannelState::new(store, "b");
+        let b = ChannelState::new(store.clone(), "b");
         assert_eq!(a.get("k").await.unwrap(), None);
         a.commit(StateUpdate {
             puts: vec![("k".into(), b"1".to_vec())],
@@ -452,6 +720,82 @@ mod tests {
             "k, due/002/x, due/003/z, duf"
         );
         assert_eq!(keys(b.scan("due/", 10).await.unwrap()), ["due/000/b"]);
+
+        // Paged scans: strictly after the cursor, within the prefix.
+        assert_eq!(
+            keys(a.scan_after("due/", "due/002/x", 10).await.unwrap()),
+            ["due/003/z"]
+        );
+        assert_eq!(
+            keys(a.scan_after("due/", "", 1).await.unwrap()),
+            ["due/002/x"]
+        );
+        assert_eq!(
+            keys(a.scan_after("due/", "due/002", 1).await.unwrap()),
+            ["due/002/x"]
+        );
+        assert!(
+            a.scan_after("due/", "due/003/z", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let rest: Vec<String> = a
+            .scan_after("", "due/003/z", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(rest, ["duf", "k"]);
+        assert_eq!(
+            keys(b.scan_after("due/", "a", 10).await.unwrap()),
+            ["due/000/b"]
+        );
+
+        // Pruning: marks first made before the cut go, in bounded batches,
+        // from every channel; later ones stay. Marking <m1@x> again later
+        // does not renew it.
+        b.commit(StateUpdate {
+            seen: vec!["old-b".into()],
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+        now.store(5000, Ordering::SeqCst);
+        a.commit(StateUpdate {
+            seen: vec!["new-a".into(), "<m1@x>".into()],
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+        b.commit(StateUpdate {
+            seen: vec!["new-b".into()],
+            ..StateUpdate::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(count_seen(store.clone()).await.unwrap(), 5);
+        assert_eq!(prune_seen(store.clone(), 3000, 0).await.unwrap(), 0);
+        assert_eq!(prune_seen(store.clone(), 3000, 2).await.unwrap(), 2);
+        assert_eq!(count_seen(store.clone()).await.unwrap(), 3);
+        assert_eq!(prune_seen(store.clone(), 3000, 2).await.unwrap(), 1);
+        assert_eq!(prune_seen(store.clone(), 3000, 2).await.unwrap(), 0);
+        assert_eq!(
+            a.seen(vec!["<m1@x>".into(), "<m2@x>".into(), "new-a".into()])
+                .await
+                .unwrap(),
+            [false, false, true]
+        );
+        assert_eq!(
+            b.seen(vec!["old-b".into(), "new-b".into()]).await.unwrap(),
+            [false, true]
+        );
+        assert_eq!(count_seen(store.clone()).await.unwrap(), 2);
+        // The cut is exclusive: a mark made at 5000 is not older than 5000.
+        assert_eq!(prune_seen(store.clone(), 5000, 10).await.unwrap(), 0);
+        // Pruning leaves checkpoints alone.
+        assert_eq!(a.get("k").await.unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]
@@ -465,16 +809,127 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_keeps_the_contract() {
-        contract(Arc::new(MemoryStateStore::default())).await;
+        let (now, clock) = test_clock(1000);
+        contract(Arc::new(MemoryStateStore::with_clock(clock)), &now).await;
     }
 
     #[tokio::test]
     async fn sqlite_store_keeps_the_contract_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/state.sqlite");
-        contract(Arc::new(SqliteStateStore::open(&path).unwrap())).await;
+        let (now, clock) = test_clock(1000);
+        contract(
+            Arc::new(SqliteStateStore::open(&path).unwrap().with_clock(clock)),
+            &now,
+        )
+        .await;
         let reopened = ChannelState::new(Arc::new(SqliteStateStore::open(&path).unwrap()), "a");
         assert_eq!(reopened.get("k").await.unwrap(), Some(b"2".to_vec()));
-        assert_eq!(reopened.seen(vec!["<m2@x>".into()]).await.unwrap(), [true]);
+        assert_eq!(
+            reopened
+                .seen(vec!["new-a".into(), "<m2@x>".into()])
+                .await
+                .unwrap(),
+            [true, false]
+        );
+    }
+
+    /// A file written before marks were indexed by time gets the index on
+    /// open, keeps its marks, and pruning then reads the index rather than
+    /// the table.
+    #[test]
+    fn an_existing_file_gains_the_time_index_and_pruning_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE checkpoints (
+                     channel TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                     PRIMARY KEY (channel, key)) WITHOUT ROWID;
+                 CREATE TABLE seen (
+                     channel TEXT NOT NULL, id TEXT NOT NULL, seen_at INTEGER NOT NULL,
+                     PRIMARY KEY (channel, id)) WITHOUT ROWID;
+                 INSERT INTO seen VALUES ('a', 'old', 100), ('a', 'new', 900);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStateStore::open(&path).unwrap();
+        let plan: Vec<String> = {
+            let conn = store.conn();
+            let mut explain = conn
+                .prepare(
+                    "EXPLAIN QUERY PLAN DELETE FROM seen WHERE (channel, id) IN
+                         (SELECT channel, id FROM seen WHERE seen_at < ?1 LIMIT ?2)",
+                )
+                .unwrap();
+            explain
+                .query_map(params![500, 10], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert!(
+            plan.iter().any(|step| step.contains("seen_by_time")),
+            "{plan:?}"
+        );
+        assert_eq!(store.prune_seen(500, 10).unwrap(), 1);
+        assert_eq!(
+            store.seen("a", &["old".into(), "new".into()]).unwrap(),
+            [false, true]
+        );
+        assert_eq!(store.count_seen().unwrap(), 1);
+    }
+
+    /// A store that keeps only the required methods cannot prune, and says
+    /// so instead of reporting nothing to prune; its paged scan still
+    /// works, from the whole-prefix scan.
+    #[test]
+    fn stores_without_pruning_say_so_and_page_by_default() {
+        #[derive(Debug, Default)]
+        struct Minimal(MemoryStateStore);
+        impl StateStore for Minimal {
+            fn get(&self, channel: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+                self.0.get(channel, key)
+            }
+            fn commit(&self, channel: &str, update: &StateUpdate) -> Result<(), StateError> {
+                self.0.commit(channel, update)
+            }
+            fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError> {
+                self.0.seen(channel, ids)
+            }
+            fn scan(
+                &self,
+                channel: &str,
+                prefix: &str,
+                limit: usize,
+            ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+                self.0.scan(channel, prefix, limit)
+            }
+        }
+        let store = Minimal::default();
+        store
+            .commit(
+                "c",
+                &StateUpdate {
+                    puts: vec![
+                        ("p/1".into(), Vec::new()),
+                        ("p/2".into(), Vec::new()),
+                        ("p/3".into(), Vec::new()),
+                        ("q".into(), Vec::new()),
+                    ],
+                    ..StateUpdate::default()
+                },
+            )
+            .unwrap();
+        let page: Vec<String> = store
+            .scan_after("c", "p/", "p/1", 1)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(page, ["p/2"]);
+        assert!(store.prune_seen(i64::MAX, 10).is_err());
+        assert!(store.count_seen().is_err());
     }
 }

@@ -21,8 +21,20 @@
 //! cleared and their ids remembered, so a late retry of a part is
 //! acknowledged without starting a new set. Until then the parts stay, so
 //! a retry of the completing part after a failed append finds them all.
+//!
+//! A set that is still not joined `concat_timeout_secs` after its first
+//! part arrived is expired by the channel's loop ([`VonageConnector`]):
+//! the parts received go to the dead-letter topic as one record (reason
+//! `incomplete_concatenated_sms`), or, if every part is there after all (a
+//! joined message whose append failed and was never retried), they are
+//! joined and appended. Only once that entry is durable are the parts
+//! removed, so a crash in between repeats the same entry, with the same id.
+//! Each set's first part also writes a due entry
+//! (`vonage-concat-due/<zero-padded millis>/...`) so that the loop reads
+//! only the sets that are due, in due order.
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -30,11 +42,14 @@ use std::{
 use async_trait::async_trait;
 use http::{Method, StatusCode};
 use omni_connector::{
-    ChannelContext, ChannelState, ConfigError, Delivered, DeliveryError, EnrichError,
-    OutboundHandler, ParseError, Parsed, Refusal, Secret, SecretRef, StateUpdate, Unreadable,
-    WebhookChannel, WebhookConnector, WebhookDriver, WebhookRequest, WebhookResponse,
+    ChannelContext, ChannelState, ConfigError, Connector, ConnectorError, Delivered, DeliveryError,
+    EnrichError, EventSender, LogEntry, OutboundHandler, ParseError, Parsed, Refusal, Secret,
+    SecretRef, SendError, StateUpdate, Unreadable, WebhookChannel, WebhookDriver, WebhookHandler,
+    WebhookRequest, WebhookResponse, dead_letter,
     driver::static_response,
+    events::{DeadLettered, WebhookMetrics},
     signature::{digest, eq_hex, hmac},
+    state::StateError,
 };
 use omni_model::Region;
 use omni_proto::{
@@ -44,7 +59,9 @@ use omni_proto::{
         EventKind, IdentityHandle, ThreadingHints,
     },
 };
-use serde::Deserialize;
+use omni_telemetry::emit;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::common::{self, Params, param};
 
@@ -123,6 +140,16 @@ pub struct VonageConfig {
     /// Bound (seconds) on each API call.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+
+    /// How long (seconds) the parts of a concatenated SMS wait for the
+    /// rest, from the first part's arrival, before the parts received go
+    /// to the dead-letter topic (`incomplete_concatenated_sms`) and are
+    /// removed from the channel's state. Vonage retries each part on its
+    /// own for 24 hours after a failed delivery, so the default of 48 hours
+    /// outlasts every retry of a missing part; much less risks
+    /// dead-lettering a set whose last part is still being retried.
+    #[serde(default = "default_concat_timeout_secs")]
+    pub concat_timeout_secs: u64,
 }
 
 const fn default_method() -> SignatureMethod {
@@ -143,6 +170,10 @@ fn default_api_base() -> String {
 
 const fn default_timeout_secs() -> u64 {
     30
+}
+
+const fn default_concat_timeout_secs() -> u64 {
+    48 * 3600
 }
 
 /// The string Vonage signs: `&name=value` for every parameter but `sig`,
@@ -245,6 +276,27 @@ pub struct Part {
     pub total: u32,
     pub part: u32,
     pub message_id: String,
+}
+
+impl Part {
+    /// The set this part belongs to.
+    pub fn set(&self) -> ConcatSet {
+        ConcatSet {
+            msisdn: self.msisdn.clone(),
+            reference: self.reference.clone(),
+            total: self.total,
+        }
+    }
+}
+
+/// One concatenated SMS being assembled: its sender, the sender's
+/// reference and the number of parts. Stored (JSON) as the value of the
+/// set's due entry, so the expiry loop need not parse keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConcatSet {
+    pub msisdn: String,
+    pub reference: String,
+    pub total: u32,
 }
 
 /// What a Vonage request is.
@@ -513,11 +565,12 @@ fn ok() -> WebhookResponse {
     static_response(StatusCode::OK, "", "")
 }
 
-/// Builds one Vonage channel: its webhook and, when configured, its sender.
+/// Builds one Vonage channel: its webhook, its loop that expires
+/// incomplete concatenated SMS and, when configured, its sender.
 pub fn build(
     context: ChannelContext,
     config: VonageConfig,
-) -> Result<WebhookConnector, ConfigError> {
+) -> Result<VonageConnector, ConfigError> {
     let secret = if config.verify_signatures {
         let secret = config.signature_secret.as_ref().ok_or_else(|| {
             ConfigError::new(
@@ -538,6 +591,12 @@ pub fn build(
     }
     if config.timeout_secs == 0 {
         return Err(ConfigError::new("timeout_secs", "must be at least 1"));
+    }
+    if config.concat_timeout_secs == 0 {
+        return Err(ConfigError::new(
+            "concat_timeout_secs",
+            "must be at least 1",
+        ));
     }
     if !config.api_base.starts_with("https://") && !config.api_base.starts_with("http://") {
         return Err(ConfigError::new("api_base", "an http(s) URL"));
@@ -569,10 +628,125 @@ pub fn build(
         default_region,
         state: context.state.clone(),
         concat: tokio::sync::Mutex::new(()),
+        concat_timeout: Duration::from_secs(config.concat_timeout_secs),
+        channel_kind: context.channel_kind,
+        sender: context.sender.clone(),
+        metrics: WebhookMetrics::register(&context.channel_id),
     };
-    let webhook = WebhookDriver::new(&context, channel);
-    Ok(WebhookConnector::new(Arc::new(webhook)).with_outbound(outbound))
+    let webhook = Arc::new(WebhookDriver::new(&context, channel));
+    Ok(VonageConnector { webhook, outbound })
 }
+
+/// How often the channel's loop looks for expired concatenated sets. The
+/// timeout is hours, so a minute late is nothing; the look is one short
+/// key-range read when nothing is due.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Due entries read per page, and most sets expired per sweep (the rest
+/// wait for the next one), so one sweep never holds the channel's
+/// concatenation lock for long.
+const SWEEP_PAGE: usize = 64;
+const SWEEP_MAX_SETS: usize = 1024;
+
+/// A Vonage channel: the webhook, the sender of replies, and a loop that
+/// expires concatenated SMS whose parts never all arrived.
+#[derive(Debug)]
+pub struct VonageConnector {
+    webhook: Arc<WebhookDriver<VonageChannel>>,
+    outbound: Option<Arc<dyn OutboundHandler>>,
+}
+
+impl VonageConnector {
+    /// The webhook half, for tests and the expiry sweep.
+    pub fn channel(&self) -> &VonageChannel {
+        self.webhook.channel()
+    }
+}
+
+#[async_trait]
+impl Connector for VonageConnector {
+    fn webhook(&self) -> Option<Arc<dyn WebhookHandler>> {
+        Some(self.webhook.clone())
+    }
+
+    fn outbound(&self) -> Option<Arc<dyn OutboundHandler>> {
+        self.outbound.clone()
+    }
+
+    /// Sweeps expired concatenated sets at start and every
+    /// [`SWEEP_INTERVAL`]. A failed sweep (the log overloaded, the state
+    /// store failing) is logged and tried again at the next tick rather
+    /// than failing the channel: the webhook keeps working meanwhile, and
+    /// nothing is lost by waiting. Stopping in the middle of a sweep is
+    /// safe: each set's entry is appended before its parts are removed.
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ConnectorError> {
+        let channel = self.channel();
+        let mut legacy_done = false;
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let sweep = async {
+                if !legacy_done {
+                    channel.adopt_legacy_parts(SystemTime::now()).await?;
+                    legacy_done = true;
+                }
+                channel.expire_concat(SystemTime::now()).await
+            };
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                result = sweep => result,
+            };
+            match result {
+                Ok(swept) if swept != Swept::default() => tracing::debug!(
+                    channel = %channel.channel_id,
+                    dead_lettered = swept.dead_lettered,
+                    joined = swept.joined,
+                    cleared = swept.cleared,
+                    "expired concatenated sms swept"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    channel = %channel.channel_id,
+                    error = %error,
+                    "cannot expire concatenated sms parts, retrying at the next sweep"
+                ),
+            }
+        }
+    }
+}
+
+/// Why a sweep of expired concatenated sets stopped early. Nothing is lost
+/// either way: what it had not finished is still in the state, still due.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("channel state: {0}")]
+    State(#[from] StateError),
+    #[error("event log: {0}")]
+    Log(#[from] SendError),
+    #[error("cannot encode a concatenated set: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// What a sweep did with the sets that were due.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Incomplete sets whose parts went to the dead-letter topic.
+    pub dead_lettered: usize,
+    /// Sets found complete (their joined message's append had failed and
+    /// no retry came): joined and appended.
+    pub joined: usize,
+    /// Sets with no part left (only their bookkeeping, or the empty
+    /// leftovers of joined sets that older versions kept): removed.
+    pub cleared: usize,
+}
+
+/// The dead-letter reason of a concatenated SMS whose parts did not all
+/// arrive in time.
+pub const INCOMPLETE_REASON: &str = "incomplete_concatenated_sms";
 
 /// The webhook half of one Vonage channel.
 #[derive(Debug)]
@@ -584,16 +758,69 @@ pub struct VonageChannel {
     window: Duration,
     default_region: Option<Region>,
     state: ChannelState,
-    /// Serializes the buffering of concatenated parts, so two parts of one
-    /// set arriving together cannot each miss the other.
+    /// Serializes the buffering, joining and expiry of concatenated parts,
+    /// so two parts of one set arriving together cannot each miss the
+    /// other, and a set is never expired while a part is being added.
     concat: tokio::sync::Mutex<()>,
+    concat_timeout: Duration,
+    channel_kind: ChannelKind,
+    sender: EventSender,
+    /// The channel's dead-letter counter, shared with its webhook.
+    metrics: WebhookMetrics,
 }
 
-fn part_key(part: &Part, number: u32) -> String {
+/// Where the parts of sets live: `<PARTS>{msisdn}/{ref}/{total}/{n}`.
+const PARTS: &str = "vonage-concat/";
+/// A set's due entry key, by set: `<SETS>{msisdn}/{ref}/{total}`.
+const SETS: &str = "vonage-concat-set/";
+/// The expiry queue: `<DUE>{due millis, 16 digits}/{msisdn}/{ref}/{total}`.
+const DUE: &str = "vonage-concat-due/";
+
+fn part_key(set: &ConcatSet, number: u32) -> String {
     format!(
-        "vonage-concat/{}/{}/{}/{}",
-        part.msisdn, part.reference, part.total, number
+        "{PARTS}{}/{}/{}/{}",
+        set.msisdn, set.reference, set.total, number
     )
+}
+
+fn set_key(set: &ConcatSet) -> String {
+    format!("{SETS}{}/{}/{}", set.msisdn, set.reference, set.total)
+}
+
+/// Zero-padded, so the keys' byte order is the due order.
+fn due_key(due_ms: u64, set: &ConcatSet) -> String {
+    format!(
+        "{DUE}{due_ms:016}/{}/{}/{}",
+        set.msisdn, set.reference, set.total
+    )
+}
+
+/// The due time of a due entry's key; None if it is not one.
+fn due_millis(key: &str) -> Option<u64> {
+    key.strip_prefix(DUE)?.get(..16)?.parse().ok()
+}
+
+/// The set and part number of a part's key (the number of an old
+/// version's key too); None if it is not one. The sender is E.164, so it
+/// has no `/`; a reference may, so it is what lies between.
+fn parse_part_key(key: &str) -> Option<(ConcatSet, u32)> {
+    let rest = key.strip_prefix(PARTS)?;
+    let (msisdn, rest) = rest.split_once('/')?;
+    let (rest, number) = rest.rsplit_once('/')?;
+    let (reference, total) = rest.rsplit_once('/')?;
+    Some((
+        ConcatSet {
+            msisdn: msisdn.to_owned(),
+            reference: reference.to_owned(),
+            total: total.parse().ok()?,
+        },
+        number.parse().ok()?,
+    ))
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn part_seen_id(message_id: &str) -> String {
@@ -616,17 +843,13 @@ impl VonageChannel {
         parse(&params, &options).map(|inbound| (inbound, params))
     }
 
-    /// Every stored part of `part`'s set, in part order; None while one is
+    /// Every stored part of `set`, in part order; None while one is
     /// missing.
-    async fn stored_parts(&self, part: &Part) -> Result<Option<Vec<Params>>, EnrichError> {
-        let mut parts = Vec::with_capacity(part.total as usize);
-        for number in 1..=part.total {
-            match self
-                .state
-                .get(&part_key(part, number))
-                .await
-                .map_err(unavailable)?
-            {
+    async fn stored_parts(&self, set: &ConcatSet) -> Result<Option<Vec<Params>>, EnrichError> {
+        let keys = (1..=set.total).map(|n| part_key(set, n)).collect();
+        let mut parts = Vec::with_capacity(set.total as usize);
+        for value in self.state.get_many(keys).await.map_err(unavailable)? {
+            match value {
                 Some(value) if !value.is_empty() => parts.push(
                     serde_json::from_slice::<Params>(&value)
                         .map_err(|e| unavailable(format!("unreadable sms part: {e}")))?,
@@ -637,9 +860,10 @@ impl VonageChannel {
         Ok(Some(parts))
     }
 
-    /// Stores one part durably; the whole message once it is the last one
-    /// missing (or the parts as one unreadable entry, if they do not join
-    /// into a message).
+    /// Stores one part durably, with its set's due entry if it is the
+    /// set's first; the whole message once it is the last one missing (or
+    /// the parts as one unreadable entry, if they do not join into a
+    /// message).
     async fn buffer(
         &self,
         request: &WebhookRequest,
@@ -656,14 +880,26 @@ impl VonageChannel {
             // Already part of a message that is durable: a retry.
             return Ok(Parsed::Answer(ok()));
         }
+        let set = part.set();
         let stored = serde_json::to_vec(&params).map_err(unavailable)?;
-        let update = StateUpdate {
-            puts: vec![(part_key(&part, part.part), stored)],
-            seen: Vec::new(),
-            deletes: Vec::new(),
+        let mut update = StateUpdate {
+            puts: vec![(part_key(&set, part.part), stored)],
+            ..StateUpdate::default()
         };
+        if self
+            .state
+            .get(&set_key(&set))
+            .await
+            .map_err(unavailable)?
+            .is_none()
+        {
+            update.puts.extend(
+                self.schedule(&set, request.received_at)
+                    .map_err(unavailable)?,
+            );
+        }
         self.state.commit(update).await.map_err(unavailable)?;
-        let Some(parts) = self.stored_parts(&part).await? else {
+        let Some(parts) = self.stored_parts(&set).await? else {
             // Not complete yet; this part is durable.
             return Ok(Parsed::Answer(ok()));
         };
@@ -684,23 +920,242 @@ impl VonageChannel {
         })
     }
 
-    /// Clears a joined set's parts and remembers their ids. Only once the
-    /// joined message is durable: cleared earlier, a failed append would
-    /// lose the parts Vonage no longer resends.
+    /// The puts that start `set`'s clock at `first_seen`: its due entry and
+    /// the set's pointer to it.
+    fn schedule(
+        &self,
+        set: &ConcatSet,
+        first_seen: SystemTime,
+    ) -> Result<[(String, Vec<u8>); 2], serde_json::Error> {
+        let timeout = u64::try_from(self.concat_timeout.as_millis()).unwrap_or(u64::MAX);
+        let due = due_key(millis(first_seen).saturating_add(timeout), set);
+        Ok([
+            (set_key(set), due.clone().into_bytes()),
+            (due, serde_json::to_vec(set)?),
+        ])
+    }
+
+    /// Clears a joined set's parts and its due entry, and remembers the
+    /// parts' ids. Only once the joined message is durable: cleared
+    /// earlier, a failed append would lose the parts Vonage no longer
+    /// resends.
     async fn clear(&self, part: &Part) -> Result<(), EnrichError> {
         let _guard = self.concat.lock().await;
-        let mut update = StateUpdate::default();
-        for number in 1..=part.total {
-            let key = part_key(part, number);
-            if let Some(value) = self.state.get(&key).await.map_err(unavailable)?
-                && let Ok(params) = serde_json::from_slice::<Params>(&value)
-                && let Some(id) = param(&params, "messageId")
-            {
-                update.seen.push(part_seen_id(id));
-            }
-            update.puts.push((key, Vec::new()));
+        let set = part.set();
+        let keys: Vec<String> = (1..=set.total).map(|n| part_key(&set, n)).collect();
+        let values = self
+            .state
+            .get_many(keys.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut update = StateUpdate {
+            seen: values
+                .iter()
+                .flatten()
+                .filter_map(|value| serde_json::from_slice::<Params>(value).ok())
+                .filter_map(|params| param(&params, "messageId").map(part_seen_id))
+                .collect(),
+            deletes: keys,
+            ..StateUpdate::default()
+        };
+        if let Some(due) = self.state.get(&set_key(&set)).await.map_err(unavailable)? {
+            update
+                .deletes
+                .push(String::from_utf8_lossy(&due).into_owned());
+            update.deletes.push(set_key(&set));
         }
         self.state.commit(update).await.map_err(unavailable)
+    }
+
+    /// Expires every set due by `now`, oldest first, up to a bound per
+    /// sweep (the rest stay due for the next).
+    pub async fn expire_concat(&self, now: SystemTime) -> Result<Swept, SweepError> {
+        let now_ms = millis(now);
+        let mut swept = Swept::default();
+        let mut handled = 0;
+        while handled < SWEEP_MAX_SETS {
+            let page = self.state.scan(DUE, SWEEP_PAGE).await?;
+            let full = page.len() == SWEEP_PAGE;
+            for (key, value) in page {
+                match due_millis(&key) {
+                    Some(due) if due > now_ms => return Ok(swept),
+                    _ => {}
+                }
+                match serde_json::from_slice::<ConcatSet>(&value) {
+                    Ok(set) if due_millis(&key).is_some() => {
+                        self.expire(&key, &set, now, &mut swept).await?;
+                    }
+                    // Not a due entry this version wrote: nothing to
+                    // expire, and left alone it would block the queue.
+                    _ => {
+                        tracing::warn!(channel = %self.channel_id, key, "removing an unreadable due entry of a concatenated sms");
+                        self.state
+                            .commit(StateUpdate {
+                                deletes: vec![key],
+                                ..StateUpdate::default()
+                            })
+                            .await?;
+                    }
+                }
+                handled += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Expires one due set: appends what its parts amount to, then (only
+    /// once that is durable) removes them, its due entry and its pointer,
+    /// remembering the parts' ids so that a late retry of one is answered
+    /// without starting a new set.
+    async fn expire(
+        &self,
+        due: &str,
+        set: &ConcatSet,
+        now: SystemTime,
+        swept: &mut Swept,
+    ) -> Result<(), SweepError> {
+        let _guard = self.concat.lock().await;
+        // Joined and cleared while this sweep waited for the lock.
+        if self.state.get(due).await?.is_none() {
+            return Ok(());
+        }
+        let keys: Vec<String> = (1..=set.total).map(|n| part_key(set, n)).collect();
+        let values = self.state.get_many(keys.clone()).await?;
+        let parts: Vec<(u32, Params)> = (1..=set.total)
+            .zip(values)
+            .filter_map(|(number, value)| {
+                let params = serde_json::from_slice::<Params>(&value?).ok()?;
+                Some((number, params))
+            })
+            .collect();
+        let mut update = StateUpdate {
+            seen: parts
+                .iter()
+                .filter_map(|(_, params)| param(params, "messageId").map(part_seen_id))
+                .collect(),
+            deletes: keys,
+            ..StateUpdate::default()
+        };
+        update.deletes.push(due.to_owned());
+        if self.state.get(&set_key(set)).await?.as_deref() == Some(due.as_bytes()) {
+            update.deletes.push(set_key(set));
+        }
+        let numbers: Vec<u32> = parts.iter().map(|(number, _)| *number).collect();
+        let parts: Vec<Params> = parts.into_iter().map(|(_, params)| params).collect();
+        let raw = serde_json::to_vec(&parts)?;
+        if parts.is_empty() {
+            swept.cleared += 1;
+        } else if numbers.len() == set.total as usize {
+            let options = NormalizeOptions {
+                channel_id: &self.channel_id,
+                default_region: self.default_region,
+                received_at: common::timestamp(now),
+            };
+            match assemble(parts, &options) {
+                Ok(event) => {
+                    self.sender.send_event(event).await?;
+                }
+                Err(error) => {
+                    self.dead_letter(error.code, &error.message, raw, set, &numbers, now)
+                        .await?;
+                }
+            }
+            swept.joined += 1;
+        } else {
+            let missing: Vec<String> = (1..=set.total)
+                .filter(|n| !numbers.contains(n))
+                .map(|n| n.to_string())
+                .collect();
+            let detail = format!(
+                "{} of {} parts arrived within {} s; missing part(s) {}",
+                numbers.len(),
+                set.total,
+                self.concat_timeout.as_secs(),
+                missing.join(", ")
+            );
+            self.dead_letter(INCOMPLETE_REASON, &detail, raw, set, &numbers, now)
+                .await?;
+            swept.dead_lettered += 1;
+        }
+        self.state.commit(update).await?;
+        Ok(())
+    }
+
+    /// Appends the parts of `set` as one dead letter and waits until it is
+    /// durable. Its id derives from `raw` (the parts as stored, in part
+    /// order), so a repeat after a crash is the same record.
+    async fn dead_letter(
+        &self,
+        reason: &str,
+        detail: &str,
+        raw: Vec<u8>,
+        set: &ConcatSet,
+        numbers: &[u32],
+        now: SystemTime,
+    ) -> Result<(), SendError> {
+        let mut record = dead_letter(
+            &self.channel_id,
+            self.channel_kind,
+            reason,
+            detail,
+            raw,
+            "application/json",
+            common::timestamp(now),
+        );
+        let received: Vec<String> = numbers.iter().map(u32::to_string).collect();
+        record.metadata.extend([
+            ("concat-ref".to_owned(), set.reference.clone()),
+            ("concat-total".to_owned(), set.total.to_string()),
+            ("concat-parts-received".to_owned(), received.join(",")),
+        ]);
+        self.sender
+            .send(LogEntry::DeadLetter(Box::new(record)))
+            .await?;
+        emit!(DeadLettered { reason, detail } => &self.metrics);
+        Ok(())
+    }
+
+    /// Brings parts an older version stored (without a due entry) under
+    /// expiry, their clock starting `now`, and removes the empty values it
+    /// left for every joined set. Walks the parts in pages, so it costs a
+    /// pass over what is buffered, once per start.
+    pub async fn adopt_legacy_parts(&self, now: SystemTime) -> Result<usize, SweepError> {
+        let mut adopted = 0;
+        let mut after = String::new();
+        loop {
+            let _guard = self.concat.lock().await;
+            let page = self.state.scan_after(PARTS, &after, SWEEP_PAGE).await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(adopted);
+            };
+            after = last.clone();
+            let full = page.len() == SWEEP_PAGE;
+            let mut update = StateUpdate::default();
+            let mut scheduled = HashSet::new();
+            for (key, value) in page {
+                if value.is_empty() {
+                    update.deletes.push(key);
+                    continue;
+                }
+                let Some((set, _)) = parse_part_key(&key) else {
+                    continue;
+                };
+                if !scheduled.contains(&set) && self.state.get(&set_key(&set)).await?.is_none() {
+                    update.puts.extend(self.schedule(&set, now)?);
+                    adopted += 1;
+                }
+                scheduled.insert(set);
+            }
+            if update != StateUpdate::default() {
+                self.state.commit(update).await?;
+            }
+            if !full {
+                return Ok(adopted);
+            }
+        }
     }
 }
 
@@ -769,9 +1224,9 @@ impl WebhookChannel for VonageChannel {
             return;
         };
         if let Err(error) = self.clear(&part).await {
-            // The message is durable; the parts linger until a later
-            // message reuses the reference. A retried part would append
-            // the same event id again, which consumers drop.
+            // The message is durable; the parts linger until their set
+            // expires, when the sweep joins and appends them again (the
+            // same event id, which consumers drop).
             tracing::warn!(channel = %self.channel_id, error = %error, "cannot clear joined sms parts");
         }
     }
@@ -983,5 +1438,337 @@ mod tests {
             ),
             Err(AuthError::MissingSignature)
         );
+    }
+}
+
+/// Expiry of concatenated sets, against the memory state and sink.
+#[cfg(test)]
+mod expiry_tests {
+    use omni_connector::{
+        StateStore,
+        testing::{CountingStateStore, MemorySink},
+    };
+    use omni_proto::v1::DeadLetter;
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    struct Fixture {
+        sink: MemorySink,
+        connector: Arc<VonageConnector>,
+        store: Arc<CountingStateStore>,
+    }
+
+    impl Fixture {
+        /// A channel whose sets expire an hour after their first part.
+        fn new() -> Self {
+            let sink = MemorySink::default();
+            let store = Arc::new(CountingStateStore::default());
+            let mut context =
+                ChannelContext::new("acme-vonage", EventSender::new(Arc::new(sink.clone())));
+            context.channel_kind = ChannelKind::Sms;
+            context.state = ChannelState::new(store.clone(), "acme-vonage");
+            let config: VonageConfig =
+                toml::from_str("verify_signatures = false\nconcat_timeout_secs = 3600").unwrap();
+            let connector = Arc::new(build(context, config).unwrap());
+            Self {
+                sink,
+                connector,
+                store,
+            }
+        }
+
+        fn channel(&self) -> &VonageChannel {
+            self.connector.channel()
+        }
+
+        /// Posts part `part` of 3 of reference 42, received at `at`.
+        async fn post(&self, part: u32, at: SystemTime) -> StatusCode {
+            let body = serde_json::json!({
+                "msisdn": "447911123401",
+                "to": "447911123400",
+                "messageId": format!("0B0000001234560{part}"),
+                "text": format!("part {part}. "),
+                "type": "text",
+                "concat": "true",
+                "concat-ref": "42",
+                "concat-total": "3",
+                "concat-part": part.to_string(),
+            });
+            let mut headers = http::HeaderMap::new();
+            headers.insert("content-type", "application/json".parse().unwrap());
+            let request = WebhookRequest {
+                method: Method::POST,
+                uri: "/webhooks/acme-vonage".parse().unwrap(),
+                headers,
+                body: serde_json::to_vec(&body).unwrap().into(),
+                received_at: at,
+                public_url: None,
+            };
+            self.connector
+                .webhook()
+                .unwrap()
+                .handle(request)
+                .await
+                .status()
+        }
+
+        /// Every key the channel keeps.
+        fn keys(&self) -> Vec<String> {
+            self.store
+                .scan("acme-vonage", "", usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect()
+        }
+
+        fn dead_letters(&self) -> Vec<DeadLetter> {
+            self.sink
+                .entries()
+                .into_iter()
+                .filter_map(|entry| match entry {
+                    LogEntry::DeadLetter(dead) => Some(*dead),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn texts(raw: &[u8]) -> Vec<String> {
+        let parts: Vec<Params> = serde_json::from_slice(raw).unwrap();
+        parts
+            .iter()
+            .map(|p| param(p, "text").unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn keys_order_by_due_time_and_parse_back() {
+        let set = ConcatSet {
+            msisdn: "+447911123401".into(),
+            reference: "a/b".into(),
+            total: 3,
+        };
+        let (early, late) = (due_key(9_999, &set), due_key(10_000, &set));
+        assert!(early < late, "zero padding keeps numeric order");
+        assert_eq!(due_millis(&late), Some(10_000));
+        assert_eq!(due_millis("vonage-concat-due/12"), None);
+        assert_eq!(parse_part_key(&part_key(&set, 2)), Some((set.clone(), 2)));
+        assert_eq!(parse_part_key("vonage-concat/+1/r/x/1"), None);
+        assert_eq!(parse_part_key("other/+1/r/3/1"), None);
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_set_expires_into_one_dead_letter_and_its_state_goes() {
+        let f = Fixture::new();
+        assert_eq!(f.post(3, t0()).await, StatusCode::OK);
+        assert_eq!(
+            f.post(1, t0() + Duration::from_secs(5)).await,
+            StatusCode::OK
+        );
+        assert!(f.sink.entries().is_empty());
+
+        // The clock runs from the first part.
+        let early = f
+            .channel()
+            .expire_concat(t0() + HOUR - Duration::from_secs(1));
+        assert_eq!(early.await.unwrap(), Swept::default());
+        assert!(f.sink.entries().is_empty());
+
+        let swept = f.channel().expire_concat(t0() + HOUR).await.unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                dead_lettered: 1,
+                ..Swept::default()
+            }
+        );
+        let [dead] = f.dead_letters().try_into().unwrap();
+        assert_eq!(dead.reason, INCOMPLETE_REASON);
+        assert_eq!(dead.channel_kind, ChannelKind::Sms as i32);
+        assert_eq!(dead.content_type, "application/json");
+        assert_eq!(texts(&dead.raw_payload), ["part 1. ", "part 3. "]);
+        assert_eq!(
+            dead.dead_letter_id,
+            omni_connector::dead_letter_id("acme-vonage", &dead.raw_payload)
+        );
+        assert_eq!(dead.metadata["concat-ref"], "42");
+        assert_eq!(dead.metadata["concat-total"], "3");
+        assert_eq!(dead.metadata["concat-parts-received"], "1,3");
+        assert!(dead.detail.contains("missing part(s) 2"), "{}", dead.detail);
+        assert!(f.keys().is_empty(), "{:?}", f.keys());
+
+        // A late retry of a dead-lettered part starts nothing; a sweep
+        // later finds nothing.
+        assert_eq!(f.post(1, t0() + 2 * HOUR).await, StatusCode::OK);
+        assert!(f.keys().is_empty(), "{:?}", f.keys());
+        let later = f.channel().expire_concat(t0() + 10 * HOUR).await.unwrap();
+        assert_eq!(later, Swept::default());
+        assert_eq!(f.sink.entries().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_the_dead_letter_and_the_cleanup_repeats_the_same_record() {
+        let f = Fixture::new();
+        assert_eq!(f.post(2, t0()).await, StatusCode::OK);
+        let keys = f.keys();
+
+        // The log refuses: nothing is removed.
+        f.sink
+            .fail_with(Some(SendError::Failed("disk full".into())));
+        let failed = f.channel().expire_concat(t0() + HOUR).await;
+        assert!(matches!(failed, Err(SweepError::Log(_))), "{failed:?}");
+        assert_eq!(f.keys(), keys);
+        f.sink.fail_with(None);
+
+        // The record is durable but the state commit fails (as if the
+        // process died before it): the parts stay, still due.
+        f.store.fail(true);
+        let failed = f.channel().expire_concat(t0() + HOUR).await;
+        assert!(matches!(failed, Err(SweepError::State(_))), "{failed:?}");
+        assert_eq!(f.keys(), keys);
+        f.store.fail(false);
+
+        f.channel().expire_concat(t0() + HOUR).await.unwrap();
+        let [first, again] = f.dead_letters().try_into().unwrap();
+        assert_eq!(first, again, "the repeat is the same record, same id");
+        assert!(f.keys().is_empty(), "{:?}", f.keys());
+    }
+
+    #[tokio::test]
+    async fn a_complete_set_whose_append_failed_is_joined_when_it_expires() {
+        let f = Fixture::new();
+        assert_eq!(f.post(1, t0()).await, StatusCode::OK);
+        assert_eq!(f.post(2, t0()).await, StatusCode::OK);
+        f.sink
+            .fail_with(Some(SendError::Failed("disk full".into())));
+        assert_eq!(f.post(3, t0()).await, StatusCode::SERVICE_UNAVAILABLE);
+        f.sink.fail_with(None);
+        // Vonage never retried the last part.
+        let swept = f.channel().expire_concat(t0() + HOUR).await.unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                joined: 1,
+                ..Swept::default()
+            }
+        );
+        let entries: [LogEntry; 1] = f.sink.entries().try_into().unwrap();
+        let [LogEntry::Event(event)] = entries else {
+            panic!("one event: {:?}", f.sink.entries());
+        };
+        assert_eq!(event.content.unwrap().text, "part 1. part 2. part 3. ");
+        assert_eq!(
+            event.event_id,
+            omni_model::event_id("acme-vonage", "0B00000012345601").to_string()
+        );
+        assert!(f.keys().is_empty(), "{:?}", f.keys());
+    }
+
+    #[tokio::test]
+    async fn a_joined_set_leaves_nothing_behind_and_sets_expire_in_due_order() {
+        let f = Fixture::new();
+        for part in [2, 3, 1] {
+            assert_eq!(f.post(part, t0()).await, StatusCode::OK);
+        }
+        assert_eq!(f.sink.entries().len(), 1);
+        assert!(f.keys().is_empty(), "joined and cleared: {:?}", f.keys());
+
+        // Two more sets: the one due first expires alone.
+        let other = |reference: &str, at: SystemTime| {
+            let set = ConcatSet {
+                msisdn: "+447911123402".into(),
+                reference: reference.into(),
+                total: 2,
+            };
+            let mut update = StateUpdate::default();
+            update.puts.push((
+                part_key(&set, 1),
+                serde_json::to_vec(&vec![("text".to_owned(), reference.to_owned())]).unwrap(),
+            ));
+            update.puts.extend(f.channel().schedule(&set, at).unwrap());
+            f.store.commit("acme-vonage", &update).unwrap();
+        };
+        other("late", t0() + 2 * HOUR);
+        other("early", t0() + HOUR);
+        let swept = f
+            .channel()
+            .expire_concat(t0() + 2 * HOUR + Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(swept.dead_lettered, 1);
+        let [dead] = f.dead_letters().try_into().unwrap();
+        assert_eq!(texts(&dead.raw_payload), ["early"]);
+        assert_eq!(f.keys().len(), 3, "the later set is untouched");
+    }
+
+    #[tokio::test]
+    async fn parts_an_older_version_stored_are_adopted_and_its_leftovers_removed() {
+        let f = Fixture::new();
+        let set = |reference: &str| ConcatSet {
+            msisdn: "+447911123401".into(),
+            reference: reference.into(),
+            total: 2,
+        };
+        let mut legacy = StateUpdate::default();
+        // 100 joined sets' emptied parts, and one set still waiting.
+        for reference in 0..100 {
+            for number in 1..=2 {
+                legacy
+                    .puts
+                    .push((part_key(&set(&reference.to_string()), number), Vec::new()));
+            }
+        }
+        let waiting = serde_json::to_vec(&vec![
+            ("messageId".to_owned(), "0C01".to_owned()),
+            ("text".to_owned(), "half".to_owned()),
+        ])
+        .unwrap();
+        legacy.puts.push((part_key(&set("w"), 2), waiting));
+        f.store.commit("acme-vonage", &legacy).unwrap();
+
+        assert_eq!(f.channel().adopt_legacy_parts(t0()).await.unwrap(), 1);
+        let mut keys = f.keys();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                due_key(millis(t0() + HOUR), &set("w")),
+                set_key(&set("w")),
+                part_key(&set("w"), 2),
+            ]
+        );
+        // Again (the next start): nothing new to adopt.
+        assert_eq!(f.channel().adopt_legacy_parts(t0()).await.unwrap(), 0);
+        let swept = f.channel().expire_concat(t0() + HOUR).await.unwrap();
+        assert_eq!(swept.dead_lettered, 1);
+        assert!(f.keys().is_empty(), "{:?}", f.keys());
+    }
+
+    #[tokio::test]
+    async fn the_channel_loop_sweeps_at_start_and_stops_on_shutdown() {
+        let f = Fixture::new();
+        let long_ago = SystemTime::now() - 2 * HOUR;
+        assert_eq!(f.post(1, long_ago).await, StatusCode::OK);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(f.connector.clone().run(shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while f.dead_letters().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no sweep at start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the loop stops on shutdown")
+            .unwrap()
+            .unwrap();
+        assert!(f.keys().is_empty(), "{:?}", f.keys());
     }
 }

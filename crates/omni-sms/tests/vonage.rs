@@ -119,7 +119,7 @@ fn events(sink: &MemorySink) -> Vec<ConversationEvent> {
         .into_iter()
         .map(|e| match e {
             LogEntry::Event(event) => *event,
-            LogEntry::DeadLetter(d) => panic!("unexpected dead letter {d:?}"),
+            other => panic!("unexpected entry {other:?}"),
         })
         .collect()
 }
