@@ -33,7 +33,10 @@ pub use headers::HeaderDecodeError;
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaLog, KafkaLogConfig, TopicSpec};
 pub use spool::{SPOOL_TOPIC, SPOOLED_PARTITION, SpoolConfig, SpoolStatus, SpooledLog};
-pub use sqlite::{SqliteLog, SqliteLogConfig};
+pub use sqlite::{
+    HELD_BACK_SCAN_LIMIT, HeldBack, RetentionLimits, RetentionPolicy, RetentionReport, SqliteLog,
+    SqliteLogConfig, TopicRetention, TopicStats,
+};
 
 /// A record as a producer hands it to the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +160,8 @@ pub trait EventLog: fmt::Debug + Send + Sync + 'static {
     fn append(&self, record: Record) -> BoxFuture<'static, Result<Position, LogError>>;
 
     /// Up to `max` records of one partition starting at `from_offset`, in
-    /// offset order; empty at or past the end.
+    /// offset order; empty at or past the end. On SQLite, an offset below
+    /// the log start (records removed by retention) reads from the start.
     async fn read(
         &self,
         topic: &str,
@@ -175,7 +179,8 @@ pub trait EventLog: fmt::Debug + Send + Sync + 'static {
 
     /// Joins consumer group `group` for `topics`. Consumption starts after
     /// the group's committed position, or at the beginning of a topic the
-    /// group never committed on (Kafka: `auto.offset.reset=earliest`).
+    /// group never committed on, or whose records after its position were
+    /// removed by retention (Kafka: `auto.offset.reset=earliest`).
     async fn subscribe(
         &self,
         group: &str,

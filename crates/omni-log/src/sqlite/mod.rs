@@ -8,11 +8,19 @@
 //!
 //! Limits of this backend, by design: one partition per topic; every live
 //! subscription of a group reads the whole topic (there is no rebalancing,
-//! the daemon runs one consumer per group); records are kept forever (no
-//! retention yet).
+//! the daemon runs one consumer per group). Records are kept until a
+//! retention pass removes them ([`retention`]); reads and subscriptions
+//! positioned before the log start resume at it, like a Kafka consumer with
+//! `auto.offset.reset=earliest`.
 
+mod retention;
 mod schema;
 mod writer;
+
+pub use self::retention::{
+    HELD_BACK_SCAN_LIMIT, HeldBack, RetentionLimits, RetentionPolicy, RetentionReport,
+    TopicRetention, TopicStats,
+};
 
 use std::{
     fmt,
@@ -196,9 +204,10 @@ impl SqliteLog {
     }
 
     /// Deletes the records of `topic` up to and including `through_offset`
-    /// (never the newest one, so offsets continue across restarts). For the
-    /// spool, which only needs what has not been forwarded yet; the main
-    /// log keeps everything.
+    /// (never the newest one), at once and whatever any group committed.
+    /// For the spool, which only needs what has not been forwarded yet;
+    /// the main log removes records by retention
+    /// ([`enforce_retention`](SqliteLog::enforce_retention)).
     pub async fn trim(&self, topic: &str, through_offset: i64) -> Result<(), LogError> {
         validate_topic(topic)?;
         if self.inner.closed.load(Ordering::Acquire) {
@@ -484,11 +493,17 @@ impl EventLog for SqliteLog {
         let read_error = self.inner.read_error(&topic);
         self.inner
             .with_reader(move |conn| {
+                // From the stats, not the newest record: retention may have
+                // removed every record, and offsets still continue.
                 conn.prepare_cached(
-                    "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records
-                     WHERE topic_id = (SELECT id FROM log_topics WHERE name = ?1)",
+                    "SELECT s.next_offset FROM log_topic_stats s JOIN log_topics t ON t.id = s.topic_id
+                     WHERE t.name = ?1",
                 )
-                .and_then(|mut stmt| stmt.query_row([&topic], |row| row.get(0)))
+                .and_then(|mut stmt| {
+                    stmt.query_row([&topic], |row| row.get(0))
+                        .optional()
+                })
+                .map(Option::unwrap_or_default)
                 .map_err(read_error)
             })
             .await

@@ -20,8 +20,19 @@
 //! - `log_consumer_offsets(group_id, topic, partition_id, next_offset)`:
 //!   the next offset a group will consume. Keyed by topic name rather than
 //!   id so that a group may commit on a topic nobody wrote to yet.
+//! - `log_topic_stats(topic_id, records, bytes, start_offset, next_offset)`:
+//!   per topic, how many records it holds, their size (key, encoded headers
+//!   and payload bytes), the log start offset (every record below it has
+//!   been removed) and the offset of the next append. Updated in the same
+//!   transaction as every append and removal, so retention and the size
+//!   metrics never scan the records to know a topic's size, and offsets
+//!   continue after a removal even when it emptied the topic.
 //! - `log_meta(key, value)`: the schema version, so a later release can
 //!   migrate (`PRAGMA user_version` belongs to whoever else shares the file).
+//!
+//! Versions: 1 had no `log_topic_stats`; opening a version-1 file computes
+//! the stats once (one read of every record's header, not its payload
+//! pages) and moves it to version 2 in one transaction.
 
 use std::{path::Path, time::Duration};
 
@@ -29,7 +40,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::LogError;
 
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for a lock held by another connection (the
 /// threading store or `omnid tail` in another process) before failing.
@@ -83,7 +94,27 @@ CREATE TABLE IF NOT EXISTS log_consumer_offsets (
     PRIMARY KEY (group_id, topic, partition_id)
 ) STRICT, WITHOUT ROWID;
 
-INSERT INTO log_meta (key, value) VALUES ('schema_version', 1) ON CONFLICT (key) DO NOTHING;
+CREATE TABLE IF NOT EXISTS log_topic_stats (
+    topic_id     INTEGER PRIMARY KEY REFERENCES log_topics (id),
+    records      INTEGER NOT NULL,
+    bytes        INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    next_offset  INTEGER NOT NULL
+) STRICT;
+";
+
+/// Fills `log_topic_stats` for topics that have no row yet (every topic of
+/// a version-1 file) from their records. `length()` of a blob reads the
+/// record header only, never the overflow pages of a large payload.
+const BACKFILL_STATS: &str = "
+INSERT OR IGNORE INTO log_topic_stats (topic_id, records, bytes, start_offset, next_offset)
+SELECT t.id,
+       COUNT(r.seq),
+       COALESCE(SUM(length(r.key) + length(r.headers) + length(r.payload)), 0),
+       COALESCE(MIN(r.record_offset), 0),
+       COALESCE(MAX(r.record_offset) + 1, 0)
+FROM log_topics t LEFT JOIN log_records r ON r.topic_id = t.id
+GROUP BY t.id
 ";
 
 fn storage(path: &Path, what: &str) -> impl FnOnce(rusqlite::Error) -> LogError {
@@ -138,6 +169,28 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, LogError> {
     conn.pragma_update(None, "cache_size", -16_384)
         .map_err(storage(path, "configure"))?;
 
+    // IMMEDIATE: two processes opening an old file at once migrate it once.
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(storage(path, "create the schema of"))?;
+    let migrated = migrate(&conn, path);
+    let finished = match migrated {
+        Ok(()) => conn
+            .execute_batch("COMMIT")
+            .map_err(storage(path, "create the schema of")),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = finished {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return Err(error);
+    }
+    Ok(conn)
+}
+
+/// Creates the tables a new file lacks and moves an older file to
+/// [`SCHEMA_VERSION`], inside the caller's transaction.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), LogError> {
     conn.execute_batch(SCHEMA)
         .map_err(storage(path, "create the schema of"))?;
     let version: Option<i64> = conn
@@ -148,15 +201,38 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, LogError> {
         )
         .optional()
         .map_err(storage(path, "read the schema version of"))?;
-    if version != Some(SCHEMA_VERSION) {
-        return Err(LogError::storage(
-            format!("unsupported schema version in event log {}", path.display()),
-            std::io::Error::other(format!(
-                "found {version:?}, this build supports {SCHEMA_VERSION}"
-            )),
-        ));
+    match version {
+        Some(SCHEMA_VERSION) => return Ok(()),
+        // None: a new file (no topics yet, so the backfill finds nothing).
+        None | Some(1) => {}
+        Some(other) => {
+            return Err(LogError::storage(
+                format!("unsupported schema version in event log {}", path.display()),
+                std::io::Error::other(format!(
+                    "found {other}, this build supports {SCHEMA_VERSION}"
+                )),
+            ));
+        }
     }
-    Ok(conn)
+    let started = std::time::Instant::now();
+    conn.execute_batch(BACKFILL_STATS)
+        .map_err(storage(path, "compute the topic sizes of"))?;
+    conn.execute(
+        "INSERT INTO log_meta (key, value) VALUES ('schema_version', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [SCHEMA_VERSION],
+    )
+    .map_err(storage(path, "record the schema version of"))?;
+    if version.is_some() {
+        tracing::info!(
+            path = %path.display(),
+            from = version,
+            to = SCHEMA_VERSION,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "event log schema migrated"
+        );
+    }
+    Ok(())
 }
 
 /// Opens a connection for reads. WAL lets it read while the writer writes;

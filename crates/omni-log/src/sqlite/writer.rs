@@ -39,16 +39,34 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<(), LogError>>,
     },
     /// Deletes records of `topic` up to and including `through_offset`,
-    /// except the newest record, whose offset is what the next append
-    /// continues from after a restart.
+    /// except the newest record (the spool's drainer reads its position
+    /// from it).
     Trim {
         topic: String,
         through_offset: i64,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// Retention: removes the records of `topic` below `end_offset`, but
+    /// never one at or after the committed position of a group in
+    /// `protected` (a group without one protects the whole topic). The
+    /// positions are read inside the transaction, so a commit racing with
+    /// the retention pass can never be overtaken.
+    Remove {
+        topic: String,
+        end_offset: i64,
+        protected: Vec<String>,
+        reply: oneshot::Sender<Result<Removed, LogError>>,
+    },
     /// Sent once by `close`: everything queued before it is committed and
     /// answered, everything after it is refused.
     Shutdown,
+}
+
+/// What one removal took out of a topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Removed {
+    pub records: u64,
+    pub bytes: u64,
 }
 
 /// What the writer knows about a topic: its id and the offset its next
@@ -129,7 +147,8 @@ impl Writer {
     fn write_batch(&mut self, batch: &mut Vec<Command>) {
         let mut staged = HashMap::new();
         let mut positions = Vec::with_capacity(batch.len());
-        let result = self.write(batch, &mut staged, &mut positions);
+        let mut removals = Vec::new();
+        let result = self.write(batch, &mut staged, &mut positions, &mut removals);
         if let Err(error) = result {
             if !self.conn.is_autocommit()
                 && let Err(rollback) = self.conn.execute_batch("ROLLBACK")
@@ -157,6 +176,9 @@ impl Writer {
                     Command::CommitOffset { reply, .. } | Command::Trim { reply, .. } => {
                         let _ = reply.send(Err(error.clone()));
                     }
+                    Command::Remove { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
                     Command::Shutdown => {}
                 }
             }
@@ -166,6 +188,7 @@ impl Writer {
         // Committed: only now do the offsets become real and the waiters hear Ok.
         self.topics.extend(staged);
         let mut positions = positions.into_iter();
+        let mut removals = removals.into_iter();
         let mut appended = false;
         for command in batch.drain(..) {
             match command {
@@ -182,6 +205,9 @@ impl Writer {
                 Command::CommitOffset { reply, .. } | Command::Trim { reply, .. } => {
                     let _ = reply.send(Ok(()));
                 }
+                Command::Remove { reply, .. } => {
+                    let _ = reply.send(Ok(removals.next().unwrap_or_default()));
+                }
                 Command::Shutdown => {}
             }
         }
@@ -192,13 +218,15 @@ impl Writer {
     }
 
     /// Writes the batch in one transaction. `staged` collects the topics'
-    /// new state and `positions` the offsets of the appends, in order; both
-    /// apply only if this returns Ok (the commit succeeded).
+    /// new state, `positions` the offsets of the appends and `removals`
+    /// what each removal took, in order; all apply only if this returns Ok
+    /// (the commit succeeded).
     fn write(
         &mut self,
         batch: &[Command],
         staged: &mut HashMap<String, TopicState>,
         positions: &mut Vec<i64>,
+        removals: &mut Vec<Removed>,
     ) -> rusqlite::Result<()> {
         let conn = &self.conn;
         // IMMEDIATE takes the write lock now, so nothing can commit between
@@ -214,6 +242,9 @@ impl Writer {
             "INSERT INTO log_records (topic_id, record_offset, timestamp_ms, key, headers, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
+        // Per topic id: records and bytes appended by this batch, added to
+        // `log_topic_stats` once per topic before the commit.
+        let mut added: HashMap<i64, Removed> = HashMap::new();
         for command in batch {
             match command {
                 Command::Append { record, .. } => {
@@ -232,6 +263,10 @@ impl Writer {
                     ])?;
                     positions.push(state.next_offset);
                     state.next_offset += 1;
+                    let sum = added.entry(state.id).or_default();
+                    sum.records += 1;
+                    sum.bytes +=
+                        (record.key.len() + record.headers.len() + record.payload.len()) as u64;
                     match staged.get_mut(topic) {
                         Some(staged) => *staged = state,
                         None => {
@@ -257,19 +292,57 @@ impl Writer {
                     through_offset,
                     ..
                 } => {
-                    conn.prepare_cached(
-                        "DELETE FROM log_records
-                         WHERE topic_id = (SELECT id FROM log_topics WHERE name = ?1)
-                           AND record_offset <= ?2
-                           AND record_offset < (SELECT MAX(record_offset) FROM log_records
-                                                WHERE topic_id = (SELECT id FROM log_topics WHERE name = ?1))",
-                    )?
-                    .execute(params![topic, through_offset])?;
+                    if let Some(stats) = load_stats(conn, topic)? {
+                        // Below the newest record committed before this
+                        // batch: never one appended in it.
+                        let end = through_offset.saturating_add(1).min(stats.next_offset - 1);
+                        remove_below(conn, &stats, end)?;
+                    }
+                }
+                Command::Remove {
+                    topic,
+                    end_offset,
+                    protected,
+                    ..
+                } => {
+                    let removed = match load_stats(conn, topic)? {
+                        Some(stats) => {
+                            let mut end = (*end_offset).min(stats.next_offset);
+                            let mut position = conn.prepare_cached(
+                                "SELECT next_offset FROM log_consumer_offsets
+                                 WHERE group_id = ?1 AND topic = ?2 AND partition_id = 0",
+                            )?;
+                            for group in protected {
+                                let committed: Option<i64> = position
+                                    .query_row(params![group, topic], |row| row.get(0))
+                                    .optional()?;
+                                end = end.min(committed.unwrap_or(0));
+                            }
+                            remove_below(conn, &stats, end)?
+                        }
+                        None => Removed::default(),
+                    };
+                    removals.push(removed);
                 }
                 Command::Shutdown => {}
             }
         }
         drop(insert);
+        let mut update = conn.prepare_cached(
+            "UPDATE log_topic_stats
+             SET records = records + ?2, bytes = bytes + ?3, next_offset = ?4
+             WHERE topic_id = ?1",
+        )?;
+        for state in staged.values() {
+            let sum = added.get(&state.id).copied().unwrap_or_default();
+            update.execute(params![
+                state.id,
+                sum.records as i64,
+                sum.bytes as i64,
+                state.next_offset
+            ])?;
+        }
+        drop(update);
         // synchronous=FULL: this fsyncs the WAL before returning.
         conn.execute_batch("COMMIT")?;
         self.data_version = Some(data_version);
@@ -277,27 +350,97 @@ impl Writer {
     }
 }
 
-/// Looks a topic up in the file, creating it if new (inside the batch's
-/// transaction, so a failed batch does not leave it behind).
+/// Looks a topic up in the file, creating it (and its stats row) if new,
+/// inside the batch's transaction, so a failed batch does not leave it
+/// behind.
 fn load_topic(conn: &Connection, name: &str) -> rusqlite::Result<TopicState> {
     let id: Option<i64> = conn
         .prepare_cached("SELECT id FROM log_topics WHERE name = ?1")?
         .query_row([name], |row| row.get(0))
         .optional()?;
-    let Some(id) = id else {
-        conn.prepare_cached("INSERT INTO log_topics (name) VALUES (?1)")?
-            .execute([name])?;
-        return Ok(TopicState {
-            id: conn.last_insert_rowid(),
-            next_offset: 0,
-        });
+    let id = match id {
+        Some(id) => id,
+        None => {
+            conn.prepare_cached("INSERT INTO log_topics (name) VALUES (?1)")?
+                .execute([name])?;
+            conn.last_insert_rowid()
+        }
     };
-    let next_offset: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic_id = ?1",
+    let mut next_offset = conn
+        .prepare_cached("SELECT next_offset FROM log_topic_stats WHERE topic_id = ?1")?
+        .query_row([id], |row| row.get::<_, i64>(0))
+        .optional()?;
+    if next_offset.is_none() {
+        // The opening migration gives every topic its row, and a new topic
+        // gets it here; one missing anyway is computed from the records
+        // rather than trusted to be empty.
+        conn.prepare_cached(
+            "INSERT INTO log_topic_stats (topic_id, records, bytes, start_offset, next_offset)
+             SELECT ?1, COUNT(*),
+                    COALESCE(SUM(length(key) + length(headers) + length(payload)), 0),
+                    COALESCE(MIN(record_offset), 0), COALESCE(MAX(record_offset) + 1, 0)
+             FROM log_records WHERE topic_id = ?1",
         )?
-        .query_row([id], |row| row.get(0))?;
-    Ok(TopicState { id, next_offset })
+        .execute([id])?;
+        next_offset = Some(
+            conn.prepare_cached("SELECT next_offset FROM log_topic_stats WHERE topic_id = ?1")?
+                .query_row([id], |row| row.get(0))?,
+        );
+    }
+    Ok(TopicState {
+        id,
+        next_offset: next_offset.unwrap_or_default(),
+    })
+}
+
+/// A topic's row of `log_topic_stats`, as committed before this batch.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    id: i64,
+    start_offset: i64,
+    next_offset: i64,
+}
+
+fn load_stats(conn: &Connection, name: &str) -> rusqlite::Result<Option<Stats>> {
+    conn.prepare_cached(
+        "SELECT s.topic_id, s.start_offset, s.next_offset
+         FROM log_topic_stats s JOIN log_topics t ON t.id = s.topic_id
+         WHERE t.name = ?1",
+    )?
+    .query_row([name], |row| {
+        Ok(Stats {
+            id: row.get(0)?,
+            start_offset: row.get(1)?,
+            next_offset: row.get(2)?,
+        })
+    })
+    .optional()
+}
+
+/// Deletes the topic's records below `end` and takes them off its stats;
+/// the log start offset moves to `end`, and no remaining offset changes.
+fn remove_below(conn: &Connection, stats: &Stats, end: i64) -> rusqlite::Result<Removed> {
+    if end <= stats.start_offset {
+        return Ok(Removed::default());
+    }
+    let (records, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(length(key) + length(headers) + length(payload)), 0)
+             FROM log_records WHERE topic_id = ?1 AND record_offset < ?2",
+        )?
+        .query_row(params![stats.id, end], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    conn.prepare_cached("DELETE FROM log_records WHERE topic_id = ?1 AND record_offset < ?2")?
+        .execute(params![stats.id, end])?;
+    conn.prepare_cached(
+        "UPDATE log_topic_stats
+         SET records = records - ?2, bytes = bytes - ?3, start_offset = ?4
+         WHERE topic_id = ?1",
+    )?
+    .execute(params![stats.id, records, bytes, end])?;
+    Ok(Removed {
+        records: records as u64,
+        bytes: bytes as u64,
+    })
 }
 
 fn refuse(command: Command) {
@@ -306,6 +449,9 @@ fn refuse(command: Command) {
             let _ = reply.send(Err(LogError::Closed));
         }
         Command::CommitOffset { reply, .. } | Command::Trim { reply, .. } => {
+            let _ = reply.send(Err(LogError::Closed));
+        }
+        Command::Remove { reply, .. } => {
             let _ = reply.send(Err(LogError::Closed));
         }
         Command::Shutdown => {}
