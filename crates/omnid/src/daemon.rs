@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Error, auth, channels, event_log,
     events::{ChannelsReloaded, ReloadMetrics},
-    media, outbound, server,
+    media, outbound, retention, seen_prune, server,
     settings::{Settings, Topics},
     sink, supervisor, threading,
 };
@@ -49,9 +49,10 @@ impl Daemon {
         registry: Vec<Box<dyn ConnectorFactory>>,
         prometheus: Option<PrometheusHandle>,
     ) -> Result<Daemon, Error> {
-        let log = event_log::open_log(&settings, event_log::LogUse::Daemon)
+        let opened = event_log::open(&settings, event_log::LogUse::Daemon)
             .await
             .map_err(Error::failed)?;
+        let log = opened.log;
         let topics = Topics::new(&settings.log.topic_prefix);
         let encoding = settings.log.encoding;
         let sender = EventSender::new(Arc::new(sink::LogSink::new(
@@ -62,14 +63,16 @@ impl Daemon {
         let factories = registry;
         let public = settings.http.public_base_url.clone();
         let state_path = settings.data_dir.join("channel-state.sqlite3");
-        let state_store = omni_connector::SqliteStateStore::open(&state_path)
-            .with_context(|| format!("cannot open channel state {}", state_path.display()))
-            .map_err(Error::failed)?;
+        let state_store: Arc<dyn omni_connector::StateStore> = Arc::new(
+            omni_connector::SqliteStateStore::open(&state_path)
+                .with_context(|| format!("cannot open channel state {}", state_path.display()))
+                .map_err(Error::failed)?,
+        );
         let media_queue = media::open(&settings).map_err(Error::failed)?;
         let wiring = channels::Wiring {
             sender,
             public_base_url: public.clone(),
-            state: Some(Arc::new(state_store)),
+            state: Some(state_store.clone()),
             attachments: Some(Arc::new(omni_connector::FsAttachmentStore::new(
                 settings.attachments_dir(),
             ))),
@@ -84,6 +87,7 @@ impl Daemon {
         } => &reloads);
 
         let shutdown = CancellationToken::new();
+        let seen_pruner = seen_prune::start(&settings, state_store, &shutdown);
         let health = supervisor::Health::default();
         let mut runners =
             supervisor::Supervisor::new(health.clone(), supervisor::RestartPolicy::default());
@@ -130,6 +134,15 @@ impl Daemon {
             threading_store,
             &shutdown,
         );
+        // The consumers this daemon runs: retention never removes what they
+        // have not committed.
+        let mut consumers = vec![(topics.outbound.clone(), outbound::GROUP)];
+        if settings.threading.enabled {
+            consumers.extend(threading::consumer_groups(&topics));
+        }
+        let retention = opened
+            .embedded
+            .map(|embedded| retention::start(&settings, embedded, &consumers, &shutdown));
 
         let listener = tokio::net::TcpListener::bind(settings.http.listen)
             .await
@@ -165,9 +178,15 @@ impl Daemon {
             if let Ok(Ok(mut runners)) = tokio::time::timeout(grace, reloader).await {
                 runners.stop_all(grace).await;
             }
+            if let Some(pruner) = seen_pruner {
+                pruner.stop(grace).await;
+            }
             outbound.stop(grace).await;
             media.stop(grace).await;
             threading.stop(grace).await;
+            if let Some(retention) = retention {
+                retention.stop(grace).await;
+            }
             match tokio::time::timeout(grace, log.close()).await {
                 Ok(Ok(())) => tracing::info!("event log closed, bye"),
                 Ok(Err(error)) => {

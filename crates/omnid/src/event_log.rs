@@ -20,13 +20,31 @@ pub(crate) enum LogUse {
     Reader,
 }
 
-/// Opens the configured event log. For Kafka, the daemon checks (and
-/// creates, when allowed) the topics first, so a wrong cluster or missing
-/// topic is a startup error rather than a stream of failed webhooks.
+/// The opened event log, and the embedded one's own handle for what only
+/// it does (retention).
+#[derive(Debug)]
+pub(crate) struct OpenedLog {
+    pub(crate) log: Arc<dyn EventLog>,
+    /// With `backend = "sqlite"`.
+    pub(crate) embedded: Option<SqliteLog>,
+}
+
+/// Opens the configured event log (see [`open`]).
 pub(crate) async fn open_log(
     settings: &Settings,
     usage: LogUse,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
+    Ok(open(settings, usage).await?.log)
+}
+
+/// Opens the configured event log. For Kafka, the daemon checks (and
+/// creates, when allowed) the topics first, so a wrong cluster or missing
+/// topic is a startup error rather than a stream of failed webhooks.
+pub(crate) async fn open(settings: &Settings, usage: LogUse) -> anyhow::Result<OpenedLog> {
+    let opened = |log: Arc<dyn EventLog>| OpenedLog {
+        log,
+        embedded: None,
+    };
     match settings.log.backend {
         LogBackend::Kafka => {
             let kafka = &settings.log.kafka;
@@ -40,7 +58,7 @@ pub(crate) async fn open_log(
                 ..KafkaLogConfig::default()
             })?;
             if usage == LogUse::Reader {
-                return Ok(Arc::new(log));
+                return Ok(opened(Arc::new(log)));
             }
             let topics: Vec<TopicSpec> = Topics::new(&settings.log.topic_prefix)
                 .all()
@@ -57,7 +75,7 @@ pub(crate) async fn open_log(
                 .with_context(|| format!("kafka cluster {} is not ready", kafka.brokers))?;
             let spool = &settings.log.spool;
             if !spool.enabled {
-                return Ok(Arc::new(log));
+                return Ok(opened(Arc::new(log)));
             }
             let path = settings.spool_path();
             let file = SqliteLog::open(&path, SqliteLogConfig::default())
@@ -67,7 +85,7 @@ pub(crate) async fn open_log(
                 spool_after: Duration::from_millis(spool.spool_after_ms),
             };
             let spooled = SpooledLog::new(Arc::new(log), file, config).await?;
-            Ok(Arc::new(spooled))
+            Ok(opened(Arc::new(spooled)))
         }
         LogBackend::Sqlite => {
             let path = settings.sqlite_path();
@@ -77,7 +95,10 @@ pub(crate) async fn open_log(
             };
             let log = SqliteLog::open(&path, config)
                 .with_context(|| format!("cannot open event log {}", path.display()))?;
-            Ok(Arc::new(log))
+            Ok(OpenedLog {
+                log: Arc::new(log.clone()),
+                embedded: Some(log),
+            })
         }
     }
 }

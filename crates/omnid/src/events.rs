@@ -186,6 +186,156 @@ impl InternalEvent for LogAppended<'_> {
     }
 }
 
+/// How long a group may keep holding retention back before its warning is
+/// repeated.
+pub(crate) const HELD_BACK_REMINDER: Duration = Duration::from_secs(600);
+
+/// What to log about one group holding retention back, given when it was
+/// last warned about (`None`: it was not holding anything back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HoldLog {
+    /// It started holding records back: warn.
+    Started,
+    /// Still holding records back, and the last warning is old: warn again.
+    Continues,
+    /// It no longer holds anything back: say so once.
+    Ended,
+    Quiet,
+}
+
+/// The log decision of [`HoldLog`] and the new "last warned" state; one
+/// line when a group starts or stops holding retention back, a reminder
+/// every `reminder` in between.
+pub(crate) fn hold_log(
+    last_warned: Option<std::time::Instant>,
+    held: u64,
+    now: std::time::Instant,
+    reminder: Duration,
+) -> (HoldLog, Option<std::time::Instant>) {
+    match (last_warned, held > 0) {
+        (None, true) => (HoldLog::Started, Some(now)),
+        (Some(at), true) if now.saturating_duration_since(at) >= reminder => {
+            (HoldLog::Continues, Some(now))
+        }
+        (Some(at), true) => (HoldLog::Quiet, Some(at)),
+        (Some(_), false) => (HoldLog::Ended, None),
+        (None, false) => (HoldLog::Quiet, None),
+    }
+}
+
+/// Pre-registered retention metrics of one topic of the embedded log, and
+/// per protected group the held-back gauge and when it was last warned
+/// about.
+#[derive(Debug)]
+pub(crate) struct TopicRetentionMetrics {
+    bytes: Gauge,
+    records: Gauge,
+    removed: Counter,
+    groups:
+        std::sync::Mutex<std::collections::BTreeMap<String, (Gauge, Option<std::time::Instant>)>>,
+}
+
+impl TopicRetentionMetrics {
+    pub(crate) fn register(topic: &str, groups: &[&str]) -> Self {
+        Self {
+            bytes: gauge!(names::LOG_TOPIC_BYTES, "topic" => topic.to_owned()),
+            records: gauge!(names::LOG_TOPIC_RECORDS, "topic" => topic.to_owned()),
+            removed: counter!(
+                names::LOG_RETENTION_REMOVED_RECORDS_TOTAL,
+                "topic" => topic.to_owned()
+            ),
+            groups: std::sync::Mutex::new(
+                groups
+                    .iter()
+                    .map(|group| {
+                        let gauge = gauge!(
+                            names::LOG_RETENTION_HELD_BACK_RECORDS,
+                            "topic" => topic.to_owned(),
+                            "group" => (*group).to_owned()
+                        );
+                        ((*group).to_owned(), (gauge, None))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A retention pass finished with one topic of the embedded log.
+#[derive(Debug)]
+pub(crate) struct LogRetained<'a> {
+    pub retained: &'a omni_log::TopicRetention,
+}
+
+impl InternalEvent for LogRetained<'_> {
+    type Handles = TopicRetentionMetrics;
+
+    fn emit(self, metrics: &TopicRetentionMetrics) {
+        let retained = self.retained;
+        let stats = &retained.stats;
+        metrics.bytes.set(stats.bytes as f64);
+        metrics.records.set(stats.records as f64);
+        metrics.removed.increment(retained.removed_records);
+        if retained.removed_records > 0 {
+            debug!(
+                topic = %stats.topic,
+                removed_records = retained.removed_records,
+                removed_bytes = retained.removed_bytes,
+                start_offset = stats.start_offset,
+                "log retention removed records"
+            );
+        }
+        let now = std::time::Instant::now();
+        let mut groups = metrics.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for held in &retained.held_back {
+            let (gauge, last_warned) = groups.entry(held.group.clone()).or_insert_with(|| {
+                let gauge = gauge!(
+                    names::LOG_RETENTION_HELD_BACK_RECORDS,
+                    "topic" => stats.topic.clone(),
+                    "group" => held.group.clone()
+                );
+                (gauge, None)
+            });
+            gauge.set(held.records as f64);
+            let (log, warned) = hold_log(*last_warned, held.records, now, HELD_BACK_REMINDER);
+            *last_warned = warned;
+            match log {
+                HoldLog::Started | HoldLog::Continues => warn!(
+                    topic = %stats.topic,
+                    group = %held.group,
+                    held_back_records = held.records,
+                    committed_offset = held.committed,
+                    start_offset = stats.start_offset,
+                    end_offset = stats.end_offset,
+                    topic_bytes = stats.bytes,
+                    "log retention held back: the consumer group has not committed records over the retention limits, so they stay and the log grows"
+                ),
+                HoldLog::Ended => info!(
+                    topic = %stats.topic,
+                    group = %held.group,
+                    "log retention no longer held back by the consumer group"
+                ),
+                HoldLog::Quiet => {}
+            }
+        }
+    }
+}
+
+/// A retention pass of the embedded log failed; the next one retries.
+#[derive(Debug)]
+pub(crate) struct LogRetentionFailed<'a> {
+    pub error: &'a dyn std::error::Error,
+}
+
+impl InternalEvent for LogRetentionFailed<'_> {
+    type Handles = Counter;
+
+    fn emit(self, failures: &Counter) {
+        failures.increment(1);
+        warn!(error = %self.error, "log retention pass failed, retrying at the next pass");
+    }
+}
+
 /// Pre-registered `omnid_config_reloads_total` counters, one per result.
 #[derive(Debug, Clone)]
 pub(crate) struct ReloadMetrics {
@@ -810,6 +960,75 @@ mod tests {
                     1
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn held_back_retention_is_warned_about_when_it_starts_now_and_then_and_when_it_ends() {
+        let start = std::time::Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let reminder = Duration::from_secs(600);
+        let mut state = None;
+        let mut logged = Vec::new();
+        for (secs, held) in [
+            (0, 0),
+            (60, 5),
+            (120, 9),
+            (600, 9),
+            (660, 12),
+            (720, 0),
+            (780, 0),
+            (840, 3),
+        ] {
+            let (log, next) = hold_log(state, held, at(secs), reminder);
+            state = next;
+            logged.push(log);
+        }
+        assert_eq!(
+            logged,
+            [
+                HoldLog::Quiet,
+                HoldLog::Started,
+                HoldLog::Quiet,
+                HoldLog::Quiet,
+                HoldLog::Continues,
+                HoldLog::Ended,
+                HoldLog::Quiet,
+                HoldLog::Started,
+            ]
+        );
+    }
+
+    #[test]
+    fn retention_counts_removed_records_per_topic() {
+        let capture = Capture::default();
+        let metrics = metrics::with_local_recorder(&capture, || {
+            TopicRetentionMetrics::register("omni.inbound.v1", &["omnid-threading"])
+        });
+        let retained = |removed_records| omni_log::TopicRetention {
+            stats: omni_log::TopicStats {
+                topic: "omni.inbound.v1".into(),
+                records: 3,
+                bytes: 300,
+                start_offset: 7,
+                end_offset: 10,
+            },
+            removed_records,
+            removed_bytes: removed_records * 100,
+            held_back: vec![omni_log::HeldBack {
+                group: "omnid-threading".into(),
+                committed: Some(7),
+                records: 0,
+            }],
+        };
+        emit!(LogRetained { retained: &retained(4) } => &metrics);
+        emit!(LogRetained { retained: &retained(3) } => &metrics);
+        assert_eq!(
+            capture.series(),
+            [(
+                r#"omnid_log_retention_removed_records_total{topic="omni.inbound.v1"}"#.to_owned(),
+                7
+            )]
         );
     }
 }

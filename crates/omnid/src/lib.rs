@@ -14,6 +14,8 @@ mod events;
 mod listener;
 mod media;
 mod outbound;
+mod retention;
+mod seen_prune;
 mod server;
 pub mod settings;
 mod sink;

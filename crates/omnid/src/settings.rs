@@ -35,10 +35,49 @@ pub struct Settings {
     pub threading: ThreadingSettings,
     #[serde(default)]
     pub media: MediaSettings,
+    #[serde(default)]
+    pub state: StateSettings,
     /// Upper bound (seconds) on draining in-flight requests and queued
     /// events at shutdown.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+}
+
+/// The channels' durable state, `<data_dir>/channel-state.sqlite3`:
+/// checkpoints, buffered parts, and the ids each channel has seen, by
+/// which a provider's retry or a redelivery is recognised and dropped.
+/// Seen ids older than the window are removed every hour (and at start),
+/// in small batches between the channels' own writes, so the file stops
+/// growing; the space they held is reused rather than returned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// How many days a seen id is kept, from when it was first seen; 0
+    /// keeps them forever. Duplicates come from providers' retries, which
+    /// stop within days: Meta's webhooks (WhatsApp, Messenger, Instagram)
+    /// are retried for up to 7 days, Vonage's for 24 hours, Twilio's,
+    /// WeChat's and Telegram's within minutes to a day; 14 days covers the
+    /// longest twice. Beyond the window a repeat is appended again, with
+    /// the same event id, so consumers that deduplicate by it drop it: an
+    /// IMAP mailbox whose UIDVALIDITY changes is walked again, and its
+    /// messages older than the window are fetched and appended once more;
+    /// an outbound reply redelivered more than the window after it was
+    /// sent (a dispatcher held back that long by a channel that kept
+    /// failing) is sent again.
+    #[serde(default = "default_seen_window_days")]
+    pub seen_window_days: u64,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            seen_window_days: default_seen_window_days(),
+        }
+    }
+}
+
+const fn default_seen_window_days() -> u64 {
+    14
 }
 
 /// Deferred media: the files a message names are downloaded after the
@@ -208,6 +247,115 @@ pub struct LogSettings {
     pub kafka: KafkaSettings,
     #[serde(default)]
     pub spool: SpoolSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// How long, and how much, the embedded log (`backend = "sqlite"`) keeps of
+/// each topic, as Kafka's `retention.ms` and `retention.bytes` do: the
+/// oldest records beyond either limit are removed, offsets of the rest
+/// never change. The daemon's own consumers (threading, helpdesk commands,
+/// the outbound dispatcher) are never overtaken: a record they have not
+/// committed stays, whatever its age. Freed space is reused by new
+/// records; the file stops growing rather than shrinking. With Kafka the
+/// broker's topic settings apply instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Records older than this many seconds are removed; 0 keeps them
+    /// regardless of age. A week covers a business closed over a long
+    /// weekend and a consumer outage noticed late; the helpdesk keeps the
+    /// conversations themselves.
+    #[serde(default = "default_retention_max_age_secs")]
+    pub max_age_secs: u64,
+    /// Each topic's records (keys, headers, payloads) are kept under this
+    /// many bytes, the oldest removed first; 0 sets no size limit. A safety
+    /// net for bursts and floods on a small disk: SQLite's pages and index
+    /// add a quarter to a half on top, so with five topics the file stays
+    /// under about 7.5 times this, plus a write-ahead log of up to 64 MiB.
+    #[serde(default = "default_retention_max_bytes")]
+    pub max_bytes: u64,
+    /// The age limit of the dead-letter topic instead of `max_age_secs`
+    /// (0: no age limit): dead letters are rare and someone has to look at
+    /// them, which may take longer than a week.
+    #[serde(default = "default_retention_deadletter_max_age_secs")]
+    pub deadletter_max_age_secs: u64,
+    /// How often (seconds, at least 1) a retention pass runs; each pass
+    /// also refreshes the topic-size metrics.
+    #[serde(default = "default_retention_check_interval_secs")]
+    pub check_interval_secs: u64,
+    /// Limits of single topics, overriding the ones above: one table per
+    /// topic, named by its short name (`inbound`, `timeline`, `outbound`,
+    /// `deadletter`, `commands`) or full name, with `max_age_secs` and
+    /// `max_bytes` (0: no limit; a key left out keeps the value above).
+    /// For example `[log.retention.topics.inbound]` with
+    /// `max_age_secs = 2592000` keeps inbound messages a month.
+    #[serde(default)]
+    pub topics: std::collections::BTreeMap<String, TopicRetentionSettings>,
+}
+
+/// One topic's retention limits (`log.retention.topics.<topic>`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRetentionSettings {
+    /// Records older than this many seconds are removed; 0: no age limit.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+    /// The topic's records are kept under this many bytes; 0: no size limit.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+impl RetentionSettings {
+    /// The policy of the embedded log's retention pass: limits per topic
+    /// and the consumer groups each topic must wait for.
+    pub fn policy(
+        &self,
+        topics: &Topics,
+        protected: &[(String, &str)],
+    ) -> omni_log::RetentionPolicy {
+        use std::time::Duration;
+        let limit = |value: u64| (value > 0).then_some(value);
+        let default = omni_log::RetentionLimits {
+            max_age: limit(self.max_age_secs).map(Duration::from_secs),
+            max_bytes: limit(self.max_bytes),
+        };
+        let mut per_topic = std::collections::BTreeMap::new();
+        per_topic.insert(
+            topics.deadletter.clone(),
+            omni_log::RetentionLimits {
+                max_age: limit(self.deadletter_max_age_secs).map(Duration::from_secs),
+                ..default
+            },
+        );
+        for (name, overrides) in &self.topics {
+            let topic = topics.resolve(name);
+            let base = per_topic.get(&topic).copied().unwrap_or(default);
+            per_topic.insert(
+                topic,
+                omni_log::RetentionLimits {
+                    max_age: overrides
+                        .max_age_secs
+                        .map_or(base.max_age, |secs| limit(secs).map(Duration::from_secs)),
+                    max_bytes: overrides.max_bytes.map_or(base.max_bytes, limit),
+                },
+            );
+        }
+        let mut protected_groups: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for (topic, group) in protected {
+            protected_groups
+                .entry(topic.clone())
+                .or_default()
+                .push((*group).to_owned());
+        }
+        omni_log::RetentionPolicy {
+            default,
+            topics: per_topic,
+            protected_groups,
+            ..omni_log::RetentionPolicy::default()
+        }
+    }
 }
 
 /// The durable local spool in front of Kafka.
@@ -439,6 +587,18 @@ fn default_topic_prefix() -> String {
 const fn default_max_batch() -> usize {
     1024
 }
+const fn default_retention_max_age_secs() -> u64 {
+    7 * 24 * 3600
+}
+const fn default_retention_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+const fn default_retention_deadletter_max_age_secs() -> u64 {
+    30 * 24 * 3600
+}
+const fn default_retention_check_interval_secs() -> u64 {
+    60
+}
 const fn default_queue_capacity() -> usize {
     65_536
 }
@@ -471,6 +631,7 @@ default_from_serde!(
     SqliteSettings,
     KafkaSettings,
     SpoolSettings,
+    RetentionSettings,
     ChannelSettings,
     TelemetrySettings,
     ThreadingSettings
@@ -537,6 +698,18 @@ impl Settings {
         }
         if self.log.sqlite.max_batch == 0 || self.log.sqlite.queue_capacity == 0 {
             return Err("log.sqlite: max_batch and queue_capacity must be at least 1".into());
+        }
+        if self.log.retention.check_interval_secs == 0 {
+            return Err("log.retention.check_interval_secs: must be at least 1".into());
+        }
+        let topics = Topics::new(&self.log.topic_prefix);
+        for name in self.log.retention.topics.keys() {
+            let topic = topics.resolve(name);
+            if !topics.all().contains(&topic.as_str()) {
+                return Err(format!(
+                    "log.retention.topics: `{name}` is not one of the daemon's topics (inbound, timeline, outbound, deadletter, commands, or their full names)"
+                ));
+            }
         }
         if self.threading.store == ThreadingStoreKind::Postgres {
             if self.threading.postgres_url.is_none() {
@@ -705,6 +878,87 @@ mod tests {
                 assert!(message.contains(&format!("`{accepted}`")), "{message}");
             }
         }
+    }
+
+    #[test]
+    fn retention_defaults_keep_a_week_and_a_gibibyte_and_dead_letters_a_month() {
+        use std::time::Duration;
+        let (_dir, loaded) = load("");
+        let settings = loaded.unwrap();
+        let topics = Topics::new(&settings.log.topic_prefix);
+        let policy = settings
+            .log
+            .retention
+            .policy(&topics, &[(topics.inbound.clone(), "omnid-threading")]);
+        let week = omni_log::RetentionLimits {
+            max_age: Some(Duration::from_secs(7 * 86_400)),
+            max_bytes: Some(1 << 30),
+        };
+        assert_eq!(policy.limits("omni.inbound.v1"), week);
+        assert_eq!(policy.limits("omni.timeline.v1"), week);
+        assert_eq!(
+            policy.limits("omni.deadletter.v1"),
+            omni_log::RetentionLimits {
+                max_age: Some(Duration::from_secs(30 * 86_400)),
+                ..week
+            }
+        );
+        assert_eq!(
+            policy.protected_groups.get("omni.inbound.v1"),
+            Some(&vec!["omnid-threading".to_owned()])
+        );
+        assert_eq!(settings.log.retention.check_interval_secs, 60);
+    }
+
+    #[test]
+    fn retention_overrides_by_short_or_full_name_and_zero_is_unlimited() {
+        use std::time::Duration;
+        let (_dir, loaded) = load(
+            "[log]\ntopic_prefix = \"acme.\"\n\
+             [log.retention]\nmax_age_secs = 3600\nmax_bytes = 0\ndeadletter_max_age_secs = 0\n\
+             [log.retention.topics.inbound]\nmax_bytes = 4096\n\
+             [log.retention.topics.\"acme.timeline.v1\"]\nmax_age_secs = 0\n\
+             [log.retention.topics.deadletter]\nmax_bytes = 10\n",
+        );
+        let settings = loaded.unwrap();
+        let topics = Topics::new(&settings.log.topic_prefix);
+        let policy = settings.log.retention.policy(&topics, &[]);
+        let hour = Some(Duration::from_secs(3600));
+        let limits = |max_age, max_bytes| omni_log::RetentionLimits { max_age, max_bytes };
+        assert_eq!(policy.limits("acme.inbound.v1"), limits(hour, Some(4096)));
+        assert_eq!(policy.limits("acme.timeline.v1"), limits(None, None));
+        assert!(policy.limits("acme.timeline.v1").is_unlimited());
+        assert_eq!(policy.limits("acme.outbound.v1"), limits(hour, None));
+        // The dead-letter age stays its own, the override adds a size.
+        assert_eq!(policy.limits("acme.deadletter.v1"), limits(None, Some(10)));
+    }
+
+    #[test]
+    fn retention_refuses_unknown_topics_and_a_zero_interval() {
+        let (_dir, loaded) = load("[log.retention.topics.inbund]\nmax_bytes = 1\n");
+        let message = loaded.unwrap_err().to_string();
+        assert!(
+            message.contains("log.retention.topics") && message.contains("inbund"),
+            "{message}"
+        );
+        let (_dir, loaded) = load("[log.retention]\ncheck_interval_secs = 0\n");
+        let message = loaded.unwrap_err().to_string();
+        assert!(
+            message.contains("log.retention.check_interval_secs"),
+            "{message}"
+        );
+        let (_dir, loaded) = load("[log.retention.topics.inbound]\nmax_size = 1\n");
+        assert!(loaded.unwrap_err().to_string().contains("max_size"));
+    }
+
+    #[test]
+    fn seen_ids_are_kept_two_weeks_unless_told_otherwise() {
+        let (_dir, defaults) = load("");
+        assert_eq!(defaults.unwrap().state.seen_window_days, 14);
+        let (_dir, forever) = load("[state]\nseen_window_days = 0");
+        assert_eq!(forever.unwrap().state.seen_window_days, 0);
+        let (_dir, typo) = load("[state]\nseen_window = 3");
+        assert!(typo.unwrap_err().to_string().contains("seen_window"));
     }
 
     #[test]

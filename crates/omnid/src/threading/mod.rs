@@ -132,6 +132,15 @@ pub(crate) fn start(
     threading
 }
 
+/// The consumer groups the threading service runs when enabled, with the
+/// topic each consumes: the embedded log's retention must wait for them.
+pub(crate) fn consumer_groups(topics: &Topics) -> [(String, &'static str); 2] {
+    [
+        (topics.inbound.clone(), worker::GROUP),
+        (topics.commands.clone(), crate::commands::GROUP),
+    ]
+}
+
 impl Threading {
     /// Stops the worker (it finishes its batch), then the relay (it
     /// publishes the rows left), each within `grace`, and closes the store.
