@@ -228,7 +228,7 @@ pub struct Pass {
 }
 
 impl Mailer {
-    /// Until `shutdown`: every [`TICK`], emails the replies that are due.
+    /// Until `shutdown`: every second, emails the replies that are due.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let pass = self.pass(SystemTime::now()).await;

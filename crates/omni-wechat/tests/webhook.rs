@@ -104,7 +104,7 @@ fn events(sink: &MemorySink) -> Vec<omni_proto::v1::ConversationEvent> {
         .into_iter()
         .filter_map(|e| match e {
             LogEntry::Event(event) => Some(*event),
-            LogEntry::DeadLetter(_) => None,
+            LogEntry::DeadLetter(_) | LogEntry::Outbound(_) => None,
         })
         .collect()
 }
@@ -114,7 +114,7 @@ fn dead_letters(sink: &MemorySink) -> Vec<String> {
         .into_iter()
         .filter_map(|e| match e {
             LogEntry::DeadLetter(d) => Some(d.reason.clone()),
-            LogEntry::Event(_) => None,
+            LogEntry::Event(_) | LogEntry::Outbound(_) => None,
         })
         .collect()
 }
