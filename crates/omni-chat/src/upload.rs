@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use omni_connector::{
     AttachmentStore, StateUpdate,
-    attachments::{DEFAULT_FILE_NAME, MAX_FILE_NAME_CHARS, URI_PREFIX},
+    attachments::{DEFAULT_FILE_NAME, URI_PREFIX, file_name_base},
 };
 use omni_proto::v1::Attachment;
 use serde::{Deserialize, Serialize};
@@ -157,7 +157,7 @@ pub fn resolve(
 /// The file name of an upload from the request's query: the `name`
 /// parameter, percent-decoded (`+` is a space, as in any form-encoded
 /// query), control characters removed, only its last path component,
-/// trimmed, and at most [`MAX_FILE_NAME_CHARS`] characters (the end kept,
+/// trimmed, and at most [`omni_connector::attachments::MAX_FILE_NAME_CHARS`] characters (the end kept,
 /// so the extension survives). Absent or empty, [`DEFAULT_FILE_NAME`].
 /// A malformed escape or bytes that are not UTF-8 are refused.
 pub fn file_name(query: Option<&str>) -> Result<String, UploadError> {
@@ -170,15 +170,7 @@ pub fn file_name(query: Option<&str>) -> Result<String, UploadError> {
     };
     let decoded = percent_decode(raw).ok_or(UploadError::InvalidName)?;
     let clean: String = decoded.chars().filter(|c| !c.is_control()).collect();
-    let base = clean.rsplit(['/', '\\']).next().unwrap_or_default().trim();
-    if base.is_empty() || base == "." || base == ".." {
-        return Ok(DEFAULT_FILE_NAME.to_owned());
-    }
-    let chars = base.chars().count();
-    Ok(base
-        .chars()
-        .skip(chars.saturating_sub(MAX_FILE_NAME_CHARS))
-        .collect())
+    Ok(file_name_base(&clean))
 }
 
 /// `%XX` escapes and `+` decoded; `None` for a bad escape or a result
@@ -659,7 +651,10 @@ mod tests {
         assert_eq!(name("name=%00%1F").unwrap(), DEFAULT_FILE_NAME);
         let long = format!("name={}.pdf", "a".repeat(300));
         let kept = name(&long).unwrap();
-        assert_eq!(kept.chars().count(), MAX_FILE_NAME_CHARS);
+        assert_eq!(
+            kept.chars().count(),
+            omni_connector::attachments::MAX_FILE_NAME_CHARS
+        );
         assert!(kept.ends_with("a.pdf"));
         for bad in ["name=%", "name=%4", "name=%G1", "name=%E2%82", "name=%FF"] {
             assert_eq!(name(bad), Err(UploadError::InvalidName), "{bad}");

@@ -190,15 +190,22 @@ pub fn outbound_file_name(index: usize, raw: &str) -> Result<String, DeliveryErr
             "attachments[{index}].name contains a line break or control character"
         )));
     }
-    let base = raw.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    Ok(file_name_base(raw))
+}
+
+/// The last path segment of a name without control characters, trimmed
+/// and cut to its last [`MAX_FILE_NAME_CHARS`] (so the extension stays),
+/// or [`DEFAULT_FILE_NAME`] when nothing usable is left: a name is only
+/// a label, never a path.
+pub fn file_name_base(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
     if base.is_empty() || base == "." || base == ".." {
-        return Ok(DEFAULT_FILE_NAME.to_owned());
+        return DEFAULT_FILE_NAME.to_owned();
     }
     let chars = base.chars().count();
-    Ok(base
-        .chars()
+    base.chars()
         .skip(chars.saturating_sub(MAX_FILE_NAME_CHARS))
-        .collect())
+        .collect()
 }
 
 /// The store key an outbound attachment refers to. Only attachment store

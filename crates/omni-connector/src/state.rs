@@ -55,24 +55,22 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         channel: &str,
         prefix: &str,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        // Every key is after the empty string (channels never write an
+        // empty key).
+        self.scan_after(channel, prefix, "", limit)
+    }
 
     /// Like [`Self::scan`], but only keys after `after` (in byte order):
     /// how a channel walks a prefix it does not empty as it goes, one
-    /// bounded page at a time. The default reads the whole prefix; the
-    /// daemon's stores override it with a range read.
+    /// bounded page at a time.
     fn scan_after(
         &self,
         channel: &str,
         prefix: &str,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let mut found = self.scan(channel, prefix, usize::MAX)?;
-        found.retain(|(key, _)| key.as_str() > after);
-        found.truncate(limit);
-        Ok(found)
-    }
+    ) -> Result<Vec<(String, Vec<u8>)>, StateError>;
 
     /// Removes up to `limit` seen marks, of every channel, first made
     /// before `older_than_unix_secs`, and says how many it removed. Bounded
@@ -393,46 +391,6 @@ impl StateStore for SqliteStateStore {
             .collect()
     }
 
-    fn scan(
-        &self,
-        channel: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        // A key range, not `LIKE`, so the primary key's order serves it.
-        let conn = self.reader();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = match prefix_end(prefix) {
-            Some(end) => {
-                let mut query = conn
-                    .prepare_cached(
-                        "SELECT key, value FROM checkpoints
-                         WHERE channel = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
-                    )
-                    .map_err(|e| self.error(e))?;
-                query
-                    .query_map(params![channel, prefix, end, limit], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
-                    .and_then(Iterator::collect)
-            }
-            None => {
-                let mut query = conn
-                    .prepare_cached(
-                        "SELECT key, value FROM checkpoints
-                         WHERE channel = ?1 AND key >= ?2 ORDER BY key LIMIT ?3",
-                    )
-                    .map_err(|e| self.error(e))?;
-                query
-                    .query_map(params![channel, prefix, limit], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
-                    .and_then(Iterator::collect)
-            }
-        };
-        rows.map_err(|e| self.error(e))
-    }
-
     fn scan_after(
         &self,
         channel: &str,
@@ -563,24 +521,6 @@ impl StateStore for MemoryStateStore {
             .iter()
             .map(|id| inner.seen.contains_key(&(channel.into(), id.clone())))
             .collect())
-    }
-
-    fn scan(
-        &self,
-        channel: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<(String, Vec<u8>)> = inner
-            .values
-            .iter()
-            .filter(|((c, key), _)| c == channel && key.starts_with(prefix))
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect();
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found.truncate(limit);
-        Ok(found)
     }
 
     fn scan_after(
@@ -882,10 +822,10 @@ mod tests {
     }
 
     /// A store that keeps only the required methods cannot prune, and says
-    /// so instead of reporting nothing to prune; its paged scan still
-    /// works, from the whole-prefix scan.
+    /// so instead of reporting nothing to prune; its whole-prefix scan
+    /// comes from the paged one.
     #[test]
-    fn stores_without_pruning_say_so_and_page_by_default() {
+    fn stores_without_pruning_say_so_and_scan_by_default() {
         #[derive(Debug, Default)]
         struct Minimal(MemoryStateStore);
         impl StateStore for Minimal {
@@ -898,13 +838,14 @@ mod tests {
             fn seen(&self, channel: &str, ids: &[String]) -> Result<Vec<bool>, StateError> {
                 self.0.seen(channel, ids)
             }
-            fn scan(
+            fn scan_after(
                 &self,
                 channel: &str,
                 prefix: &str,
+                after: &str,
                 limit: usize,
             ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-                self.0.scan(channel, prefix, limit)
+                self.0.scan_after(channel, prefix, after, limit)
             }
         }
         let store = Minimal::default();
@@ -929,6 +870,7 @@ mod tests {
             .map(|(key, _)| key)
             .collect();
         assert_eq!(page, ["p/2"]);
+        assert_eq!(store.scan("c", "p/", 10).unwrap().len(), 3);
         assert!(store.prune_seen(i64::MAX, 10).is_err());
         assert!(store.count_seen().is_err());
     }

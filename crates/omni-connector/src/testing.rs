@@ -184,15 +184,6 @@ impl crate::StateStore for CountingStateStore {
         self.store.seen(channel, ids)
     }
 
-    fn scan(
-        &self,
-        channel: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, crate::state::StateError> {
-        self.store.scan(channel, prefix, limit)
-    }
-
     fn scan_after(
         &self,
         channel: &str,

@@ -1457,7 +1457,13 @@ mod tests {
         fn seen(&self, _: &str, _: &[String]) -> Result<Vec<bool>, StateError> {
             unreachable!()
         }
-        fn scan(&self, _: &str, _: &str, _: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        fn scan_after(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: usize,
+        ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
             unreachable!()
         }
     }

@@ -484,13 +484,14 @@ impl StateStore for SlowStore {
         self.inner.seen(channel, ids)
     }
 
-    fn scan(
+    fn scan_after(
         &self,
         channel: &str,
         prefix: &str,
+        after: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        self.inner.scan(channel, prefix, limit)
+        self.inner.scan_after(channel, prefix, after, limit)
     }
 }
 
