@@ -380,6 +380,22 @@ async fn converse(
     }
 }
 
+/// The `error` frame refusing the message `client_message_id` for
+/// `code`, counted.
+fn refused(
+    channel: &Channel,
+    code: &'static str,
+    message: impl Into<String>,
+    client_message_id: &str,
+) -> ServerFrame {
+    channel.metrics.refused(code);
+    ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.into(),
+        client_message_id: Some(client_message_id.to_owned()),
+    }
+}
+
 /// Appends one message (unless a resend of one already durable) and
 /// answers its `ack`, or an error the widget retries after.
 async fn accept(
@@ -406,23 +422,23 @@ async fn accept(
         let records = match channel.state.get_many(keys).await {
             Ok(records) => records,
             Err(e) => {
-                channel.metrics.refused("state_unavailable");
-                return ServerFrame::Error {
-                    code: "state_unavailable".into(),
-                    message: e.to_string(),
-                    client_message_id: Some(client_message_id.to_owned()),
-                };
+                return refused(
+                    channel,
+                    "state_unavailable",
+                    e.to_string(),
+                    client_message_id,
+                );
             }
         };
         match upload::resolve(attachments, records) {
             Ok(files) => files,
             Err(unknown) => {
-                channel.metrics.refused("unknown_attachment");
-                return ServerFrame::Error {
-                    code: "unknown_attachment".into(),
-                    message: format!("attachment {unknown} was not uploaded by this visitor"),
-                    client_message_id: Some(client_message_id.to_owned()),
-                };
+                return refused(
+                    channel,
+                    "unknown_attachment",
+                    format!("attachment {unknown} was not uploaded by this visitor"),
+                    client_message_id,
+                );
             }
         }
     };
@@ -430,12 +446,7 @@ async fn accept(
     {
         Ok(event) => event,
         Err(error) => {
-            channel.metrics.refused(error.code);
-            return ServerFrame::Error {
-                code: error.code.to_owned(),
-                message: error.message,
-                client_message_id: Some(client_message_id.to_owned()),
-            };
+            return refused(channel, error.code, error.message, client_message_id);
         }
     };
     let event_id = event.event_id.clone();
@@ -450,30 +461,29 @@ async fn accept(
         }
         Ok(_) => {}
         Err(e) => {
-            channel.metrics.refused("state_unavailable");
-            return ServerFrame::Error {
-                code: "state_unavailable".into(),
-                message: e.to_string(),
-                client_message_id: Some(client_message_id.to_owned()),
-            };
+            return refused(
+                channel,
+                "state_unavailable",
+                e.to_string(),
+                client_message_id,
+            );
         }
     }
     let entry = crate::history::entry(&event);
     if let Err(error) = channel.sender.send_event(event).await {
-        channel.metrics.refused("storage_unavailable");
-        return ServerFrame::Error {
-            code: "storage_unavailable".into(),
-            message: format!("not stored, send it again: {error}"),
-            client_message_id: Some(client_message_id.to_owned()),
-        };
+        return refused(
+            channel,
+            "storage_unavailable",
+            format!("not stored, send it again: {error}"),
+            client_message_id,
+        );
     }
     channel.metrics.accepted.increment(1);
     // Durable: the marks and the history only help, so their failure is
     // logged, never the message's.
     let update = StateUpdate {
-        puts: Vec::new(),
         seen: vec![event_id],
-        deletes: Vec::new(),
+        ..StateUpdate::default()
     };
     if let Err(e) = channel.writes.commit(update).await {
         tracing::warn!(channel = %channel.channel_id, error = %e, "message stored, but not marked seen");
