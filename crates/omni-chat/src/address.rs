@@ -5,12 +5,15 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
-    sync::Mutex,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use axum::http::HeaderMap;
+use axum::{
+    extract::ConnectInfo,
+    http::{Extensions, HeaderMap},
+};
 
 /// The window the budget is counted over.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -79,6 +82,82 @@ pub fn client_address(
     value.rsplit(',').next()?.trim().parse().ok()
 }
 
+/// [`client_address`] of a request the daemon's listener served (it puts
+/// the peer in the request's extensions; a router served on its own in a
+/// test has none).
+pub fn of_request(
+    header: Option<&str>,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Option<IpAddr> {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    client_address(header, headers, peer)
+}
+
+/// At most `max` things at once per address (uploads in flight): one
+/// machine trickling bodies slowly cannot hold every slot of the channel,
+/// whatever number of visitor ids it makes up. Only addresses with
+/// something in flight are kept, so the map is bounded by the requests
+/// open.
+#[derive(Debug)]
+pub struct AddressSlots {
+    max: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A slot taken by [`AddressSlots::take`], given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<AddressSlots>,
+    address: IpAddr,
+}
+
+impl AddressSlots {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for `address`, unless it holds `max` already.
+    pub fn take(self: &Arc<Self>, address: IpAddr) -> Option<Slot> {
+        let mut held = self.lock();
+        let count = held.entry(address).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            slots: self.clone(),
+            address,
+        })
+    }
+
+    /// Addresses with something in flight.
+    pub fn addresses(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock();
+        if let Some(count) = held.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.address);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +194,19 @@ mod tests {
         // A minute on, the expired windows make room.
         assert!(limiter.allow(address(MAX_TRACKED), t0 + WINDOW));
         assert_eq!(limiter.tracked(), 1);
+    }
+
+    #[test]
+    fn slots_are_per_address_and_given_back() {
+        let slots = AddressSlots::new(2);
+        let a = slots.take(ip(1)).unwrap();
+        let _b = slots.take(ip(1)).unwrap();
+        assert!(slots.take(ip(1)).is_none(), "two in flight at most");
+        let _c = slots.take(ip(2)).expect("another address has its own");
+        drop(a);
+        let _d = slots.take(ip(1)).expect("a slot given back is free");
+        drop((_b, _c, _d));
+        assert_eq!(slots.addresses(), 0, "idle addresses are not kept");
     }
 
     #[test]

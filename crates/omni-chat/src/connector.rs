@@ -1,12 +1,12 @@
 //! The channel: its routes (the socket, the widget, the demo page) and its
 //! outbound sender, which pushes replies to the visitor's open tabs.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use axum::{
     Router,
-    extract::{ConnectInfo, State, WebSocketUpgrade},
+    extract::{State, WebSocketUpgrade},
     http::{Extensions, HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -95,6 +95,7 @@ impl ChannelConfig for WebchatConfig {
                     .collect(),
                 max_concurrent: self.max_concurrent_uploads,
             },
+            self.client_address_header.clone().map(Into::into),
         ));
         Ok(Arc::new(ChatConnector {
             channel,
@@ -199,14 +200,10 @@ async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let allowed = origin_allowed(&headers, &routes.allowed_origins);
-    let address = address::client_address(
+    let address = address::of_request(
         routes.client_address_header.as_deref(),
         &headers,
-        // The daemon's listener puts the peer there; absent in tests that
-        // serve the router on its own.
-        extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip()),
+        &extensions,
     );
     let channel = routes.channel.clone();
     // Small buffers: most sockets sit idle for minutes, and the library's

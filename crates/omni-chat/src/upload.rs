@@ -20,7 +20,7 @@ use axum::{
     Json, Router,
     body::Body,
     extract::{RawQuery, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{Extensions, HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
 };
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
+    address::{self, AddressSlots},
     identity,
     protocol::{AttachmentRef, is_attachment_id},
     session::Channel,
@@ -302,6 +303,12 @@ pub struct UploadLimits {
     pub max_concurrent: usize,
 }
 
+/// Uploads in flight at most from one address: a visitor sending a few
+/// files at once is served, one machine trickling bodies slowly cannot
+/// hold the channel's every permit (visitor ids cost nothing to make up,
+/// so a cap per visitor would not stop it).
+pub const MAX_UPLOADS_PER_ADDRESS: usize = 2;
+
 /// One channel's upload endpoint.
 #[derive(Debug)]
 pub struct Uploads {
@@ -310,6 +317,9 @@ pub struct Uploads {
     allowed_origins: Arc<[String]>,
     limits: UploadLimits,
     permits: Arc<Semaphore>,
+    /// `client_address_header`, as the socket reads it.
+    address_header: Option<Arc<str>>,
+    addresses: Arc<AddressSlots>,
 }
 
 impl Uploads {
@@ -318,9 +328,12 @@ impl Uploads {
         store: Arc<dyn AttachmentStore>,
         allowed_origins: Arc<[String]>,
         limits: UploadLimits,
+        address_header: Option<Arc<str>>,
     ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limits.max_concurrent)),
+            address_header,
+            addresses: AddressSlots::new(MAX_UPLOADS_PER_ADDRESS),
             channel,
             store,
             allowed_origins,
@@ -340,6 +353,7 @@ impl Uploads {
     async fn accept(
         &self,
         headers: &HeaderMap,
+        extensions: &Extensions,
         query: Option<&str>,
         body: Body,
     ) -> Result<Uploaded, UploadError> {
@@ -353,6 +367,15 @@ impl Uploads {
         if declared.is_some_and(|n| n > max as u64) {
             return Err(UploadError::TooLarge { max });
         }
+        let address = address::of_request(self.address_header.as_deref(), headers, extensions);
+        let _slot = match address {
+            Some(address) => Some(self.addresses.take(address).ok_or(
+                UploadError::TooManyUploads {
+                    max: MAX_UPLOADS_PER_ADDRESS,
+                },
+            )?),
+            None => None,
+        };
         let _permit =
             self.permits
                 .clone()
@@ -467,12 +490,17 @@ async fn upload(
     State(uploads): State<Arc<Uploads>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Body,
 ) -> Response {
     let cors = Cors::of(&headers, &uploads.allowed_origins);
     let result = match cors {
         Cors::Refused => Err(UploadError::OriginNotAllowed),
-        _ => uploads.accept(&headers, query.as_deref(), body).await,
+        _ => {
+            uploads
+                .accept(&headers, &extensions, query.as_deref(), body)
+                .await
+        }
     };
     let mut response = match result {
         Ok(uploaded) => {
@@ -1064,6 +1092,49 @@ mod tests {
         let _ = first.await;
         let (status, _, _) = send(&chat.router, post(&ana, "", GIF)).await;
         assert_eq!(status, StatusCode::CREATED);
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_two_uploads_at_most() {
+        let chat = chat("");
+        let from = |request: Request<Body>, last: u8| {
+            let mut request = request;
+            let peer = std::net::SocketAddr::from(([198, 51, 100, last], 40_000));
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            request
+        };
+        // Two stalled uploads from one machine, each with a visitor id of
+        // its own...
+        let mut stalled = Vec::new();
+        for _ in 0..MAX_UPLOADS_PER_ADDRESS {
+            let (reading, read) = tokio::sync::oneshot::channel();
+            let body = stream::once(async move {
+                let _ = reading.send(());
+                Ok::<_, std::io::Error>(Bytes::from_static(PNG))
+            })
+            .chain(stream::pending());
+            let request = from(post(&visitor(), "", Body::from_stream(body)), 7);
+            stalled.push(tokio::spawn(chat.router.clone().oneshot(request)));
+            read.await.unwrap();
+        }
+        // ...leave it no third, while another address uploads freely.
+        let (status, _, body) = send(&chat.router, from(post(&visitor(), "", GIF), 7)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["code"], "too_many_uploads");
+        let (status, _, _) = send(&chat.router, from(post(&visitor(), "", GIF), 8)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        for upload in stalled {
+            upload.abort();
+            let _ = upload.await;
+        }
+        let (status, _, _) = send(&chat.router, from(post(&visitor(), "", GIF), 7)).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "slots come back when uploads end"
+        );
     }
 
     #[derive(Debug)]
