@@ -266,25 +266,7 @@ async fn replies_reach_every_open_tab_and_later_visits() {
         "ack"
     );
 
-    let reply = json!({
-        "channelId": CHAT,
-        "providerMessageId": "ticket-7/reply-1",
-        "recipients": [{ "kind": "HANDLE_KIND_CHAT_VISITOR", "value": visitor, "scope": CHAT }],
-        "content": { "text": "بله، موجود است." },
-    });
-    let response = reqwest::Client::new()
-        .post(daemon.url("/v1/outbound"))
-        .bearer_auth(API_TOKEN)
-        .header("content-type", "application/json")
-        .body(reply.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let event_id = response.json::<Value>().await.unwrap()["event_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let event_id = reply(&daemon, &visitor, "بله، موجود است.", "ticket-7/reply-1").await;
     for tab in [&mut first, &mut second] {
         let pushed = next(tab).await.expect("the reply");
         assert_eq!(pushed["type"], "reply", "{pushed}");
