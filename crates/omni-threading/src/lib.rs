@@ -13,10 +13,13 @@
 //!
 //! [`PostgresStore`] (production, several workers) keeps the state in
 //! tables and writes a batch's changes in multi-row statements (`sql`).
-//! [`SqliteStore`] (the embedded default) keeps the state in memory
-//! (`state`) and journals each batch's changes to its file instead, which
-//! is several times faster; both give each change the same meaning, and
-//! the contract suite (`contract`) runs against both.
+//! [`SqliteStore`] (the embedded default) keeps the per-customer state in
+//! memory (`state`) and journals each batch's changes to its file instead,
+//! which is several times faster, and folds the journal into the same
+//! tables from time to time (a snapshot), so what grows with every message
+//! (event ids, the timeline index) lives on disk; both stores give each
+//! change the same meaning, and the contract suite (`contract`) runs
+//! against both.
 //!
 //! Everything is deterministic (ids are UUIDv5 of their cause, times are
 //! event times), so replaying `omni.inbound.v1` from the start into an
@@ -48,5 +51,6 @@ pub use logic::{
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SnapshotLimits, SqliteOptions, SqliteStats, SqliteStore};
+pub use state::StateSizes;
 pub use store::{CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};

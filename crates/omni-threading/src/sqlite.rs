@@ -1,10 +1,11 @@
 //! The embedded store: a SQLite file in the data directory, with the
 //! threading state held in memory and journaled to the file.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use omni_proto::v1::ThreadingCommand;
@@ -14,12 +15,12 @@ use sqlx::{Row as _, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::batch::{Overlay, Wants, Write, plan_batch};
+use crate::batch::{Overlay, Run, Wants, Write, key_chunks, plan_batch, row_chunks};
 use crate::error::{DbContext as _, StoreError, ThreadingError};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, InboundEvent, ThreadingConfig};
-use crate::sql::{retrying, sql_shared};
-use crate::state::{HashMap, State, command_writes};
+use crate::sql::{retrying, sql_shared, sql_writes};
+use crate::state::{HashMap, State, StateSizes, command_writes};
 use crate::store::{
     CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage,
 };
@@ -29,21 +30,28 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Threading state in a SQLite file.
 ///
-/// The state (who owns which handle, open conversations, Message-IDs,
-/// event ids seen) lives in memory; each batch or command commits one
-/// `state_journal` row with its row changes plus its timeline rows, in one
-/// transaction, and only then changes the memory. Updating state tables
-/// instead costs several random B-tree pages per event, which caps
-/// throughput far below what a journal append does (docs/benchmarks.md,
-/// "Fourth look"). The price is memory: the state is a few hundred bytes
-/// per event threaded (every event id is kept, for deduplication), loaded
-/// again when the store opens.
+/// The state that grows with customers (who owns which handle, their
+/// conversations, Message-IDs) lives in memory; each batch or command
+/// commits one `state_journal` row with its row changes plus its timeline
+/// rows, in one transaction, and only then changes the memory. Updating
+/// state tables per batch instead costs several random B-tree pages per
+/// event, which caps throughput far below what a journal append does
+/// (docs/benchmarks.md, "Fourth look").
+///
+/// What grows with every message stays out of memory: a snapshot folds
+/// the journal into the state tables every few tens of thousands of
+/// events (or every minute), after which the event ids it threaded are
+/// looked up on disk and the timeline rows are indexed by customer there.
+/// So memory follows the number of customers, not of messages, and
+/// opening the store reads the tables plus a short journal. Event ids are
+/// kept for [`SqliteOptions::dedupe_window`] and then pruned.
 ///
 /// Writers take the file's write lock at `BEGIN IMMEDIATE` and then apply
 /// any journal rows another process (or pool) committed since their last
 /// look, so several stores on one file stay correct, like several workers
-/// on PostgreSQL; WAL lets readers (the query API, the relay) run
-/// meanwhile.
+/// on PostgreSQL (a store whose unread rows another's snapshot folded
+/// reloads from the tables); WAL lets readers (the query API, the relay)
+/// run meanwhile.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -51,18 +59,32 @@ pub struct SqliteStore {
     /// lock one at a time anyway.
     writer: SqlitePool,
     state: Arc<Mutex<Journaled>>,
+    options: Arc<SqliteOptions>,
 }
 
 /// The state as of journal row `through`, and the store's index of each
-/// customer's timeline rows as of row `timeline_through`.
+/// customer's timeline rows after the last snapshot.
 #[derive(Default)]
 struct Journaled {
     state: State,
     through: i64,
-    /// Customer id (as stored in the row) -> its timeline row ids, in
-    /// increasing order.
+    /// Journal rows up to here are in the state tables (and deleted).
+    snapshot_through: i64,
+    /// Customer id (as stored in the row) -> its timeline row ids after
+    /// `timeline_snapshot`, in increasing order (older rows are indexed in
+    /// `timeline_by_customer`).
     timeline: HashMap<String, Vec<i64>>,
     timeline_through: i64,
+    timeline_snapshot: i64,
+    /// Event ids threaded since the snapshot, by the journal row that
+    /// recorded them: a snapshot moves them to the tables and they leave
+    /// memory.
+    recent: VecDeque<(i64, Vec<String>)>,
+    recent_events: usize,
+    /// When the last snapshot ran (or the store opened).
+    last_snapshot: Option<Instant>,
+    /// When event ids older than the window were last pruned.
+    last_prune: Option<Instant>,
     /// A commit failed after the state had changed: reload before use.
     stale: bool,
 }
@@ -72,7 +94,13 @@ impl Journaled {
     async fn load(conn: &mut SqliteConnection) -> Result<Journaled, StoreError> {
         let mut journaled = Journaled::default();
         load_tables(conn, &mut journaled.state).await?;
-        catch_up(conn, &mut journaled).await?;
+        let (journal, timeline) = read_marker(conn).await?;
+        journaled.through = journal;
+        journaled.snapshot_through = journal;
+        journaled.timeline_through = timeline;
+        journaled.timeline_snapshot = timeline;
+        journaled.last_snapshot = Some(Instant::now());
+        catch_up_rows(conn, &mut journaled).await?;
         Ok(journaled)
     }
 
@@ -81,8 +109,57 @@ impl Journaled {
         self.timeline_through = self.timeline_through.max(id);
     }
 
+    /// Applies one journal row's writes, remembering the event ids it
+    /// threaded until a snapshot moves them to the tables.
+    fn apply(&mut self, journal_id: i64, writes: &[Write]) {
+        let mut events = Vec::new();
+        for write in writes {
+            self.state.apply(write);
+            if let Write::Processed { event_id, .. } = write {
+                events.push(event_id.clone());
+            }
+        }
+        if !events.is_empty() {
+            self.recent_events += events.len();
+            self.recent.push_back((journal_id, events));
+        }
+    }
+
+    /// Drops from memory what a snapshot through journal row `journal` and
+    /// timeline row `timeline` put in the tables.
+    fn snapshotted(&mut self, journal: i64, timeline: i64) {
+        while self.recent.front().is_some_and(|(id, _)| *id <= journal) {
+            if let Some((_, events)) = self.recent.pop_front() {
+                self.recent_events -= events.len();
+                for id in events {
+                    self.state.forget_processed(&id);
+                }
+            }
+        }
+        self.timeline.retain(|_, rows| {
+            let keep = rows.partition_point(|&id| id <= timeline);
+            rows.drain(..keep);
+            !rows.is_empty()
+        });
+        self.snapshot_through = self.snapshot_through.max(journal);
+        self.timeline_snapshot = self.timeline_snapshot.max(timeline);
+        self.last_snapshot = Some(Instant::now());
+    }
+
+    /// Whether enough is pending that a snapshot should run now.
+    fn snapshot_due(&self, limits: &SnapshotLimits) -> bool {
+        let pending =
+            self.through > self.snapshot_through || self.timeline_through > self.timeline_snapshot;
+        pending
+            && (self.recent_events >= limits.events
+                || self.through - self.snapshot_through >= limits.journal_rows
+                || self
+                    .last_snapshot
+                    .is_none_or(|at| at.elapsed() >= limits.interval))
+    }
+
     /// The first `limit` row ids after `after` of `customers`' timelines
-    /// together, in order.
+    /// together, in order, among the rows indexed in memory.
     fn page_ids(&self, customers: &[CustomerId], after: i64, limit: usize) -> Vec<i64> {
         let mut ids: Vec<i64> = customers
             .iter()
@@ -107,11 +184,69 @@ impl std::fmt::Debug for Journaled {
     }
 }
 
+/// When the embedded store folds its journal into its tables.
+#[derive(Debug, Clone)]
+pub struct SnapshotLimits {
+    /// Event ids threaded since the last snapshot (each costs memory until
+    /// it is on disk).
+    pub events: usize,
+    /// Journal rows since the last snapshot (each is replayed on open).
+    pub journal_rows: i64,
+    /// Time since the last snapshot, so a quiet store's journal is short
+    /// too.
+    pub interval: Duration,
+}
+
+impl Default for SnapshotLimits {
+    fn default() -> Self {
+        // About a second of work at full speed: opening replays at most
+        // this much, and memory holds at most this many recent ids.
+        SnapshotLimits {
+            events: 32_768,
+            journal_rows: 256,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long threaded event ids are kept for deduplication. Providers
+    /// retry for days (Meta for up to 7), so the default is 14 days.
+    pub dedupe_window: Duration,
+    /// When snapshots run.
+    pub snapshots: SnapshotLimits,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            dedupe_window: Duration::from_secs(14 * 86_400),
+            snapshots: SnapshotLimits::default(),
+        }
+    }
+}
+
+/// How often the ids older than the window are pruned: they only need to
+/// go within a fraction of the window, and each prune is a write.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Ids pruned per transaction, so a large backlog never holds the write
+/// lock long.
+const PRUNE_BATCH: i64 = 10_000;
+
 impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with the default
+    /// options, migrates it and loads its state.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, SqliteOptions::default()).await
+    }
+
     /// Opens (creating if needed) the store at `path`, migrates it and
     /// loads its state.
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")
+    pub async fn open_with(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let connect = SqliteConnectOptions::from_str("sqlite:")
             .ctx("parsing sqlite options")?
             .filename(path)
             .create_if_missing(true)
@@ -126,20 +261,19 @@ impl SqliteStore {
             // Checkpoint every ~256 MiB of WAL instead of ~4 MiB: a page
             // written often is copied back once, not once per checkpoint.
             // Durability is the WAL's fsync, unchanged.
-            .pragma("wal_autocheckpoint", "65536")
-            // Read the file through a memory map (up to 2 GB, SQLite's
-            // limit on Linux): loading the state and serving pages cost no
-            // system call per page. Writes still go through the WAL.
-            .pragma("mmap_size", "2147418112");
+            .pragma("wal_autocheckpoint", "65536");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone())
+            .connect_with(connect.clone())
             .await
             .ctx("opening sqlite store")?;
         MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            // The writer looks event ids up in a table that grows with the
+            // deduplication window: 16 MiB of page cache keeps the upper
+            // levels of its index in memory, a fixed amount.
+            .connect_with(connect.pragma("cache_size", "-16384"))
             .await
             .ctx("opening sqlite store")?;
         let mut conn = pool.acquire().await.ctx("opening sqlite store")?;
@@ -149,6 +283,7 @@ impl SqliteStore {
             pool,
             writer,
             state: Arc::new(Mutex::new(journaled)),
+            options: Arc::new(options),
         })
     }
 
@@ -193,7 +328,17 @@ impl SqliteStore {
             .await
             .ctx("beginning transaction")?;
         catch_up(&mut tx, &mut journaled).await?;
+        // Ids threaded before the last snapshot are on disk: read first, so
+        // the prefetch also brings the conversations they name.
         let mut overlay = Overlay::default();
+        let on_disk: Vec<&String> = wants
+            .event_ids
+            .iter()
+            .filter(|id| !journaled.state.has_processed(id))
+            .collect();
+        for (id, conversation) in processed_on_disk(&mut tx, &on_disk).await? {
+            overlay.add_processed(id, conversation);
+        }
         journaled.state.prefetch(&wants, &mut overlay);
         let mut pipeline = Pipeline::start(tx).await?;
         let mut outcomes = Vec::with_capacity(inputs.len());
@@ -331,9 +476,15 @@ impl Pipeline {
             let mut journal_id = None;
             while let Some(part) = receive.recv().await {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO state_journal (writes) VALUES ($1) RETURNING id",
+                    // Ids go on from the snapshot's when it emptied the
+                    // journal: they are how every store tracks its place.
+                    "INSERT INTO state_journal (id, writes, committed_ms) VALUES \
+                     (COALESCE((SELECT MAX(id) FROM state_journal), \
+                     (SELECT journal_through FROM state_snapshot WHERE id = 1), 0) + 1, $1, $2) \
+                     RETURNING id",
                 )
                 .bind(part.json)
+                .bind(now_ms())
                 .fetch_one(&mut *tx)
                 .await
                 .ctx("journaling state")?;
@@ -416,11 +567,7 @@ impl Pipeline {
             return written.tx.rollback().await.ctx("rolling back");
         };
         let commit = written.tx.commit();
-        let apply = async {
-            for change in &changes {
-                journaled.state.apply(change);
-            }
-        };
+        let apply = async { journaled.apply(id, &changes) };
         let (committed, ()) = tokio::join!(commit, apply);
         if let Err(e) = committed {
             journaled.stale = true;
@@ -439,8 +586,22 @@ impl Pipeline {
 
 /// Applies the journal rows after `journaled.through` and indexes the
 /// timeline rows after `journaled.timeline_through`: those another process
-/// committed, or all of them when the store opens.
+/// committed. Should another process's snapshot have folded rows this one
+/// never read, the state is loaded again from the tables.
 async fn catch_up(
+    conn: &mut SqliteConnection,
+    journaled: &mut Journaled,
+) -> Result<(), StoreError> {
+    let (journal, _) = read_marker(conn).await?;
+    if journal > journaled.through {
+        *journaled = Journaled::load(conn).await?;
+        return Ok(());
+    }
+    catch_up_rows(conn, journaled).await
+}
+
+/// Reads the journal and timeline rows after those `journaled` has seen.
+async fn catch_up_rows(
     conn: &mut SqliteConnection,
     journaled: &mut Journaled,
 ) -> Result<(), StoreError> {
@@ -463,16 +624,49 @@ async fn catch_up(
         let json: &str = row.try_get(1).ctx("decoding state journal")?;
         let writes: Vec<Write> =
             serde_json::from_str(json).map_err(|source| StoreError::Journal { id, source })?;
-        for write in &writes {
-            journaled.state.apply(write);
-        }
+        journaled.apply(id, &writes);
         journaled.through = id;
     }
     Ok(())
 }
 
-/// Loads what the state tables hold: the state an older version of this
-/// store wrote before it journaled (empty in a file created since).
+/// How far the last snapshot went: (journal row, timeline row).
+async fn read_marker(conn: &mut SqliteConnection) -> Result<(i64, i64), StoreError> {
+    sqlx::query_as("SELECT journal_through, timeline_through FROM state_snapshot WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .ctx("reading snapshot marker")
+        .map(Option::unwrap_or_default)
+}
+
+/// The conversations of those `ids` a snapshot put in the tables.
+async fn processed_on_disk(
+    conn: &mut SqliteConnection,
+    ids: &[&String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut found = Vec::new();
+    for list in key_chunks(ids) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (",
+        );
+        let mut keys = q.separated(", ");
+        for id in list {
+            keys.push_bind(id.as_str());
+        }
+        q.push(")");
+        let rows: Vec<(String, String)> = q
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await
+            .ctx("looking event ids up")?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// Loads what the state tables hold: what snapshots folded into them (and
+/// what an older version of this store wrote before it journaled). Event
+/// ids stay on disk: they are looked up there.
 async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(), StoreError> {
     let decode = |e| StoreError::Database {
         op: "loading state",
@@ -543,17 +737,6 @@ async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(
             conversation: r.try_get(2).map_err(decode)?,
         });
     }
-    for r in sqlx::query("SELECT event_id, customer_id, conversation_id FROM processed_events")
-        .fetch_all(&mut *conn)
-        .await
-        .ctx("loading events")?
-    {
-        state.apply(&Write::Processed {
-            event_id: r.try_get(0).map_err(decode)?,
-            customer: CustomerId::from_string(r.try_get(1).map_err(decode)?),
-            conversation: r.try_get(2).map_err(decode)?,
-        });
-    }
     for r in sqlx::query("SELECT customer_id, kind, scope, value FROM suggested_links")
         .fetch_all(&mut *conn)
         .await
@@ -590,6 +773,252 @@ fn retryable(e: &StoreError) -> bool {
 }
 
 sql_shared!(SqliteStore, sqlx::Sqlite);
+sql_writes!(SqliteStore, sqlx::Sqlite);
+
+/// What the embedded store holds, for operators' figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqliteStats {
+    /// Rows of the state in memory.
+    pub memory: StateSizes,
+    /// Event ids kept on disk for deduplication (the window's).
+    pub event_ids_on_disk: u64,
+    /// Journal rows not yet folded into the tables: what opening replays.
+    pub journal_rows: i64,
+}
+
+impl SqliteStore {
+    /// Folds the journal into the state tables if enough is pending (see
+    /// [`SnapshotLimits`]) and prunes event ids older than the window when
+    /// that is due. Runs after each write; a failure leaves the journal
+    /// as it was (nothing is lost, the next write tries again).
+    async fn after_write(&self) {
+        let (snapshot, prune) = {
+            let journaled = self.state.lock().await;
+            (
+                journaled.snapshot_due(&self.options.snapshots),
+                journaled
+                    .last_prune
+                    .is_none_or(|at| at.elapsed() >= PRUNE_EVERY),
+            )
+        };
+        if snapshot && let Err(e) = self.snapshot().await {
+            tracing::warn!(error = %e, "threading snapshot failed; the journal keeps everything, retrying after the next write");
+        }
+        if prune {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let before = now.saturating_sub(self.options.dedupe_window);
+            let before = i64::try_from(before.as_millis()).unwrap_or(i64::MAX);
+            match self.prune_event_ids(before).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(
+                        pruned = n,
+                        "pruned threaded event ids older than the deduplication window"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning threaded event ids failed"),
+            }
+            self.state.lock().await.last_prune = Some(Instant::now());
+        }
+    }
+
+    /// Folds every journal row into the state tables, indexes every
+    /// timeline row by customer on disk, and drops both from memory. One
+    /// transaction: a crash leaves the journal whole.
+    pub async fn snapshot(&self) -> Result<(), StoreError> {
+        let mut journaled = self.lock().await?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("beginning snapshot")?;
+        catch_up(&mut tx, &mut journaled).await?;
+        let (journal_from, timeline_from) = read_marker(&mut tx).await?;
+        let rows = sqlx::query(
+            "SELECT id, writes, committed_ms FROM state_journal WHERE id > $1 ORDER BY id",
+        )
+        .bind(journal_from)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("reading state journal")?;
+        let now_ms = now_ms();
+        let mut journal_through = journal_from;
+        let mut writes = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get(0).ctx("decoding state journal")?;
+            let json: &str = row.try_get(1).ctx("decoding state journal")?;
+            let committed: i64 = row.try_get(2).ctx("decoding state journal")?;
+            let batch: Vec<Write> =
+                serde_json::from_str(json).map_err(|source| StoreError::Journal { id, source })?;
+            // Rows journaled before their commit time was recorded count
+            // from now: kept a full window, never pruned early.
+            let at = if committed > 0 { committed } else { now_ms };
+            writes.extend(batch.into_iter().map(|w| (w, at)));
+            journal_through = id;
+        }
+        let timeline_through: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM timeline")
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("reading timeline sequence")?;
+        Self::fold(&mut tx, writes).await?;
+        sqlx::query(
+            "INSERT INTO timeline_by_customer (customer_id, id) \
+             SELECT customer_id, id FROM timeline WHERE id > $1 AND id <= $2 \
+             ORDER BY customer_id, id",
+        )
+        .bind(timeline_from)
+        .bind(timeline_through)
+        .execute(&mut *tx)
+        .await
+        .ctx("indexing timeline")?;
+        sqlx::query("DELETE FROM state_journal WHERE id <= $1")
+            .bind(journal_through)
+            .execute(&mut *tx)
+            .await
+            .ctx("truncating state journal")?;
+        sqlx::query(
+            "INSERT INTO state_snapshot (id, journal_through, timeline_through) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET journal_through = excluded.journal_through, \
+             timeline_through = excluded.timeline_through",
+        )
+        .bind(journal_through)
+        .bind(timeline_through)
+        .execute(&mut *tx)
+        .await
+        .ctx("recording snapshot")?;
+        tx.commit().await.ctx("committing snapshot")?;
+        journaled.snapshotted(journal_through, timeline_through);
+        Ok(())
+    }
+
+    /// Writes journaled changes to the state tables with the statements
+    /// the PostgreSQL store uses for them, in order; event ids go to their
+    /// table with the time they were threaded, in key order.
+    async fn fold(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        writes: Vec<(Write, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut run = Run::default();
+        let mut events = Vec::new();
+        for (write, at) in writes {
+            match write {
+                Write::Processed {
+                    event_id,
+                    customer,
+                    conversation,
+                } => events.push((event_id, customer, conversation, at)),
+                Write::Command {
+                    command_id,
+                    issued_at_ms,
+                } => {
+                    Self::flush_run(tx, std::mem::take(&mut run)).await?;
+                    sqlx::query(
+                        "INSERT INTO applied_commands (command_id, issued_at_ms) \
+                         VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(command_id)
+                    .bind(issued_at_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("recording command")?;
+                }
+                Write::MoveMessageRefs {
+                    conversation,
+                    customer,
+                } => {
+                    Self::flush_run(tx, std::mem::take(&mut run)).await?;
+                    sqlx::query(
+                        "UPDATE message_refs SET customer_id = $2 \
+                         WHERE conversation_id = $1 AND customer_id <> $2",
+                    )
+                    .bind(conversation)
+                    .bind(customer.as_str())
+                    .execute(&mut **tx)
+                    .await
+                    .ctx("moving message ids")?;
+                }
+                write if write.is_barrier() => {
+                    Self::flush_run(tx, std::mem::take(&mut run)).await?;
+                    Self::barrier(tx, write).await?;
+                }
+                write => run.push(write),
+            }
+        }
+        Self::flush_run(tx, run).await?;
+        events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for rows in row_chunks(&events) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO processed_events (event_id, customer_id, conversation_id, threaded_ms) ",
+            );
+            q.push_values(rows, |mut b, (event, customer, conversation, at)| {
+                b.push_bind(event.as_str())
+                    .push_bind(customer.as_str())
+                    .push_bind(conversation.as_str())
+                    .push_bind(*at);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            q.build()
+                .execute(&mut **tx)
+                .await
+                .ctx("recording event ids")?;
+        }
+        Ok(())
+    }
+
+    /// Deletes event ids threaded before `before_ms` (epoch milliseconds),
+    /// oldest first, in batches; returns how many. A retry of an event
+    /// that old is threaded again, so the window must cover providers'
+    /// retries.
+    pub async fn prune_event_ids(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM processed_events WHERE rowid IN (SELECT rowid FROM processed_events \
+                 WHERE threaded_ms < $1 ORDER BY threaded_ms LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(PRUNE_BATCH)
+            .execute(&self.writer)
+            .await
+            .ctx("pruning event ids")?
+            .rows_affected();
+            total += done;
+            if done < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// What the store holds now.
+    pub async fn stats(&self) -> Result<SqliteStats, StoreError> {
+        let (memory, through, snapshot) = {
+            let journaled = self.state.lock().await;
+            (
+                journaled.state.sizes(),
+                journaled.through,
+                journaled.snapshot_through,
+            )
+        };
+        let on_disk: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("counting event ids")?;
+        Ok(SqliteStats {
+            memory,
+            event_ids_on_disk: u64::try_from(on_disk).unwrap_or(0),
+            journal_rows: through - snapshot,
+        })
+    }
+}
+
+/// The wall clock in epoch milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 #[async_trait]
 impl ThreadingStore for SqliteStore {
@@ -617,7 +1046,10 @@ impl ThreadingStore for SqliteStore {
         inputs: &[InboundEvent],
     ) -> Result<Vec<Result<Outcome, ThreadingError>>, StoreError> {
         let first = inputs.first().map_or("", |i| i.event.event_id.as_str());
-        retrying(first, retryable, || self.thread_batch_once(config, inputs)).await
+        let outcomes =
+            retrying(first, retryable, || self.thread_batch_once(config, inputs)).await?;
+        self.after_write().await;
+        Ok(outcomes)
     }
 
     async fn pending_outbox(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
@@ -646,6 +1078,32 @@ impl ThreadingStore for SqliteStore {
             let ids = journaled.page_ids(&customers, after.unwrap_or(0), limit + 1);
             (resolved, customers, ids)
         };
+        // Rows older than the last snapshot are indexed on disk; a
+        // snapshot between the two reads leaves a row in both, never in
+        // neither (memory was read first).
+        let mut ids = ids;
+        if !customers.is_empty() {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT id FROM timeline_by_customer WHERE customer_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for c in &customers {
+                list.push_bind(c.as_str());
+            }
+            q.push(") AND id > ");
+            q.push_bind(after.unwrap_or(0));
+            q.push(" ORDER BY id LIMIT ");
+            q.push_bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
+            let on_disk: Vec<i64> = q
+                .build_query_scalar()
+                .fetch_all(&self.pool)
+                .await
+                .ctx("reading timeline index")?;
+            ids.extend(on_disk);
+            ids.sort_unstable();
+            ids.dedup();
+            ids.truncate(limit + 1);
+        }
         let rows = if ids.is_empty() {
             Vec::new()
         } else {
@@ -701,11 +1159,13 @@ impl ThreadingStore for SqliteStore {
             source,
         };
         let lookups = crate::command_lookups(command).map_err(refused)?;
-        retrying(&command.command_id, retryable, || {
+        let outcome = retrying(&command.command_id, retryable, || {
             self.apply_command_once(command, &lookups)
         })
         .await?
-        .map_err(refused)
+        .map_err(refused)?;
+        self.after_write().await;
+        Ok(outcome)
     }
 
     async fn acquire_lease(

@@ -59,6 +59,22 @@ pub(crate) struct State {
     applied_commands: HashSet<String>,
 }
 
+/// Row counts of the state in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSizes {
+    /// Customers, merged ones included.
+    pub customers: usize,
+    /// Handles linked to a customer.
+    pub identities: usize,
+    /// Conversations, open and closed.
+    pub conversations: usize,
+    /// Email Message-IDs remembered for threading replies.
+    pub message_ids: usize,
+    /// Event ids threaded since the last snapshot (older ones are on
+    /// disk only).
+    pub recent_event_ids: usize,
+}
+
 /// Moves `item` from `from`'s set to `to`'s in a reverse index.
 fn reindex<K, T>(index: &mut HashMap<K, HashSet<T>>, from: Option<&K>, to: &K, item: &T)
 where
@@ -302,6 +318,29 @@ impl State {
                 .entry(survivor.clone())
                 .or_default()
                 .insert(key);
+        }
+    }
+
+    /// Forgets an event id a snapshot moved to the tables: the store looks
+    /// ids up there once they are not in memory.
+    pub(crate) fn forget_processed(&mut self, event_id: &str) {
+        self.processed.remove(event_id);
+    }
+
+    /// Whether `event_id` is among the threaded ids still in memory.
+    pub(crate) fn has_processed(&self, event_id: &str) -> bool {
+        self.processed.contains_key(event_id)
+    }
+
+    /// How many rows of each kind the state holds, for the store's
+    /// figures.
+    pub(crate) fn sizes(&self) -> StateSizes {
+        StateSizes {
+            customers: self.customers.len(),
+            identities: self.identities.len(),
+            conversations: self.conversations.len(),
+            message_ids: self.message_refs.len(),
+            recent_event_ids: self.processed.len(),
         }
     }
 

@@ -3,20 +3,42 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use omni_threading::{SqliteStore, contract};
+use std::time::Duration;
+
+use omni_threading::{SnapshotLimits, SqliteOptions, SqliteStore, contract};
 use tempfile::TempDir;
 
-/// Fresh database files in one temporary directory.
+/// Fresh database files in one temporary directory, opened with
+/// `options`.
 struct Files {
     dir: TempDir,
     n: AtomicUsize,
+    options: SqliteOptions,
+}
+
+/// Options that fold the journal into the tables after every write, so
+/// every lookup after the first write goes to disk.
+fn snapshot_always() -> SqliteOptions {
+    SqliteOptions {
+        snapshots: SnapshotLimits {
+            events: 0,
+            journal_rows: 0,
+            interval: Duration::ZERO,
+        },
+        ..SqliteOptions::default()
+    }
 }
 
 impl Files {
     fn new() -> Files {
+        Files::with(SqliteOptions::default())
+    }
+
+    fn with(options: SqliteOptions) -> Files {
         Files {
             dir: tempfile::tempdir().unwrap(),
             n: AtomicUsize::new(0),
+            options,
         }
     }
 
@@ -27,7 +49,9 @@ impl Files {
 
     async fn open(&self, path: &Path) -> SqliteStore {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        SqliteStore::open(path).await.expect("open sqlite store")
+        SqliteStore::open_with(path, self.options.clone())
+            .await
+            .expect("open sqlite store")
     }
 
     async fn fresh(&self) -> SqliteStore {
@@ -36,53 +60,68 @@ impl Files {
 }
 
 macro_rules! single_store_cases {
-    ($($case:ident),* $(,)?) => {$(
+    ($options:expr; $($case:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            let files = Files::new();
+            let files = Files::with($options);
             contract::$case(files.fresh().await).await;
         }
     )*};
 }
 
-single_store_cases!(
-    email_sms_telegram_become_one_customer,
-    unverified_claim_is_only_a_suggestion,
-    duplicates_are_dropped,
-    outbox_publishes_in_order_exactly_once,
-    commands_close_and_reopen_conversations,
-    commands_link_merge_split_unlink,
-    lease_has_one_holder,
-    attachment_updates_fill_in_their_message,
-    activities_never_open_conversations,
-);
+/// The contract, once as the daemon runs the store (snapshots now and
+/// then: most lookups hit memory) and once with a snapshot after every
+/// write (every lookup of an earlier write goes to the tables).
+macro_rules! contract_cases {
+    ($module:ident, $options:expr) => {
+        mod $module {
+            use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merges_are_order_independent() {
-    let files = Files::new();
-    contract::merges_are_order_independent(|| files.fresh()).await;
+            single_store_cases!(
+                $options;
+                email_sms_telegram_become_one_customer,
+                unverified_claim_is_only_a_suggestion,
+                duplicates_are_dropped,
+                outbox_publishes_in_order_exactly_once,
+                commands_close_and_reopen_conversations,
+                commands_link_merge_split_unlink,
+                lease_has_one_holder,
+                attachment_updates_fill_in_their_message,
+                activities_never_open_conversations,
+            );
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn merges_are_order_independent() {
+                let files = Files::with($options);
+                contract::merges_are_order_independent(|| files.fresh()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_workers_keep_sequence_gapless() {
+                let files = Files::with($options);
+                let path = files.fresh_path();
+                // Two pools on one file: two workers with their own connections.
+                contract::concurrent_workers_keep_sequence_gapless(|| files.open(&path)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn batches_equal_one_at_a_time() {
+                let files = Files::with($options);
+                contract::batches_equal_one_at_a_time(|| files.fresh()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn state_survives_reopening() {
+                let files = Files::with($options);
+                let path = files.fresh_path();
+                contract::state_survives_reopening(|| files.open(&path)).await;
+            }
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_workers_keep_sequence_gapless() {
-    let files = Files::new();
-    let path = files.fresh_path();
-    // Two pools on one file: two workers with their own connections.
-    contract::concurrent_workers_keep_sequence_gapless(|| files.open(&path)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_equal_one_at_a_time() {
-    let files = Files::new();
-    contract::batches_equal_one_at_a_time(|| files.fresh()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_survives_reopening() {
-    let files = Files::new();
-    let path = files.fresh_path();
-    contract::state_survives_reopening(|| files.open(&path)).await;
-}
+contract_cases!(journaled, SqliteOptions::default());
+contract_cases!(snapshotted, snapshot_always());
 
 /// A file an older version wrote, with the state in its tables and no
 /// journal, opens with that state: owners, merges, threaded event ids and
@@ -102,7 +141,7 @@ async fn state_tables_of_an_older_version_load() {
     for sql in [
         "INSERT INTO customers (id, merged_into, next_sequence) VALUES ('c-a', NULL, 3), ('c-b', 'c-a', 2)",
         "INSERT INTO identities VALUES ('phone', '', '+14155550134', 'c-a', TRUE)",
-        "INSERT INTO processed_events VALUES ('old-1', 'c-a', 'conv-1')",
+        "INSERT INTO processed_events (event_id, customer_id, conversation_id) VALUES ('old-1', 'c-a', 'conv-1')",
     ] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
@@ -148,4 +187,157 @@ async fn state_tables_of_an_older_version_load() {
         } => assert_eq!((customer_id.as_str(), sequences), ("c-a", (3, 3))),
         Outcome::Duplicate => panic!("a new event is not a duplicate"),
     }
+}
+
+fn api_message(id: &str, sender: &str, seconds: i64) -> omni_threading::InboundEvent {
+    use omni_proto::v1::{ChannelKind, HandleKind, IdentityHandle};
+    let sender = IdentityHandle {
+        kind: HandleKind::External as i32,
+        scope: "api".into(),
+        value: sender.into(),
+        verified: true,
+        ..Default::default()
+    };
+    omni_threading::InboundEvent::new(contract::message(
+        id,
+        "api",
+        ChannelKind::Api,
+        sender,
+        seconds,
+    ))
+}
+
+/// After a snapshot the threaded ids are on disk only: memory holds none,
+/// a retry of each is still a duplicate, before and after reopening, and
+/// the journal opening replays is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_leave_memory_and_still_deduplicate() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let events: Vec<_> = (0..300)
+        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 7), n))
+        .collect();
+    for chunk in events.chunks(64) {
+        store.thread_batch(&config, chunk).await.unwrap();
+    }
+    let before = store.stats().await.unwrap();
+    assert_eq!(before.memory.recent_event_ids, 300);
+    store.snapshot().await.unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.memory.recent_event_ids, 0);
+    assert_eq!(after.event_ids_on_disk, 300);
+    assert_eq!(after.journal_rows, 0);
+    assert_eq!(after.memory.customers, 7, "customers stay in memory");
+    for outcome in store.thread_batch(&config, &events[..100]).await.unwrap() {
+        assert_eq!(outcome.unwrap(), Outcome::Duplicate);
+    }
+    store.close().await;
+
+    let store = files.open(&path).await;
+    assert_eq!(store.stats().await.unwrap().journal_rows, 0);
+    for outcome in store.thread_batch(&config, &events[200..]).await.unwrap() {
+        assert_eq!(outcome.unwrap(), Outcome::Duplicate);
+    }
+    // Per-customer order carries on where it was: 43 messages and the
+    // opening of their conversation.
+    match store
+        .thread(&config, &api_message("ev-new", "customer-0", 1_000))
+        .await
+        .unwrap()
+    {
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 45),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+}
+
+/// Ids older than the window are pruned, oldest first, and only those: a
+/// retry that late is threaded again (the window is what bounds the
+/// table), one within the window is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_older_than_the_window_are_pruned() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let store = files.fresh().await;
+    let config = ThreadingConfig::default();
+    let old: Vec<_> = (0..50)
+        .map(|n| api_message(&format!("old-{n}"), "customer-a", n))
+        .collect();
+    store.thread_batch(&config, &old).await.unwrap();
+    store.snapshot().await.unwrap();
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 1;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let recent: Vec<_> = (0..20)
+        .map(|n| api_message(&format!("recent-{n}"), "customer-a", 100 + n))
+        .collect();
+    store.thread_batch(&config, &recent).await.unwrap();
+    store.snapshot().await.unwrap();
+
+    assert_eq!(store.prune_event_ids(cut).await.unwrap(), 50);
+    assert_eq!(store.stats().await.unwrap().event_ids_on_disk, 20);
+    assert_eq!(store.prune_event_ids(cut).await.unwrap(), 0);
+    assert_eq!(
+        store.thread(&config, &recent[3]).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert!(matches!(
+        store.thread(&config, &old[3]).await.unwrap(),
+        Outcome::Threaded { .. }
+    ));
+}
+
+/// A customer's timeline reads the same whether its rows are indexed in
+/// memory, on disk, or some of each: every row once, in order, page by
+/// page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_pages_span_the_snapshot() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let store = files.fresh().await;
+    let config = ThreadingConfig::default();
+    let mut customer = None;
+    for n in 0..23 {
+        if n == 10 || n == 17 {
+            store.snapshot().await.unwrap();
+        }
+        // Another customer's rows between, so ids are not contiguous.
+        store
+            .thread(&config, &api_message(&format!("other-{n}"), "other", n))
+            .await
+            .unwrap();
+        if let Outcome::Threaded { customer_id, .. } = store
+            .thread(&config, &api_message(&format!("mine-{n}"), "me", n))
+            .await
+            .unwrap()
+        {
+            customer = Some(customer_id);
+        }
+    }
+    let customer = customer.unwrap();
+    let mut after = None;
+    let mut sequences = Vec::new();
+    loop {
+        let page = store.timeline(&customer, after, 4).await.unwrap();
+        assert!(page.entries.len() <= 4);
+        for row in &page.entries {
+            assert_eq!(row.event.customer_id, customer.as_str());
+            sequences.push(row.event.sequence);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+    assert_eq!(sequences, expected);
+    assert!(sequences.len() >= 23, "{} rows", sequences.len());
 }
