@@ -15,11 +15,11 @@
 //! tables and writes a batch's changes in multi-row statements (`sql`).
 //! [`SqliteStore`] (the embedded default) keeps the per-customer state in
 //! memory (`state`) and journals each batch's changes to its file instead,
-//! which is several times faster, and folds the journal into the same
-//! tables from time to time (a snapshot), so what grows with every message
-//! (event ids, the timeline index) lives on disk; both stores give each
-//! change the same meaning, and the contract suite (`contract`) runs
-//! against both.
+//! which is several times faster; what grows with every message (event
+//! ids, the timeline index) goes to tables from time to time (a snapshot)
+//! and the journal is rewritten as a dump of the state once it has grown
+//! past it. Both stores give each change the same meaning, and the
+//! contract suite (`contract`) runs against both.
 //!
 //! Everything is deterministic (ids are UUIDv5 of their cause, times are
 //! event times), so replaying `omni.inbound.v1` from the start into an

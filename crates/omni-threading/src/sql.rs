@@ -24,30 +24,7 @@ pub(crate) const MAX_ATTEMPTS: u32 = 50;
 #[cfg(feature = "postgres")]
 macro_rules! sql_store {
     ($store:ident, $db:ty, $begin:literal, $lock:literal, $retryable:path) => {
-        $crate::sql::sql_writes!($store, $db);
-
         impl $store {
-            /// Writes a batch's recorded writes in order: runs of row
-            /// writes become one multi-row statement per table (rows of
-            /// different tables do not interact; an upserted key keeps its
-            /// last value); merges and suggestion changes run in their
-            /// place, after everything before them.
-            async fn flush(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                writes: Vec<$crate::batch::Write>,
-            ) -> Result<(), $crate::StoreError> {
-                let mut run = $crate::batch::Run::default();
-                for write in writes {
-                    if write.is_barrier() {
-                        Self::flush_run(tx, std::mem::take(&mut run)).await?;
-                        Self::barrier(tx, write).await?;
-                    } else {
-                        run.push(write);
-                    }
-                }
-                Self::flush_run(tx, run).await
-            }
-
             async fn thread_once(
                 &self,
                 config: &$crate::ThreadingConfig,
@@ -307,6 +284,65 @@ macro_rules! sql_store {
                 }
             }
 
+            /// Writes a batch's recorded writes in order: runs of row
+            /// writes become one multi-row statement per table (rows of
+            /// different tables do not interact; an upserted key keeps its
+            /// last value); merges and suggestion changes run in their
+            /// place, after everything before them.
+            async fn flush(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                writes: Vec<$crate::batch::Write>,
+            ) -> Result<(), $crate::StoreError> {
+                let mut run = $crate::batch::Run::default();
+                for write in writes {
+                    if write.is_barrier() {
+                        Self::flush_run(tx, std::mem::take(&mut run)).await?;
+                        Self::barrier(tx, write).await?;
+                    } else {
+                        run.push(write);
+                    }
+                }
+                Self::flush_run(tx, run).await
+            }
+
+            async fn barrier(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                write: $crate::batch::Write,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::batch::Write;
+                match write {
+                    Write::Merge { survivor, loser } => {
+                        Self::merge(tx, survivor.as_str(), loser.as_str()).await
+                    }
+                    Write::DeleteSuggestion { customer, key } => {
+                        Self::delete_suggestion(tx, customer.as_str(), &key).await
+                    }
+                    Write::InsertSuggestion { customer, key } => {
+                        Self::insert_suggestion(tx, customer.as_str(), &key).await
+                    }
+                    Write::StoreAttachment {
+                        customers,
+                        message_event_id,
+                        index,
+                        attachment,
+                    } => {
+                        for customer in &customers {
+                            Self::fill_attachment(
+                                tx,
+                                customer.as_str(),
+                                &message_event_id,
+                                index,
+                                &attachment,
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            }
+
+            /// Threads one event inside `tx`: loads its snapshot, plans,
             /// writes the plan. A refusal of the logic (`Ok(Err(_))`)
             /// happens before anything is written, so `tx` stays usable.
             async fn thread_in(
@@ -545,6 +581,27 @@ macro_rules! sql_store {
                 Self::set_next_sequence(tx, survivor, plan.next_sequence).await
             }
 
+            /// Fills the timeline row of message `message_event_id` in with
+            /// a stored file; the row is `customer`'s or, if the message
+            /// came before a merge, a merged customer's.
+            async fn fill_attachment(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                message_event_id: &str,
+                index: u32,
+                attachment: &omni_proto::v1::Attachment,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let customers: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM customers WHERE id = $1 OR merged_into = $1",
+                )
+                .bind(customer)
+                .fetch_all(&mut **tx)
+                .await
+                .ctx("reading merged customers")?;
+                Self::rewrite_attachment(tx, &customers, message_event_id, index, attachment).await
+            }
+
             /// The owner of a handle, resolved through merges.
             async fn owner_of(
                 tx: &mut sqlx::Transaction<'static, $db>,
@@ -650,6 +707,191 @@ macro_rules! sql_store {
                     .await
                     .ctx("advancing sequence")?;
                 Ok(())
+            }
+
+            /// Merges `loser` into `survivor`: repoints earlier losers and
+            /// moves every row of the loser.
+            async fn merge(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                survivor: &str,
+                loser: &str,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                for (op, sql) in [
+                    (
+                        "merging customer",
+                        "UPDATE customers SET merged_into = $1 WHERE id = $2 OR merged_into = $2",
+                    ),
+                    (
+                        "moving identities",
+                        "UPDATE identities SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                    (
+                        "moving conversations",
+                        "UPDATE conversations SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                    (
+                        "moving message ids",
+                        "UPDATE message_refs SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                    (
+                        "dropping duplicate suggestions",
+                        "DELETE FROM suggested_links WHERE customer_id = $2 AND EXISTS \
+                         (SELECT 1 FROM suggested_links s WHERE s.customer_id = $1 \
+                         AND s.kind = suggested_links.kind AND s.scope = suggested_links.scope \
+                         AND s.value = suggested_links.value)",
+                    ),
+                    (
+                        "moving suggestions",
+                        "UPDATE suggested_links SET customer_id = $1 WHERE customer_id = $2",
+                    ),
+                ] {
+                    sqlx::query(sql)
+                        .bind(survivor)
+                        .bind(loser)
+                        .execute(&mut **tx)
+                        .await
+                        .ctx(op)?;
+                }
+                Ok(())
+            }
+
+            async fn delete_suggestion(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                key: &$crate::HandleKey,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query(
+                    "DELETE FROM suggested_links WHERE customer_id = $1 AND kind = $2 \
+                     AND scope = $3 AND value = $4",
+                )
+                .bind(customer)
+                .bind(&key.kind)
+                .bind(&key.scope)
+                .bind(&key.value)
+                .execute(&mut **tx)
+                .await
+                .ctx("clearing suggestion")?;
+                Ok(())
+            }
+
+            async fn insert_suggestion(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                customer: &str,
+                key: &$crate::HandleKey,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                sqlx::query(
+                    "INSERT INTO suggested_links (customer_id, kind, scope, value) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(customer)
+                .bind(&key.kind)
+                .bind(&key.scope)
+                .bind(&key.value)
+                .execute(&mut **tx)
+                .await
+                .ctx("suggesting handle")?;
+                Ok(())
+            }
+
+            /// Writes a run of row writes, one multi-row statement per
+            /// table and chunk.
+            async fn flush_run(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                run: $crate::batch::Run,
+            ) -> Result<(), $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                for rows in $crate::batch::row_chunks(&run.customers) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO customers (id, merged_into, next_sequence) ",
+                    );
+                    q.push_values(rows, |mut b, (id, next)| {
+                        b.push_bind(id.as_str().to_owned())
+                            .push_bind(None::<String>)
+                            .push_bind(i64::try_from(*next).unwrap_or(i64::MAX));
+                    });
+                    q.push(" ON CONFLICT (id) DO UPDATE SET next_sequence = excluded.next_sequence");
+                    q.build()
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("writing customers")?;
+                }
+                for rows in $crate::batch::row_chunks(&run.identities) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) ",
+                    );
+                    q.push_values(rows, |mut b, (key, (customer, confirmed))| {
+                        b.push_bind(key.kind.clone())
+                            .push_bind(key.scope.clone())
+                            .push_bind(key.value.clone())
+                            .push_bind(customer.as_str().to_owned())
+                            .push_bind(*confirmed);
+                    });
+                    q.push(
+                        " ON CONFLICT (kind, scope, value) DO UPDATE SET \
+                         customer_id = excluded.customer_id, confirmed = excluded.confirmed",
+                    );
+                    q.build()
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("linking handles")?;
+                }
+                for rows in $crate::batch::row_chunks(&run.conversations) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
+                         subject, open, last_activity_ms) ",
+                    );
+                    q.push_values(rows, |mut b, c| {
+                        b.push_bind(c.id.clone())
+                            .push_bind(c.customer.as_str().to_owned())
+                            .push_bind(c.channel_id.clone())
+                            .push_bind(c.thread_key.clone())
+                            .push_bind(c.email)
+                            .push_bind(c.subject.clone())
+                            .push_bind(c.open)
+                            .push_bind(c.last_activity_ms);
+                    });
+                    q.push(
+                        " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
+                         open = excluded.open, last_activity_ms = excluded.last_activity_ms",
+                    );
+                    q.build()
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("writing conversations")?;
+                }
+                for rows in $crate::batch::row_chunks(&run.message_refs) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO message_refs (message_id, customer_id, conversation_id) ",
+                    );
+                    q.push_values(rows, |mut b, (message_id, customer, conversation)| {
+                        b.push_bind(message_id.clone())
+                            .push_bind(customer.as_str().to_owned())
+                            .push_bind(conversation.clone());
+                    });
+                    q.push(" ON CONFLICT DO NOTHING");
+                    q.build()
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("recording message ids")?;
+                }
+                for rows in $crate::batch::row_chunks(&run.processed) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO processed_events (event_id, customer_id, conversation_id) ",
+                    );
+                    q.push_values(rows, |mut b, (event_id, customer, conversation)| {
+                        b.push_bind(event_id.clone())
+                            .push_bind(customer.as_str().to_owned())
+                            .push_bind(conversation.clone());
+                    });
+                    q.build()
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("recording events")?;
+                }
+                Self::append_timeline(tx, &run.timeline).await
             }
 
         }
@@ -969,265 +1211,6 @@ macro_rules! sql_store {
 }
 
 pub(crate) use sql_store;
-
-/// Expands how a list of [`crate::batch::Write`]s reaches the state
-/// tables: the PostgreSQL store writes each batch's writes this way, and
-/// the embedded store its journal's when it folds the journal into its
-/// tables (a snapshot).
-macro_rules! sql_writes {
-    ($store:ident, $db:ty) => {
-        impl $store {
-            async fn barrier(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                write: $crate::batch::Write,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::batch::Write;
-                match write {
-                    Write::Merge { survivor, loser } => {
-                        Self::merge(tx, survivor.as_str(), loser.as_str()).await
-                    }
-                    Write::DeleteSuggestion { customer, key } => {
-                        Self::delete_suggestion(tx, customer.as_str(), &key).await
-                    }
-                    Write::InsertSuggestion { customer, key } => {
-                        Self::insert_suggestion(tx, customer.as_str(), &key).await
-                    }
-                    Write::StoreAttachment {
-                        customers,
-                        message_event_id,
-                        index,
-                        attachment,
-                    } => {
-                        for customer in &customers {
-                            Self::fill_attachment(
-                                tx,
-                                customer.as_str(),
-                                &message_event_id,
-                                index,
-                                &attachment,
-                            )
-                            .await?;
-                        }
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                }
-            }
-
-            /// Threads one event inside `tx`: loads its snapshot, plans,
-
-            /// Fills the timeline row of message `message_event_id` in with
-            /// a stored file; the row is `customer`'s or, if the message
-            /// came before a merge, a merged customer's.
-            async fn fill_attachment(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                customer: &str,
-                message_event_id: &str,
-                index: u32,
-                attachment: &omni_proto::v1::Attachment,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                let customers: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM customers WHERE id = $1 OR merged_into = $1",
-                )
-                .bind(customer)
-                .fetch_all(&mut **tx)
-                .await
-                .ctx("reading merged customers")?;
-                Self::rewrite_attachment(tx, &customers, message_event_id, index, attachment).await
-            }
-
-
-            /// Merges `loser` into `survivor`: repoints earlier losers and
-            /// moves every row of the loser.
-            async fn merge(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                survivor: &str,
-                loser: &str,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                for (op, sql) in [
-                    (
-                        "merging customer",
-                        "UPDATE customers SET merged_into = $1 WHERE id = $2 OR merged_into = $2",
-                    ),
-                    (
-                        "moving identities",
-                        "UPDATE identities SET customer_id = $1 WHERE customer_id = $2",
-                    ),
-                    (
-                        "moving conversations",
-                        "UPDATE conversations SET customer_id = $1 WHERE customer_id = $2",
-                    ),
-                    (
-                        "moving message ids",
-                        "UPDATE message_refs SET customer_id = $1 WHERE customer_id = $2",
-                    ),
-                    (
-                        "dropping duplicate suggestions",
-                        "DELETE FROM suggested_links WHERE customer_id = $2 AND EXISTS \
-                         (SELECT 1 FROM suggested_links s WHERE s.customer_id = $1 \
-                         AND s.kind = suggested_links.kind AND s.scope = suggested_links.scope \
-                         AND s.value = suggested_links.value)",
-                    ),
-                    (
-                        "moving suggestions",
-                        "UPDATE suggested_links SET customer_id = $1 WHERE customer_id = $2",
-                    ),
-                ] {
-                    sqlx::query(sql)
-                        .bind(survivor)
-                        .bind(loser)
-                        .execute(&mut **tx)
-                        .await
-                        .ctx(op)?;
-                }
-                Ok(())
-            }
-
-            async fn delete_suggestion(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                customer: &str,
-                key: &$crate::HandleKey,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                sqlx::query(
-                    "DELETE FROM suggested_links WHERE customer_id = $1 AND kind = $2 \
-                     AND scope = $3 AND value = $4",
-                )
-                .bind(customer)
-                .bind(&key.kind)
-                .bind(&key.scope)
-                .bind(&key.value)
-                .execute(&mut **tx)
-                .await
-                .ctx("clearing suggestion")?;
-                Ok(())
-            }
-
-            async fn insert_suggestion(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                customer: &str,
-                key: &$crate::HandleKey,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                sqlx::query(
-                    "INSERT INTO suggested_links (customer_id, kind, scope, value) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                )
-                .bind(customer)
-                .bind(&key.kind)
-                .bind(&key.scope)
-                .bind(&key.value)
-                .execute(&mut **tx)
-                .await
-                .ctx("suggesting handle")?;
-                Ok(())
-            }
-
-            /// Writes a run of row writes, one multi-row statement per
-            /// table and chunk.
-            async fn flush_run(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                run: $crate::batch::Run,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::error::DbContext as _;
-                for rows in $crate::batch::row_chunks(&run.customers) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO customers (id, merged_into, next_sequence) ",
-                    );
-                    q.push_values(rows, |mut b, (id, next)| {
-                        b.push_bind(id.as_str().to_owned())
-                            .push_bind(None::<String>)
-                            .push_bind(i64::try_from(*next).unwrap_or(i64::MAX));
-                    });
-                    q.push(" ON CONFLICT (id) DO UPDATE SET next_sequence = excluded.next_sequence");
-                    q.build()
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("writing customers")?;
-                }
-                for rows in $crate::batch::row_chunks(&run.identities) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO identities (kind, scope, value, customer_id, confirmed) ",
-                    );
-                    q.push_values(rows, |mut b, (key, (customer, confirmed))| {
-                        b.push_bind(key.kind.clone())
-                            .push_bind(key.scope.clone())
-                            .push_bind(key.value.clone())
-                            .push_bind(customer.as_str().to_owned())
-                            .push_bind(*confirmed);
-                    });
-                    q.push(
-                        " ON CONFLICT (kind, scope, value) DO UPDATE SET \
-                         customer_id = excluded.customer_id, confirmed = excluded.confirmed",
-                    );
-                    q.build()
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("linking handles")?;
-                }
-                for rows in $crate::batch::row_chunks(&run.conversations) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
-                         subject, open, last_activity_ms) ",
-                    );
-                    q.push_values(rows, |mut b, c| {
-                        b.push_bind(c.id.clone())
-                            .push_bind(c.customer.as_str().to_owned())
-                            .push_bind(c.channel_id.clone())
-                            .push_bind(c.thread_key.clone())
-                            .push_bind(c.email)
-                            .push_bind(c.subject.clone())
-                            .push_bind(c.open)
-                            .push_bind(c.last_activity_ms);
-                    });
-                    q.push(
-                        " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
-                         open = excluded.open, last_activity_ms = excluded.last_activity_ms",
-                    );
-                    q.build()
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("writing conversations")?;
-                }
-                for rows in $crate::batch::row_chunks(&run.message_refs) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO message_refs (message_id, customer_id, conversation_id) ",
-                    );
-                    q.push_values(rows, |mut b, (message_id, customer, conversation)| {
-                        b.push_bind(message_id.clone())
-                            .push_bind(customer.as_str().to_owned())
-                            .push_bind(conversation.clone());
-                    });
-                    q.push(" ON CONFLICT DO NOTHING");
-                    q.build()
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("recording message ids")?;
-                }
-                for rows in $crate::batch::row_chunks(&run.processed) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO processed_events (event_id, customer_id, conversation_id) ",
-                    );
-                    q.push_values(rows, |mut b, (event_id, customer, conversation)| {
-                        b.push_bind(event_id.clone())
-                            .push_bind(customer.as_str().to_owned())
-                            .push_bind(conversation.clone());
-                    });
-                    q.build()
-                        .execute(&mut **tx)
-                        .await
-                        .ctx("recording events")?;
-                }
-                Self::append_timeline(tx, &run.timeline).await
-            }
-
-        }
-    };
-}
-
-pub(crate) use sql_writes;
 
 /// Expands what both stores do with SQL alike: the timeline table (the
 /// outbox), its pages, and the relay lease. The threading state itself is

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::TryStreamExt as _;
 use omni_proto::v1::ThreadingCommand;
 use omni_proto::v1::TimelineEvent;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -15,11 +16,11 @@ use sqlx::{Row as _, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::batch::{Overlay, Run, Wants, Write, key_chunks, plan_batch, row_chunks};
+use crate::batch::{Overlay, Wants, Write, key_chunks, plan_batch, row_chunks};
 use crate::error::{DbContext as _, StoreError, ThreadingError};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, InboundEvent, ThreadingConfig};
-use crate::sql::{retrying, sql_shared, sql_writes};
+use crate::sql::{retrying, sql_shared};
 use crate::state::{HashMap, State, StateSizes, command_writes};
 use crate::store::{
     CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage,
@@ -38,20 +39,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// event, which caps throughput far below what a journal append does
 /// (docs/benchmarks.md, "Fourth look").
 ///
-/// What grows with every message stays out of memory: a snapshot folds
-/// the journal into the state tables every few tens of thousands of
-/// events (or every minute), after which the event ids it threaded are
-/// looked up on disk and the timeline rows are indexed by customer there.
-/// So memory follows the number of customers, not of messages, and
-/// opening the store reads the tables plus a short journal. Event ids are
-/// kept for [`SqliteOptions::dedupe_window`] and then pruned.
+/// What grows with every message stays out of memory: a snapshot (every
+/// [`SnapshotLimits`]) moves the event ids threaded since the last one to
+/// the `processed_events` table, where later batches look them up, and
+/// indexes the new timeline rows by customer on disk. The journal itself
+/// is rewritten as a dump of the state once it is twice that size, so
+/// opening the store replays at most about three times the state, however
+/// long the history. Event ids are kept for
+/// [`SqliteOptions::dedupe_window`] and then pruned. So memory and start
+/// time follow the number of customers, not of messages.
 ///
 /// Writers take the file's write lock at `BEGIN IMMEDIATE` and then apply
 /// any journal rows another process (or pool) committed since their last
 /// look, so several stores on one file stay correct, like several workers
-/// on PostgreSQL (a store whose unread rows another's snapshot folded
-/// reloads from the tables); WAL lets readers (the query API, the relay)
-/// run meanwhile.
+/// on PostgreSQL (a store that missed another's journal rewrite reloads);
+/// WAL lets readers (the query API, the relay) run meanwhile.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -81,6 +83,15 @@ struct Journaled {
     /// memory.
     recent: VecDeque<(i64, Vec<String>)>,
     recent_events: usize,
+    /// Bytes and rows of journal since it was last rewritten as a dump of
+    /// the state, and the size of that dump: the journal is rewritten
+    /// when it has grown well past the state it adds up to.
+    journal_bytes: u64,
+    journal_rows: i64,
+    dump_bytes: u64,
+    /// Rewrites of the journal so far (every store on the file counts
+    /// them: a store that missed one reloads).
+    generation: i64,
     /// When the last snapshot ran (or the store opened).
     last_snapshot: Option<Instant>,
     /// When event ids older than the window were last pruned.
@@ -94,11 +105,12 @@ impl Journaled {
     async fn load(conn: &mut SqliteConnection) -> Result<Journaled, StoreError> {
         let mut journaled = Journaled::default();
         load_tables(conn, &mut journaled.state).await?;
-        let (journal, timeline) = read_marker(conn).await?;
-        journaled.through = journal;
-        journaled.snapshot_through = journal;
-        journaled.timeline_through = timeline;
-        journaled.timeline_snapshot = timeline;
+        let marker = read_marker(conn).await?;
+        journaled.snapshot_through = marker.journal;
+        journaled.timeline_through = marker.timeline;
+        journaled.timeline_snapshot = marker.timeline;
+        journaled.dump_bytes = marker.dump_bytes;
+        journaled.generation = marker.generation;
         journaled.last_snapshot = Some(Instant::now());
         catch_up_rows(conn, &mut journaled).await?;
         Ok(journaled)
@@ -114,10 +126,14 @@ impl Journaled {
     fn apply(&mut self, journal_id: i64, writes: &[Write]) {
         let mut events = Vec::new();
         for write in writes {
-            self.state.apply(write);
             if let Write::Processed { event_id, .. } = write {
+                // A snapshot put it on disk: it stays out of memory.
+                if journal_id <= self.snapshot_through {
+                    continue;
+                }
                 events.push(event_id.clone());
             }
+            self.state.apply(write);
         }
         if !events.is_empty() {
             self.recent_events += events.len();
@@ -184,7 +200,7 @@ impl std::fmt::Debug for Journaled {
     }
 }
 
-/// When the embedded store folds its journal into its tables.
+/// When the embedded store moves event ids and the timeline index to disk.
 #[derive(Debug, Clone)]
 pub struct SnapshotLimits {
     /// Event ids threaded since the last snapshot (each costs memory until
@@ -195,16 +211,24 @@ pub struct SnapshotLimits {
     /// Time since the last snapshot, so a quiet store's journal is short
     /// too.
     pub interval: Duration,
+    /// A journal smaller than this is never rewritten as a dump of the
+    /// state (replaying it is quick anyway); larger, it is rewritten once
+    /// it is twice the last dump.
+    pub rewrite_min_bytes: u64,
 }
 
 impl Default for SnapshotLimits {
     fn default() -> Self {
-        // About a second of work at full speed: opening replays at most
-        // this much, and memory holds at most this many recent ids.
+        // A few seconds of work at full speed: opening replays at most
+        // this much (about half a second), memory holds at most this many
+        // recent ids (about 20 MB), and each snapshot rewrites the pages
+        // of the event-id index it touches once for all of them, so
+        // larger snapshots write less per event.
         SnapshotLimits {
-            events: 32_768,
-            journal_rows: 256,
+            events: 131_072,
+            journal_rows: 1024,
             interval: Duration::from_secs(60),
+            rewrite_min_bytes: 64 << 20,
         }
     }
 }
@@ -459,6 +483,9 @@ struct Fill {
 struct Written {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     journal_id: Option<i64>,
+    /// Journal rows and bytes written.
+    rows: i64,
+    bytes: u64,
 }
 
 impl Pipeline {
@@ -474,17 +501,14 @@ impl Pipeline {
         let (parts, mut receive) = mpsc::unbounded_channel::<Part>();
         let task = tokio::spawn(async move {
             let mut journal_id = None;
+            let (mut rows, mut bytes) = (0, 0);
             while let Some(part) = receive.recv().await {
+                rows += 1;
+                bytes += part.json.len() as u64;
                 let id: i64 = sqlx::query_scalar(
-                    // Ids go on from the snapshot's when it emptied the
-                    // journal: they are how every store tracks its place.
-                    "INSERT INTO state_journal (id, writes, committed_ms) VALUES \
-                     (COALESCE((SELECT MAX(id) FROM state_journal), \
-                     (SELECT journal_through FROM state_snapshot WHERE id = 1), 0) + 1, $1, $2) \
-                     RETURNING id",
+                    "INSERT INTO state_journal (writes) VALUES ($1) RETURNING id",
                 )
                 .bind(part.json)
-                .bind(now_ms())
                 .fetch_one(&mut *tx)
                 .await
                 .ctx("journaling state")?;
@@ -501,7 +525,12 @@ impl Pipeline {
                 }
                 journal_id = Some(id);
             }
-            Ok(Written { tx, journal_id })
+            Ok(Written {
+                tx,
+                journal_id,
+                rows,
+                bytes,
+            })
         });
         Ok(Pipeline {
             parts,
@@ -563,6 +592,7 @@ impl Pipeline {
         } = self;
         drop(parts);
         let written = task.await.map_err(StoreError::Writer)??;
+        let (parts_written, bytes_written) = (written.rows, written.bytes);
         let Some(id) = written.journal_id else {
             return written.tx.rollback().await.ctx("rolling back");
         };
@@ -577,6 +607,8 @@ impl Pipeline {
             });
         }
         journaled.through = id;
+        journaled.journal_rows += parts_written;
+        journaled.journal_bytes += bytes_written;
         for (n, customer) in (1..).zip(customers) {
             journaled.add_timeline_row(last + n, customer);
         }
@@ -586,17 +618,18 @@ impl Pipeline {
 
 /// Applies the journal rows after `journaled.through` and indexes the
 /// timeline rows after `journaled.timeline_through`: those another process
-/// committed. Should another process's snapshot have folded rows this one
-/// never read, the state is loaded again from the tables.
+/// committed. Should another process have rewritten the journal since,
+/// the state is loaded again.
 async fn catch_up(
     conn: &mut SqliteConnection,
     journaled: &mut Journaled,
 ) -> Result<(), StoreError> {
-    let (journal, _) = read_marker(conn).await?;
-    if journal > journaled.through {
+    let marker = read_marker(conn).await?;
+    if marker.generation != journaled.generation {
         *journaled = Journaled::load(conn).await?;
         return Ok(());
     }
+    journaled.snapshot_through = journaled.snapshot_through.max(marker.journal);
     catch_up_rows(conn, journaled).await
 }
 
@@ -614,29 +647,49 @@ async fn catch_up_rows(
     for (id, customer) in rows {
         journaled.add_timeline_row(id, customer);
     }
-    let rows = sqlx::query("SELECT id, writes FROM state_journal WHERE id > $1 ORDER BY id")
+    let mut rows = sqlx::query("SELECT id, writes FROM state_journal WHERE id > $1 ORDER BY id")
         .bind(journaled.through)
-        .fetch_all(&mut *conn)
-        .await
-        .ctx("reading state journal")?;
-    for row in rows {
+        .fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await.ctx("reading state journal")? {
         let id: i64 = row.try_get(0).ctx("decoding state journal")?;
         let json: &str = row.try_get(1).ctx("decoding state journal")?;
         let writes: Vec<Write> =
             serde_json::from_str(json).map_err(|source| StoreError::Journal { id, source })?;
         journaled.apply(id, &writes);
         journaled.through = id;
+        journaled.journal_rows += 1;
+        journaled.journal_bytes += json.len() as u64;
     }
     Ok(())
 }
 
-/// How far the last snapshot went: (journal row, timeline row).
-async fn read_marker(conn: &mut SqliteConnection) -> Result<(i64, i64), StoreError> {
-    sqlx::query_as("SELECT journal_through, timeline_through FROM state_snapshot WHERE id = 1")
-        .fetch_optional(&mut *conn)
-        .await
-        .ctx("reading snapshot marker")
-        .map(Option::unwrap_or_default)
+/// The snapshot marker: how far the event ids and the timeline index are
+/// on disk, and the journal's last rewrite.
+#[derive(Debug, Default)]
+struct Marker {
+    /// Event ids of journal rows up to here are in `processed_events`.
+    journal: i64,
+    /// Timeline rows up to here are in `timeline_by_customer`.
+    timeline: i64,
+    /// Journal rewrites so far, and the size of the last one's dump.
+    generation: i64,
+    dump_bytes: u64,
+}
+
+async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> {
+    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT journal_through, timeline_through, generation, dump_bytes \
+         FROM state_snapshot WHERE id = 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .ctx("reading snapshot marker")?;
+    Ok(row.map_or_else(Marker::default, |r| Marker {
+        journal: r.0,
+        timeline: r.1,
+        generation: r.2,
+        dump_bytes: u64::try_from(r.3).unwrap_or(0),
+    }))
 }
 
 /// The conversations of those `ids` a snapshot put in the tables.
@@ -664,8 +717,8 @@ async fn processed_on_disk(
     Ok(found)
 }
 
-/// Loads what the state tables hold: what snapshots folded into them (and
-/// what an older version of this store wrote before it journaled). Event
+/// Loads what the state tables hold: the state an older version of this
+/// store wrote before it journaled (empty in a file created since). Event
 /// ids stay on disk: they are looked up there.
 async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(), StoreError> {
     let decode = |e| StoreError::Database {
@@ -773,7 +826,6 @@ fn retryable(e: &StoreError) -> bool {
 }
 
 sql_shared!(SqliteStore, sqlx::Sqlite);
-sql_writes!(SqliteStore, sqlx::Sqlite);
 
 /// What the embedded store holds, for operators' figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -782,7 +834,8 @@ pub struct SqliteStats {
     pub memory: StateSizes,
     /// Event ids kept on disk for deduplication (the window's).
     pub event_ids_on_disk: u64,
-    /// Journal rows not yet folded into the tables: what opening replays.
+    /// Journal rows: what opening replays (the last dump of the state
+    /// and the changes since).
     pub journal_rows: i64,
 }
 
@@ -824,9 +877,11 @@ impl SqliteStore {
         }
     }
 
-    /// Folds every journal row into the state tables, indexes every
-    /// timeline row by customer on disk, and drops both from memory. One
-    /// transaction: a crash leaves the journal whole.
+    /// Moves the event ids threaded since the last snapshot to disk and
+    /// indexes the timeline rows since then by customer on disk, then
+    /// drops both from memory; when the journal has grown past twice the
+    /// state it adds up to, replaces it by a dump of that state. One
+    /// transaction: a crash leaves everything as it was.
     pub async fn snapshot(&self) -> Result<(), StoreError> {
         let mut journaled = self.lock().await?;
         let mut tx = self
@@ -835,134 +890,104 @@ impl SqliteStore {
             .await
             .ctx("beginning snapshot")?;
         catch_up(&mut tx, &mut journaled).await?;
-        let (journal_from, timeline_from) = read_marker(&mut tx).await?;
-        let rows = sqlx::query(
-            "SELECT id, writes, committed_ms FROM state_journal WHERE id > $1 ORDER BY id",
-        )
-        .bind(journal_from)
-        .fetch_all(&mut *tx)
-        .await
-        .ctx("reading state journal")?;
-        let now_ms = now_ms();
-        let mut journal_through = journal_from;
-        let mut writes = Vec::new();
-        for row in rows {
-            let id: i64 = row.try_get(0).ctx("decoding state journal")?;
-            let json: &str = row.try_get(1).ctx("decoding state journal")?;
-            let committed: i64 = row.try_get(2).ctx("decoding state journal")?;
-            let batch: Vec<Write> =
-                serde_json::from_str(json).map_err(|source| StoreError::Journal { id, source })?;
-            // Rows journaled before their commit time was recorded count
-            // from now: kept a full window, never pruned early.
-            let at = if committed > 0 { committed } else { now_ms };
-            writes.extend(batch.into_iter().map(|w| (w, at)));
-            journal_through = id;
+        let marker = read_marker(&mut tx).await?;
+        let now = now_ms();
+        let mut events: Vec<(&String, &String)> = journaled
+            .recent
+            .iter()
+            .flat_map(|(_, ids)| ids)
+            .filter_map(|id| Some((id, journaled.state.processed_conversation(id)?)))
+            .collect();
+        events.sort_unstable();
+        let mut added = 0;
+        for rows in row_chunks(&events) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO processed_events (event_id, customer_id, conversation_id, threaded_ms) ",
+            );
+            // The customer is left out: lookups only need the
+            // conversation, and every byte of these rows is rewritten as
+            // the index pages fill.
+            q.push_values(rows, |mut b, (event, conversation)| {
+                b.push_bind(event.as_str())
+                    .push_bind("")
+                    .push_bind(conversation.as_str())
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            added += q
+                .build()
+                .execute(&mut *tx)
+                .await
+                .ctx("recording event ids")?
+                .rows_affected();
         }
         let timeline_through: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM timeline")
             .fetch_one(&mut *tx)
             .await
             .ctx("reading timeline sequence")?;
-        Self::fold(&mut tx, writes).await?;
         sqlx::query(
             "INSERT INTO timeline_by_customer (customer_id, id) \
              SELECT customer_id, id FROM timeline WHERE id > $1 AND id <= $2 \
              ORDER BY customer_id, id",
         )
-        .bind(timeline_from)
+        .bind(marker.timeline)
         .bind(timeline_through)
         .execute(&mut *tx)
         .await
         .ctx("indexing timeline")?;
-        sqlx::query("DELETE FROM state_journal WHERE id <= $1")
-            .bind(journal_through)
-            .execute(&mut *tx)
-            .await
-            .ctx("truncating state journal")?;
+        // Rewrite once the journal is twice the state (and not small): a
+        // rewrite costs the state's size, so this keeps its cost per
+        // write constant and the journal an open replays within three
+        // times the state.
+        let floor = self.options.snapshots.rewrite_min_bytes;
+        let rewrite = journaled.journal_bytes >= floor.max(2 * journaled.dump_bytes);
+        let mut through = journaled.through;
+        let (mut generation, mut dump_bytes) = (marker.generation, marker.dump_bytes);
+        let mut dump_rows = 0;
+        if rewrite {
+            sqlx::query("DELETE FROM state_journal")
+                .execute(&mut *tx)
+                .await
+                .ctx("rewriting state journal")?;
+            let dump = journaled.state.dump();
+            dump_bytes = 0;
+            for chunk in dump.chunks(DUMP_ROW_WRITES) {
+                let json = serde_json::to_string(chunk)
+                    .map_err(|source| StoreError::Journal { id: 0, source })?;
+                through += 1;
+                dump_bytes += json.len() as u64;
+                dump_rows += 1;
+                sqlx::query("INSERT INTO state_journal (id, writes) VALUES ($1, $2)")
+                    .bind(through)
+                    .bind(json)
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("rewriting state journal")?;
+            }
+            generation += 1;
+        }
         sqlx::query(
-            "INSERT INTO state_snapshot (id, journal_through, timeline_through) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET journal_through = excluded.journal_through, \
-             timeline_through = excluded.timeline_through",
+            "UPDATE state_snapshot SET journal_through = $1, timeline_through = $2, \
+             event_ids = event_ids + $3, generation = $4, dump_bytes = $5 WHERE id = 1",
         )
-        .bind(journal_through)
+        .bind(through)
         .bind(timeline_through)
+        .bind(i64::try_from(added).unwrap_or(i64::MAX))
+        .bind(generation)
+        .bind(i64::try_from(dump_bytes).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await
         .ctx("recording snapshot")?;
         tx.commit().await.ctx("committing snapshot")?;
-        journaled.snapshotted(journal_through, timeline_through);
-        Ok(())
-    }
-
-    /// Writes journaled changes to the state tables with the statements
-    /// the PostgreSQL store uses for them, in order; event ids go to their
-    /// table with the time they were threaded, in key order.
-    async fn fold(
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        writes: Vec<(Write, i64)>,
-    ) -> Result<(), StoreError> {
-        let mut run = Run::default();
-        let mut events = Vec::new();
-        for (write, at) in writes {
-            match write {
-                Write::Processed {
-                    event_id,
-                    customer,
-                    conversation,
-                } => events.push((event_id, customer, conversation, at)),
-                Write::Command {
-                    command_id,
-                    issued_at_ms,
-                } => {
-                    Self::flush_run(tx, std::mem::take(&mut run)).await?;
-                    sqlx::query(
-                        "INSERT INTO applied_commands (command_id, issued_at_ms) \
-                         VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(command_id)
-                    .bind(issued_at_ms)
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("recording command")?;
-                }
-                Write::MoveMessageRefs {
-                    conversation,
-                    customer,
-                } => {
-                    Self::flush_run(tx, std::mem::take(&mut run)).await?;
-                    sqlx::query(
-                        "UPDATE message_refs SET customer_id = $2 \
-                         WHERE conversation_id = $1 AND customer_id <> $2",
-                    )
-                    .bind(conversation)
-                    .bind(customer.as_str())
-                    .execute(&mut **tx)
-                    .await
-                    .ctx("moving message ids")?;
-                }
-                write if write.is_barrier() => {
-                    Self::flush_run(tx, std::mem::take(&mut run)).await?;
-                    Self::barrier(tx, write).await?;
-                }
-                write => run.push(write),
-            }
-        }
-        Self::flush_run(tx, run).await?;
-        events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for rows in row_chunks(&events) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO processed_events (event_id, customer_id, conversation_id, threaded_ms) ",
-            );
-            q.push_values(rows, |mut b, (event, customer, conversation, at)| {
-                b.push_bind(event.as_str())
-                    .push_bind(customer.as_str())
-                    .push_bind(conversation.as_str())
-                    .push_bind(*at);
-            });
-            q.push(" ON CONFLICT (event_id) DO NOTHING");
-            q.build()
-                .execute(&mut **tx)
-                .await
-                .ctx("recording event ids")?;
+        let journal = journaled.through;
+        journaled.snapshotted(journal, timeline_through);
+        if rewrite {
+            journaled.through = through;
+            journaled.snapshot_through = through;
+            journaled.generation = generation;
+            journaled.dump_bytes = dump_bytes;
+            journaled.journal_bytes = dump_bytes;
+            journaled.journal_rows = dump_rows;
         }
         Ok(())
     }
@@ -974,16 +999,27 @@ impl SqliteStore {
     pub async fn prune_event_ids(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
+            let mut tx = self
+                .writer
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .ctx("beginning prune")?;
             let done = sqlx::query(
                 "DELETE FROM processed_events WHERE rowid IN (SELECT rowid FROM processed_events \
                  WHERE threaded_ms < $1 ORDER BY threaded_ms LIMIT $2)",
             )
             .bind(before_ms)
             .bind(PRUNE_BATCH)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .ctx("pruning event ids")?
             .rows_affected();
+            sqlx::query("UPDATE state_snapshot SET event_ids = event_ids - $1 WHERE id = 1")
+                .bind(i64::try_from(done).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .ctx("counting event ids")?;
+            tx.commit().await.ctx("committing prune")?;
             total += done;
             if done < PRUNE_BATCH as u64 {
                 return Ok(total);
@@ -993,25 +1029,25 @@ impl SqliteStore {
 
     /// What the store holds now.
     pub async fn stats(&self) -> Result<SqliteStats, StoreError> {
-        let (memory, through, snapshot) = {
+        let (memory, journal_rows) = {
             let journaled = self.state.lock().await;
-            (
-                journaled.state.sizes(),
-                journaled.through,
-                journaled.snapshot_through,
-            )
+            (journaled.state.sizes(), journaled.journal_rows)
         };
-        let on_disk: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_events")
-            .fetch_one(&self.pool)
+        let on_disk: i64 = sqlx::query_scalar("SELECT event_ids FROM state_snapshot WHERE id = 1")
+            .fetch_optional(&self.pool)
             .await
-            .ctx("counting event ids")?;
+            .ctx("counting event ids")?
+            .unwrap_or(0);
         Ok(SqliteStats {
             memory,
             event_ids_on_disk: u64::try_from(on_disk).unwrap_or(0),
-            journal_rows: through - snapshot,
+            journal_rows,
         })
     }
 }
+
+/// Writes per journal row of a dump (a few hundred KB of JSON each).
+const DUMP_ROW_WRITES: usize = 2048;
 
 /// The wall clock in epoch milliseconds.
 fn now_ms() -> i64 {

@@ -332,6 +332,68 @@ impl State {
         self.processed.contains_key(event_id)
     }
 
+    /// Writes that rebuild this state from nothing (event ids aside: they
+    /// are on disk), so the embedded store can replace a long journal by
+    /// them. Customers first, then merges (which set `merged_into`; the
+    /// merged customers' rows already belong to their survivors), then the
+    /// rows keyed by handle, conversation and Message-ID.
+    pub(crate) fn dump(&self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (id, c) in &self.customers {
+            writes.push(Write::Customer {
+                id: id.clone(),
+                next_sequence: c.next_sequence,
+            });
+        }
+        for (survivor, losers) in &self.merged_from {
+            for loser in losers {
+                writes.push(Write::Merge {
+                    survivor: survivor.clone(),
+                    loser: loser.clone(),
+                });
+            }
+        }
+        for (key, (customer, confirmed)) in &self.identities {
+            writes.push(Write::Identity {
+                key: key.clone(),
+                customer: customer.clone(),
+                confirmed: *confirmed,
+            });
+        }
+        for c in self.conversations.values() {
+            writes.push(Write::Conversation(c.clone()));
+        }
+        for (message_id, rows) in &self.message_refs {
+            for (customer, conversation) in rows {
+                writes.push(Write::MessageRef {
+                    message_id: message_id.clone(),
+                    customer: customer.clone(),
+                    conversation: conversation.clone(),
+                });
+            }
+        }
+        for (customer, keys) in &self.suggestions_of {
+            for key in keys {
+                writes.push(Write::InsertSuggestion {
+                    customer: customer.clone(),
+                    key: key.clone(),
+                });
+            }
+        }
+        for command_id in &self.applied_commands {
+            writes.push(Write::Command {
+                command_id: command_id.clone(),
+                issued_at_ms: 0,
+            });
+        }
+        writes
+    }
+
+    /// The conversation an event id in memory went to.
+    pub(crate) fn processed_conversation(&self, event_id: &str) -> Option<&String> {
+        self.processed.get(event_id)
+    }
+
     /// How many rows of each kind the state holds, for the store's
     /// figures.
     pub(crate) fn sizes(&self) -> StateSizes {
@@ -650,6 +712,34 @@ mod tests {
         assert!(s.refs_of[&id("new")].contains("<b@x>"));
         assert!(!s.refs_of[&id("a")].contains("<b@x>"));
         assert!(!s.conversations_of[&id("a")].contains("conv-b"));
+    }
+
+    #[test]
+    fn a_dump_rebuilds_the_state() {
+        let mut s = merged();
+        s.apply(&Write::Command {
+            command_id: "cmd".into(),
+            issued_at_ms: 7,
+        });
+        let mut back = State::default();
+        s.dump().iter().for_each(|w| back.apply(w));
+        for c in ["a", "b", "c", "zz"] {
+            assert_eq!(back.resolve(&id(c)), s.resolve(&id(c)), "{c}");
+            assert_eq!(
+                back.timeline_customers(&id(c)),
+                s.timeline_customers(&id(c))
+            );
+        }
+        for n in ["1", "2", "3", "9"] {
+            assert_eq!(back.owner(&key(n)), s.owner(&key(n)), "{n}");
+        }
+        assert_eq!(back.conversations, s.conversations);
+        assert_eq!(back.conversations_of, s.conversations_of);
+        assert_eq!(back.message_refs, s.message_refs);
+        assert_eq!(back.refs_of, s.refs_of);
+        assert_eq!(back.suggestions(&id("a")), s.suggestions(&id("a")));
+        assert_eq!(back.applied_commands, s.applied_commands);
+        assert_eq!(back.sizes(), s.sizes());
     }
 
     #[test]

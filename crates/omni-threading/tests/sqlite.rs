@@ -16,14 +16,16 @@ struct Files {
     options: SqliteOptions,
 }
 
-/// Options that fold the journal into the tables after every write, so
-/// every lookup after the first write goes to disk.
+/// Options that snapshot after every write and rewrite the journal each
+/// time, so every lookup of an earlier event id goes to disk and every
+/// open replays a dump.
 fn snapshot_always() -> SqliteOptions {
     SqliteOptions {
         snapshots: SnapshotLimits {
             events: 0,
             journal_rows: 0,
             interval: Duration::ZERO,
+            rewrite_min_bytes: 0,
         },
         ..SqliteOptions::default()
     }
@@ -208,8 +210,7 @@ fn api_message(id: &str, sender: &str, seconds: i64) -> omni_threading::InboundE
 }
 
 /// After a snapshot the threaded ids are on disk only: memory holds none,
-/// a retry of each is still a duplicate, before and after reopening, and
-/// the journal opening replays is empty.
+/// before and after reopening, and a retry of each is still a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_ids_leave_memory_and_still_deduplicate() {
     use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
@@ -230,7 +231,6 @@ async fn event_ids_leave_memory_and_still_deduplicate() {
     let after = store.stats().await.unwrap();
     assert_eq!(after.memory.recent_event_ids, 0);
     assert_eq!(after.event_ids_on_disk, 300);
-    assert_eq!(after.journal_rows, 0);
     assert_eq!(after.memory.customers, 7, "customers stay in memory");
     for outcome in store.thread_batch(&config, &events[..100]).await.unwrap() {
         assert_eq!(outcome.unwrap(), Outcome::Duplicate);
@@ -238,7 +238,7 @@ async fn event_ids_leave_memory_and_still_deduplicate() {
     store.close().await;
 
     let store = files.open(&path).await;
-    assert_eq!(store.stats().await.unwrap().journal_rows, 0);
+    assert_eq!(store.stats().await.unwrap().memory.recent_event_ids, 0);
     for outcome in store.thread_batch(&config, &events[200..]).await.unwrap() {
         assert_eq!(outcome.unwrap(), Outcome::Duplicate);
     }
@@ -340,4 +340,62 @@ async fn timeline_pages_span_the_snapshot() {
     let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
     assert_eq!(sequences, expected);
     assert!(sequences.len() >= 23, "{} rows", sequences.len());
+}
+
+/// Once the journal outgrows the state it adds up to, a snapshot rewrites
+/// it as a dump of that state: the journal shrinks to the dump, and a
+/// store opened on it (or one already open that missed the rewrite) has
+/// the same customers, order and duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_journal_keeps_the_state() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let mut options = SqliteOptions::default();
+    options.snapshots.rewrite_min_bytes = 0;
+    let files = Files::with(options);
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let other = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    // Thirty customers write a lot of journal (one row per batch of 4).
+    let events: Vec<_> = (0..600)
+        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 30), n))
+        .collect();
+    for chunk in events.chunks(4) {
+        store.thread_batch(&config, chunk).await.unwrap();
+    }
+    let before = store.stats().await.unwrap();
+    assert_eq!(before.journal_rows, 150);
+    store.snapshot().await.unwrap();
+    let after = store.stats().await.unwrap();
+    assert!(
+        after.journal_rows < 5,
+        "the dump of 30 customers is a few rows, not {}",
+        after.journal_rows
+    );
+    assert_eq!(after.memory.customers, 30);
+    // The store that missed the rewrite reloads, and goes on where the
+    // other left off.
+    match other
+        .thread(&config, &api_message("ev-new", "customer-0", 1_000))
+        .await
+        .unwrap()
+    {
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 22),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+    store.close().await;
+    other.close().await;
+    let store = files.open(&path).await;
+    for outcome in store.thread_batch(&config, &events[..50]).await.unwrap() {
+        assert_eq!(outcome.unwrap(), Outcome::Duplicate);
+    }
+    match store
+        .thread(&config, &api_message("ev-newer", "customer-0", 1_001))
+        .await
+        .unwrap()
+    {
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 23),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
 }

@@ -1,21 +1,23 @@
--- The embedded store folds its journal into the state tables from time to
--- time (a snapshot), so opening the store reads the tables plus a short
--- journal, and the per-message state (event ids threaded, the index of
--- each customer's timeline rows) lives on disk instead of in memory.
--- docs/threading.md, "The embedded store", says how.
+-- The embedded store moves what grows with every message (event ids
+-- threaded, the index of each customer's timeline rows) from memory to
+-- these tables from time to time (a snapshot), and rewrites its journal
+-- as a dump of the state once it has grown well past it. docs/threading.md
+-- says how.
 
--- How far the tables are: every journal row up to `journal_through` is in
--- the state tables (and deleted), every timeline row up to
--- `timeline_through` is in `timeline_by_customer`.
+-- How far the tables are: the event ids of journal rows up to
+-- `journal_through` are in `processed_events`, timeline rows up to
+-- `timeline_through` in `timeline_by_customer`; `event_ids` counts the
+-- rows of `processed_events` (kept here: counting them is a full scan);
+-- `generation` counts journal rewrites (a store that missed one reloads)
+-- and `dump_bytes` is the size of the last one.
 CREATE TABLE state_snapshot (
     id               INTEGER PRIMARY KEY CHECK (id = 1),
     journal_through  INTEGER NOT NULL,
-    timeline_through INTEGER NOT NULL
+    timeline_through INTEGER NOT NULL,
+    event_ids        INTEGER NOT NULL,
+    generation       INTEGER NOT NULL,
+    dump_bytes       INTEGER NOT NULL
 );
-
--- When each journal row was committed: its event ids are kept for the
--- deduplication window from then.
-ALTER TABLE state_journal ADD COLUMN committed_ms INTEGER NOT NULL DEFAULT 0;
 
 -- When each event was threaded, so ids older than the window are pruned
 -- (in time order, which this index keeps local).
@@ -33,5 +35,6 @@ CREATE TABLE timeline_by_customer (
     PRIMARY KEY (customer_id, id)
 ) WITHOUT ROWID;
 INSERT INTO timeline_by_customer (customer_id, id) SELECT customer_id, id FROM timeline;
-INSERT INTO state_snapshot (id, journal_through, timeline_through)
-    VALUES (1, 0, COALESCE((SELECT MAX(id) FROM timeline), 0));
+INSERT INTO state_snapshot (id, journal_through, timeline_through, event_ids, generation, dump_bytes)
+    VALUES (1, 0, COALESCE((SELECT MAX(id) FROM timeline), 0),
+            (SELECT COUNT(*) FROM processed_events), 0, 0);
