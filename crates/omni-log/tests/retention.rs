@@ -526,7 +526,7 @@ async fn a_version_1_file_gets_its_stats_computed_once_on_open() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 //! positioned before the log start resume at it, like a Kafka consumer with
 //! `auto.offset.reset=earliest`.
 
+mod catalog;
 mod retention;
 mod schema;
 mod writer;
@@ -38,16 +39,19 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use self::writer::{Command, PendingRecord, Writer};
+use self::{
+    catalog::Catalog,
+    writer::{Command, PendingRecord, Writer},
+};
 use crate::{
-    BoxFuture, EventLog, LogError, Position, Record, StoredRecord, Subscription, deadline_after,
-    headers, validate_topic,
+    BoxFuture, EventLog, HeaderDecodeError, LogError, Position, Record, StoredRecord, Subscription,
+    deadline_after, headers, validate_topic,
 };
 
 /// Largest key, encoded headers or payload SQLite stores (its default
 /// `SQLITE_MAX_LENGTH`). Checked before queueing so that one oversized
 /// record fails alone instead of failing the whole batch it would join.
-const MAX_FIELD_BYTES: usize = 1_000_000_000;
+pub(super) const MAX_FIELD_BYTES: usize = 1_000_000_000;
 
 /// Read connections kept open between reads; more are opened under load
 /// and closed again.
@@ -96,6 +100,7 @@ struct Inner {
     /// Generation counter bumped by the writer after each commit with appends.
     appended: watch::Receiver<u64>,
     readers: Mutex<Vec<Connection>>,
+    catalog: Arc<Catalog>,
 }
 
 impl fmt::Debug for SqliteLog {
@@ -131,6 +136,15 @@ impl SqliteLog {
             })?;
         }
         let conn = schema::open_writer(path)?;
+        let catalog = Arc::new(Catalog::load(&conn).map_err(|e| {
+            LogError::storage(
+                format!(
+                    "cannot read the header templates and dictionaries of event log {}",
+                    path.display()
+                ),
+                e,
+            )
+        })?);
         // The schema commit created the database and WAL files; make their
         // directory entries durable too, or a power loss could lose the
         // whole file right after its first acknowledged append.
@@ -148,7 +162,14 @@ impl SqliteLog {
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let (appended_tx, appended_rx) = watch::channel(0_u64);
         let (done_tx, done_rx) = watch::channel(false);
-        let writer = Writer::new(path.to_owned(), conn, rx, config.max_batch, appended_tx);
+        let writer = Writer::new(
+            path.to_owned(),
+            conn,
+            rx,
+            config.max_batch,
+            appended_tx,
+            Arc::clone(&catalog),
+        );
         let thread_path = path.to_owned();
         std::thread::Builder::new()
             .name("omni-log-writer".into())
@@ -199,6 +220,7 @@ impl SqliteLog {
                 writer_done: done_rx,
                 appended: appended_rx,
                 readers: Mutex::new(vec![reader]),
+                catalog,
             }),
         })
     }
@@ -275,14 +297,19 @@ impl SqliteLog {
         if headers_len > MAX_FIELD_BYTES {
             return Err(too_large("headers", headers_len));
         }
-        let headers =
-            headers::encode(&record.headers).ok_or_else(|| too_large("headers", headers_len))?;
+        let catalog = &self.inner.catalog;
+        let headers = catalog
+            .prepare_headers(&record.headers, &record.payload, record.timestamp_ms)
+            .ok_or_else(|| too_large("headers", headers_len))?;
+        let stored = catalog.compress(&record.topic, &record.payload);
         let (reply, rx) = oneshot::channel();
         let pending = PendingRecord {
             topic: record.topic,
             key: record.key,
             headers,
-            payload: record.payload,
+            payload: stored.bytes,
+            payload_codec: stored.codec,
+            sample: stored.sample.then_some(record.payload),
             timestamp_ms: record.timestamp_ms,
         };
         match self.inner.tx.try_send(Command::Append {
@@ -399,6 +426,7 @@ fn check_partition(topic: &str, partition: i32) -> Result<(), LogError> {
 /// Reads up to `max` records of `topic` from `from_offset` on.
 fn read_records(
     conn: &Connection,
+    catalog: &Catalog,
     topic: &str,
     from_offset: i64,
     max: usize,
@@ -406,7 +434,8 @@ fn read_records(
 ) -> Result<Vec<StoredRecord>, LogError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT record_offset, timestamp_ms, key, headers, payload FROM log_records
+            "SELECT record_offset, timestamp_ms, key, headers, payload, payload_codec
+             FROM log_records
              WHERE topic_id = (SELECT id FROM log_topics WHERE name = ?1) AND record_offset >= ?2
              ORDER BY record_offset LIMIT ?3",
         )
@@ -418,19 +447,36 @@ fn read_records(
     let mut records = Vec::with_capacity(max.min(1024));
     while let Some(row) = rows.next().map_err(read_error)? {
         let offset: i64 = row.get(0).map_err(read_error)?;
+        let corrupt = |source| LogError::Corrupt {
+            topic: topic.to_owned(),
+            offset,
+            source,
+        };
         let timestamp_ms: i64 = row.get(1).map_err(read_error)?;
         let key: Vec<u8> = row.get(2).map_err(read_error)?;
+        let payload: Vec<u8> = row.get(4).map_err(read_error)?;
+        let codec: i64 = row.get(5).map_err(read_error)?;
+        let payload = catalog
+            .decompress(conn, codec, payload)
+            .map_err(read_error)?
+            .map_err(corrupt)?;
         let header_blob = row
             .get_ref(3)
             .map_err(read_error)?
             .as_blob()
             .map_err(|e| read_error(e.into()))?;
-        let headers = headers::decode(header_blob).map_err(|source| LogError::Corrupt {
-            topic: topic.to_owned(),
-            offset,
-            source,
-        })?;
-        let payload: Vec<u8> = row.get(4).map_err(read_error)?;
+        let template = match headers::template_id(header_blob).map_err(corrupt)? {
+            Some(id) => Some(
+                catalog
+                    .template(conn, id)
+                    .map_err(read_error)?
+                    .unwrap_or(Err(HeaderDecodeError::UnknownTemplate(id)))
+                    .map_err(corrupt)?,
+            ),
+            None => None,
+        };
+        let headers = headers::decode(header_blob, template.as_deref(), &payload, timestamp_ms)
+            .map_err(corrupt)?;
         records.push(StoredRecord {
             position: Position {
                 partition: 0,
@@ -440,7 +486,7 @@ fn read_records(
                 topic: topic.to_owned(),
                 key: Bytes::from(key),
                 headers,
-                payload: Bytes::from(payload),
+                payload,
                 timestamp_ms,
             },
         });
@@ -482,8 +528,11 @@ impl EventLog for SqliteLog {
         }
         let topic = topic.to_owned();
         let read_error = self.inner.read_error(&topic);
+        let catalog = Arc::clone(&self.inner.catalog);
         self.inner
-            .with_reader(move |conn| read_records(conn, &topic, from_offset, max, &read_error))
+            .with_reader(move |conn| {
+                read_records(conn, &catalog, &topic, from_offset, max, &read_error)
+            })
             .await
     }
 
@@ -635,6 +684,7 @@ impl SqliteSubscription {
             .cloned()
             .collect();
         let path = self.inner.path.display().to_string();
+        let catalog = Arc::clone(&self.inner.catalog);
         let records = self
             .inner
             .with_reader(move |conn| {
@@ -646,7 +696,14 @@ impl SqliteSubscription {
                     }
                     let context = format!("cannot read topic {topic} from event log {path}");
                     let read_error = move |e| LogError::storage(context.clone(), e);
-                    records.extend(read_records(conn, topic, *from, left, &read_error)?);
+                    records.extend(read_records(
+                        conn,
+                        &catalog,
+                        topic,
+                        *from,
+                        left,
+                        &read_error,
+                    )?);
                 }
                 Ok(records)
             })

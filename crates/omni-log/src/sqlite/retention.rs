@@ -50,8 +50,9 @@ pub struct RetentionLimits {
     /// first; a younger record stops the removal, so a record with a
     /// timestamp in the future keeps everything after it).
     pub max_age: Option<Duration>,
-    /// The topic's records (key, encoded headers and payload bytes) are
-    /// kept at or under this size by removing the oldest ones.
+    /// The topic's records (key, headers and payload bytes as stored,
+    /// after templating and compression) are kept at or under this size
+    /// by removing the oldest ones.
     pub max_bytes: Option<u64>,
 }
 
@@ -113,8 +114,9 @@ impl RetentionPolicy {
 pub struct TopicStats {
     pub topic: String,
     pub records: u64,
-    /// Key, encoded headers and payload bytes of its records. The file
-    /// takes more: SQLite's row headers, the offset index, free space.
+    /// Key, headers and payload bytes of its records as stored (templated
+    /// headers, compressed payloads). The file takes more: SQLite's row
+    /// headers, the offset index, free space.
     pub bytes: u64,
     /// The log start offset: every record below it has been removed.
     pub start_offset: i64,

@@ -7,23 +7,38 @@
 //!   to a small integer, which keeps the record key short (a topic name is
 //!   repeated in every row otherwise) and makes the primary key compact.
 //! - `log_records(seq, topic_id, record_offset, timestamp_ms, key, headers,
-//!   payload)`: a rowid table in append order (`seq`, the rowid) with a
-//!   unique index on `(topic_id, record_offset)`, through which reads
-//!   range-scan a topic. Offsets are dense per topic from 0 (one partition,
-//!   0). `headers` is the blob of [`crate::headers`]. Not `WITHOUT ROWID`
-//!   clustered by `(topic_id, record_offset)`, although that saves the
-//!   index: SQLite keeps only ~1 KB of a `WITHOUT ROWID` row in its b-tree
-//!   page and spills the rest to overflow pages (e-mails are often bigger),
-//!   and appends to a rowid table take SQLite's fast right-edge split
-//!   (`balance_quick`) and leave full pages. Measured with 300-byte
-//!   payloads, the rowid layout was 30-50% faster.
+//!   payload, payload_codec)`: a rowid table in append order (`seq`, the
+//!   rowid) with a unique index on `(topic_id, record_offset)`, through
+//!   which reads range-scan a topic. Offsets are dense per topic from 0 (one
+//!   partition, 0). `headers` is the blob of [`crate::headers`] (literal, or
+//!   templated against `log_header_templates`); `payload` is stored as
+//!   given or zstd-compressed, as `payload_codec` says (see
+//!   [`super::catalog`]).
+//!
+//!   The index costs ~13 bytes of file per record, and two layouts without
+//!   it were measured (`examples/layout.rs`: 100,000 compact records of
+//!   three interleaved topics, as the daemon's inbound, timeline and
+//!   outbound): a rowid encoding `topic_id << 40 | offset` took 320 bytes
+//!   per record against 324 and 24% more CPU per insert, `WITHOUT ROWID`
+//!   keyed by `(topic_id, record_offset)` 329 bytes and 67% more CPU. Both
+//!   insert into the middle of the b-tree for every topic but the last,
+//!   which leaves pages partly empty where a rowid table appends at its
+//!   right edge (SQLite's `balance_quick`) and leaves them full; and
+//!   `WITHOUT ROWID` keeps only ~1 KB of a row in its page, spilling larger
+//!   records (e-mails) to overflow pages.
+//! - `log_header_templates(id, template)`: the header names and the values
+//!   that repeat per channel or topic, stored once and referred to by
+//!   templated header blobs.
+//! - `log_dictionaries(id, topic_id, dictionary)`: the zstd dictionaries
+//!   payloads are compressed with, trained per topic.
 //! - `log_consumer_offsets(group_id, topic, partition_id, next_offset)`:
 //!   the next offset a group will consume. Keyed by topic name rather than
 //!   id so that a group may commit on a topic nobody wrote to yet.
 //! - `log_topic_stats(topic_id, records, bytes, start_offset, next_offset)`:
-//!   per topic, how many records it holds, their size (key, encoded headers
-//!   and payload bytes), the log start offset (every record below it has
-//!   been removed) and the offset of the next append. Updated in the same
+//!   per topic, how many records it holds, their size (key, headers and
+//!   payload bytes as stored: templated and compressed), the log start
+//!   offset (every record below it has been removed) and the offset of the
+//!   next append. Updated in the same
 //!   transaction as every append and removal, so retention and the size
 //!   metrics never scan the records to know a topic's size, and offsets
 //!   continue after a removal even when it emptied the topic.
@@ -32,7 +47,13 @@
 //!
 //! Versions: 1 had no `log_topic_stats`; opening a version-1 file computes
 //! the stats once (one read of every record's header, not its payload
-//! pages) and moves it to version 2 in one transaction.
+//! pages). 2 had neither templates, dictionaries nor `payload_codec`, and
+//! wrote every header blob literally: opening it adds the two tables and
+//! the column (0, stored as given, for every existing row) without
+//! rewriting a record, and new records are written compactly beside the
+//! old ones, which stay readable. Either moves to version 3 in one
+//! transaction. A release before 3 refuses a version-3 file rather than
+//! misread its records.
 
 use std::{path::Path, time::Duration};
 
@@ -40,7 +61,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::LogError;
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for a lock held by another connection (the
 /// threading store or `omnid tail` in another process) before failing.
@@ -83,7 +104,19 @@ CREATE TABLE IF NOT EXISTS log_records (
     key           BLOB NOT NULL,
     headers       BLOB NOT NULL,
     payload       BLOB NOT NULL,
+    payload_codec INTEGER NOT NULL DEFAULT 0,
     UNIQUE (topic_id, record_offset)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS log_header_templates (
+    id       INTEGER PRIMARY KEY,
+    template BLOB NOT NULL UNIQUE
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS log_dictionaries (
+    id         INTEGER PRIMARY KEY,
+    topic_id   INTEGER NOT NULL REFERENCES log_topics (id),
+    dictionary BLOB NOT NULL
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS log_consumer_offsets (
@@ -204,7 +237,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), LogError> {
     match version {
         Some(SCHEMA_VERSION) => return Ok(()),
         // None: a new file (no topics yet, so the backfill finds nothing).
-        None | Some(1) => {}
+        None | Some(1 | 2) => {}
         Some(other) => {
             return Err(LogError::storage(
                 format!("unsupported schema version in event log {}", path.display()),
@@ -215,8 +248,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), LogError> {
         }
     }
     let started = std::time::Instant::now();
-    conn.execute_batch(BACKFILL_STATS)
-        .map_err(storage(path, "compute the topic sizes of"))?;
+    if matches!(version, None | Some(1)) {
+        // Reads every record's header: only where the stats are missing.
+        conn.execute_batch(BACKFILL_STATS)
+            .map_err(storage(path, "compute the topic sizes of"))?;
+    }
+    // A file from before version 3 has `log_records` without the codec
+    // column (a new file got it from SCHEMA). Adding a column with a
+    // default rewrites no row.
+    let has_codec: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('log_records') WHERE name = 'payload_codec'",
+            [],
+            |row| row.get::<_, i64>(0).map(|n| n > 0),
+        )
+        .map_err(storage(path, "read the schema of"))?;
+    if !has_codec {
+        conn.execute_batch(
+            "ALTER TABLE log_records ADD COLUMN payload_codec INTEGER NOT NULL DEFAULT 0",
+        )
+        .map_err(storage(path, "migrate"))?;
+    }
     conn.execute(
         "INSERT INTO log_meta (key, value) VALUES ('schema_version', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -7,22 +7,36 @@
 //! the waiters; if anything fails, every waiter in the batch gets the error.
 //! Blocking SQLite calls never run on the async runtime this way.
 
-use std::{collections::HashMap, path::PathBuf, sync::mpsc::Receiver};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        mpsc::{self, Receiver, Sender},
+    },
+};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
-use crate::{LogError, Position};
+use super::catalog::{self, Catalog, PendingHeaders};
+use crate::{LogError, Position, headers};
 
-/// A record on its way to the writer, with its headers already encoded by
-/// the appending task (spreading that work over the runtime's threads).
+/// A record on its way to the writer, with its headers encoded and its
+/// payload compressed by the appending task (spreading that work over the
+/// runtime's threads).
 #[derive(Debug)]
 pub(super) struct PendingRecord {
     pub topic: String,
     pub key: Bytes,
-    pub headers: Vec<u8>,
+    pub headers: PendingHeaders,
+    /// As stored: compressed if `payload_codec` says so.
     pub payload: Bytes,
+    pub payload_codec: i64,
+    /// The payload as given, while its topic has no dictionary to compress
+    /// with: a sample to train one on.
+    pub sample: Option<Bytes>,
     pub timestamp_ms: i64,
 }
 
@@ -78,12 +92,33 @@ struct TopicState {
     next_offset: i64,
 }
 
+/// Where a topic is on its way to a compression dictionary.
+#[derive(Debug)]
+enum Training {
+    /// Collecting payloads to train on.
+    Sampling { samples: Vec<Bytes>, bytes: usize },
+    /// A thread is training on them.
+    Running,
+    /// Trained (or untrainable: this process stores the topic's payloads
+    /// as given).
+    Done,
+}
+
+/// A dictionary trained for a topic and waiting to be stored.
+type Trained = (String, Option<Vec<u8>>);
+
 pub(super) struct Writer {
     path: PathBuf,
     conn: Connection,
     rx: Receiver<Command>,
     max_batch: usize,
     topics: HashMap<String, TopicState>,
+    catalog: Arc<Catalog>,
+    training: HashMap<String, Training>,
+    trained_tx: Sender<Trained>,
+    trained_rx: Receiver<Trained>,
+    /// Trained dictionaries the next batch stores.
+    untrained: Vec<(String, Vec<u8>)>,
     /// `PRAGMA data_version` after our last transaction; a different value
     /// at the start of the next one means another connection committed.
     data_version: Option<i64>,
@@ -98,13 +133,20 @@ impl Writer {
         rx: Receiver<Command>,
         max_batch: usize,
         appended: watch::Sender<u64>,
+        catalog: Arc<Catalog>,
     ) -> Self {
+        let (trained_tx, trained_rx) = mpsc::channel();
         Writer {
             path,
             conn,
             rx,
             max_batch,
             topics: HashMap::new(),
+            catalog,
+            training: HashMap::new(),
+            trained_tx,
+            trained_rx,
+            untrained: Vec::new(),
             data_version: None,
             appended,
         }
@@ -145,9 +187,17 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Command>) {
-        let mut staged = HashMap::new();
+        let mut staged = Staged::default();
         let mut positions = Vec::with_capacity(batch.len());
         let mut removals = Vec::new();
+        while let Ok((topic, dictionary)) = self.trained_rx.try_recv() {
+            match dictionary {
+                Some(dictionary) => self.untrained.push((topic, dictionary)),
+                None => {
+                    tracing::warn!(path = %self.path.display(), topic = %topic, "cannot train a compression dictionary; the topic's payloads are stored as given");
+                }
+            }
+        }
         let result = self.write(batch, &mut staged, &mut positions, &mut removals);
         if let Err(error) = result {
             if !self.conn.is_autocommit()
@@ -186,7 +236,15 @@ impl Writer {
         }
 
         // Committed: only now do the offsets become real and the waiters hear Ok.
-        self.topics.extend(staged);
+        self.topics.extend(staged.topics);
+        self.catalog.add_templates(staged.templates);
+        // Until stored, they stay for the next batch to try again.
+        self.untrained.clear();
+        for (topic, id, dictionary) in &staged.dictionaries {
+            self.catalog.install(topic, *id, dictionary);
+            tracing::info!(path = %self.path.display(), topic = %topic, dictionary = id, bytes = dictionary.len(), "compression dictionary stored");
+        }
+        self.sample(batch);
         let mut positions = positions.into_iter();
         let mut removals = removals.into_iter();
         let mut appended = false;
@@ -217,14 +275,103 @@ impl Writer {
         }
     }
 
+    /// Keeps the batch's payloads of topics without a dictionary as
+    /// samples, and starts training once a topic has enough.
+    fn sample(&mut self, batch: &[Command]) {
+        for command in batch {
+            let Command::Append { record, .. } = command else {
+                continue;
+            };
+            let Some(sample) = &record.sample else {
+                continue;
+            };
+            let state = match self.training.get_mut(&record.topic) {
+                Some(state) => state,
+                None => self
+                    .training
+                    .entry(record.topic.clone())
+                    .or_insert(Training::Sampling {
+                        samples: Vec::new(),
+                        bytes: 0,
+                    }),
+            };
+            let Training::Sampling { samples, bytes } = state else {
+                continue;
+            };
+            let sample = if sample.len() > catalog::MAX_SAMPLE {
+                Bytes::copy_from_slice(&sample[..catalog::MAX_SAMPLE])
+            } else {
+                sample.clone()
+            };
+            *bytes += sample.len();
+            samples.push(sample);
+            if samples.len() < catalog::TRAIN_SAMPLES && *bytes < catalog::TRAIN_BYTES {
+                continue;
+            }
+            let samples = std::mem::take(samples);
+            *state = Training::Running;
+            if self.catalog.has_encoder(&record.topic) {
+                // Another process trained one first.
+                *state = Training::Done;
+                continue;
+            }
+            let (topic, tx) = (record.topic.clone(), self.trained_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("omni-log-train".into())
+                .spawn(move || {
+                    let dictionary = catalog::train(&samples);
+                    let _ = tx.send((topic, dictionary));
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(path = %self.path.display(), error = %error, "cannot start training a compression dictionary");
+                *state = Training::Done;
+            }
+        }
+    }
+
+    /// The id of a template, from the catalog, the batch or the file,
+    /// storing it if new; `None` if that would make more than
+    /// [`catalog::MAX_TEMPLATES`].
+    fn template_id(
+        conn: &Connection,
+        catalog: &Catalog,
+        staged: &mut Staged,
+        template: &[u8],
+    ) -> rusqlite::Result<Option<i64>> {
+        if let Some(id) = catalog.template_id(template) {
+            return Ok(Some(id));
+        }
+        if let Some(&id) = staged.templates.get(template) {
+            return Ok(Some(id));
+        }
+        // Another process on the file may have stored it.
+        let id: Option<i64> = conn
+            .prepare_cached("SELECT id FROM log_header_templates WHERE template = ?1")?
+            .query_row([template], |row| row.get(0))
+            .optional()?;
+        let id = match id {
+            Some(id) => id,
+            None if catalog.template_count() + staged.templates.len() >= catalog::MAX_TEMPLATES => {
+                return Ok(None);
+            }
+            None => {
+                conn.prepare_cached("INSERT INTO log_header_templates (template) VALUES (?1)")?
+                    .execute([template])?;
+                conn.last_insert_rowid()
+            }
+        };
+        staged.templates.insert(template.to_vec(), id);
+        Ok(Some(id))
+    }
+
     /// Writes the batch in one transaction. `staged` collects the topics'
-    /// new state, `positions` the offsets of the appends and `removals`
-    /// what each removal took, in order; all apply only if this returns Ok
-    /// (the commit succeeded).
+    /// new state and the templates and dictionaries stored, `positions`
+    /// the offsets of the appends and `removals` what each removal took, in
+    /// order; all apply only if this returns Ok (the commit succeeded).
     fn write(
         &mut self,
         batch: &[Command],
-        staged: &mut HashMap<String, TopicState>,
+        staged: &mut Staged,
         positions: &mut Vec<i64>,
         removals: &mut Vec<Removed>,
     ) -> rusqlite::Result<()> {
@@ -238,9 +385,23 @@ impl Writer {
             // have appended: our cached offsets could be stale.
             self.topics.clear();
         }
+        for (topic, dictionary) in &self.untrained {
+            let state = match self.topics.get(topic) {
+                Some(state) => *state,
+                None => load_topic(conn, topic)?,
+            };
+            conn.prepare_cached(
+                "INSERT INTO log_dictionaries (topic_id, dictionary) VALUES (?1, ?2)",
+            )?
+            .execute(params![state.id, dictionary])?;
+            staged
+                .dictionaries
+                .push((topic.clone(), conn.last_insert_rowid(), dictionary.clone()));
+        }
         let mut insert = conn.prepare_cached(
-            "INSERT INTO log_records (topic_id, record_offset, timestamp_ms, key, headers, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO log_records
+                 (topic_id, record_offset, timestamp_ms, key, headers, payload, payload_codec)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         // Per topic id: records and bytes appended by this batch, added to
         // `log_topic_stats` once per topic before the commit.
@@ -249,28 +410,43 @@ impl Writer {
             match command {
                 Command::Append { record, .. } => {
                     let topic = record.topic.as_str();
-                    let mut state = match staged.get(topic).or_else(|| self.topics.get(topic)) {
-                        Some(state) => *state,
-                        None => load_topic(conn, topic)?,
+                    let mut state =
+                        match staged.topics.get(topic).or_else(|| self.topics.get(topic)) {
+                            Some(state) => *state,
+                            None => load_topic(conn, topic)?,
+                        };
+                    let templated;
+                    let header_blob = match &record.headers {
+                        PendingHeaders::Blob(blob) => blob.as_slice(),
+                        PendingHeaders::NewTemplate { split, literal } => {
+                            match Self::template_id(conn, &self.catalog, staged, &split.template)? {
+                                Some(id) => {
+                                    templated = headers::encode_templated(id, &split.slots);
+                                    templated.as_slice()
+                                }
+                                None => literal.as_slice(),
+                            }
+                        }
                     };
                     insert.execute(params![
                         state.id,
                         state.next_offset,
                         record.timestamp_ms,
                         record.key.as_ref(),
-                        record.headers,
+                        header_blob,
                         record.payload.as_ref(),
+                        record.payload_codec,
                     ])?;
                     positions.push(state.next_offset);
                     state.next_offset += 1;
                     let sum = added.entry(state.id).or_default();
                     sum.records += 1;
                     sum.bytes +=
-                        (record.key.len() + record.headers.len() + record.payload.len()) as u64;
-                    match staged.get_mut(topic) {
+                        (record.key.len() + header_blob.len() + record.payload.len()) as u64;
+                    match staged.topics.get_mut(topic) {
                         Some(staged) => *staged = state,
                         None => {
-                            staged.insert(record.topic.clone(), state);
+                            staged.topics.insert(record.topic.clone(), state);
                         }
                     }
                 }
@@ -333,7 +509,7 @@ impl Writer {
              SET records = records + ?2, bytes = bytes + ?3, next_offset = ?4
              WHERE topic_id = ?1",
         )?;
-        for state in staged.values() {
+        for state in staged.topics.values() {
             let sum = added.get(&state.id).copied().unwrap_or_default();
             update.execute(params![
                 state.id,
@@ -348,6 +524,16 @@ impl Writer {
         self.data_version = Some(data_version);
         Ok(())
     }
+}
+
+/// What a batch changes, applied to the writer's and the catalog's state
+/// only once it committed.
+#[derive(Debug, Default)]
+struct Staged {
+    topics: HashMap<String, TopicState>,
+    templates: HashMap<Vec<u8>, i64>,
+    /// Topic, id and bytes of each dictionary stored.
+    dictionaries: Vec<(String, i64, Vec<u8>)>,
 }
 
 /// Looks a topic up in the file, creating it (and its stats row) if new,
