@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use omni_connector::{
-    ChannelContext, ConfigError, ParseError, Parsed, Refusal, Secret, WebhookChannel,
-    WebhookDriver, WebhookRequest,
+    ChannelContext, ConfigError, ParseError, Parsed, Refusal, WebhookChannel, WebhookDriver,
+    WebhookRequest, signature::HmacSha256Key,
 };
 use omni_model::Region;
 
@@ -24,8 +24,9 @@ pub type ApiWebhook = WebhookDriver<ApiChannel>;
 #[derive(Debug)]
 pub struct ApiChannel {
     channel_id: String,
-    /// Empty when verification is off.
-    secrets: Vec<Secret>,
+    /// The secrets' HMAC keys, prepared once; empty when verification is
+    /// off.
+    keys: Vec<HmacSha256Key>,
     replay_window: Duration,
     default_region: Option<Region>,
     trust_sender: bool,
@@ -33,22 +34,20 @@ pub struct ApiChannel {
 
 impl ApiChannel {
     pub fn new(channel_id: &str, config: ApiChannelConfig) -> Result<Self, ConfigError> {
-        let mut secrets = Vec::new();
+        let mut keys = Vec::new();
         if config.verify_signatures {
             let primary = config.secret.as_ref().ok_or_else(|| {
                 ConfigError::new("secret", "required unless verify_signatures = false")
             })?;
-            secrets.push(
-                primary
-                    .resolve()
-                    .map_err(|e| ConfigError::new("secret", e))?,
-            );
+            let primary = primary
+                .resolve()
+                .map_err(|e| ConfigError::new("secret", e))?;
+            keys.push(HmacSha256Key::new(primary.expose()));
             if let Some(previous) = &config.previous_secret {
-                secrets.push(
-                    previous
-                        .resolve()
-                        .map_err(|e| ConfigError::new("previous_secret", e))?,
-                );
+                let previous = previous
+                    .resolve()
+                    .map_err(|e| ConfigError::new("previous_secret", e))?;
+                keys.push(HmacSha256Key::new(previous.expose()));
             }
         }
         let default_region = config
@@ -64,7 +63,7 @@ impl ApiChannel {
         }
         Ok(Self {
             channel_id: channel_id.to_owned(),
-            secrets,
+            keys,
             replay_window: Duration::from_secs(config.replay_window_secs),
             default_region,
             trust_sender: config.trust_sender,
@@ -85,15 +84,15 @@ impl ApiChannel {
 
 impl WebhookChannel for ApiChannel {
     fn verifies(&self) -> bool {
-        !self.secrets.is_empty()
+        !self.keys.is_empty()
     }
 
     fn verify(&self, request: &WebhookRequest) -> Result<(), Refusal> {
-        if self.secrets.is_empty() {
+        if self.keys.is_empty() {
             return Ok(());
         }
-        signature::verify(
-            &self.secrets,
+        signature::verify_keyed(
+            &self.keys,
             request.header(signature::TIMESTAMP_HEADER),
             request.header(signature::SIGNATURE_HEADER),
             &request.body,

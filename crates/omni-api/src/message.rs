@@ -123,16 +123,14 @@ pub fn parse(body: &[u8], options: &NormalizeOptions<'_>) -> Result<Conversation
             "body must be a JSON object",
         ));
     }
+    // Plain serde first: tracking the path of every field costs about as
+    // much as the parse itself, and only a refusal needs it, so a body that
+    // fails is read again with the path tracked for the error message.
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let message: ApiMessage = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ParseError::new("invalid_json", format!("body is not valid JSON: {inner}"))
-        } else {
-            ParseError::new("invalid_field", format!("{path}: {inner}"))
-        }
-    })?;
+    let message = match ApiMessage::deserialize(&mut deserializer) {
+        Ok(message) => message,
+        Err(_) => return Err(refusal(body)),
+    };
     deserializer.end().map_err(|e| {
         ParseError::new(
             "invalid_json",
@@ -140,6 +138,24 @@ pub fn parse(body: &[u8], options: &NormalizeOptions<'_>) -> Result<Conversation
         )
     })?;
     normalize(message, options)
+}
+
+/// Why `body` is not an [`ApiMessage`], naming the field at fault.
+fn refusal(body: &[u8]) -> ParseError {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, ApiMessage>(&mut deserializer) {
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                ParseError::new("invalid_json", format!("body is not valid JSON: {inner}"))
+            } else {
+                ParseError::new("invalid_field", format!("{path}: {inner}"))
+            }
+        }
+        // Deserialization is deterministic; kept total all the same.
+        Ok(_) => ParseError::new("invalid_json", "body is not a message"),
+    }
 }
 
 /// Turns a well-formed message into the stream's event.

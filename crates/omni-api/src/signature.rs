@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use omni_connector::signature::{hmac_sha256, verify_hmac_sha256_hex};
+use omni_connector::signature::{HmacSha256Key, hmac_sha256};
 
 pub const TIMESTAMP_HEADER: &str = "x-omnid-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-omnid-signature";
@@ -55,6 +55,23 @@ pub fn verify<S: AsRef<[u8]>>(
     now: SystemTime,
     window: Duration,
 ) -> Result<(), AuthError> {
+    let keys: Vec<HmacSha256Key> = secrets
+        .iter()
+        .map(|secret| HmacSha256Key::new(secret.as_ref()))
+        .collect();
+    verify_keyed(&keys, timestamp, signature, body, now, window)
+}
+
+/// [`verify`] with keys prepared once per channel, as the channel does for
+/// every request.
+pub fn verify_keyed(
+    keys: &[HmacSha256Key],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+    window: Duration,
+) -> Result<(), AuthError> {
     let timestamp = timestamp.ok_or(AuthError::MissingTimestamp)?.trim();
     let seconds: u64 = timestamp.parse().map_err(|_| AuthError::InvalidTimestamp)?;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -67,13 +84,9 @@ pub fn verify<S: AsRef<[u8]>>(
         .split(',')
         .filter_map(|part| part.trim().strip_prefix("v1="))
     {
-        for secret in secrets {
+        for key in keys {
             // No early exit: the work done does not depend on which matched.
-            matched |= verify_hmac_sha256_hex(
-                secret.as_ref(),
-                &[timestamp.as_bytes(), b".", body],
-                candidate,
-            );
+            matched |= key.verify_hex(&[timestamp.as_bytes(), b".", body], candidate);
         }
     }
     if matched {

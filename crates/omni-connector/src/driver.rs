@@ -31,7 +31,7 @@ use crate::{
     parse::ParseError,
     sender::{EventSender, SendError, dead_letter},
     webhook::{
-        WebhookHandler, WebhookRequest, WebhookResponse, error_response, finish, json_response,
+        WebhookHandler, WebhookRequest, WebhookResponse, error_response, finish,
         unavailable_response,
     },
 };
@@ -170,11 +170,7 @@ pub trait WebhookChannel: Send + Sync + std::fmt::Debug + 'static {
 
     /// The provider's expected answer once every entry is durable.
     fn accepted(&self, event_ids: &[String]) -> WebhookResponse {
-        let body = match event_ids {
-            [one] => serde_json::json!({ "event_id": one }),
-            many => serde_json::json!({ "event_ids": many }),
-        };
-        json_response(StatusCode::OK, &body)
+        accepted_response(event_ids)
     }
 
     /// The answer to authentic input that was dead-lettered. A 4xx by
@@ -420,6 +416,32 @@ impl<C: WebhookChannel> WebhookHandler for WebhookDriver<C> {
     }
 }
 
+/// The default answer to a stored request: `{"event_id": "..."}` for one
+/// event, `{"event_ids": [...]}` for several. Serialized straight from the
+/// ids, without building a JSON tree first (this is every message's
+/// answer).
+pub fn accepted_response(event_ids: &[String]) -> WebhookResponse {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Accepted<'a> {
+        One { event_id: &'a str },
+        Many { event_ids: &'a [String] },
+    }
+    let accepted = match event_ids {
+        [one] => Accepted::One { event_id: one },
+        many => Accepted::Many { event_ids: many },
+    };
+    // Strings always serialize; an empty body would still be a 200 for a
+    // stored message, never a lost one.
+    let body = serde_json::to_vec(&accepted).unwrap_or_default();
+    let mut response = http::Response::new(Bytes::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// A response with a fixed body and content type, for providers that
 /// expect a particular document (TwiML, `success`).
 pub fn static_response(
@@ -559,6 +581,20 @@ mod tests {
 
     fn json(response: &WebhookResponse) -> serde_json::Value {
         serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[test]
+    fn accepted_answers_name_the_stored_events() {
+        let one = accepted_response(&["ev-1".to_owned()]);
+        assert_eq!(one.status(), StatusCode::OK);
+        assert_eq!(one.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(one.body().as_ref(), br#"{"event_id":"ev-1"}"#);
+        let many = accepted_response(&["a".to_owned(), "b\"c".to_owned()]);
+        assert_eq!(many.body().as_ref(), br#"{"event_ids":["a","b\"c"]}"#);
+        assert_eq!(
+            accepted_response(&[]).body().as_ref(),
+            br#"{"event_ids":[]}"#
+        );
     }
 
     #[tokio::test]

@@ -28,10 +28,71 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// Whether `provided_hex` is the hex HMAC-SHA256 of `parts` under `key`.
 /// Malformed hex is simply a mismatch.
 pub fn verify_hmac_sha256_hex(key: &[u8], parts: &[&[u8]], provided_hex: &str) -> bool {
-    let Ok(provided) = hex::decode(provided_hex.trim()) else {
-        return false;
-    };
-    constant_time_eq(&hmac_sha256(key, parts), &provided)
+    HmacSha256Key::new(key).verify_hex(parts, provided_hex)
+}
+
+/// An HMAC-SHA256 key with its inner and outer pads already hashed, for a
+/// secret that signs every request of a channel: each MAC then starts from
+/// a copy of that state instead of hashing the key's two blocks again.
+#[derive(Clone)]
+pub struct HmacSha256Key(HmacSha256);
+
+impl std::fmt::Debug for HmacSha256Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The state is derived from the secret: never printed.
+        f.write_str("HmacSha256Key(..)")
+    }
+}
+
+impl HmacSha256Key {
+    pub fn new(key: &[u8]) -> Self {
+        match HmacSha256::new_from_slice(key) {
+            Ok(mac) => Self(mac),
+            Err(_) => unreachable!("hmac accepts keys of any length"),
+        }
+    }
+
+    /// HMAC-SHA256 over the concatenation of `parts`.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `provided_hex` (either case, surrounding whitespace ignored)
+    /// is the MAC of `parts`, compared in constant time. Malformed hex is
+    /// simply a mismatch.
+    pub fn verify_hex(&self, parts: &[&[u8]], provided_hex: &str) -> bool {
+        let Some(provided) = decode_hex_32(provided_hex.trim()) else {
+            return false;
+        };
+        constant_time_eq(&self.mac(parts), &provided)
+    }
+}
+
+/// The 32 bytes a 64-digit hex string spells, without allocating; `None`
+/// for any other length or a non-hex digit. The string is the sender's
+/// claim, not a secret, so decoding it may take data-dependent time.
+fn decode_hex_32(hex: &str) -> Option<[u8; 32]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 /// HMAC over the concatenation of `parts` with any hash, for providers
@@ -125,6 +186,25 @@ mod tests {
         assert!(!eq_hex(&abc, &spelled[..62]));
         assert!(!eq_hex(&abc, "not hex"));
         assert!(!eq_hex(&abc, &spelled.replace('b', "c")));
+    }
+
+    #[test]
+    fn keyed_mac_matches_the_one_shot_mac_and_decodes_only_64_hex_digits() {
+        let key = HmacSha256Key::new(b"Jefe");
+        let parts: &[&[u8]] = &[b"what do ya want ", b"for nothing?"];
+        assert_eq!(key.mac(parts), hmac_sha256(b"Jefe", parts));
+        // The state is reused: a second MAC is not the continuation of the first.
+        assert_eq!(key.mac(parts), hmac_sha256(b"Jefe", parts));
+        let spelled = hex::encode(key.mac(parts));
+        assert!(key.verify_hex(parts, &spelled));
+        assert!(key.verify_hex(parts, &format!(" {} ", spelled.to_uppercase())));
+        assert!(!key.verify_hex(parts, &spelled[..62]));
+        assert!(!key.verify_hex(parts, &format!("{spelled}00")));
+        assert!(!key.verify_hex(parts, &spelled.replacen(&spelled[..1], "g", 1)));
+        assert!(!key.verify_hex(&[b"what do ya want for nothing!"], &spelled));
+        assert_eq!(decode_hex_32(&"0f".repeat(32)), Some([0x0f; 32]));
+        assert_eq!(decode_hex_32(&"é".repeat(32)), None);
+        assert!(!format!("{key:?}").contains("Jefe"));
     }
 
     #[test]

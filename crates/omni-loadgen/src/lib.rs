@@ -1,6 +1,83 @@
 //! What the load generator's binaries share: reading a process's CPU
 //! time and memory from `/proc`, so every benchmark prints CPU per message
-//! and RSS the same way.
+//! and RSS the same way, and the bare server the daemon's webhook path is
+//! compared with.
+
+pub mod bare {
+    //! The ceiling of the API benchmarks: an HTTP/1.1 server on the same
+    //! stack as the daemon (tokio, hyper, keep-alive, `TCP_NODELAY`) that
+    //! reads each request's body and answers `200` with nothing else to do.
+    //! The same load against it and against the daemon, in one run, tells
+    //! how much of the daemon's CPU per message is the HTTP round trip
+    //! itself and how much is the daemon's own work.
+
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    /// Answers one request: the body read to its end, then `200`. A body
+    /// that fails mid-way is answered `400`, as the daemon would.
+    async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let status = match request.into_body().collect().await {
+            Ok(_) => http::StatusCode::OK,
+            Err(_) => http::StatusCode::BAD_REQUEST,
+        };
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = status;
+        Ok(response)
+    }
+
+    /// Serves `listener` until the process ends, one task per connection.
+    pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+        let builder = {
+            let mut builder = http1::Builder::new();
+            builder.keep_alive(true);
+            builder
+        };
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service_fn(answer));
+            tokio::spawn(async move {
+                // A client closing its connection is the end of a run.
+                let _ = connection.await;
+            });
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn reads_the_body_and_answers_200_on_a_kept_alive_connection() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener));
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            for body in ["", "{\"text\":\"hello\"}"] {
+                sender.ready().await.unwrap();
+                let request = Request::post(format!("http://{addr}/webhooks/any"))
+                    .header("host", addr.to_string())
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), http::StatusCode::OK);
+                let answered = response.into_body().collect().await.unwrap().to_bytes();
+                assert!(answered.is_empty());
+            }
+        }
+    }
+}
 
 pub mod proc {
     //! `/proc` readers (Linux). Parsing is separate from reading, so it is

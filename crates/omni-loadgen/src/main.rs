@@ -10,10 +10,19 @@
 //! (open loop). In open-loop mode latency is measured from the time a
 //! request was *due*, not when it was sent, so a stalled server cannot hide
 //! its queueing delay (coordinated omission).
+//!
+//! `omni-loadgen bare-server --listen ADDR` is the other end of a
+//! comparison: an HTTP server on the same stack that only reads each body
+//! and answers `200` (see [`omni_loadgen::bare`]). The benchmark scripts
+//! run the same load against it and against the daemon, and report both
+//! processes' CPU per request (`--pid`).
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -26,9 +35,12 @@ use hyper_util::rt::TokioIo;
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Post signed API-channel messages to a running omnid and report throughput and latency"
+    about = "Post signed API-channel messages to a running omnid and report throughput and latency",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Daemon address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
@@ -47,6 +59,11 @@ struct Args {
     /// Seconds of warm-up, not measured.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// Stop after this many measured requests in all (after warm-up), or
+    /// at `--duration`, whichever comes first; rates are then over the time
+    /// they took. For profiles that need the same work every run.
+    #[arg(long)]
+    requests: Option<u64>,
     /// Target messages/s over all connections (open loop); unset: as fast
     /// as the daemon answers (closed loop). With several messages per POST
     /// the POSTs are spaced so the messages come at this rate.
@@ -88,6 +105,22 @@ struct Args {
     /// reported per acknowledged message.
     #[arg(long)]
     pid: Option<u32>,
+    /// The process id of the daemon's Kafka broker, on the same machine:
+    /// its CPU time is reported per acknowledged message too.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+/// What to run instead of posting.
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Serve HTTP/1.1 that only reads each request's body and answers 200:
+    /// the ceiling the daemon is compared with. Runs until killed.
+    BareServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        listen: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,6 +156,14 @@ struct Tally {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    if let Some(Mode::BareServer { listen }) = &args.mode {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!("bare server listening on {}", listener.local_addr()?);
+        omni_loadgen::bare::serve(listener).await?;
+        return Ok(());
+    }
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let warmup_end = Instant::now() + Duration::from_secs(args.warmup);
     let end = warmup_end + Duration::from_secs(args.duration);
@@ -131,26 +172,54 @@ async fn main() -> anyhow::Result<()> {
         Kind::Wechat => Payload::Wechat(Arc::new(Wechat::new(&args)?)),
         Kind::Whatsapp => Payload::Whatsapp(Arc::new(Whatsapp::new(&args)?)),
     };
+    let tickets = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for conn in 0..args.connections {
         let payload = payload.clone();
         let args = args.clone();
+        let window = Window {
+            warmup_end,
+            end,
+            tickets: tickets.clone(),
+        };
         tasks.push(tokio::spawn(async move {
-            connection(args, payload, run_id, conn, warmup_end, end).await
+            connection(args, payload, run_id, conn, window).await
         }));
     }
-    // CPU over the measured window: the daemon's and this generator's.
+    let all_done = tokio::spawn(futures::future::join_all(tasks));
+    // CPU over the measured window: the daemon's, its broker's and this
+    // generator's.
     let pid = args.pid.map(|p| p.to_string());
+    let broker_pid = args.broker_pid.map(|p| p.to_string());
+    let sample = || {
+        (
+            pid.as_deref().and_then(cpu_seconds),
+            cpu_seconds("self"),
+            broker_pid.as_deref().and_then(cpu_seconds),
+        )
+    };
     tokio::time::sleep_until(warmup_end.into()).await;
-    let cpu_start = (pid.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
-    tokio::time::sleep_until(end.into()).await;
-    let cpu_end = (pid.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
+    let cpu_start = sample();
+    // With `--requests`, the window ends when the last is answered.
+    let mut all_done = std::pin::pin!(all_done);
+    let results = tokio::select! {
+        () = tokio::time::sleep_until(end.into()) => None,
+        results = all_done.as_mut(), if args.requests.is_some() => Some(results),
+    };
+    let cpu_end = sample();
+    let elapsed = Instant::now()
+        .min(end)
+        .saturating_duration_since(warmup_end);
+    let results = match results {
+        Some(results) => results?,
+        None => all_done.await?,
+    };
     let mut total = Tally {
         latency_us: Some(Histogram::new(3)?),
         ..Default::default()
     };
-    for task in tasks {
-        let tally = task.await?.context("connection failed")?;
+    for tally in results {
+        let tally = tally?.context("connection failed")?;
         total.ok += tally.ok;
         total.errors += tally.errors;
         for (status, n) in tally.statuses {
@@ -164,15 +233,32 @@ async fn main() -> anyhow::Result<()> {
     let cpu = Cpu {
         daemon_s: used(cpu_start.0, cpu_end.0),
         loadgen_s: used(cpu_start.1, cpu_end.1),
+        broker_s: used(cpu_start.2, cpu_end.2),
     };
-    report(&args, &total, &cpu);
+    // A run of fixed duration reports over that duration (requests due
+    // in it and answered a little after it count); a run of fixed count
+    // over the time it took.
+    let seconds = match args.requests {
+        Some(_) => elapsed.as_secs_f64().max(1e-3),
+        None => args.duration as f64,
+    };
+    report(&args, &total, &cpu, seconds);
     Ok(())
+}
+
+/// When a connection's requests count and when it stops.
+struct Window {
+    warmup_end: Instant,
+    end: Instant,
+    /// Measured requests taken so far, by all connections (`--requests`).
+    tickets: Arc<AtomicU64>,
 }
 
 /// CPU seconds used during the measured window.
 struct Cpu {
     daemon_s: Option<f64>,
     loadgen_s: Option<f64>,
+    broker_s: Option<f64>,
 }
 
 /// What each request is built from.
@@ -300,9 +386,13 @@ async fn connection(
     payload: Payload,
     run_id: u128,
     conn: usize,
-    warmup_end: Instant,
-    end: Instant,
+    window: Window,
 ) -> anyhow::Result<Tally> {
+    let Window {
+        warmup_end,
+        end,
+        tickets,
+    } = window;
     let mut tally = Tally {
         latency_us: Some(Histogram::new(3)?),
         ..Default::default()
@@ -330,6 +420,12 @@ async fn connection(
             break;
         }
         tokio::time::sleep_until(due.into()).await;
+        if let Some(limit) = args.requests
+            && Instant::now() >= warmup_end
+            && tickets.fetch_add(1, Ordering::Relaxed) >= limit
+        {
+            break;
+        }
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let request = match &payload {
             Payload::Api => {
@@ -406,7 +502,7 @@ async fn connection(
     Ok(tally)
 }
 
-fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
+fn report(args: &Args, tally: &Tally, cpu: &Cpu, seconds: f64) {
     let Some(h) = tally.latency_us.as_ref() else {
         return;
     };
@@ -414,8 +510,8 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
     // A request answered 2xx acknowledges every message in it.
     let per_request = args.messages_per_request();
     let messages = tally.ok * per_request;
-    let throughput = messages as f64 / args.duration as f64;
-    let requests_per_s = tally.ok as f64 / args.duration as f64;
+    let throughput = messages as f64 / seconds;
+    let requests_per_s = tally.ok as f64 / seconds;
     let per_msg_us = |seconds: Option<f64>| {
         seconds
             .filter(|_| messages > 0)
@@ -426,7 +522,10 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
         "mode": if args.rate.is_some() { "open-loop" } else { "closed-loop" },
         "target_rate": args.rate,
         "connections": args.connections,
-        "duration_s": args.duration,
+        "duration_s": match args.requests {
+            Some(_) => serde_json::json!((seconds * 1000.0).round() / 1000.0),
+            None => serde_json::json!(args.duration),
+        },
         "messages_per_request": per_request,
         "acknowledged": messages,
         "acknowledged_per_s": (throughput * 10.0).round() / 10.0,
@@ -441,18 +540,19 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
         "cpu_us_per_msg": {
             "daemon": per_msg_us(cpu.daemon_s),
             "loadgen": per_msg_us(cpu.loadgen_s),
+            "broker": per_msg_us(cpu.broker_s),
         },
     });
     if args.json {
         println!("{result}");
     } else {
         println!(
-            "{} connections, {} s: {} messages acknowledged ({:.0}/s) in {} requests \
+            "{} connections, {:.1} s: {} messages acknowledged ({:.0}/s) in {} requests \
              ({:.0}/s, {} messages each); statuses {:?}; transport errors {}\n\
              latency ms (per request): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
-             cpu µs per message: daemon {:?}  loadgen {:?}",
+             cpu µs per message: daemon {:?}  loadgen {:?}  broker {:?}",
             args.connections,
-            args.duration,
+            seconds,
             messages,
             throughput,
             tally.ok,
@@ -467,6 +567,7 @@ fn report(args: &Args, tally: &Tally, cpu: &Cpu) {
             h.max() as f64 / 1000.0,
             per_msg_us(cpu.daemon_s),
             per_msg_us(cpu.loadgen_s),
+            per_msg_us(cpu.broker_s),
         );
     }
 }
