@@ -9,13 +9,20 @@
 //! from a bounded set, so a hostile input can never create unbounded
 //! series. What stays here is what every crate shares: the trait and the
 //! macro, the catalogue of metric [`names`], [`LogSampler`] and tracing
-//! set-up.
+//! set-up, with the export of [`trace`] spans over OTLP (feature `otlp`).
 
 mod internal_event;
 pub mod names;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod sampler;
 mod setup;
+pub mod trace;
 
 pub use internal_event::InternalEvent;
+#[cfg(feature = "otlp")]
+pub use otlp::{OtlpConfig, OtlpExporter, TRACES_PATH};
 pub use sampler::LogSampler;
+#[cfg(feature = "otlp")]
+pub use setup::init_tracing_with_otlp;
 pub use setup::{LogFormat, TelemetryError, init_tracing};

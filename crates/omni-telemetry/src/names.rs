@@ -43,6 +43,9 @@ pub const LOG_RETENTION_HELD_BACK_RECORDS: &str = "omnid_log_retention_held_back
 pub const LOG_RETENTION_FAILURES_TOTAL: &str = "omnid_log_retention_failures_total";
 pub const STATE_SEEN_PRUNED_TOTAL: &str = "omnid_state_seen_pruned_total";
 pub const STATE_SEEN_MARKS: &str = "omnid_state_seen_marks";
+pub const THREADING_STATE_ROWS: &str = "omnid_threading_state_rows";
+pub const THREADING_DEDUPE_EVENT_IDS: &str = "omnid_threading_dedupe_event_ids";
+pub const THREADING_JOURNAL_ROWS: &str = "omnid_threading_journal_rows";
 
 /// Every name above, so tests can check that dashboards, alert rules and
 /// docs only refer to metrics the daemon exports. A test parses this file
@@ -89,4 +92,7 @@ pub const ALL: &[&str] = &[
     LOG_RETENTION_FAILURES_TOTAL,
     STATE_SEEN_PRUNED_TOTAL,
     STATE_SEEN_MARKS,
+    THREADING_STATE_ROWS,
+    THREADING_DEDUPE_EVENT_IDS,
+    THREADING_JOURNAL_ROWS,
 ];

@@ -231,8 +231,21 @@ impl Daemon {
 /// channel kinds of `registry` until SIGTERM or SIGINT.
 pub async fn run(config: &Path, registry: Vec<Box<dyn ConnectorFactory>>) -> Result<(), Error> {
     let settings = Settings::load(config)?;
-    omni_telemetry::init_tracing(settings.telemetry.log_format, &settings.telemetry.log_level)
-        .map_err(|e| Error::Failed(e.to_string()))?;
+    let otlp = settings.telemetry.otlp.exporter();
+    let exporter = omni_telemetry::init_tracing_with_otlp(
+        settings.telemetry.log_format,
+        &settings.telemetry.log_level,
+        otlp.as_ref(),
+    )
+    .map_err(|e| Error::Failed(e.to_string()))?;
+    if let Some(otlp) = &otlp {
+        tracing::info!(
+            endpoint = %otlp.traces_url(),
+            service = %otlp.service_name,
+            sampling_ratio = otlp.sampling_ratio,
+            "exporting traces over otlp"
+        );
+    }
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
@@ -241,6 +254,14 @@ pub async fn run(config: &Path, registry: Vec<Box<dyn ConnectorFactory>>) -> Res
     wait_for_signal().await;
     daemon.shutdown();
     daemon.stopped().await;
+    if let (Some(exporter), Some(otlp)) = (exporter, otlp) {
+        // Last, so the spans of the shutdown's own work go too. It blocks
+        // while it sends.
+        let flushed = tokio::task::spawn_blocking(move || exporter.shutdown(otlp.timeout)).await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(error = %error, "traces not all exported at shutdown");
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ mod sink;
 mod supervisor;
 mod tail;
 mod threading;
+mod traces;
 
 use std::{path::Path, process::ExitCode, sync::Arc};
 

@@ -90,22 +90,35 @@ impl Admission {
             .map_err(|exhausted| self.exhausted(peer, exhausted))?;
         let read = async {
             let mut body = body;
-            let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0));
+            // A body that arrives in one chunk (most do) is kept as hyper
+            // handed it over, without a copy; only a second chunk starts a
+            // buffer.
+            let mut whole: Option<Bytes> = None;
+            let mut buffer = BytesMut::new();
+            let mut len = 0;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| BodyRefusal::Unreadable(e.to_string()))?;
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                let len = buffer.len() + data.len();
+                len += data.len();
                 if len > max {
                     return Err(BodyRefusal::TooLarge);
                 }
                 reservation
                     .grow_to(len)
                     .map_err(|exhausted| self.exhausted(peer, exhausted))?;
+                if whole.is_none() && buffer.is_empty() {
+                    whole = Some(data);
+                    continue;
+                }
+                if let Some(first) = whole.take() {
+                    buffer.reserve(declared.unwrap_or(0).max(len));
+                    buffer.extend_from_slice(&first);
+                }
                 buffer.extend_from_slice(&data);
             }
-            Ok(buffer.freeze())
+            Ok(whole.unwrap_or_else(|| buffer.freeze()))
         };
         let read = tokio::time::timeout(self.body_read_timeout, read).await;
         match read {
@@ -267,7 +280,9 @@ pub(crate) struct BodyBudget {
 struct Used {
     total: usize,
     /// Only peers holding bytes: at most one entry per open connection.
-    peers: HashMap<IpAddr, usize>,
+    /// Looked up twice per request: a fast hash, still seeded per process
+    /// (peers choose their addresses).
+    peers: HashMap<IpAddr, usize, foldhash::fast::RandomState>,
 }
 
 impl Used {
@@ -386,6 +401,45 @@ mod tests {
         drop(a);
         let _d = budget.reserve(ip(4), 3).unwrap();
         assert_eq!(budget.reserve(ip(5), 1).unwrap_err(), Exhausted::Total);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_from_one_chunk_or_many_and_limited() {
+        let admission = Admission {
+            budget: Arc::new(BodyBudget::new(100, 100)),
+            body_read_timeout: Duration::from_secs(5),
+            refusals: HttpRefusalMetrics::register(),
+        };
+        let chunks = |parts: &[&'static str]| {
+            let parts: Vec<_> = parts
+                .iter()
+                .map(|part| Ok::<_, std::io::Error>(Bytes::from_static(part.as_bytes())))
+                .collect();
+            axum::body::Body::from_stream(futures::stream::iter(parts))
+        };
+        let (one, held) = admission
+            .read_body(ip(1), chunks(&["hello"]), Some(5), 10)
+            .await
+            .unwrap();
+        assert_eq!(one, "hello");
+        drop(held);
+        let (many, held) = admission
+            .read_body(ip(1), chunks(&["he", "", "llo", " world"]), None, 20)
+            .await
+            .unwrap();
+        assert_eq!(many, "hello world");
+        assert_eq!(admission.budget.used().total, 11);
+        drop(held);
+        let (empty, _) = admission
+            .read_body(ip(1), chunks(&[]), None, 20)
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+        let over = admission
+            .read_body(ip(1), chunks(&["hello", " world"]), None, 10)
+            .await;
+        assert!(matches!(over, Err(BodyRefusal::TooLarge)), "{over:?}");
+        assert_eq!(admission.budget.used().total, 0);
     }
 
     #[test]

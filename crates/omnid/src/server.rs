@@ -30,6 +30,7 @@ use omni_proto::v1::{ConversationEvent, threading_command::Command};
 use omni_telemetry::emit;
 
 use omni_threading::ThreadingStore;
+use tracing::Instrument as _;
 
 use crate::{
     auth::{ApiToken, unauthorized},
@@ -41,6 +42,7 @@ use crate::{
     listener::{Admission, BodyRefusal, Exhausted},
     sink::LogSink,
     supervisor::{ChannelHealth, Health, RunState},
+    traces,
 };
 
 /// What the `/v1/` API needs, installed on the [`AppState`] when
@@ -236,6 +238,21 @@ async fn webhook(
     Path(channel_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(admission): Extension<Arc<Admission>>,
+    request: axum::extract::Request,
+) -> Response {
+    let span = traces::webhook(request.method(), &channel_id, request.headers());
+    let response = receive(state, channel_id, peer, admission, request)
+        .instrument(span.clone())
+        .await;
+    traces::answered(&span, response.status());
+    response
+}
+
+async fn receive(
+    state: AppState,
+    channel_id: String,
+    peer: SocketAddr,
+    admission: Arc<Admission>,
     request: axum::extract::Request,
 ) -> Response {
     let received_at = SystemTime::now();

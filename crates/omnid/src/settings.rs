@@ -448,6 +448,65 @@ pub struct TelemetrySettings {
     /// overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// OpenTelemetry traces, exported over OTLP; off by default.
+    #[serde(default)]
+    pub otlp: OtlpSettings,
+}
+
+/// OpenTelemetry traces over OTLP/HTTP (protobuf): a span per webhook
+/// request, per append to the event log, per threading batch and threaded
+/// event, per timeline relay round and per outbound delivery, joined into
+/// one trace across the stream by each record's `traceparent` header
+/// (docs/operations.md, "Tracing"). Off, no span is made and no
+/// `traceparent` written. `OTEL_EXPORTER_OTLP_HEADERS` adds request
+/// headers (a collector's API key), `OTEL_BSP_*` tune the export batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// Export traces.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The OTLP/HTTP receiver (an OpenTelemetry Collector, or a tracing
+    /// backend that takes OTLP): a base URL gets `/v1/traces` appended, a
+    /// URL with a path is used as it is.
+    #[serde(default = "default_otlp_endpoint")]
+    pub endpoint: String,
+    /// The OTLP transport; `http/protobuf` is the one supported.
+    #[serde(default, deserialize_with = "closed_set")]
+    pub protocol: OtlpProtocol,
+    /// `service.name` of the spans.
+    #[serde(default = "default_otlp_service_name")]
+    pub service_name: String,
+    /// The share of new traces exported, from 0.0 to 1.0. A trace that
+    /// crosses the stream keeps the decision made where it began, so a
+    /// trace is exported whole or not at all.
+    #[serde(default = "default_otlp_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// How long (seconds) one export request may take.
+    #[serde(default = "default_otlp_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// `telemetry.otlp.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP/1.1 (`POST <endpoint>/v1/traces`).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpSettings {
+    /// The exporter's settings, when tracing is on.
+    pub fn exporter(&self) -> Option<omni_telemetry::OtlpConfig> {
+        self.enabled.then(|| omni_telemetry::OtlpConfig {
+            endpoint: self.endpoint.clone(),
+            service_name: self.service_name.clone(),
+            service_version: env!("CARGO_PKG_VERSION").to_owned(),
+            sampling_ratio: self.sampling_ratio,
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+        })
+    }
 }
 
 /// The threading service: the worker that consumes the inbound topic, its
@@ -475,6 +534,11 @@ pub struct ThreadingSettings {
     /// Connections of the PostgreSQL pool.
     #[serde(default = "default_threading_max_connections")]
     pub max_connections: u32,
+    /// Days the embedded store keeps threaded event ids, so a provider's
+    /// retry or a replay within them is dropped (Meta retries for up to 7
+    /// days). Older ids are pruned; at least 1.
+    #[serde(default = "default_dedupe_window_days")]
+    pub dedupe_window_days: u64,
     /// How far apart (seconds) two emails with the same normalized subject
     /// and no Message-ID link may be and still share a conversation.
     #[serde(default = "default_subject_window_secs")]
@@ -511,6 +575,9 @@ impl ThreadingSettings {
     }
 }
 
+const fn default_dedupe_window_days() -> u64 {
+    14
+}
 const fn default_threading_max_connections() -> u32 {
     8
 }
@@ -611,6 +678,18 @@ const fn default_reload_interval_secs() -> u64 {
 fn default_log_level() -> String {
     "info".into()
 }
+fn default_otlp_endpoint() -> String {
+    "http://127.0.0.1:4318".into()
+}
+fn default_otlp_service_name() -> String {
+    "omnid".into()
+}
+const fn default_otlp_sampling_ratio() -> f64 {
+    1.0
+}
+const fn default_otlp_timeout_secs() -> u64 {
+    10
+}
 
 macro_rules! default_from_serde {
     ($($ty:ty),*) => {$(
@@ -634,6 +713,7 @@ default_from_serde!(
     RetentionSettings,
     ChannelSettings,
     TelemetrySettings,
+    OtlpSettings,
     ThreadingSettings
 );
 
@@ -719,6 +799,18 @@ impl Settings {
             }
             if self.threading.max_connections == 0 {
                 return Err("threading.max_connections: must be at least 1".into());
+            }
+        }
+        let otlp = &self.telemetry.otlp;
+        if otlp.enabled {
+            if !(0.0..=1.0).contains(&otlp.sampling_ratio) {
+                return Err("telemetry.otlp.sampling_ratio: must be between 0.0 and 1.0".into());
+            }
+            if !(otlp.endpoint.starts_with("https://") || otlp.endpoint.starts_with("http://")) {
+                return Err("telemetry.otlp.endpoint: must start with https:// or http://".into());
+            }
+            if otlp.timeout_secs == 0 {
+                return Err("telemetry.otlp.timeout_secs: must be at least 1".into());
             }
         }
         if let Some(base) = &self.http.public_base_url
@@ -878,6 +970,37 @@ mod tests {
                 assert!(message.contains(&format!("`{accepted}`")), "{message}");
             }
         }
+    }
+
+    #[test]
+    fn otlp_is_off_by_default_and_checked_when_on() {
+        let (_dir, defaults) = load("");
+        let otlp = defaults.unwrap().telemetry.otlp;
+        assert!(!otlp.enabled);
+        assert_eq!(otlp.exporter(), None);
+
+        let (_dir, on) = load(
+            "[telemetry.otlp]\nenabled = true\nendpoint = \"http://collector:4318\"\n\
+             protocol = \"http/protobuf\"\nservice_name = \"omnid-eu\"\nsampling_ratio = 0.25\n",
+        );
+        let exporter = on.unwrap().telemetry.otlp.exporter().unwrap();
+        assert_eq!(exporter.traces_url(), "http://collector:4318/v1/traces");
+        assert_eq!(exporter.service_name, "omnid-eu");
+        assert_eq!(exporter.sampling_ratio, 0.25);
+        assert_eq!(exporter.timeout, std::time::Duration::from_secs(10));
+
+        for (text, key) in [
+            ("sampling_ratio = 1.5", "telemetry.otlp.sampling_ratio"),
+            ("endpoint = \"collector:4318\"", "telemetry.otlp.endpoint"),
+            ("timeout_secs = 0", "telemetry.otlp.timeout_secs"),
+        ] {
+            let (_dir, loaded) = load(&format!("[telemetry.otlp]\nenabled = true\n{text}\n"));
+            let message = loaded.unwrap_err().to_string();
+            assert!(message.contains(key), "{message}");
+        }
+        let (_dir, loaded) = load("[telemetry.otlp]\nprotocol = \"grpc\"\n");
+        let message = loaded.unwrap_err().to_string();
+        assert!(message.contains("`http/protobuf`"), "{message}");
     }
 
     #[test]

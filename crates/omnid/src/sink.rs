@@ -14,9 +14,11 @@ use omni_proto::{
     v1::{ConversationEvent, Direction, TimelineEvent},
 };
 use omni_telemetry::emit;
+use tracing::Instrument as _;
 
 use crate::events::{LogAppended, LogMetrics};
 use crate::settings::Topics;
+use crate::traces;
 
 /// How payloads are written (`log.encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -83,7 +85,13 @@ impl LogSink {
     /// Appends a timeline entry to the timeline topic, keyed by its
     /// customer id (so one customer's entries keep their order), with
     /// `ce_id` the entry's id; resolves once it is durable.
-    pub(crate) fn submit_timeline(&self, entry: &TimelineEvent) -> Ack {
+    /// `parent` is the trace context of the event that wrote the entry, when
+    /// it is known (see [`crate::traces`]).
+    pub(crate) fn submit_timeline(
+        &self,
+        entry: &TimelineEvent,
+        parent: Option<&omni_telemetry::trace::TraceContext>,
+    ) -> Ack {
         let now = SystemTime::now();
         let ce = CloudEvent {
             id: entry.timeline_event_id.clone(),
@@ -96,11 +104,11 @@ impl LogSink {
         let record = record(
             &self.topics.timeline,
             entry.customer_id.clone(),
-            &ce,
+            ce,
             self.encoding.encode(entry),
             now,
         );
-        self.append(record, self.timeline_metrics.clone())
+        self.append_in(record, self.timeline_metrics.clone(), parent)
     }
 
     fn event_record(&self, topic: &str, event: &ConversationEvent) -> Record {
@@ -116,7 +124,7 @@ impl LogSink {
         record(
             topic,
             event_key(event),
-            &ce,
+            ce,
             self.encoding.encode(event),
             now,
         )
@@ -146,7 +154,7 @@ impl LogSink {
                 let record = record(
                     &self.topics.deadletter,
                     key,
-                    &ce,
+                    ce,
                     self.encoding.encode(dead_letter.as_ref()),
                     now,
                 );
@@ -172,20 +180,125 @@ fn event_key(event: &ConversationEvent) -> String {
     customer.map(partition_key).unwrap_or_default()
 }
 
-fn record(topic: &str, key: String, ce: &CloudEvent, payload: Vec<u8>, now: SystemTime) -> Record {
+fn record(topic: &str, key: String, ce: CloudEvent, payload: Vec<u8>, now: SystemTime) -> Record {
     let timestamp_ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     Record {
         topic: topic.to_owned(),
         key: Bytes::from(key),
-        headers: ce
-            .to_headers()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), Bytes::from(value)))
-            .collect(),
+        headers: headers(ce),
         payload: Bytes::from(payload),
         timestamp_ms,
+    }
+}
+
+/// The record headers of `ce`: what [`CloudEvent::to_headers`] writes (same
+/// names, order and values), with the event's strings moved into the
+/// header values instead of copied, and `ce_time` formatted through a
+/// per-thread cache of the current second. Every record gets these.
+fn headers(ce: CloudEvent) -> Vec<(String, Bytes)> {
+    let CloudEvent {
+        id,
+        source,
+        ty,
+        time,
+        content_type,
+        traceparent,
+    } = ce;
+    let mut headers = Vec::with_capacity(6 + usize::from(traceparent.is_some()));
+    headers.push((
+        cloudevents::HEADER_SPEC_VERSION.to_owned(),
+        Bytes::from_static(cloudevents::SPEC_VERSION.as_bytes()),
+    ));
+    headers.push((cloudevents::HEADER_ID.to_owned(), Bytes::from(id)));
+    headers.push((cloudevents::HEADER_SOURCE.to_owned(), Bytes::from(source)));
+    headers.push((cloudevents::HEADER_TYPE.to_owned(), Bytes::from(ty)));
+    let time = SECOND.with_borrow_mut(|second| second.format(time));
+    headers.push((cloudevents::HEADER_TIME.to_owned(), Bytes::from(time)));
+    headers.push((
+        cloudevents::HEADER_CONTENT_TYPE.to_owned(),
+        Bytes::from(content_type),
+    ));
+    if let Some(traceparent) = traceparent {
+        headers.push((
+            cloudevents::HEADER_TRACEPARENT.to_owned(),
+            Bytes::from(traceparent),
+        ));
+    }
+    headers
+}
+
+thread_local! {
+    static SECOND: std::cell::RefCell<Second> = const { std::cell::RefCell::new(Second::new()) };
+}
+
+/// The date and time of day of one second as `ce_time` writes them, so the
+/// records of that second only append their fraction: the calendar
+/// arithmetic and the formatting machinery run once a second, not once a
+/// record.
+#[derive(Debug)]
+struct Second {
+    /// Seconds since the Unix epoch of `prefix`, `None` before the first.
+    unix: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    prefix: String,
+}
+
+impl Second {
+    const fn new() -> Self {
+        Self {
+            unix: None,
+            prefix: String::new(),
+        }
+    }
+
+    /// [`cloudevents::format_rfc3339`] of `time`, byte for byte.
+    fn format(&mut self, time: SystemTime) -> String {
+        /// 9999-12-31T23:59:59Z: beyond it (and before 1970) the general
+        /// formatter saturates, as it should.
+        const LAST_SECOND: u64 = 253_402_300_799;
+        let Ok(since) = time.duration_since(SystemTime::UNIX_EPOCH) else {
+            return cloudevents::format_rfc3339(time);
+        };
+        let (seconds, nanos) = (since.as_secs(), since.subsec_nanos());
+        if seconds > LAST_SECOND {
+            return cloudevents::format_rfc3339(time);
+        }
+        if self.unix != Some(seconds) {
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+            let mut prefix = cloudevents::format_rfc3339(whole);
+            // A whole second has no fraction: drop the `Z`.
+            prefix.pop();
+            self.prefix = prefix;
+            self.unix = Some(seconds);
+        }
+        let mut text = String::with_capacity(self.prefix.len() + 11);
+        text.push_str(&self.prefix);
+        // The fewest of 0, 3, 6 or 9 digits that hold the time exactly.
+        let (value, digits) = if nanos == 0 {
+            (0, 0)
+        } else if nanos.is_multiple_of(1_000_000) {
+            (nanos / 1_000_000, 3)
+        } else if nanos.is_multiple_of(1_000) {
+            (nanos / 1_000, 6)
+        } else {
+            (nanos, 9)
+        };
+        if digits > 0 {
+            text.push('.');
+            let mut buffer = [b'0'; 9];
+            let mut rest = value;
+            for slot in buffer[..digits].iter_mut().rev() {
+                *slot = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            for &digit in &buffer[..digits] {
+                text.push(char::from(digit));
+            }
+        }
+        text.push('Z');
+        text
     }
 }
 
@@ -198,11 +311,23 @@ impl EventSink for LogSink {
 
 impl LogSink {
     fn append(&self, record: Record, metrics: LogMetrics) -> Ack {
+        self.append_in(record, metrics, None)
+    }
+
+    fn append_in(
+        &self,
+        record: Record,
+        metrics: LogMetrics,
+        parent: Option<&omni_telemetry::trace::TraceContext>,
+    ) -> Ack {
+        let (span, record) = traces::append(record, parent);
+        let traced = span.clone();
         let topic = record.topic.clone();
         // `append` enqueues now, so submission order is log order.
         self.log
             .append(record)
             .map(move |result| {
+                traces::appended(&traced, result.as_ref().map(|p| (p.partition, p.offset)));
                 emit!(LogAppended {
                     topic: &topic,
                     error: result.as_ref().err().map(|e| e as &dyn std::error::Error),
@@ -218,6 +343,67 @@ impl LogSink {
                         other => SendError::Failed(other.to_string()),
                     })
             })
+            .instrument(span)
             .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn headers_are_what_to_headers_writes() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for traceparent in [None, Some(traceparent.to_owned())] {
+            let ce = CloudEvent {
+                id: "e-1".to_owned(),
+                source: cloudevents::source_for_channel("shop api"),
+                ty: cloudevents::TYPE_CONVERSATION_EVENT.to_owned(),
+                time: UNIX_EPOCH + Duration::new(1_763_884_800, 123_456_000),
+                content_type: cloudevents::CONTENT_TYPE_PROTOBUF.to_owned(),
+                traceparent,
+            };
+            let expected: Vec<(String, Bytes)> = ce
+                .to_headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), Bytes::from(value)))
+                .collect();
+            assert_eq!(headers(ce), expected);
+        }
+    }
+
+    #[test]
+    fn cached_seconds_format_as_the_general_formatter() {
+        let at = |seconds: u64, nanos: u32| UNIX_EPOCH + Duration::new(seconds, nanos);
+        let mut times = Vec::new();
+        for seconds in [1_763_884_799, 1_763_884_800, 1_763_884_799, 0, 951_782_400] {
+            for nanos in [
+                0,
+                1,
+                100,
+                120_000,
+                5_000_000,
+                123_456_789,
+                999_000_000,
+                999_999_999,
+            ] {
+                times.push(at(seconds, nanos));
+            }
+        }
+        // The last second RFC 3339 can write, beyond it, and before 1970.
+        times.push(at(253_402_300_799, 7));
+        times.push(at(253_402_300_800, 0));
+        times.push(UNIX_EPOCH - Duration::from_millis(1500));
+        let mut second = Second::new();
+        for time in times {
+            assert_eq!(
+                second.format(time),
+                cloudevents::format_rfc3339(time),
+                "{time:?}"
+            );
+        }
     }
 }

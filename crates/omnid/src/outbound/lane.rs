@@ -20,12 +20,14 @@ use omni_proto::v1::{ChannelKind, ConversationEvent, Direction, EventKind};
 use omni_telemetry::emit;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::status::delivery_status;
 use crate::events::{OutboundDelivered, OutboundMetrics, OutboundOutcome};
 use crate::{
     channels::LiveChannels,
     consume::{self, Backoff, Stopped, dead_letter_of, header, pause},
+    traces,
 };
 
 /// Longest wait a provider's `retry_after` may impose between two
@@ -102,7 +104,9 @@ impl Lane {
                 },
             };
             let position = (item.stored.record.topic.clone(), item.stored.position);
-            if self.handle(item).await.is_err() || done.send(position).is_err() {
+            let channel_id = item.decoded.as_ref().ok().map(|e| e.channel_id.as_str());
+            let span = traces::delivery(&item.stored, channel_id);
+            if self.handle(item).instrument(span).await.is_err() || done.send(position).is_err() {
                 return;
             }
         }

@@ -90,6 +90,7 @@ pub(crate) fn start(
         commands: None,
         relay: None,
     };
+    store.report_stats(shutdown.child_token());
     if !settings.threading.enabled {
         tracing::info!("threading is off (threading.enabled = false)");
         return threading;
@@ -97,6 +98,7 @@ pub(crate) fn start(
     let topics = Topics::new(&settings.log.topic_prefix);
     let metrics = ThreadingMetrics::register();
     let wake = Arc::new(Notify::new());
+    let traces = Arc::new(crate::traces::EventTraces::new(crate::traces::EVENT_TRACES));
     let commands = crate::commands::Consumer {
         log: log.clone(),
         topic: topics.commands.clone(),
@@ -115,6 +117,7 @@ pub(crate) fn start(
         metrics: metrics.clone(),
         wake: wake.clone(),
         shutdown: worker_stop,
+        traces: traces.clone(),
     };
     let relay = relay::Relay {
         store: store.shared(),
@@ -125,6 +128,7 @@ pub(crate) fn start(
         wake,
         stop: relay_stop,
         holder: relay::relay_holder(&settings.data_dir),
+        traces,
     };
     threading.worker = Some(tokio::spawn(worker.run()));
     threading.commands = Some(tokio::spawn(commands.run()));

@@ -10,11 +10,13 @@ use omni_telemetry::emit;
 use omni_threading::{OutboxRow, ThreadingStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::events::{ThreadingMetrics, TimelinePublished};
 use crate::{
     consume::{Backoff, header},
     sink::LogSink,
+    traces,
 };
 
 /// Outbox rows published per append batch; also how far back the relay
@@ -47,6 +49,8 @@ pub(super) struct Relay {
     pub stop: CancellationToken,
     /// This process's name on the relay lease.
     pub holder: String,
+    /// Trace contexts of the events the worker threaded.
+    pub traces: Arc<traces::EventTraces>,
 }
 
 /// This daemon's name on the relay lease: its host and data directory.
@@ -185,10 +189,20 @@ impl Relay {
     /// Appends `rows` in order, waits until all are durable, marks them
     /// published.
     async fn publish(&self, rows: &[OutboxRow]) -> anyhow::Result<()> {
+        let round = traces::relay_round(&self.topic, rows.len());
+        self.publish_rows(rows, &round)
+            .instrument(round.clone())
+            .await
+    }
+
+    async fn publish_rows(&self, rows: &[OutboxRow], round: &tracing::Span) -> anyhow::Result<()> {
         // `append` enqueues at once, so the topic gets the outbox order.
         let acks: Vec<_> = rows
             .iter()
-            .map(|row| self.sink.submit_timeline(&row.event))
+            .map(|row| {
+                let parent = traces::handed_over(round, &self.traces, &row.event.timeline_event_id);
+                self.sink.submit_timeline(&row.event, parent.as_ref())
+            })
             .collect();
         for ack in acks {
             ack.await.context("appending to the timeline topic")?;

@@ -4,7 +4,7 @@
 use std::{str::FromStr as _, sync::Arc};
 
 use anyhow::Context as _;
-use omni_threading::{PostgresStore, SqliteStore, ThreadingStore};
+use omni_threading::{PostgresStore, SqliteOptions, SqliteStore, ThreadingStore};
 
 use crate::settings::{Settings, ThreadingStoreKind};
 
@@ -39,7 +39,13 @@ impl Store {
             return Ok(Store::Postgres(store));
         }
         let path = settings.threading_sqlite_path();
-        let store = SqliteStore::open(&path)
+        let options = SqliteOptions {
+            dedupe_window: std::time::Duration::from_secs(
+                threading.dedupe_window_days.max(1) * 86_400,
+            ),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(&path, options)
             .await
             .with_context(|| format!("cannot open the threading store {}", path.display()))?;
         Ok(Store::Sqlite(store))
@@ -59,5 +65,52 @@ impl Store {
             Store::Sqlite(store) => store.close().await,
             Store::Postgres(store) => store.close().await,
         }
+    }
+}
+
+/// How often the embedded store's figures are read: they move slowly, and
+/// reading them takes the state lock.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Store {
+    /// Reports the embedded store's size as gauges until `stop`: rows of
+    /// the state in memory by kind, event ids kept for deduplication, and
+    /// journal rows an open would replay (PostgreSQL reports nothing: its
+    /// server has its own figures).
+    pub(crate) fn report_stats(&self, stop: tokio_util::sync::CancellationToken) {
+        let Store::Sqlite(store) = self else {
+            return;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            use omni_telemetry::names;
+            let mut ticks = tokio::time::interval(STATS_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let stats = match store.stats().await {
+                    Ok(stats) => stats,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the threading store's figures");
+                        continue;
+                    }
+                };
+                let m = stats.memory;
+                for (kind, rows) in [
+                    ("customers", m.customers),
+                    ("identities", m.identities),
+                    ("conversations", m.conversations),
+                    ("message_ids", m.message_ids),
+                    ("recent_event_ids", m.recent_event_ids),
+                ] {
+                    metrics::gauge!(names::THREADING_STATE_ROWS, "kind" => kind).set(rows as f64);
+                }
+                metrics::gauge!(names::THREADING_DEDUPE_EVENT_IDS)
+                    .set(stats.event_ids_on_disk as f64);
+                metrics::gauge!(names::THREADING_JOURNAL_ROWS).set(stats.journal_rows as f64);
+            }
+        });
     }
 }

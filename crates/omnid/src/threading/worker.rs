@@ -12,9 +12,11 @@ use omni_telemetry::emit;
 use omni_threading::{InboundEvent, Outcome, ThreadingConfig, ThreadingStore};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::consume::{self, Backoff, Stopped, dead_letter_of, decode, header, pause};
 use crate::events::{EventThreaded, ThreadingMetrics, ThreadingOutcome};
+use crate::traces;
 
 /// The consumer group of the threading worker on the inbound topic.
 pub(super) const GROUP: &str = "omnid-threading";
@@ -35,11 +37,15 @@ pub(super) struct Worker {
     pub metrics: ThreadingMetrics,
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// Each threaded event's trace context, for the relay.
+    pub traces: Arc<traces::EventTraces>,
 }
 
 impl consume::BatchHandler for Worker {
     async fn handle_batch(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
-        self.handle(records).await?;
+        let mut traced = traces::ThreadingBatch::start(&self.topic, records, &self.traces);
+        let span = traced.span.clone();
+        self.handle(records, &mut traced).instrument(span).await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -63,7 +69,11 @@ impl Worker {
     /// conversation event or that the threading logic refuses. A store
     /// failure leaves nothing written and is retried, the whole batch,
     /// until it passes or the worker is stopped.
-    async fn handle(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+    async fn handle(
+        &self,
+        records: &[StoredRecord],
+        traced: &mut traces::ThreadingBatch<'_>,
+    ) -> Result<(), Stopped> {
         let mut threadable: Vec<(&StoredRecord, InboundEvent)> = Vec::with_capacity(records.len());
         for stored in records {
             match decode(stored) {
@@ -119,6 +129,7 @@ impl Worker {
         };
         for ((stored, input), outcome) in threadable.iter().zip(outcomes) {
             let event = &input.event;
+            traced.threaded(&event.event_id, &outcome);
             let emit = |outcome, customer_id: &str| {
                 emit!(EventThreaded {
                     outcome,

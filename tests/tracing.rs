@@ -1,0 +1,313 @@
+//! OpenTelemetry traces end to end: the real daemon with
+//! `telemetry.otlp` pointed at a local OTLP/HTTP receiver that this test
+//! runs (protobuf `ExportTraceServiceRequest`s on `POST /v1/traces`), one
+//! signed API-channel webhook, and the trace that follows its message
+//! through the append, threading and the timeline relay, matched against
+//! the `traceparent` headers on the stream (read with `omnid tail`). Also
+//! what happens with tracing off, and with no trace sampled.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use omni_testkit::daemon::{CHANNEL, Deployment, SECRET, message, signed};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
+    common::v1::{AnyValue, any_value},
+    trace::v1::{Span, span::SpanKind},
+};
+use prost::Message as _;
+use serde_json::Value;
+
+/// A traceparent the webhook's caller sends: linked, never followed.
+const UPSTREAM: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Spans received, with the `service.name` of their resource.
+type Received = Arc<Mutex<Vec<(String, Span)>>>;
+
+/// OTLP/HTTP's trace endpoint: records every span, answers success.
+async fn export(State(received): State<Received>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return (StatusCode::BAD_REQUEST, Vec::new());
+    };
+    let mut received = received.lock().unwrap();
+    for resource_spans in request.resource_spans {
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| text(kv.value.as_ref()))
+            .unwrap_or_default();
+        for scope in resource_spans.scope_spans {
+            received.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+        }
+    }
+    (
+        StatusCode::OK,
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
+}
+
+/// The receiver on a free loopback port: its base URL and what it got.
+async fn receiver() -> (String, Received) {
+    let received = Received::default();
+    let app = Router::new()
+        .route("/v1/traces", post(export))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+fn text(value: Option<&AnyValue>) -> Option<String> {
+    match value?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(n) => Some(n.to_string()),
+        any_value::Value::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| text(kv.value.as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The one span named `name` whose attributes include `with`.
+fn one<'a>(spans: &'a [Span], name: &str, with: &[(&str, &str)]) -> &'a Span {
+    let found: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            with.iter()
+                .all(|(key, value)| attr(s, key).as_deref() == Some(value))
+        })
+        .collect();
+    let names: Vec<_> = spans.iter().map(|s| &s.name).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {name} span with {with:?} among {names:?}"
+    );
+    found[0]
+}
+
+fn links(span: &Span) -> Vec<(String, String)> {
+    span.links
+        .iter()
+        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+        .collect()
+}
+
+fn traceparent(span: &Span) -> String {
+    format!("00-{}-{}-01", hex(&span.trace_id), hex(&span.span_id))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Posts one signed message with the [`UPSTREAM`] traceparent; its event id.
+async fn post_message(daemon: &omni_testkit::daemon::Daemon, id: &str) -> String {
+    let response = signed(
+        &client(),
+        &daemon.url(&format!("/webhooks/{CHANNEL}")),
+        message(id, "where is my order?"),
+        SECRET,
+    )
+    .header("traceparent", UPSTREAM)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+/// The record of `event_id` on `topic` (the timeline: its message entry),
+/// once there.
+fn record_of(deployment: &Deployment, topic: &str, event_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = deployment
+            .tail(topic)
+            .into_iter()
+            .find(|r| r["headers"]["ce_id"] == event_id);
+        if let Some(record) = found {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {event_id} on {topic}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the receiver got once the daemon has exited (it sends what is left
+/// at shutdown), as `omnid` spans.
+fn exported(received: &Received) -> Vec<Span> {
+    let received = received.lock().unwrap();
+    assert!(
+        received.iter().all(|(service, _)| service == "omnid"),
+        "every span is the daemon's"
+    );
+    received.iter().map(|(_, span)| span.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_webhook_is_one_trace_through_append_threading_and_the_timeline() {
+    let (otlp, received) = receiver().await;
+    let deployment = Deployment::with_config(&format!(
+        "[telemetry.otlp]\nenabled = true\nendpoint = \"{otlp}\"\nprotocol = \"http/protobuf\"\n"
+    ));
+    let mut daemon = deployment.start();
+    let event_id = post_message(&daemon, "trace-1").await;
+    let inbound = record_of(&deployment, "inbound", &event_id);
+    let timeline = record_of(&deployment, "timeline", &event_id);
+    assert!(timeline["value"]["message"].is_object(), "{timeline}");
+    assert!(daemon.terminate().success(), "{}", daemon.stderr());
+    let spans = exported(&received);
+
+    // The webhook request starts the trace; the caller's traceparent is a
+    // link, not its parent.
+    let webhook = one(&spans, "webhook", &[("omnid.channel", CHANNEL)]);
+    assert_eq!(webhook.kind, SpanKind::Server as i32);
+    assert!(webhook.parent_span_id.is_empty(), "a root span");
+    assert_eq!(
+        attr(webhook, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        links(webhook),
+        [(
+            "0af7651916cd43dd8448eb211c80319c".to_owned(),
+            "b7ad6b7169203331".to_owned()
+        )]
+    );
+    let trace = hex(&webhook.trace_id);
+
+    // Its append is its child, and the record carries the append's context.
+    let append = one(
+        &spans,
+        "log.append",
+        &[
+            ("messaging.destination.name", "omni.inbound.v1"),
+            ("messaging.message.id", &event_id),
+        ],
+    );
+    assert_eq!(hex(&append.trace_id), trace);
+    assert_eq!(append.parent_span_id, webhook.span_id);
+    assert_eq!(append.kind, SpanKind::Producer as i32);
+    assert_eq!(inbound["headers"]["traceparent"], traceparent(append));
+    assert!(attr(append, "messaging.kafka.offset").is_some());
+
+    // Threading: the batch is a trace of its own that links to each record
+    // it covers; the message's own threading span is the child of its
+    // append, in the webhook's trace, and links to the batch.
+    let threaded = one(
+        &spans,
+        "threading.event",
+        &[("messaging.message.id", &event_id)],
+    );
+    assert_eq!(hex(&threaded.trace_id), trace);
+    assert_eq!(threaded.parent_span_id, append.span_id);
+    assert_eq!(attr(threaded, "omnid.outcome").as_deref(), Some("threaded"));
+    assert!(attr(threaded, "omnid.customer_id").is_some_and(|c| !c.is_empty()));
+    let batch_id = links(threaded)
+        .into_iter()
+        .next()
+        .expect("the event links to its batch");
+    let batch = spans
+        .iter()
+        .find(|s| s.name == "threading.batch" && (hex(&s.trace_id), hex(&s.span_id)) == batch_id)
+        .expect("the linked batch span was exported");
+    assert!(batch.parent_span_id.is_empty(), "a batch is a root");
+    assert_ne!(hex(&batch.trace_id), trace);
+    assert!(
+        links(batch).contains(&(trace.clone(), hex(&append.span_id))),
+        "the batch links to the append"
+    );
+
+    // The relay: the message's timeline entry is appended as the child of
+    // its threading span, linked to the relay round, and the timeline
+    // record carries that append's context.
+    let relayed = one(
+        &spans,
+        "log.append",
+        &[
+            ("messaging.destination.name", "omni.timeline.v1"),
+            ("messaging.message.id", &event_id),
+        ],
+    );
+    assert_eq!(hex(&relayed.trace_id), trace);
+    assert_eq!(relayed.parent_span_id, threaded.span_id);
+    assert_eq!(timeline["headers"]["traceparent"], traceparent(relayed));
+    let round_id = links(relayed)
+        .into_iter()
+        .next()
+        .expect("the entry links to its relay round");
+    let round = spans
+        .iter()
+        .find(|s| s.name == "timeline.relay" && (hex(&s.trace_id), hex(&s.span_id)) == round_id)
+        .expect("the linked relay round was exported");
+    assert!(round.parent_span_id.is_empty(), "a round is a root");
+
+    // Each exported span ended after it started.
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tracing_off_no_trace_context_is_written_and_messages_flow() {
+    let (otlp, received) = receiver().await;
+    // The endpoint is there, but export is not enabled.
+    let deployment = Deployment::with_config(&format!("[telemetry.otlp]\nendpoint = \"{otlp}\"\n"));
+    let mut daemon = deployment.start();
+    let event_id = post_message(&daemon, "untraced-1").await;
+    let inbound = record_of(&deployment, "inbound", &event_id);
+    let timeline = record_of(&deployment, "timeline", &event_id);
+    assert!(timeline["value"]["message"].is_object(), "{timeline}");
+    assert!(daemon.terminate().success(), "{}", daemon.stderr());
+    for record in [&inbound, &timeline] {
+        assert!(record["headers"].get("traceparent").is_none(), "{record}");
+    }
+    assert!(received.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_trace_is_carried_but_not_exported() {
+    let (otlp, received) = receiver().await;
+    let deployment = Deployment::with_config(&format!(
+        "[telemetry.otlp]\nenabled = true\nendpoint = \"{otlp}/v1/traces\"\nsampling_ratio = 0.0\n"
+    ));
+    let mut daemon = deployment.start();
+    let event_id = post_message(&daemon, "unsampled-1").await;
+    let inbound = record_of(&deployment, "inbound", &event_id);
+    let timeline = record_of(&deployment, "timeline", &event_id);
+    assert!(daemon.terminate().success(), "{}", daemon.stderr());
+    // Downstream sees the decision ("-00") and keeps it: nothing of the
+    // message's trace is exported anywhere.
+    let inbound_trace = inbound["headers"]["traceparent"].as_str().unwrap();
+    let timeline_trace = timeline["headers"]["traceparent"].as_str().unwrap();
+    assert!(inbound_trace.ends_with("-00"), "{inbound_trace}");
+    assert!(timeline_trace.ends_with("-00"), "{timeline_trace}");
+    assert_eq!(inbound_trace[3..35], timeline_trace[3..35], "one trace");
+    assert!(received.lock().unwrap().is_empty());
+}
