@@ -3,8 +3,9 @@
 //! runs (protobuf `ExportTraceServiceRequest`s on `POST /v1/traces`), one
 //! signed API-channel webhook, and the trace that follows its message
 //! through the append, threading and the timeline relay, matched against
-//! the `traceparent` headers on the stream (read with `omnid tail`). Also
-//! what happens with tracing off, and with no trace sampled.
+//! the `traceparent` headers on the stream (read with `omnid tail`); a
+//! reply's trace through its delivery (to a local SMS gateway) and its
+//! status. Also what happens with tracing off, and with no trace sampled.
 
 use std::{
     sync::{Arc, Mutex},
@@ -51,11 +52,18 @@ async fn export(State(received): State<Received>, body: Bytes) -> (StatusCode, V
     )
 }
 
-/// The receiver on a free loopback port: its base URL and what it got.
+/// An SMS gateway's send API, on the same server: accepts everything.
+async fn send_sms() -> &'static str {
+    r#"{"ok":true}"#
+}
+
+/// The receiver on a free loopback port (with [`send_sms`] on `/send`):
+/// its base URL and what it got.
 async fn receiver() -> (String, Received) {
     let received = Received::default();
     let app = Router::new()
         .route("/v1/traces", post(export))
+        .route("/send", post(send_sms))
         .with_state(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -272,6 +280,89 @@ async fn one_webhook_is_one_trace_through_append_threading_and_the_timeline() {
             .iter()
             .all(|s| s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_traced_from_its_append_through_its_delivery_to_its_status() {
+    const TOKEN: &str = "helpdesk-token-0123456789";
+    let (otlp, received) = receiver().await;
+    let deployment = Deployment::with_config(&format!(
+        "[telemetry.otlp]\nenabled = true\nendpoint = \"{otlp}\"\n"
+    ));
+    deployment.enable_api(TOKEN);
+    let secret = deployment.path().join("sms-secret");
+    std::fs::write(&secret, "sms-secret-0123456789").unwrap();
+    deployment.write_channel(
+        "sms",
+        &format!(
+            "id = \"sms\"\nkind = \"sms_gateway\"\nsecret = {{ file = {:?} }}\n[outbound]\n\
+             url = \"{otlp}/send\"\nbody_template = '{{\"to\":\"{{{{to}}}}\"}}'\n",
+            secret.display().to_string()
+        ),
+    );
+    let mut daemon = deployment.start();
+    let reply = serde_json::json!({
+        "channelId": "sms",
+        "providerMessageId": "ticket-7",
+        "recipients": [{ "kind": "HANDLE_KIND_PHONE", "value": "+989121234567" }],
+        "content": { "text": "Your order ships today." },
+    });
+    let response = client()
+        .post(daemon.url("/v1/outbound"))
+        .bearer_auth(TOKEN)
+        .json(&reply)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let reply_id = body["event_id"].as_str().unwrap().to_owned();
+    let status_id = omni_model::event_id("sms", &format!("delivery:{reply_id}")).to_string();
+    let status = record_of(&deployment, "inbound", &status_id);
+    assert_eq!(
+        status["value"]["delivery"]["state"], "DELIVERY_STATE_SENT",
+        "{status}"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.stderr());
+    let spans = exported(&received);
+
+    let append = one(
+        &spans,
+        "log.append",
+        &[
+            ("messaging.destination.name", "omni.outbound.v1"),
+            ("messaging.message.id", &reply_id),
+        ],
+    );
+    let delivery = one(
+        &spans,
+        "outbound.delivery",
+        &[
+            ("messaging.message.id", &reply_id),
+            ("omnid.channel", "sms"),
+        ],
+    );
+    assert_eq!(delivery.kind, SpanKind::Client as i32);
+    assert_eq!(delivery.trace_id, append.trace_id);
+    assert_eq!(delivery.parent_span_id, append.span_id);
+    let status_append = one(
+        &spans,
+        "log.append",
+        &[
+            ("messaging.destination.name", "omni.inbound.v1"),
+            ("messaging.message.id", &status_id),
+        ],
+    );
+    assert_eq!(status_append.trace_id, append.trace_id);
+    assert_eq!(status_append.parent_span_id, delivery.span_id);
+    assert_eq!(status["headers"]["traceparent"], traceparent(status_append));
+    // The status goes on to be threaded in the same trace.
+    let threaded = one(
+        &spans,
+        "threading.event",
+        &[("messaging.message.id", &status_id)],
+    );
+    assert_eq!(threaded.parent_span_id, status_append.span_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

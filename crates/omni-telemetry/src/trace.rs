@@ -10,10 +10,11 @@
 //!
 //! A trace crosses the event log through the record's `traceparent`
 //! header: the producer writes the context of its append span there
-//! ([`TraceContext::of`], [`TraceContext::traceparent`]) and a consumer
-//! parents (or links) its own span to it ([`TraceContext::parse`],
-//! [`set_parent`], [`add_link`]). Within one process, a context can be
-//! handed from one task to another by key ([`Handoff`]).
+//! (`TraceContext::of`, `TraceContext::traceparent`) and a consumer
+//! parents (or links) its own span to it (`TraceContext::parse`,
+//! `set_parent`, `add_link`). Within one process, a context can be handed
+//! from one task to another by key (`Handoff`). All of these come with the
+//! `otlp` feature; without it only [`TARGET`] is here.
 
 /// The target of every span meant for export (`tracing::info_span!(target:
 /// omni_telemetry::trace::TARGET, ...)`).
