@@ -29,6 +29,8 @@
 //!   varint): the value is that instant in RFC 3339, UTC, with the fewest
 //!   of 0, 3, 6 or 9 fraction digits that represent it exactly (the form
 //!   the daemon writes).
+//! - [`Kind::TraceParent`]: 26 bytes: the value is a W3C `traceparent` of
+//!   version `00` (55 lower-case characters) spelling them in hex.
 //!
 //! A value is derived only where deriving it gives back the same bytes
 //! (checked when encoding), so readers always get byte-identical headers.
@@ -144,6 +146,8 @@ pub(crate) enum Kind {
     PayloadSlice,
     /// The record's timestamp plus a slot's nanoseconds, in RFC 3339.
     Time,
+    /// A W3C `traceparent` of version `00`, its 26 bytes unhexed.
+    TraceParent,
 }
 
 impl Kind {
@@ -153,6 +157,7 @@ impl Kind {
             Kind::Inline => 1,
             Kind::PayloadSlice => 2,
             Kind::Time => 3,
+            Kind::TraceParent => 4,
         }
     }
 }
@@ -182,10 +187,15 @@ pub(crate) fn split(
     if headers.is_empty() {
         return None;
     }
-    let mut template = Vec::with_capacity(64);
+    // Enough for every name and value with their lengths: no regrowing.
+    let estimate = headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 6)
+        .sum::<usize>();
+    let mut template = Vec::with_capacity(estimate.min(4096));
     template.push(TEMPLATE_VERSION);
     put_varint(&mut template, headers.len() as u64);
-    let mut slots = Vec::with_capacity(16);
+    let mut slots = Vec::with_capacity(32);
     for (name, value) in headers {
         u32::try_from(value.len()).ok()?;
         put_bytes(&mut template, name.as_bytes());
@@ -206,6 +216,14 @@ pub(crate) fn split(
                 }
                 None => Kind::Inline,
             }
+        } else if name == "traceparent" {
+            match trace_context::pack(value) {
+                Some(packed) => {
+                    slots.extend_from_slice(&packed);
+                    Kind::TraceParent
+                }
+                None => Kind::Inline,
+            }
         } else if value.len() <= MAX_SHARED_VALUE && SHARED_HEADERS.contains(&name.as_str()) {
             Kind::Stored(Bytes::new())
         } else {
@@ -215,7 +233,7 @@ pub(crate) fn split(
         match kind {
             Kind::Stored(_) => put_bytes(&mut template, value),
             Kind::Inline => put_bytes(&mut slots, value),
-            Kind::PayloadSlice | Kind::Time => {}
+            Kind::PayloadSlice | Kind::Time | Kind::TraceParent => {}
         }
     }
     Some(Split { template, slots })
@@ -268,6 +286,7 @@ pub(crate) fn decode_template(bytes: &[u8]) -> Result<Template, HeaderDecodeErro
             1 => Kind::Inline,
             2 => Kind::PayloadSlice,
             3 => Kind::Time,
+            4 => Kind::TraceParent,
             other => return Err(HeaderDecodeError::UnknownKind(other)),
         };
         entries.push((name.to_owned(), kind));
@@ -311,6 +330,10 @@ pub(crate) fn decode(
                             Some(range) => payload.slice(range),
                             None => return Err(out_of_range(name)),
                         }
+                    }
+                    Kind::TraceParent => {
+                        let packed = take(blob, &mut rest, trace_context::PACKED)?;
+                        Bytes::from(trace_context::unpack(packed))
                     }
                     Kind::Time => {
                         let delta = unzigzag(take_varint(blob, &mut rest)?);
@@ -432,6 +455,57 @@ fn zigzag(value: i64) -> u64 {
 
 fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// W3C Trace Context `traceparent` headers of version `00`:
+/// `00-<32 hex>-<16 hex>-<2 hex>`, lower-case as the spec requires, kept as
+/// the 26 bytes they spell. Anything else (upper case, another version or
+/// length) is stored as it is.
+mod trace_context {
+    /// The bytes of a packed value.
+    pub(super) const PACKED: usize = 26;
+    const LEN: usize = 55;
+    const DASHES: [usize; 3] = [2, 35, 52];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+
+    pub(super) fn pack(value: &[u8]) -> Option<[u8; PACKED]> {
+        if value.len() != LEN || !value.starts_with(b"00") {
+            return None;
+        }
+        let mut digits = [0_u8; 2 * PACKED];
+        let mut n = 0;
+        for (at, &byte) in value.iter().enumerate() {
+            if DASHES.contains(&at) {
+                if byte != b'-' {
+                    return None;
+                }
+                continue;
+            }
+            digits[n] = match byte {
+                b'0'..=b'9' => byte - b'0',
+                b'a'..=b'f' => byte - b'a' + 10,
+                _ => return None,
+            };
+            n += 1;
+        }
+        let mut packed = [0_u8; PACKED];
+        for (i, pair) in digits.chunks_exact(2).enumerate() {
+            packed[i] = pair[0] << 4 | pair[1];
+        }
+        Some(packed)
+    }
+
+    pub(super) fn unpack(packed: &[u8]) -> Vec<u8> {
+        let mut value = Vec::with_capacity(LEN);
+        for &byte in packed {
+            if DASHES.contains(&value.len()) {
+                value.push(b'-');
+            }
+            value.push(HEX[usize::from(byte >> 4)]);
+            value.push(HEX[usize::from(byte & 0xf)]);
+        }
+        value
+    }
 }
 
 /// `ce_time` as the daemon writes it: RFC 3339 in UTC with a `Z` and the
@@ -855,6 +929,38 @@ mod tests {
     }
 
     #[test]
+    fn trace_parents_pack_only_in_the_exact_form() {
+        let valid = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let packed = trace_context::pack(valid).unwrap();
+        assert_eq!(packed[..3], [0x00, 0x4b, 0xf9]);
+        assert_eq!(trace_context::unpack(&packed), valid);
+        let cases: [&[u8]; 7] = [
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7_01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            b"004bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            b"",
+        ];
+        for value in cases {
+            assert_eq!(trace_context::pack(value), None, "{value:?}");
+        }
+        for value in cases.iter().copied().chain([valid.as_slice()]) {
+            let headers = [h("traceparent", value), h("ce_id", b"x")];
+            let (split, decoded) = roundtrip(&headers, b"", 0);
+            assert_eq!(decoded, headers);
+            let kind = decode_template(&split.template).unwrap().entries[0]
+                .1
+                .clone();
+            assert_eq!(kind == Kind::TraceParent, value == valid);
+        }
+        // Packed, a traceparent takes 26 bytes of the record instead of 56.
+        let (split, _) = roundtrip(&[h("traceparent", valid)], b"", 0);
+        assert_eq!(split.slots.len(), 26);
+    }
+
+    #[test]
     fn templates_differ_only_where_records_differ() {
         let payload = b"xx event-0001 event-0002";
         let t = |headers: &[(String, Bytes)]| split(headers, payload, 0).unwrap().template;
@@ -887,6 +993,10 @@ mod tests {
             h("ce_id", b"event-id-1"),
             h("x", b"value"),
             h("ce_time", b"2023-11-14T22:13:20.123Z"),
+            h(
+                "traceparent",
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         ];
         let payload = Bytes::from_static(b"event-id-1");
         let split = split(&headers, &payload, 0).unwrap();
@@ -1050,6 +1160,10 @@ mod tests {
             h("x", b"value"),
             h("ce_type", b"t"),
             h("ce_time", b"2023-11-14T22:13:20.123Z"),
+            h(
+                "traceparent",
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         ];
         let split = split(&headers, &payload, 0).unwrap();
         let template = decode_template(&split.template).unwrap();

@@ -11,11 +11,14 @@
 //! are and kept as samples; a background thread then trains a dictionary
 //! on them, the writer stores it, and from then on appends to the topic
 //! compress with it (on the appending task's thread, not the writer's).
-//! Small protobuf payloads barely compress on their own (zstd gains ~15% on
-//! a 340-byte event, at twice the CPU of a dictionary), but share most of
-//! their field names and values with each other, which a dictionary
-//! captures (~45-55%). Until the topic has one, only payloads of at least
-//! [`MIN_PLAIN_COMPRESS`] bytes are compressed, without a dictionary. A
+//! Small protobuf payloads barely compress on their own but share much
+//! with each other (field tags, channel ids, handles, words), which a
+//! dictionary captures. Measured on the API channel's 341-byte events
+//! (`examples/compression.rs`): zstd without a dictionary saves 15% at
+//! ~7 µs of CPU per payload; with a 16 KiB dictionary trained on 1,000 of
+//! them, 55% (152 bytes) at ~2 µs, and ~0.7 µs to decompress. Until the
+//! topic has a dictionary, only payloads of at least
+//! [`MIN_PLAIN_COMPRESS`] bytes (e-mails) are compressed, without one. A
 //! payload is stored compressed only when that saves at least
 //! [`MIN_SAVING`] bytes, so reading a record that barely compresses costs
 //! no decompression.
