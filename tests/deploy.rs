@@ -149,16 +149,20 @@ fn image() -> &'static str {
     })
 }
 
-/// The checkout's commit, for the image's revision label.
-fn revision() -> String {
-    Command::new("git")
-        .current_dir(repo())
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| stdout(&o))
-        .unwrap_or_else(|| "unknown".into())
+/// The checkout's commit, for the image's revision label (read once: the
+/// label and the test's expectation are the same value).
+fn revision() -> &'static str {
+    static REVISION: OnceLock<String> = OnceLock::new();
+    REVISION.get_or_init(|| {
+        Command::new("git")
+            .current_dir(repo())
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| stdout(&o))
+            .unwrap_or_else(|| "unknown".into())
+    })
 }
 
 /// Containers, volumes and a compose project a test made, removed when it
@@ -179,6 +183,10 @@ impl Drop for Cleanup {
                 .args(["-p", project, "-f", "deploy/compose.yaml", "down", "-v"])
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
+                .output();
+            // podman-compose 1.0 leaves the project's network behind.
+            let _ = podman()
+                .args(["network", "rm", "-f", &format!("{project}_default")])
                 .output();
         }
         for container in &self.containers {
