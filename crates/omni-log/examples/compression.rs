@@ -6,10 +6,9 @@
 //!
 //!   cargo run --release -p omni-log --example compression -- [N] [words|x]
 
-#[path = "../benches/support/events.rs"]
-mod events;
+mod support;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use zstd::{
     dict::{DecoderDictionary, EncoderDictionary},
@@ -86,19 +85,9 @@ fn run(payloads: &[Vec<u8>], level: i32, dictionary: Option<&[u8]>) -> Outcome {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let n: u64 = args.next().map_or(Ok(50_000), |n| n.parse())?;
-    let kind = args
-        .next()
-        .map_or(Some(events::Text::Words), |t| events::Text::parse(&t))
-        .ok_or("text is `words` or `x`")?;
-    let mut rng = events::Rng::new(42);
-    let start = SystemTime::now();
-    let payloads: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let now = start + Duration::from_micros(200 * i);
-            events::record(i, kind, &mut rng, now).payload.to_vec()
-        })
+    let (n, kind, _) = support::args()?;
+    let payloads: Vec<Vec<u8>> = support::records(n, kind)
+        .map(|record| record.payload.to_vec())
         .collect();
     let raw = payloads.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
     println!("{n} payloads of {kind:?} text, {raw:.1} bytes each");

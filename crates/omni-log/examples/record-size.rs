@@ -12,13 +12,9 @@
 //! in a temporary directory under `target/tmp` (a real disk, where fsync
 //! costs what it costs in production, unlike a tmpfs).
 
-#[path = "../benches/support/events.rs"]
-mod events;
+mod support;
 
-use std::{
-    sync::Arc,
-    time::{Instant, SystemTime},
-};
+use std::{sync::Arc, time::Instant};
 
 use omni_log::{EventLog, SqliteLog, SqliteLogConfig};
 
@@ -64,25 +60,12 @@ fn thread_cpu_ns(name: &str) -> u64 {
 const READ_PASSES: u64 = 3;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let n: u64 = args.next().map_or(Ok(50_000), |n| n.parse())?;
-    let kind = args
-        .next()
-        .map_or(Some(events::Text::Words), |t| events::Text::parse(&t))
-        .ok_or("text is `words` or `x`")?;
+    let (n, kind, mut args) = support::args()?;
     let appenders: u64 = args.next().map_or(Ok(64), |n| n.parse())?;
     let parent = args.next().unwrap_or_else(|| "target/tmp".to_owned());
 
     // Built before timing: encoding events is the daemon's work, not the log's.
-    let mut rng = events::Rng::new(42);
-    let start = SystemTime::now();
-    let records: Vec<_> = (0..n)
-        .map(|i| {
-            // 0.2 ms apart, as at 5,000 messages/s.
-            let now = start + std::time::Duration::from_micros(200 * i);
-            events::record(i, kind, &mut rng, now)
-        })
-        .collect();
+    let records: Vec<_> = support::records(n, kind).collect();
     let raw =
         |f: fn(&omni_log::Record) -> usize| records.iter().map(f).sum::<usize>() as f64 / n as f64;
     let raw_key = raw(|r| r.key.len());
@@ -134,7 +117,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..READ_PASSES {
             let mut offset = 0;
             loop {
-                let records = log.read(events::TOPIC, 0, offset, 1000).await.unwrap();
+                let records = log
+                    .read(support::events::TOPIC, 0, offset, 1000)
+                    .await
+                    .unwrap();
                 if records.is_empty() {
                     break;
                 }

@@ -508,29 +508,21 @@ mod trace_context {
     }
 }
 
-/// `ce_time` as the daemon writes it: RFC 3339 in UTC with a `Z` and the
-/// fewest of 0, 3, 6 or 9 fraction digits that represent the instant
-/// exactly. Written here rather than shared with the model crate, which
-/// this crate does not depend on.
+/// `ce_time` as the daemon writes it ([`omni_model::cloudevents::Rfc3339`]:
+/// UTC with a `Z` and the fewest of 0, 3, 6 or 9 fraction digits that
+/// represent the instant exactly), kept as nanoseconds after the record's
+/// timestamp.
 mod time {
+    use omni_model::cloudevents::Rfc3339;
+
     const NANOS_PER_SECOND: i128 = 1_000_000_000;
-    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
-    const MIN_UNIX_SECONDS: i64 = -62_167_219_200;
-    const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
-    /// The longest form: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
-    const MAX_LEN: usize = 30;
 
     /// Nanoseconds from `timestamp_ms` to the instant `value` names, if
     /// `value` is in exactly the form [`format_after`] writes back.
     pub(super) fn delta_ns(value: &[u8], timestamp_ms: i64) -> Option<i64> {
-        if !matches!(value.len(), 20 | 24 | 27 | 30) {
-            return None;
-        }
-        let (seconds, nanos) = parse(value)?;
+        let (seconds, nanos) = Rfc3339::parse_exact(value)?;
         let instant = i128::from(seconds) * NANOS_PER_SECOND + i128::from(nanos);
-        let delta = i64::try_from(instant - i128::from(timestamp_ms) * 1_000_000).ok()?;
-        let mut buffer = [0; MAX_LEN];
-        (write(seconds, nanos, &mut buffer) == Some(value)).then_some(delta)
+        i64::try_from(instant - i128::from(timestamp_ms) * 1_000_000).ok()
     }
 
     /// The instant `delta_ns` after `timestamp_ms`, formatted; `None` outside
@@ -539,126 +531,7 @@ mod time {
         let instant = i128::from(timestamp_ms) * 1_000_000 + i128::from(delta_ns);
         let seconds = i64::try_from(instant.div_euclid(NANOS_PER_SECOND)).ok()?;
         let nanos = instant.rem_euclid(NANOS_PER_SECOND) as u32;
-        let mut buffer = [0; MAX_LEN];
-        write(seconds, nanos, &mut buffer).map(<[u8]>::to_vec)
-    }
-
-    /// Seconds since the epoch and nanoseconds of `YYYY-MM-DDTHH:MM:SS`,
-    /// an optional fraction and `Z`; fields in range, days not checked
-    /// against the month (the caller compares the written-back form).
-    fn parse(value: &[u8]) -> Option<(i64, u32)> {
-        let digits = |range: std::ops::Range<usize>| -> Option<i64> {
-            value.get(range)?.iter().try_fold(0_i64, |n, &b| {
-                b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
-            })
-        };
-        let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
-        if separators.iter().any(|&(at, b)| value.get(at) != Some(&b)) {
-            return None;
-        }
-        if value.last() != Some(&b'Z') {
-            return None;
-        }
-        let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
-        let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-            return None;
-        }
-        if hour > 23 || minute > 59 || second > 59 {
-            return None;
-        }
-        let nanos = match value.len() {
-            20 => 0,
-            len => {
-                if value[19] != b'.' {
-                    return None;
-                }
-                let fraction = digits(20..len - 1)?;
-                fraction * 10_i64.pow((30 - len) as u32)
-            }
-        };
-        let days = days_from_civil(year, month, day);
-        Some((
-            days * 86_400 + hour * 3600 + minute * 60 + second,
-            nanos as u32,
-        ))
-    }
-
-    /// Writes the instant into `buffer`; `None` outside years 0000 to 9999.
-    fn write(seconds: i64, nanos: u32, buffer: &mut [u8; MAX_LEN]) -> Option<&[u8]> {
-        if !(MIN_UNIX_SECONDS..=MAX_UNIX_SECONDS).contains(&seconds) || nanos >= 1_000_000_000 {
-            return None;
-        }
-        let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
-        let mut at = 0;
-        let mut put = |buffer: &mut [u8; MAX_LEN], value: i64, width: u32, after: Option<u8>| {
-            for i in (0..width).rev() {
-                buffer[at] = b'0' + (value / 10_i64.pow(i) % 10) as u8;
-                at += 1;
-            }
-            if let Some(after) = after {
-                buffer[at] = after;
-                at += 1;
-            }
-            at
-        };
-        put(buffer, year, 4, Some(b'-'));
-        put(buffer, month, 2, Some(b'-'));
-        put(buffer, day, 2, Some(b'T'));
-        put(buffer, second_of_day / 3600, 2, Some(b':'));
-        put(buffer, second_of_day % 3600 / 60, 2, Some(b':'));
-        let mut at = put(buffer, second_of_day % 60, 2, None);
-        let (fraction, width) = if nanos == 0 {
-            (0, 0)
-        } else if nanos.is_multiple_of(1_000_000) {
-            (nanos / 1_000_000, 3)
-        } else if nanos.is_multiple_of(1_000) {
-            (nanos / 1_000, 6)
-        } else {
-            (nanos, 9)
-        };
-        if width > 0 {
-            buffer[at] = b'.';
-            at += 1;
-            for i in (0..width).rev() {
-                buffer[at] = b'0' + (fraction / 10_u32.pow(i) % 10) as u8;
-                at += 1;
-            }
-        }
-        buffer[at] = b'Z';
-        Some(&buffer[..=at])
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-    /// `days_from_civil`).
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let month_from_march = (month + 9) % 12;
-        let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    /// The date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
-    fn civil_from_days(days: i64) -> (i64, i64, i64) {
-        let days = days + 719_468;
-        let era = days.div_euclid(146_097);
-        let day_of_era = days - era * 146_097;
-        let year_of_era =
-            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-        let month_from_march = (5 * day_of_year + 2) / 153;
-        let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-        let month = if month_from_march < 10 {
-            month_from_march + 3
-        } else {
-            month_from_march - 9
-        };
-        let year = year_of_era + era * 400 + i64::from(month <= 2);
-        (year, month, day)
+        Rfc3339::from_unix(seconds, nanos).map(|text| text.as_bytes().to_vec())
     }
 }
 

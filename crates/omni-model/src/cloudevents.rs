@@ -10,7 +10,7 @@ pub(crate) mod rfc3339;
 
 use std::time::SystemTime;
 
-pub use rfc3339::{format_rfc3339, parse_rfc3339};
+pub use rfc3339::{Rfc3339, format_rfc3339, parse_rfc3339};
 
 /// The CloudEvents version these headers follow.
 pub const SPEC_VERSION: &str = "1.0";

@@ -249,7 +249,10 @@ const LAST_NAMES: &[&str] = &[
     "Romero",
     "Costa",
 ];
-const WORDS: &[&str] = &[
+/// The words of the corpus's sentences: what customers write to a support
+/// desk, a few with accents. Also the vocabulary of other generated
+/// messages (the event log's benchmark records).
+pub const WORDS: &[&str] = &[
     "order",
     "delivery",
     "package",

@@ -195,8 +195,7 @@ fn record(topic: &str, key: String, ce: CloudEvent, payload: Vec<u8>, now: Syste
 
 /// The record headers of `ce`: what [`CloudEvent::to_headers`] writes (same
 /// names, order and values), with the event's strings moved into the
-/// header values instead of copied, and `ce_time` formatted through a
-/// per-thread cache of the current second. Every record gets these.
+/// header values instead of copied. Every record gets these.
 fn headers(ce: CloudEvent) -> Vec<(String, Bytes)> {
     let CloudEvent {
         id,
@@ -214,8 +213,10 @@ fn headers(ce: CloudEvent) -> Vec<(String, Bytes)> {
     headers.push((cloudevents::HEADER_ID.to_owned(), Bytes::from(id)));
     headers.push((cloudevents::HEADER_SOURCE.to_owned(), Bytes::from(source)));
     headers.push((cloudevents::HEADER_TYPE.to_owned(), Bytes::from(ty)));
-    let time = SECOND.with_borrow_mut(|second| second.format(time));
-    headers.push((cloudevents::HEADER_TIME.to_owned(), Bytes::from(time)));
+    headers.push((
+        cloudevents::HEADER_TIME.to_owned(),
+        Bytes::from(cloudevents::format_rfc3339(time)),
+    ));
     headers.push((
         cloudevents::HEADER_CONTENT_TYPE.to_owned(),
         Bytes::from(content_type),
@@ -227,79 +228,6 @@ fn headers(ce: CloudEvent) -> Vec<(String, Bytes)> {
         ));
     }
     headers
-}
-
-thread_local! {
-    static SECOND: std::cell::RefCell<Second> = const { std::cell::RefCell::new(Second::new()) };
-}
-
-/// The date and time of day of one second as `ce_time` writes them, so the
-/// records of that second only append their fraction: the calendar
-/// arithmetic and the formatting machinery run once a second, not once a
-/// record.
-#[derive(Debug)]
-struct Second {
-    /// Seconds since the Unix epoch of `prefix`, `None` before the first.
-    unix: Option<u64>,
-    /// `YYYY-MM-DDTHH:MM:SS`.
-    prefix: String,
-}
-
-impl Second {
-    const fn new() -> Self {
-        Self {
-            unix: None,
-            prefix: String::new(),
-        }
-    }
-
-    /// [`cloudevents::format_rfc3339`] of `time`, byte for byte.
-    fn format(&mut self, time: SystemTime) -> String {
-        /// 9999-12-31T23:59:59Z: beyond it (and before 1970) the general
-        /// formatter saturates, as it should.
-        const LAST_SECOND: u64 = 253_402_300_799;
-        let Ok(since) = time.duration_since(SystemTime::UNIX_EPOCH) else {
-            return cloudevents::format_rfc3339(time);
-        };
-        let (seconds, nanos) = (since.as_secs(), since.subsec_nanos());
-        if seconds > LAST_SECOND {
-            return cloudevents::format_rfc3339(time);
-        }
-        if self.unix != Some(seconds) {
-            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
-            let mut prefix = cloudevents::format_rfc3339(whole);
-            // A whole second has no fraction: drop the `Z`.
-            prefix.pop();
-            self.prefix = prefix;
-            self.unix = Some(seconds);
-        }
-        let mut text = String::with_capacity(self.prefix.len() + 11);
-        text.push_str(&self.prefix);
-        // The fewest of 0, 3, 6 or 9 digits that hold the time exactly.
-        let (value, digits) = if nanos == 0 {
-            (0, 0)
-        } else if nanos.is_multiple_of(1_000_000) {
-            (nanos / 1_000_000, 3)
-        } else if nanos.is_multiple_of(1_000) {
-            (nanos / 1_000, 6)
-        } else {
-            (nanos, 9)
-        };
-        if digits > 0 {
-            text.push('.');
-            let mut buffer = [b'0'; 9];
-            let mut rest = value;
-            for slot in buffer[..digits].iter_mut().rev() {
-                *slot = b'0' + (rest % 10) as u8;
-                rest /= 10;
-            }
-            for &digit in &buffer[..digits] {
-                text.push(char::from(digit));
-            }
-        }
-        text.push('Z');
-        text
-    }
 }
 
 impl EventSink for LogSink {
@@ -372,38 +300,6 @@ mod tests {
                 .map(|(name, value)| (name.to_owned(), Bytes::from(value)))
                 .collect();
             assert_eq!(headers(ce), expected);
-        }
-    }
-
-    #[test]
-    fn cached_seconds_format_as_the_general_formatter() {
-        let at = |seconds: u64, nanos: u32| UNIX_EPOCH + Duration::new(seconds, nanos);
-        let mut times = Vec::new();
-        for seconds in [1_763_884_799, 1_763_884_800, 1_763_884_799, 0, 951_782_400] {
-            for nanos in [
-                0,
-                1,
-                100,
-                120_000,
-                5_000_000,
-                123_456_789,
-                999_000_000,
-                999_999_999,
-            ] {
-                times.push(at(seconds, nanos));
-            }
-        }
-        // The last second RFC 3339 can write, beyond it, and before 1970.
-        times.push(at(253_402_300_799, 7));
-        times.push(at(253_402_300_800, 0));
-        times.push(UNIX_EPOCH - Duration::from_millis(1500));
-        let mut second = Second::new();
-        for time in times {
-            assert_eq!(
-                second.format(time),
-                cloudevents::format_rfc3339(time),
-                "{time:?}"
-            );
         }
     }
 }

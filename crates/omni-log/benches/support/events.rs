@@ -13,6 +13,7 @@ use bytes::Bytes;
 use omni_log::Record;
 use omni_model::cloudevents::{self, CloudEvent};
 use omni_proto::Message;
+use omni_testkit::corpus;
 
 pub(crate) const TOPIC: &str = "omni.inbound.v1";
 pub(crate) const CHANNEL: &str = "bench-api";
@@ -38,76 +39,10 @@ impl Text {
     }
 }
 
-const WORDS: &[&str] = &[
-    "order",
-    "delivery",
-    "package",
-    "refund",
-    "invoice",
-    "parcel",
-    "tracking",
-    "number",
-    "still",
-    "not",
-    "arrived",
-    "yesterday",
-    "week",
-    "please",
-    "could",
-    "you",
-    "check",
-    "the",
-    "status",
-    "of",
-    "my",
-    "I",
-    "was",
-    "told",
-    "it",
-    "would",
-    "be",
-    "here",
-    "by",
-    "Monday",
-    "but",
-    "nothing",
-    "came",
-    "courier",
-    "address",
-    "changed",
-    "apartment",
-    "wrong",
-    "size",
-    "colour",
-    "return",
-    "label",
-    "exchange",
-    "payment",
-    "charged",
-    "twice",
-    "card",
-    "account",
-    "password",
-    "reset",
-    "discount",
-    "code",
-    "expired",
-    "customer",
-    "service",
-    "waiting",
-    "reply",
-    "urgent",
-    "gift",
-    "birthday",
-    "café",
-    "größe",
-    "déjà",
-    "naïve",
-    "thank",
-    "again",
-    "help",
-    "when",
-    "will",
+/// Words of short messages beside the support desk's vocabulary
+/// ([`corpus::WORDS`]): greetings, function words and more of what
+/// customers ask about (shops, subscriptions, bills, damaged items).
+const CHAT_WORDS: &[&str] = &[
     "hello",
     "hi",
     "thanks",
@@ -171,6 +106,17 @@ const WORDS: &[&str] = &[
     "old",
 ];
 
+/// Word `i` of the vocabulary: [`corpus::WORDS`], then [`CHAT_WORDS`].
+fn nth_word(i: usize) -> &'static str {
+    corpus::WORDS
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| CHAT_WORDS[i - corpus::WORDS.len()])
+}
+
+/// How many words [`nth_word`] knows.
+const VOCABULARY: u64 = (corpus::WORDS.len() + CHAT_WORDS.len()) as u64;
+
 /// A small deterministic generator (xorshift), so runs are comparable.
 #[derive(Debug, Clone)]
 pub(crate) struct Rng(u64);
@@ -207,11 +153,11 @@ pub(crate) fn text(kind: Text, bytes: usize, rng: &mut Rng) -> String {
                     0 => text.push_str(&format!("#{}", 100_000 + rng.below(900_000))),
                     1 => text.push_str(&format!(
                         "{}.{}@example.com",
-                        WORDS[rng.below(WORDS.len() as u64) as usize],
+                        nth_word(rng.below(VOCABULARY) as usize),
                         rng.below(10_000)
                     )),
                     _ => {
-                        let word = WORDS[rng.below(WORDS.len() as u64) as usize];
+                        let word = nth_word(rng.below(VOCABULARY) as usize);
                         if sentence_start {
                             let mut chars = word.chars();
                             if let Some(first) = chars.next() {
