@@ -59,6 +59,10 @@ pub struct ApiMessage {
     /// number from the customer's profile), for the threading service.
     #[serde(default)]
     pub sender_identities: Vec<ApiIdentity>,
+    /// The sender's language as the posting system knows it (a BCP 47 tag
+    /// such as `fa-IR`), a hint for the customer-service rules.
+    #[serde(default)]
+    pub language: String,
 }
 
 /// Another handle of the sender. `verified` is honoured only on channels
@@ -193,6 +197,15 @@ pub fn normalize(
         MAX_SENDER_IDENTITIES,
     )?;
     check_count("metadata", message.metadata.len(), MAX_METADATA_ENTRIES)?;
+    if !message.language.is_empty() && !omni_model::is_language_tag(&message.language) {
+        return Err(ParseError::new(
+            "invalid_field",
+            format!(
+                "language: a language tag such as `fa-IR`: a letter, then letters, digits, `-` or `_`, at most {} bytes",
+                omni_model::MAX_LANGUAGE_TAG_BYTES
+            ),
+        ));
+    }
     for (key, value) in &message.metadata {
         if key.len() > MAX_METADATA_KEY_BYTES || value.len() > MAX_METADATA_VALUE_BYTES {
             return Err(ParseError::new(
@@ -259,6 +272,7 @@ pub fn normalize(
         provider_metadata: message.metadata.into_iter().collect(),
         delivery: None,
         sender_identities,
+        language: message.language,
         ..Default::default()
     })
 }
@@ -369,6 +383,22 @@ mod tests {
         );
         assert_eq!(event.provider_metadata["order"], "7781");
         assert_eq!(event.sent_at.as_ref().unwrap().seconds, 1_763_884_740);
+    }
+
+    #[test]
+    fn the_language_is_kept_when_well_formed_and_refused_otherwise() {
+        let body = |language: &str| {
+            format!(
+                r#"{{"external_id":"a","sender":{{"kind":"email","value":"a@b.example"}},"text":"hi","language":"{language}"}}"#
+            )
+        };
+        let event = parse(body("fa-IR").as_bytes(), &options()).unwrap();
+        assert_eq!(event.language, "fa-IR");
+        let event = parse(body("").as_bytes(), &options()).unwrap();
+        assert_eq!(event.language, "");
+        let error = parse(body("fa IR").as_bytes(), &options()).unwrap_err();
+        assert_eq!(error.code, "invalid_field");
+        assert!(error.message.starts_with("language:"), "{}", error.message);
     }
 
     #[test]

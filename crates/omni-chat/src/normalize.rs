@@ -35,6 +35,10 @@ pub struct ChatContext<'a> {
     /// When the frame reached us: `received_at`, `ingested_at` and (the
     /// browser's clock being nobody's to trust) `sent_at` of the event.
     pub received_at: Timestamp,
+    /// The page's language from `hello` (its `locale`), empty when it sent
+    /// none: the event's `language`, a hint for the customer-service
+    /// rules.
+    pub language: &'a str,
 }
 
 /// The provider message id of a visitor's message.
@@ -120,6 +124,7 @@ pub fn message_event(
             provider_chat_id: visitor_id.to_owned(),
             ..Default::default()
         }),
+        language: cx.language.to_owned(),
         ..Default::default()
     })
 }
@@ -226,7 +231,27 @@ mod tests {
                 seconds: 1_738_315_800,
                 nanos: 5,
             },
+            language: "",
         }
+    }
+
+    #[test]
+    fn the_page_language_is_the_event_language() {
+        let event = message_event(
+            &ChatContext {
+                language: "fa-IR",
+                ..cx()
+            },
+            VISITOR,
+            None,
+            "m1",
+            "سلام",
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(event.language, "fa-IR");
+        let event = message_event(&cx(), VISITOR, None, "m1", "hello", Vec::new()).unwrap();
+        assert_eq!(event.language, "", "no locale in hello, no language");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub const MAX_CLIENT_MESSAGE_ID_BYTES: usize = 64;
 
 /// Longest `locale` kept: the longest well-formed BCP 47 tag a browser
 /// sends is well under this.
-pub const MAX_LOCALE_BYTES: usize = 35;
+pub const MAX_LOCALE_BYTES: usize = omni_model::MAX_LANGUAGE_TAG_BYTES;
 
 /// Most files one message may carry: a chat message is not a file
 /// transfer, and each one is a state lookup before the append.
@@ -381,7 +381,7 @@ pub fn parse_client_frame(text: &str, limits: &Limits) -> Result<ClientFrame, Fr
             visitor_id,
             visitor_token,
             identity,
-            locale: locale.filter(|l| is_locale(l)),
+            locale: locale.filter(|l| omni_model::is_language_tag(l)),
         }),
         ClientFrame::Message {
             client_message_id,
@@ -464,14 +464,6 @@ pub fn check_text_length(text: &str, limits: &Limits) -> Result<(), FrameError> 
         });
     }
     Ok(())
-}
-
-/// A BCP 47-looking tag: letters, digits and `-`/`_`, bounded.
-fn is_locale(locale: &str) -> bool {
-    (1..=MAX_LOCALE_BYTES).contains(&locale.len())
-        && locale
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// At most [`MAX_SHOWN_CHARS`] characters of `text`, cut on a character

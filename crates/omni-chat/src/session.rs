@@ -99,7 +99,7 @@ async fn run(
         visitor_id,
         visitor_token,
         identity: claimed,
-        ..
+        locale,
     }) = protocol::parse_client_frame(first.as_str(), &channel.limits)
     else {
         channel.hub.leave();
@@ -143,6 +143,7 @@ async fn run(
             address,
             status: checked.status(),
             identity,
+            locale: locale.unwrap_or_default(),
         },
         &mut queued,
     )
@@ -158,6 +159,8 @@ struct Visitor<'a> {
     status: protocol::IdentityStatus,
     /// The identity the page passed, checked.
     identity: Option<SenderIdentity>,
+    /// The page's language from `hello`; empty when it sent none.
+    locale: String,
 }
 
 /// The address replies go to while the visitor is away: the one kept for
@@ -304,6 +307,7 @@ async fn converse(
                 let reply = accept(
                     channel,
                     visitor_id,
+                    &visitor.locale,
                     sender.as_ref(),
                     &client_message_id,
                     &text,
@@ -401,6 +405,7 @@ fn refused(
 async fn accept(
     channel: &Channel,
     visitor: &str,
+    locale: &str,
     sender: Option<&SenderIdentity>,
     client_message_id: &str,
     text: &str,
@@ -409,6 +414,7 @@ async fn accept(
     let cx = ChatContext {
         channel_id: &channel.channel_id,
         received_at: omni_proto::timestamp(SystemTime::now()),
+        language: locale,
     };
     // Only files this visitor uploaded: the records are keyed by visitor,
     // so another visitor's file id (or a guess) is unknown here.
@@ -528,6 +534,7 @@ async fn activity(channel: &Channel, visitor: &str, name: &str, attributes: Vec<
         &ChatContext {
             channel_id: &channel.channel_id,
             received_at: omni_proto::timestamp(SystemTime::now()),
+            language: "",
         },
         visitor,
         name,

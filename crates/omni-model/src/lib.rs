@@ -12,9 +12,11 @@ pub mod cloudevents;
 mod display_name;
 mod event_id;
 mod handle;
+mod language;
 pub mod proto;
 pub mod timestamp;
 
 pub use display_name::{MAX_DISPLAY_NAME_CHARS, normalize_display_name};
 pub use event_id::{EventId, NAMESPACE, ParseEventIdError, event_id};
 pub use handle::{Handle, HandleError, HandleKind, HandleText, Region};
+pub use language::{MAX_LANGUAGE_TAG_BYTES, is_language_tag};

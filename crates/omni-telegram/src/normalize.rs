@@ -436,6 +436,7 @@ fn normalize_message(
         provider_metadata: metadata,
         delivery: None,
         sender_identities,
+        language: from.language_code.clone().unwrap_or_default(),
         ..Default::default()
     };
     Outcome::Event(Box::new(Normalized { event, files }))
@@ -539,6 +540,7 @@ mod tests {
         assert_eq!(e.threading.as_ref().unwrap().provider_chat_id, "1111111");
         assert_eq!(e.provider_metadata["message_kind"], "text");
         assert_eq!(e.provider_metadata["update_id"], "10000");
+        assert_eq!(e.language, "en", "the sender's `language_code`");
         assert!(n.files.is_empty());
     }
 

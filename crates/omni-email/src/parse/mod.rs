@@ -209,8 +209,9 @@ pub fn parse_message(
 
     let content_type = message.root_part().content_type();
     let media_type = content_type.map(media_type).unwrap_or_default();
+    let headers = classification_headers(&message);
     let classification = classify::classify(&classify::Evidence {
-        headers: &classification_headers(&message),
+        headers: &headers,
         content_type: &media_type,
         report_type: content_type.and_then(|ct| ct.attribute("report-type")),
         sender: &sender.value,
@@ -261,6 +262,7 @@ pub fn parse_message(
         sender_identities: Vec::new(),
         attachment_stored: None,
         activity: None,
+        language: content_language(&headers).unwrap_or_default(),
     };
     Ok(ParsedEmail {
         event,
@@ -681,6 +683,7 @@ fn classification_headers(message: &Message<'_>) -> Vec<(String, String)> {
         "list-id",
         "list-unsubscribe",
         "feedback-id",
+        "content-language",
     ];
     let raw = message.raw_message.as_ref();
     message
@@ -706,6 +709,17 @@ fn classification_headers(message: &Message<'_>) -> Vec<(String, String)> {
             (h.name.as_str().to_owned(), value)
         })
         .collect()
+}
+
+/// The first tag of `Content-Language` (RFC 3282), the sender's mail
+/// program's language: a hint for the customer-service rules. Only a
+/// well-formed tag is kept, so a hostile header adds nothing.
+fn content_language(headers: &[(String, String)]) -> Option<String> {
+    let (_, value) = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-language"))?;
+    let tag = value.split([',', ';', ' ']).next()?.trim();
+    omni_model::is_language_tag(tag).then(|| tag.to_owned())
 }
 
 /// `s` cut to at most `max` bytes on a character boundary, and whether it
@@ -737,5 +751,21 @@ mod header_tests {
         assert_eq!(header_message_id(b"Message-ID: <a b@c>\r\n"), None);
         assert_eq!(header_message_id(b"\r\n"), None);
         assert_eq!(header_message_id(b""), None);
+    }
+
+    #[test]
+    fn content_language_is_the_event_language_when_well_formed() {
+        let parse = |headers: &str| {
+            let raw = format!("From: a@example.com\r\n{headers}Subject: x\r\n\r\nbody\r\n");
+            parse_message(raw.as_bytes(), "c", Timestamp::default(), &ParseLimits::DEFAULT)
+                .unwrap()
+                .event
+                .language
+        };
+        assert_eq!(parse("Content-Language: fa-IR\r\n"), "fa-IR");
+        assert_eq!(parse("Content-Language: de, en\r\n"), "de");
+        assert_eq!(parse(""), "", "no header, no language");
+        assert_eq!(parse("Content-Language: <script>\r\n"), "");
+        assert_eq!(parse(&format!("Content-Language: {}\r\n", "a".repeat(40))), "");
     }
 }

@@ -66,6 +66,9 @@ pub(super) fn delivery_status(
         sender_identities: Vec::new(),
         attachment_stored: None,
         activity: None,
+        // The language the message was written in, as the outbound event
+        // says (an acknowledgement carries its template's language).
+        language: outbound.language.clone(),
     }
 }
 
