@@ -15,7 +15,7 @@ const HEADER: &str = "\
      `cargo run -p omni-docgen -- --write`. Do not edit by hand: the test
      `configuration_md_is_fresh` fails when this file and the code differ. -->
 
-Omnid reads two kinds of files:
+Omnid reads three kinds of files:
 
 - **`omnid.toml`**, the daemon's own settings (path from `--config` or
   `OMNID_CONFIG`, default `config/omnid.toml`). Every key can be overridden
@@ -26,6 +26,11 @@ Omnid reads two kinds of files:
   each with a unique `id` (1 to 64 lowercase letters, digits, `-` or `_`), a
   `kind`, and that kind's keys below. They are reloaded without a restart,
   all or nothing: one bad file keeps the previous set running.
+- **Rule files**, one customer-service rule set per TOML file in
+  `rules.dir` (tags, priority, acknowledgements, business hours, SLA
+  targets), reloaded like channel files; described in
+  [automation.md](automation.md), with a complete example in
+  `config/examples/rules.toml`.
 
 Unknown keys are errors everywhere, so a typo never silently falls back to
 a default. `omnid check-config` validates everything and names the file,

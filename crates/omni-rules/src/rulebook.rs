@@ -452,7 +452,7 @@ fn parse_file(ctx: &mut Ctx<'_>, text: &str) -> Option<RuleSetFile> {
         Ok(parsed) => Some(parsed),
         Err(error) => {
             let mut key = error.path().to_string();
-            let reason = error.inner().to_string();
+            let reason = error.inner().to_string().trim_end().to_owned();
             // At the top level an unknown key is reported at `.`; name it.
             if key == "."
                 && let Some(field) = reason

@@ -1,12 +1,12 @@
 //! The rule book through its public API: the example rule file shipped in
-//! `config/rules/`, realistic customer messages, and load errors.
+//! `config/examples/rules.toml`, realistic customer messages, and load errors.
 
 use omni_rules::{
     ChannelKind, ConversationState, Decision, Facts, Hours, Language, Priority, ReplyDecision,
     ResponseKind, RuleBook, SentAutoReply, SkipReason, SlaStatus, evaluate,
 };
 
-const EXAMPLE: &str = include_str!("../../../config/rules/example.toml");
+const EXAMPLE: &str = include_str!("../../../config/examples/rules.toml");
 
 fn book() -> RuleBook {
     RuleBook::compile([("example.toml", EXAMPLE)]).unwrap()

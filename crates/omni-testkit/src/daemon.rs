@@ -125,9 +125,10 @@ impl Deployment {
         deployment.write_channel(CHANNEL, &format!("id = \"{CHANNEL}\"\nkind = \"api\"\nsecret = {{ file = \"{}\" }}\ndefault_region = \"IR\"\n", deployment.path().join("secret").display()));
         deployment.write_config(
             &(format!(
-                "data_dir = \"{}\"\nshutdown_timeout_secs = 10\n[http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n[channels]\ndir = \"{}\"\nreload_interval_secs = 1\n[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n",
+                "data_dir = \"{}\"\nshutdown_timeout_secs = 10\n[http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n[channels]\ndir = \"{}\"\nreload_interval_secs = 1\n[rules]\ndir = \"{}\"\n[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n",
                 deployment.data_dir().display(),
-                deployment.channels_dir().display()
+                deployment.channels_dir().display(),
+                deployment.rules_dir().display()
             ) + extra),
         );
         deployment
@@ -161,6 +162,11 @@ impl Deployment {
     }
     pub fn channels_dir(&self) -> PathBuf {
         self.path().join("channels")
+    }
+    /// The deployment's `rules.dir`; created by the first
+    /// [`write_rules`](Self::write_rules).
+    pub fn rules_dir(&self) -> PathBuf {
+        self.path().join("rules")
     }
     pub fn data_dir(&self) -> PathBuf {
         self.path().join("data")
@@ -201,6 +207,11 @@ impl Deployment {
 
     pub fn write_channel(&self, name: &str, text: &str) {
         std::fs::write(self.channels_dir().join(format!("{name}.toml")), text).unwrap();
+    }
+
+    pub fn write_rules(&self, name: &str, text: &str) {
+        std::fs::create_dir_all(self.rules_dir()).unwrap();
+        std::fs::write(self.rules_dir().join(format!("{name}.toml")), text).unwrap();
     }
 
     /// `omnid --config <this deployment> <args>`, without the caller's

@@ -405,6 +405,8 @@ impl Overlay {
                     customer: c.customer.clone(),
                     open: c.open,
                     last_activity_ms: c.last_activity_ms,
+                    tags: c.tags.clone(),
+                    priority: c.priority,
                     ..old.clone()
                 },
                 None => c.clone(),

@@ -12,9 +12,10 @@ use std::future::Future;
 use omni_proto::Timestamp;
 use omni_proto::v1::{
     Attachment, AttachmentStored, ChannelKind, CloseConversation, Content, ConversationEvent,
-    ConversationState, Direction, EventKind, HandleKind, IdentityHandle, LinkIdentity,
-    MergeCustomers, ReopenConversation, SplitCustomer, ThreadingCommand, ThreadingHints,
-    UnlinkIdentity, threading_command::Command, timeline_event::Entry,
+    ConversationState, ConversationTriaged, Direction, EventKind, HandleKind, IdentityHandle,
+    LinkIdentity, MergeCustomers, Priority, ReopenConversation, SplitCustomer, ThreadingCommand,
+    ThreadingHints, TimelineEvent, UnlinkIdentity, threading_command::Command,
+    timeline_event::Entry,
 };
 
 use crate::{
@@ -1383,4 +1384,247 @@ pub async fn activities_never_open_conversations<S: ThreadingStore>(store: S) {
         *m2_opened && m2 != m1,
         "the next message opens a new conversation"
     );
+}
+
+/// A rule set covering the SMS channels `sms` and `sms-2`: refund requests
+/// are P1, a new conversation while another is open P2, urgent ones P2,
+/// anything else P3.
+fn triage_config() -> ThreadingConfig {
+    let book = omni_rules::RuleBook::compile([(
+        "support.toml",
+        r#"
+        name = "support"
+        time_zone = "Asia/Riyadh"
+        default_language = "ar"
+        default_priority = "P3"
+        channels = ["sms", "sms-2"]
+        [[rules]]
+        name = "refund"
+        match.keywords = ["*استرداد", "refund*"]
+        actions.tags = ["refund"]
+        actions.priority = "P1"
+        [[rules]]
+        name = "returning-open-issue"
+        match.conversation = ["new"]
+        match.other_open_conversations = true
+        actions.tags = ["returning-open"]
+        actions.priority = "P2"
+        [[rules]]
+        name = "urgent"
+        match.keywords = ["urgent"]
+        actions.tags = ["urgent"]
+        actions.priority = "P2"
+        "#,
+    )])
+    .expect("rule book compiles");
+    ThreadingConfig {
+        rules: std::sync::Arc::new(book),
+        ..ThreadingConfig::default()
+    }
+}
+
+/// A text message from the customer's phone on SMS channel `channel`.
+fn text_from(event_id: &str, channel: &str, text: &str, at: i64) -> InboundEvent {
+    let mut event = message(
+        event_id,
+        channel,
+        ChannelKind::Sms,
+        handle(HandleKind::Phone, "+14155550134", "", true),
+        at,
+    );
+    event.content = Some(Content {
+        text: text.to_owned(),
+        ..Default::default()
+    });
+    InboundEvent::new(event)
+}
+
+/// A refund request in Arabic as customers type it: alef with hamza
+/// below, diacritics, a tatweel, Arabic-Indic digits, and the article
+/// attached to the keyword.
+const ARABIC_REFUND: &str = "أُرِيدُ الإسْتِرْدَادَ للطلبيّة رقم ١٢٣ مـــن فضلك";
+
+/// The triage stream: one customer, two open conversations (one per SMS
+/// channel), and messages that change their tags and priority or not.
+/// The `triaged` entries it must write are in [`TRIAGED`].
+fn triage_stream() -> Vec<InboundEvent> {
+    vec![
+        // Opens the first conversation: the default priority.
+        text_from("tr-1", "sms", "Hello, my parcel is late", 0),
+        // Opens a second one while the first is open.
+        text_from("tr-2", "sms-2", ARABIC_REFUND, 60),
+        // Matches nothing.
+        text_from("tr-3", "sms-2", "شكرا", 120),
+        // A provider's retry.
+        text_from("tr-2", "sms-2", ARABIC_REFUND, 60),
+        // A new tag; P2 does not lower P1.
+        text_from("tr-4", "sms-2", "urgent please", 180),
+        // Raises the first conversation from P3 to P2.
+        text_from("tr-5", "sms", "urgent, where is it?", 240),
+        // Nothing new for either conversation: their tags and priority
+        // were stored.
+        text_from("tr-6", "sms-2", "urgent: refund!", 300),
+        text_from("tr-7", "sms", "URGENT", 360),
+    ]
+}
+
+/// The `triaged` entries of [`triage_stream`]: event id, tags, priority.
+const TRIAGED: [(&str, &[&str], Priority); 4] = [
+    ("tr-1", &[], Priority::P3),
+    ("tr-2", &["refund", "returning-open"], Priority::P1),
+    (
+        "tr-4",
+        &["refund", "returning-open", "urgent"],
+        Priority::P1,
+    ),
+    ("tr-5", &["urgent"], Priority::P2),
+];
+
+fn triaged_of(rows: &[OutboxRow]) -> Vec<(&TimelineEvent, &ConversationTriaged)> {
+    rows.iter()
+        .filter_map(|r| match &r.event.entry {
+            Some(Entry::Triaged(t)) => Some((&r.event, t)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the `triaged` entries of `rows` are those of [`TRIAGED`], each
+/// right after its message, in its conversation.
+fn assert_triaged(rows: &[OutboxRow]) {
+    let triaged = triaged_of(rows);
+    let summary: Vec<(&str, Vec<&str>, i32)> = triaged
+        .iter()
+        .map(|(_, t)| {
+            (
+                t.event_id.as_str(),
+                t.tags.iter().map(String::as_str).collect(),
+                t.priority,
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, Vec<&str>, i32)> = TRIAGED
+        .iter()
+        .map(|(id, tags, priority)| (*id, tags.to_vec(), *priority as i32))
+        .collect();
+    assert_eq!(summary, expected, "triaged entries");
+    for (entry, t) in triaged {
+        let at = rows
+            .iter()
+            .position(|r| r.event == *entry)
+            .expect("entry in rows");
+        let before = &rows[at.checked_sub(1).expect("an entry before")].event;
+        assert_eq!(before.timeline_event_id, t.event_id, "the message first");
+        assert_eq!(before.sequence + 1, entry.sequence);
+        assert_eq!(before.conversation_id, entry.conversation_id);
+        assert_eq!(
+            entry.timeline_event_id,
+            crate::ids::timeline_entry_id(
+                &t.event_id,
+                &format!("triage\u{0}{}", entry.conversation_id)
+            )
+        );
+        assert_eq!(t.rule_set, "support");
+    }
+}
+
+/// Customer-service rules on the timeline: an Arabic refund request
+/// (letter variants and diacritics folded) from a customer with another
+/// open conversation is tagged and made P1 in a `triaged` entry right
+/// after the message; a message that changes nothing and a retried event
+/// write none; later matches add their tags to the stored ones and raise
+/// but never lower the priority; the timeline query shows the entries;
+/// and replaying the stream into an empty store (in one batch) writes
+/// identical entries, ids included.
+pub async fn rules_triage_conversations<S, F, Fut>(make: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = triage_config();
+    let events = triage_stream();
+    let store = make().await;
+    let mut outcomes = Vec::new();
+    for input in &events {
+        outcomes.push(store.thread(&config, input).await.expect("thread event"));
+    }
+    assert_eq!(outcomes[3], Outcome::Duplicate, "the retry");
+    let customer = customer_of(&outcomes[0]);
+    let first_conversation = conversation_of(&outcomes[0]);
+    let refund_conversation = conversation_of(&outcomes[1]);
+    assert_ne!(first_conversation, refund_conversation);
+    for (i, conversation) in [
+        (2, &refund_conversation),
+        (4, &refund_conversation),
+        (5, &first_conversation),
+        (6, &refund_conversation),
+        (7, &first_conversation),
+    ] {
+        assert_eq!(&conversation_of(&outcomes[i]), conversation, "event {i}");
+    }
+
+    let rows = drain(&store).await;
+    assert_gapless(&rows, &customer);
+    assert_eq!(
+        messages(&rows),
+        ["tr-1", "tr-2", "tr-3", "tr-4", "tr-5", "tr-6", "tr-7"]
+    );
+    assert_triaged(&rows);
+    let triaged = triaged_of(&rows);
+    let (refund_entry, refund) = triaged[1];
+    assert_eq!(refund_entry.conversation_id, refund_conversation);
+    assert_eq!(refund.matched_rules, ["refund", "returning-open-issue"]);
+    assert_eq!(refund.language, "ar");
+    let (_, urgent) = triaged[2];
+    assert_eq!(urgent.matched_rules, ["urgent"]);
+
+    let page = store
+        .timeline(&customer, None, 100)
+        .await
+        .expect("timeline");
+    assert_eq!(page.entries, rows, "the query shows the same entries");
+
+    let replay = make().await;
+    let results = replay
+        .thread_batch(&config, &events)
+        .await
+        .expect("replay batch");
+    let replayed: Vec<Outcome> = results
+        .into_iter()
+        .map(|r| r.expect("replayed event"))
+        .collect();
+    assert_eq!(replayed, outcomes, "the same outcomes");
+    let entries = |rows: Vec<OutboxRow>| -> Vec<TimelineEvent> {
+        rows.into_iter().map(|r| r.event).collect()
+    };
+    assert_eq!(
+        entries(drain(&replay).await),
+        entries(rows),
+        "a replay writes identical entries"
+    );
+}
+
+/// A conversation's tags and priority outlive the store: threaded half
+/// before a restart and half after, the stream writes the same `triaged`
+/// entries (after the restart, a message that adds nothing writes none,
+/// and a new match adds to the stored tags).
+pub async fn triage_survives_reopening<S, F, Fut>(open: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = triage_config();
+    let events = triage_stream();
+    let first = open().await;
+    for input in &events[..2] {
+        first.thread(&config, input).await.expect("thread event");
+    }
+    drop(first);
+    let second = open().await;
+    for input in &events[2..] {
+        second.thread(&config, input).await.expect("thread event");
+    }
+    assert_triaged(&drain(&second).await);
 }

@@ -8,15 +8,17 @@
 //! inside its transaction, calls [`plan`], and writes the plan back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use omni_model::proto::kind_from_proto;
 use omni_model::{Handle, HandleKind};
 use omni_proto::v1::{
     Attachment, AttachmentStoredEntry, ChannelKind, ConversationEvent, ConversationState,
-    ConversationStateChanged, CustomersMerged, Direction, EventKind, IdentityHandle,
-    IdentityLinkChanged, MessageEntry, TimelineEvent, timeline_event::Entry,
+    ConversationStateChanged, ConversationTriaged, CustomersMerged, Direction, EventKind,
+    IdentityHandle, IdentityLinkChanged, MessageEntry, TimelineEvent, timeline_event::Entry,
 };
+use omni_rules::{Priority, RuleBook};
 
 use crate::error::ThreadingError;
 use crate::ids::{CustomerId, HandleKey, conversation_id, timeline_entry_id};
@@ -39,6 +41,14 @@ pub struct ThreadingConfig {
     /// form behind the business's own login). Empty by default: trusting a
     /// claim lets whoever typed it read that customer's history.
     pub trusted_claim_channels: HashSet<String>,
+    /// The customer-service rules (`config/rules/`). Each inbound customer
+    /// message on a channel a rule set covers is evaluated while it is
+    /// threaded, and its conversation's tags and priority follow (tags add
+    /// up, the priority only rises). The default, empty book covers no
+    /// channel: threading then writes exactly what it writes without
+    /// rules. Shared, because the daemon swaps whole books on reload and
+    /// hands each batch the book of the moment.
+    pub rules: Arc<RuleBook>,
 }
 
 impl Default for ThreadingConfig {
@@ -48,6 +58,7 @@ impl Default for ThreadingConfig {
             default_idle_timeout: Duration::from_secs(24 * 3600),
             idle_timeouts: HashMap::new(),
             trusted_claim_channels: HashSet::new(),
+            rules: Arc::default(),
         }
     }
 }
@@ -118,6 +129,44 @@ pub struct Conversation {
     pub open: bool,
     /// Time of its latest message, in ms since the epoch (event time).
     pub last_activity_ms: i64,
+    /// Tags the customer-service rules gave it, in the order first given
+    /// (without duplicates, compared without regard to ASCII case). Only
+    /// ever grows. Absent from journals written before rules ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The most urgent priority the rules gave any of its messages; `None`
+    /// until a rule set covered one. Only ever rises.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "priority_text"
+    )]
+    pub priority: Option<Priority>,
+}
+
+/// A conversation's priority in the embedded store's journal: its rule
+/// file name (`"P1"`), which stays stable whatever the enum's layout.
+mod priority_text {
+    use omni_rules::Priority;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(
+        priority: &Option<Priority>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match priority {
+            Some(p) => serializer.serialize_some(p.as_str()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Priority>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| Priority::parse(&text).map_err(D::Error::custom))
+            .transpose()
+    }
 }
 
 /// The state an event touches, loaded by a store inside its transaction.
@@ -188,6 +237,12 @@ pub struct Plan {
     pub timeline: Vec<TimelineEvent>,
     /// The customer's next sequence number after this plan.
     pub next_sequence: u64,
+    /// What the customer-service rules decided about the message: `None`
+    /// unless it is an inbound customer message on a channel a rule set
+    /// covers. Its tags and priority are already in `conversations` (and
+    /// a `triaged` entry in `timeline` when they changed); the rest
+    /// (acknowledgement, auto-reply, SLA deadline) is for the caller.
+    pub automation: Option<omni_rules::Decision>,
 }
 
 /// The result of threading one event.
@@ -556,6 +611,7 @@ pub fn plan_with(
             conversation_id,
             timeline,
             next_sequence: sequence,
+            automation: None,
         })));
     }
     let opened = chosen.is_none();
@@ -570,9 +626,12 @@ pub fn plan_with(
             subject: hints.normalized_subject.clone(),
             open: true,
             last_activity_ms: now,
+            tags: Vec::new(),
+            priority: None,
         },
     };
-    if !conversation.open {
+    let reopened = !conversation.open;
+    if reopened {
         conversation.open = true;
         push(
             timeline_entry_id(&event.event_id, &format!("reopen\u{0}{}", conversation.id)),
@@ -587,7 +646,17 @@ pub fn plan_with(
     }
     conversation.customer = survivor.clone();
     conversation.last_activity_ms = conversation.last_activity_ms.max(now);
-    let other_open: Vec<String> = if opened {
+    // The rules only look at what a customer wrote: not at our replies
+    // or their statuses, edits (the original was evaluated), file updates
+    // or activities; and only where a rule set covers the channel, so an
+    // empty book costs nothing.
+    let channel_kind = ChannelKind::try_from(event.channel_kind).unwrap_or_default();
+    let rules_apply = is_customer_message(event)
+        && config
+            .rules
+            .rule_set_for(&event.channel_id, channel_kind)
+            .is_some();
+    let other_open: Vec<String> = if opened || rules_apply {
         let closed: HashSet<&str> = writes.iter().map(|c| c.id.as_str()).collect();
         let mut ids: Vec<String> = snapshot
             .conversations
@@ -602,6 +671,21 @@ pub fn plan_with(
     } else {
         Vec::new()
     };
+    let (automation, triaged) = if rules_apply {
+        let state = if opened {
+            omni_rules::ConversationState::New
+        } else if reopened {
+            omni_rules::ConversationState::Reopened
+        } else {
+            omni_rules::ConversationState::Ongoing
+        };
+        let other_open = u32::try_from(other_open.len()).unwrap_or(u32::MAX);
+        let decision = evaluate_message(&config.rules, event, &conversation, state, other_open);
+        let triaged = triage(&mut conversation, &event.event_id, &decision);
+        (Some(decision), triaged)
+    } else {
+        (None, None)
+    };
     let conversation_id = conversation.id.clone();
     push(
         event.event_id.clone(),
@@ -609,10 +693,18 @@ pub fn plan_with(
         Entry::Message(MessageEntry {
             event: Some(event.clone()),
             opened_conversation: opened,
-            other_open_conversation_ids: other_open,
+            other_open_conversation_ids: if opened { other_open } else { Vec::new() },
         }),
         &mut timeline,
     );
+    if let Some(triaged) = triaged {
+        push(
+            timeline_entry_id(&event.event_id, &format!("triage\u{0}{conversation_id}")),
+            &conversation_id,
+            Entry::Triaged(triaged),
+            &mut timeline,
+        );
+    }
     writes.push(conversation);
 
     Ok(Decision::Threaded(Box::new(Plan {
@@ -626,7 +718,121 @@ pub fn plan_with(
         conversation_id,
         timeline,
         next_sequence: sequence,
+        automation,
     })))
+}
+
+/// Whether the customer-service rules look at `event`: a new message from
+/// the customer.
+fn is_customer_message(event: &ConversationEvent) -> bool {
+    event.kind == EventKind::Message as i32 && event.direction == Direction::Inbound as i32
+}
+
+/// Keys of `provider_metadata` the email channel sets to `"true"` for mail
+/// a machine sent (an automatic reply, a bounce, bulk mail; from the
+/// `Auto-Submitted`, `Precedence`, `List-Id`, ... headers).
+const AUTOMATED_KEYS: [&str; 3] = ["auto_reply", "bounce", "bulk"];
+
+/// Whether the event says a machine sent it.
+fn is_automated(event: &ConversationEvent) -> bool {
+    AUTOMATED_KEYS.iter().any(|key| {
+        event
+            .provider_metadata
+            .get(*key)
+            .is_some_and(|v| v == "true")
+    })
+}
+
+/// Evaluates the rules for an inbound customer message placed in
+/// `conversation`. The text matched is the subject (if any) and what the
+/// customer wrote this time, without the quoted earlier messages: a
+/// keyword deep in a quoted thread is not what they ask now.
+fn evaluate_message(
+    rules: &RuleBook,
+    event: &ConversationEvent,
+    conversation: &Conversation,
+    state: omni_rules::ConversationState,
+    other_open_conversations: u32,
+) -> omni_rules::Decision {
+    let content = event.content.as_ref();
+    let body = content.map_or("", |c| {
+        if c.new_text.is_empty() {
+            &c.text
+        } else {
+            &c.new_text
+        }
+    });
+    let subject = content.map_or("", |c| c.subject.as_str());
+    let with_subject;
+    let text = if subject.is_empty() {
+        body
+    } else {
+        with_subject = format!("{subject}\n{body}");
+        &with_subject
+    };
+    rules.evaluate(&omni_rules::Facts {
+        channel_id: &event.channel_id,
+        channel_kind: ChannelKind::try_from(event.channel_kind).unwrap_or_default(),
+        conversation_ref: &conversation.id,
+        conversation: state,
+        other_open_conversations,
+        event_time_ms: event_time_ms(event),
+        text,
+        // What the channel says (Telegram's `language_code`, a page's
+        // `lang`) beats detection from the text.
+        language_hint: (!event.language.is_empty()).then_some(event.language.as_str()),
+        automated: is_automated(event),
+        ..omni_rules::Facts::default()
+    })
+}
+
+/// Applies a decision's tags and priority to `conversation`: tags add up
+/// (the conversation's first, then new ones in the rules' order) and the
+/// priority only rises (the more urgent of the two). The entry to write
+/// when either changed; `None` when no rule set covered the message or
+/// nothing changed.
+fn triage(
+    conversation: &mut Conversation,
+    event_id: &str,
+    decision: &omni_rules::Decision,
+) -> Option<ConversationTriaged> {
+    let rule_set = decision.rule_set.as_ref()?;
+    let mut changed = false;
+    for tag in &decision.tags {
+        if !conversation
+            .tags
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(tag))
+        {
+            conversation.tags.push(tag.clone());
+            changed = true;
+        }
+    }
+    let priority = conversation
+        .priority
+        .map_or(decision.priority, |p| p.most_urgent(decision.priority));
+    if conversation.priority != Some(priority) {
+        conversation.priority = Some(priority);
+        changed = true;
+    }
+    changed.then(|| ConversationTriaged {
+        event_id: event_id.to_owned(),
+        tags: conversation.tags.clone(),
+        priority: priority_to_proto(priority) as i32,
+        rule_set: rule_set.clone(),
+        matched_rules: decision.matched_rules.clone(),
+        language: decision.language.as_str().to_owned(),
+    })
+}
+
+/// A rules priority as the stream's enum.
+fn priority_to_proto(priority: Priority) -> omni_proto::v1::Priority {
+    match priority {
+        Priority::P1 => omni_proto::v1::Priority::P1,
+        Priority::P2 => omni_proto::v1::Priority::P2,
+        Priority::P3 => omni_proto::v1::Priority::P3,
+        Priority::P4 => omni_proto::v1::Priority::P4,
+    }
 }
 
 /// Places an attachment update in its message's conversation, on the
@@ -673,6 +879,7 @@ fn plan_attachment(
         conversation_id: conversation.id.clone(),
         timeline: vec![entry],
         next_sequence: sequence + 1,
+        automation: None,
     })))
 }
 
@@ -903,5 +1110,335 @@ mod tests {
             ),
             Err(ThreadingError::MissingCustomerHandle)
         ));
+    }
+
+    /// A rule set for the SMS channel `ch` only: refunds (in Arabic with
+    /// any attached prefix, or English) are P1, a new conversation while
+    /// another is open is P2, anything else the default P3.
+    fn rules() -> Arc<RuleBook> {
+        let book = RuleBook::compile([(
+            "support.toml",
+            r#"
+            name = "support"
+            time_zone = "Asia/Riyadh"
+            default_language = "ar"
+            default_priority = "P3"
+            channels = ["ch"]
+            [[rules]]
+            name = "refund"
+            match.keywords = ["*استرداد", "refund*"]
+            actions.tags = ["refund"]
+            actions.priority = "P1"
+            [[rules]]
+            name = "returning-open-issue"
+            match.conversation = ["new"]
+            match.other_open_conversations = true
+            actions.tags = ["returning-open"]
+            actions.priority = "P2"
+            [[rules]]
+            name = "reopened"
+            match.conversation = ["reopened"]
+            actions.tags = ["Reopened"]
+            [[rules]]
+            name = "slow"
+            match.keywords = ["slow", "refund*"]
+            actions.tags = ["REFUND", "slow"]
+            actions.priority = "P4"
+            "#,
+        )])
+        .unwrap();
+        Arc::new(book)
+    }
+
+    fn with_rules() -> ThreadingConfig {
+        ThreadingConfig {
+            rules: rules(),
+            ..Default::default()
+        }
+    }
+
+    fn saying(mut event: ConversationEvent, text: &str) -> ConversationEvent {
+        event.content = Some(omni_proto::v1::Content {
+            text: text.into(),
+            ..Default::default()
+        });
+        event
+    }
+
+    fn triaged_entries(plan: &Plan) -> Vec<(&TimelineEvent, &ConversationTriaged)> {
+        plan.timeline
+            .iter()
+            .filter_map(|t| match &t.entry {
+                Some(Entry::Triaged(triaged)) => Some((t, triaged)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn conversation_in(plan: &Plan) -> &Conversation {
+        plan.conversations
+            .iter()
+            .find(|c| c.id == plan.conversation_id)
+            .expect("the message's conversation is written")
+    }
+
+    #[test]
+    fn rules_tag_and_raise_priority_and_never_lower_it() {
+        let config = with_rules();
+        // Alef with hamza, diacritics, tatweel and Arabic-Indic digits.
+        let refund = "أُرِيدُ الإسْتِرْدَادَ لطلبيّة رقم ١٢٣";
+        let first = InboundEvent::new(saying(event("a", ChannelKind::Sms, phone(true), 0), refund));
+        let p1 = threaded(plan(&config, &first, &Snapshot::default()).unwrap());
+        let [(entry, triaged)] = triaged_entries(&p1)[..] else {
+            panic!("one triaged entry: {:?}", p1.timeline)
+        };
+        // A new customer: its link, the message, then the triage.
+        let [.., message, last] = &p1.timeline[..] else {
+            panic!("{:?}", p1.timeline)
+        };
+        assert!(matches!(message.entry, Some(Entry::Message(_))));
+        assert_eq!(last, entry, "right after the message");
+        assert_eq!(entry.sequence, message.sequence + 1);
+        assert_eq!(entry.conversation_id, p1.conversation_id);
+        assert_eq!(
+            entry.timeline_event_id,
+            timeline_entry_id("a", &format!("triage\u{0}{}", p1.conversation_id))
+        );
+        assert_eq!(triaged.event_id, "a");
+        assert_eq!(triaged.tags, ["refund"]);
+        assert_eq!(triaged.priority, omni_proto::v1::Priority::P1 as i32);
+        assert_eq!(triaged.rule_set, "support");
+        assert_eq!(triaged.matched_rules, ["refund"]);
+        assert_eq!(triaged.language, "ar");
+        let conversation = conversation_in(&p1);
+        assert_eq!(conversation.tags, ["refund"]);
+        assert_eq!(conversation.priority, Some(Priority::P1));
+        let automation = p1.automation.as_ref().expect("the decision");
+        assert_eq!(automation.priority, Priority::P1);
+
+        // Nothing matches: the default P3 does not lower P1, no entry.
+        let key = lookups(&first).unwrap().handles[0].clone();
+        let second = saying(event("b", ChannelKind::Sms, phone(true), 30), "شكرا");
+        let p2 = threaded(plan(&config, &InboundEvent::new(second), &after(&p1, &key)).unwrap());
+        assert!(triaged_entries(&p2).is_empty(), "{:?}", p2.timeline);
+        assert_eq!(p2.timeline.len(), 1, "the message alone");
+        assert_eq!(conversation_in(&p2).priority, Some(Priority::P1));
+        assert_eq!(conversation_in(&p2).tags, ["refund"]);
+        assert_eq!(p2.automation.as_ref().unwrap().priority, Priority::P3);
+
+        // A new tag is added after the others; P4 does not lower P1.
+        let third = saying(event("c", ChannelKind::Sms, phone(true), 60), "slow!");
+        let p3 = threaded(plan(&config, &InboundEvent::new(third), &after(&p2, &key)).unwrap());
+        let [(_, triaged)] = triaged_entries(&p3)[..] else {
+            panic!("one triaged entry: {:?}", p3.timeline)
+        };
+        assert_eq!(triaged.tags, ["refund", "slow"]);
+        assert_eq!(triaged.priority, omni_proto::v1::Priority::P1 as i32);
+        assert_eq!(triaged.matched_rules, ["slow"]);
+
+        // The same tags again, in another case, are no news.
+        let fourth = saying(
+            event("d", ChannelKind::Sms, phone(true), 90),
+            "Refund, SLOW",
+        );
+        let p4 = threaded(plan(&config, &InboundEvent::new(fourth), &after(&p3, &key)).unwrap());
+        assert_eq!(
+            p4.automation.as_ref().unwrap().matched_rules,
+            ["refund", "slow"]
+        );
+        assert!(triaged_entries(&p4).is_empty(), "{:?}", p4.timeline);
+    }
+
+    #[test]
+    fn a_new_conversation_gets_the_default_priority_and_the_open_ones_count() {
+        let config = ThreadingConfig {
+            idle_timeouts: [("ch".to_owned(), Duration::from_secs(60))].into(),
+            ..with_rules()
+        };
+        let first = InboundEvent::new(saying(event("a", ChannelKind::Sms, phone(true), 0), "hi"));
+        let p1 = threaded(plan(&config, &first, &Snapshot::default()).unwrap());
+        let [(_, triaged)] = triaged_entries(&p1)[..] else {
+            panic!("one triaged entry: {:?}", p1.timeline)
+        };
+        assert!(triaged.tags.is_empty());
+        assert!(triaged.matched_rules.is_empty());
+        assert_eq!(triaged.priority, omni_proto::v1::Priority::P3 as i32);
+
+        // Another conversation of the customer is open (on an email
+        // channel): the next one counts it.
+        let key = lookups(&first).unwrap().handles[0].clone();
+        let mut snapshot = after(&p1, &key);
+        snapshot.conversations.push(Conversation {
+            id: "mail-conv".into(),
+            customer: p1.customer.clone(),
+            channel_id: "mail".into(),
+            thread_key: String::new(),
+            email: true,
+            subject: "x".into(),
+            open: true,
+            last_activity_ms: 0,
+            tags: Vec::new(),
+            priority: None,
+        });
+        // Idle past the timeout: the chat conversation closes and a new
+        // one opens; the closed one does not count, the email one does.
+        let later = saying(
+            event("b", ChannelKind::Sms, phone(true), 500),
+            "hello again",
+        );
+        let p2 = threaded(plan(&config, &InboundEvent::new(later), &snapshot).unwrap());
+        assert_ne!(p2.conversation_id, p1.conversation_id);
+        let [(_, triaged)] = triaged_entries(&p2)[..] else {
+            panic!("one triaged entry: {:?}", p2.timeline)
+        };
+        assert_eq!(triaged.tags, ["returning-open"]);
+        assert_eq!(triaged.matched_rules, ["returning-open-issue"]);
+        assert_eq!(triaged.priority, omni_proto::v1::Priority::P2 as i32);
+    }
+
+    #[test]
+    fn a_reopened_email_conversation_is_evaluated_as_reopened() {
+        let config = with_rules();
+        let sender = IdentityHandle {
+            kind: P::Email as i32,
+            value: "ana@example.com".into(),
+            ..Default::default()
+        };
+        let mut reply = saying(event("b", ChannelKind::Email, sender, 100), "hello");
+        reply.threading = Some(ThreadingHints {
+            in_reply_to: vec!["m1@x".into()],
+            ..Default::default()
+        });
+        let reply = InboundEvent::new(reply);
+        let key = lookups(&reply).unwrap().handles[0].clone();
+        let customer = CustomerId::for_handle(&key);
+        let closed = Conversation {
+            id: "conv".into(),
+            customer: customer.clone(),
+            channel_id: "ch".into(),
+            thread_key: String::new(),
+            email: true,
+            subject: String::new(),
+            open: false,
+            last_activity_ms: 0,
+            tags: vec!["reopened".into()],
+            priority: Some(Priority::P2),
+        };
+        let snapshot = Snapshot {
+            owners: [(
+                key,
+                HandleOwner {
+                    customer: customer.clone(),
+                    confirmed: false,
+                },
+            )]
+            .into(),
+            next_sequence: [(customer, 5)].into(),
+            conversations: vec![closed],
+            message_refs: [("m1@x".to_owned(), "conv".to_owned())].into(),
+            ..Default::default()
+        };
+        let p = threaded(plan(&config, &reply, &snapshot).unwrap());
+        assert_eq!(p.conversation_id, "conv");
+        assert!(matches!(
+            p.automation.as_ref().map(|d| d.matched_rules.as_slice()),
+            Some([rule]) if rule == "reopened"
+        ));
+        // "Reopened" is the tag it had (ASCII case aside), P3 is below
+        // P2: nothing changes.
+        assert!(triaged_entries(&p).is_empty(), "{:?}", p.timeline);
+        assert_eq!(conversation_in(&p).tags, ["reopened"]);
+        assert_eq!(conversation_in(&p).priority, Some(Priority::P2));
+    }
+
+    #[test]
+    fn only_inbound_customer_messages_on_covered_channels_are_evaluated() {
+        let config = with_rules();
+        let refund = |id: &str, channel: &str| {
+            let mut e = saying(event(id, ChannelKind::Sms, phone(true), 0), "refund now");
+            e.channel_id = channel.into();
+            e
+        };
+        let mut outbound = refund("out", "ch");
+        outbound.direction = Direction::Outbound as i32;
+        outbound.recipients = vec![phone(true)];
+        let mut edit = refund("edit", "ch");
+        edit.kind = EventKind::Edit as i32;
+        let mut activity = refund("act", "ch");
+        activity.kind = EventKind::Activity as i32;
+        let mut status = refund("status", "ch");
+        status.kind = EventKind::DeliveryStatus as i32;
+        for e in [
+            outbound,
+            edit,
+            activity,
+            status,
+            refund("elsewhere", "other"),
+        ] {
+            let input = InboundEvent::new(e);
+            let with = threaded(plan(&config, &input, &Snapshot::default()).unwrap());
+            let without =
+                threaded(plan(&ThreadingConfig::default(), &input, &Snapshot::default()).unwrap());
+            assert_eq!(with, without, "{}", input.event.event_id);
+            assert!(with.automation.is_none());
+            assert!(
+                with.conversations
+                    .iter()
+                    .all(|c| c.tags.is_empty() && c.priority.is_none())
+            );
+        }
+    }
+
+    #[test]
+    fn the_channel_language_hint_and_email_classification_reach_the_rules() {
+        let config = with_rules();
+        let mut e = saying(
+            event("a", ChannelKind::Sms, phone(true), 0),
+            "refund please",
+        );
+        e.language = "fa-IR".into();
+        e.provider_metadata
+            .insert("auto_reply".into(), "true".into());
+        let p = threaded(plan(&config, &InboundEvent::new(e), &Snapshot::default()).unwrap());
+        let [(_, triaged)] = triaged_entries(&p)[..] else {
+            panic!("one triaged entry: {:?}", p.timeline)
+        };
+        assert_eq!(triaged.language, "fa");
+        let automation = p.automation.as_ref().unwrap();
+        assert_eq!(
+            automation.auto_reply,
+            omni_rules::ReplyDecision::Skip(omni_rules::SkipReason::Automated)
+        );
+        // Automated or not, a refund is tagged: tags say what it is about.
+        assert_eq!(triaged.tags, ["refund", "slow"]);
+    }
+
+    #[test]
+    fn conversations_of_older_journals_decode_without_rules_state() {
+        let old = concat!(
+            r#"{"id":"c","customer":"x","channel_id":"ch","thread_key":"","#,
+            r#""email":false,"subject":"","open":true,"last_activity_ms":5}"#
+        );
+        let c: Conversation = serde_json::from_str(old).unwrap();
+        assert!(c.tags.is_empty());
+        assert_eq!(c.priority, None);
+        // Without rules state a conversation serializes as before.
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
+        let triaged = Conversation {
+            tags: vec!["refund".into()],
+            priority: Some(Priority::P1),
+            ..c
+        };
+        let json = serde_json::to_string(&triaged).unwrap();
+        assert!(
+            json.ends_with(r#""tags":["refund"],"priority":"P1"}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Conversation>(&json).unwrap(),
+            triaged
+        );
+        let bad = json.replace("P1", "P7");
+        assert!(serde_json::from_str::<Conversation>(&bad).is_err());
     }
 }

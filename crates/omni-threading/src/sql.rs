@@ -7,7 +7,9 @@
 //! the threading state in tables, as the PostgreSQL store does: one
 //! transaction per batch that several workers can run at once. (The
 //! embedded store keeps its state in memory with a journal instead, see
-//! `crate::state`; the statements here stay portable anyway.)
+//! `crate::state`; the statements here stay portable anyway, except for
+//! the conversations' `tags`, a PostgreSQL array so operators can query
+//! them with `ANY`.)
 
 /// Attempts before [`crate::StoreError::Contention`]: conflicts only happen
 /// while another worker writes the same customer, so a few retries settle.
@@ -171,7 +173,8 @@ macro_rules! sql_store {
                     Self::lock_customers(tx, &ids, overlay).await?;
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                         last_activity_ms FROM conversations WHERE (open OR email) AND customer_id IN (",
+                         last_activity_ms, tags, priority FROM conversations \
+                         WHERE (open OR email) AND customer_id IN (",
                     );
                     let mut list = q.separated(", ");
                     for id in &ids {
@@ -214,7 +217,7 @@ macro_rules! sql_store {
                 for ids in $crate::batch::key_chunks(&missing) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                         last_activity_ms FROM conversations WHERE id IN (",
+                         last_activity_ms, tags, priority FROM conversations WHERE id IN (",
                     );
                     let mut list = q.separated(", ");
                     for id in &ids {
@@ -374,7 +377,7 @@ macro_rules! sql_store {
                 use $crate::error::DbContext as _;
                 let row = sqlx::query(
                     "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                     last_activity_ms FROM conversations WHERE id = $1",
+                     last_activity_ms, tags, priority FROM conversations WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&mut **tx)
@@ -399,6 +402,16 @@ macro_rules! sql_store {
                     subject: r.try_get(5).ctx("decoding conversation")?,
                     open: r.try_get(6).ctx("decoding conversation")?,
                     last_activity_ms: r.try_get(7).ctx("decoding conversation")?,
+                    tags: r.try_get(8).ctx("decoding conversation")?,
+                    priority: r
+                        .try_get::<Option<String>, _>(9)
+                        .ctx("decoding conversation")?
+                        .map(|text| {
+                            omni_rules::Priority::parse(&text)
+                                .map_err(|e| sqlx::Error::Decode(e.into()))
+                                .ctx("decoding conversation priority")
+                        })
+                        .transpose()?,
                 })
             }
 
@@ -431,7 +444,8 @@ macro_rules! sql_store {
                     snapshot.next_sequence.insert(customer.clone(), next);
                     let rows = sqlx::query(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                         last_activity_ms FROM conversations WHERE customer_id = $1 \
+                         last_activity_ms, tags, priority FROM conversations \
+                         WHERE customer_id = $1 \
                          AND (open OR (email AND subject = $2 AND subject <> ''))",
                     )
                     .bind(customer.as_str())
@@ -524,9 +538,11 @@ macro_rules! sql_store {
                 for c in &plan.conversations {
                     sqlx::query(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
-                         subject, open, last_activity_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         subject, open, last_activity_ms, tags, priority) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                          ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
-                         open = excluded.open, last_activity_ms = excluded.last_activity_ms",
+                         open = excluded.open, last_activity_ms = excluded.last_activity_ms, \
+                         tags = excluded.tags, priority = excluded.priority",
                     )
                     .bind(&c.id)
                     .bind(c.customer.as_str())
@@ -536,6 +552,8 @@ macro_rules! sql_store {
                     .bind(&c.subject)
                     .bind(c.open)
                     .bind(c.last_activity_ms)
+                    .bind(&c.tags)
+                    .bind(c.priority.map(omni_rules::Priority::as_str))
                     .execute(&mut **tx)
                     .await
                     .ctx("writing conversation")?;
@@ -841,7 +859,7 @@ macro_rules! sql_store {
                 for rows in $crate::batch::row_chunks(&run.conversations) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
-                         subject, open, last_activity_ms) ",
+                         subject, open, last_activity_ms, tags, priority) ",
                     );
                     q.push_values(rows, |mut b, c| {
                         b.push_bind(c.id.clone())
@@ -851,11 +869,14 @@ macro_rules! sql_store {
                             .push_bind(c.email)
                             .push_bind(c.subject.clone())
                             .push_bind(c.open)
-                            .push_bind(c.last_activity_ms);
+                            .push_bind(c.last_activity_ms)
+                            .push_bind(c.tags.clone())
+                            .push_bind(c.priority.map(omni_rules::Priority::as_str));
                     });
                     q.push(
                         " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
-                         open = excluded.open, last_activity_ms = excluded.last_activity_ms",
+                         open = excluded.open, last_activity_ms = excluded.last_activity_ms, \
+                         tags = excluded.tags, priority = excluded.priority",
                     );
                     q.build()
                         .execute(&mut **tx)

@@ -777,6 +777,9 @@ async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(
             subject: r.try_get(5).map_err(decode)?,
             open: r.try_get(6).map_err(decode)?,
             last_activity_ms: r.try_get(7).map_err(decode)?,
+            // Versions that kept conversations in this table ran no rules.
+            tags: Vec::new(),
+            priority: None,
         }));
     }
     for r in sqlx::query("SELECT message_id, customer_id, conversation_id FROM message_refs")

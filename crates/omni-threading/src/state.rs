@@ -124,13 +124,15 @@ impl State {
                 );
             }
             // INSERT ... ON CONFLICT (id) DO UPDATE SET customer_id, open,
-            // last_activity_ms (the rest is kept).
+            // last_activity_ms, tags, priority (the rest is kept).
             Write::Conversation(c) => {
                 let old_customer = match self.conversations.get_mut(&c.id) {
                     Some(old) => {
                         let was = std::mem::replace(&mut old.customer, c.customer.clone());
                         old.open = c.open;
                         old.last_activity_ms = c.last_activity_ms;
+                        old.tags.clone_from(&c.tags);
+                        old.priority = c.priority;
                         Some(was)
                     }
                     None => {
@@ -621,6 +623,8 @@ mod tests {
             subject: "hello".into(),
             open: true,
             last_activity_ms: 1,
+            tags: Vec::new(),
+            priority: None,
         }
     }
 

@@ -7,6 +7,8 @@
 //! tests fail, saying so: a silent pass would hide the production backend
 //! going untested.
 
+mod support;
+
 use std::future::Future;
 use std::str::FromStr as _;
 use std::sync::Mutex;
@@ -115,17 +117,7 @@ macro_rules! single_store_cases {
     )*};
 }
 
-single_store_cases!(
-    email_sms_telegram_become_one_customer,
-    unverified_claim_is_only_a_suggestion,
-    duplicates_are_dropped,
-    outbox_publishes_in_order_exactly_once,
-    commands_close_and_reopen_conversations,
-    commands_link_merge_split_unlink,
-    lease_has_one_holder,
-    attachment_updates_fill_in_their_message,
-    activities_never_open_conversations,
-);
+support::with_single_store_cases!(single_store_cases! {});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merges_are_order_independent() {
@@ -152,6 +144,20 @@ async fn state_survives_reopening() {
     run(|s| async move {
         let schema = s.create().await;
         contract::state_survives_reopening(|| s.store(&schema)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_triage_conversations() {
+    run(|s| async move { contract::rules_triage_conversations(|| s.fresh()).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triage_survives_reopening() {
+    run(|s| async move {
+        let schema = s.create().await;
+        contract::triage_survives_reopening(|| s.store(&schema)).await;
     })
     .await;
 }

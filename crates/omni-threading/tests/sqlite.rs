@@ -1,5 +1,7 @@
 //! The store contract against SQLite files in a temporary directory.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -79,18 +81,7 @@ macro_rules! contract_cases {
         mod $module {
             use super::*;
 
-            single_store_cases!(
-                $options;
-                email_sms_telegram_become_one_customer,
-                unverified_claim_is_only_a_suggestion,
-                duplicates_are_dropped,
-                outbox_publishes_in_order_exactly_once,
-                commands_close_and_reopen_conversations,
-                commands_link_merge_split_unlink,
-                lease_has_one_holder,
-                attachment_updates_fill_in_their_message,
-                activities_never_open_conversations,
-            );
+            crate::support::with_single_store_cases!(single_store_cases! { $options; });
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn merges_are_order_independent() {
@@ -397,5 +388,24 @@ async fn a_rewritten_journal_keeps_the_state() {
     {
         Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 23),
         Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+}
+
+/// The rules' tags and priority, as the daemon runs the store and with a
+/// snapshot (and a journal rewritten as a dump) after every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_triage_conversations() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        contract::rules_triage_conversations(|| files.fresh()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triage_survives_reopening() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        let path = files.fresh_path();
+        contract::triage_survives_reopening(|| files.open(&path)).await;
     }
 }

@@ -109,7 +109,7 @@ impl LiveChannels {
 /// A fingerprint of the directory listing (names, sizes, modification
 /// times), to notice edits cheaply between reloads.
 pub fn directory_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut stamp: Vec<_> = channel_files(dir)
+    let mut stamp: Vec<_> = toml_files(dir)
         .unwrap_or_default()
         .into_iter()
         .map(|path| {
@@ -123,7 +123,8 @@ pub fn directory_stamp(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::Syste
     stamp
 }
 
-fn channel_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The `*.toml` files of a directory, sorted: channel files and rule files.
+pub(crate) fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -182,7 +183,7 @@ pub fn load(
         }]
     };
     let files =
-        channel_files(dir).map_err(|e| dir_error(format!("cannot read channel directory: {e}")))?;
+        toml_files(dir).map_err(|e| dir_error(format!("cannot read channel directory: {e}")))?;
     let by_kind: HashMap<&str, &dyn ConnectorFactory> =
         factories.iter().map(|f| (f.kind(), f.as_ref())).collect();
 

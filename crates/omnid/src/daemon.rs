@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, auth, channels, event_log,
-    events::{ChannelsReloaded, ReloadMetrics},
-    media, outbound, retention, seen_prune, server,
+    events::{ChannelsReloaded, ReloadMetrics, RulesNameUnknownChannels, RulesReloaded},
+    media, outbound, retention, rules, seen_prune, server,
     settings::{Settings, Topics},
     sink, supervisor, threading,
 };
@@ -80,11 +80,20 @@ impl Daemon {
         };
         let initial = channels::load(&settings.channels.dir, &factories, &wiring, None)
             .map_err(Error::Channels)?;
-        let reloads = ReloadMetrics::register();
+        let reloads = ReloadMetrics::register("channels");
         emit!(ChannelsReloaded {
             channels: initial.len(),
             error: None,
         } => &reloads);
+        let book = rules::load(&settings.rules.dir).map_err(Error::Rules)?;
+        let rule_reloads = ReloadMetrics::register("rules");
+        emit!(RulesReloaded {
+            rule_sets: book.rule_sets().len(),
+            rules: rules::rule_count(&book),
+            error: None,
+        } => &rule_reloads);
+        warn_unknown_channels(&book, &initial);
+        let rules = rules::Rules::new(book);
 
         let shutdown = CancellationToken::new();
         let seen_pruner = seen_prune::start(&settings, state_store, &shutdown);
@@ -132,6 +141,7 @@ impl Daemon {
             log.clone(),
             wiring.sender.clone(),
             threading_store,
+            rules.clone(),
             &shutdown,
         );
         // The consumers this daemon runs: retention never removes what they
@@ -160,7 +170,11 @@ impl Daemon {
             wiring,
             state.clone(),
             runners,
-            reloads,
+            Reloadable {
+                channels: reloads,
+                rules: rules.clone(),
+                rule_reloads,
+            },
             shutdown.clone(),
         ));
 
@@ -277,23 +291,33 @@ async fn wait_for_signal() {
     }
 }
 
-/// Reloads channel files when the directory changes (polled) or on SIGHUP.
-/// A rejected reload keeps the previous channels running.
+/// What the reload loop keeps current besides the channels.
+struct Reloadable {
+    channels: ReloadMetrics,
+    rules: rules::Rules,
+    rule_reloads: ReloadMetrics,
+}
+
+/// Reloads channel files and rule files when their directory changes
+/// (polled) or on SIGHUP. Each kind is all or nothing on its own: a
+/// rejected reload keeps the previous channels, or the previous rules.
 async fn reload_loop(
     settings: Settings,
     factories: Vec<Box<dyn ConnectorFactory>>,
     wiring: channels::Wiring,
     state: server::AppState,
     mut runners: supervisor::Supervisor,
-    reloads: ReloadMetrics,
+    reloadable: Reloadable,
     shutdown: CancellationToken,
 ) -> supervisor::Supervisor {
     use tokio::signal::unix::{SignalKind, signal};
     let dir = settings.channels.dir.clone();
+    let rules_dir = settings.rules.dir.clone();
     let mut hangup = signal(SignalKind::hangup()).ok();
     let interval = Duration::from_secs(settings.channels.reload_interval_secs.max(1));
     let polling = settings.channels.reload_interval_secs > 0;
     let mut stamp = channels::directory_stamp(&dir);
+    let mut rules_stamp = channels::directory_stamp(&rules_dir);
     loop {
         let forced = tokio::select! {
             _ = shutdown.cancelled() => return runners,
@@ -301,32 +325,90 @@ async fn reload_loop(
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         let current = channels::directory_stamp(&dir);
-        if !forced && current == stamp {
-            continue;
+        if forced || current != stamp {
+            stamp = current;
+            reload_channels(
+                &dir,
+                &factories,
+                &wiring,
+                &state,
+                &mut runners,
+                &reloadable.channels,
+                forced,
+                &shutdown,
+            );
         }
-        stamp = current;
-        let previous = state.channels();
-        let reuse = if forced {
-            None
-        } else {
-            Some(previous.as_ref())
-        };
-        match channels::load(&dir, &factories, &wiring, reuse) {
-            Ok(loaded) => {
-                emit!(ChannelsReloaded {
-                    channels: loaded.len(),
-                    error: None,
-                } => &reloads);
-                runners.sync(&loaded, &shutdown);
-                state.replace_channels(loaded);
-            }
-            Err(errors) => {
-                let text: Vec<_> = errors.iter().map(ToString::to_string).collect();
-                emit!(ChannelsReloaded {
-                    channels: previous.len(),
-                    error: Some(&text.join("; ")),
-                } => &reloads);
+        let current = channels::directory_stamp(&rules_dir);
+        if forced || current != rules_stamp {
+            rules_stamp = current;
+            match rules::load(&rules_dir) {
+                Ok(book) => {
+                    emit!(RulesReloaded {
+                        rule_sets: book.rule_sets().len(),
+                        rules: rules::rule_count(&book),
+                        error: None,
+                    } => &reloadable.rule_reloads);
+                    warn_unknown_channels(&book, &state.channels());
+                    reloadable.rules.replace(book);
+                }
+                Err(errors) => {
+                    let text: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                    emit!(RulesReloaded {
+                        rule_sets: reloadable.rules.current().rule_sets().len(),
+                        rules: rules::rule_count(&reloadable.rules.current()),
+                        error: Some(&text.join("; ")),
+                    } => &reloadable.rule_reloads);
+                }
             }
         }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reload_channels(
+    dir: &std::path::Path,
+    factories: &[Box<dyn ConnectorFactory>],
+    wiring: &channels::Wiring,
+    state: &server::AppState,
+    runners: &mut supervisor::Supervisor,
+    reloads: &ReloadMetrics,
+    forced: bool,
+    shutdown: &CancellationToken,
+) {
+    let previous = state.channels();
+    let reuse = if forced {
+        None
+    } else {
+        Some(previous.as_ref())
+    };
+    match channels::load(dir, factories, wiring, reuse) {
+        Ok(loaded) => {
+            emit!(ChannelsReloaded {
+                channels: loaded.len(),
+                error: None,
+            } => reloads);
+            runners.sync(&loaded, shutdown);
+            state.replace_channels(loaded);
+        }
+        Err(errors) => {
+            let text: Vec<_> = errors.iter().map(ToString::to_string).collect();
+            emit!(ChannelsReloaded {
+                channels: previous.len(),
+                error: Some(&text.join("; ")),
+            } => reloads);
+        }
+    }
+}
+
+/// Rules naming channels that are not configured never match; `omnid
+/// check-config` refuses them, the running daemon only warns (see
+/// [`RulesNameUnknownChannels`]).
+fn warn_unknown_channels(book: &omni_rules::RuleBook, channels: &channels::ChannelSet) {
+    let unknown = book.unknown_channels(|id| channels.contains_key(id));
+    if !unknown.is_empty() {
+        let text: Vec<_> = unknown.iter().map(ToString::to_string).collect();
+        emit!(RulesNameUnknownChannels {
+            problems: &text.join("; "),
+        });
     }
 }

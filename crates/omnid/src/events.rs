@@ -336,7 +336,8 @@ impl InternalEvent for LogRetentionFailed<'_> {
     }
 }
 
-/// Pre-registered `omnid_config_reloads_total` counters, one per result.
+/// Pre-registered `omnid_config_reloads_total` counters of one kind of
+/// file (`channels`, `rules`), one per result.
 #[derive(Debug, Clone)]
 pub(crate) struct ReloadMetrics {
     ok: Counter,
@@ -344,10 +345,10 @@ pub(crate) struct ReloadMetrics {
 }
 
 impl ReloadMetrics {
-    pub(crate) fn register() -> Self {
+    pub(crate) fn register(files: &'static str) -> Self {
         Self {
-            ok: counter!(names::CONFIG_RELOADS_TOTAL, "result" => "ok"),
-            error: counter!(names::CONFIG_RELOADS_TOTAL, "result" => "error"),
+            ok: counter!(names::CONFIG_RELOADS_TOTAL, "files" => files, "result" => "ok"),
+            error: counter!(names::CONFIG_RELOADS_TOTAL, "files" => files, "result" => "error"),
         }
     }
 }
@@ -376,6 +377,54 @@ impl InternalEvent for ChannelsReloaded<'_> {
                 );
             }
         }
+    }
+}
+
+/// Rule files were (re)loaded, or a reload was refused.
+#[derive(Debug)]
+pub(crate) struct RulesReloaded<'a> {
+    pub rule_sets: usize,
+    pub rules: usize,
+    pub error: Option<&'a str>,
+}
+
+impl InternalEvent for RulesReloaded<'_> {
+    type Handles = ReloadMetrics;
+
+    fn emit(self, metrics: &ReloadMetrics) {
+        match self.error {
+            None => {
+                metrics.ok.increment(1);
+                info!(
+                    rule_sets = self.rule_sets,
+                    rules = self.rules,
+                    "rule files loaded"
+                );
+            }
+            Some(error) => {
+                metrics.error.increment(1);
+                error!(error, "rule files rejected, keeping the previous rules");
+            }
+        }
+    }
+}
+
+/// Rules name a channel no channel file defines: they never match until
+/// it exists. A warning, not a refusal, because channels and rules are
+/// reloaded apart and removing a channel must not stop its rules' siblings.
+#[derive(Debug)]
+pub(crate) struct RulesNameUnknownChannels<'a> {
+    pub problems: &'a str,
+}
+
+impl InternalEvent for RulesNameUnknownChannels<'_> {
+    type Handles = ();
+
+    fn emit(self, _: &()) {
+        warn!(
+            problems = self.problems,
+            "rule files name channels that are not configured"
+        );
     }
 }
 
@@ -947,16 +996,33 @@ mod tests {
     #[test]
     fn reloads_count_by_result() {
         let capture = Capture::default();
-        let reloads = metrics::with_local_recorder(&capture, ReloadMetrics::register);
-        emit!(ChannelsReloaded { channels: 2, error: None } => &reloads);
-        emit!(ChannelsReloaded { channels: 2, error: Some("bad.toml: key `kind`") } => &reloads);
-        emit!(ChannelsReloaded { channels: 3, error: None } => &reloads);
+        let (channels, rules) = metrics::with_local_recorder(&capture, || {
+            (
+                ReloadMetrics::register("channels"),
+                ReloadMetrics::register("rules"),
+            )
+        });
+        emit!(ChannelsReloaded { channels: 2, error: None } => &channels);
+        emit!(ChannelsReloaded { channels: 2, error: Some("bad.toml: key `kind`") } => &channels);
+        emit!(ChannelsReloaded { channels: 3, error: None } => &channels);
+        emit!(RulesReloaded { rule_sets: 1, rules: 4, error: Some("shop.toml: key `name`") } => &rules);
         assert_eq!(
             capture.series(),
             [
-                (r#"omnid_config_reloads_total{result="ok"}"#.to_owned(), 2),
                 (
-                    r#"omnid_config_reloads_total{result="error"}"#.to_owned(),
+                    r#"omnid_config_reloads_total{files="channels",result="ok"}"#.to_owned(),
+                    2
+                ),
+                (
+                    r#"omnid_config_reloads_total{files="channels",result="error"}"#.to_owned(),
+                    1
+                ),
+                (
+                    r#"omnid_config_reloads_total{files="rules",result="ok"}"#.to_owned(),
+                    0
+                ),
+                (
+                    r#"omnid_config_reloads_total{files="rules",result="error"}"#.to_owned(),
                     1
                 ),
             ]

@@ -15,6 +15,7 @@ mod listener;
 mod media;
 mod outbound;
 mod retention;
+pub mod rules;
 mod seen_prune;
 mod server;
 pub mod settings;
@@ -44,6 +45,9 @@ pub enum Error {
     /// Channel files: every problem found, each naming its file and key.
     #[error("invalid channel configuration:\n  {}", lines(.0))]
     Channels(Vec<ChannelFileError>),
+    /// Rule files: every problem found, each naming its file and key.
+    #[error("invalid rule files:\n  {}", lines(.0))]
+    Rules(Vec<omni_rules::RuleFileError>),
     /// Something the daemon opens or runs failed (the event log, a store,
     /// the listener, a command's output), with its causes.
     #[error("{0}")]
@@ -57,7 +61,7 @@ impl Error {
     }
 }
 
-fn lines(errors: &[ChannelFileError]) -> String {
+fn lines<E: std::fmt::Display>(errors: &[E]) -> String {
     let lines: Vec<_> = errors.iter().map(ToString::to_string).collect();
     lines.join("\n  ")
 }
@@ -72,13 +76,23 @@ impl EventSink for DiscardSink {
     }
 }
 
-/// `omnid check-config`: validates the daemon's config and every channel
-/// file with the kinds of `registry`, opening nothing. Returns each
-/// channel's id and kind.
+/// What `omnid check-config` found valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Each channel's id and kind.
+    pub channels: Vec<(String, String)>,
+    /// Each rule set's name and number of rules.
+    pub rule_sets: Vec<(String, usize)>,
+}
+
+/// `omnid check-config`: validates the daemon's config, every channel file
+/// with the kinds of `registry`, and every rule file (including that the
+/// channels rules name exist), opening nothing. Channel files are checked
+/// first: rules are only checked against a valid set of channels.
 pub fn check_config(
     config: &Path,
     registry: &[Box<dyn ConnectorFactory>],
-) -> Result<Vec<(String, String)>, Error> {
+) -> Result<Checked, Error> {
     let settings = Settings::load(config)?;
     let wiring = channels::Wiring {
         sender: EventSender::new(Arc::new(DiscardSink)),
@@ -89,10 +103,22 @@ pub fn check_config(
     };
     let channels =
         channels::load(&settings.channels.dir, registry, &wiring, None).map_err(Error::Channels)?;
-    Ok(channels
-        .into_values()
-        .map(|channel| (channel.id, channel.kind))
-        .collect())
+    let book = rules::load(&settings.rules.dir).map_err(Error::Rules)?;
+    let unknown = book.unknown_channels(|id| channels.contains_key(id));
+    if !unknown.is_empty() {
+        return Err(Error::Rules(unknown));
+    }
+    Ok(Checked {
+        channels: channels
+            .into_values()
+            .map(|channel| (channel.id, channel.kind))
+            .collect(),
+        rule_sets: book
+            .rule_sets()
+            .iter()
+            .map(|set| (set.name().to_owned(), set.rule_names().count()))
+            .collect(),
+    })
 }
 
 /// `omnid tail`: prints a topic's records as JSON lines.
@@ -124,7 +150,11 @@ mod tests {
         let config = dir.path().join("omnid.toml");
         std::fs::write(
             &config,
-            format!("[channels]\ndir = \"{}\"\n", channels.display()),
+            format!(
+                "[channels]\ndir = \"{}\"\n[rules]\ndir = \"{}\"\n",
+                channels.display(),
+                dir.path().join("rules").display()
+            ),
         )
         .unwrap();
         (dir, config)
@@ -134,8 +164,9 @@ mod tests {
     fn check_config_lists_the_channels_or_every_problem() {
         let (_dir, config) =
             deployment("id = \"shop\"\nkind = \"api\"\nsecret = { file = \"$DIR/secret\" }\n");
-        let channels = check_config(&config, &channels::registry()).unwrap();
-        assert_eq!(channels, [("shop".to_owned(), "api".to_owned())]);
+        let checked = check_config(&config, &channels::registry()).unwrap();
+        assert_eq!(checked.channels, [("shop".to_owned(), "api".to_owned())]);
+        assert!(checked.rule_sets.is_empty());
 
         let (_dir, config) = deployment("id = \"shop\"\nkind = \"api\"\nsecrt = 1\n");
         let Err(Error::Channels(errors)) = check_config(&config, &channels::registry()) else {
@@ -148,5 +179,44 @@ mod tests {
         std::fs::write(&config, "[log]\nbackend = \"kafak\"\n").unwrap();
         let error = check_config(&config, &channels::registry()).unwrap_err();
         assert!(matches!(error, Error::Settings(_)), "{error}");
+    }
+
+    #[test]
+    fn check_config_lists_the_rule_sets_or_names_file_key_and_reason() {
+        let (dir, config) =
+            deployment("id = \"shop\"\nkind = \"api\"\nsecret = { file = \"$DIR/secret\" }\n");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        let set = |channel: &str| {
+            format!(
+                "name = \"support\"\ntime_zone = \"Asia/Tehran\"\ndefault_language = \"fa\"\nchannels = [\"{channel}\"]\n\
+                 [[rules]]\nname = \"refunds\"\nmatch.keywords = [\"refund\"]\nactions.tags = [\"refund\"]\n"
+            )
+        };
+        std::fs::write(rules.join("support.toml"), set("shop")).unwrap();
+        let checked = check_config(&config, &channels::registry()).unwrap();
+        assert_eq!(checked.rule_sets, [("support".to_owned(), 1)]);
+
+        std::fs::write(rules.join("support.toml"), set("shoop")).unwrap();
+        let Err(Error::Rules(errors)) = check_config(&config, &channels::registry()) else {
+            panic!("rules naming an unknown channel are refused");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].file.ends_with("support.toml"), "{}", errors[0]);
+        assert_eq!(errors[0].key, "channels[0]");
+        assert!(errors[0].reason.contains("shoop"), "{}", errors[0]);
+
+        std::fs::write(
+            rules.join("support.toml"),
+            set("shop").replace(
+                "time_zone = \"Asia/Tehran\"",
+                "time_zone = \"Asia/Teheran\"",
+            ),
+        )
+        .unwrap();
+        let Err(Error::Rules(errors)) = check_config(&config, &channels::registry()) else {
+            panic!("a bad time zone is refused");
+        };
+        assert_eq!(errors[0].key, "time_zone", "{}", errors[0]);
     }
 }

@@ -79,8 +79,9 @@ fn main() -> ExitCode {
 /// Prints `ok: ...` and every channel, or one line per problem.
 fn check_config(config: &std::path::Path) -> ExitCode {
     match omnid::check_config(config, &omnid::channels::registry()) {
-        Ok(channels) => {
-            let ids: Vec<_> = channels
+        Ok(checked) => {
+            let ids: Vec<_> = checked
+                .channels
                 .iter()
                 .map(|(id, kind)| format!("{id} ({kind})"))
                 .collect();
@@ -90,9 +91,23 @@ fn check_config(config: &std::path::Path) -> ExitCode {
                 ids.len(),
                 ids.join(", ")
             );
+            let sets: Vec<_> = checked
+                .rule_sets
+                .iter()
+                .map(|(name, rules)| format!("{name} ({rules} rules)"))
+                .collect();
+            if !sets.is_empty() {
+                println!("ok: {} rule set(s): {}", sets.len(), sets.join(", "));
+            }
             ExitCode::SUCCESS
         }
         Err(omnid::Error::Channels(errors)) => {
+            for error in &errors {
+                eprintln!("error: {error}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(omnid::Error::Rules(errors)) => {
             for error in &errors {
                 eprintln!("error: {error}");
             }

@@ -30,6 +30,8 @@ pub struct Settings {
     #[serde(default)]
     pub channels: ChannelSettings,
     #[serde(default)]
+    pub rules: RulesSettings,
+    #[serde(default)]
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub threading: ThreadingSettings,
@@ -438,6 +440,31 @@ pub struct ChannelSettings {
     pub reload_interval_secs: u64,
 }
 
+/// Customer-service rule files. They are reloaded with the channel files
+/// (same polling interval, and on SIGHUP), each kind of file all or
+/// nothing on its own: a broken rule file keeps the previous rules and
+/// does not hold back a channel edit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSettings {
+    /// Directory of rule files (`*.toml`, one rule set each). A directory
+    /// that does not exist holds no rules: automation is off.
+    #[serde(default = "default_rules_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for RulesSettings {
+    fn default() -> Self {
+        Self {
+            dir: default_rules_dir(),
+        }
+    }
+}
+
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("config/rules")
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
@@ -571,6 +598,8 @@ impl ThreadingSettings {
                 .map(|(channel, secs)| (channel.clone(), Duration::from_secs(*secs)))
                 .collect(),
             trusted_claim_channels: self.trusted_claim_channels.iter().cloned().collect(),
+            // The daemon's rule files, set per batch by the worker.
+            rules: Default::default(),
         }
     }
 }

@@ -78,6 +78,7 @@ pub(crate) fn start(
     log: Arc<dyn EventLog>,
     sender: EventSender,
     store: Store,
+    rules: crate::rules::Rules,
     shutdown: &CancellationToken,
 ) -> Threading {
     let worker_stop = shutdown.child_token();
@@ -113,6 +114,7 @@ pub(crate) fn start(
         topic: topics.inbound.clone(),
         store: store.shared(),
         config: settings.threading.config(),
+        rules,
         sender,
         metrics: metrics.clone(),
         wake: wake.clone(),

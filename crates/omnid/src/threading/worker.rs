@@ -33,6 +33,9 @@ pub(super) struct Worker {
     pub topic: String,
     pub store: Arc<dyn ThreadingStore>,
     pub config: ThreadingConfig,
+    /// The customer-service rules, current as of each batch: a reload
+    /// takes effect from the next batch, never inside one.
+    pub rules: crate::rules::Rules,
     pub sender: EventSender,
     pub metrics: ThreadingMetrics,
     pub wake: Arc<Notify>,
@@ -105,9 +108,13 @@ impl Worker {
             return Ok(());
         }
         let inputs: Vec<InboundEvent> = threadable.iter().map(|(_, i)| i.clone()).collect();
+        let config = ThreadingConfig {
+            rules: self.rules.current(),
+            ..self.config.clone()
+        };
         let mut backoff = Backoff::default();
         let outcomes = loop {
-            match self.store.thread_batch(&self.config, &inputs).await {
+            match self.store.thread_batch(&config, &inputs).await {
                 Ok(outcomes) => break outcomes,
                 Err(error) => {
                     let wait = backoff.next();
