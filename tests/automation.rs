@@ -322,20 +322,7 @@ async fn rules_tag_and_prioritise_conversations_on_the_timeline_and_reloads_appl
     assert_eq!(refund["eventId"], entries[2]["message"]["event"]["eventId"]);
 
     // `omnid timeline` prints the same entries.
-    let output = deployment
-        .command(&["timeline", "phone:+989121234567"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let printed = deployment.timeline("phone:+989121234567");
     assert_eq!(triaged(&printed), triaged(&entries));
 
     // An edited rule file applies to the next message without a restart.

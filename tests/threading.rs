@@ -237,20 +237,7 @@ async fn one_person_across_handles(deployment: &Deployment) {
     assert_eq!(anonymous.status(), 401);
 
     // The CLI prints the same timeline.
-    let output = deployment
-        .command(&["timeline", "email:ana@example.com"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let printed = deployment.timeline("email:ana@example.com");
     assert_eq!(printed, entries);
 
     // The timeline topic: keyed by customer, CloudEvents headers, every

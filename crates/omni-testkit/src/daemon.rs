@@ -285,19 +285,27 @@ impl Deployment {
 
     /// Every record of a topic, through `omnid tail`.
     pub fn tail(&self, topic: &str) -> Vec<serde_json::Value> {
-        let output = self
-            .command(&["tail", "--topic", topic])
-            .output()
-            .expect("run omnid tail");
+        self.json_lines(&["tail", "--topic", topic])
+    }
+
+    /// A customer's timeline (`kind:value` of one of their handles),
+    /// through `omnid timeline`.
+    pub fn timeline(&self, handle: &str) -> Vec<serde_json::Value> {
+        self.json_lines(&["timeline", handle])
+    }
+
+    /// What an `omnid` command printed, one JSON value per line.
+    fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let output = self.command(args).output().expect("run omnid");
         assert!(
             output.status.success(),
-            "omnid tail failed: {}",
+            "omnid {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout)
             .unwrap()
             .lines()
-            .map(|line| serde_json::from_str(line).expect("tail prints JSON lines"))
+            .map(|line| serde_json::from_str(line).expect("omnid prints JSON lines"))
             .collect()
     }
 }

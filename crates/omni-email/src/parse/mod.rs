@@ -757,15 +757,23 @@ mod header_tests {
     fn content_language_is_the_event_language_when_well_formed() {
         let parse = |headers: &str| {
             let raw = format!("From: a@example.com\r\n{headers}Subject: x\r\n\r\nbody\r\n");
-            parse_message(raw.as_bytes(), "c", Timestamp::default(), &ParseLimits::DEFAULT)
-                .unwrap()
-                .event
-                .language
+            parse_message(
+                raw.as_bytes(),
+                "c",
+                Timestamp::default(),
+                &ParseLimits::DEFAULT,
+            )
+            .unwrap()
+            .event
+            .language
         };
         assert_eq!(parse("Content-Language: fa-IR\r\n"), "fa-IR");
         assert_eq!(parse("Content-Language: de, en\r\n"), "de");
         assert_eq!(parse(""), "", "no header, no language");
         assert_eq!(parse("Content-Language: <script>\r\n"), "");
-        assert_eq!(parse(&format!("Content-Language: {}\r\n", "a".repeat(40))), "");
+        assert_eq!(
+            parse(&format!("Content-Language: {}\r\n", "a".repeat(40))),
+            ""
+        );
     }
 }
