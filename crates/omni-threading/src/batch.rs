@@ -407,6 +407,8 @@ impl Overlay {
                     last_activity_ms: c.last_activity_ms,
                     tags: c.tags.clone(),
                     priority: c.priority,
+                    last_acknowledgement_ms: c.last_acknowledgement_ms,
+                    auto_replies: c.auto_replies.clone(),
                     ..old.clone()
                 },
                 None => c.clone(),

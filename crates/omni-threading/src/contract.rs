@@ -1628,3 +1628,296 @@ where
     }
     assert_triaged(&drain(&second).await);
 }
+
+/// A rule book that acknowledges every customer message on SMS and email
+/// (once per conversation within 12 h) in Persian, Chinese or English,
+/// and answers shipping questions with a keyword auto-reply.
+fn replies_config() -> ThreadingConfig {
+    let book = omni_rules::RuleBook::compile([(
+        "replies.toml",
+        r#"
+        name = "replies"
+        time_zone = "UTC"
+        default_language = "en"
+        channel_kinds = ["sms", "email"]
+        [rate_limits]
+        acknowledgement_window = "12h"
+        auto_reply_window = "1h"
+        [templates.received]
+        fa = "پیام شما رسید؛ به زودی پاسخ می‌دهیم."
+        zh = "我们已收到您的消息，会尽快回复。"
+        en = "We got your message and will answer soon."
+        [templates.shipping]
+        fa = "سفارش‌ها ظرف دو روز ارسال می‌شوند."
+        en = "Orders ship within two days."
+        [[rules]]
+        name = "shipping-question"
+        match.keywords = ["shipping"]
+        actions.auto_reply = "shipping"
+        [[rules]]
+        name = "acknowledge"
+        actions.acknowledge = "received"
+        "#,
+    )])
+    .expect("rule book compiles");
+    ThreadingConfig {
+        rules: std::sync::Arc::new(book),
+        ..ThreadingConfig::default()
+    }
+}
+
+fn sms_saying(event_id: &str, phone: &str, text: &str, at: i64) -> ConversationEvent {
+    let mut event = sms_from(event_id, phone, at);
+    event.content = Some(Content {
+        text: text.to_owned(),
+        ..Default::default()
+    });
+    event
+}
+
+/// The replies stream: see [`automated_replies_are_sent_once`].
+fn replies_stream() -> Vec<InboundEvent> {
+    let mut mail = email_from("ar-mail", "ana@example.com", "m-1@mail.example", 40);
+    mail.content = Some(Content {
+        subject: "Order 7781".to_owned(),
+        text: "Where is my order?".to_owned(),
+        ..Default::default()
+    });
+    let mut bounce = email_from("ar-bounce", "mailer@example.net", "m-2@mail.example", 50);
+    bounce.content = mail.content.clone();
+    bounce
+        .provider_metadata
+        .insert("auto_reply".to_owned(), "true".to_owned());
+    let mut ours = sms_saying("ar-echo", "+14155550104", "We got your message", 60);
+    ours.provider_metadata
+        .insert("auto_acknowledgement".to_owned(), "true".to_owned());
+    [
+        sms_saying("ar-fa", "+14155550101", "سلام، پیام من را دریافت کردید؟", 0),
+        sms_saying("ar-fa-2", "+14155550101", "ممنون", 30),
+        sms_saying("ar-zh", "+14155550102", "你好，我的订单在哪里？", 10),
+        sms_saying("ar-ship", "+14155550103", "how much is shipping?", 20),
+        sms_saying("ar-fa", "+14155550101", "سلام، پیام من را دریافت کردید؟", 0),
+        mail,
+        bounce,
+        ours,
+    ]
+    .into_iter()
+    .map(InboundEvent::new)
+    .collect()
+}
+
+fn automated_replies_of(
+    rows: &[OutboxRow],
+) -> Vec<(&TimelineEvent, &omni_proto::v1::AutomatedReply)> {
+    rows.iter()
+        .filter_map(|r| match &r.event.entry {
+            Some(Entry::AutomatedReply(reply)) => Some((&r.event, reply)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the `automated_reply` entries of [`replies_stream`]: who got
+/// which reply, in which language, with which outbound message, each
+/// entry right after its message's entries.
+fn assert_automated_replies(rows: &[OutboxRow]) {
+    use omni_proto::v1::AutomatedReplyKind as Kind;
+    let replies = automated_replies_of(rows);
+    let summary: Vec<(&str, i32, &str, &str, &str)> = replies
+        .iter()
+        .map(|(_, r)| {
+            (
+                r.event_id.as_str(),
+                r.kind,
+                r.rule.as_str(),
+                r.template.as_str(),
+                r.language.as_str(),
+            )
+        })
+        .collect();
+    let ack = Kind::Acknowledgement as i32;
+    assert_eq!(
+        summary,
+        [
+            ("ar-fa", ack, "acknowledge", "received", "fa"),
+            ("ar-zh", ack, "acknowledge", "received", "zh"),
+            (
+                "ar-ship",
+                Kind::AutoReply as i32,
+                "shipping-question",
+                "shipping",
+                "en"
+            ),
+            ("ar-mail", ack, "acknowledge", "received", "en"),
+        ],
+        "automated replies"
+    );
+    let texts = [
+        "پیام شما رسید؛ به زودی پاسخ می‌دهیم.",
+        "我们已收到您的消息，会尽快回复。",
+        "Orders ship within two days.",
+        "We got your message and will answer soon.",
+    ];
+    for ((entry, reply), text) in replies.iter().zip(texts) {
+        let at = rows
+            .iter()
+            .position(|r| r.event == **entry)
+            .expect("entry in rows");
+        let message_at = rows
+            .iter()
+            .position(|r| r.event.timeline_event_id == reply.event_id)
+            .expect("the message's entry");
+        assert!(message_at < at);
+        for between in &rows[message_at + 1..at] {
+            assert!(
+                matches!(between.event.entry, Some(Entry::Triaged(_))),
+                "only the triage between the message and its reply"
+            );
+        }
+        assert_eq!(rows[at - 1].event.sequence + 1, entry.sequence);
+        assert_eq!(
+            rows[message_at].event.conversation_id,
+            entry.conversation_id
+        );
+        let kind = if reply.kind == ack {
+            "acknowledgement"
+        } else {
+            "auto-reply"
+        };
+        assert_eq!(
+            entry.timeline_event_id,
+            crate::ids::timeline_entry_id(&reply.event_id, &format!("automated-reply\u{0}{kind}"))
+        );
+        let trigger = trigger_of(rows, &reply.event_id);
+        let outbound = reply.outbound.as_ref().expect("the outbound message");
+        let key = format!("automation/{kind}/{}/{}", reply.rule, reply.event_id);
+        assert_eq!(outbound.provider_message_id, key);
+        assert_eq!(
+            outbound.event_id,
+            omni_model::event_id(&trigger.channel_id, &key).to_string()
+        );
+        assert_eq!(outbound.direction, Direction::Outbound as i32);
+        assert_eq!(outbound.kind, EventKind::Message as i32);
+        assert_eq!(outbound.channel_id, trigger.channel_id);
+        assert_eq!(outbound.channel_kind, trigger.channel_kind);
+        assert_eq!(outbound.recipients, [trigger.sender.clone().unwrap()]);
+        let content = outbound.content.as_ref().expect("content");
+        assert_eq!(content.text, text);
+        assert_eq!(outbound.language, reply.language);
+        assert_eq!(outbound.provider_metadata["auto_acknowledgement"], "true");
+        assert_eq!(outbound.provider_metadata["automation_rule"], reply.rule);
+        assert_eq!(outbound.ingested_at, trigger.received_at);
+        if trigger.channel_kind == ChannelKind::Email as i32 {
+            assert_eq!(content.subject, "Re: Order 7781");
+            let threading = outbound.threading.as_ref().expect("threading");
+            assert_eq!(threading.in_reply_to, ["m-1@mail.example"]);
+            assert_eq!(threading.references, ["m-1@mail.example"]);
+        } else {
+            assert_eq!(content.subject, "");
+        }
+    }
+}
+
+/// The customer message `event_id` as its timeline entry has it.
+fn trigger_of<'a>(rows: &'a [OutboxRow], event_id: &str) -> &'a ConversationEvent {
+    rows.iter()
+        .find_map(|r| match &r.event.entry {
+            Some(Entry::Message(m)) if r.event.timeline_event_id == event_id => m.event.as_ref(),
+            _ => None,
+        })
+        .expect("the message's entry")
+}
+
+/// Acknowledgements and keyword auto-replies on the timeline, with the
+/// message to send: a new conversation gets one acknowledgement in the
+/// customer's language (Persian, Chinese; the default, English, for an
+/// English email, with a `Re:` subject and the email's Message-ID as
+/// In-Reply-To); a second message within the acknowledgement window gets
+/// none; a keyword question gets the auto-reply instead of the
+/// acknowledgement; a retried event, a mail marked as an automatic reply
+/// and a message carrying `auto_acknowledgement` get none; and replaying
+/// the stream into an empty store (in one batch) writes identical entries
+/// and outbound event ids.
+pub async fn automated_replies_are_sent_once<S, F, Fut>(make: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = replies_config();
+    let events = replies_stream();
+    let store = make().await;
+    let mut outcomes = Vec::new();
+    for input in &events {
+        outcomes.push(store.thread(&config, input).await.expect("thread event"));
+    }
+    assert_eq!(outcomes[4], Outcome::Duplicate, "the retry");
+    assert_eq!(
+        conversation_of(&outcomes[0]),
+        conversation_of(&outcomes[1]),
+        "the second message continues the conversation"
+    );
+    let rows = drain(&store).await;
+    assert_automated_replies(&rows);
+
+    let replay = make().await;
+    let replayed: Vec<Outcome> = replay
+        .thread_batch(&config, &events)
+        .await
+        .expect("replay batch")
+        .into_iter()
+        .map(|r| r.expect("replayed event"))
+        .collect();
+    assert_eq!(replayed, outcomes, "the same outcomes");
+    let entries = |rows: Vec<OutboxRow>| -> Vec<TimelineEvent> {
+        rows.into_iter().map(|r| r.event).collect()
+    };
+    assert_eq!(
+        entries(drain(&replay).await),
+        entries(rows),
+        "a replay writes identical entries, outbound messages included"
+    );
+}
+
+/// What the rate limits need outlives the store: a conversation
+/// acknowledged before a restart is not acknowledged again within the
+/// window after it, and an auto-reply is not repeated within its window.
+pub async fn automated_reply_limits_survive_reopening<S, F, Fut>(open: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = replies_config();
+    let first = open().await;
+    for input in [
+        sms_saying("lr-1", "+14155550201", "hello", 0),
+        sms_saying("lr-2", "+14155550202", "shipping?", 0),
+    ] {
+        first
+            .thread(&config, &InboundEvent::new(input))
+            .await
+            .expect("thread event");
+    }
+    assert_eq!(automated_replies_of(&drain(&first).await).len(), 2);
+    drop(first);
+    let second = open().await;
+    let before = drain(&second).await.len();
+    for input in [
+        sms_saying("lr-3", "+14155550201", "hello again", 60),
+        sms_saying("lr-4", "+14155550202", "shipping, again?", 60),
+    ] {
+        second
+            .thread(&config, &InboundEvent::new(input))
+            .await
+            .expect("thread event");
+    }
+    let rows = drain(&second).await;
+    assert!(rows.len() > before, "the messages are threaded");
+    assert_eq!(
+        automated_replies_of(&rows).len(),
+        2,
+        "no new reply after the restart: {:?}",
+        automated_replies_of(&rows)
+    );
+}

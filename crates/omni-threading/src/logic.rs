@@ -14,9 +14,10 @@ use std::time::Duration;
 use omni_model::proto::kind_from_proto;
 use omni_model::{Handle, HandleKind};
 use omni_proto::v1::{
-    Attachment, AttachmentStoredEntry, ChannelKind, ConversationEvent, ConversationState,
-    ConversationStateChanged, ConversationTriaged, CustomersMerged, Direction, EventKind,
-    IdentityHandle, IdentityLinkChanged, MessageEntry, TimelineEvent, timeline_event::Entry,
+    Attachment, AttachmentStoredEntry, AutomatedReply, AutomatedReplyKind, ChannelKind, Content,
+    ConversationEvent, ConversationState, ConversationStateChanged, ConversationTriaged,
+    CustomersMerged, Direction, EventKind, IdentityHandle, IdentityLinkChanged, MessageEntry,
+    ThreadingHints, TimelineEvent, timeline_event::Entry,
 };
 use omni_rules::{Priority, RuleBook};
 
@@ -142,6 +143,32 @@ pub struct Conversation {
         with = "priority_text"
     )]
     pub priority: Option<Priority>,
+    /// When the rules last sent this conversation an acknowledgement or an
+    /// auto-reply, which stands in for one (the customer message's event
+    /// time): `rate_limits.acknowledgement_window`
+    /// counts from it, and `customer_acknowledgements` counts the
+    /// customer's conversations acknowledged within `customer_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_acknowledgement_ms: Option<i64>,
+    /// The latest keyword auto-replies sent in this conversation, oldest
+    /// first, at most [`MAX_RECENT_AUTO_REPLIES`]: the same template is not
+    /// sent again within `rate_limits.auto_reply_window`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auto_replies: Vec<SentAutoReply>,
+}
+
+/// How many auto-replies a conversation remembers. A window's worth in
+/// practice (an auto-reply window is an hour by default, and one message
+/// gets at most one), while the row stays small.
+pub const MAX_RECENT_AUTO_REPLIES: usize = 16;
+
+/// A keyword auto-reply sent in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SentAutoReply {
+    /// The template sent.
+    pub template: String,
+    /// The customer message's event time, in ms since the epoch.
+    pub at_ms: i64,
 }
 
 /// A conversation's priority in the embedded store's journal: its rule
@@ -628,6 +655,8 @@ pub fn plan_with(
             last_activity_ms: now,
             tags: Vec::new(),
             priority: None,
+            last_acknowledgement_ms: None,
+            auto_replies: Vec::new(),
         },
     };
     let reopened = !conversation.open;
@@ -680,12 +709,35 @@ pub fn plan_with(
             omni_rules::ConversationState::Ongoing
         };
         let other_open = u32::try_from(other_open.len()).unwrap_or(u32::MAX);
-        let decision = evaluate_message(&config.rules, event, &conversation, state, other_open);
+        // The customer's acknowledged conversations among those loaded
+        // (this one as it stands before the message), once each.
+        let acknowledged: HashMap<&str, i64> = snapshot
+            .conversations
+            .iter()
+            .filter(mine)
+            .filter(|c| c.id != conversation.id)
+            .chain([&conversation])
+            .filter_map(|c| Some((c.id.as_str(), c.last_acknowledgement_ms?)))
+            .collect();
+        let mut customer_acknowledgements: Vec<i64> = acknowledged.into_values().collect();
+        customer_acknowledgements.sort_unstable();
+        let decision = evaluate_message(
+            &config.rules,
+            event,
+            &conversation,
+            state,
+            other_open,
+            &customer_acknowledgements,
+        );
         let triaged = triage(&mut conversation, &event.event_id, &decision);
         (Some(decision), triaged)
     } else {
         (None, None)
     };
+    let replies = automation
+        .as_ref()
+        .map(|decision| record_replies(&mut conversation, event, decision, now))
+        .unwrap_or_default();
     let conversation_id = conversation.id.clone();
     push(
         event.event_id.clone(),
@@ -702,6 +754,14 @@ pub fn plan_with(
             timeline_entry_id(&event.event_id, &format!("triage\u{0}{conversation_id}")),
             &conversation_id,
             Entry::Triaged(triaged),
+            &mut timeline,
+        );
+    }
+    for (name, reply) in replies {
+        push(
+            timeline_entry_id(&event.event_id, &format!("automated-reply\u{0}{name}")),
+            &conversation_id,
+            Entry::AutomatedReply(reply),
             &mut timeline,
         );
     }
@@ -731,7 +791,10 @@ fn is_customer_message(event: &ConversationEvent) -> bool {
 /// Keys of `provider_metadata` the email channel sets to `"true"` for mail
 /// a machine sent (an automatic reply, a bounce, bulk mail; from the
 /// `Auto-Submitted`, `Precedence`, `List-Id`, ... headers).
-const AUTOMATED_KEYS: [&str; 3] = ["auto_reply", "bounce", "bulk"];
+/// `auto_acknowledgement` is what our own automated replies carry (and
+/// what another Omnid, or a helpdesk marking its automatic answers, sends):
+/// answering one could start a loop between two automations.
+const AUTOMATED_KEYS: [&str; 4] = ["auto_reply", "bounce", "bulk", "auto_acknowledgement"];
 
 /// Whether the event says a machine sent it.
 fn is_automated(event: &ConversationEvent) -> bool {
@@ -753,6 +816,7 @@ fn evaluate_message(
     conversation: &Conversation,
     state: omni_rules::ConversationState,
     other_open_conversations: u32,
+    customer_acknowledgements_ms: &[i64],
 ) -> omni_rules::Decision {
     let content = event.content.as_ref();
     let body = content.map_or("", |c| {
@@ -782,8 +846,153 @@ fn evaluate_message(
         // `lang`) beats detection from the text.
         language_hint: (!event.language.is_empty()).then_some(event.language.as_str()),
         automated: is_automated(event),
+        last_acknowledgement_ms: conversation.last_acknowledgement_ms,
+        customer_acknowledgements_ms,
+        recent_auto_replies: &conversation
+            .auto_replies
+            .iter()
+            .map(|sent| omni_rules::SentAutoReply {
+                template: sent.template.clone(),
+                at_ms: sent.at_ms,
+            })
+            .collect::<Vec<_>>(),
         ..omni_rules::Facts::default()
     })
+}
+
+/// The replies `decision` sends, as timeline entries (the acknowledgement,
+/// then the auto-reply; the engine sends at most one of them), each with
+/// the name its ids derive from; records them on `conversation` so the
+/// rate limits see them.
+fn record_replies(
+    conversation: &mut Conversation,
+    event: &ConversationEvent,
+    decision: &omni_rules::Decision,
+    now_ms: i64,
+) -> Vec<(&'static str, AutomatedReply)> {
+    let mut replies = Vec::new();
+    if let Some(reply) = decision.acknowledgement.reply() {
+        conversation.last_acknowledgement_ms = Some(now_ms);
+        replies.push((
+            "acknowledgement",
+            automated_reply(event, AutomatedReplyKind::Acknowledgement, reply),
+        ));
+    }
+    if let Some(reply) = decision.auto_reply.reply() {
+        // It stands in for the acknowledgement (the engine sends none
+        // beside it), for the rate limits too: the customer's next
+        // message within the window is not acknowledged on top.
+        conversation.last_acknowledgement_ms = Some(now_ms);
+        conversation.auto_replies.push(SentAutoReply {
+            template: reply.template.clone(),
+            at_ms: now_ms,
+        });
+        let excess = conversation
+            .auto_replies
+            .len()
+            .saturating_sub(MAX_RECENT_AUTO_REPLIES);
+        conversation.auto_replies.drain(..excess);
+        replies.push((
+            "auto-reply",
+            automated_reply(event, AutomatedReplyKind::AutoReply, reply),
+        ));
+    }
+    replies
+}
+
+/// The name of a reply kind in ids (`provider_message_id`, entry ids).
+fn reply_kind_name(kind: AutomatedReplyKind) -> &'static str {
+    match kind {
+        AutomatedReplyKind::AutoReply => "auto-reply",
+        AutomatedReplyKind::Acknowledgement | AutomatedReplyKind::Unspecified => "acknowledgement",
+    }
+}
+
+/// The timeline entry of an automatic reply to `trigger`, with the
+/// outbound message to send. Everything in it derives from the trigger and
+/// the reply (times are the trigger's event time), so a replay builds the
+/// same bytes and the same outbound event id, which the outbound
+/// dispatcher sends once.
+fn automated_reply(
+    trigger: &ConversationEvent,
+    kind: AutomatedReplyKind,
+    reply: &omni_rules::Reply,
+) -> AutomatedReply {
+    let provider_message_id = format!(
+        "automation/{}/{}/{}",
+        reply_kind_name(kind),
+        reply.rule,
+        trigger.event_id
+    );
+    let email = trigger.channel_kind == ChannelKind::Email as i32;
+    let hints = trigger.threading.clone().unwrap_or_default();
+    let subject = trigger.content.as_ref().map_or("", |c| c.subject.trim());
+    let subject = if !email || subject.is_empty() {
+        String::new()
+    } else if subject
+        .get(..3)
+        .is_some_and(|re| re.eq_ignore_ascii_case("re:"))
+    {
+        subject.to_owned()
+    } else {
+        format!("Re: {subject}")
+    };
+    let threading = if email {
+        let mut references = hints.references.clone();
+        let mut in_reply_to = Vec::new();
+        if !hints.message_id.is_empty() {
+            in_reply_to.push(hints.message_id.clone());
+            references.push(hints.message_id.clone());
+        }
+        ThreadingHints {
+            in_reply_to,
+            references,
+            normalized_subject: hints.normalized_subject.clone(),
+            ..Default::default()
+        }
+    } else {
+        // Chat channels answer in the chat the customer wrote in.
+        ThreadingHints {
+            provider_chat_id: hints.provider_chat_id.clone(),
+            ..Default::default()
+        }
+    };
+    let time = trigger
+        .received_at
+        .or(trigger.ingested_at)
+        .or(trigger.sent_at);
+    let outbound = ConversationEvent {
+        event_id: omni_model::event_id(&trigger.channel_id, &provider_message_id).to_string(),
+        channel_id: trigger.channel_id.clone(),
+        channel_kind: trigger.channel_kind,
+        direction: Direction::Outbound as i32,
+        kind: EventKind::Message as i32,
+        provider_message_id,
+        recipients: trigger.sender.clone().into_iter().collect(),
+        content: Some(Content {
+            text: reply.text.clone(),
+            subject,
+            ..Default::default()
+        }),
+        threading: Some(threading),
+        provider_metadata: [
+            ("auto_acknowledgement".to_owned(), "true".to_owned()),
+            ("automation_rule".to_owned(), reply.rule.clone()),
+        ]
+        .into(),
+        language: reply.language.as_str().to_owned(),
+        sent_at: time,
+        ingested_at: time,
+        ..Default::default()
+    };
+    AutomatedReply {
+        event_id: trigger.event_id.clone(),
+        kind: kind as i32,
+        rule: reply.rule.clone(),
+        template: reply.template.clone(),
+        language: reply.language.as_str().to_owned(),
+        outbound: Some(outbound),
+    }
 }
 
 /// Applies a decision's tags and priority to `conversation`: tags add up
@@ -1279,6 +1488,8 @@ mod tests {
             last_activity_ms: 0,
             tags: Vec::new(),
             priority: None,
+            last_acknowledgement_ms: None,
+            auto_replies: Vec::new(),
         });
         // Idle past the timeout: the chat conversation closes and a new
         // one opens; the closed one does not count, the email one does.
@@ -1323,6 +1534,8 @@ mod tests {
             last_activity_ms: 0,
             tags: vec!["reopened".into()],
             priority: Some(Priority::P2),
+            last_acknowledgement_ms: None,
+            auto_replies: Vec::new(),
         };
         let snapshot = Snapshot {
             owners: [(
@@ -1440,5 +1653,89 @@ mod tests {
         );
         let bad = json.replace("P1", "P7");
         assert!(serde_json::from_str::<Conversation>(&bad).is_err());
+        let replied = Conversation {
+            last_acknowledgement_ms: Some(7),
+            auto_replies: vec![SentAutoReply {
+                template: "shipping".into(),
+                at_ms: 9,
+            }],
+            ..triaged
+        };
+        let json = serde_json::to_string(&replied).unwrap();
+        assert!(
+            json.ends_with(
+                r#""last_acknowledgement_ms":7,"auto_replies":[{"template":"shipping","at_ms":9}]}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Conversation>(&json).unwrap(),
+            replied
+        );
+    }
+
+    /// A conversation remembers its last [`MAX_RECENT_AUTO_REPLIES`]
+    /// auto-replies, and an auto-reply counts as its acknowledgement.
+    #[test]
+    fn auto_replies_are_remembered_up_to_the_limit() {
+        let config = ThreadingConfig {
+            rules: Arc::new(
+                RuleBook::compile([(
+                    "r.toml",
+                    r#"
+                    name = "r"
+                    time_zone = "UTC"
+                    default_language = "en"
+                    channels = ["ch"]
+                    [rate_limits]
+                    auto_reply_window = "1m"
+                    [templates.t]
+                    en = "answer"
+                    [[rules]]
+                    name = "q"
+                    match.keywords = ["question"]
+                    actions.auto_reply = "t"
+                    "#,
+                )])
+                .unwrap(),
+            ),
+            idle_timeouts: [("ch".to_owned(), Duration::from_secs(365 * 24 * 3600))].into(),
+            ..Default::default()
+        };
+        let first = InboundEvent::new(saying(
+            event("e0", ChannelKind::Sms, phone(true), 0),
+            "question",
+        ));
+        let key = lookups(&first).unwrap().handles[0].clone();
+        let mut p = threaded(plan(&config, &first, &Snapshot::default()).unwrap());
+        for i in 1..=20 {
+            // Two minutes apart: past the auto-reply window each time.
+            let next = saying(
+                event(&format!("e{i}"), ChannelKind::Sms, phone(true), i * 120),
+                "question",
+            );
+            p = threaded(plan(&config, &InboundEvent::new(next), &after(&p, &key)).unwrap());
+            assert!(
+                p.timeline
+                    .iter()
+                    .any(|t| matches!(t.entry, Some(Entry::AutomatedReply(_)))),
+                "message {i} answered"
+            );
+        }
+        let conversation = conversation_in(&p);
+        assert_eq!(conversation.auto_replies.len(), MAX_RECENT_AUTO_REPLIES);
+        assert_eq!(
+            conversation.auto_replies.last().unwrap().at_ms,
+            20 * 120 * 1000
+        );
+        assert_eq!(conversation.auto_replies[0].at_ms, 5 * 120 * 1000);
+        assert_eq!(conversation.last_acknowledgement_ms, Some(20 * 120 * 1000));
+        // Within the window: not again.
+        let soon = saying(
+            event("e-soon", ChannelKind::Sms, phone(true), 20 * 120 + 30),
+            "question",
+        );
+        let p = threaded(plan(&config, &InboundEvent::new(soon), &after(&p, &key)).unwrap());
+        assert_eq!(p.timeline.len(), 1, "the message alone: {:?}", p.timeline);
     }
 }

@@ -173,7 +173,8 @@ macro_rules! sql_store {
                     Self::lock_customers(tx, &ids, overlay).await?;
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                         last_activity_ms, tags, priority FROM conversations \
+                         last_activity_ms, tags, priority, last_acknowledgement_ms, \
+                         auto_reply_templates, auto_reply_at_ms FROM conversations \
                          WHERE (open OR email) AND customer_id IN (",
                     );
                     let mut list = q.separated(", ");
@@ -217,7 +218,8 @@ macro_rules! sql_store {
                 for ids in $crate::batch::key_chunks(&missing) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                         last_activity_ms, tags, priority FROM conversations WHERE id IN (",
+                         last_activity_ms, tags, priority, last_acknowledgement_ms, \
+                         auto_reply_templates, auto_reply_at_ms FROM conversations WHERE id IN (",
                     );
                     let mut list = q.separated(", ");
                     for id in &ids {
@@ -377,7 +379,8 @@ macro_rules! sql_store {
                 use $crate::error::DbContext as _;
                 let row = sqlx::query(
                     "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                     last_activity_ms, tags, priority FROM conversations WHERE id = $1",
+                     last_activity_ms, tags, priority, last_acknowledgement_ms, \
+                         auto_reply_templates, auto_reply_at_ms FROM conversations WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&mut **tx)
@@ -412,7 +415,29 @@ macro_rules! sql_store {
                                 .ctx("decoding conversation priority")
                         })
                         .transpose()?,
+                    last_acknowledgement_ms: r.try_get(10).ctx("decoding conversation")?,
+                    auto_replies: {
+                        let templates: Vec<String> =
+                            r.try_get(11).ctx("decoding conversation")?;
+                        let times: Vec<i64> = r.try_get(12).ctx("decoding conversation")?;
+                        templates
+                            .into_iter()
+                            .zip(times)
+                            .map(|(template, at_ms)| $crate::logic::SentAutoReply { template, at_ms })
+                            .collect()
+                    },
                 })
+            }
+
+            /// A conversation's recent auto-replies as two parallel
+            /// arrays (templates, times): plain `TEXT[]` and `BIGINT[]`
+            /// columns, queryable without JSON.
+            fn auto_reply_templates(c: &$crate::Conversation) -> Vec<String> {
+                c.auto_replies.iter().map(|a| a.template.clone()).collect()
+            }
+
+            fn auto_reply_times(c: &$crate::Conversation) -> Vec<i64> {
+                c.auto_replies.iter().map(|a| a.at_ms).collect()
             }
 
             async fn load_snapshot(
@@ -444,7 +469,8 @@ macro_rules! sql_store {
                     snapshot.next_sequence.insert(customer.clone(), next);
                     let rows = sqlx::query(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
-                         last_activity_ms, tags, priority FROM conversations \
+                         last_activity_ms, tags, priority, last_acknowledgement_ms, \
+                         auto_reply_templates, auto_reply_at_ms FROM conversations \
                          WHERE customer_id = $1 \
                          AND (open OR (email AND subject = $2 AND subject <> ''))",
                     )
@@ -538,11 +564,15 @@ macro_rules! sql_store {
                 for c in &plan.conversations {
                     sqlx::query(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
-                         subject, open, last_activity_ms, tags, priority) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                         subject, open, last_activity_ms, tags, priority, \
+                         last_acknowledgement_ms, auto_reply_templates, auto_reply_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                          ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
                          open = excluded.open, last_activity_ms = excluded.last_activity_ms, \
-                         tags = excluded.tags, priority = excluded.priority",
+                         tags = excluded.tags, priority = excluded.priority, \
+                         last_acknowledgement_ms = excluded.last_acknowledgement_ms, \
+                         auto_reply_templates = excluded.auto_reply_templates, \
+                         auto_reply_at_ms = excluded.auto_reply_at_ms",
                     )
                     .bind(&c.id)
                     .bind(c.customer.as_str())
@@ -554,6 +584,9 @@ macro_rules! sql_store {
                     .bind(c.last_activity_ms)
                     .bind(&c.tags)
                     .bind(c.priority.map(omni_rules::Priority::as_str))
+                    .bind(c.last_acknowledgement_ms)
+                    .bind(Self::auto_reply_templates(c))
+                    .bind(Self::auto_reply_times(c))
                     .execute(&mut **tx)
                     .await
                     .ctx("writing conversation")?;
@@ -859,7 +892,8 @@ macro_rules! sql_store {
                 for rows in $crate::batch::row_chunks(&run.conversations) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
-                         subject, open, last_activity_ms, tags, priority) ",
+                         subject, open, last_activity_ms, tags, priority, \
+                         last_acknowledgement_ms, auto_reply_templates, auto_reply_at_ms) ",
                     );
                     q.push_values(rows, |mut b, c| {
                         b.push_bind(c.id.clone())
@@ -871,12 +905,18 @@ macro_rules! sql_store {
                             .push_bind(c.open)
                             .push_bind(c.last_activity_ms)
                             .push_bind(c.tags.clone())
-                            .push_bind(c.priority.map(omni_rules::Priority::as_str));
+                            .push_bind(c.priority.map(omni_rules::Priority::as_str))
+                            .push_bind(c.last_acknowledgement_ms)
+                            .push_bind(Self::auto_reply_templates(c))
+                            .push_bind(Self::auto_reply_times(c));
                     });
                     q.push(
                         " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
                          open = excluded.open, last_activity_ms = excluded.last_activity_ms, \
-                         tags = excluded.tags, priority = excluded.priority",
+                         tags = excluded.tags, priority = excluded.priority, \
+                         last_acknowledgement_ms = excluded.last_acknowledgement_ms, \
+                         auto_reply_templates = excluded.auto_reply_templates, \
+                         auto_reply_at_ms = excluded.auto_reply_at_ms",
                     );
                     q.build()
                         .execute(&mut **tx)

@@ -780,6 +780,8 @@ async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(
             // Versions that kept conversations in this table ran no rules.
             tags: Vec::new(),
             priority: None,
+            last_acknowledgement_ms: None,
+            auto_replies: Vec::new(),
         }));
     }
     for r in sqlx::query("SELECT message_id, customer_id, conversation_id FROM message_refs")

@@ -124,7 +124,8 @@ impl State {
                 );
             }
             // INSERT ... ON CONFLICT (id) DO UPDATE SET customer_id, open,
-            // last_activity_ms, tags, priority (the rest is kept).
+            // last_activity_ms, tags, priority and the automation facts
+            // (the rest is kept).
             Write::Conversation(c) => {
                 let old_customer = match self.conversations.get_mut(&c.id) {
                     Some(old) => {
@@ -133,6 +134,8 @@ impl State {
                         old.last_activity_ms = c.last_activity_ms;
                         old.tags.clone_from(&c.tags);
                         old.priority = c.priority;
+                        old.last_acknowledgement_ms = c.last_acknowledgement_ms;
+                        old.auto_replies.clone_from(&c.auto_replies);
                         Some(was)
                     }
                     None => {
@@ -625,6 +628,8 @@ mod tests {
             last_activity_ms: 1,
             tags: Vec::new(),
             priority: None,
+            last_acknowledgement_ms: None,
+            auto_replies: Vec::new(),
         }
     }
 

@@ -161,3 +161,17 @@ async fn triage_survives_reopening() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automated_replies_are_sent_once() {
+    run(|s| async move { contract::automated_replies_are_sent_once(|| s.fresh()).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automated_reply_limits_survive_reopening() {
+    run(|s| async move {
+        let schema = s.create().await;
+        contract::automated_reply_limits_survive_reopening(|| s.store(&schema)).await;
+    })
+    .await;
+}

@@ -409,3 +409,22 @@ async fn triage_survives_reopening() {
         contract::triage_survives_reopening(|| files.open(&path)).await;
     }
 }
+
+/// Acknowledgements and auto-replies, as the daemon runs the store and
+/// with a snapshot (and a journal rewritten as a dump) after every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automated_replies_are_sent_once() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        contract::automated_replies_are_sent_once(|| files.fresh()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automated_reply_limits_survive_reopening() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        let path = files.fresh_path();
+        contract::automated_reply_limits_survive_reopening(|| files.open(&path)).await;
+    }
+}

@@ -142,6 +142,7 @@ impl Daemon {
             wiring.sender.clone(),
             threading_store,
             rules.clone(),
+            state.live_channels(),
             &shutdown,
         );
         // The consumers this daemon runs: retention never removes what they

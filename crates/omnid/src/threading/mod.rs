@@ -27,6 +27,14 @@
 //! durable, then marks them published. At start it first reads the tail of
 //! the timeline topic and marks rows found there published: a crash
 //! between "appended" and "marked" neither loses nor repeats an entry.
+//! Before a round's timeline appends it hands the reply of every
+//! `automated_reply` entry (an acknowledgement or keyword auto-reply the
+//! rules sent) to `omni.outbound.v1`, checked as `POST /v1/outbound`
+//! checks a posted reply against the channels of the moment, or to
+//! `omni.deadletter.v1` when the channel cannot send it, and waits until
+//! those are durable. A crash after that and before "marked" appends them
+//! again with the same outbound event ids, which the outbound dispatcher
+//! delivers once.
 //!
 //! Several daemons may share one store (PostgreSQL): each runs a worker
 //! (the consumer group spreads the partitions), but only the holder of the
@@ -79,6 +87,7 @@ pub(crate) fn start(
     sender: EventSender,
     store: Store,
     rules: crate::rules::Rules,
+    channels: crate::channels::LiveChannels,
     shutdown: &CancellationToken,
 ) -> Threading {
     let worker_stop = shutdown.child_token();
@@ -131,6 +140,7 @@ pub(crate) fn start(
         stop: relay_stop,
         holder: relay::relay_holder(&settings.data_dir),
         traces,
+        channels,
     };
     threading.worker = Some(tokio::spawn(worker.run()));
     threading.commands = Some(tokio::spawn(commands.run()));

@@ -4,8 +4,13 @@
 use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use omni_connector::{EventSink as _, LogEntry};
 use omni_log::EventLog;
 use omni_model::cloudevents;
+use omni_proto::{
+    Message as _,
+    v1::{ChannelKind, ConversationEvent, timeline_event::Entry},
+};
 use omni_telemetry::emit;
 use omni_threading::{OutboxRow, ThreadingStore};
 use tokio::sync::Notify;
@@ -14,7 +19,8 @@ use tracing::Instrument as _;
 
 use crate::events::{ThreadingMetrics, TimelinePublished};
 use crate::{
-    consume::{Backoff, header},
+    channels::{ChannelSet, LiveChannels},
+    consume::{Backoff, header, timestamp},
     sink::LogSink,
     traces,
 };
@@ -51,6 +57,9 @@ pub(super) struct Relay {
     pub holder: String,
     /// Trace contexts of the events the worker threaded.
     pub traces: Arc<traces::EventTraces>,
+    /// The channels of the moment (reloads included): an automated reply
+    /// is checked against them as `POST /v1/outbound` checks a posted one.
+    pub channels: LiveChannels,
 }
 
 /// This daemon's name on the relay lease: its host and data directory.
@@ -196,6 +205,12 @@ impl Relay {
     }
 
     async fn publish_rows(&self, rows: &[OutboxRow], round: &tracing::Span) -> anyhow::Result<()> {
+        // Replies the rules sent go out before their entries: once an
+        // `automated_reply` entry is on the timeline topic its message is
+        // durable on the outbound topic (or dead-lettered). A crash in
+        // between appends them again, with the same event ids, and the
+        // outbound dispatcher sends each id once.
+        self.hand_over_replies(rows).await?;
         // `append` enqueues at once, so the topic gets the outbox order.
         let acks: Vec<_> = rows
             .iter()
@@ -216,6 +231,41 @@ impl Relay {
             entries: rows.len(),
             last_row: ids.last().copied().unwrap_or_default(),
         } => &self.metrics);
+        Ok(())
+    }
+
+    /// Appends the outbound message of every `automated_reply` entry in
+    /// `rows` to the outbound topic, in order, and waits until all are
+    /// durable. A message the channel cannot take (the channel is gone, or
+    /// its kind only receives, like the API channel) goes to the
+    /// dead-letter topic instead, and its entry is still published: the
+    /// timeline says what the rules decided, the dead letter why nothing
+    /// was sent.
+    async fn hand_over_replies(&self, rows: &[OutboxRow]) -> anyhow::Result<()> {
+        let mut channels: Option<Arc<ChannelSet>> = None;
+        let mut acks = Vec::new();
+        for row in rows {
+            let Some(Entry::AutomatedReply(reply)) = &row.event.entry else {
+                continue;
+            };
+            let outbound = reply.outbound.clone().unwrap_or_default();
+            let channels = channels.get_or_insert_with(|| self.channels.get());
+            let entry = match checked_reply(outbound, channels) {
+                Ok(event) => {
+                    tracing::debug!(channel = %event.channel_id, event_id = %event.event_id, rule = %reply.rule, trigger = %reply.event_id, "automated reply handed to the outbound topic");
+                    LogEntry::Outbound(Box::new(event))
+                }
+                Err(dead) => {
+                    tracing::warn!(channel = %dead.channel_id, reason = %dead.reason, detail = %dead.detail, rule = %reply.rule, trigger = %reply.event_id, "automated reply not sendable, dead-lettered");
+                    LogEntry::DeadLetter(dead)
+                }
+            };
+            acks.push(self.sink.submit(entry));
+        }
+        for ack in acks {
+            ack.await
+                .context("appending an automated reply to the outbound topic")?;
+        }
         Ok(())
     }
 
@@ -277,5 +327,118 @@ impl Relay {
                 .context("marking outbox rows published")?;
         }
         Ok(())
+    }
+}
+
+/// An automated reply's outbound message as the outbound topic takes it:
+/// checked and completed as a message posted to `POST /v1/outbound` is,
+/// its times left at the customer message's event time (so a repeat is
+/// the same record). A refused one becomes its dead letter, with the
+/// refusal's code as the reason (`unknown_channel`,
+/// `outbound_not_supported`, `invalid_field`) and the message as its raw
+/// payload.
+fn checked_reply(
+    outbound: ConversationEvent,
+    channels: &ChannelSet,
+) -> Result<ConversationEvent, Box<omni_proto::v1::DeadLetter>> {
+    let at = outbound
+        .ingested_at
+        .and_then(|t| {
+            let nanos = u32::try_from(t.nanos).ok()?;
+            let secs = u64::try_from(t.seconds).ok()?;
+            std::time::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+        })
+        .unwrap_or(std::time::UNIX_EPOCH);
+    crate::outbound::prepare(outbound.clone(), channels, at).map_err(|refusal| {
+        let mut dead = omni_connector::dead_letter(
+            &outbound.channel_id,
+            ChannelKind::try_from(outbound.channel_kind).unwrap_or_default(),
+            refusal.code,
+            &format!("automated reply not sent: {}", refusal.message),
+            outbound.encode_to_vec(),
+            cloudevents::CONTENT_TYPE_PROTOBUF,
+            timestamp(std::time::SystemTime::now()),
+        );
+        dead.metadata = [
+            ("event_id".to_owned(), outbound.event_id.clone()),
+            (
+                "automation_rule".to_owned(),
+                outbound
+                    .provider_metadata
+                    .get("automation_rule")
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        ]
+        .into();
+        Box::new(dead)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use omni_proto::Timestamp;
+
+    use super::*;
+    use crate::outbound::fixtures::{channels, posted};
+
+    /// An automated acknowledgement as the threading logic builds it for
+    /// `channel`.
+    fn acknowledgement(channel: &str) -> ConversationEvent {
+        let mut event = posted();
+        event.channel_id = channel.into();
+        event.provider_message_id = "automation/acknowledgement/ack/ev-1".into();
+        event.event_id = omni_model::event_id(channel, &event.provider_message_id).to_string();
+        event.direction = omni_proto::v1::Direction::Outbound as i32;
+        event.kind = omni_proto::v1::EventKind::Message as i32;
+        event.ingested_at = Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5_000_000,
+        });
+        event
+            .provider_metadata
+            .insert("automation_rule".into(), "ack".into());
+        event
+    }
+
+    #[test]
+    fn a_sendable_reply_keeps_its_id_and_times() {
+        let reply = acknowledgement("support-mail");
+        let checked = checked_reply(reply.clone(), &channels()).unwrap();
+        assert_eq!(checked.event_id, reply.event_id);
+        assert_eq!(
+            checked.ingested_at, reply.ingested_at,
+            "a repeat is the same record"
+        );
+        assert_eq!(checked.channel_kind, ChannelKind::Email as i32);
+        assert_eq!(
+            checked_reply(reply, &channels()).unwrap(),
+            checked,
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn a_reply_the_channel_cannot_take_is_its_dead_letter() {
+        for (channel, reason) in [
+            ("shop-api", "outbound_not_supported"),
+            ("gone", "unknown_channel"),
+        ] {
+            let reply = acknowledgement(channel);
+            let dead = checked_reply(reply.clone(), &channels()).unwrap_err();
+            assert_eq!(dead.reason, reason);
+            assert_eq!(dead.channel_id, channel);
+            assert!(
+                dead.detail.starts_with("automated reply not sent: "),
+                "{}",
+                dead.detail
+            );
+            assert_eq!(dead.metadata["event_id"], reply.event_id);
+            assert_eq!(dead.metadata["automation_rule"], "ack");
+            assert_eq!(
+                ConversationEvent::decode(dead.raw_payload.as_slice()).unwrap(),
+                reply
+            );
+        }
     }
 }
