@@ -389,9 +389,10 @@ async fn the_image_serves_keeps_its_data_and_stops_cleanly() {
         "{labels}"
     );
     assert_eq!(config["User"], "10001:10001");
-    assert!(
-        inspected[0]["Healthcheck"]["Test"].is_array(),
-        "the image keeps its HEALTHCHECK: {inspected}"
+    assert_eq!(
+        inspected[0]["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/usr/local/bin/omnid", "health"]),
+        "the image keeps its HEALTHCHECK, the binary's own, no shell: {inspected}"
     );
 
     let first = unique("omnid");
@@ -406,8 +407,38 @@ async fn the_image_serves_keeps_its_data_and_stops_cleanly() {
         started.elapsed()
     );
 
-    // The image's HEALTHCHECK (bash alone, no curl) passes.
-    run(podman().args(["healthcheck", "run", &first]));
+    // The image's HEALTHCHECK (`omnid health`: no shell, no curl) passes,
+    // and podman records the container healthy.
+    let checked = run(podman().args(["healthcheck", "run", &first]));
+    eprintln!("container: podman healthcheck run: {:?}", stdout(&checked));
+    assert_eq!(health_status(&first), "healthy");
+    // The same command asks /readyz, and fails saying why when nothing
+    // listens where it asks.
+    let ready = run(podman().args(["exec", &first, "omnid", "health", "--ready"]));
+    assert!(
+        stdout(&ready).starts_with("ok: GET http://127.0.0.1:8080/readyz: 200"),
+        "{}",
+        stdout(&ready)
+    );
+    let closed = podman()
+        .args([
+            "exec",
+            &first,
+            "omnid",
+            "health",
+            "--url",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(closed.status.code(), Some(1), "{why}");
+    assert!(
+        why.trim()
+            .starts_with("error: GET http://127.0.0.1:9/healthz: ")
+            && why.contains("refused"),
+        "{why}"
+    );
     assert_eq!(
         stdout(&run(podman().args(["exec", &first, "id", "-u"]))),
         "10001"
@@ -491,6 +522,21 @@ async fn the_image_serves_keeps_its_data_and_stops_cleanly() {
         "container: test done in {:.1?} after the image",
         test_started.elapsed()
     );
+}
+
+/// The container's health as podman recorded it at its last check
+/// (`healthy`, `unhealthy`, `starting`).
+fn health_status(container: &str) -> String {
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&run(podman().args(["container", "inspect", container])).stdout)
+            .unwrap();
+    let state = &inspected[0]["State"];
+    // `Health` since podman 4 (as Docker names it), `Healthcheck` before.
+    state["Health"]["Status"]
+        .as_str()
+        .or_else(|| state["Healthcheck"]["Status"].as_str())
+        .unwrap_or_else(|| panic!("no health status: {state}"))
+        .to_owned()
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -4,11 +4,16 @@
 //! signed API-channel webhook, and the trace that follows its message
 //! through the append, threading and the timeline relay, matched against
 //! the `traceparent` headers on the stream (read with `omnid tail`); a
-//! reply's trace through its delivery (to a local SMS gateway) and its
-//! status. Also what happens with tracing off, and with no trace sampled.
+//! reply's trace from its `POST /v1/outbound` through its append, its
+//! delivery (to a local SMS gateway, which may fail for now or for good)
+//! and its status. Also what happens with tracing off, and with no trace
+//! sampled.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,7 +22,7 @@ use omni_testkit::daemon::{CHANNEL, Deployment, SECRET, message, signed};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
     common::v1::{AnyValue, any_value},
-    trace::v1::{Span, span::SpanKind},
+    trace::v1::{Span, span::SpanKind, status::StatusCode as SpanStatus},
 };
 use prost::Message as _;
 use serde_json::Value;
@@ -57,13 +62,29 @@ async fn send_sms() -> &'static str {
     r#"{"ok":true}"#
 }
 
-/// The receiver on a free loopback port (with [`send_sms`] on `/send`):
-/// its base URL and what it got.
+/// The receiver on a free loopback port (with [`send_sms`] on `/send`; on
+/// `/flaky` a gateway that answers 503 once, then as `/send`; on `/refuse`
+/// one that refuses every message for good): its base URL and what it
+/// got.
 async fn receiver() -> (String, Received) {
     let received = Received::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let flaky = move || {
+        let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                (StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"busy"}"#)
+            } else {
+                (StatusCode::OK, r#"{"ok":true}"#)
+            }
+        }
+    };
+    let refuse = || async { (StatusCode::BAD_REQUEST, r#"{"error":"number barred"}"#) };
     let app = Router::new()
         .route("/v1/traces", post(export))
         .route("/send", post(send_sms))
+        .route("/flaky", post(flaky))
+        .route("/refuse", post(refuse))
         .with_state(received.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -282,34 +303,44 @@ async fn one_webhook_is_one_trace_through_append_threading_and_the_timeline() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_is_traced_from_its_append_through_its_delivery_to_its_status() {
-    const TOKEN: &str = "helpdesk-token-0123456789";
-    let (otlp, received) = receiver().await;
+/// The bearer token of the helpdesk API in the reply tests.
+const TOKEN: &str = "helpdesk-token-0123456789";
+
+/// A deployment exporting to `otlp`, with the helpdesk API on and an SMS
+/// gateway channel `id` sending to `url`.
+fn reply_deployment(otlp: &str, channels: &[(&str, &str)]) -> Deployment {
     let deployment = Deployment::with_config(&format!(
         "[telemetry.otlp]\nenabled = true\nendpoint = \"{otlp}\"\n"
     ));
     deployment.enable_api(TOKEN);
     let secret = deployment.path().join("sms-secret");
     std::fs::write(&secret, "sms-secret-0123456789").unwrap();
-    deployment.write_channel(
-        "sms",
-        &format!(
-            "id = \"sms\"\nkind = \"sms_gateway\"\nsecret = {{ file = {:?} }}\n[outbound]\n\
-             url = \"{otlp}/send\"\nbody_template = '{{\"to\":\"{{{{to}}}}\"}}'\n",
-            secret.display().to_string()
-        ),
-    );
-    let mut daemon = deployment.start();
+    for (id, url) in channels {
+        deployment.write_channel(
+            id,
+            &format!(
+                "id = \"{id}\"\nkind = \"sms_gateway\"\nsecret = {{ file = {:?} }}\n[outbound]\n\
+                 url = \"{url}\"\nbody_template = '{{\"to\":\"{{{{to}}}}\"}}'\n",
+                secret.display().to_string()
+            ),
+        );
+    }
+    deployment
+}
+
+/// Posts a reply for `channel` to `POST /v1/outbound`; its event id, and
+/// the id of its delivery status.
+async fn post_reply(daemon: &omni_testkit::daemon::Daemon, channel: &str) -> (String, String) {
     let reply = serde_json::json!({
-        "channelId": "sms",
-        "providerMessageId": "ticket-7",
+        "channelId": channel,
+        "providerMessageId": format!("ticket-{channel}"),
         "recipients": [{ "kind": "HANDLE_KIND_PHONE", "value": "+989121234567" }],
         "content": { "text": "Your order ships today." },
     });
     let response = client()
         .post(daemon.url("/v1/outbound"))
         .bearer_auth(TOKEN)
+        .header("traceparent", UPSTREAM)
         .json(&reply)
         .send()
         .await
@@ -317,7 +348,75 @@ async fn a_reply_is_traced_from_its_append_through_its_delivery_to_its_status() 
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let reply_id = body["event_id"].as_str().unwrap().to_owned();
-    let status_id = omni_model::event_id("sms", &format!("delivery:{reply_id}")).to_string();
+    let status_id = omni_model::event_id(channel, &format!("delivery:{reply_id}")).to_string();
+    (reply_id, status_id)
+}
+
+/// The spans of one reply: its request, the append of the reply (the
+/// request's child, whose context the outbound record carries) and its
+/// delivery (the append's child), all in one trace.
+fn reply_spans<'a>(
+    spans: &'a [Span],
+    deployment: &Deployment,
+    reply_id: &str,
+    channel: &str,
+) -> (&'a Span, &'a Span) {
+    let append = one(
+        spans,
+        "log.append",
+        &[
+            ("messaging.destination.name", "omni.outbound.v1"),
+            ("messaging.message.id", reply_id),
+        ],
+    );
+    let request = spans
+        .iter()
+        .find(|s| s.span_id == append.parent_span_id)
+        .expect("the reply's append has an exported parent");
+    assert_eq!(request.name, "api.request");
+    assert_eq!(request.kind, SpanKind::Server as i32);
+    assert!(request.parent_span_id.is_empty(), "a root span");
+    assert_eq!(request.trace_id, append.trace_id);
+    assert_eq!(
+        attr(request, "http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(attr(request, "http.route").as_deref(), Some("/v1/outbound"));
+    assert_eq!(
+        attr(request, "http.response.status_code").as_deref(),
+        Some("202")
+    );
+    // The helpdesk's traceparent is linked, as a provider's is.
+    assert_eq!(
+        links(request),
+        [(
+            "0af7651916cd43dd8448eb211c80319c".to_owned(),
+            "b7ad6b7169203331".to_owned()
+        )]
+    );
+    let outbound = record_of(deployment, "outbound", reply_id);
+    assert_eq!(outbound["headers"]["traceparent"], traceparent(append));
+
+    let delivery = one(
+        spans,
+        "outbound.delivery",
+        &[
+            ("messaging.message.id", reply_id),
+            ("omnid.channel", channel),
+        ],
+    );
+    assert_eq!(delivery.kind, SpanKind::Client as i32);
+    assert_eq!(delivery.trace_id, request.trace_id);
+    assert_eq!(delivery.parent_span_id, append.span_id);
+    (delivery, append)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_traced_from_its_request_through_its_delivery_to_its_status() {
+    let (otlp, received) = receiver().await;
+    let deployment = reply_deployment(&otlp, &[("sms", &format!("{otlp}/send"))]);
+    let mut daemon = deployment.start();
+    let (reply_id, status_id) = post_reply(&daemon, "sms").await;
     let status = record_of(&deployment, "inbound", &status_id);
     assert_eq!(
         status["value"]["delivery"]["state"], "DELIVERY_STATE_SENT",
@@ -326,25 +425,20 @@ async fn a_reply_is_traced_from_its_append_through_its_delivery_to_its_status() 
     assert!(daemon.terminate().success(), "{}", daemon.stderr());
     let spans = exported(&received);
 
-    let append = one(
-        &spans,
-        "log.append",
-        &[
-            ("messaging.destination.name", "omni.outbound.v1"),
-            ("messaging.message.id", &reply_id),
-        ],
+    let (delivery, append) = reply_spans(&spans, &deployment, &reply_id, "sms");
+    assert_eq!(
+        attr(delivery, "omnid.outcome").as_deref(),
+        Some("delivered")
     );
-    let delivery = one(
-        &spans,
-        "outbound.delivery",
-        &[
-            ("messaging.message.id", &reply_id),
-            ("omnid.channel", "sms"),
-        ],
+    assert_eq!(
+        attr(delivery, "omnid.delivery.retries").as_deref(),
+        Some("0")
     );
-    assert_eq!(delivery.kind, SpanKind::Client as i32);
-    assert_eq!(delivery.trace_id, append.trace_id);
-    assert_eq!(delivery.parent_span_id, append.span_id);
+    assert!(attr(delivery, "error").is_none());
+    assert_ne!(
+        delivery.status.as_ref().map(|s| s.code),
+        Some(SpanStatus::Error as i32)
+    );
     let status_append = one(
         &spans,
         "log.append",
@@ -363,6 +457,55 @@ async fn a_reply_is_traced_from_its_append_through_its_delivery_to_its_status() 
         &[("messaging.message.id", &status_id)],
     );
     assert_eq!(threaded.parent_span_id, status_append.span_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_span_records_retries_and_failures() {
+    let (otlp, received) = receiver().await;
+    let deployment = reply_deployment(
+        &otlp,
+        &[
+            ("flaky", &format!("{otlp}/flaky")),
+            ("refused", &format!("{otlp}/refuse")),
+        ],
+    );
+    let mut daemon = deployment.start();
+    let (flaky_id, flaky_status) = post_reply(&daemon, "flaky").await;
+    let (refused_id, refused_status) = post_reply(&daemon, "refused").await;
+    let flaky_status = record_of(&deployment, "inbound", &flaky_status);
+    assert_eq!(
+        flaky_status["value"]["delivery"]["state"], "DELIVERY_STATE_SENT",
+        "{flaky_status}"
+    );
+    let refused_status = record_of(&deployment, "inbound", &refused_status);
+    assert_eq!(
+        refused_status["value"]["delivery"]["state"], "DELIVERY_STATE_FAILED",
+        "{refused_status}"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.stderr());
+    let spans = exported(&received);
+
+    // Sent on the second attempt: one retry, and no error.
+    let (flaky, _) = reply_spans(&spans, &deployment, &flaky_id, "flaky");
+    assert_eq!(attr(flaky, "omnid.outcome").as_deref(), Some("delivered"));
+    assert_eq!(attr(flaky, "omnid.delivery.retries").as_deref(), Some("1"));
+    assert_ne!(
+        flaky.status.as_ref().map(|s| s.code),
+        Some(SpanStatus::Error as i32)
+    );
+
+    // Refused for good: failed, with the provider's reason as the error
+    // and the span's status.
+    let (refused, _) = reply_spans(&spans, &deployment, &refused_id, "refused");
+    assert_eq!(attr(refused, "omnid.outcome").as_deref(), Some("failed"));
+    let error = attr(refused, "error").unwrap_or_default();
+    assert!(
+        error.contains("400") && error.contains("number barred"),
+        "{error}"
+    );
+    let status = refused.status.as_ref().expect("a span status");
+    assert_eq!(status.code, SpanStatus::Error as i32);
+    assert_eq!(status.message, error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod consume;
 mod daemon;
 mod event_log;
 mod events;
+mod health;
 mod listener;
 mod media;
 mod outbound;
@@ -30,6 +31,7 @@ use std::{path::Path, process::ExitCode, sync::Arc};
 use omni_connector::{Ack, ConnectorFactory, EventSender, EventSink, LogEntry, SendError};
 
 pub use daemon::{Daemon, run};
+pub use health::{HealthArgs, HealthError};
 pub use settings::Settings;
 pub use tail::TailArgs;
 pub use threading::TimelineArgs;
@@ -48,6 +50,10 @@ pub enum Error {
     /// Rule files: every problem found, each naming its file and key.
     #[error("invalid rule files:\n  {}", lines(.0))]
     Rules(Vec<omni_rules::RuleFileError>),
+    /// `omnid health`: the daemon is not healthy (or ready), or could not
+    /// be asked.
+    #[error(transparent)]
+    Health(#[from] HealthError),
     /// Something the daemon opens or runs failed (the event log, a store,
     /// the listener, a command's output), with its causes.
     #[error("{0}")]
@@ -124,6 +130,12 @@ pub fn check_config(
 /// `omnid tail`: prints a topic's records as JSON lines.
 pub async fn tail(config: &Path, args: TailArgs) -> Result<ExitCode, Error> {
     tail::tail(config, args).await.map_err(Error::failed)
+}
+
+/// `omnid health`: asks a running daemon's `/healthz` (`/readyz` with
+/// `--ready`); a line to print when it answers 200, else why not.
+pub async fn health(config: &Path, args: HealthArgs) -> Result<String, Error> {
+    health::check(config, args).await
 }
 
 /// `omnid timeline`: prints a customer's timeline as JSON lines.

@@ -43,6 +43,9 @@ enum Command {
     Tail(omnid::TailArgs),
     /// Print a customer's timeline from the threading store as JSON lines.
     Timeline(omnid::TimelineArgs),
+    /// Ask the running daemon's /healthz (or /readyz): exit 0 on 200, 1
+    /// with one line saying why otherwise. For container health checks.
+    Health(omnid::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,10 @@ fn main() -> ExitCode {
             Command::Tail(args) => omnid::tail(&cli.config, args).await,
             Command::Timeline(args) => omnid::timeline(&cli.config, args).await,
             Command::CheckConfig => Ok(check_config(&cli.config)),
+            Command::Health(args) => omnid::health(&cli.config, args).await.map(|line| {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }),
         }
     });
     match result {

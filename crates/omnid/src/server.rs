@@ -365,12 +365,22 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// `POST /v1/outbound`: a reply for a channel to send, as the protobuf JSON
 /// form of a `ConversationEvent`, authenticated by the daemon's bearer
 /// token. Answers 202 once the message is durable on the outbound topic;
-/// the dispatcher sends it and reports a delivery status.
+/// the dispatcher sends it and reports a delivery status. Traced as an
+/// `api.request`, so the append and the delivery continue its trace.
 async fn submit_outbound(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let span = traces::api_request(&http::Method::POST, "/v1/outbound", &headers);
+    let response = outbound_request(state, headers, body)
+        .instrument(span.clone())
+        .await;
+    traces::answered(&span, response.status());
+    response
+}
+
+async fn outbound_request(state: AppState, headers: HeaderMap, body: Body) -> Response {
     // Without a token the API does not exist (404), so an unconfigured
     // daemon does not even advertise it.
     let Some(api) = state.inner.outbound_api.get() else {

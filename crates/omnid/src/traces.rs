@@ -4,10 +4,14 @@
 //! - `webhook`: one per webhook request, the root of a new trace. A
 //!   `traceparent` the caller sent is linked, not followed: a provider is
 //!   not part of the daemon's trace and must not decide what is sampled.
+//! - `api.request`: one per reply posted to the helpdesk API (`POST
+//!   /v1/outbound`), a root like the webhook's and for the same reason
+//!   (the caller's `traceparent` is linked), so a reply's trace starts
+//!   where it enters the daemon.
 //! - `log.append`: one per record appended, from hand-over to durable; a
-//!   child of the span it is appended in (the webhook, a delivery, a relay
-//!   round). Its context is the record's `traceparent` header, so the trace
-//!   crosses the stream with the record.
+//!   child of the span it is appended in (the webhook, an API request, a
+//!   delivery, a relay round). Its context is the record's `traceparent`
+//!   header, so the trace crosses the stream with the record.
 //! - `threading.batch`: one per store transaction, a root with a link to
 //!   every record it covers; and `threading.event` for each record that
 //!   carries a `traceparent`, that record's child, linked to the batch.
@@ -23,7 +27,11 @@
 //!   is a plain child of the round.
 //! - `outbound.delivery`: one per outbound record delivered, the child of
 //!   the record's `traceparent`; the delivery status it appends is its
-//!   child.
+//!   child. It ends with `omnid.outcome` (`delivered`, `failed`,
+//!   `dead_lettered`, `duplicate`, or `retried` when the daemon stopped
+//!   between attempts) and `omnid.delivery.retries`; a failure's reason
+//!   is its `error` and its error status, so a trace shows why a reply
+//!   did not go out without reading logs.
 //!
 //! With `telemetry.otlp` off no layer takes these spans: each costs one
 //! cached check, fields are not evaluated, no header is written.
@@ -70,18 +78,41 @@ pub(crate) fn webhook(method: &Method, channel_id: &str, headers: &HeaderMap) ->
         http.response.status_code = Empty,
         otel.status_code = Empty,
     );
+    link_caller(&span, headers);
+    span
+}
+
+/// The span of a request to the helpdesk API on `route` (see the module
+/// docs).
+pub(crate) fn api_request(method: &Method, route: &'static str, headers: &HeaderMap) -> Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        parent: None,
+        "api.request",
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+    );
+    link_caller(&span, headers);
+    span
+}
+
+/// Links a request's root span to the caller's `traceparent`, if it sent
+/// one.
+fn link_caller(span: &Span, headers: &HeaderMap) {
     if !span.is_disabled()
         && let Some(upstream) = headers
             .get(cloudevents::HEADER_TRACEPARENT)
             .and_then(|value| value.to_str().ok())
             .and_then(TraceContext::parse)
     {
-        trace::add_link(&span, &upstream);
+        trace::add_link(span, &upstream);
     }
-    span
 }
 
-/// Records the answer on a webhook span; a 5xx marks it failed.
+/// Records the answer on a request's span; a 5xx marks it failed.
 pub(crate) fn answered(span: &Span, status: StatusCode) {
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -259,21 +290,111 @@ pub(crate) fn handed_over(
     handoff.take(timeline_event_id)
 }
 
-/// The span of delivering one outbound record (see the module docs).
-pub(crate) fn delivery(stored: &StoredRecord, channel_id: Option<&str>) -> Span {
-    let span = tracing::info_span!(
-        target: TARGET,
-        parent: None,
-        "outbound.delivery",
-        otel.kind = "client",
-        messaging.destination.name = %stored.record.topic,
-        messaging.message.id = header(&stored.record, cloudevents::HEADER_ID).unwrap_or_default(),
-        omnid.channel = channel_id.unwrap_or_default(),
-    );
-    if !span.is_disabled()
-        && let Some(parent) = traceparent(&stored.record)
-    {
-        trace::set_parent(&span, &parent);
+/// How the delivery of an outbound record ended, for its span.
+#[derive(Debug)]
+pub(crate) enum DeliveryEnd<'a> {
+    /// The channel sent it.
+    Delivered,
+    /// Sent before (its seen mark was there): not sent again.
+    Duplicate,
+    /// The provider refused it for good, saying why; a failed delivery
+    /// status follows.
+    Failed(&'a str),
+    /// It could not be routed or decoded (reason and detail); it went to
+    /// the dead-letter topic.
+    DeadLettered(&'a str, &'a str),
+}
+
+/// The span of delivering one outbound record and what it records (see
+/// the module docs): temporary failures as they come, the outcome once.
+/// Dropped before an outcome (the daemon stopped between two attempts),
+/// it ends as `retried` with the last failure: the record is delivered
+/// again after the restart, in a span of its own.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    span: Span,
+    retries: u32,
+    /// The last temporary failure, kept only when the span is exported.
+    last_error: Option<String>,
+    ended: bool,
+}
+
+impl Delivery {
+    /// Opens the span, the child of the record's `traceparent`.
+    pub(crate) fn start(stored: &StoredRecord, channel_id: Option<&str>) -> Self {
+        let span = tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "outbound.delivery",
+            otel.kind = "client",
+            messaging.destination.name = %stored.record.topic,
+            messaging.message.id = header(&stored.record, cloudevents::HEADER_ID).unwrap_or_default(),
+            omnid.channel = channel_id.unwrap_or_default(),
+            omnid.outcome = Empty,
+            omnid.delivery.retries = Empty,
+            error = Empty,
+            otel.status_description = Empty,
+        );
+        if !span.is_disabled()
+            && let Some(parent) = traceparent(&stored.record)
+        {
+            trace::set_parent(&span, &parent);
+        }
+        Self {
+            span,
+            retries: 0,
+            last_error: None,
+            ended: false,
+        }
     }
-    span
+
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// An attempt failed for now and will be retried.
+    pub(crate) fn retrying(&mut self, reason: &str) {
+        self.retries += 1;
+        if !self.span.is_disabled() {
+            self.last_error = Some(reason.to_owned());
+        }
+    }
+
+    /// Records the outcome, once. The retry count and error are recorded
+    /// here too rather than as they change: the exporter keeps every value
+    /// a field is given, so a field recorded twice would be exported twice.
+    pub(crate) fn ended(&mut self, end: DeliveryEnd<'_>) {
+        if std::mem::replace(&mut self.ended, true) || self.span.is_disabled() {
+            return;
+        }
+        let (outcome, error) = match end {
+            DeliveryEnd::Delivered => ("delivered", None),
+            DeliveryEnd::Duplicate => ("duplicate", None),
+            DeliveryEnd::Failed(reason) => ("failed", Some(reason.to_owned())),
+            DeliveryEnd::DeadLettered(reason, detail) => {
+                ("dead_lettered", Some(format!("{reason}: {detail}")))
+            }
+        };
+        self.record(outcome, error);
+    }
+
+    fn record(&self, outcome: &'static str, error: Option<String>) {
+        self.span.record("omnid.outcome", outcome);
+        self.span
+            .record("omnid.delivery.retries", i64::from(self.retries));
+        if let Some(error) = error {
+            self.span.record("error", error.as_str());
+            // An error status with its description.
+            self.span.record("otel.status_description", error.as_str());
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.ended && !self.span.is_disabled() {
+            let error = self.last_error.take();
+            self.record("retried", error);
+        }
+    }
 }

@@ -27,7 +27,7 @@ use crate::events::{OutboundDelivered, OutboundMetrics, OutboundOutcome};
 use crate::{
     channels::LiveChannels,
     consume::{self, Backoff, Stopped, dead_letter_of, header, pause},
-    traces,
+    traces::{self, DeliveryEnd},
 };
 
 /// Longest wait a provider's `retry_after` may impose between two
@@ -105,15 +105,18 @@ impl Lane {
             };
             let position = (item.stored.record.topic.clone(), item.stored.position);
             let channel_id = item.decoded.as_ref().ok().map(|e| e.channel_id.as_str());
-            let span = traces::delivery(&item.stored, channel_id);
-            if self.handle(item).instrument(span).await.is_err() || done.send(position).is_err() {
+            let mut traced = traces::Delivery::start(&item.stored, channel_id);
+            let span = traced.span().clone();
+            let handled = self.handle(item, &mut traced).instrument(span).await;
+            drop(traced);
+            if handled.is_err() || done.send(position).is_err() {
                 return;
             }
         }
     }
 
     /// One record, from its decoded form to its durable outcome.
-    async fn handle(&mut self, item: Item) -> Result<(), Stopped> {
+    async fn handle(&mut self, item: Item, traced: &mut traces::Delivery) -> Result<(), Stopped> {
         let Item { stored, decoded } = item;
         let event = match decoded {
             Ok(event) => event,
@@ -122,12 +125,14 @@ impl Lane {
                     .and_then(|s| s.rsplit('/').next().map(str::to_owned))
                     .unwrap_or_default();
                 let event_id = header(&stored, cloudevents::HEADER_ID).unwrap_or_default();
+                traced.ended(DeliveryEnd::DeadLettered(reason, &detail));
                 return self
                     .dead_letter(&stored, &channel, &event_id, reason, &detail)
                     .await;
             }
         };
         if self.already_delivered(&event).await {
+            traced.ended(DeliveryEnd::Duplicate);
             emit!(OutboundDelivered {
                 outcome: OutboundOutcome::Duplicate,
                 event_id: &event.event_id,
@@ -136,8 +141,9 @@ impl Lane {
             } => self.metrics_for(&event.channel_id));
             return Ok(());
         }
-        let result = match self.deliver(&event).await? {
+        let result = match self.deliver(&event, traced).await? {
             Outcome::Unroutable { reason, detail } => {
+                traced.ended(DeliveryEnd::DeadLettered(reason, &detail));
                 return self
                     .dead_letter(&stored, &event.channel_id, &event.event_id, reason, &detail)
                     .await;
@@ -145,6 +151,10 @@ impl Lane {
             Outcome::Delivered(delivered) => Ok(delivered),
             Outcome::Rejected(reason) => Err(reason),
         };
+        traced.ended(match &result {
+            Ok(_) => DeliveryEnd::Delivered,
+            Err(reason) => DeliveryEnd::Failed(reason),
+        });
         let status = delivery_status(&event, result.as_ref(), SystemTime::now());
         self.append(status).await?;
         self.mark_delivered(&event).await;
@@ -164,7 +174,11 @@ impl Lane {
     /// Delivers until the channel accepts or refuses for good; temporary
     /// failures (and a handler that panics) are retried with backoff, the
     /// channel looked up afresh each time.
-    async fn deliver(&mut self, event: &ConversationEvent) -> Result<Outcome, Stopped> {
+    async fn deliver(
+        &mut self,
+        event: &ConversationEvent,
+        traced: &mut traces::Delivery,
+    ) -> Result<Outcome, Stopped> {
         if event.direction != Direction::Outbound as i32 || event.kind != EventKind::Message as i32
         {
             return Ok(Outcome::Unroutable {
@@ -208,6 +222,7 @@ impl Lane {
                     retry_after,
                 }) => {
                     let wait = retry_wait(&mut backoff, retry_after);
+                    traced.retrying(&reason);
                     emit!(OutboundDelivered {
                         outcome: OutboundOutcome::Retried,
                         event_id: &event.event_id,
