@@ -481,8 +481,9 @@ pub struct TelemetrySettings {
 }
 
 /// OpenTelemetry traces over OTLP/HTTP (protobuf): a span per webhook
-/// request, per append to the event log, per threading batch and threaded
-/// event, per timeline relay round and per outbound delivery, joined into
+/// request and per `POST /v1/outbound`, per append to the event log, per
+/// threading batch and threaded event, per timeline relay round and per
+/// outbound delivery (with its outcome), joined into
 /// one trace across the stream by each record's `traceparent` header
 /// (docs/operations.md, "Tracing"). Off, no span is made and no
 /// `traceparent` written. `OTEL_EXPORTER_OTLP_HEADERS` adds request
