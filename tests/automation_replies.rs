@@ -107,19 +107,6 @@ actions.acknowledge = "received"
     deployment
 }
 
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Posts an SMS from `from` to the channel's webhook, signed as Twilio
 /// signs it; asserts the daemon acknowledged it.
 async fn text_us(daemon: &Daemon, message_sid: &str, from: &str, text: &str) {
@@ -134,11 +121,7 @@ async fn text_us(daemon: &Daemon, message_sid: &str, from: &str, text: &str) {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let body: String = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+    let body = omni_testkit::daemon::form_body(&params);
     let url = format!("{PUBLIC}/webhooks/{CHANNEL}");
     let signature = omni_sms::twilio::signature(AUTH_TOKEN.as_bytes(), &url, &params);
     let response = reqwest::Client::new()

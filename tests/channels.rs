@@ -56,11 +56,7 @@ async fn a_signed_twilio_webhook_lands_once_and_a_forged_one_is_refused() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let body: String = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+    let body = omni_testkit::daemon::form_body(&params);
     let url = format!("{PUBLIC}/webhooks/support-sms");
     let signature = omni_sms::twilio::signature(b"12345", &url, &params);
 
@@ -140,17 +136,4 @@ async fn a_telegram_webhook_needs_its_secret_token() {
         records[0]["value"]["threading"]["providerChatId"],
         "1111111"
     );
-}
-
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

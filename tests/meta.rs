@@ -1073,19 +1073,6 @@ const PUBLIC: &str = "https://omnid.example.com";
 const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 const TWILIO_TOKEN: &str = "twilio-auth-token-12345";
 
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Waits until `handle` (`kind/value`) belongs to a customer; its id.
 async fn customer_of(client: &reqwest::Client, daemon: &Daemon, handle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1156,11 +1143,7 @@ async fn whatsapp_and_sms_from_one_number_are_one_customer() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let form: String = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+    let form = omni_testkit::daemon::form_body(&params);
     let signature = omni_sms::twilio::signature(
         TWILIO_TOKEN.as_bytes(),
         &format!("{PUBLIC}/webhooks/sms"),

@@ -434,6 +434,14 @@ pub fn message(external_id: &str, text: &str) -> String {
     .to_string()
 }
 
+/// An `application/x-www-form-urlencoded` body of `params`, in order, as
+/// Twilio and other form-posting providers send their webhooks.
+pub fn form_body(params: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+}
+
 /// A request signed the way the API channel documents.
 pub fn signed(
     client: &reqwest::Client,
