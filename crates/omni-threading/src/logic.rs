@@ -838,6 +838,13 @@ fn evaluate_message(
         channel_id: &event.channel_id,
         channel_kind: ChannelKind::try_from(event.channel_kind).unwrap_or_default(),
         conversation_ref: &conversation.id,
+        // `{customer_name}` in templates: the name the channel gave the
+        // sender (an email's display name, a Telegram user's name).
+        customer_name: event
+            .sender
+            .as_ref()
+            .map(|sender| sender.display_name.as_str())
+            .filter(|name| !name.is_empty()),
         conversation: state,
         other_open_conversations,
         event_time_ms: event_time_ms(event),
@@ -1737,5 +1744,57 @@ mod tests {
         );
         let p = threaded(plan(&config, &InboundEvent::new(soon), &after(&p, &key)).unwrap());
         assert_eq!(p.timeline.len(), 1, "the message alone: {:?}", p.timeline);
+    }
+
+    /// Templates address the customer by the name the channel gave the
+    /// sender, and fall back when it gave none.
+    #[test]
+    fn replies_address_the_customer_by_name() {
+        let config = ThreadingConfig {
+            rules: Arc::new(
+                RuleBook::compile([(
+                    "r.toml",
+                    r#"
+                    name = "r"
+                    time_zone = "UTC"
+                    default_language = "en"
+                    channels = ["ch"]
+                    [templates.received]
+                    en = "Hi {customer_name|there}, we got it"
+                    [[rules]]
+                    name = "ack"
+                    match.conversation = ["new"]
+                    actions.acknowledge = "received"
+                    "#,
+                )])
+                .unwrap(),
+            ),
+            ..Default::default()
+        };
+        let reply_text = |display_name: &str| {
+            let mut sender = phone(true);
+            sender.display_name = display_name.into();
+            let input = InboundEvent::new(saying(event("n", ChannelKind::Sms, sender, 0), "hello"));
+            let p = threaded(plan(&config, &input, &Snapshot::default()).unwrap());
+            p.timeline
+                .iter()
+                .find_map(|t| match &t.entry {
+                    Some(Entry::AutomatedReply(reply)) => Some(
+                        reply
+                            .outbound
+                            .as_ref()
+                            .unwrap()
+                            .content
+                            .as_ref()
+                            .unwrap()
+                            .text
+                            .clone(),
+                    ),
+                    _ => None,
+                })
+                .expect("an acknowledgement")
+        };
+        assert_eq!(reply_text("Ana Lima"), "Hi Ana Lima, we got it");
+        assert_eq!(reply_text(""), "Hi there, we got it");
     }
 }
