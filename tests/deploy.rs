@@ -617,7 +617,7 @@ async fn compose_runs_omnid_on_kafka() {
     assert_eq!(record["key"], "phone:+14155550134");
     assert_eq!(record["value"]["content"]["text"], "hello through compose");
     assert_eq!(record["value"]["channelId"], "demo-api");
-    // The compose health check of the omnid service (bash, /readyz).
+    // The compose health check of the omnid service (`omnid health --ready`).
     run(podman().args(["healthcheck", "run", &omnid]));
     // A stop within the service's stop_grace_period (podman-compose's own
     // `down` waits 1 s only): the producer flushed, exit code 0.
