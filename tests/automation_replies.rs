@@ -189,6 +189,13 @@ async fn a_new_conversation_is_acknowledged_once_in_the_customers_language() {
         *sent.lock().unwrap(),
         [("+14155550123".to_owned(), RECEIVED_FA.to_owned())]
     );
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"omnid_automated_replies_total{kind="acknowledgement",outcome="handed_over"} 1"#
+        ),
+        "{metrics}"
+    );
 
     // On the timeline: the message, its triage, the reply.
     let timeline = deployment.timeline("phone:+14155550123");
@@ -302,6 +309,13 @@ actions.acknowledge = "received"
         "{letter}"
     );
     assert!(deployment.tail("outbound").is_empty());
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"omnid_automated_replies_total{kind="acknowledgement",outcome="dead_lettered"} 1"#
+        ),
+        "{metrics}"
+    );
     daemon
         .eventually(
             "the automated_reply entry on the timeline topic",

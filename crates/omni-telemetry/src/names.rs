@@ -46,6 +46,7 @@ pub const STATE_SEEN_MARKS: &str = "omnid_state_seen_marks";
 pub const THREADING_STATE_ROWS: &str = "omnid_threading_state_rows";
 pub const THREADING_DEDUPE_EVENT_IDS: &str = "omnid_threading_dedupe_event_ids";
 pub const THREADING_JOURNAL_ROWS: &str = "omnid_threading_journal_rows";
+pub const AUTOMATED_REPLIES_TOTAL: &str = "omnid_automated_replies_total";
 
 /// Every name above, so tests can check that dashboards, alert rules and
 /// docs only refer to metrics the daemon exports. A test parses this file
@@ -95,4 +96,5 @@ pub const ALL: &[&str] = &[
     THREADING_STATE_ROWS,
     THREADING_DEDUPE_EVENT_IDS,
     THREADING_JOURNAL_ROWS,
+    AUTOMATED_REPLIES_TOTAL,
 ];

@@ -739,6 +739,9 @@ impl ThreadingOutcome {
 pub(crate) struct ThreadingMetrics {
     outcomes: [Counter; ThreadingOutcome::ALL.len()],
     published: Counter,
+    /// `omnid_automated_replies_total`, by [`ReplyKind`] then
+    /// [`ReplyOutcome`].
+    replies: [[Counter; 2]; 2],
 }
 
 impl ThreadingMetrics {
@@ -748,6 +751,105 @@ impl ThreadingMetrics {
                 |outcome| counter!(names::THREADING_EVENTS_TOTAL, "outcome" => outcome.as_str()),
             ),
             published: counter!(names::TIMELINE_PUBLISHED_TOTAL),
+            replies: [ReplyKind::Acknowledgement, ReplyKind::AutoReply].map(|kind| {
+                [ReplyOutcome::HandedOver, ReplyOutcome::DeadLettered].map(|outcome| {
+                    counter!(
+                        names::AUTOMATED_REPLIES_TOTAL,
+                        "kind" => kind.as_str(),
+                        "outcome" => outcome.as_str()
+                    )
+                })
+            }),
+        }
+    }
+}
+
+/// Which automated reply: the `kind` label of
+/// `omnid_automated_replies_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyKind {
+    Acknowledgement,
+    AutoReply,
+}
+
+impl ReplyKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Acknowledgement => "acknowledgement",
+            Self::AutoReply => "auto_reply",
+        }
+    }
+}
+
+/// What the relay did with an automated reply: the `outcome` label of
+/// `omnid_automated_replies_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyOutcome {
+    /// Durable on the outbound topic: the dispatcher sends it.
+    HandedOver,
+    /// The channel cannot send it (gone, or a kind that only receives):
+    /// on the dead-letter topic instead.
+    DeadLettered,
+}
+
+impl ReplyOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::HandedOver => "handed_over",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// The timeline relay handed an automated reply to the outbound topic, or
+/// dead-lettered it. Counted once the append is submitted; a relay round
+/// repeated after a crash counts it again (the dispatcher still sends it
+/// once).
+#[derive(Debug)]
+pub(crate) struct AutomatedReplyRelayed<'a> {
+    pub kind: ReplyKind,
+    pub outcome: ReplyOutcome,
+    pub channel: &'a str,
+    /// The outbound event id.
+    pub event_id: &'a str,
+    pub rule: &'a str,
+    /// The customer message it answers.
+    pub trigger: &'a str,
+    /// Why it was dead-lettered: the refusal's code and text.
+    pub reason: &'a str,
+    pub detail: &'a str,
+}
+
+impl InternalEvent for AutomatedReplyRelayed<'_> {
+    type Handles = ThreadingMetrics;
+
+    fn emit(self, metrics: &ThreadingMetrics) {
+        let kind = match self.kind {
+            ReplyKind::Acknowledgement => 0,
+            ReplyKind::AutoReply => 1,
+        };
+        match self.outcome {
+            ReplyOutcome::HandedOver => {
+                metrics.replies[kind][0].increment(1);
+                debug!(
+                    channel = self.channel,
+                    event_id = self.event_id,
+                    rule = self.rule,
+                    trigger = self.trigger,
+                    "automated reply handed to the outbound topic"
+                );
+            }
+            ReplyOutcome::DeadLettered => {
+                metrics.replies[kind][1].increment(1);
+                warn!(
+                    channel = self.channel,
+                    reason = self.reason,
+                    detail = self.detail,
+                    rule = self.rule,
+                    trigger = self.trigger,
+                    "automated reply not sendable, dead-lettered"
+                );
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use omni_log::EventLog;
 use omni_model::cloudevents;
 use omni_proto::{
     Message as _,
-    v1::{ChannelKind, ConversationEvent, timeline_event::Entry},
+    v1::{AutomatedReplyKind, ChannelKind, ConversationEvent, timeline_event::Entry},
 };
 use omni_telemetry::emit;
 use omni_threading::{OutboxRow, ThreadingStore};
@@ -17,7 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::events::{ThreadingMetrics, TimelinePublished};
+use crate::events::{
+    AutomatedReplyRelayed, ReplyKind, ReplyOutcome, ThreadingMetrics, TimelinePublished,
+};
 use crate::{
     channels::{ChannelSet, LiveChannels},
     consume::{Backoff, header, timestamp},
@@ -250,13 +252,36 @@ impl Relay {
             };
             let outbound = reply.outbound.clone().unwrap_or_default();
             let channels = channels.get_or_insert_with(|| self.channels.get());
+            let kind = if reply.kind == AutomatedReplyKind::AutoReply as i32 {
+                ReplyKind::AutoReply
+            } else {
+                ReplyKind::Acknowledgement
+            };
             let entry = match checked_reply(outbound, channels) {
                 Ok(event) => {
-                    tracing::debug!(channel = %event.channel_id, event_id = %event.event_id, rule = %reply.rule, trigger = %reply.event_id, "automated reply handed to the outbound topic");
+                    emit!(AutomatedReplyRelayed {
+                        kind,
+                        outcome: ReplyOutcome::HandedOver,
+                        channel: &event.channel_id,
+                        event_id: &event.event_id,
+                        rule: &reply.rule,
+                        trigger: &reply.event_id,
+                        reason: "",
+                        detail: "",
+                    } => &self.metrics);
                     LogEntry::Outbound(Box::new(event))
                 }
                 Err(dead) => {
-                    tracing::warn!(channel = %dead.channel_id, reason = %dead.reason, detail = %dead.detail, rule = %reply.rule, trigger = %reply.event_id, "automated reply not sendable, dead-lettered");
+                    emit!(AutomatedReplyRelayed {
+                        kind,
+                        outcome: ReplyOutcome::DeadLettered,
+                        channel: &dead.channel_id,
+                        event_id: dead.metadata.get("event_id").map_or("", String::as_str),
+                        rule: &reply.rule,
+                        trigger: &reply.event_id,
+                        reason: &dead.reason,
+                        detail: &dead.detail,
+                    } => &self.metrics);
                     LogEntry::DeadLetter(dead)
                 }
             };
