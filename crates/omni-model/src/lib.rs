@@ -8,6 +8,7 @@
 //! and the same id from the same provider message, in every process and every
 //! release.
 
+mod channel_id;
 pub mod cloudevents;
 mod display_name;
 mod event_id;
@@ -16,6 +17,7 @@ mod language;
 pub mod proto;
 pub mod timestamp;
 
+pub use channel_id::{MAX_CHANNEL_ID_BYTES, check_channel_id};
 pub use display_name::{MAX_DISPLAY_NAME_CHARS, normalize_display_name};
 pub use event_id::{EventId, NAMESPACE, ParseEventIdError, event_id};
 pub use handle::{Handle, HandleError, HandleKind, HandleText, Region};

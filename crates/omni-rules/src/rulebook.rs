@@ -524,23 +524,6 @@ fn check_tag(text: &str) -> Result<(), String> {
     }
 }
 
-/// Channel ids as the daemon accepts them.
-fn check_channel_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && id.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid channel id `{id}`: use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        ))
-    }
-}
-
 fn compile_set(ctx: &mut Ctx<'_>, file: RuleSetFile) -> Option<RuleSet> {
     let before = ctx.count();
     if let Err(reason) = check_name(&file.name) {
@@ -575,7 +558,7 @@ fn compile_set(ctx: &mut Ctx<'_>, file: RuleSetFile) -> Option<RuleSet> {
     let mut seen = HashSet::new();
     for (i, id) in file.channels.iter().enumerate() {
         let key = format!("channels[{i}]");
-        if let Err(reason) = check_channel_id(id) {
+        if let Err(reason) = omni_model::check_channel_id(id) {
             ctx.error(&key, reason);
         } else if !seen.insert(id.clone()) {
             ctx.error(&key, format!("channel `{id}` is listed twice"));
@@ -734,7 +717,7 @@ fn compile_set(ctx: &mut Ctx<'_>, file: RuleSetFile) -> Option<RuleSet> {
         let mkey = format!("{key}.match");
         let mut channels = Vec::new();
         for (i, id) in when.channels.iter().enumerate() {
-            match check_channel_id(id) {
+            match omni_model::check_channel_id(id) {
                 Ok(()) => channels.push(id.clone()),
                 Err(reason) => ctx.error(&format!("{mkey}.channels[{i}]"), reason),
             }

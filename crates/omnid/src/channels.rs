@@ -220,7 +220,7 @@ pub fn load(
                 continue;
             }
         };
-        if let Err(reason) = validate_id(&id) {
+        if let Err(reason) = omni_model::check_channel_id(&id) {
             errors.push(error("id", reason));
             continue;
         }
@@ -297,23 +297,6 @@ fn take_string(table: &mut toml::Table, key: &str) -> Result<String, String> {
         Some(toml::Value::String(value)) => Ok(value),
         Some(other) => Err(format!("expected a string, found {}", other.type_str())),
         None => Err("missing required key".into()),
-    }
-}
-
-/// Ids appear in URLs, metric labels and event ids: keep them boring.
-fn validate_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && id.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid channel id `{id}`: use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        ))
     }
 }
 
