@@ -35,6 +35,8 @@
 //!   servers make to a channel, and a local server playing its APIs.
 //! - [`meta`]: Meta's `X-Hub-Signature-256`, its documented webhook
 //!   payloads (WhatsApp, Messenger, Instagram), and a local Graph API.
+//! - [`twilio`]: Twilio's signed messaging webhook and a local server
+//!   playing its Messages API.
 //! - [`browser`]: a headless Chromium under chromedriver (W3C WebDriver),
 //!   with tabs sharing one profile, for tests of web pages.
 //!
@@ -54,6 +56,7 @@ pub mod postgres;
 mod process;
 mod smtp;
 mod tls;
+pub mod twilio;
 pub mod wechat;
 
 pub use dovecot::{ALICE, BOB, Dovecot, User};
