@@ -82,6 +82,10 @@ pub struct Facts<'a> {
     /// Whether an agent has replied in this conversation (the next
     /// response's SLA applies) or not (the first response's).
     pub agent_has_replied: bool,
+    /// The conversation's priority before this message, if it has one:
+    /// the SLA deadline follows the more urgent of it and the message's
+    /// own, so a P1 conversation's next message is not given a P3 target.
+    pub conversation_priority: Option<Priority>,
     /// When the customer sent the message.
     pub event_time_ms: i64,
     pub text: &'a str,
@@ -163,7 +167,8 @@ pub struct Decision {
     pub auto_reply: ReplyDecision,
     pub tags: Vec<String>,
     pub priority: Priority,
-    /// The response deadline; `None` for automated messages, without a
+    /// The response deadline, for the more urgent of `priority` and the
+    /// conversation's priority; `None` for automated messages, without a
     /// rule set, or when the priority has no target.
     pub sla: Option<SlaDeadline>,
 }
@@ -295,10 +300,13 @@ fn evaluate_set(set: &RuleSet, facts: &Facts<'_>) -> Decision {
     } else {
         ResponseKind::First
     };
+    let sla_priority = facts
+        .conversation_priority
+        .map_or(priority, |p| p.most_urgent(priority));
     let sla = if facts.automated {
         None
     } else {
-        set.sla_deadline_with_margin(priority, kind, facts.event_time_ms, escalate_before_ms)
+        set.sla_deadline_with_margin(sla_priority, kind, facts.event_time_ms, escalate_before_ms)
     };
     let expected_response =
         sla.and_then(|deadline| set.format_local(deadline.due_ms, facts.event_time_ms));

@@ -352,6 +352,37 @@ fn the_same_auto_reply_is_not_repeated_within_the_window() {
 }
 
 #[test]
+fn the_deadline_follows_the_conversations_priority_when_it_is_more_urgent() {
+    let book = book();
+    let base = facts("where is my order?");
+    let own = evaluate(&book, &base);
+    assert_eq!(own.priority, Priority::P3);
+    assert_eq!(own.sla.unwrap().priority, Priority::P3);
+    // The conversation was a refund (P1): its next message keeps P1's
+    // target, while the message's own priority stays what its rules say.
+    let urgent = evaluate(
+        &book,
+        &Facts {
+            conversation_priority: Some(Priority::P1),
+            ..base
+        },
+    );
+    assert_eq!(urgent.priority, Priority::P3);
+    let sla = urgent.sla.unwrap();
+    assert_eq!(sla.priority, Priority::P1);
+    assert!(sla.due_ms < own.sla.unwrap().due_ms);
+    // A less urgent conversation never lowers the message's own.
+    let calm = evaluate(
+        &book,
+        &Facts {
+            conversation_priority: Some(Priority::P4),
+            ..base
+        },
+    );
+    assert_eq!(calm.sla, own.sla);
+}
+
+#[test]
 fn a_language_without_a_text_falls_back_to_the_default() {
     let book = book();
     let decision = evaluate(&book, &facts("Здравствуйте, подскажите пожалуйста"));

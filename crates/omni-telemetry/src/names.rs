@@ -47,6 +47,9 @@ pub const THREADING_STATE_ROWS: &str = "omnid_threading_state_rows";
 pub const THREADING_DEDUPE_EVENT_IDS: &str = "omnid_threading_dedupe_event_ids";
 pub const THREADING_JOURNAL_ROWS: &str = "omnid_threading_journal_rows";
 pub const AUTOMATED_REPLIES_TOTAL: &str = "omnid_automated_replies_total";
+pub const SLA_RESPONSE_SECONDS: &str = "omnid_sla_response_seconds";
+pub const SLA_ESCALATIONS_TOTAL: &str = "omnid_sla_escalations_total";
+pub const SLA_BREACHES_TOTAL: &str = "omnid_sla_breaches_total";
 
 /// Every name above, so tests can check that dashboards, alert rules and
 /// docs only refer to metrics the daemon exports. A test parses this file
@@ -97,4 +100,7 @@ pub const ALL: &[&str] = &[
     THREADING_DEDUPE_EVENT_IDS,
     THREADING_JOURNAL_ROWS,
     AUTOMATED_REPLIES_TOTAL,
+    SLA_RESPONSE_SECONDS,
+    SLA_ESCALATIONS_TOTAL,
+    SLA_BREACHES_TOTAL,
 ];

@@ -409,6 +409,8 @@ impl Overlay {
                     priority: c.priority,
                     last_acknowledgement_ms: c.last_acknowledgement_ms,
                     auto_replies: c.auto_replies.clone(),
+                    agent_replied: c.agent_replied,
+                    awaiting: c.awaiting.clone(),
                     ..old.clone()
                 },
                 None => c.clone(),

@@ -306,6 +306,9 @@ pub fn plan_command(
             let mut conv = conversation(&c.conversation_id)?;
             if conv.open {
                 conv.open = false;
+                // An agent closing it is its answer: no SLA timer runs
+                // in a closed conversation.
+                conv.awaiting = None;
                 let entry = state_change(ConversationState::Closed, &c.reason);
                 entries.push(
                     &conv.customer,

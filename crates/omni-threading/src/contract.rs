@@ -1917,3 +1917,335 @@ where
         automated_replies_of(&rows)
     );
 }
+
+/// SMS rules with SLA targets on the calendar: P3 (the default) answers
+/// within an hour, escalating 15 minutes before; a refund is P1 (15
+/// minutes, escalating 5 minutes before).
+fn sla_config() -> ThreadingConfig {
+    let book = omni_rules::RuleBook::compile([(
+        "sla.toml",
+        r#"
+        name = "sla"
+        time_zone = "UTC"
+        default_language = "en"
+        default_priority = "P3"
+        channel_kinds = ["sms"]
+        [sla.p1]
+        first_response = "15m"
+        next_response = "30m"
+        escalate_before = "5m"
+        [sla.p2]
+        first_response = "30m"
+        next_response = "1h"
+        [sla.p3]
+        first_response = "1h"
+        next_response = "2h"
+        escalate_before = "15m"
+        [[rules]]
+        name = "refund"
+        match.keywords = ["refund"]
+        actions.priority = "P1"
+        actions.tags = ["refund"]
+        "#,
+    )])
+    .expect("rule book compiles");
+    ThreadingConfig {
+        rules: std::sync::Arc::new(book),
+        ..ThreadingConfig::default()
+    }
+}
+
+/// An agent's reply to `phone`, as the outbound dispatcher reports it once
+/// the provider accepted it, `at` seconds after [`T0`].
+fn agent_reply_to(event_id: &str, phone: &str, at: i64) -> InboundEvent {
+    let mut event = sms_from(event_id, phone, at);
+    event.direction = Direction::Outbound as i32;
+    event.kind = EventKind::DeliveryStatus as i32;
+    event.recipients = event.sender.take().into_iter().collect();
+    event.received_at = None;
+    event.delivery = Some(omni_proto::v1::DeliveryStatus {
+        outbound_event_id: format!("out-{event_id}"),
+        state: omni_proto::v1::DeliveryState::Sent as i32,
+        ..Default::default()
+    });
+    InboundEvent::new(event)
+}
+
+/// The SLA entries of `rows` as `(customer, kind, awaited event, at
+/// seconds after T0)`, in outbox order.
+fn sla_entries(rows: &[OutboxRow]) -> Vec<(String, &'static str, String, i64)> {
+    rows.iter()
+        .filter_map(|r| {
+            let (kind, timer) = match &r.event.entry {
+                Some(Entry::SlaEscalated(e)) => ("escalated", e.timer.as_ref()),
+                Some(Entry::SlaBreached(b)) => ("breached", b.timer.as_ref()),
+                Some(Entry::SlaAnswered(a)) => ("answered", a.timer.as_ref()),
+                _ => return None,
+            };
+            let at = r.event.recorded_at.as_ref().map_or(0, |t| t.seconds - T0);
+            Some((
+                r.event.customer_id.clone(),
+                kind,
+                timer.expect("timer").event_id.clone(),
+                at,
+            ))
+        })
+        .collect()
+}
+
+/// Rows grouped per customer in sequence order: what a replay must
+/// reproduce (customers' timelines interleave in the outbox as the clock
+/// and the events came, which a replay cannot).
+fn per_customer(rows: Vec<OutboxRow>) -> Vec<TimelineEvent> {
+    let mut entries: Vec<TimelineEvent> = rows.into_iter().map(|r| r.event).collect();
+    entries.sort_by(|a, b| (&a.customer_id, a.sequence).cmp(&(&b.customer_id, b.sequence)));
+    entries
+}
+
+/// SLA timers: an unanswered P3 message escalates to P2 when its deadline
+/// nears and is breached when it passes, whether the daemon's clock or the
+/// customer's next message notices first; an agent's answer in time stops
+/// the clock without a breach, one after it is recorded as late; a refund
+/// (P1) escalates and breaches on its own shorter targets; the next
+/// message after an answer gets the next-response target. Replaying the
+/// stream into an empty store, with the clock only at the end, writes the
+/// same timelines.
+pub async fn sla_timers_escalate_breach_and_stop<S, F, Fut>(make: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = sla_config();
+    let ms = |at: i64| (T0 + at) * 1000;
+    let (ana, bo, cy) = ("+14155550301", "+14155550302", "+14155550303");
+    let say = |id: &str, phone: &str, text: &str, at: i64| {
+        InboundEvent::new(sms_saying(id, phone, text, at))
+    };
+    let store = make().await;
+    let mut events = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut step = async |store: &S, input: InboundEvent| {
+        outcomes.push(store.thread(&config, &input).await.expect("thread event"));
+        events.push(input);
+    };
+    step(
+        &store,
+        say("sla-ana-1", ana, "hello, where is my parcel?", 0),
+    )
+    .await;
+    step(&store, say("sla-bo-1", bo, "hi, a question", 0)).await;
+    step(&store, say("sla-cy-1", cy, "I want a refund", 0)).await;
+    step(&store, agent_reply_to("sla-bo-answer", bo, 600)).await;
+    // The clock at +1000 s: Cy's refund escalated at +600 and is late
+    // since +900; Ana's escalation is due at +2700 only.
+    let fired = store.fire_sla_timers(ms(1000), 100).await.expect("timers");
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(
+        store.fire_sla_timers(ms(1000), 100).await.expect("timers"),
+        Vec::new(),
+        "a timer fires once"
+    );
+    // Ana writes again at +3000: her escalation (+2700) is written before
+    // the message, by the threading of the message itself.
+    step(&store, say("sla-ana-2", ana, "hello?", 3000)).await;
+    let fired = store.fire_sla_timers(ms(5000), 100).await.expect("timers");
+    assert_eq!(fired.len(), 1, "Ana's breach: {fired:?}");
+    step(&store, agent_reply_to("sla-ana-answer", ana, 6000)).await;
+    step(
+        &store,
+        say("sla-ana-3", ana, "thanks, one more thing", 7000),
+    )
+    .await;
+    // Far later: Ana's next response (P2 after the escalation: 1 h) is
+    // late too; Bo's answered conversation has no timer.
+    store
+        .fire_sla_timers(ms(100_000), 100)
+        .await
+        .expect("timers");
+    let rows = drain(&store).await;
+
+    let customer = |i: usize| customer_of(&outcomes[i]).as_str().to_owned();
+    let (ana_id, bo_id, cy_id) = (customer(0), customer(1), customer(2));
+    for c in [&ana_id, &bo_id, &cy_id] {
+        assert_gapless(&rows, &CustomerId::from_string(c.clone()));
+    }
+    let entry = |c: &str, kind: &'static str, event: &str, at: i64| {
+        (c.to_owned(), kind, event.to_owned(), at)
+    };
+    assert_eq!(
+        sla_entries(&rows),
+        vec![
+            entry(&bo_id, "answered", "sla-bo-1", 600),
+            entry(&cy_id, "escalated", "sla-cy-1", 600),
+            entry(&cy_id, "breached", "sla-cy-1", 900),
+            entry(&ana_id, "escalated", "sla-ana-1", 2700),
+            entry(&ana_id, "breached", "sla-ana-1", 3600),
+            entry(&ana_id, "answered", "sla-ana-1", 6000),
+            entry(&ana_id, "breached", "sla-ana-3", 7000 + 3600),
+        ],
+    );
+    let of = |id: &str| -> Vec<&TimelineEvent> {
+        rows.iter()
+            .map(|r| &r.event)
+            .filter(|e| e.customer_id == id)
+            .collect()
+    };
+    // Bo: answered in time, after 10 minutes.
+    let bo_answer = of(&bo_id)
+        .into_iter()
+        .find_map(|e| match &e.entry {
+            Some(Entry::SlaAnswered(a)) => Some(a.clone()),
+            _ => None,
+        })
+        .expect("Bo's answer");
+    assert!(bo_answer.in_time);
+    assert_eq!(bo_answer.response_ms, 600_000);
+    assert_eq!(bo_answer.answer_event_id, "sla-bo-answer");
+    let timer = bo_answer.timer.expect("timer");
+    assert_eq!(timer.response, omni_proto::v1::SlaResponse::First as i32);
+    assert_eq!(timer.target_ms, 3_600_000);
+    assert_eq!(timer.channel_id, "sms");
+    // Ana: escalated P3 -> P2, breached, answered late (100 minutes);
+    // her next message awaits the next response on P2's target.
+    let ana_rows = of(&ana_id);
+    let escalations: Vec<(i32, i32)> = ana_rows
+        .iter()
+        .filter_map(|e| match &e.entry {
+            Some(Entry::SlaEscalated(x)) => Some((x.previous_priority, x.priority)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        escalations,
+        vec![(Priority::P3 as i32, Priority::P2 as i32)],
+        "P2's next response has no escalation margin"
+    );
+    let position = |id: &str| {
+        ana_rows
+            .iter()
+            .position(|e| e.timeline_event_id == id)
+            .expect(id)
+    };
+    assert!(
+        position(&crate::ids::timeline_entry_id(
+            "sla-ana-1",
+            &format!("sla-escalated\u{0}{}", conversation_of(&outcomes[0]))
+        )) < position("sla-ana-2"),
+        "the escalation comes before the message that noticed it"
+    );
+    let late = ana_rows
+        .iter()
+        .find_map(|e| match &e.entry {
+            Some(Entry::SlaAnswered(a)) => Some(a.clone()),
+            _ => None,
+        })
+        .expect("Ana's answer");
+    assert!(!late.in_time);
+    assert_eq!(late.response_ms, 6_000_000);
+    let next = ana_rows
+        .iter()
+        .rev()
+        .find_map(|e| match &e.entry {
+            Some(Entry::SlaBreached(b)) => b.timer.clone(),
+            _ => None,
+        })
+        .expect("the next response's breach");
+    assert_eq!(next.response, omni_proto::v1::SlaResponse::Next as i32);
+    assert_eq!(next.target_ms, 3_600_000, "P2's next response");
+
+    // A replay, with the clock only at the end, writes the same timelines.
+    let replay = make().await;
+    let replayed: Vec<Outcome> = replay
+        .thread_batch(&config, &events)
+        .await
+        .expect("replay batch")
+        .into_iter()
+        .map(|r| r.expect("replayed event"))
+        .collect();
+    // The same customers and conversations; the rows each event wrote
+    // differ where the clock wrote a timer's entry live and the next event
+    // writes it on the replay.
+    let placed = |outcomes: &[Outcome]| -> Vec<(CustomerId, String)> {
+        outcomes
+            .iter()
+            .map(|o| (customer_of(o), conversation_of(o)))
+            .collect()
+    };
+    assert_eq!(placed(&replayed), placed(&outcomes), "the same placement");
+    replay
+        .fire_sla_timers(ms(100_000), 100)
+        .await
+        .expect("timers");
+    assert_eq!(
+        per_customer(drain(&replay).await),
+        per_customer(rows),
+        "a replay writes identical timelines"
+    );
+}
+
+/// A running SLA timer outlives the store: reopened, the clock still
+/// fires it, once; closing a conversation stops its timer.
+pub async fn sla_timers_survive_reopening<S, F, Fut>(open: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = sla_config();
+    let first = open().await;
+    first
+        .thread(
+            &config,
+            &InboundEvent::new(sms_saying("sr-1", "+14155550401", "hello", 0)),
+        )
+        .await
+        .expect("thread event");
+    let closed = first
+        .thread(
+            &config,
+            &InboundEvent::new(sms_saying("sr-2", "+14155550402", "hello", 0)),
+        )
+        .await
+        .expect("thread event");
+    apply(
+        &first,
+        command(
+            "sr-close",
+            60,
+            Command::Close(CloseConversation {
+                conversation_id: conversation_of(&closed),
+                reason: "solved".to_owned(),
+            }),
+        ),
+    )
+    .await;
+    drain(&first).await;
+    drop(first);
+    let second = open().await;
+    let before = drain(&second).await.len();
+    let fired = second
+        .fire_sla_timers((T0 + 10_000) * 1000, 100)
+        .await
+        .expect("timers");
+    assert_eq!(
+        fired
+            .iter()
+            .map(|e| match &e.entry {
+                Some(Entry::SlaEscalated(x)) => x.timer.as_ref().map(|t| t.event_id.as_str()),
+                Some(Entry::SlaBreached(x)) => x.timer.as_ref().map(|t| t.event_id.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![Some("sr-1"), Some("sr-1")],
+        "the open conversation's escalation and breach, not the closed one's"
+    );
+    assert_eq!(drain(&second).await.len(), before + 2);
+    assert!(
+        second
+            .fire_sla_timers((T0 + 20_000) * 1000, 100)
+            .await
+            .expect("timers")
+            .is_empty()
+    );
+}

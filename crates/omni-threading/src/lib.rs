@@ -34,6 +34,7 @@ pub mod ids;
 pub mod logic;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod sla;
 mod sql;
 mod sqlite;
 mod state;
@@ -46,11 +47,12 @@ pub use commands::{
 pub use error::{StoreError, ThreadingError};
 pub use ids::{CustomerId, HandleKey};
 pub use logic::{
-    Conversation, Decision, HandleOwner, InboundEvent, Lookups, Plan, Snapshot, ThreadingConfig,
-    event_time_ms, lookups, plan, plan_with,
+    AwaitingResponse, Conversation, Decision, HandleOwner, InboundEvent, Lookups, Plan, Snapshot,
+    ThreadingConfig, event_time_ms, lookups, plan, plan_with,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub use sla::{TimerPlan, TimerSnapshot, plan_timers};
 pub use sqlite::{SnapshotLimits, SqliteOptions, SqliteStats, SqliteStore};
 pub use state::StateSizes;
 pub use store::{CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};

@@ -155,6 +155,66 @@ pub struct Conversation {
     /// sent again within `rate_limits.auto_reply_window`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auto_replies: Vec<SentAutoReply>,
+    /// Whether an agent (not an automation) has answered in it: the
+    /// customer's next message then gets the `next_response` target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent_replied: bool,
+    /// The oldest customer message no agent has answered yet, with its SLA
+    /// deadline; `None` when every message is answered or no rule set
+    /// gives the conversation a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<AwaitingResponse>,
+}
+
+/// A customer message awaiting an agent's answer, and where its SLA timer
+/// stands. Times are event times (UTC milliseconds), so a replay fires
+/// the timer at the same point of the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AwaitingResponse {
+    /// The customer message's event id.
+    pub event_id: String,
+    /// When it was received.
+    pub since_ms: i64,
+    /// Whether it awaits the conversation's first answer.
+    pub first: bool,
+    /// The priority whose target the deadline is.
+    #[serde(with = "priority_text::required")]
+    pub priority: Priority,
+    /// The rule set the target came from.
+    pub rule_set: String,
+    /// The target, in milliseconds of SLA time.
+    pub target_ms: i64,
+    /// When the answer is due (an answer at this instant is in time).
+    pub due_ms: i64,
+    /// When to escalate; equal to `due_ms` when there is no margin.
+    pub escalate_at_ms: i64,
+    /// The escalation was written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
+    /// The breach was written: the timer waits only for the answer now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breached: bool,
+}
+
+impl AwaitingResponse {
+    /// When its timer fires next: the escalation, then the first instant
+    /// past the deadline; `None` once breached.
+    pub fn next_timer_ms(&self) -> Option<i64> {
+        if !self.escalated && self.escalate_at_ms < self.due_ms {
+            Some(self.escalate_at_ms)
+        } else if !self.breached {
+            Some(self.due_ms.saturating_add(1))
+        } else {
+            None
+        }
+    }
+}
+
+impl Conversation {
+    /// When its SLA timer fires next, if it has one.
+    pub fn sla_timer_ms(&self) -> Option<i64> {
+        self.awaiting.as_ref()?.next_timer_ms()
+    }
 }
 
 /// How many auto-replies a conversation remembers. A window's worth in
@@ -193,6 +253,25 @@ mod priority_text {
         Option::<String>::deserialize(deserializer)?
             .map(|text| Priority::parse(&text).map_err(D::Error::custom))
             .transpose()
+    }
+
+    /// The same for a priority that is always there.
+    pub(super) mod required {
+        use omni_rules::Priority;
+        use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            priority: &Priority,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(priority.as_str())
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Priority, D::Error> {
+            Priority::parse(&String::deserialize(deserializer)?).map_err(D::Error::custom)
+        }
     }
 }
 
@@ -538,23 +617,47 @@ pub fn plan_with(
         );
     }
 
+    // SLA timers of the customer's conversations that fell due before
+    // this event: written first, at their own times, as the daemon's
+    // clock writes them when it notices first (see `sla`).
+    let mut writes: Vec<Conversation> = Vec::new();
+    let mut fired_conversations: Vec<Conversation>;
+    let due = |c: &Conversation| {
+        cluster.contains(&c.customer) && c.sla_timer_ms().is_some_and(|t| t <= now)
+    };
+    let conversations: &[Conversation] = if snapshot.conversations.iter().any(due) {
+        let mut fired = Vec::new();
+        fired_conversations = snapshot.conversations.clone();
+        for c in fired_conversations.iter_mut().filter(|c| due(c)) {
+            fired.extend(
+                crate::sla::fire(c, now)
+                    .into_iter()
+                    .map(|f| (f.at_ms, c.id.clone(), f)),
+            );
+            writes.push(c.clone());
+        }
+        fired.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (at_ms, conversation_id, fired) in fired {
+            push(fired.id, &conversation_id, fired.entry, &mut timeline);
+            if let Some(last) = timeline.last_mut() {
+                last.recorded_at = Some(crate::sla::timestamp(at_ms));
+            }
+        }
+        &fired_conversations
+    } else {
+        &snapshot.conversations
+    };
+
     // Conversation.
     let hints = event.threading.clone().unwrap_or_default();
     let mine = |c: &&Conversation| cluster.contains(&c.customer);
-    let find = |id: &str| {
-        snapshot
-            .conversations
-            .iter()
-            .filter(mine)
-            .find(|c| c.id == id)
-    };
+    let find = |id: &str| conversations.iter().filter(mine).find(|c| c.id == id);
     let email = !is_chat_like(event.channel_kind);
     let thread_key = if email {
         String::new()
     } else {
         hints.provider_chat_id.clone()
     };
-    let mut writes: Vec<Conversation> = Vec::new();
     let mut chosen: Option<Conversation> = snapshot
         .edited_conversation
         .as_deref()
@@ -570,8 +673,7 @@ pub fn plan_with(
             .cloned();
         if chosen.is_none() && !hints.normalized_subject.is_empty() {
             let window = i64::try_from(config.subject_window.as_millis()).unwrap_or(i64::MAX);
-            chosen = snapshot
-                .conversations
+            chosen = conversations
                 .iter()
                 .filter(mine)
                 .filter(|c| c.email && c.subject == hints.normalized_subject)
@@ -582,8 +684,7 @@ pub fn plan_with(
     }
     if chosen.is_none() && !email {
         let timeout = config.idle_timeout_ms(&event.channel_id);
-        if let Some(open) = snapshot
-            .conversations
+        if let Some(open) = conversations
             .iter()
             .filter(mine)
             .filter(|c| {
@@ -596,6 +697,9 @@ pub fn plan_with(
             } else {
                 let mut closed = open.clone();
                 closed.open = false;
+                // Closing stops its SLA timer (those already due fired
+                // above).
+                closed.awaiting = None;
                 closed.customer = survivor.clone();
                 push(
                     timeline_entry_id(&event.event_id, &format!("close\u{0}{}", closed.id)),
@@ -617,6 +721,7 @@ pub fn plan_with(
     // conversation open for ever, nor an unfollow open a new one.
     if event.kind == EventKind::Activity as i32 {
         let conversation_id = chosen.filter(|c| c.open).map(|c| c.id).unwrap_or_default();
+        keep_last_writes(&mut writes);
         push(
             event.event_id.clone(),
             &conversation_id,
@@ -657,6 +762,8 @@ pub fn plan_with(
             priority: None,
             last_acknowledgement_ms: None,
             auto_replies: Vec::new(),
+            agent_replied: false,
+            awaiting: None,
         },
     };
     let reopened = !conversation.open;
@@ -687,8 +794,7 @@ pub fn plan_with(
             .is_some();
     let other_open: Vec<String> = if opened || rules_apply {
         let closed: HashSet<&str> = writes.iter().map(|c| c.id.as_str()).collect();
-        let mut ids: Vec<String> = snapshot
-            .conversations
+        let mut ids: Vec<String> = conversations
             .iter()
             .filter(mine)
             .filter(|c| c.open && c.id != conversation.id && !closed.contains(c.id.as_str()))
@@ -711,8 +817,7 @@ pub fn plan_with(
         let other_open = u32::try_from(other_open.len()).unwrap_or(u32::MAX);
         // The customer's acknowledged conversations among those loaded
         // (this one as it stands before the message), once each.
-        let acknowledged: HashMap<&str, i64> = snapshot
-            .conversations
+        let acknowledged: HashMap<&str, i64> = conversations
             .iter()
             .filter(mine)
             .filter(|c| c.id != conversation.id)
@@ -738,6 +843,16 @@ pub fn plan_with(
         .as_ref()
         .map(|decision| record_replies(&mut conversation, event, decision, now))
         .unwrap_or_default();
+    if let Some(decision) = &automation
+        && let (Some(deadline), Some(rule_set)) = (&decision.sla, &decision.rule_set)
+    {
+        crate::sla::start(&mut conversation, &event.event_id, now, rule_set, deadline);
+    }
+    let answered = if crate::sla::is_agent_answer(event) {
+        crate::sla::answer(&mut conversation, &event.event_id, now)
+    } else {
+        None
+    };
     let conversation_id = conversation.id.clone();
     push(
         event.event_id.clone(),
@@ -765,7 +880,11 @@ pub fn plan_with(
             &mut timeline,
         );
     }
+    if let Some(answered) = answered {
+        push(answered.id, &conversation_id, answered.entry, &mut timeline);
+    }
     writes.push(conversation);
+    keep_last_writes(&mut writes);
 
     Ok(Decision::Threaded(Box::new(Plan {
         customer: survivor,
@@ -780,6 +899,23 @@ pub fn plan_with(
         next_sequence: sequence,
         automation,
     })))
+}
+
+/// Drops all but the last write of each conversation (a timer fired in
+/// one, then the event changed it again): a store writes each row once
+/// per plan.
+fn keep_last_writes(writes: &mut Vec<Conversation>) {
+    if writes.len() < 2 {
+        return;
+    }
+    let mut seen = HashSet::new();
+    let mut kept: Vec<Conversation> = writes
+        .drain(..)
+        .rev()
+        .filter(|c| seen.insert(c.id.clone()))
+        .collect();
+    kept.reverse();
+    *writes = kept;
 }
 
 /// Whether the customer-service rules look at `event`: a new message from
@@ -797,7 +933,7 @@ fn is_customer_message(event: &ConversationEvent) -> bool {
 const AUTOMATED_KEYS: [&str; 4] = ["auto_reply", "bounce", "bulk", "auto_acknowledgement"];
 
 /// Whether the event says a machine sent it.
-fn is_automated(event: &ConversationEvent) -> bool {
+pub(crate) fn is_automated(event: &ConversationEvent) -> bool {
     AUTOMATED_KEYS.iter().any(|key| {
         event
             .provider_metadata
@@ -854,6 +990,8 @@ fn evaluate_message(
         language_hint: (!event.language.is_empty()).then_some(event.language.as_str()),
         automated: is_automated(event),
         last_acknowledgement_ms: conversation.last_acknowledgement_ms,
+        agent_has_replied: conversation.agent_replied,
+        conversation_priority: conversation.priority,
         customer_acknowledgements_ms,
         recent_auto_replies: &conversation
             .auto_replies
@@ -1042,7 +1180,7 @@ fn triage(
 }
 
 /// A rules priority as the stream's enum.
-fn priority_to_proto(priority: Priority) -> omni_proto::v1::Priority {
+pub(crate) fn priority_to_proto(priority: Priority) -> omni_proto::v1::Priority {
     match priority {
         Priority::P1 => omni_proto::v1::Priority::P1,
         Priority::P2 => omni_proto::v1::Priority::P2,
@@ -1497,6 +1635,8 @@ mod tests {
             priority: None,
             last_acknowledgement_ms: None,
             auto_replies: Vec::new(),
+            agent_replied: false,
+            awaiting: None,
         });
         // Idle past the timeout: the chat conversation closes and a new
         // one opens; the closed one does not count, the email one does.
@@ -1543,6 +1683,8 @@ mod tests {
             priority: Some(Priority::P2),
             last_acknowledgement_ms: None,
             auto_replies: Vec::new(),
+            agent_replied: false,
+            awaiting: None,
         };
         let snapshot = Snapshot {
             owners: [(

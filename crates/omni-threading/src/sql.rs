@@ -174,7 +174,8 @@ macro_rules! sql_store {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms, tags, priority, last_acknowledgement_ms, \
-                         auto_reply_templates, auto_reply_at_ms FROM conversations \
+                         auto_reply_templates, auto_reply_at_ms, agent_replied, awaiting \
+                         FROM conversations \
                          WHERE (open OR email) AND customer_id IN (",
                     );
                     let mut list = q.separated(", ");
@@ -219,7 +220,8 @@ macro_rules! sql_store {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms, tags, priority, last_acknowledgement_ms, \
-                         auto_reply_templates, auto_reply_at_ms FROM conversations WHERE id IN (",
+                         auto_reply_templates, auto_reply_at_ms, agent_replied, awaiting \
+                         FROM conversations WHERE id IN (",
                     );
                     let mut list = q.separated(", ");
                     for id in &ids {
@@ -380,7 +382,8 @@ macro_rules! sql_store {
                 let row = sqlx::query(
                     "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                      last_activity_ms, tags, priority, last_acknowledgement_ms, \
-                         auto_reply_templates, auto_reply_at_ms FROM conversations WHERE id = $1",
+                         auto_reply_templates, auto_reply_at_ms, agent_replied, awaiting \
+                         FROM conversations WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&mut **tx)
@@ -426,6 +429,16 @@ macro_rules! sql_store {
                             .map(|(template, at_ms)| $crate::logic::SentAutoReply { template, at_ms })
                             .collect()
                     },
+                    agent_replied: r.try_get(13).ctx("decoding conversation")?,
+                    awaiting: r
+                        .try_get::<Option<String>, _>(14)
+                        .ctx("decoding conversation")?
+                        .map(|json| {
+                            serde_json::from_str(&json)
+                                .map_err(|e| sqlx::Error::Decode(e.into()))
+                                .ctx("decoding conversation's SLA timer")
+                        })
+                        .transpose()?,
                 })
             }
 
@@ -438,6 +451,23 @@ macro_rules! sql_store {
 
             fn auto_reply_times(c: &$crate::Conversation) -> Vec<i64> {
                 c.auto_replies.iter().map(|a| a.at_ms).collect()
+            }
+
+            /// A conversation's SLA timer as JSON text (it is read only
+            /// with its row); `sla_timer_ms` beside it is the indexed
+            /// instant the clock looks for.
+            fn awaiting_json(
+                c: &$crate::Conversation,
+            ) -> Result<Option<String>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                c.awaiting
+                    .as_ref()
+                    .map(|a| {
+                        serde_json::to_string(a)
+                            .map_err(|e| sqlx::Error::Encode(e.into()))
+                            .ctx("encoding conversation's SLA timer")
+                    })
+                    .transpose()
             }
 
             async fn load_snapshot(
@@ -470,7 +500,8 @@ macro_rules! sql_store {
                     let rows = sqlx::query(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms, tags, priority, last_acknowledgement_ms, \
-                         auto_reply_templates, auto_reply_at_ms FROM conversations \
+                         auto_reply_templates, auto_reply_at_ms, agent_replied, awaiting \
+                         FROM conversations \
                          WHERE customer_id = $1 \
                          AND (open OR (email AND subject = $2 AND subject <> ''))",
                     )
@@ -565,14 +596,18 @@ macro_rules! sql_store {
                     sqlx::query(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
                          subject, open, last_activity_ms, tags, priority, \
-                         last_acknowledgement_ms, auto_reply_templates, auto_reply_at_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                         last_acknowledgement_ms, auto_reply_templates, auto_reply_at_ms, \
+                         agent_replied, awaiting, sla_timer_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                         $14, $15, $16) \
                          ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
                          open = excluded.open, last_activity_ms = excluded.last_activity_ms, \
                          tags = excluded.tags, priority = excluded.priority, \
                          last_acknowledgement_ms = excluded.last_acknowledgement_ms, \
                          auto_reply_templates = excluded.auto_reply_templates, \
-                         auto_reply_at_ms = excluded.auto_reply_at_ms",
+                         auto_reply_at_ms = excluded.auto_reply_at_ms, \
+                         agent_replied = excluded.agent_replied, awaiting = excluded.awaiting, \
+                         sla_timer_ms = excluded.sla_timer_ms",
                     )
                     .bind(&c.id)
                     .bind(c.customer.as_str())
@@ -587,6 +622,9 @@ macro_rules! sql_store {
                     .bind(c.last_acknowledgement_ms)
                     .bind(Self::auto_reply_templates(c))
                     .bind(Self::auto_reply_times(c))
+                    .bind(c.agent_replied)
+                    .bind(Self::awaiting_json(c)?)
+                    .bind(c.sla_timer_ms())
                     .execute(&mut **tx)
                     .await
                     .ctx("writing conversation")?;
@@ -893,8 +931,14 @@ macro_rules! sql_store {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO conversations (id, customer_id, channel_id, thread_key, email, \
                          subject, open, last_activity_ms, tags, priority, \
-                         last_acknowledgement_ms, auto_reply_templates, auto_reply_at_ms) ",
+                         last_acknowledgement_ms, auto_reply_templates, auto_reply_at_ms, \
+                         agent_replied, awaiting, sla_timer_ms) ",
                     );
+                    let awaiting: Vec<Option<String>> = rows
+                        .iter()
+                        .map(Self::awaiting_json)
+                        .collect::<Result<_, _>>()?;
+                    let mut awaiting = awaiting.into_iter();
                     q.push_values(rows, |mut b, c| {
                         b.push_bind(c.id.clone())
                             .push_bind(c.customer.as_str().to_owned())
@@ -908,7 +952,10 @@ macro_rules! sql_store {
                             .push_bind(c.priority.map(omni_rules::Priority::as_str))
                             .push_bind(c.last_acknowledgement_ms)
                             .push_bind(Self::auto_reply_templates(c))
-                            .push_bind(Self::auto_reply_times(c));
+                            .push_bind(Self::auto_reply_times(c))
+                            .push_bind(c.agent_replied)
+                            .push_bind(awaiting.next().flatten())
+                            .push_bind(c.sla_timer_ms());
                     });
                     q.push(
                         " ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, \
@@ -916,7 +963,9 @@ macro_rules! sql_store {
                          tags = excluded.tags, priority = excluded.priority, \
                          last_acknowledgement_ms = excluded.last_acknowledgement_ms, \
                          auto_reply_templates = excluded.auto_reply_templates, \
-                         auto_reply_at_ms = excluded.auto_reply_at_ms",
+                         auto_reply_at_ms = excluded.auto_reply_at_ms, \
+                         agent_replied = excluded.agent_replied, awaiting = excluded.awaiting, \
+                         sla_timer_ms = excluded.sla_timer_ms",
                     );
                     q.build()
                         .execute(&mut **tx)
@@ -1077,6 +1126,17 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            async fn fire_sla_timers(
+                &self,
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<omni_proto::v1::TimelineEvent>, $crate::StoreError> {
+                $crate::sql::retrying("sla-timers", $retryable, || {
+                    self.fire_sla_timers_once(now_ms, limit)
+                })
+                .await
+            }
+
             async fn apply_command(
                 &self,
                 command: &omni_proto::v1::ThreadingCommand,
@@ -1115,6 +1175,84 @@ macro_rules! sql_store {
         /// Helpdesk commands: one transaction each, row by row (commands
         /// are rare; events take the batch path).
         impl $store {
+            /// The clock's SLA timers: the due conversations (locked, so
+            /// two workers never fire one twice; others' skipped), their
+            /// customers resolved and locked in id order, then the plan's
+            /// rows.
+            async fn fire_sla_timers_once(
+                &self,
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<omni_proto::v1::TimelineEvent>, $crate::StoreError> {
+                use $crate::error::DbContext as _;
+                let mut tx = self
+                    .writer
+                    .begin_with($begin)
+                    .await
+                    .ctx("beginning transaction")?;
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM conversations WHERE sla_timer_ms <= $1 \
+                     ORDER BY sla_timer_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(now_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .ctx("looking up due SLA timers")?;
+                if ids.is_empty() {
+                    tx.rollback().await.ctx("rolling back")?;
+                    return Ok(Vec::new());
+                }
+                let mut snapshot = $crate::TimerSnapshot::default();
+                for id in &ids {
+                    if let Some(mut conv) = Self::load_conversation(&mut tx, id).await? {
+                        let survivor: Option<String> = sqlx::query_scalar(
+                            "SELECT COALESCE(merged_into, id) FROM customers WHERE id = $1",
+                        )
+                        .bind(conv.customer.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .ctx("resolving customer")?;
+                        if let Some(survivor) = survivor {
+                            conv.customer = $crate::CustomerId::from_string(survivor);
+                        }
+                        snapshot.conversations.push(conv);
+                    }
+                }
+                let customers: std::collections::BTreeSet<$crate::CustomerId> = snapshot
+                    .conversations
+                    .iter()
+                    .map(|c| c.customer.clone())
+                    .collect();
+                for customer in customers {
+                    let next = Self::lock_customer(&mut tx, &customer).await?;
+                    snapshot.next_sequence.insert(customer, next);
+                }
+                let plan = $crate::plan_timers(&snapshot, now_ms);
+                for c in &plan.conversations {
+                    sqlx::query(
+                        "UPDATE conversations SET customer_id = $2, priority = $3, \
+                         awaiting = $4, sla_timer_ms = $5 WHERE id = $1",
+                    )
+                    .bind(&c.id)
+                    .bind(c.customer.as_str())
+                    .bind(c.priority.map(omni_rules::Priority::as_str))
+                    .bind(Self::awaiting_json(c)?)
+                    .bind(c.sla_timer_ms())
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("writing conversation")?;
+                }
+                for entry in &plan.timeline {
+                    Self::append_outbox(&mut tx, entry).await?;
+                }
+                for (customer, next) in &plan.next_sequences {
+                    Self::set_next_sequence(&mut tx, customer.as_str(), *next).await?;
+                }
+                tx.commit().await.ctx("committing")?;
+                Ok(plan.timeline)
+            }
+
             async fn apply_command_once(
                 &self,
                 command: &omni_proto::v1::ThreadingCommand,
@@ -1231,12 +1369,14 @@ macro_rules! sql_store {
                 for c in &plan.conversations {
                     sqlx::query(
                         "UPDATE conversations SET customer_id = $2, open = $3, \
-                         last_activity_ms = $4 WHERE id = $1",
+                         last_activity_ms = $4, awaiting = $5, sla_timer_ms = $6 WHERE id = $1",
                     )
                     .bind(&c.id)
                     .bind(c.customer.as_str())
                     .bind(c.open)
                     .bind(c.last_activity_ms)
+                    .bind(Self::awaiting_json(c)?)
+                    .bind(c.sla_timer_ms())
                     .execute(&mut **tx)
                     .await
                     .ctx("writing conversation")?;

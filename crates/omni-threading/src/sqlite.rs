@@ -381,6 +381,33 @@ impl SqliteStore {
         Ok(outcomes)
     }
 
+    async fn fire_sla_timers_once(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<TimelineEvent>, StoreError> {
+        let mut journaled = self.lock().await?;
+        if !journaled.state.has_due_timer(now_ms) {
+            return Ok(Vec::new());
+        }
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("beginning transaction")?;
+        catch_up(&mut tx, &mut journaled).await?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let plan = crate::plan_timers(&journaled.state.timer_snapshot(now_ms, limit), now_ms);
+        if plan.timeline.is_empty() {
+            tx.rollback().await.ctx("rolling back")?;
+            return Ok(Vec::new());
+        }
+        let mut pipeline = Pipeline::start(tx).await?;
+        pipeline.push(crate::state::timer_writes(&plan))?;
+        pipeline.finish(&mut journaled).await?;
+        Ok(plan.timeline)
+    }
+
     async fn apply_command_once(
         &self,
         command: &ThreadingCommand,
@@ -782,6 +809,8 @@ async fn load_tables(conn: &mut SqliteConnection, state: &mut State) -> Result<(
             priority: None,
             last_acknowledgement_ms: None,
             auto_replies: Vec::new(),
+            agent_replied: false,
+            awaiting: None,
         }));
     }
     for r in sqlx::query("SELECT message_id, customer_id, conversation_id FROM message_refs")
@@ -1207,6 +1236,21 @@ impl ThreadingStore for SqliteStore {
         .map_err(refused)?;
         self.after_write().await;
         Ok(outcome)
+    }
+
+    async fn fire_sla_timers(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<TimelineEvent>, StoreError> {
+        let fired = retrying("sla-timers", retryable, || {
+            self.fire_sla_timers_once(now_ms, limit)
+        })
+        .await?;
+        if !fired.is_empty() {
+            self.after_write().await;
+        }
+        Ok(fired)
     }
 
     async fn acquire_lease(

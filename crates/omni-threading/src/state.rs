@@ -21,6 +21,7 @@ use crate::batch::{Overlay, Wants, Write};
 use crate::commands::{CommandLookups, CommandPlan, CommandSnapshot};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, HandleOwner};
+use crate::sla::{TimerPlan, TimerSnapshot};
 
 /// Maps and sets with a fast hash that is still seeded per process (the
 /// keys come from hostile input); the default SipHash was a tenth of the
@@ -57,6 +58,9 @@ pub(crate) struct State {
     suggested: HashMap<HandleKey, BTreeSet<CustomerId>>,
     suggestions_of: HashMap<CustomerId, BTreeSet<HandleKey>>,
     applied_commands: HashSet<String>,
+    /// Conversations by the instant their SLA timer fires next, so the
+    /// clock finds the due ones without a scan.
+    timers: BTreeSet<(i64, String)>,
 }
 
 /// Row counts of the state in memory.
@@ -127,6 +131,12 @@ impl State {
             // last_activity_ms, tags, priority and the automation facts
             // (the rest is kept).
             Write::Conversation(c) => {
+                if let Some(at) = self.conversations.get(&c.id).and_then(|c| c.sla_timer_ms()) {
+                    self.timers.remove(&(at, c.id.clone()));
+                }
+                if let Some(at) = c.sla_timer_ms() {
+                    self.timers.insert((at, c.id.clone()));
+                }
                 let old_customer = match self.conversations.get_mut(&c.id) {
                     Some(old) => {
                         let was = std::mem::replace(&mut old.customer, c.customer.clone());
@@ -136,6 +146,8 @@ impl State {
                         old.priority = c.priority;
                         old.last_acknowledgement_ms = c.last_acknowledgement_ms;
                         old.auto_replies.clone_from(&c.auto_replies);
+                        old.agent_replied = c.agent_replied;
+                        old.awaiting.clone_from(&c.awaiting);
                         Some(was)
                     }
                     None => {
@@ -500,6 +512,39 @@ impl State {
         }
     }
 
+    /// Whether some SLA timer is due at `now_ms`.
+    pub(crate) fn has_due_timer(&self, now_ms: i64) -> bool {
+        self.timers.first().is_some_and(|(at, _)| *at <= now_ms)
+    }
+
+    /// The conversations whose SLA timers are due at `now_ms` (at most
+    /// `limit`, earliest first), as the PostgreSQL store's clock reads
+    /// them: owners resolved through merges, with their next sequences.
+    pub(crate) fn timer_snapshot(&self, now_ms: i64, limit: usize) -> TimerSnapshot {
+        let mut snapshot = TimerSnapshot::default();
+        for (_, id) in self
+            .timers
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(limit)
+        {
+            let Some(c) = self.conversations.get(id) else {
+                continue;
+            };
+            let mut c = c.clone();
+            if let Some(survivor) = self.resolve(&c.customer) {
+                c.customer = survivor;
+            }
+            let next = self
+                .customers
+                .get(&c.customer)
+                .map_or(1, |c| c.next_sequence);
+            snapshot.next_sequence.insert(c.customer.clone(), next);
+            snapshot.conversations.push(c);
+        }
+        snapshot
+    }
+
     /// What the SQL store's command snapshot reads, from memory.
     pub(crate) fn command_snapshot(&self, lookups: &CommandLookups) -> CommandSnapshot {
         let mut snapshot = CommandSnapshot::default();
@@ -544,6 +589,26 @@ impl State {
         snapshot.next_sequence.extend(next);
         snapshot
     }
+}
+
+/// The writes of the clock's SLA timers, as the SQL store runs them.
+pub(crate) fn timer_writes(plan: &TimerPlan) -> Vec<Write> {
+    let conversations = plan
+        .conversations
+        .iter()
+        .map(|c| Write::Conversation(c.clone()));
+    let timeline = plan
+        .timeline
+        .iter()
+        .map(|entry| Write::Timeline(Box::new(entry.clone())));
+    let customers = plan
+        .next_sequences
+        .iter()
+        .map(|(id, next)| Write::Customer {
+            id: id.clone(),
+            next_sequence: *next,
+        });
+    conversations.chain(timeline).chain(customers).collect()
 }
 
 /// The writes of a command plan, in the order the SQL store's
@@ -630,6 +695,8 @@ mod tests {
             priority: None,
             last_acknowledgement_ms: None,
             auto_replies: Vec::new(),
+            agent_replied: false,
+            awaiting: None,
         }
     }
 

@@ -144,6 +144,19 @@ pub trait ThreadingStore: Send + Sync + 'static {
     async fn apply_command(&self, command: &ThreadingCommand)
     -> Result<CommandOutcome, StoreError>;
 
+    /// Fires the SLA timers due at `now_ms` (escalations and breaches,
+    /// see [`crate::sla`]), at most `limit` conversations' worth, in one
+    /// transaction with their timeline rows in the outbox; returns the
+    /// rows written (none when nothing was due). The daemon calls it from
+    /// its clock once threading has caught up with the inbound stream, so
+    /// every event before `now_ms` was threaded first and a replay writes
+    /// the same entries.
+    async fn fire_sla_timers(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<TimelineEvent>, StoreError>;
+
     /// Takes or renews the lease `name` for `holder` until `now_ms +
     /// ttl_ms`; false while another holder's lease has not expired.
     /// Times are the callers' clocks, so hosts sharing a store need clocks

@@ -175,3 +175,17 @@ async fn automated_reply_limits_survive_reopening() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_timers_escalate_breach_and_stop() {
+    run(|s| async move { contract::sla_timers_escalate_breach_and_stop(|| s.fresh()).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_timers_survive_reopening() {
+    run(|s| async move {
+        let schema = s.create().await;
+        contract::sla_timers_survive_reopening(|| s.store(&schema)).await;
+    })
+    .await;
+}

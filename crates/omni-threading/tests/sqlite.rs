@@ -428,3 +428,22 @@ async fn automated_reply_limits_survive_reopening() {
         contract::automated_reply_limits_survive_reopening(|| files.open(&path)).await;
     }
 }
+
+/// SLA timers, as the daemon runs the store and with a snapshot (and a
+/// journal rewritten as a dump) after every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_timers_escalate_breach_and_stop() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        contract::sla_timers_escalate_breach_and_stop(|| files.fresh()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_timers_survive_reopening() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        let path = files.fresh_path();
+        contract::sla_timers_survive_reopening(|| files.open(&path)).await;
+    }
+}

@@ -247,6 +247,18 @@ pub(crate) trait BatchHandler: Sync {
         &self,
         records: &[StoredRecord],
     ) -> impl Future<Output = Result<(), Stopped>> + Send;
+
+    /// Called after a poll that returned less than a full batch, once its
+    /// records are handled and committed: every record appended before
+    /// `polled_at` has been handled. Work that must come after all earlier
+    /// records (the threading worker's SLA clock) waits for this.
+    fn caught_up(
+        &self,
+        polled_at: std::time::SystemTime,
+    ) -> impl Future<Output = Result<(), Stopped>> + Send {
+        let _ = polled_at;
+        std::future::ready(Ok(()))
+    }
 }
 
 /// A consumer that works in batches: joins `group` on `topic`, then for
@@ -267,18 +279,20 @@ pub(crate) async fn consume_batches(
     tracing::info!(topic, group, "consumer started");
     let mut backoff = Backoff::default();
     loop {
+        let polled_at = std::time::SystemTime::now();
         let Ok(records) = poll(subscription.as_mut(), max, topic, &mut backoff, shutdown).await
         else {
             break;
         };
-        if records.is_empty() {
-            continue;
-        }
-        if handler.handle_batch(&records).await.is_err()
-            || commit(subscription.as_mut(), &records, shutdown)
-                .await
-                .is_err()
+        if !records.is_empty()
+            && (handler.handle_batch(&records).await.is_err()
+                || commit(subscription.as_mut(), &records, shutdown)
+                    .await
+                    .is_err())
         {
+            break;
+        }
+        if records.len() < max && handler.caught_up(polled_at).await.is_err() {
             break;
         }
     }

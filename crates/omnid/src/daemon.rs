@@ -261,7 +261,19 @@ pub async fn run(config: &Path, registry: Vec<Box<dyn ConnectorFactory>>) -> Res
             "exporting traces over otlp"
         );
     }
+    // Response times are minutes to days: buckets rather than the
+    // default summary, so they aggregate across instances.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                omni_telemetry::names::SLA_RESPONSE_SECONDS.to_owned(),
+            ),
+            &[
+                60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+            ],
+        )
+        .map_err(|e| tracing::warn!(error = %e, "SLA response buckets not set"))
+        .unwrap_or_default()
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok();

@@ -6,7 +6,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, counter, gauge, histogram};
 use omni_connector::events::WebhookOutcome;
 use omni_telemetry::{InternalEvent, LogSampler, names};
 use tracing::{debug, error, info, warn};
@@ -848,6 +848,86 @@ impl InternalEvent for AutomatedReplyRelayed<'_> {
                     rule = self.rule,
                     trigger = self.trigger,
                     "automated reply not sendable, dead-lettered"
+                );
+            }
+        }
+    }
+}
+
+/// An SLA entry reached the timeline topic: an agent answered a customer
+/// message a timer ran for (`omnid_sla_response_seconds`, by channel,
+/// priority and first or next response), or a deadline neared
+/// (`omnid_sla_escalations_total`) or passed (`omnid_sla_breaches_total`).
+/// Counted when the relay publishes the entry, so once per entry (a
+/// crash between publishing and marking it published counts it again).
+#[derive(Debug)]
+pub(crate) struct SlaEntryPublished<'a> {
+    pub what: SlaWhat,
+    pub channel: &'a str,
+    /// `P1`..`P4`.
+    pub priority: &'static str,
+    /// `first` or `next`.
+    pub response: &'static str,
+    /// The customer message awaiting an answer.
+    pub event_id: &'a str,
+    pub conversation_id: &'a str,
+}
+
+/// Which SLA entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum SlaWhat {
+    /// Answered after this long, in time or not.
+    Answered {
+        seconds: f64,
+        in_time: bool,
+    },
+    Escalated,
+    Breached,
+}
+
+impl InternalEvent for SlaEntryPublished<'_> {
+    type Handles = ThreadingMetrics;
+
+    fn emit(self, _metrics: &ThreadingMetrics) {
+        let labels = [
+            ("channel", self.channel.to_owned()),
+            ("priority", self.priority.to_owned()),
+            ("response", self.response.to_owned()),
+        ];
+        match self.what {
+            SlaWhat::Answered { seconds, in_time } => {
+                histogram!(names::SLA_RESPONSE_SECONDS, &labels).record(seconds);
+                debug!(
+                    channel = self.channel,
+                    priority = self.priority,
+                    response = self.response,
+                    event_id = self.event_id,
+                    conversation_id = self.conversation_id,
+                    seconds,
+                    in_time,
+                    "customer message answered"
+                );
+            }
+            SlaWhat::Escalated => {
+                counter!(names::SLA_ESCALATIONS_TOTAL, &labels).increment(1);
+                info!(
+                    channel = self.channel,
+                    priority = self.priority,
+                    response = self.response,
+                    event_id = self.event_id,
+                    conversation_id = self.conversation_id,
+                    "SLA deadline near, conversation escalated"
+                );
+            }
+            SlaWhat::Breached => {
+                counter!(names::SLA_BREACHES_TOTAL, &labels).increment(1);
+                warn!(
+                    channel = self.channel,
+                    priority = self.priority,
+                    response = self.response,
+                    event_id = self.event_id,
+                    conversation_id = self.conversation_id,
+                    "SLA deadline passed without an answer"
                 );
             }
         }

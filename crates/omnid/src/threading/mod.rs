@@ -129,6 +129,7 @@ pub(crate) fn start(
         wake: wake.clone(),
         shutdown: worker_stop,
         traces: traces.clone(),
+        sla_clock_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
     };
     let relay = relay::Relay {
         store: store.shared(),

@@ -9,7 +9,10 @@ use omni_log::EventLog;
 use omni_model::cloudevents;
 use omni_proto::{
     Message as _,
-    v1::{AutomatedReplyKind, ChannelKind, ConversationEvent, timeline_event::Entry},
+    v1::{
+        AutomatedReplyKind, ChannelKind, ConversationEvent, Priority, SlaResponse, TimelineEvent,
+        timeline_event::Entry,
+    },
 };
 use omni_telemetry::emit;
 use omni_threading::{OutboxRow, ThreadingStore};
@@ -18,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::events::{
-    AutomatedReplyRelayed, ReplyKind, ReplyOutcome, ThreadingMetrics, TimelinePublished,
+    AutomatedReplyRelayed, ReplyKind, ReplyOutcome, SlaEntryPublished, SlaWhat, ThreadingMetrics,
+    TimelinePublished,
 };
 use crate::{
     channels::{ChannelSet, LiveChannels},
@@ -233,7 +237,48 @@ impl Relay {
             entries: rows.len(),
             last_row: ids.last().copied().unwrap_or_default(),
         } => &self.metrics);
+        for row in rows {
+            self.observe_sla(&row.event);
+        }
         Ok(())
+    }
+
+    /// Counts a published SLA entry in the SLA metrics.
+    fn observe_sla(&self, entry: &TimelineEvent) {
+        let (what, timer, priority) = match &entry.entry {
+            Some(Entry::SlaAnswered(a)) => (
+                SlaWhat::Answered {
+                    seconds: a.response_ms as f64 / 1000.0,
+                    in_time: a.in_time,
+                },
+                a.timer.as_ref(),
+                a.priority,
+            ),
+            Some(Entry::SlaEscalated(e)) => (SlaWhat::Escalated, e.timer.as_ref(), e.priority),
+            Some(Entry::SlaBreached(b)) => (SlaWhat::Breached, b.timer.as_ref(), b.priority),
+            _ => return,
+        };
+        let Some(timer) = timer else { return };
+        let priority = match Priority::try_from(priority) {
+            Ok(Priority::P1) => "P1",
+            Ok(Priority::P2) => "P2",
+            Ok(Priority::P3) => "P3",
+            Ok(Priority::P4) => "P4",
+            _ => "unspecified",
+        };
+        let response = if timer.response == SlaResponse::Next as i32 {
+            "next"
+        } else {
+            "first"
+        };
+        emit!(SlaEntryPublished {
+            what,
+            channel: &timer.channel_id,
+            priority,
+            response,
+            event_id: &timer.event_id,
+            conversation_id: &entry.conversation_id,
+        } => &self.metrics);
     }
 
     /// Appends the outbound message of every `automated_reply` entry in

@@ -3,6 +3,8 @@
 //! wakes the relay.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use omni_connector::EventSender;
 use omni_log::{EventLog, StoredRecord};
@@ -42,6 +44,8 @@ pub(super) struct Worker {
     pub shutdown: CancellationToken,
     /// Each threaded event's trace context, for the relay.
     pub traces: Arc<traces::EventTraces>,
+    /// When the SLA clock last fired timers (UTC ms).
+    pub sla_clock_ms: AtomicI64,
 }
 
 impl consume::BatchHandler for Worker {
@@ -52,7 +56,49 @@ impl consume::BatchHandler for Worker {
         self.wake.notify_one();
         Ok(())
     }
+
+    /// The SLA clock: fires the timers due by `polled_at` (less a second
+    /// for events still being appended as the poll ran), at most once a
+    /// second. Only now, when every earlier event has been threaded, so
+    /// an answer that came in time is never counted late and a replay
+    /// writes the same entries. A store failure waits for the next tick.
+    async fn caught_up(&self, polled_at: SystemTime) -> Result<(), Stopped> {
+        let now_ms = polled_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .saturating_sub(SLA_CLOCK_MARGIN_MS);
+        let last = self.sla_clock_ms.load(Ordering::Relaxed);
+        if now_ms < last.saturating_add(SLA_CLOCK_TICK_MS) {
+            return Ok(());
+        }
+        self.sla_clock_ms.store(now_ms, Ordering::Relaxed);
+        loop {
+            match self
+                .store
+                .fire_sla_timers(now_ms, SLA_TIMERS_PER_ROUND)
+                .await
+            {
+                Ok(fired) if fired.is_empty() => return Ok(()),
+                Ok(_) => self.wake.notify_one(),
+                Err(error) => {
+                    tracing::warn!(error = %anyhow::Error::new(error), "SLA timers not fired, retrying at the next tick");
+                    return Ok(());
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return Err(Stopped);
+            }
+        }
+    }
 }
+
+/// How far behind the poll the SLA clock runs: an event being appended
+/// while the poll ran may carry a time up to this much earlier.
+const SLA_CLOCK_MARGIN_MS: i64 = 1_000;
+/// The SLA clock's resolution.
+const SLA_CLOCK_TICK_MS: i64 = 1_000;
+/// Conversations whose timers one store transaction fires.
+const SLA_TIMERS_PER_ROUND: u32 = 256;
 
 impl Worker {
     pub(super) async fn run(self) {
