@@ -253,3 +253,136 @@ pub fn plan_timers(snapshot: &TimerSnapshot, now_ms: i64) -> TimerPlan {
     plan.next_sequences = next;
     plan
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omni_rules::{ResponseKind, SlaDeadline};
+
+    fn conversation() -> Conversation {
+        Conversation {
+            id: "conv".into(),
+            customer: CustomerId::from_string("cust".into()),
+            channel_id: "sms".into(),
+            thread_key: String::new(),
+            email: false,
+            subject: String::new(),
+            open: true,
+            last_activity_ms: 0,
+            tags: Vec::new(),
+            priority: Some(Priority::P3),
+            last_acknowledgement_ms: None,
+            auto_replies: Vec::new(),
+            agent_replied: false,
+            awaiting: None,
+        }
+    }
+
+    fn deadline(priority: Priority, at: i64, target: i64, margin: i64) -> SlaDeadline {
+        SlaDeadline::calendar(ResponseKind::First, priority, at, target, margin)
+    }
+
+    #[test]
+    fn later_messages_only_bring_the_deadline_forward() {
+        let mut c = conversation();
+        start(
+            &mut c,
+            "m1",
+            0,
+            "set",
+            &deadline(Priority::P3, 0, 3_600_000, 0),
+        );
+        // A calmer or later deadline changes nothing: the clock runs from
+        // the oldest unanswered message.
+        start(
+            &mut c,
+            "m2",
+            60_000,
+            "set",
+            &deadline(Priority::P3, 60_000, 3_600_000, 0),
+        );
+        let awaiting = c.awaiting.clone().unwrap();
+        assert_eq!(
+            (awaiting.event_id.as_str(), awaiting.due_ms),
+            ("m1", 3_600_000)
+        );
+        // A refund at +10 min: P1's 15 minutes from then.
+        start(
+            &mut c,
+            "m3",
+            600_000,
+            "set",
+            &deadline(Priority::P1, 600_000, 900_000, 300_000),
+        );
+        let awaiting = c.awaiting.clone().unwrap();
+        assert_eq!(awaiting.event_id, "m1", "still the oldest message");
+        assert_eq!(awaiting.since_ms, 0);
+        assert_eq!(
+            (awaiting.due_ms, awaiting.escalate_at_ms),
+            (1_500_000, 1_200_000)
+        );
+        assert_eq!(awaiting.priority, Priority::P1);
+    }
+
+    #[test]
+    fn timers_fire_once_in_order_and_an_answer_stops_them() {
+        let mut c = conversation();
+        start(
+            &mut c,
+            "m1",
+            0,
+            "set",
+            &deadline(Priority::P3, 0, 3_600_000, 900_000),
+        );
+        assert_eq!(c.sla_timer_ms(), Some(2_700_000));
+        assert!(fire(&mut c, 2_699_999).is_empty());
+        // Noticed late: both at once, each at its own instant.
+        let fired = fire(&mut c, 4_000_000);
+        let at: Vec<i64> = fired.iter().map(|f| f.at_ms).collect();
+        assert_eq!(at, [2_700_000, 3_600_000]);
+        assert!(matches!(fired[0].entry, Entry::SlaEscalated(_)));
+        assert!(matches!(fired[1].entry, Entry::SlaBreached(_)));
+        assert_eq!(c.priority, Some(Priority::P2), "escalated one step");
+        assert_eq!(c.sla_timer_ms(), None);
+        assert!(fire(&mut c, 9_000_000).is_empty(), "once");
+        // After a breach a new message does not restart the timer.
+        start(
+            &mut c,
+            "m2",
+            5_000_000,
+            "set",
+            &deadline(Priority::P1, 5_000_000, 60_000, 0),
+        );
+        assert_eq!(c.awaiting.as_ref().unwrap().event_id, "m1");
+        let Some(Fired {
+            entry: Entry::SlaAnswered(answered),
+            ..
+        }) = answer(&mut c, "reply", 6_000_000)
+        else {
+            panic!("an answer entry");
+        };
+        assert!(!answered.in_time);
+        assert_eq!(answered.response_ms, 6_000_000);
+        assert!(c.agent_replied && c.awaiting.is_none());
+        assert_eq!(
+            answer(&mut c, "reply-2", 6_100_000),
+            None,
+            "nothing awaited"
+        );
+    }
+
+    #[test]
+    fn a_deadline_without_a_margin_only_breaches() {
+        let mut c = conversation();
+        start(&mut c, "m1", 0, "set", &deadline(Priority::P3, 0, 1_000, 0));
+        assert_eq!(
+            c.sla_timer_ms(),
+            Some(1_001),
+            "the deadline itself is in time"
+        );
+        let fired = fire(&mut c, 1_001);
+        assert_eq!(fired.len(), 1);
+        assert!(matches!(fired[0].entry, Entry::SlaBreached(_)));
+        assert_eq!(c.priority, Some(Priority::P3));
+    }
+}
