@@ -348,4 +348,53 @@ async fn rules_tag_and_prioritise_conversations_on_the_timeline_and_reloads_appl
         ),
         "tags add up, the priority stays the most urgent"
     );
+
+    // The helpdesk marks the customer a VIP: a customer-level entry, and
+    // the next message matches the `vip` rule.
+    deployment.write_rules(
+        "support",
+        &refund_rules(
+            "[[rules]]\nname = \"vip\"\nmatch.segments = [\"vip\"]\nactions.tags = [\"vip\"]\n",
+        ),
+    );
+    wait_for_metric(
+        &daemon,
+        r#"omnid_config_reloads_total{files="rules",result="ok"} 3"#,
+    )
+    .await;
+    let identity: Value = client
+        .get(daemon.url(&format!("/v1/identities/{handle}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let customer = identity["customer_id"].as_str().unwrap();
+    let segment = |value: &str| {
+        client
+            .put(daemon.url(&format!("/v1/customers/{customer}/segment")))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "segment": value, "actor": "ana" }))
+            .send()
+    };
+    let response = segment("vip").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["action"], "segment", "{answer}");
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    assert_eq!(
+        answer["entries"][0]["segmentChanged"]["segment"], "vip",
+        "{answer}"
+    );
+    let response = segment("not a segment!").await.unwrap();
+    assert_eq!(response.status(), 400);
+    post(&client, &daemon, "m-5", "hello again").await;
+    let entries = timeline_of(&client, &daemon, handle, 9).await;
+    assert_eq!(
+        triaged(&entries).last().unwrap().0,
+        ["refund", "upset", "vip"],
+        "{entries:#?}"
+    );
 }

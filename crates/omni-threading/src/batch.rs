@@ -158,6 +158,11 @@ pub(crate) enum Write {
         conversation: String,
         customer: CustomerId,
     },
+    /// Set (or clear) a customer's segment (a helpdesk command).
+    CustomerSegment {
+        id: CustomerId,
+        segment: Option<String>,
+    },
     /// Record a helpdesk command as applied.
     Command {
         command_id: String,
@@ -187,6 +192,7 @@ impl Write {
                 | Write::InsertSuggestion { .. }
                 | Write::MoveMessageRefs { .. }
                 | Write::Command { .. }
+                | Write::CustomerSegment { .. }
                 // The message's row may be in the same batch: written first.
                 | Write::StoreAttachment { .. }
         )
@@ -203,6 +209,8 @@ pub(crate) struct Overlay {
     owners: HashMap<HandleKey, HandleOwner>,
     /// Next sequence of every customer the batch can read.
     next_sequence: HashMap<CustomerId, u64>,
+    /// Segments of those customers that have one.
+    segments: HashMap<CustomerId, String>,
     /// Conversations by id.
     conversations: HashMap<String, Conversation>,
     /// Conversation ids per customer.
@@ -231,7 +239,15 @@ impl Overlay {
         set.into_iter().cloned().collect()
     }
 
-    pub(crate) fn add_customer(&mut self, id: CustomerId, next_sequence: u64) {
+    pub(crate) fn add_customer(
+        &mut self,
+        id: CustomerId,
+        next_sequence: u64,
+        segment: Option<String>,
+    ) {
+        if let Some(segment) = segment {
+            self.segments.insert(id.clone(), segment);
+        }
         self.next_sequence.insert(id, next_sequence);
     }
 
@@ -306,6 +322,9 @@ impl Overlay {
         for customer in customers {
             let next = self.next_sequence.get(customer).copied().unwrap_or(1);
             snapshot.next_sequence.insert(customer.clone(), next);
+            if let Some(segment) = self.segments.get(customer) {
+                snapshot.segments.insert(customer.clone(), segment.clone());
+            }
             for id in self.by_customer.get(customer).into_iter().flatten() {
                 let c = &self.conversations[id];
                 if c.open || (c.email && c.subject == lookups.subject && !c.subject.is_empty()) {
@@ -478,6 +497,10 @@ impl Overlay {
             loser: loser.clone(),
         });
         self.next_sequence.remove(loser);
+        // The survivor keeps its segment, or takes the loser's.
+        if let Some(segment) = self.segments.remove(loser) {
+            self.segments.entry(survivor.clone()).or_insert(segment);
+        }
         for owner in self.owners.values_mut() {
             if owner.customer == *loser {
                 owner.customer = survivor.clone();
@@ -627,6 +650,7 @@ impl Run {
             | Write::InsertSuggestion { .. }
             | Write::MoveMessageRefs { .. }
             | Write::Command { .. }
+            | Write::CustomerSegment { .. }
             | Write::StoreAttachment { .. } => {}
         }
     }

@@ -14,9 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use omni_proto::v1::{
-    ConversationState, ConversationStateChanged, CustomerSplit, CustomersMerged, IdentityHandle,
-    IdentityLinkChanged, ThreadingCommand, TimelineEvent, threading_command::Command,
-    timeline_event::Entry,
+    ConversationState, ConversationStateChanged, CustomerSegmentChanged, CustomerSplit,
+    CustomersMerged, IdentityHandle, IdentityLinkChanged, ThreadingCommand, TimelineEvent,
+    threading_command::Command, timeline_event::Entry,
 };
 
 use crate::ids::{CustomerId, HandleKey, timeline_entry_id};
@@ -69,6 +69,9 @@ pub enum CommandError {
     /// A merge of fewer than two ids, or a split moving nothing.
     #[error("{0}")]
     Invalid(&'static str),
+    /// A segment name rules could not match reliably.
+    #[error("invalid segment {0:?}: at most {MAX_SEGMENT_CHARS} letters, digits, `_`, `-` or `.`")]
+    InvalidSegment(String),
 }
 
 impl CommandError {
@@ -119,6 +122,8 @@ pub struct CommandSnapshot {
     pub conversations: HashMap<String, Conversation>,
     /// Owners of the named handles (resolved).
     pub owners: HashMap<HandleKey, HandleOwner>,
+    /// The segment of every surviving customer involved that has one.
+    pub segments: HashMap<CustomerId, String>,
 }
 
 /// Everything a command changes.
@@ -136,6 +141,8 @@ pub struct CommandPlan {
     pub timeline: Vec<TimelineEvent>,
     /// Every customer's next sequence after the plan.
     pub next_sequences: Vec<(CustomerId, u64)>,
+    /// Customers whose segment changes: the new one (`None`: none).
+    pub segments: Vec<(CustomerId, Option<String>)>,
 }
 
 impl CommandPlan {
@@ -198,6 +205,10 @@ pub fn command_lookups(command: &ThreadingCommand) -> Result<CommandLookups, Com
         Command::Merge(c) => lookups
             .customers
             .extend(c.customer_ids.iter().map(|id| customer(id))),
+        Command::SetSegment(c) => {
+            check_segment(&c.segment)?;
+            lookups.customers.push(customer(&c.customer_id));
+        }
         Command::Split(c) => {
             lookups.customers.push(customer(&c.customer_id));
             for handle in &c.handles {
@@ -213,6 +224,24 @@ pub fn command_lookups(command: &ThreadingCommand) -> Result<CommandLookups, Com
     lookups.conversations.sort();
     lookups.conversations.dedup();
     Ok(lookups)
+}
+
+/// The longest segment name.
+pub const MAX_SEGMENT_CHARS: usize = 64;
+
+/// A segment is a short ASCII name (empty: none), so a rule file's
+/// `segments = ["vip"]` matches it without normalization surprises.
+fn check_segment(segment: &str) -> Result<(), CommandError> {
+    let valid = segment.len() <= MAX_SEGMENT_CHARS
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        let shown: String = segment.chars().take(MAX_SEGMENT_CHARS + 1).collect();
+        Err(CommandError::InvalidSegment(shown))
+    }
 }
 
 /// Builds the timeline rows of one plan, numbering each customer's rows.
@@ -427,6 +456,25 @@ pub fn plan_command(
             };
             entries.push(&customer, "split\u{0}from", "", Entry::Split(split.clone()));
             entries.push(&target, "split\u{0}to", "", Entry::Split(split));
+        }
+        Command::SetSegment(c) => {
+            let customer = resolve(&c.customer_id)?;
+            let previous = snapshot
+                .segments
+                .get(&customer)
+                .cloned()
+                .unwrap_or_default();
+            // Setting the segment it has is already true: nothing to write.
+            if previous != c.segment {
+                let entry = Entry::SegmentChanged(CustomerSegmentChanged {
+                    segment: c.segment.clone(),
+                    previous_segment: previous,
+                    actor: command.actor.clone(),
+                });
+                entries.push(&customer, "segment", "", entry);
+                let segment = (!c.segment.is_empty()).then(|| c.segment.clone());
+                plan.segments.push((customer, segment));
+            }
         }
     }
     let touched: BTreeSet<&str> = entries

@@ -2249,3 +2249,137 @@ where
             .is_empty()
     );
 }
+
+/// SMS rules tagging and raising customers of the `vip` segment.
+fn segment_config() -> ThreadingConfig {
+    let book = omni_rules::RuleBook::compile([(
+        "segments.toml",
+        r#"
+        name = "segments"
+        time_zone = "UTC"
+        default_language = "en"
+        channel_kinds = ["sms"]
+        [[rules]]
+        name = "vip"
+        match.segments = ["VIP"]
+        actions.tags = ["vip"]
+        actions.priority = "P2"
+        "#,
+    )])
+    .expect("rule book compiles");
+    ThreadingConfig {
+        rules: std::sync::Arc::new(book),
+        ..ThreadingConfig::default()
+    }
+}
+
+fn set_segment(id: &str, customer: &CustomerId, segment: &str, at: i64) -> ThreadingCommand {
+    command(
+        id,
+        at,
+        Command::SetSegment(omni_proto::v1::SetCustomerSegment {
+            customer_id: customer.as_str().to_owned(),
+            segment: segment.to_owned(),
+        }),
+    )
+}
+
+/// A helpdesk puts a customer in a segment: a customer-level entry says
+/// so, the rules see it from the customer's next message on (also after
+/// the store is reopened), setting it again changes nothing, a name rules
+/// could not match reliably is refused, and clearing it is recorded too.
+pub async fn segments_set_by_command_reach_the_rules<S, F, Fut>(open: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = segment_config();
+    let phone = "+14155550501";
+    let triaged = |rows: &[OutboxRow]| -> Vec<(Vec<String>, i32)> {
+        triaged_of(rows)
+            .into_iter()
+            .map(|(_, t)| (t.tags.clone(), t.priority))
+            .collect()
+    };
+    let store = open().await;
+    let first = store
+        .thread(
+            &config,
+            &InboundEvent::new(sms_saying("sg-1", phone, "hello", 0)),
+        )
+        .await
+        .expect("thread event");
+    let customer = customer_of(&first);
+    assert_eq!(
+        triaged(&drain(&store).await),
+        vec![(Vec::new(), Priority::P3 as i32)],
+        "no segment yet"
+    );
+    let CommandOutcome::Applied(entries) =
+        apply(&store, set_segment("sg-set", &customer, "vip", 10)).await
+    else {
+        panic!("applied");
+    };
+    assert_eq!(entries.len(), 1);
+    let Some(Entry::SegmentChanged(changed)) = &entries[0].entry else {
+        panic!("a segment entry: {entries:?}");
+    };
+    assert_eq!(
+        (changed.segment.as_str(), changed.previous_segment.as_str()),
+        ("vip", "")
+    );
+    assert_eq!(entries[0].conversation_id, "", "customer-level");
+    assert_eq!(
+        apply(&store, set_segment("sg-again", &customer, "vip", 20)).await,
+        CommandOutcome::Applied(Vec::new()),
+        "already true"
+    );
+    assert!(matches!(
+        refused(
+            &store,
+            set_segment("sg-bad", &customer, "very important!", 30)
+        )
+        .await,
+        CommandError::InvalidSegment(_)
+    ));
+    drain(&store).await;
+    drop(store);
+
+    let store = open().await;
+    let before = drain(&store).await.len();
+    // The batch path (what the daemon's worker calls) reads it too.
+    store
+        .thread_batch(
+            &config,
+            &[InboundEvent::new(sms_saying(
+                "sg-2",
+                phone,
+                "hello again",
+                60,
+            ))],
+        )
+        .await
+        .expect("thread batch")
+        .pop()
+        .expect("one outcome")
+        .expect("threaded");
+    let rows = drain(&store).await;
+    assert_eq!(
+        triaged(&rows[before..]),
+        vec![(vec!["vip".to_owned()], Priority::P2 as i32)],
+        "the rules see the segment after a restart"
+    );
+    let CommandOutcome::Applied(entries) =
+        apply(&store, set_segment("sg-clear", &customer, "", 90)).await
+    else {
+        panic!("applied");
+    };
+    let Some(Entry::SegmentChanged(changed)) = &entries[0].entry else {
+        panic!("a segment entry: {entries:?}");
+    };
+    assert_eq!(
+        (changed.segment.as_str(), changed.previous_segment.as_str()),
+        ("", "vip")
+    );
+}

@@ -293,6 +293,9 @@ pub struct Snapshot {
     pub message_refs: HashMap<String, String>,
     /// For an edit: the conversation of the edited event.
     pub edited_conversation: Option<String>,
+    /// Segments of the owning customers that have one (set by helpdesk
+    /// commands).
+    pub segments: HashMap<CustomerId, String>,
 }
 
 /// What the store must query to build a [`Snapshot`], derived from the
@@ -826,6 +829,13 @@ pub fn plan_with(
             .collect();
         let mut customer_acknowledgements: Vec<i64> = acknowledged.into_values().collect();
         customer_acknowledgements.sort_unstable();
+        // The survivor's segment, or (merging now) a merged customer's,
+        // as the merge keeps it.
+        let segment = snapshot
+            .segments
+            .get(&survivor)
+            .or_else(|| cluster.iter().find_map(|c| snapshot.segments.get(*c)))
+            .map(String::as_str);
         let decision = evaluate_message(
             &config.rules,
             event,
@@ -833,6 +843,7 @@ pub fn plan_with(
             state,
             other_open,
             &customer_acknowledgements,
+            segment,
         );
         let triaged = triage(&mut conversation, &event.event_id, &decision);
         (Some(decision), triaged)
@@ -953,6 +964,7 @@ fn evaluate_message(
     state: omni_rules::ConversationState,
     other_open_conversations: u32,
     customer_acknowledgements_ms: &[i64],
+    customer_segment: Option<&str>,
 ) -> omni_rules::Decision {
     let content = event.content.as_ref();
     let body = content.map_or("", |c| {
@@ -982,6 +994,7 @@ fn evaluate_message(
             .map(|sender| sender.display_name.as_str())
             .filter(|name| !name.is_empty()),
         conversation: state,
+        customer_segment,
         other_open_conversations,
         event_time_ms: event_time_ms(event),
         text,

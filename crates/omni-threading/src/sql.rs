@@ -254,7 +254,7 @@ macro_rules! sql_store {
                 use $crate::error::DbContext as _;
                 use sqlx::Row as _;
                 let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, next_sequence FROM customers WHERE id IN (",
+                    "SELECT id, next_sequence, segment FROM customers WHERE id IN (",
                 );
                 let mut list = q.separated(", ");
                 for id in ids {
@@ -271,6 +271,7 @@ macro_rules! sql_store {
                     overlay.add_customer(
                         $crate::CustomerId::from_string(r.try_get(0).ctx("decoding customer")?),
                         u64::try_from(next).unwrap_or(1),
+                        r.try_get(2).ctx("decoding customer")?,
                     );
                 }
                 Ok(())
@@ -495,8 +496,11 @@ macro_rules! sql_store {
                 customers.sort();
                 customers.dedup();
                 for customer in &customers {
-                    let next = Self::lock_customer(tx, customer).await?;
+                    let (next, segment) = Self::lock_customer(tx, customer).await?;
                     snapshot.next_sequence.insert(customer.clone(), next);
+                    if let Some(segment) = segment {
+                        snapshot.segments.insert(customer.clone(), segment);
+                    }
                     let rows = sqlx::query(
                         "SELECT id, customer_id, channel_id, thread_key, email, subject, open, \
                          last_activity_ms, tags, priority, last_acknowledgement_ms, \
@@ -561,7 +565,7 @@ macro_rules! sql_store {
                 if let Some(customer) = edited_customer
                     && !snapshot.next_sequence.contains_key(&customer)
                 {
-                    let next = Self::lock_customer(tx, &customer).await?;
+                    let (next, _) = Self::lock_customer(tx, &customer).await?;
                     snapshot.next_sequence.insert(customer, next);
                 }
                 Ok(snapshot)
@@ -725,17 +729,17 @@ macro_rules! sql_store {
             async fn lock_customer(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 customer: &$crate::CustomerId,
-            ) -> Result<u64, $crate::StoreError> {
+            ) -> Result<(u64, Option<String>), $crate::StoreError> {
                 use $crate::error::DbContext as _;
-                let next: i64 = sqlx::query_scalar(concat!(
-                    "SELECT next_sequence FROM customers WHERE id = $1",
+                let (next, segment): (i64, Option<String>) = sqlx::query_as(concat!(
+                    "SELECT next_sequence, segment FROM customers WHERE id = $1",
                     $lock
                 ))
                 .bind(customer.as_str())
                 .fetch_one(&mut **tx)
                 .await
                 .ctx("locking customer")?;
-                Ok(u64::try_from(next).unwrap_or(1))
+                Ok((u64::try_from(next).unwrap_or(1), segment))
             }
 
             /// Links a handle to a customer (insert or move); a suggestion
@@ -807,6 +811,12 @@ macro_rules! sql_store {
             ) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
                 for (op, sql) in [
+                    (
+                        "keeping a segment",
+                        "UPDATE customers SET segment = \
+                         (SELECT segment FROM customers WHERE id = $2) \
+                         WHERE id = $1 AND segment IS NULL",
+                    ),
                     (
                         "merging customer",
                         "UPDATE customers SET merged_into = $1 WHERE id = $2 OR merged_into = $2",
@@ -1225,7 +1235,7 @@ macro_rules! sql_store {
                     .map(|c| c.customer.clone())
                     .collect();
                 for customer in customers {
-                    let next = Self::lock_customer(&mut tx, &customer).await?;
+                    let (next, _) = Self::lock_customer(&mut tx, &customer).await?;
                     snapshot.next_sequence.insert(customer, next);
                 }
                 let plan = $crate::plan_timers(&snapshot, now_ms);
@@ -1339,7 +1349,10 @@ macro_rules! sql_store {
                     .chain(snapshot.owners.values().map(|o| o.customer.clone()))
                     .collect();
                 for customer in survivors {
-                    let next = Self::lock_customer(tx, &customer).await?;
+                    let (next, segment) = Self::lock_customer(tx, &customer).await?;
+                    if let Some(segment) = segment {
+                        snapshot.segments.insert(customer.clone(), segment);
+                    }
                     snapshot.next_sequence.insert(customer, next);
                 }
                 Ok(snapshot)
@@ -1391,6 +1404,14 @@ macro_rules! sql_store {
                     .execute(&mut **tx)
                     .await
                     .ctx("moving message ids")?;
+                }
+                for (customer, segment) in &plan.segments {
+                    sqlx::query("UPDATE customers SET segment = $2 WHERE id = $1")
+                        .bind(customer.as_str())
+                        .bind(segment.as_deref())
+                        .execute(&mut **tx)
+                        .await
+                        .ctx("setting customer segment")?;
                 }
                 for entry in &plan.timeline {
                     Self::append_outbox(tx, entry).await?;

@@ -34,6 +34,7 @@ pub(crate) type HashSet<T> = std::collections::HashSet<T, foldhash::fast::Random
 struct Customer {
     merged_into: Option<CustomerId>,
     next_sequence: u64,
+    segment: Option<String>,
 }
 
 /// The whole threading state, with the reverse indexes a merge or a split
@@ -109,7 +110,14 @@ impl State {
                     .or_insert(Customer {
                         merged_into: None,
                         next_sequence: *next_sequence,
+                        segment: None,
                     });
+            }
+            // UPDATE customers SET segment = $2 WHERE id = $1
+            Write::CustomerSegment { id, segment } => {
+                if let Some(c) = self.customers.get_mut(id) {
+                    c.segment.clone_from(segment);
+                }
             }
             // INSERT ... ON CONFLICT (kind, scope, value) DO UPDATE
             Write::Identity {
@@ -274,6 +282,13 @@ impl State {
     /// merged into it before now point at the survivor, and the loser's
     /// handles, conversations, Message-IDs and suggestions move to it.
     fn merge(&mut self, survivor: &CustomerId, loser: &CustomerId) {
+        // The survivor keeps its segment, or takes the loser's.
+        let loser_segment = self.customers.get(loser).and_then(|c| c.segment.clone());
+        if let Some(s) = self.customers.get_mut(survivor)
+            && s.segment.is_none()
+        {
+            s.segment = loser_segment;
+        }
         let mut losers = self.merged_from.remove(loser).unwrap_or_default();
         losers.insert(loser.clone());
         for id in &losers {
@@ -485,7 +500,7 @@ impl State {
         }
         for id in overlay.owner_customers() {
             if let Some(c) = self.customers.get(&id) {
-                overlay.add_customer(id.clone(), c.next_sequence);
+                overlay.add_customer(id.clone(), c.next_sequence, c.segment.clone());
             }
             for conv in self.conversations_of.get(&id).into_iter().flatten() {
                 let c = &self.conversations[conv];
@@ -507,7 +522,7 @@ impl State {
         }
         for id in overlay.missing_customers() {
             if let Some(c) = self.customers.get(&id) {
-                overlay.add_customer(id, c.next_sequence);
+                overlay.add_customer(id, c.next_sequence, c.segment.clone());
             }
         }
     }
@@ -580,13 +595,18 @@ impl State {
             .chain(snapshot.owners.values().map(|o| &o.customer))
             .collect();
         let next: Vec<(CustomerId, u64)> = survivors
-            .into_iter()
+            .iter()
             .map(|c| {
-                let next = self.customers.get(c).map_or(1, |c| c.next_sequence);
-                (c.clone(), next)
+                let next = self.customers.get(*c).map_or(1, |c| c.next_sequence);
+                ((*c).clone(), next)
             })
             .collect();
+        let segments: Vec<(CustomerId, String)> = survivors
+            .iter()
+            .filter_map(|c| Some(((*c).clone(), self.customers.get(*c)?.segment.clone()?)))
+            .collect();
         snapshot.next_sequence.extend(next);
+        snapshot.segments.extend(segments);
         snapshot
     }
 }
@@ -647,6 +667,12 @@ pub(crate) fn command_writes(
         writes.push(Write::MoveMessageRefs {
             conversation: c.id.clone(),
             customer: c.customer.clone(),
+        });
+    }
+    for (customer, segment) in &plan.segments {
+        writes.push(Write::CustomerSegment {
+            id: customer.clone(),
+            segment: segment.clone(),
         });
     }
     for entry in &plan.timeline {

@@ -189,3 +189,12 @@ async fn sla_timers_survive_reopening() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_set_by_command_reach_the_rules() {
+    run(|s| async move {
+        let schema = s.create().await;
+        contract::segments_set_by_command_reach_the_rules(|| s.store(&schema)).await;
+    })
+    .await;
+}

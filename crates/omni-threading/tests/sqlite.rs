@@ -447,3 +447,12 @@ async fn sla_timers_survive_reopening() {
         contract::sla_timers_survive_reopening(|| files.open(&path)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_set_by_command_reach_the_rules() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        let path = files.fresh_path();
+        contract::segments_set_by_command_reach_the_rules(|| files.open(&path)).await;
+    }
+}

@@ -44,6 +44,7 @@ pub(crate) fn action_name(command: &ThreadingCommand) -> &'static str {
         Some(Command::Unlink(_)) => "unlink",
         Some(Command::Merge(_)) => "merge",
         Some(Command::Split(_)) => "split",
+        Some(Command::SetSegment(_)) => "segment",
         None => "",
     }
 }

@@ -17,7 +17,7 @@ use axum::{
     extract::{ConnectInfo, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{any, delete, get, post},
+    routing::{any, delete, get, post, put},
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -175,6 +175,7 @@ pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .route("/v1/customers/{customer_id}/merge", post(merge_customers))
         .route("/v1/customers/{customer_id}/split", post(split_customer))
+        .route("/v1/customers/{customer_id}/segment", put(set_segment))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -908,6 +909,29 @@ async fn merge_customers(
     let mut customer_ids = vec![customer_id];
     customer_ids.extend(body.customer_ids);
     let action = Command::Merge(omni_proto::v1::MergeCustomers { customer_ids });
+    run_command(&state, &headers, action, body.actor).await
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentBody {
+    /// The segment; empty takes the customer out of theirs.
+    segment: String,
+    actor: Option<String>,
+}
+
+/// `PUT /v1/customers/{id}/segment`: put the customer in a segment, which
+/// the customer-service rules match from their next message on.
+async fn set_segment(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SegmentBody>,
+) -> Response {
+    let action = Command::SetSegment(omni_proto::v1::SetCustomerSegment {
+        customer_id,
+        segment: body.segment,
+    });
     run_command(&state, &headers, action, body.actor).await
 }
 
