@@ -5,20 +5,13 @@
 //! Messages API once, also when the daemon is killed right after it
 //! acknowledged the webhook.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use axum::{
-    Form, Router,
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::post,
+use omni_testkit::{
+    daemon::{Daemon, Deployment},
+    twilio::{self, FakeTwilio},
 };
-use omni_testkit::daemon::{Daemon, Deployment};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const PUBLIC: &str = "https://omnid.example.com";
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -29,40 +22,16 @@ const OUR_NUMBER: &str = "+14155550100";
 const RECEIVED_FA: &str = "پیام شما رسید؛ به زودی پاسخ می‌دهیم.";
 const RECEIVED_EN: &str = "We got your message and will answer soon.";
 
-/// What Twilio was asked to send: (To, Body).
-type Sent = Arc<Mutex<Vec<(String, String)>>>;
-
-/// Twilio's Messages API: the created message, queued, with a new sid.
-async fn twilio(State(sent): State<Sent>, Form(form): Form<Vec<(String, String)>>) -> Response {
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let (to, body) = (field("To"), field("Body"));
-    let sid = {
-        let mut sent = sent.lock().unwrap();
-        sent.push((to.clone(), body.clone()));
-        format!("SM{:032x}", sent.len())
-    };
-    let reply = json!({
-        "account_sid": SID, "api_version": "2010-04-01", "body": body,
-        "direction": "outbound-api", "error_code": null, "error_message": null,
-        "from": field("From"), "num_media": "0", "num_segments": "1",
-        "sid": sid, "status": "queued", "to": to,
-    });
-    (StatusCode::CREATED, reply.to_string()).into_response()
-}
-
-async fn fake_twilio(sent: Sent) -> String {
-    let app = Router::new()
-        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
-        .with_state(sent);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+/// What Twilio was asked to send: (To, Body), all from our number.
+fn sent(twilio: &FakeTwilio) -> Vec<(String, String)> {
+    twilio
+        .messages()
+        .into_iter()
+        .map(|(to, from, body)| {
+            assert_eq!(from, OUR_NUMBER, "sent from the channel's number");
+            (to, body)
+        })
+        .collect()
 }
 
 /// A Twilio channel sending through `base`, and rules acknowledging
@@ -110,28 +79,17 @@ actions.acknowledge = "received"
 /// Posts an SMS from `from` to the channel's webhook, signed as Twilio
 /// signs it; asserts the daemon acknowledged it.
 async fn text_us(daemon: &Daemon, message_sid: &str, from: &str, text: &str) {
-    let params: Vec<(String, String)> = [
-        ("AccountSid", SID),
-        ("Body", text),
-        ("From", from),
-        ("MessageSid", message_sid),
-        ("NumMedia", "0"),
-        ("To", OUR_NUMBER),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let body = omni_testkit::daemon::form_body(&params);
-    let url = format!("{PUBLIC}/webhooks/{CHANNEL}");
-    let signature = omni_sms::twilio::signature(AUTH_TOKEN.as_bytes(), &url, &params);
-    let response = reqwest::Client::new()
-        .post(daemon.url(&format!("/webhooks/{CHANNEL}")))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let params = twilio::incoming_sms(SID, message_sid, from, OUR_NUMBER, text);
+    let response = twilio::signed_post(
+        &reqwest::Client::new(),
+        &daemon.url(&format!("/webhooks/{CHANNEL}")),
+        &format!("{PUBLIC}/webhooks/{CHANNEL}"),
+        AUTH_TOKEN,
+        &params,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200, "{}", daemon.last_lines(20));
 }
 
@@ -146,9 +104,8 @@ fn statuses(deployment: &Deployment) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_conversation_is_acknowledged_once_in_the_customers_language() {
-    let sent = Sent::default();
-    let base = fake_twilio(sent.clone()).await;
-    let deployment = deployment(&base);
+    let twilio = FakeTwilio::start(SID, AUTH_TOKEN).await;
+    let deployment = deployment(twilio.base_url());
     let mut daemon = deployment.start();
 
     text_us(
@@ -186,7 +143,7 @@ async fn a_new_conversation_is_acknowledged_once_in_the_customers_language() {
     );
     assert_eq!(status["delivery"]["outboundEventId"], reply["eventId"]);
     assert_eq!(
-        *sent.lock().unwrap(),
+        sent(&twilio),
         [("+14155550123".to_owned(), RECEIVED_FA.to_owned())]
     );
     let metrics = daemon.metrics().await;
@@ -235,7 +192,7 @@ async fn a_new_conversation_is_acknowledged_once_in_the_customers_language() {
         .await;
     // Time for a repeat to show, if there were one.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut sent = sent.lock().unwrap().clone();
+    let mut sent = sent(&twilio);
     sent.sort();
     assert_eq!(
         sent,

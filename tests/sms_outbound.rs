@@ -17,30 +17,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use omni_testkit::daemon::Deployment;
+use omni_testkit::{daemon::Deployment, twilio::FakeTwilio};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "helpdesk-token-0123456789";
 const PUBLIC: &str = "https://omnid.example.com";
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
-const TWILIO_SID: &str = "SM4d5e6f708192a3b4c5d6e7f8091a2b3c";
+const SMS_SECRET: &str = "sms-secret-0123456789";
 const VONAGE_ID: &str = "0A0000000123ABCD1";
 
 /// What each provider was asked to send: the recipient by API.
 type Sent = Arc<Mutex<Vec<(&'static str, String)>>>;
-
-/// Twilio's Messages API: the created message, queued.
-async fn twilio(State(sent): State<Sent>, Form(form): Form<Vec<(String, String)>>) -> Response {
-    let to = field(&form, "To");
-    sent.lock().unwrap().push(("twilio", to.clone()));
-    let body = json!({
-        "account_sid": SID, "api_version": "2010-04-01", "body": field(&form, "Body"),
-        "direction": "outbound-api", "error_code": null, "error_message": null,
-        "from": field(&form, "From"), "num_media": "0", "num_segments": "1",
-        "sid": TWILIO_SID, "status": "queued", "to": to,
-    });
-    (StatusCode::CREATED, body.to_string()).into_response()
-}
 
 /// Vonage's SMS API: one part accepted.
 async fn vonage(State(sent): State<Sent>, Form(form): Form<Vec<(String, String)>>) -> Response {
@@ -72,10 +59,10 @@ fn field(form: &[(String, String)], name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The three providers on one local server; returns its base URL.
+/// Vonage and the gateway on one local server; returns its base URL.
+/// Twilio is the testkit's [`FakeTwilio`].
 async fn providers(sent: Sent) -> String {
     let app = Router::new()
-        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
         .route("/sms/json", post(vonage))
         .route("/send", post(gateway))
         .with_state(sent);
@@ -86,8 +73,9 @@ async fn providers(sent: Sent) -> String {
 }
 
 /// The outbound API on, the public URL Twilio's callbacks need, and one
-/// channel of each SMS kind sending through `base`.
-fn deployment(base: &str) -> Deployment {
+/// channel of each SMS kind: Twilio's sending through `twilio_base`, the
+/// others through `base`.
+fn deployment(twilio_base: &str, base: &str) -> Deployment {
     let deployment = Deployment::new();
     deployment.enable_api(TOKEN);
     let config = std::fs::read_to_string(deployment.config_path()).unwrap();
@@ -97,13 +85,13 @@ fn deployment(base: &str) -> Deployment {
         1,
     ));
     let secret = deployment.path().join("sms-secret");
-    std::fs::write(&secret, "sms-secret-0123456789").unwrap();
+    std::fs::write(&secret, SMS_SECRET).unwrap();
     let secret = format!("{{ file = {:?} }}", secret.display().to_string());
     deployment.write_channel(
         "sms-twilio",
         &format!(
             "id = \"sms-twilio\"\nkind = \"twilio\"\naccount_sid = \"{SID}\"\nauth_token = {secret}\n\
-             default_region = \"US\"\nfrom = \"+14155550100\"\nfetch_media = false\napi_base = \"{base}\"\n"
+             default_region = \"US\"\nfrom = \"+14155550100\"\nfetch_media = false\napi_base = \"{twilio_base}\"\n"
         ),
     );
     deployment.write_channel(
@@ -146,7 +134,8 @@ fn statuses(deployment: &Deployment) -> BTreeMap<String, Value> {
 async fn sms_replies_are_sent_and_reported_with_the_sms_channel_kind() {
     let sent = Sent::default();
     let base = providers(sent.clone()).await;
-    let deployment = deployment(&base);
+    let twilio = FakeTwilio::start(SID, SMS_SECRET).await;
+    let deployment = deployment(twilio.base_url(), &base);
     let daemon = deployment.start();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -196,8 +185,10 @@ async fn sms_replies_are_sent_and_reported_with_the_sms_channel_kind() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let twilio_sent = twilio.sent();
+    assert_eq!(twilio_sent.len(), 1, "{twilio_sent:?}");
     let provider_ids = [
-        ("sms-twilio", TWILIO_SID.to_owned()),
+        ("sms-twilio", twilio_sent[0].sid.clone()),
         ("sms-vonage", VONAGE_ID.to_owned()),
         // The gateway answers no id of its own: the reply's event id is it.
         ("sms-gateway", posted["sms-gateway"].1.clone()),
@@ -221,6 +212,7 @@ async fn sms_replies_are_sent_and_reported_with_the_sms_channel_kind() {
 
     // Each provider was asked once, for its recipient.
     let mut sent = sent.lock().unwrap().clone();
+    sent.extend(twilio.sent().into_iter().map(|s| ("twilio", s.to)));
     sent.sort();
     assert_eq!(
         sent,
