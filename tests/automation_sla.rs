@@ -139,13 +139,30 @@ async fn unanswered_messages_breach_and_answered_ones_do_not() {
     )
     .await;
     let bo_texted = Instant::now();
-    // Both are acknowledged (an automated reply: it stops no timer).
+    // An agent answers Bo at once; it is threaded well before his deadline.
+    agent_replies(&daemon, bo).await;
     daemon
-        .eventually("two acknowledgements", Duration::from_secs(30), || {
-            (twilio.messages().len() >= 2).then_some(())
+        .eventually(
+            "Bo's answer on his timeline",
+            Duration::from_secs(30),
+            || {
+                let timeline = deployment.timeline(&format!("phone:{bo}"));
+                names(&sla_entries(&timeline))
+                    .contains(&"slaAnswered")
+                    .then_some(())
+            },
+        )
+        .await;
+    // Ana is acknowledged (an automated reply: it stops no timer).
+    daemon
+        .eventually("Ana's acknowledgement", Duration::from_secs(30), || {
+            twilio
+                .messages()
+                .iter()
+                .any(|(to, _, _)| to == ana)
+                .then_some(())
         })
         .await;
-    agent_replies(&daemon, bo).await;
 
     // Cy writes, and the daemon dies at once; the timer is in the store.
     text_us(&daemon, "SM0000000000000000000000000000c001", cy, "Hello?").await;
