@@ -93,6 +93,30 @@ pub mod proc {
         parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
     }
 
+    /// User + system CPU ticks of each of `pid`'s threads, summed by thread
+    /// name (the kernel's 15-byte `comm`), so a report can say which of the
+    /// daemon's threads (runtime workers, a store's SQLite thread, the log
+    /// writer) took the time.
+    pub fn thread_ticks(pid: u32) -> Option<std::collections::BTreeMap<String, u64>> {
+        let mut by_name = std::collections::BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Ok(task) = task else { continue };
+            // A thread may end between the listing and the read.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let (Some(name), Some(ticks)) = (parse_stat_name(&stat), parse_stat_ticks(&stat)) {
+                *by_name.entry(name.to_owned()).or_default() += ticks;
+            }
+        }
+        Some(by_name)
+    }
+
+    /// The command (thread) name of a `/proc/<pid>/stat` line.
+    pub fn parse_stat_name(stat: &str) -> Option<&str> {
+        stat.get(stat.find('(')? + 1..stat.rfind(')')?)
+    }
+
     /// Busy ticks of the whole machine.
     pub fn busy_ticks() -> Option<u64> {
         parse_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
@@ -149,6 +173,8 @@ pub mod proc {
             let line =
                 "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 1200 0 0 0 731 96 0 0 20 0 5 0";
             assert_eq!(parse_stat_ticks(line), Some(731 + 96));
+            assert_eq!(parse_stat_name(line), Some("tokio (rt) 1"));
+            assert_eq!(parse_stat_name("4242 cut S 1"), None);
             assert_eq!(parse_stat_ticks("4242 (cut) S 1"), None);
             assert_eq!(parse_stat_ticks("garbage"), None);
             let machine = "cpu  100 5 20 9000 40 1 2 3 0 0\ncpu0 1 2 3\n";
