@@ -393,6 +393,10 @@ mod tests {
         down: AtomicBool,
         attempts: AtomicUsize,
         sent: Mutex<Vec<String>>,
+        /// Each delivery takes this long (ms), as a provider's API does.
+        latency_ms: AtomicUsize,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
     }
 
     impl Provider {
@@ -410,6 +414,13 @@ mod tests {
                     "relay down",
                     Duration::from_millis(10),
                 ));
+            }
+            let latency = self.latency_ms.load(Ordering::SeqCst) as u64;
+            if latency > 0 {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             self.sent
                 .lock()
@@ -541,6 +552,68 @@ mod tests {
         let left = again.poll(16, Duration::from_millis(200)).await.unwrap();
         assert!(left.is_empty(), "{} records were not committed", left.len());
         drop(again);
+        log.close().await.unwrap();
+    }
+
+    /// Replies to different customers of one channel are sent together;
+    /// each customer's in the order they were posted, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_to_different_customers_go_out_together_each_customer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn EventLog> = Arc::new(
+            SqliteLog::open(
+                &dir.path().join("events.sqlite3"),
+                SqliteLogConfig::default(),
+            )
+            .unwrap(),
+        );
+        let topics = Topics::new("omni.");
+        let sink = LogSink::new(log.clone(), topics.clone(), Encoding::Protobuf);
+        let seen = SqliteStateStore::open(&dir.path().join("channel-state.sqlite3")).unwrap();
+        let provider = Arc::new(Provider::default());
+        provider.latency_ms.store(40, Ordering::SeqCst);
+        let channels = LiveChannels::new(ChannelSet::from([(
+            "relay".into(),
+            channel("relay", "email", Arc::new(Sending(provider.clone()))),
+        )]));
+        let customers = ["ana", "bo", "cy", "di"];
+        for n in 1..=5 {
+            for customer in customers {
+                let mut event = reply("relay", &format!("{customer}/r{n}"));
+                event.recipients[0].value = format!("{customer}@example.com");
+                sink.submit_outbound(event).await.unwrap();
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let sender = EventSender::new(Arc::new(LogSink::new(
+            log.clone(),
+            topics.clone(),
+            Encoding::Protobuf,
+        )));
+        let dispatcher = crate::outbound::spawn(
+            log.clone(),
+            topics.outbound.clone(),
+            sender,
+            Some(Arc::new(seen)),
+            channels,
+            &shutdown,
+        );
+        until("every reply is sent", || provider.sent().len() == 20).await;
+        dispatcher.stop(Duration::from_secs(10)).await;
+        let sent = provider.sent();
+        for customer in customers {
+            let theirs: Vec<&String> = sent
+                .iter()
+                .filter(|key| key.starts_with(&format!("{customer}/")))
+                .collect();
+            let posted: Vec<String> = (1..=5).map(|n| format!("{customer}/r{n}")).collect();
+            assert_eq!(theirs, posted.iter().collect::<Vec<_>>(), "in order, once");
+        }
+        let most = provider.most_in_flight.load(Ordering::SeqCst);
+        assert!(
+            (2..=customers.len()).contains(&most),
+            "customers' replies overlap, one customer's never: {most} at once"
+        );
         log.close().await.unwrap();
     }
 }

@@ -1,13 +1,24 @@
-//! One channel's outbound queue, worked through in order, one record at a
-//! time: a channel whose provider is down or throttling holds back its own
-//! replies only.
+//! One channel's outbound queue: a channel whose provider is down or
+//! throttling holds back its own replies only.
+//!
+//! Records for different conversations are delivered concurrently (up to
+//! [`IN_FLIGHT`] at once), those for one conversation (the same recipients
+//! and chat) one after the other in queue order, so a customer never gets
+//! two replies swapped. Why: each delivery waits for the provider and then
+//! for two durable writes (its status and its seen mark); one at a time, a
+//! channel sent a few hundred replies a second however fast its provider
+//! was (docs/benchmarks.md, "Acknowledgement latency"), while concurrent
+//! deliveries share their fsyncs (the log commits appends made together
+//! in one transaction).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     panic::AssertUnwindSafe,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
+
+use tokio::time::Instant;
 
 use futures::FutureExt as _;
 use omni_connector::{
@@ -18,7 +29,7 @@ use omni_log::{Position, StoredRecord};
 use omni_model::cloudevents;
 use omni_proto::v1::{ChannelKind, ConversationEvent, Direction, EventKind};
 use omni_telemetry::emit;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -72,51 +83,126 @@ enum Outcome {
     },
 }
 
+/// Records of one lane being delivered at once, and waiting behind an
+/// earlier record of their conversation, in all: what a lane holds beyond
+/// its queue.
+pub(super) const IN_FLIGHT: usize = 32;
+
 /// The worker of one queue.
 pub(super) struct Lane {
     shared: Arc<Shared>,
-    metrics: HashMap<String, OutboundMetrics>,
+    metrics: Mutex<HashMap<String, OutboundMetrics>>,
+    /// Until when the provider rests after a temporary failure.
+    resting_until: Mutex<Option<Instant>>,
+}
+
+/// Which records must keep their order: those to the same recipients in
+/// the same chat (an undecodable record orders with the other ones).
+fn conversation_key(item: &Item) -> String {
+    let Ok(event) = &item.decoded else {
+        return String::new();
+    };
+    let mut key = String::new();
+    for recipient in &event.recipients {
+        key.push_str(&recipient.scope);
+        key.push('\u{0}');
+        key.push_str(&recipient.value);
+        key.push('\u{0}');
+    }
+    if let Some(threading) = &event.threading {
+        key.push_str(&threading.provider_chat_id);
+    }
+    key
 }
 
 impl Lane {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            metrics: HashMap::new(),
+            metrics: Mutex::new(HashMap::new()),
+            resting_until: Mutex::new(None),
         }
     }
 
-    /// Handles the queue's records in order, reporting each on `done`,
-    /// until the queue closes or the dispatcher stops (the record in hand
-    /// is finished first).
+    /// Handles the queue's records, each conversation's in order, reporting
+    /// each on `done` once its outcome is durable, until the queue closes or
+    /// the dispatcher stops (records in hand are finished first; one
+    /// waiting for a retry stops at once, uncommitted, and is delivered
+    /// again after a restart).
     pub(super) async fn run(
-        mut self,
+        self,
         mut queue: mpsc::Receiver<Item>,
         done: mpsc::UnboundedSender<Done>,
     ) {
+        let lane = Arc::new(self);
+        let mut running: JoinSet<(String, Result<(), Stopped>, Done)> = JoinSet::new();
+        // Per conversation running now: the records queued behind it.
+        let mut waiting: HashMap<String, VecDeque<Item>> = HashMap::new();
+        let mut held = 0usize;
+        let start = |running: &mut JoinSet<_>, key: String, item: Item| {
+            let lane = lane.clone();
+            running.spawn(async move {
+                let position = (item.stored.record.topic.clone(), item.stored.position);
+                let channel_id = item.decoded.as_ref().ok().map(|e| e.channel_id.as_str());
+                let mut traced = traces::Delivery::start(&item.stored, channel_id);
+                let span = traced.span().clone();
+                let handled = lane.handle(item, &mut traced).instrument(span).await;
+                drop(traced);
+                (key, handled, position)
+            });
+        };
+        let mut closed = false;
         loop {
-            let item = tokio::select! {
-                biased;
-                _ = self.shared.shutdown.cancelled() => return,
-                item = queue.recv() => match item {
-                    Some(item) => item,
-                    None => return,
-                },
-            };
-            let position = (item.stored.record.topic.clone(), item.stored.position);
-            let channel_id = item.decoded.as_ref().ok().map(|e| e.channel_id.as_str());
-            let mut traced = traces::Delivery::start(&item.stored, channel_id);
-            let span = traced.span().clone();
-            let handled = self.handle(item, &mut traced).instrument(span).await;
-            drop(traced);
-            if handled.is_err() || done.send(position).is_err() {
+            let stopping = lane.shared.shutdown.is_cancelled();
+            if (closed || stopping) && running.is_empty() {
                 return;
+            }
+            tokio::select! {
+                biased;
+                // Wakes an idle lane to stop; records in hand finish first.
+                () = lane.shared.shutdown.cancelled(), if !stopping => {}
+                finished = running.join_next(), if !running.is_empty() => {
+                    let Some(Ok((key, handled, position))) = finished else {
+                        // A panic outside the provider's code: stop the
+                        // lane; its records are delivered after a restart.
+                        return;
+                    };
+                    held -= 1;
+                    if handled.is_err() || done.send(position).is_err() {
+                        return;
+                    }
+                    // The next record of the conversation, unless stopping:
+                    // what was not started is delivered after a restart.
+                    match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                        Some(next) if !lane.shared.shutdown.is_cancelled() => {
+                            start(&mut running, key, next);
+                        }
+                        _ => {
+                            waiting.remove(&key);
+                        }
+                    }
+                }
+                item = queue.recv(), if !closed && !stopping && held < IN_FLIGHT => match item {
+                    Some(item) => {
+                        held += 1;
+                        let key = conversation_key(&item);
+                        match waiting.get_mut(&key) {
+                            Some(behind) => behind.push_back(item),
+                            None => {
+                                waiting.insert(key.clone(), VecDeque::new());
+                                start(&mut running, key, item);
+                            }
+                        }
+                    }
+                    None => closed = true,
+                },
+                else => return,
             }
         }
     }
 
     /// One record, from its decoded form to its durable outcome.
-    async fn handle(&mut self, item: Item, traced: &mut traces::Delivery) -> Result<(), Stopped> {
+    async fn handle(&self, item: Item, traced: &mut traces::Delivery) -> Result<(), Stopped> {
         let Item { stored, decoded } = item;
         let event = match decoded {
             Ok(event) => event,
@@ -138,7 +224,7 @@ impl Lane {
                 event_id: &event.event_id,
                 detail: "",
                 retry_in: None,
-            } => self.metrics_for(&event.channel_id));
+            } => &self.metrics_for(&event.channel_id));
             return Ok(());
         }
         let result = match self.deliver(&event, traced).await? {
@@ -167,7 +253,7 @@ impl Lane {
             event_id: &event.event_id,
             detail,
             retry_in: None,
-        } => self.metrics_for(&event.channel_id));
+        } => &self.metrics_for(&event.channel_id));
         Ok(())
     }
 
@@ -175,7 +261,7 @@ impl Lane {
     /// failures (and a handler that panics) are retried with backoff, the
     /// channel looked up afresh each time.
     async fn deliver(
-        &mut self,
+        &self,
         event: &ConversationEvent,
         traced: &mut traces::Delivery,
     ) -> Result<Outcome, Stopped> {
@@ -206,6 +292,14 @@ impl Lane {
         }
         let mut backoff = Backoff::default();
         loop {
+            // A provider that failed one delivery is given the same rest
+            // by all of them, not hit by every record in flight.
+            let resting = *self.resting_until.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(wait) =
+                resting.and_then(|until| until.checked_duration_since(Instant::now()))
+            {
+                pause(&self.shared.shutdown, wait).await?;
+            }
             let handler = match self.handler(&event.channel_id) {
                 Ok(handler) => handler,
                 Err(unroutable) => return Ok(unroutable),
@@ -222,14 +316,19 @@ impl Lane {
                     retry_after,
                 }) => {
                     let wait = retry_wait(&mut backoff, retry_after);
+                    {
+                        let mut until =
+                            self.resting_until.lock().unwrap_or_else(|e| e.into_inner());
+                        let end = Instant::now() + wait;
+                        *until = Some(until.map_or(end, |u| u.max(end)));
+                    }
                     traced.retrying(&reason);
                     emit!(OutboundDelivered {
                         outcome: OutboundOutcome::Retried,
                         event_id: &event.event_id,
                         detail: &reason,
                         retry_in: Some(wait),
-                    } => self.metrics_for(&event.channel_id));
-                    pause(&self.shared.shutdown, wait).await?;
+                    } => &self.metrics_for(&event.channel_id));
                 }
             }
         }
@@ -301,7 +400,7 @@ impl Lane {
     }
 
     async fn dead_letter(
-        &mut self,
+        &self,
         stored: &StoredRecord,
         channel_id: &str,
         event_id: &str,
@@ -325,13 +424,13 @@ impl Lane {
             event_id,
             detail: &format!("{reason}: {detail}"),
             retry_in: None,
-        } => self.metrics_for(label));
+        } => &self.metrics_for(label));
         Ok(())
     }
 
     /// The metrics of a configured channel (records for unknown channels
     /// count under one label).
-    fn metrics_for(&mut self, channel_id: &str) -> &OutboundMetrics {
+    fn metrics_for(&self, channel_id: &str) -> OutboundMetrics {
         let label = if channel_id == OutboundMetrics::UNKNOWN_CHANNEL
             || self.shared.channels.get().contains_key(channel_id)
         {
@@ -340,8 +439,11 @@ impl Lane {
             OutboundMetrics::UNKNOWN_CHANNEL
         };
         self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(label.to_owned())
             .or_insert_with(|| OutboundMetrics::register(label))
+            .clone()
     }
 }
 
