@@ -33,7 +33,7 @@ use crate::{
 
 /// Outbox rows published per append batch; also how far back the relay
 /// looks in the timeline topic at start.
-const RELAY_BATCH: u32 = 256;
+const RELAY_BATCH: u32 = 1024;
 
 /// How often the relay looks for rows when nobody wakes it (rows written
 /// by other processes on a shared PostgreSQL), and how often a standby
