@@ -461,9 +461,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_channel_that_is_down_holds_back_only_its_own_replies() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An embedded log in `dir`, its topics and a sink appending to it.
+    fn log_in(dir: &tempfile::TempDir) -> (Arc<dyn EventLog>, Topics, LogSink) {
         let log: Arc<dyn EventLog> = Arc::new(
             SqliteLog::open(
                 &dir.path().join("events.sqlite3"),
@@ -473,7 +472,38 @@ mod tests {
         );
         let topics = Topics::new("omni.");
         let sink = LogSink::new(log.clone(), topics.clone(), Encoding::Protobuf);
+        (log, topics, sink)
+    }
+
+    /// The dispatcher as the daemon runs it on that log, remembering sent
+    /// ids in `dir`.
+    fn dispatcher_on(
+        dir: &tempfile::TempDir,
+        log: &Arc<dyn EventLog>,
+        topics: &Topics,
+        channels: LiveChannels,
+        shutdown: &CancellationToken,
+    ) -> crate::outbound::Outbound {
         let seen = SqliteStateStore::open(&dir.path().join("channel-state.sqlite3")).unwrap();
+        let sender = EventSender::new(Arc::new(LogSink::new(
+            log.clone(),
+            topics.clone(),
+            Encoding::Protobuf,
+        )));
+        crate::outbound::spawn(
+            log.clone(),
+            topics.outbound.clone(),
+            sender,
+            Some(Arc::new(seen)),
+            channels,
+            shutdown,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_that_is_down_holds_back_only_its_own_replies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, topics, sink) = log_in(&dir);
         let down = Arc::new(Provider::default());
         down.down.store(true, Ordering::SeqCst);
         let up = Arc::new(Provider::default());
@@ -497,19 +527,7 @@ mod tests {
         }
 
         let shutdown = CancellationToken::new();
-        let sender = EventSender::new(Arc::new(LogSink::new(
-            log.clone(),
-            topics.clone(),
-            Encoding::Protobuf,
-        )));
-        let dispatcher = crate::outbound::spawn(
-            log.clone(),
-            topics.outbound.clone(),
-            sender,
-            Some(Arc::new(seen)),
-            channels,
-            &shutdown,
-        );
+        let dispatcher = dispatcher_on(&dir, &log, &topics, channels, &shutdown);
         until("the failing channel is tried", || {
             down.attempts.load(Ordering::SeqCst) >= 1
         })
@@ -560,16 +578,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replies_to_different_customers_go_out_together_each_customer_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let log: Arc<dyn EventLog> = Arc::new(
-            SqliteLog::open(
-                &dir.path().join("events.sqlite3"),
-                SqliteLogConfig::default(),
-            )
-            .unwrap(),
-        );
-        let topics = Topics::new("omni.");
-        let sink = LogSink::new(log.clone(), topics.clone(), Encoding::Protobuf);
-        let seen = SqliteStateStore::open(&dir.path().join("channel-state.sqlite3")).unwrap();
+        let (log, topics, sink) = log_in(&dir);
         let provider = Arc::new(Provider::default());
         provider.latency_ms.store(40, Ordering::SeqCst);
         let channels = LiveChannels::new(ChannelSet::from([(
@@ -585,19 +594,7 @@ mod tests {
             }
         }
         let shutdown = CancellationToken::new();
-        let sender = EventSender::new(Arc::new(LogSink::new(
-            log.clone(),
-            topics.clone(),
-            Encoding::Protobuf,
-        )));
-        let dispatcher = crate::outbound::spawn(
-            log.clone(),
-            topics.outbound.clone(),
-            sender,
-            Some(Arc::new(seen)),
-            channels,
-            &shutdown,
-        );
+        let dispatcher = dispatcher_on(&dir, &log, &topics, channels, &shutdown);
         until("every reply is sent", || provider.sent().len() == 20).await;
         dispatcher.stop(Duration::from_secs(10)).await;
         let sent = provider.sent();
