@@ -76,18 +76,6 @@ fn deployment() -> Deployment {
     deployment
 }
 
-/// A deployment whose daemon knows its public URL (Twilio signs it).
-fn public_deployment(public: &str) -> Deployment {
-    let deployment = deployment();
-    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
-    deployment.write_config(&config.replacen(
-        "[http]\n",
-        &format!("[http]\npublic_base_url = \"{public}\"\n"),
-        1,
-    ));
-    deployment
-}
-
 /// Polls `check` until it answers, for at most [`WITHIN`]; panics with
 /// `what` and the daemon's last log lines.
 fn eventually<T>(daemon: &Daemon, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -641,19 +629,8 @@ async fn text_us(daemon: &Daemon, message_sid: &str, from: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_customers_get_the_after_hours_acknowledgement_and_arabic_refunds_are_urgent() {
     let twilio = FakeTwilio::start(SID, AUTH_TOKEN).await;
-    let deployment = public_deployment(PUBLIC);
-    let token = deployment.path().join("twilio-token");
-    std::fs::write(&token, AUTH_TOKEN).unwrap();
-    deployment.write_channel(
-        "support-sms",
-        &format!(
-            "id = \"support-sms\"\nkind = \"twilio\"\naccount_sid = \"{SID}\"\n\
-             auth_token = {{ file = {:?} }}\ndefault_region = \"US\"\nfrom = \"{OUR_NUMBER}\"\n\
-             fetch_media = false\napi_base = \"{}\"\n",
-            token.display().to_string(),
-            twilio.base_url(),
-        ),
-    );
+    let deployment = self::deployment();
+    twilio.add_channel(&deployment, "support-sms", PUBLIC, OUR_NUMBER);
     let daemon = deployment.start();
 
     text_us(

@@ -36,25 +36,9 @@ fn sent(twilio: &FakeTwilio) -> Vec<(String, String)> {
 
 /// A Twilio channel sending through `base`, and rules acknowledging
 /// every new conversation on it (Persian or English, English by default).
-fn deployment(base: &str) -> Deployment {
+fn deployment(twilio: &FakeTwilio) -> Deployment {
     let deployment = Deployment::new();
-    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
-    deployment.write_config(&config.replacen(
-        "[http]\n",
-        &format!("[http]\npublic_base_url = \"{PUBLIC}\"\n"),
-        1,
-    ));
-    let token = deployment.path().join("twilio-token");
-    std::fs::write(&token, AUTH_TOKEN).unwrap();
-    deployment.write_channel(
-        CHANNEL,
-        &format!(
-            "id = \"{CHANNEL}\"\nkind = \"twilio\"\naccount_sid = \"{SID}\"\n\
-             auth_token = {{ file = {:?} }}\ndefault_region = \"US\"\nfrom = \"{OUR_NUMBER}\"\n\
-             fetch_media = false\napi_base = \"{base}\"\n",
-            token.display().to_string()
-        ),
-    );
+    twilio.add_channel(&deployment, CHANNEL, PUBLIC, OUR_NUMBER);
     deployment.write_rules(
         "support",
         &format!(
@@ -105,7 +89,7 @@ fn statuses(deployment: &Deployment) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_conversation_is_acknowledged_once_in_the_customers_language() {
     let twilio = FakeTwilio::start(SID, AUTH_TOKEN).await;
-    let deployment = deployment(twilio.base_url());
+    let deployment = deployment(&twilio);
     let mut daemon = deployment.start();
 
     text_us(

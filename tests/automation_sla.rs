@@ -45,25 +45,8 @@ const TARGET: Duration = Duration::from_secs(4);
 
 fn deployment(twilio: &FakeTwilio) -> Deployment {
     let deployment = Deployment::new();
-    let config = std::fs::read_to_string(deployment.config_path()).unwrap();
-    deployment.write_config(&config.replacen(
-        "[http]\n",
-        &format!("[http]\npublic_base_url = \"{PUBLIC}\"\n"),
-        1,
-    ));
     deployment.enable_api(TOKEN);
-    let token = deployment.path().join("twilio-token");
-    std::fs::write(&token, AUTH_TOKEN).unwrap();
-    deployment.write_channel(
-        CHANNEL,
-        &format!(
-            "id = \"{CHANNEL}\"\nkind = \"twilio\"\naccount_sid = \"{SID}\"\n\
-             auth_token = {{ file = {:?} }}\ndefault_region = \"US\"\nfrom = \"{OUR_NUMBER}\"\n\
-             fetch_media = false\napi_base = \"{}\"\n",
-            token.display().to_string(),
-            twilio.base_url()
-        ),
-    );
+    twilio.add_channel(&deployment, CHANNEL, PUBLIC, OUR_NUMBER);
     deployment.write_rules("support", RULES);
     deployment
 }

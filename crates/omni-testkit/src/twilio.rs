@@ -205,6 +205,41 @@ impl FakeTwilio {
         lock(&self.inner).sent.clone()
     }
 
+    /// Adds a `twilio` channel `channel_id` to `deployment`, sending from
+    /// `from` through this server, for this account: the daemon's public
+    /// base URL (what Twilio signs webhooks for), the auth token in a
+    /// secret file, and the channel file.
+    pub fn add_channel(
+        &self,
+        deployment: &crate::daemon::Deployment,
+        channel_id: &str,
+        public_base_url: &str,
+        from: &str,
+    ) {
+        let config = std::fs::read_to_string(deployment.config_path()).expect("read omnid.toml");
+        deployment.write_config(&config.replacen(
+            "[http]\n",
+            &format!("[http]\npublic_base_url = \"{public_base_url}\"\n"),
+            1,
+        ));
+        let (account_sid, auth_token) = {
+            let inner = lock(&self.inner);
+            (inner.account_sid.clone(), inner.auth_token.clone())
+        };
+        let token = deployment.path().join(format!("{channel_id}-twilio-token"));
+        std::fs::write(&token, auth_token).expect("write the auth token");
+        deployment.write_channel(
+            channel_id,
+            &format!(
+                "id = \"{channel_id}\"\nkind = \"twilio\"\naccount_sid = \"{account_sid}\"\n\
+                 auth_token = {{ file = {:?} }}\ndefault_region = \"US\"\nfrom = \"{from}\"\n\
+                 fetch_media = false\napi_base = \"{}\"\n",
+                token.display().to_string(),
+                self.base_url,
+            ),
+        );
+    }
+
     /// (To, From, Body) of every message sent so far, in arrival order.
     pub fn messages(&self) -> Vec<(String, String, String)> {
         lock(&self.inner)
