@@ -119,6 +119,16 @@ fn image() -> &'static str {
                 &format!("VERSION={}", env!("CARGO_PKG_VERSION")),
             ])
             .args(["--build-arg", &format!("REVISION={}", revision())])
+            // Podman 4.3's layer cache reuses the Dockerfile's `LABEL`
+            // step when only a build argument it names changed (a commit
+            // that touches no file the image copies), leaving the previous
+            // revision in the label; a label given here is applied after
+            // the cache. Docker re-runs the step, so the Dockerfile's
+            // `ARG REVISION` stays what users build with.
+            .args([
+                "--label",
+                &format!("org.opencontainers.image.revision={}", revision()),
+            ])
             .args(["-t", &tag, "."])
             // Where podman keeps the cache mounts (registry, target).
             .env("TMPDIR", tmpdir));
