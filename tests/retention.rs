@@ -161,7 +161,15 @@ async fn a_tiny_inbound_limit_shrinks_the_topic_and_loses_no_message_to_threadin
             || {
                 let text = futures::executor::block_on(daemon.metrics());
                 let bytes = metric(&text, r#"omnid_log_topic_bytes{topic="omni.inbound.v1"}"#)?;
-                (bytes <= INBOUND_MAX_BYTES as f64 && bytes > 0.0).then_some(text)
+                // A pass that ran before the last records were appended
+                // is within the limit too: wait for one that saw them all.
+                let removed = metric(
+                    &text,
+                    r#"omnid_log_retention_removed_records_total{topic="omni.inbound.v1"}"#,
+                )?;
+                let kept = metric(&text, r#"omnid_log_topic_records{topic="omni.inbound.v1"}"#)?;
+                (bytes <= INBOUND_MAX_BYTES as f64 && bytes > 0.0 && removed + kept >= total as f64)
+                    .then_some(text)
             },
         )
         .await;
