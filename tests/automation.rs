@@ -179,6 +179,22 @@ actions.priority = "P1"
     )
 }
 
+/// The customer a handle belongs to, through the query API; `None` until
+/// it has one.
+async fn customer_of(client: &reqwest::Client, daemon: &Daemon, handle: &str) -> Option<String> {
+    let identity = client
+        .get(daemon.url(&format!("/v1/identities/{handle}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    if identity.status() != 200 {
+        return None;
+    }
+    let identity: Value = identity.json().await.unwrap();
+    Some(identity["customer_id"].as_str().unwrap().to_owned())
+}
+
 /// The message and `triaged` entries of a customer's timeline through the
 /// query API, once it holds `count` of them.
 async fn timeline_of(
@@ -189,15 +205,7 @@ async fn timeline_of(
 ) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let identity = client
-            .get(daemon.url(&format!("/v1/identities/{handle}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        if identity.status() == 200 {
-            let identity: Value = identity.json().await.unwrap();
-            let customer = identity["customer_id"].as_str().unwrap();
+        if let Some(customer) = customer_of(client, daemon, handle).await {
             let page: Value = client
                 .get(daemon.url(&format!("/v1/customers/{customer}/timeline?limit=100")))
                 .bearer_auth(TOKEN)
@@ -362,16 +370,7 @@ async fn rules_tag_and_prioritise_conversations_on_the_timeline_and_reloads_appl
         r#"omnid_config_reloads_total{files="rules",result="ok"} 3"#,
     )
     .await;
-    let identity: Value = client
-        .get(daemon.url(&format!("/v1/identities/{handle}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let customer = identity["customer_id"].as_str().unwrap();
+    let customer = customer_of(&client, &daemon, handle).await.unwrap();
     let segment = |value: &str| {
         client
             .put(daemon.url(&format!("/v1/customers/{customer}/segment")))
