@@ -41,11 +41,19 @@ pub const LOG_TOPIC_RECORDS: &str = "omnid_log_topic_records";
 pub const LOG_RETENTION_REMOVED_RECORDS_TOTAL: &str = "omnid_log_retention_removed_records_total";
 pub const LOG_RETENTION_HELD_BACK_RECORDS: &str = "omnid_log_retention_held_back_records";
 pub const LOG_RETENTION_FAILURES_TOTAL: &str = "omnid_log_retention_failures_total";
+pub const ATTACHMENTS_FILES: &str = "omnid_attachments_files";
+pub const ATTACHMENTS_BYTES: &str = "omnid_attachments_bytes";
+pub const ATTACHMENTS_REMOVED_FILES_TOTAL: &str = "omnid_attachments_removed_files_total";
+pub const ATTACHMENTS_REMOVED_BYTES_TOTAL: &str = "omnid_attachments_removed_bytes_total";
+pub const ATTACHMENTS_GC_FAILURES_TOTAL: &str = "omnid_attachments_gc_failures_total";
 pub const STATE_SEEN_PRUNED_TOTAL: &str = "omnid_state_seen_pruned_total";
 pub const STATE_SEEN_MARKS: &str = "omnid_state_seen_marks";
 pub const THREADING_STATE_ROWS: &str = "omnid_threading_state_rows";
 pub const THREADING_DEDUPE_EVENT_IDS: &str = "omnid_threading_dedupe_event_ids";
 pub const THREADING_JOURNAL_ROWS: &str = "omnid_threading_journal_rows";
+pub const THREADING_CACHED_CUSTOMER_GROUPS: &str = "omnid_threading_cached_customer_groups";
+pub const THREADING_CACHED_STATE_BYTES: &str = "omnid_threading_cached_state_bytes";
+pub const THREADING_TIMELINE_PRUNED_TOTAL: &str = "omnid_threading_timeline_pruned_total";
 pub const AUTOMATED_REPLIES_TOTAL: &str = "omnid_automated_replies_total";
 pub const SLA_RESPONSE_SECONDS: &str = "omnid_sla_response_seconds";
 pub const SLA_ESCALATIONS_TOTAL: &str = "omnid_sla_escalations_total";
@@ -94,11 +102,19 @@ pub const ALL: &[&str] = &[
     LOG_RETENTION_REMOVED_RECORDS_TOTAL,
     LOG_RETENTION_HELD_BACK_RECORDS,
     LOG_RETENTION_FAILURES_TOTAL,
+    ATTACHMENTS_FILES,
+    ATTACHMENTS_BYTES,
+    ATTACHMENTS_REMOVED_FILES_TOTAL,
+    ATTACHMENTS_REMOVED_BYTES_TOTAL,
+    ATTACHMENTS_GC_FAILURES_TOTAL,
     STATE_SEEN_PRUNED_TOTAL,
     STATE_SEEN_MARKS,
     THREADING_STATE_ROWS,
     THREADING_DEDUPE_EVENT_IDS,
     THREADING_JOURNAL_ROWS,
+    THREADING_CACHED_CUSTOMER_GROUPS,
+    THREADING_CACHED_STATE_BYTES,
+    THREADING_TIMELINE_PRUNED_TOTAL,
     AUTOMATED_REPLIES_TOTAL,
     SLA_RESPONSE_SECONDS,
     SLA_ESCALATIONS_TOTAL,

@@ -49,7 +49,9 @@ use omni_proto::v1::{
     ThreadingHints,
 };
 use omni_threading::ThreadingStore;
-use omni_threading::{InboundEvent, Outcome, PostgresStore, SqliteStore, ThreadingConfig};
+use omni_threading::{
+    InboundEvent, Outcome, PostgresStore, SqliteOptions, SqliteStore, ThreadingConfig,
+};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
@@ -68,6 +70,8 @@ usage: cargo bench -p omni-threading --bench threading -- [options]
   --backend B      sqlite, postgres or both (both)
   --dir DIR        where the SQLite files go (a temporary directory)
   --keep true      keep the SQLite files (with --dir) to inspect them
+  --cache-mib N    customer state the embedded store keeps in memory, MiB
+                   as stored (16); a large value keeps all of it
 environment: OMNID_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test)";
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -87,6 +91,8 @@ struct Options {
     postgres: bool,
     dir: Option<PathBuf>,
     keep: bool,
+    /// The embedded store's cache of customer state (MiB as stored).
+    cache_mib: u64,
 }
 
 impl Options {
@@ -102,6 +108,7 @@ impl Options {
             postgres: true,
             dir: None,
             keep: false,
+            cache_mib: omni_threading::DEFAULT_CACHE_BYTES >> 20,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -127,6 +134,7 @@ impl Options {
                 "--pg-events" => o.pg_events = number()?,
                 "--pg-replay" => o.pg_replay = number()?,
                 "--dir" => o.dir = Some(PathBuf::from(value)),
+                "--cache-mib" => o.cache_mib = number()? as u64,
                 "--keep" => {
                     o.keep = value
                         .parse()
@@ -475,17 +483,29 @@ async fn sqlite(options: &Options, dir: &std::path::Path) {
             continue;
         }
         let path = dir.join(format!("threading-{i}-{mode}.sqlite3"));
-        let store = SqliteStore::open(&path).await.expect("open sqlite store");
-        eprintln!("sqlite {mode}: {events} events, batch {batch}");
+        let store_options = SqliteOptions {
+            cache_bytes: options.cache_mib << 20,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(&path, store_options.clone())
+            .await
+            .expect("open sqlite store");
+        eprintln!(
+            "sqlite {mode}: {events} events, batch {batch}, cache {} MiB",
+            options.cache_mib
+        );
         let tally = run(&store, events, batch).await;
         // The embedded store holds its state in memory: what the process
         // holds with it, and how long opening the file (loading the state
         // back from its journal) takes.
         let rss = resident_bytes();
+        let stats = store.stats().await.expect("store figures");
         store.close().await;
         drop(store);
         let started = Instant::now();
-        let reopened = SqliteStore::open(&path).await.expect("reopen sqlite store");
+        let reopened = SqliteStore::open_with(&path, store_options)
+            .await
+            .expect("reopen sqlite store");
         let reopen = started.elapsed().as_secs_f64();
         reopened.close().await;
         drop(reopened);
@@ -503,7 +523,15 @@ async fn sqlite(options: &Options, dir: &std::path::Path) {
             events,
             batch,
             &tally,
-            &format!(",\"db_bytes\":{size},\"anon_rss_bytes\":{rss},\"reopen_secs\":{reopen:.3}"),
+            &format!(
+                ",\"db_bytes\":{size},\"anon_rss_bytes\":{rss},\"reopen_secs\":{reopen:.3},\
+                 \"cache_mib\":{},\"customers_in_memory\":{},\"groups_in_memory\":{},\
+                 \"group_bytes_in_memory\":{}",
+                options.cache_mib,
+                stats.memory.customers,
+                stats.groups_in_memory,
+                stats.group_bytes_in_memory,
+            ),
         );
         if !options.keep {
             for suffix in ["", "-wal", "-shm"] {

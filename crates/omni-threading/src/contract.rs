@@ -2383,3 +2383,110 @@ where
         ("", "vip")
     );
 }
+
+/// All of a customer's timeline, page by page.
+async fn whole_timeline<S: ThreadingStore>(store: &S, customer: &CustomerId) -> Vec<OutboxRow> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .timeline(customer, after, 2)
+            .await
+            .expect("read timeline");
+        rows.extend(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return rows,
+        }
+    }
+}
+
+/// Publishes `rows` as the relay does.
+async fn publish<S: ThreadingStore>(store: &S, rows: &[OutboxRow]) {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    store.mark_published(&ids).await.expect("mark published");
+}
+
+/// Timeline retention removes the published rows recorded before the
+/// cutoff, oldest first, and nothing else: an unpublished row stays
+/// however old (the relay must see every row), as does every newer row.
+/// The customer's timeline then starts at the first row kept, and
+/// threading goes on with the next sequence numbers.
+///
+/// On the embedded store, rows only go once a snapshot has indexed them
+/// on disk: run it with a snapshot after every write.
+pub async fn timeline_retention_removes_only_old_published_rows<S: ThreadingStore>(store: S) {
+    let (ana, bo) = ("+14155550134", "+14155550199");
+    let first = thread(&store, InboundEvent::new(sms_from("a0", ana, 0))).await;
+    let bo_first = thread(&store, InboundEvent::new(sms_from("b0", bo, 5))).await;
+    thread(&store, InboundEvent::new(sms_from("a1", ana, 10))).await;
+    let (ana_id, bo_id) = (customer_of(&first), customer_of(&bo_first));
+    let old = drain(&store).await;
+    let (ana_old, bo_old): (Vec<OutboxRow>, Vec<OutboxRow>) = old
+        .into_iter()
+        .partition(|r| r.event.customer_id == ana_id.as_str());
+    assert!(ana_old.len() >= 2 && !bo_old.is_empty());
+    publish(&store, &ana_old).await;
+    thread(&store, InboundEvent::new(sms_from("a2", ana, 1_000))).await;
+    let ana_new = drain(&store)
+        .await
+        .into_iter()
+        .filter(|r| r.event.customer_id == ana_id.as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(messages(&ana_new), ["a2"]);
+    publish(&store, &ana_new).await;
+
+    let cutoff_ms = (T0 + 500) * 1000;
+    for row in ana_old.iter().chain(&bo_old) {
+        let at = row.event.recorded_at.as_ref().expect("recorded_at");
+        assert!(at.seconds < T0 + 500, "an old row: {row:?}");
+    }
+    // Windows of two rows: several transactions.
+    let removed = store.prune_timeline(cutoff_ms, 2).await.expect("prune");
+    assert_eq!(removed, ana_old.len() as u64, "ana's published old rows");
+    assert_eq!(store.prune_timeline(cutoff_ms, 2).await.unwrap(), 0);
+
+    assert_eq!(
+        drain(&store).await,
+        bo_old,
+        "unpublished rows stay for the relay"
+    );
+    assert_eq!(
+        whole_timeline(&store, &bo_id).await,
+        bo_old,
+        "old but unpublished"
+    );
+    let kept = whole_timeline(&store, &ana_id).await;
+    assert_eq!(kept, ana_new, "the timeline starts at the first row kept");
+    assert_eq!(
+        store.timeline(&ana_id, None, 1).await.unwrap().entries,
+        ana_new[..1]
+    );
+
+    // Threading goes on where the sequences were.
+    let next = ana_new.last().unwrap().event.sequence + 1;
+    match thread(&store, InboundEvent::new(sms_from("a3", ana, 1_010))).await {
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences, (next, next)),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+
+    // Once published, the old rows go too, and the customer's next entry
+    // still follows its last one.
+    publish(&store, &bo_old).await;
+    assert_eq!(
+        store.prune_timeline(cutoff_ms, 1_000).await.unwrap(),
+        bo_old.len() as u64
+    );
+    assert!(whole_timeline(&store, &bo_id).await.is_empty());
+    let next = bo_old.last().unwrap().event.sequence + 1;
+    match thread(&store, InboundEvent::new(sms_from("b1", bo, 1_020))).await {
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences, (next, next)),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+    let bo_now = whole_timeline(&store, &bo_id).await;
+    assert_eq!(messages(&bo_now), ["b1"]);
+    assert_eq!(
+        messages(&whole_timeline(&store, &ana_id).await),
+        ["a2", "a3"]
+    );
+}

@@ -106,6 +106,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A customer group of the embedded store does not decode.
+    #[error("customer group {survivor} does not decode")]
+    Group {
+        /// The group's surviving customer id.
+        survivor: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Adds what the store was doing to a driver error.

@@ -13,12 +13,12 @@
 //!
 //! [`PostgresStore`] (production, several workers) keeps the state in
 //! tables and writes a batch's changes in multi-row statements (`sql`).
-//! [`SqliteStore`] (the embedded default) keeps the per-customer state in
-//! memory (`state`) and journals each batch's changes to its file instead,
-//! which is several times faster; what grows with every message (event
-//! ids, the timeline index) goes to tables from time to time (a snapshot)
-//! and the journal is rewritten as a dump of the state once it has grown
-//! past it. Both stores give each change the same meaning, and the
+//! [`SqliteStore`] (the embedded default) decides from the state of the
+//! customers in use, in memory (`state`), and journals each batch's
+//! changes to its file instead, which is several times faster; from time
+//! to time (a snapshot) the journal is folded into tables, one row per
+//! customer group (`groups`), and memory keeps a bounded cache of those
+//! groups. Both stores give each change the same meaning, and the
 //! contract suite (`contract`) runs against both.
 //!
 //! Everything is deterministic (ids are UUIDv5 of their cause, times are
@@ -30,6 +30,7 @@ pub mod commands;
 #[cfg(feature = "contract-tests")]
 pub mod contract;
 pub mod error;
+mod groups;
 pub mod ids;
 pub mod logic;
 #[cfg(feature = "postgres")]
@@ -39,6 +40,7 @@ mod sql;
 mod sqlite;
 mod state;
 mod store;
+pub(crate) mod timeline_retention;
 
 pub use commands::{
     CommandDecision, CommandError, CommandLookups, CommandPlan, CommandSnapshot, command_lookups,
@@ -53,6 +55,6 @@ pub use logic::{
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use sla::{TimerPlan, TimerSnapshot, plan_timers};
-pub use sqlite::{SnapshotLimits, SqliteOptions, SqliteStats, SqliteStore};
+pub use sqlite::{DEFAULT_CACHE_BYTES, SnapshotLimits, SqliteOptions, SqliteStats, SqliteStore};
 pub use state::StateSizes;
 pub use store::{CommandOutcome, IdentityRecord, OutboxRow, Outcome, ThreadingStore, TimelinePage};

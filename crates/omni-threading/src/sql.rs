@@ -773,14 +773,16 @@ macro_rules! sql_store {
                 entry: &omni_proto::v1::TimelineEvent,
             ) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
+                let now = $crate::timeline_retention::now_ms();
                 sqlx::query(
-                    "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload, \
+                     recorded_ms) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(&entry.customer_id)
                 .bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
                 .bind(&entry.timeline_event_id)
                 .bind(prost::Message::encode_to_vec(entry))
+                .bind($crate::timeline_retention::recorded_ms(entry, now))
                 .execute(&mut **tx)
                 .await
                 .ctx("writing outbox")?;
@@ -1180,6 +1182,14 @@ macro_rules! sql_store {
             ) -> Result<(), $crate::StoreError> {
                 self.give_up_lease(name, holder).await
             }
+
+            async fn prune_timeline(
+                &self,
+                before_ms: i64,
+                batch: u32,
+            ) -> Result<u64, $crate::StoreError> {
+                $crate::timeline_retention::prune_postgres(&self.pool, before_ms, batch).await
+            }
         }
 
         /// Helpdesk commands: one transaction each, row by row (commands
@@ -1448,15 +1458,18 @@ macro_rules! sql_shared {
                 entries: &[omni_proto::v1::TimelineEvent],
             ) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
+                let now = $crate::timeline_retention::now_ms();
                 for chunk in $crate::batch::row_chunks(entries) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload) ",
+                        "INSERT INTO timeline (customer_id, sequence, timeline_event_id, payload, \
+                         recorded_ms) ",
                     );
                     q.push_values(chunk, |mut b, entry| {
                         b.push_bind(entry.customer_id.clone())
                             .push_bind(i64::try_from(entry.sequence).unwrap_or(i64::MAX))
                             .push_bind(entry.timeline_event_id.clone())
-                            .push_bind(prost::Message::encode_to_vec(entry));
+                            .push_bind(prost::Message::encode_to_vec(entry))
+                            .push_bind($crate::timeline_retention::recorded_ms(entry, now));
                     });
                     q.build().execute(&mut **tx).await.ctx("writing outbox")?;
                 }

@@ -1,5 +1,6 @@
-//! The embedded store: a SQLite file in the data directory, with the
-//! threading state held in memory and journaled to the file.
+//! The embedded store: a SQLite file in the data directory, deciding
+//! from the threading state of the customers in use, held in memory and
+//! journaled to the file.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::TryStreamExt as _;
 use omni_proto::v1::ThreadingCommand;
 use omni_proto::v1::TimelineEvent;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::batch::{Overlay, Wants, Write, key_chunks, plan_batch, row_chunks};
 use crate::error::{DbContext as _, StoreError, ThreadingError};
+use crate::groups::{self, GroupCache};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, InboundEvent, ThreadingConfig};
 use crate::sql::{retrying, sql_shared};
@@ -31,29 +32,31 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Threading state in a SQLite file.
 ///
-/// The state that grows with customers (who owns which handle, their
-/// conversations, Message-IDs) lives in memory; each batch or command
-/// commits one `state_journal` row with its row changes plus its timeline
-/// rows, in one transaction, and only then changes the memory. Updating
-/// state tables per batch instead costs several random B-tree pages per
-/// event, which caps throughput far below what a journal append does
+/// Decisions read the per-customer state (who owns which handle, their
+/// conversations, Message-IDs) from memory; each batch or command commits
+/// one `state_journal` row with its row changes plus its timeline rows,
+/// in one transaction, and only then changes the memory. Updating state
+/// tables per batch instead costs several random B-tree pages per event,
+/// which caps throughput far below what a journal append does
 /// (docs/benchmarks.md, "Fourth look").
 ///
-/// What grows with every message stays out of memory: a snapshot (every
+/// Nothing in memory grows with history: a snapshot (every
 /// [`SnapshotLimits`]) moves the event ids threaded since the last one to
-/// the `processed_events` table, where later batches look them up, and
-/// indexes the new timeline rows by customer on disk. The journal itself
-/// is rewritten as a dump of the state once it is twice that size, so
-/// opening the store replays at most about three times the state, however
-/// long the history. Event ids are kept for
-/// [`SqliteOptions::dedupe_window`] and then pruned. So memory and start
-/// time follow the number of customers, not of messages.
+/// the `processed_events` table, where later batches look them up,
+/// indexes the new timeline rows by customer on disk, writes the customer
+/// groups that changed (`groups.rs`) and deletes the journal; then memory
+/// keeps the most recently active groups up to
+/// [`SqliteOptions::cache_bytes`], and a batch loads the others from disk
+/// when its lookups lead to them. Event ids are kept for
+/// [`SqliteOptions::dedupe_window`] and then pruned. So memory follows the
+/// cache, and opening replays at most one snapshot interval.
 ///
 /// Writers take the file's write lock at `BEGIN IMMEDIATE` and then apply
 /// any journal rows another process (or pool) committed since their last
-/// look, so several stores on one file stay correct, like several workers
-/// on PostgreSQL (a store that missed another's journal rewrite reloads);
-/// WAL lets readers (the query API, the relay) run meanwhile.
+/// look, loading the groups they change first, so several stores on one
+/// file stay correct, like several workers on PostgreSQL (a store that
+/// missed rows another's snapshot deleted reloads); WAL lets readers (the
+/// query API, the relay) run meanwhile.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -83,15 +86,19 @@ struct Journaled {
     /// memory.
     recent: VecDeque<(i64, Vec<String>)>,
     recent_events: usize,
-    /// Bytes and rows of journal since it was last rewritten as a dump of
-    /// the state, and the size of that dump: the journal is rewritten
-    /// when it has grown well past the state it adds up to.
-    journal_bytes: u64,
+    /// Commands applied since the snapshot (id, issued at): a snapshot
+    /// moves them to `applied_commands` and they leave memory.
+    commands: Vec<(String, i64)>,
+    /// Which customer groups memory holds, and which changed.
+    cache: GroupCache,
+    /// Journal rows since the snapshot (what an open replays).
     journal_rows: i64,
-    dump_bytes: u64,
-    /// Rewrites of the journal so far (every store on the file counts
-    /// them: a store that missed one reloads).
+    /// Journal rewrites of an earlier version (every store on the file
+    /// counts them: a store that missed one reloads).
     generation: i64,
+    /// The file was written by a version that kept the whole state in
+    /// memory: the first snapshot writes every group.
+    upgrade: bool,
     /// When the last snapshot ran (or the store opened).
     last_snapshot: Option<Instant>,
     /// When event ids older than the window were last pruned.
@@ -102,17 +109,35 @@ struct Journaled {
 
 impl Journaled {
     /// The state the file holds: its state tables, then its journal.
+    ///
+    /// Memory gets the groups with SLA timers (the clock reads them from
+    /// memory) and those the journal since the snapshot changed; the rest
+    /// are loaded when a lookup needs them.
     async fn load(conn: &mut SqliteConnection) -> Result<Journaled, StoreError> {
         let mut journaled = Journaled::default();
-        load_tables(conn, &mut journaled.state).await?;
         let marker = read_marker(conn).await?;
+        if !marker.grouped {
+            load_tables(conn, &mut journaled.state).await?;
+        }
         journaled.snapshot_through = marker.journal;
+        journaled.through = marker.journal;
         journaled.timeline_through = marker.timeline;
         journaled.timeline_snapshot = marker.timeline;
-        journaled.dump_bytes = marker.dump_bytes;
         journaled.generation = marker.generation;
         journaled.last_snapshot = Some(Instant::now());
+        if marker.grouped {
+            fault_in(conn, &mut journaled, &[groups::TIMERS_KEY.to_owned()]).await?;
+        } else {
+            // An earlier version's journal starts with a dump of the
+            // state: all of it is replayed, then written as groups.
+            journaled.through = 0;
+            journaled.upgrade = true;
+        }
         catch_up_rows(conn, &mut journaled).await?;
+        journaled.through = journaled.through.max(marker.journal);
+        if journaled.upgrade {
+            journaled.cache.all_changed(&journaled.state);
+        }
         Ok(journaled)
     }
 
@@ -125,16 +150,22 @@ impl Journaled {
     /// threaded until a snapshot moves them to the tables.
     fn apply(&mut self, journal_id: i64, writes: &[Write]) {
         let mut events = Vec::new();
+        let mut touched = Vec::new();
         for write in writes {
-            if let Write::Processed { event_id, .. } = write {
+            match write {
                 // A snapshot put it on disk: it stays out of memory.
-                if journal_id <= self.snapshot_through {
-                    continue;
-                }
-                events.push(event_id.clone());
+                Write::Processed { .. } if journal_id <= self.snapshot_through => continue,
+                Write::Processed { event_id, .. } => events.push(event_id.clone()),
+                Write::Command {
+                    command_id,
+                    issued_at_ms,
+                } => self.commands.push((command_id.clone(), *issued_at_ms)),
+                _ => {}
             }
+            self.state.touched_by(write, &mut touched);
             self.state.apply(write);
         }
+        self.cache.changed(&self.state, touched);
         if !events.is_empty() {
             self.recent_events += events.len();
             self.recent.push_back((journal_id, events));
@@ -157,6 +188,9 @@ impl Journaled {
             rows.drain(..keep);
             !rows.is_empty()
         });
+        for (command_id, _) in std::mem::take(&mut self.commands) {
+            self.state.forget_command(&command_id);
+        }
         self.snapshot_through = self.snapshot_through.max(journal);
         self.timeline_snapshot = self.timeline_snapshot.max(timeline);
         self.last_snapshot = Some(Instant::now());
@@ -168,6 +202,7 @@ impl Journaled {
             self.through > self.snapshot_through || self.timeline_through > self.timeline_snapshot;
         pending
             && (self.recent_events >= limits.events
+                || self.cache.changed_count() >= limits.changed_customers
                 || self.through - self.snapshot_through >= limits.journal_rows
                 || self
                     .last_snapshot
@@ -206,15 +241,15 @@ pub struct SnapshotLimits {
     /// Event ids threaded since the last snapshot (each costs memory until
     /// it is on disk).
     pub events: usize,
+    /// Customers changed since the last snapshot: their groups stay in
+    /// memory until it writes them, so this bounds memory beyond the
+    /// cache when many customers write.
+    pub changed_customers: usize,
     /// Journal rows since the last snapshot (each is replayed on open).
     pub journal_rows: i64,
     /// Time since the last snapshot, so a quiet store's journal is short
     /// too.
     pub interval: Duration,
-    /// A journal smaller than this is never rewritten as a dump of the
-    /// state (replaying it is quick anyway); larger, it is rewritten once
-    /// it is twice the last dump.
-    pub rewrite_min_bytes: u64,
 }
 
 impl Default for SnapshotLimits {
@@ -226,9 +261,9 @@ impl Default for SnapshotLimits {
         // larger snapshots write less per event.
         SnapshotLimits {
             events: 131_072,
+            changed_customers: 16_384,
             journal_rows: 1024,
             interval: Duration::from_secs(60),
-            rewrite_min_bytes: 64 << 20,
         }
     }
 }
@@ -241,6 +276,12 @@ pub struct SqliteOptions {
     pub dedupe_window: Duration,
     /// When snapshots run.
     pub snapshots: SnapshotLimits,
+    /// How much of the per-customer state memory keeps after a snapshot,
+    /// as bytes of the customer groups on disk (memory takes about three
+    /// times that); the least recently used groups beyond it are dropped
+    /// and loaded again when a lookup needs them. Groups changed since the
+    /// snapshot and groups with SLA timers always stay.
+    pub cache_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -248,9 +289,14 @@ impl Default for SqliteOptions {
         SqliteOptions {
             dedupe_window: Duration::from_secs(14 * 86_400),
             snapshots: SnapshotLimits::default(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
+
+/// The default [`SqliteOptions::cache_bytes`]: tens of thousands of
+/// customers at a few hundred bytes each, well inside a small box.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 /// How often the ids older than the window are pruned: they only need to
 /// go within a fraction of the window, and each prune is a write.
@@ -328,11 +374,16 @@ impl SqliteStore {
         Ok(journaled)
     }
 
-    /// The state, caught up with what other processes committed.
-    async fn current(&self) -> Result<tokio::sync::MutexGuard<'_, Journaled>, StoreError> {
+    /// The state, caught up with what other processes committed, with
+    /// the groups `keys` lead to in memory.
+    async fn current(
+        &self,
+        keys: &[String],
+    ) -> Result<tokio::sync::MutexGuard<'_, Journaled>, StoreError> {
         let mut journaled = self.lock().await?;
         let mut conn = self.pool.acquire().await.ctx("reading state journal")?;
         catch_up(&mut conn, &mut journaled).await?;
+        fault_in(&mut conn, &mut journaled, keys).await?;
         Ok(journaled)
     }
 
@@ -354,16 +405,37 @@ impl SqliteStore {
         catch_up(&mut tx, &mut journaled).await?;
         // Ids threaded before the last snapshot are on disk: read first, so
         // the prefetch also brings the conversations they name.
-        let mut overlay = Overlay::default();
         let on_disk: Vec<&String> = wants
             .event_ids
             .iter()
             .filter(|id| !journaled.state.has_processed(id))
             .collect();
-        for (id, conversation) in processed_on_disk(&mut tx, &on_disk).await? {
-            overlay.add_processed(id, conversation);
+        let processed = processed_on_disk(&mut tx, &on_disk).await?;
+        // The groups the lookups lead to, from disk where memory lacks
+        // them; then whatever the first read names that is still missing
+        // (a customer an attachment update's message went to).
+        let conversations: Vec<String> = wants
+            .event_ids
+            .iter()
+            .filter_map(|id| journaled.state.processed_conversation(id).cloned())
+            .chain(processed.iter().map(|(_, c)| c.clone()))
+            .collect();
+        let keys = groups::keys_for_batch(&journaled.state, &wants, &conversations);
+        fault_in(&mut tx, &mut journaled, &keys).await?;
+        let mut overlay = Overlay::default();
+        for (id, conversation) in &processed {
+            overlay.add_processed(id.clone(), conversation.clone());
         }
         journaled.state.prefetch(&wants, &mut overlay);
+        let missing = groups::keys_for_overlay(&journaled.state, &overlay);
+        if !missing.is_empty() {
+            fault_in(&mut tx, &mut journaled, &missing).await?;
+            overlay = Overlay::default();
+            for (id, conversation) in processed {
+                overlay.add_processed(id, conversation);
+            }
+            journaled.state.prefetch(&wants, &mut overlay);
+        }
         let mut pipeline = Pipeline::start(tx).await?;
         let mut outcomes = Vec::with_capacity(inputs.len());
         let mut lookups = lookups.into_iter();
@@ -420,6 +492,18 @@ impl SqliteStore {
             .await
             .ctx("beginning transaction")?;
         catch_up(&mut tx, &mut journaled).await?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM applied_commands WHERE command_id = $1")
+                .bind(&lookups.command_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .ctx("looking the command up")?;
+        if applied.is_some() {
+            tx.rollback().await.ctx("rolling back")?;
+            return Ok(Ok(CommandOutcome::Duplicate));
+        }
+        let keys = groups::keys_for_command(&journaled.state, lookups);
+        fault_in(&mut tx, &mut journaled, &keys).await?;
         let snapshot = journaled.state.command_snapshot(lookups);
         let plan = match crate::plan_command(command, &snapshot) {
             Ok(CommandDecision::Apply(plan)) => plan,
@@ -510,9 +594,8 @@ struct Fill {
 struct Written {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     journal_id: Option<i64>,
-    /// Journal rows and bytes written.
+    /// Journal rows written.
     rows: i64,
-    bytes: u64,
 }
 
 impl Pipeline {
@@ -528,12 +611,16 @@ impl Pipeline {
         let (parts, mut receive) = mpsc::unbounded_channel::<Part>();
         let task = tokio::spawn(async move {
             let mut journal_id = None;
-            let (mut rows, mut bytes) = (0, 0);
+            let mut rows = 0;
             while let Some(part) = receive.recv().await {
                 rows += 1;
-                bytes += part.json.len() as u64;
+                // Ids go on after the snapshot's even when it left the
+                // table empty (SQLite would start again at 1).
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO state_journal (writes) VALUES ($1) RETURNING id",
+                    "INSERT INTO state_journal (id, writes) VALUES (1 + MAX( \
+                     COALESCE((SELECT MAX(id) FROM state_journal), 0), \
+                     (SELECT journal_through FROM state_snapshot WHERE id = 1)), $1) \
+                     RETURNING id",
                 )
                 .bind(part.json)
                 .fetch_one(&mut *tx)
@@ -556,7 +643,6 @@ impl Pipeline {
                 tx,
                 journal_id,
                 rows,
-                bytes,
             })
         });
         Ok(Pipeline {
@@ -619,7 +705,7 @@ impl Pipeline {
         } = self;
         drop(parts);
         let written = task.await.map_err(StoreError::Writer)??;
-        let (parts_written, bytes_written) = (written.rows, written.bytes);
+        let parts_written = written.rows;
         let Some(id) = written.journal_id else {
             return written.tx.rollback().await.ctx("rolling back");
         };
@@ -635,7 +721,6 @@ impl Pipeline {
         }
         journaled.through = id;
         journaled.journal_rows += parts_written;
-        journaled.journal_bytes += bytes_written;
         for (n, customer) in (1..).zip(customers) {
             journaled.add_timeline_row(last + n, customer);
         }
@@ -652,7 +737,13 @@ async fn catch_up(
     journaled: &mut Journaled,
 ) -> Result<(), StoreError> {
     let marker = read_marker(conn).await?;
-    if marker.generation != journaled.generation {
+    // Another process's snapshot deleted journal rows this state has not
+    // applied (or an earlier version rewrote the journal): start again
+    // from the file.
+    if marker.generation != journaled.generation
+        || marker.journal > journaled.through
+        || (marker.grouped && journaled.upgrade)
+    {
         *journaled = Journaled::load(conn).await?;
         return Ok(());
     }
@@ -674,20 +765,196 @@ async fn catch_up_rows(
     for (id, customer) in rows {
         journaled.add_timeline_row(id, customer);
     }
-    let mut rows = sqlx::query("SELECT id, writes FROM state_journal WHERE id > $1 ORDER BY id")
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, writes FROM state_journal WHERE id > $1 ORDER BY id LIMIT 64",
+        )
         .bind(journaled.through)
-        .fetch(&mut *conn);
-    while let Some(row) = rows.try_next().await.ctx("reading state journal")? {
-        let id: i64 = row.try_get(0).ctx("decoding state journal")?;
-        let json: &str = row.try_get(1).ctx("decoding state journal")?;
-        let writes: Vec<Write> =
-            serde_json::from_str(json).map_err(|source| StoreError::Journal { id, source })?;
-        journaled.apply(id, &writes);
-        journaled.through = id;
-        journaled.journal_rows += 1;
-        journaled.journal_bytes += json.len() as u64;
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("reading state journal")?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(());
+        };
+        let mut decoded = Vec::with_capacity(rows.len());
+        for (id, json) in rows {
+            let writes: Vec<Write> =
+                serde_json::from_str(&json).map_err(|source| StoreError::Journal { id, source })?;
+            decoded.push((id, writes));
+        }
+        // The groups the rows change, as the snapshot left them, then the
+        // rows in order: loading a group before an earlier row of the page
+        // is applied is the same order (the disk is older than them all).
+        let mut keys: Vec<String> = decoded
+            .iter()
+            .flat_map(|(_, writes)| groups::keys_of_writes(&journaled.state, writes))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        fault_in(conn, journaled, &keys).await?;
+        for (id, writes) in decoded {
+            journaled.apply(id, &writes);
+            journaled.journal_rows += 1;
+        }
+        journaled.through = last;
+    }
+}
+
+/// Loads from disk the customer groups that `keys` lead to and memory
+/// does not hold (see `groups.rs`).
+async fn fault_in(
+    conn: &mut SqliteConnection,
+    journaled: &mut Journaled,
+    keys: &[String],
+) -> Result<(), StoreError> {
+    let mut found = std::collections::BTreeSet::new();
+    for list in key_chunks(keys) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT survivor FROM state_keys WHERE key IN (",
+        );
+        let mut keys = q.separated(", ");
+        for key in list {
+            keys.push_bind(key.as_str());
+        }
+        q.push(")");
+        let rows: Vec<String> = q
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .ctx("looking customer groups up")?;
+        found.extend(rows);
+    }
+    let missing: Vec<String> = found
+        .into_iter()
+        .filter(|id| !journaled.cache.holds(&CustomerId::from_string(id.clone())))
+        .collect();
+    for list in key_chunks(&missing) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT survivor, writes FROM state_groups WHERE survivor IN (",
+        );
+        let mut ids = q.separated(", ");
+        for id in list {
+            ids.push_bind(id.as_str());
+        }
+        q.push(")");
+        let rows: Vec<(String, String)> = q
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await
+            .ctx("loading customer groups")?;
+        for (survivor, json) in rows {
+            let survivor = CustomerId::from_string(survivor);
+            if journaled.cache.holds(&survivor) {
+                continue;
+            }
+            let writes: Vec<Write> =
+                serde_json::from_str(&json).map_err(|source| StoreError::Group {
+                    survivor: survivor.to_string(),
+                    source,
+                })?;
+            for write in &writes {
+                journaled.state.apply(write);
+            }
+            journaled.cache.loaded(survivor, json.len() as u64);
+        }
     }
     Ok(())
+}
+
+/// Writes the customer groups that changed since the last snapshot, with
+/// their index rows, and deletes the groups merged away; returns each
+/// written group's size.
+async fn write_groups(
+    tx: &mut SqliteConnection,
+    journaled: &Journaled,
+) -> Result<Vec<(CustomerId, u64)>, StoreError> {
+    let state = &journaled.state;
+    let (changed, gone) = journaled.cache.to_write(state);
+    let gone: Vec<&CustomerId> = gone.iter().collect();
+    for list in key_chunks(&gone) {
+        for table in [
+            "state_groups WHERE survivor",
+            "state_keys WHERE key = 't' AND survivor",
+        ] {
+            let mut q =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("DELETE FROM {table} IN ("));
+            let mut ids = q.separated(", ");
+            for id in &list {
+                ids.push_bind(id.as_str());
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .ctx("deleting merged customer groups")?;
+        }
+    }
+    let mut groups = Vec::with_capacity(changed.len());
+    let mut keys = Vec::new();
+    let mut timers = Vec::new();
+    let mut no_timers = Vec::new();
+    for survivor in &changed {
+        let writes = state.group_writes(survivor);
+        let json = serde_json::to_string(&writes).map_err(|source| StoreError::Group {
+            survivor: survivor.to_string(),
+            source,
+        })?;
+        for key in groups::keys_of_group(survivor, &writes) {
+            keys.push((key, survivor));
+        }
+        if state.group_has_timers(survivor) {
+            timers.push((groups::TIMERS_KEY.to_owned(), survivor));
+        } else {
+            no_timers.push(survivor);
+        }
+        groups.push((survivor, json));
+    }
+    let mut written = Vec::with_capacity(groups.len());
+    for rows in row_chunks(&groups) {
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO state_groups (survivor, writes) ");
+        q.push_values(rows, |mut b, (survivor, json)| {
+            b.push_bind(survivor.as_str()).push_bind(json.as_str());
+        });
+        q.push(" ON CONFLICT (survivor) DO UPDATE SET writes = excluded.writes");
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .ctx("writing customer groups")?;
+        written.extend(
+            rows.iter()
+                .map(|(survivor, json)| ((*survivor).clone(), json.len() as u64)),
+        );
+    }
+    keys.extend(timers);
+    keys.sort_unstable();
+    for rows in row_chunks(&keys) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR IGNORE INTO state_keys (key, survivor) ",
+        );
+        q.push_values(rows, |mut b, (key, survivor)| {
+            b.push_bind(key.as_str()).push_bind(survivor.as_str());
+        });
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .ctx("indexing customer groups")?;
+    }
+    for list in key_chunks(&no_timers) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM state_keys WHERE key = 't' AND survivor IN (",
+        );
+        let mut ids = q.separated(", ");
+        for id in list {
+            ids.push_bind(id.as_str());
+        }
+        q.push(")");
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .ctx("indexing customer groups")?;
+    }
+    Ok(written)
 }
 
 /// The snapshot marker: how far the event ids and the timeline index are
@@ -698,14 +965,16 @@ struct Marker {
     journal: i64,
     /// Timeline rows up to here are in `timeline_by_customer`.
     timeline: i64,
-    /// Journal rewrites so far, and the size of the last one's dump.
+    /// Journal rewrites of an earlier version.
     generation: i64,
-    dump_bytes: u64,
+    /// The state is on disk in groups (else as an earlier version left
+    /// it: in the journal and the old tables).
+    grouped: bool,
 }
 
 async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> {
-    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT journal_through, timeline_through, generation, dump_bytes \
+    let row: Option<(i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT journal_through, timeline_through, generation, grouped \
          FROM state_snapshot WHERE id = 1",
     )
     .fetch_optional(&mut *conn)
@@ -715,7 +984,7 @@ async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> 
         journal: r.0,
         timeline: r.1,
         generation: r.2,
-        dump_bytes: u64::try_from(r.3).unwrap_or(0),
+        grouped: r.3,
     }))
 }
 
@@ -868,9 +1137,12 @@ pub struct SqliteStats {
     pub memory: StateSizes,
     /// Event ids kept on disk for deduplication (the window's).
     pub event_ids_on_disk: u64,
-    /// Journal rows: what opening replays (the last dump of the state
-    /// and the changes since).
+    /// Journal rows since the last snapshot: what opening replays.
     pub journal_rows: i64,
+    /// Customer groups in memory, and their size on disk (the figure
+    /// [`SqliteOptions::cache_bytes`] bounds after each snapshot).
+    pub groups_in_memory: usize,
+    pub group_bytes_in_memory: u64,
 }
 
 impl SqliteStore {
@@ -911,10 +1183,11 @@ impl SqliteStore {
         }
     }
 
-    /// Moves the event ids threaded since the last snapshot to disk and
-    /// indexes the timeline rows since then by customer on disk, then
-    /// drops both from memory; when the journal has grown past twice the
-    /// state it adds up to, replaces it by a dump of that state. One
+    /// Folds the journal into the tables: moves the event ids threaded
+    /// since the last snapshot to disk, indexes the timeline rows since
+    /// then by customer, writes every customer group that changed, and
+    /// deletes the journal rows; then drops the least recently used
+    /// groups from memory beyond [`SqliteOptions::cache_bytes`]. One
     /// transaction: a crash leaves everything as it was.
     pub async fn snapshot(&self) -> Result<(), StoreError> {
         let mut journaled = self.lock().await?;
@@ -969,60 +1242,59 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .ctx("indexing timeline")?;
-        // Rewrite once the journal is twice the state (and not small): a
-        // rewrite costs the state's size, so this keeps its cost per
-        // write constant and the journal an open replays within three
-        // times the state.
-        let floor = self.options.snapshots.rewrite_min_bytes;
-        let rewrite = journaled.journal_bytes >= floor.max(2 * journaled.dump_bytes);
-        let mut through = journaled.through;
-        let (mut generation, mut dump_bytes) = (marker.generation, marker.dump_bytes);
-        let mut dump_rows = 0;
-        if rewrite {
-            sqlx::query("DELETE FROM state_journal")
+        let written = write_groups(&mut tx, &journaled).await?;
+        let commands = &journaled.commands;
+        for rows in row_chunks(commands) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT OR IGNORE INTO applied_commands (command_id, issued_at_ms) ",
+            );
+            q.push_values(rows, |mut b, (id, issued)| {
+                b.push_bind(id.as_str()).push_bind(*issued);
+            });
+            q.build()
                 .execute(&mut *tx)
                 .await
-                .ctx("rewriting state journal")?;
-            let dump = journaled.state.dump();
-            dump_bytes = 0;
-            for chunk in dump.chunks(DUMP_ROW_WRITES) {
-                let json = serde_json::to_string(chunk)
-                    .map_err(|source| StoreError::Journal { id: 0, source })?;
-                through += 1;
-                dump_bytes += json.len() as u64;
-                dump_rows += 1;
-                sqlx::query("INSERT INTO state_journal (id, writes) VALUES ($1, $2)")
-                    .bind(through)
-                    .bind(json)
+                .ctx("recording commands")?;
+        }
+        if journaled.upgrade {
+            // What an earlier version kept in these tables is in the
+            // groups now.
+            for delete in [
+                "DELETE FROM customers",
+                "DELETE FROM identities",
+                "DELETE FROM suggested_links",
+                "DELETE FROM conversations",
+                "DELETE FROM message_refs",
+            ] {
+                sqlx::query(delete)
                     .execute(&mut *tx)
                     .await
-                    .ctx("rewriting state journal")?;
+                    .ctx("clearing tables of an earlier version")?;
             }
-            generation += 1;
         }
+        let through = journaled.through;
+        sqlx::query("DELETE FROM state_journal WHERE id <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await
+            .ctx("deleting the folded journal")?;
         sqlx::query(
             "UPDATE state_snapshot SET journal_through = $1, timeline_through = $2, \
-             event_ids = event_ids + $3, generation = $4, dump_bytes = $5 WHERE id = 1",
+             event_ids = event_ids + $3, grouped = 1 WHERE id = 1",
         )
         .bind(through)
         .bind(timeline_through)
         .bind(i64::try_from(added).unwrap_or(i64::MAX))
-        .bind(generation)
-        .bind(i64::try_from(dump_bytes).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await
         .ctx("recording snapshot")?;
         tx.commit().await.ctx("committing snapshot")?;
-        let journal = journaled.through;
-        journaled.snapshotted(journal, timeline_through);
-        if rewrite {
-            journaled.through = through;
-            journaled.snapshot_through = through;
-            journaled.generation = generation;
-            journaled.dump_bytes = dump_bytes;
-            journaled.journal_bytes = dump_bytes;
-            journaled.journal_rows = dump_rows;
-        }
+        journaled.snapshotted(through, timeline_through);
+        journaled.journal_rows = 0;
+        journaled.upgrade = false;
+        let j = &mut *journaled;
+        j.cache.written(&j.state, &written);
+        j.cache.shrink(&mut j.state, self.options.cache_bytes);
         Ok(())
     }
 
@@ -1063,9 +1335,13 @@ impl SqliteStore {
 
     /// What the store holds now.
     pub async fn stats(&self) -> Result<SqliteStats, StoreError> {
-        let (memory, journal_rows) = {
+        let (memory, journal_rows, (groups_in_memory, group_bytes_in_memory)) = {
             let journaled = self.state.lock().await;
-            (journaled.state.sizes(), journaled.journal_rows)
+            (
+                journaled.state.sizes(),
+                journaled.journal_rows,
+                journaled.cache.size(),
+            )
         };
         let on_disk: i64 = sqlx::query_scalar("SELECT event_ids FROM state_snapshot WHERE id = 1")
             .fetch_optional(&self.pool)
@@ -1076,12 +1352,11 @@ impl SqliteStore {
             memory,
             event_ids_on_disk: u64::try_from(on_disk).unwrap_or(0),
             journal_rows,
+            groups_in_memory,
+            group_bytes_in_memory,
         })
     }
 }
-
-/// Writes per journal row of a dump (a few hundred KB of JSON each).
-const DUMP_ROW_WRITES: usize = 2048;
 
 /// The wall clock in epoch milliseconds.
 fn now_ms() -> i64 {
@@ -1138,7 +1413,7 @@ impl ThreadingStore for SqliteStore {
     ) -> Result<TimelinePage, StoreError> {
         let limit = limit as usize;
         let (resolved, customers, ids) = {
-            let journaled = self.current().await?;
+            let journaled = self.current(&[groups::customer_key(customer)]).await?;
             let resolved = journaled
                 .state
                 .resolve(customer)
@@ -1174,6 +1449,13 @@ impl ThreadingStore for SqliteStore {
             ids.dedup();
             ids.truncate(limit + 1);
         }
+        // Timeline retention may remove rows between the two reads: the
+        // page then holds fewer, but still goes on after the ids it read.
+        let covered = if ids.len() > limit {
+            limit.checked_sub(1).map(|last| ids[last])
+        } else {
+            None
+        };
         let rows = if ids.is_empty() {
             Vec::new()
         } else {
@@ -1190,7 +1472,11 @@ impl ThreadingStore for SqliteStore {
                 .await
                 .ctx("reading timeline")?
         };
-        let page = Self::timeline_page(resolved, rows, u32::try_from(limit).unwrap_or(u32::MAX))?;
+        let mut page =
+            Self::timeline_page(resolved, rows, u32::try_from(limit).unwrap_or(u32::MAX))?;
+        if covered.is_some() {
+            page.next = covered;
+        }
         // The index is in memory: never let a row id it got wrong show
         // one customer another's history.
         if let Some(row) = page
@@ -1205,7 +1491,7 @@ impl ThreadingStore for SqliteStore {
     }
 
     async fn identity(&self, handle: &HandleKey) -> Result<Option<IdentityRecord>, StoreError> {
-        let journaled = self.current().await?;
+        let journaled = self.current(&[groups::handle_key(handle)]).await?;
         Ok(journaled.state.owner(handle).map(|o| IdentityRecord {
             customer_id: o.customer,
             confirmed: o.confirmed,
@@ -1213,11 +1499,13 @@ impl ThreadingStore for SqliteStore {
     }
 
     async fn resolve_customer(&self, id: &CustomerId) -> Result<Option<CustomerId>, StoreError> {
-        Ok(self.current().await?.state.resolve(id))
+        let keys = [groups::customer_key(id)];
+        Ok(self.current(&keys).await?.state.resolve(id))
     }
 
     async fn suggestions(&self, customer: &CustomerId) -> Result<Vec<HandleKey>, StoreError> {
-        Ok(self.current().await?.state.suggestions(customer))
+        let keys = [groups::customer_key(customer)];
+        Ok(self.current(&keys).await?.state.suggestions(customer))
     }
 
     async fn apply_command(
@@ -1265,5 +1553,9 @@ impl ThreadingStore for SqliteStore {
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.give_up_lease(name, holder).await
+    }
+
+    async fn prune_timeline(&self, before_ms: i64, batch: u32) -> Result<u64, StoreError> {
+        crate::timeline_retention::prune_sqlite(&self.writer, before_ms, batch).await
     }
 }

@@ -157,6 +157,16 @@ pub trait ThreadingStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<TimelineEvent>, StoreError>;
 
+    /// Removes the timeline rows recorded before `before_ms` (epoch
+    /// milliseconds) that the relay has published, oldest first, in
+    /// windows of `batch` rows each committed on its own (so no write
+    /// waits long); returns how many went. An unpublished row always
+    /// stays, however old. The query API's history then starts at the
+    /// first row kept; sequences go on unchanged. The embedded store only
+    /// removes rows its last snapshot indexed on disk. Rows are found by
+    /// id, without an index on their time (module `timeline_retention`).
+    async fn prune_timeline(&self, before_ms: i64, batch: u32) -> Result<u64, StoreError>;
+
     /// Takes or renews the lease `name` for `holder` until `now_ms +
     /// ttl_ms`; false while another holder's lease has not expired.
     /// Times are the callers' clocks, so hosts sharing a store need clocks

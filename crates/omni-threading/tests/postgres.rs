@@ -198,3 +198,13 @@ async fn segments_set_by_command_reach_the_rules() {
     })
     .await;
 }
+
+/// Not in the single-store list: the embedded store runs it with a
+/// snapshot after every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_retention_removes_only_old_published_rows() {
+    run(|s| async move {
+        contract::timeline_retention_removes_only_old_published_rows(s.fresh().await).await;
+    })
+    .await;
+}

@@ -18,17 +18,18 @@ struct Files {
     options: SqliteOptions,
 }
 
-/// Options that snapshot after every write and rewrite the journal each
-/// time, so every lookup of an earlier event id goes to disk and every
-/// open replays a dump.
+/// Options that snapshot after every write and then drop every customer
+/// group from memory, so every lookup of an earlier event id, handle,
+/// Message-ID or conversation goes to disk.
 fn snapshot_always() -> SqliteOptions {
     SqliteOptions {
         snapshots: SnapshotLimits {
             events: 0,
+            changed_customers: 0,
             journal_rows: 0,
             interval: Duration::ZERO,
-            rewrite_min_bytes: 0,
         },
+        cache_bytes: 0,
         ..SqliteOptions::default()
     }
 }
@@ -138,6 +139,11 @@ async fn state_tables_of_an_older_version_load() {
     ] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
+    // As an earlier version left it: the state not yet in groups.
+    sqlx::query("UPDATE state_snapshot SET grouped = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 
     let store = files.open(&path).await;
@@ -333,16 +339,19 @@ async fn timeline_pages_span_the_snapshot() {
     assert!(sequences.len() >= 23, "{} rows", sequences.len());
 }
 
-/// Once the journal outgrows the state it adds up to, a snapshot rewrites
-/// it as a dump of that state: the journal shrinks to the dump, and a
-/// store opened on it (or one already open that missed the rewrite) has
-/// the same customers, order and duplicates.
+/// A snapshot folds the journal into the customer groups on disk and
+/// deletes it, then drops the groups from memory beyond the cache: a
+/// store on the same file that missed it reloads, later lookups load the
+/// groups back, and one opened on it has the same customers, order and
+/// duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rewritten_journal_keeps_the_state() {
+async fn customer_groups_leave_memory_and_come_back() {
     use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
 
-    let mut options = SqliteOptions::default();
-    options.snapshots.rewrite_min_bytes = 0;
+    let options = SqliteOptions {
+        cache_bytes: 0,
+        ..SqliteOptions::default()
+    };
     let files = Files::with(options);
     let path = files.fresh_path();
     let store = files.open(&path).await;
@@ -357,15 +366,26 @@ async fn a_rewritten_journal_keeps_the_state() {
     }
     let before = store.stats().await.unwrap();
     assert_eq!(before.journal_rows, 150);
+    assert_eq!(before.memory.customers, 30);
     store.snapshot().await.unwrap();
     let after = store.stats().await.unwrap();
-    assert!(
-        after.journal_rows < 5,
-        "the dump of 30 customers is a few rows, not {}",
-        after.journal_rows
-    );
-    assert_eq!(after.memory.customers, 30);
-    // The store that missed the rewrite reloads, and goes on where the
+    assert_eq!(after.journal_rows, 0, "the journal is folded in");
+    assert_eq!(after.memory.customers, 0, "every group left memory");
+    assert_eq!(after.memory.identities, 0);
+    assert_eq!(after.memory.conversations, 0);
+    assert_eq!(after.groups_in_memory, 0);
+    // Loaded back for a lookup: the customer's own group only.
+    match store
+        .thread(&config, &api_message("ev-back", "customer-1", 1_000))
+        .await
+        .unwrap()
+    {
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 22),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+    let back = store.stats().await.unwrap();
+    assert_eq!((back.memory.customers, back.groups_in_memory), (1, 1));
+    // The store that missed the snapshot reloads, and goes on where the
     // other left off.
     match other
         .thread(&config, &api_message("ev-new", "customer-0", 1_000))
@@ -392,7 +412,7 @@ async fn a_rewritten_journal_keeps_the_state() {
 }
 
 /// The rules' tags and priority, as the daemon runs the store and with a
-/// snapshot (and a journal rewritten as a dump) after every write.
+/// snapshot after every write (every customer group then read from disk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_triage_conversations() {
     for options in [SqliteOptions::default(), snapshot_always()] {
@@ -454,5 +474,151 @@ async fn segments_set_by_command_reach_the_rules() {
         let files = Files::with(options);
         let path = files.fresh_path();
         contract::segments_set_by_command_reach_the_rules(|| files.open(&path)).await;
+    }
+}
+
+/// Timeline retention, with a snapshot after every write so each row is
+/// indexed on disk (and may go) as soon as it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_retention_removes_only_old_published_rows() {
+    let files = Files::with(snapshot_always());
+    contract::timeline_retention_removes_only_old_published_rows(files.fresh().await).await;
+}
+
+/// Rows after the last snapshot are indexed in memory only, so retention
+/// leaves them until a snapshot has indexed them on disk; rows an older
+/// version wrote (no time of their own) count from the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_retention_waits_for_the_snapshot_and_counts_old_rows_from_the_upgrade() {
+    use omni_threading::{ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let events: Vec<_> = (0..10)
+        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 3), n))
+        .collect();
+    store.thread_batch(&config, &events).await.unwrap();
+    let rows = contract::drain(&store).await;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    store.mark_published(&ids).await.unwrap();
+    let far_future = i64::MAX;
+    assert_eq!(
+        store.prune_timeline(far_future, 4).await.unwrap(),
+        0,
+        "not indexed on disk yet"
+    );
+    store.snapshot().await.unwrap();
+
+    // As an older version wrote them: no time, and an upgrade an hour ago.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let upgraded = now_ms - 3_600_000;
+    sqlx::query("UPDATE timeline SET recorded_ms = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE timeline_upgrade SET upgraded_ms = $1")
+        .bind(upgraded)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(store.prune_timeline(upgraded, 4).await.unwrap(), 0);
+    assert_eq!(
+        store.prune_timeline(upgraded + 1, 4).await.unwrap(),
+        rows.len() as u64
+    );
+    let (left, indexed): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM timeline), (SELECT COUNT(*) FROM timeline_by_customer)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((left, indexed), (0, 0), "rows and their index rows went");
+    pool.close().await;
+
+    // The store goes on, and so does each customer's order.
+    let next = api_message("ev-next", "customer-0", 100);
+    match store.thread(&config, &next).await.unwrap() {
+        omni_threading::Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 6),
+        omni_threading::Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+    store.close().await;
+    let store = files.open(&path).await;
+    let customer = match store
+        .thread(&config, &api_message("ev-last", "customer-0", 101))
+        .await
+    {
+        Ok(omni_threading::Outcome::Threaded {
+            customer_id,
+            sequences,
+            ..
+        }) => {
+            assert_eq!(sequences.0, 7);
+            customer_id
+        }
+        other => panic!("threaded: {other:?}"),
+    };
+    let page = store.timeline(&customer, None, 10).await.unwrap();
+    let sequences: Vec<u64> = page.entries.iter().map(|r| r.event.sequence).collect();
+    assert_eq!(sequences, [6, 7]);
+}
+
+/// A file whose state an earlier version kept in its journal (no customer
+/// groups yet) opens with that state, and its first snapshot writes the
+/// groups: after it, with nothing left in memory, the customers carry on
+/// where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_of_an_earlier_version_becomes_groups() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::with(SqliteOptions {
+        cache_bytes: 0,
+        ..SqliteOptions::default()
+    });
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let events: Vec<_> = (0..40)
+        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 4), n))
+        .collect();
+    store.thread_batch(&config, &events).await.unwrap();
+    store.close().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM state_groups")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(groups, 0, "no snapshot ran yet");
+    sqlx::query("UPDATE state_snapshot SET grouped = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = files.open(&path).await;
+    assert_eq!(store.stats().await.unwrap().memory.customers, 4);
+    store.snapshot().await.unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!((after.memory.customers, after.journal_rows), (0, 0));
+    for outcome in store.thread_batch(&config, &events[..8]).await.unwrap() {
+        assert_eq!(outcome.unwrap(), Outcome::Duplicate);
+    }
+    match store
+        .thread(&config, &api_message("ev-new", "customer-3", 100))
+        .await
+        .unwrap()
+    {
+        // Ten messages and the conversation's opening before it.
+        Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 12),
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
     }
 }

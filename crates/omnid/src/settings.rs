@@ -567,6 +567,22 @@ pub struct ThreadingSettings {
     /// days). Older ids are pruned; at least 1.
     #[serde(default = "default_dedupe_window_days")]
     pub dedupe_window_days: u64,
+    /// MiB of customer state (as stored on disk) the embedded store keeps
+    /// in memory after each snapshot; the least recently active customers
+    /// beyond it are read back from disk when they write again. Memory
+    /// takes about three times this. Customers changed since the last
+    /// snapshot and those with running SLA timers always stay.
+    #[serde(default = "default_threading_cache_mib")]
+    pub cache_mib: u64,
+    /// Days timeline rows stay in the store after the time they record;
+    /// 0 keeps them forever. Once a minute older rows are removed, oldest
+    /// first and only once published to the timeline topic. The query API
+    /// and `omnid timeline` then reach back this far only, and so does a
+    /// consumer rebuilding its copy of the timeline from them; the
+    /// timeline topic keeps records by its own retention. Rows written
+    /// before this setting existed count from the upgrade.
+    #[serde(default = "default_timeline_retention_days")]
+    pub timeline_retention_days: u64,
     /// How far apart (seconds) two emails with the same normalized subject
     /// and no Message-ID link may be and still share a conversation.
     #[serde(default = "default_subject_window_secs")]
@@ -607,6 +623,14 @@ impl ThreadingSettings {
 
 const fn default_dedupe_window_days() -> u64 {
     14
+}
+// omni_threading::DEFAULT_CACHE_BYTES, in MiB (the configuration
+// reference shows this body).
+const fn default_threading_cache_mib() -> u64 {
+    16
+}
+const fn default_timeline_retention_days() -> u64 {
+    365
 }
 const fn default_threading_max_connections() -> u32 {
     8
@@ -929,6 +953,15 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The daemon's default cache is the store's.
+    #[test]
+    fn the_threading_cache_default_is_the_stores() {
+        assert_eq!(
+            default_threading_cache_mib() << 20,
+            omni_threading::DEFAULT_CACHE_BYTES
+        );
+    }
 
     fn load(text: &str) -> (tempfile::TempDir, Result<Settings, SettingsError>) {
         let dir = tempfile::tempdir().unwrap();

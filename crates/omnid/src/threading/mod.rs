@@ -46,6 +46,7 @@
 mod cli;
 mod relay;
 mod store;
+mod timeline_retention;
 mod wire;
 mod worker;
 
@@ -143,6 +144,11 @@ pub(crate) fn start(
         traces,
         channels,
     };
+    timeline_retention::start(
+        settings.threading.timeline_retention_days,
+        store.shared(),
+        threading.worker_stop.clone(),
+    );
     threading.worker = Some(tokio::spawn(worker.run()));
     threading.commands = Some(tokio::spawn(commands.run()));
     threading.relay = Some(tokio::spawn(relay.run()));
@@ -187,6 +193,7 @@ impl Threading {
                 );
             }
         }
+        self.store.flush().await;
         self.store.close().await;
     }
 }
