@@ -5,6 +5,14 @@
 //! crash) store nothing new, and lets consumers verify what they read. A
 //! connector stores the bytes before it submits the event that names them,
 //! so no durable event ever points at a missing file.
+//!
+//! Files are kept as long as a retained record may name them and then
+//! collected (see [`gc`]): storing content that is already there, or
+//! naming it in a record the daemon appends ([`FsAttachmentStore::touch`]),
+//! refreshes the file's modification time, which the collector reads as
+//! "still wanted since then".
+
+pub mod gc;
 
 use std::{
     io::Write,
@@ -14,7 +22,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use omni_proto::v1::Attachment;
+use omni_proto::v1::{Attachment, ConversationEvent, TimelineEvent, timeline_event};
 use sha2::{Digest, Sha256};
 
 use crate::outbound::DeliveryError;
@@ -72,12 +80,43 @@ impl FsAttachmentStore {
         Self { root: root.into() }
     }
 
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Refreshes the modification time of the file stored under `sha256`
+    /// (lowercase hex) to now: something is about to name it in a record,
+    /// so the collector must keep it as long as that record may be
+    /// retained. Returns whether the file is there. Blocking: one open
+    /// and one metadata write, without an fsync of its own.
+    pub fn touch(&self, sha256: &str) -> Result<bool, AttachmentError> {
+        let Some(path) = self.path_of(sha256) else {
+            return Ok(false);
+        };
+        refresh(&path).map_err(|source| AttachmentError { path, source })
+    }
+
     fn path_of(&self, sha256: &str) -> Option<PathBuf> {
         let valid = sha256.len() == 64
             && sha256
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| self.root.join(&sha256[..2]).join(sha256))
+    }
+}
+
+/// Sets `path`'s modification time to now, if it exists; under the
+/// collector's lock, so a pass that already chose the file sees the new
+/// time and keeps it.
+fn refresh(path: &Path) -> std::io::Result<bool> {
+    let _guard = gc::REFRESH_LOCK.read().unwrap_or_else(|p| p.into_inner());
+    match std::fs::File::open(path) {
+        Ok(file) => file
+            .set_modified(std::time::SystemTime::now())
+            .map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -118,8 +157,23 @@ impl AttachmentStore for FsAttachmentStore {
             .expect("a computed digest is valid hex");
         let error_path = path.clone();
         tokio::task::spawn_blocking(move || {
-            if path.exists() {
-                return Ok(());
+            // Already stored (a provider's retry, the same file sent
+            // twice): refresh its time so it is kept for the new record.
+            match refresh(&path) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Stored, but not ours to touch (another user's file in a
+                // shared directory): the bytes are there, which is what
+                // `put` promises; collection may take it early.
+                Err(error) if path.exists() => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %error,
+                        "attachment already stored but its time could not be refreshed"
+                    );
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
             }
             write_durably(&path, &content)
         })
@@ -169,6 +223,64 @@ impl AttachmentStore for MemoryAttachmentStore {
             .unwrap_or_else(|p| p.into_inner())
             .get(sha256)
             .cloned())
+    }
+}
+
+/// The store digests (lowercase hex) `event` names: its attachments and
+/// the file of an attachment-stored update that point into the store.
+pub fn referenced_digests(event: &ConversationEvent) -> Vec<String> {
+    let mut digests = Vec::new();
+    let attachments = event
+        .content
+        .iter()
+        .flat_map(|content| content.attachments.iter())
+        .chain(
+            event
+                .attachment_stored
+                .iter()
+                .filter_map(|stored| stored.attachment.as_ref()),
+        );
+    for attachment in attachments {
+        push_digest(&mut digests, attachment);
+    }
+    digests
+}
+
+/// The store digests a timeline entry names: those of the message (or
+/// automated reply) it carries, and of an attachment-stored entry.
+pub fn timeline_digests(entry: &TimelineEvent) -> Vec<String> {
+    use timeline_event::Entry;
+    match &entry.entry {
+        Some(Entry::Message(message)) => message
+            .event
+            .as_ref()
+            .map(referenced_digests)
+            .unwrap_or_default(),
+        Some(Entry::AutomatedReply(reply)) => reply
+            .outbound
+            .as_ref()
+            .map(referenced_digests)
+            .unwrap_or_default(),
+        Some(Entry::AttachmentStored(stored)) => {
+            let mut digests = Vec::new();
+            if let Some(attachment) = &stored.attachment {
+                push_digest(&mut digests, attachment);
+            }
+            digests
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn push_digest(digests: &mut Vec<String>, attachment: &Attachment) {
+    let Some(hex) = attachment.uri.trim().strip_prefix(URI_PREFIX) else {
+        return;
+    };
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let digest = hex.to_ascii_lowercase();
+        if !digests.contains(&digest) {
+            digests.push(digest);
+        }
     }
 }
 

@@ -151,6 +151,7 @@ pub struct MediaMetrics {
     retried: Counter,
     refused: Counter,
     expired: Counter,
+    queue_full: Counter,
     depth: Gauge,
 }
 
@@ -164,6 +165,7 @@ impl MediaMetrics {
             retried: counter!(names::MEDIA_RETRIED_TOTAL),
             refused: given_up("refused"),
             expired: given_up("expired"),
+            queue_full: given_up("queue_full"),
             depth: gauge!(names::MEDIA_QUEUE_DEPTH),
         }
     }
@@ -275,6 +277,32 @@ impl InternalEvent for MediaGivenUp<'_> {
             reason,
             error = self.error,
             "media download given up, the message keeps the provider's reference"
+        );
+    }
+}
+
+/// Downloads not queued because the queue already held its maximum: the
+/// messages keep the provider's references.
+#[derive(Debug)]
+pub struct MediaQueueFull<'a> {
+    /// The first job not queued (the others are counted).
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub jobs: u64,
+    pub max_jobs: u64,
+}
+
+impl InternalEvent for MediaQueueFull<'_> {
+    type Handles = MediaMetrics;
+
+    fn emit(self, metrics: &MediaMetrics) {
+        metrics.queue_full.increment(self.jobs);
+        warn!(
+            channel = self.channel,
+            event_id = self.event_id,
+            jobs = self.jobs,
+            max_jobs = self.max_jobs,
+            "media queue full, downloads not queued: the messages keep the provider's references"
         );
     }
 }

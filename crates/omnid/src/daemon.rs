@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Error, auth, channels, event_log,
+    Error, attachment_gc, auth, channels, event_log,
     events::{ChannelsReloaded, ReloadMetrics, RulesNameUnknownChannels, RulesReloaded},
     media, outbound, retention, rules, seen_prune, server,
     settings::{Settings, Topics},
@@ -55,11 +55,11 @@ impl Daemon {
         let log = opened.log;
         let topics = Topics::new(&settings.log.topic_prefix);
         let encoding = settings.log.encoding;
-        let sender = EventSender::new(Arc::new(sink::LogSink::new(
-            log.clone(),
-            topics.clone(),
-            encoding,
-        )));
+        let attachment_store = omni_connector::FsAttachmentStore::new(settings.attachments_dir());
+        let sender = EventSender::new(Arc::new(
+            sink::LogSink::new(log.clone(), topics.clone(), encoding)
+                .with_attachments(attachment_store.clone()),
+        ));
         let factories = registry;
         let public = settings.http.public_base_url.clone();
         let state_path = settings.data_dir.join("channel-state.sqlite3");
@@ -122,7 +122,8 @@ impl Daemon {
             let token = token
                 .resolve()
                 .map_err(|e| Error::Failed(format!("http.api_token: {e}")))?;
-            let sink = sink::LogSink::new(log.clone(), topics.clone(), settings.log.encoding);
+            let sink = sink::LogSink::new(log.clone(), topics.clone(), settings.log.encoding)
+                .with_attachments(attachment_store.clone());
             state.enable_outbound_api(server::OutboundApi::new(auth::ApiToken::new(&token), sink));
         }
         let outbound = outbound::start(
@@ -151,6 +152,7 @@ impl Daemon {
         if settings.threading.enabled {
             consumers.extend(threading::consumer_groups(&topics));
         }
+        let attachment_gc = attachment_gc::start(&settings, opened.embedded.clone(), &shutdown);
         let retention = opened
             .embedded
             .map(|embedded| retention::start(&settings, embedded, &consumers, &shutdown));
@@ -202,6 +204,7 @@ impl Daemon {
             if let Some(retention) = retention {
                 retention.stop(grace).await;
             }
+            attachment_gc.stop(grace).await;
             match tokio::time::timeout(grace, log.close()).await {
                 Ok(Ok(())) => tracing::info!("event log closed, bye"),
                 Ok(Err(error)) => {

@@ -4,6 +4,7 @@
 //! a registry of [`omni_connector::ConnectorFactory`]s,
 //! built with the connector SDK alone).
 
+mod attachment_gc;
 mod auth;
 pub mod channels;
 mod commands;

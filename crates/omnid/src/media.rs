@@ -20,7 +20,8 @@ use crate::{server::AppState, settings::Settings};
 pub(crate) fn open(settings: &Settings) -> anyhow::Result<Arc<SqliteMediaQueue>> {
     let path = settings.data_dir.join("media-queue.sqlite3");
     let queue = SqliteMediaQueue::open(&path)
-        .with_context(|| format!("cannot open media queue {}", path.display()))?;
+        .with_context(|| format!("cannot open media queue {}", path.display()))?
+        .with_max_jobs(settings.media.max_queued_jobs);
     Ok(Arc::new(queue))
 }
 

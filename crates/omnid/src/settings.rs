@@ -98,6 +98,13 @@ pub struct MediaSettings {
     /// once.
     #[serde(default = "default_media_max_age_secs")]
     pub max_age_secs: u64,
+    /// Most downloads the queue holds; 0 sets no limit. Beyond it a
+    /// message's files are not queued (the jobs already queued stay): the
+    /// message keeps the provider's references, and each such file is
+    /// counted in `omnid_media_given_up_total{reason="queue_full"}` and
+    /// logged as a warning. A job takes a few hundred bytes.
+    #[serde(default = "default_media_max_queued_jobs")]
+    pub max_queued_jobs: u64,
 }
 
 impl Default for MediaSettings {
@@ -105,6 +112,7 @@ impl Default for MediaSettings {
         Self {
             concurrency: default_media_concurrency(),
             max_age_secs: default_media_max_age_secs(),
+            max_queued_jobs: default_media_max_queued_jobs(),
         }
     }
 }
@@ -117,7 +125,21 @@ const fn default_media_max_age_secs() -> u64 {
     3 * 24 * 3600
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+const fn default_media_max_queued_jobs() -> u64 {
+    100_000
+}
+
+/// The attachment store, and how long its files are kept. A file is
+/// removed once no retained record can name it: storing the same content
+/// again, or appending a record that names it, refreshes the file's
+/// modification time, and a file last refreshed more than an hour before
+/// the oldest record still retained on the inbound, timeline and outbound
+/// topics goes (the hour covers the time between storing a file and
+/// appending its record). So on the embedded log files follow
+/// `[log.retention]`; with Kafka, whose retention the daemon cannot read,
+/// `max_age_days` stands in. Consumers that keep conversations longer
+/// than the topics must copy the files they need.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentSettings {
     /// Directory of the content-addressed attachment store; default
@@ -125,6 +147,51 @@ pub struct AttachmentSettings {
     /// to `<dir>/<first two hex digits>/<hex>`.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// With `log.backend = "kafka"` only: a file not stored or named by a
+    /// record this daemon appended for this many days is removed; 0 keeps
+    /// files forever. Seven days matches Kafka's default `retention.ms`
+    /// and the embedded log's default; set it to the retention of the
+    /// inbound, timeline and outbound topics. The embedded log ignores it
+    /// (its own retention decides).
+    #[serde(default = "default_attachments_max_age_days")]
+    pub max_age_days: u64,
+    /// The store's files are kept under this many bytes, the least
+    /// recently stored or named removed first, even while a retained
+    /// record still names them (each such removal is logged as a
+    /// warning); files stored within the last hour are never removed. A
+    /// safety net for a flood of large files on a small disk, like
+    /// `log.retention.max_bytes`; 0 sets no limit.
+    #[serde(default = "default_attachments_max_bytes")]
+    pub max_bytes: u64,
+    /// How often (seconds, at least 1) the store is checked. Each pass
+    /// reads the metadata of every file, off the request path, and removes
+    /// at most 100,000 files (the next pass continues); it also refreshes
+    /// the store's size metrics.
+    #[serde(default = "default_attachments_check_interval_secs")]
+    pub check_interval_secs: u64,
+}
+
+impl Default for AttachmentSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_age_days: default_attachments_max_age_days(),
+            max_bytes: default_attachments_max_bytes(),
+            check_interval_secs: default_attachments_check_interval_secs(),
+        }
+    }
+}
+
+const fn default_attachments_max_age_days() -> u64 {
+    7
+}
+
+const fn default_attachments_max_bytes() -> u64 {
+    10 * 1024 * 1024 * 1024
+}
+
+const fn default_attachments_check_interval_secs() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -60,6 +60,9 @@ pub(crate) struct LogSink {
     outbound_metrics: LogMetrics,
     deadletter_metrics: LogMetrics,
     timeline_metrics: LogMetrics,
+    /// Refreshed for every record naming its files, so garbage collection
+    /// keeps them as long as the record may be retained.
+    attachments: Option<omni_connector::FsAttachmentStore>,
 }
 
 impl LogSink {
@@ -72,7 +75,24 @@ impl LogSink {
             timeline_metrics: LogMetrics::register(&topics.timeline),
             log,
             topics,
+            attachments: None,
         }
+    }
+
+    /// Refreshes the files of `store` each record names as it is appended
+    /// (see `crate::attachment_gc`).
+    pub(crate) fn with_attachments(mut self, store: omni_connector::FsAttachmentStore) -> Self {
+        self.attachments = Some(store);
+        self
+    }
+
+    /// Starts refreshing the files `digests` name, if this sink refreshes
+    /// any: before the record is handed to the log, so the refresh never
+    /// comes later than the record.
+    fn touch(&self, digests: impl FnOnce() -> Vec<String>) -> Option<tokio::task::JoinHandle<()>> {
+        self.attachments
+            .as_ref()
+            .and_then(|store| crate::attachment_gc::touch_named(store, digests()))
     }
 
     /// Appends an outbound message (a reply for a channel to send) to the
@@ -108,7 +128,11 @@ impl LogSink {
             self.encoding.encode(entry),
             now,
         );
-        self.append_in(record, self.timeline_metrics.clone(), parent)
+        let touch = self.touch(|| omni_connector::attachments::timeline_digests(entry));
+        waiting_for(
+            self.append_in(record, self.timeline_metrics.clone(), parent),
+            touch,
+        )
     }
 
     fn event_record(&self, topic: &str, event: &ConversationEvent) -> Record {
@@ -232,8 +256,29 @@ fn headers(ce: CloudEvent) -> Vec<(String, Bytes)> {
 
 impl EventSink for LogSink {
     fn submit(&self, entry: LogEntry) -> Ack {
+        let digests = || match &entry {
+            LogEntry::Event(event) | LogEntry::Outbound(event) => {
+                omni_connector::attachments::referenced_digests(event)
+            }
+            LogEntry::DeadLetter(_) => Vec::new(),
+        };
+        let touch = self.touch(digests);
         let (record, metrics) = self.record(entry);
-        self.append(record, metrics)
+        waiting_for(self.append(record, metrics), touch)
+    }
+}
+
+/// `ack`, resolving once `touch` (the refresh of the files the record
+/// names) is done too.
+fn waiting_for(ack: Ack, touch: Option<tokio::task::JoinHandle<()>>) -> Ack {
+    match touch {
+        None => ack,
+        Some(touch) => async move {
+            let result = ack.await;
+            let _ = touch.await;
+            result
+        }
+        .boxed(),
     }
 }
 

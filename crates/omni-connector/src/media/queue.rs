@@ -5,7 +5,11 @@
 //! crash between the two downloads the file again (the attachment store
 //! is content addressed and the update's id deterministic: nothing is
 //! duplicated). The file, not memory, holds the backlog, so a provider
-//! that is down for a day costs disk, not RAM.
+//! that is down for a day costs disk, not RAM; and at most
+//! [`DEFAULT_MAX_JOBS`] (or the daemon's `media.max_queued_jobs`) jobs,
+//! so a flood of media messages cannot fill the disk either: beyond it, a
+//! message's files are not queued and keep the provider's references,
+//! counted and logged. The jobs already queued stay.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,7 +27,13 @@ use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
 use super::{MediaJob, MediaQueue, MediaQueueError, MediaRef};
-use crate::events::{MediaDeferred, MediaMetrics, MediaQueueDepth};
+use crate::events::{MediaDeferred, MediaMetrics, MediaQueueDepth, MediaQueueFull};
+
+/// Most jobs the queue holds unless told otherwise: a few hundred bytes
+/// each, so tens of megabytes at most; far more than a day's outage of a
+/// busy channel's provider (jobs are also given up after the daemon's
+/// `media.max_age_secs`).
+pub(crate) const DEFAULT_MAX_JOBS: u64 = 100_000;
 
 /// The first retry's delay; each failure doubles it.
 pub(super) const RETRY_BASE: Duration = Duration::from_secs(5);
@@ -61,6 +71,8 @@ pub struct SqliteMediaQueue {
     /// Woken by `defer`, so new jobs start without waiting for a poll.
     wake: Notify,
     metrics: MediaMetrics,
+    /// Most jobs held; 0: no limit.
+    max_jobs: u64,
 }
 
 impl SqliteMediaQueue {
@@ -94,10 +106,18 @@ impl SqliteMediaQueue {
             conn: Arc::new(Mutex::new(conn)),
             wake: Notify::new(),
             metrics: MediaMetrics::register(),
+            max_jobs: DEFAULT_MAX_JOBS,
         };
         let depth = queue.with_conn(count)?;
         emit!(MediaQueueDepth { jobs: depth } => &queue.metrics);
         Ok(queue)
+    }
+
+    /// Holds at most `max_jobs` jobs (0: no limit); see the module
+    /// documentation.
+    pub fn with_max_jobs(mut self, max_jobs: u64) -> Self {
+        self.max_jobs = max_jobs;
+        self
     }
 
     pub fn metrics(&self) -> &MediaMetrics {
@@ -244,6 +264,10 @@ fn key(job: &MediaJob) -> (String, String, u32) {
 }
 
 fn count(conn: &mut Connection) -> rusqlite::Result<u64> {
+    jobs_in(conn)
+}
+
+fn jobs_in(conn: &Connection) -> rusqlite::Result<u64> {
     let count: i64 = conn.query_row("SELECT COUNT(*) FROM media_jobs", [], |row| row.get(0))?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
@@ -261,10 +285,13 @@ impl MediaQueue for SqliteMediaQueue {
             return Ok(());
         }
         let now = epoch_ms(SystemTime::now());
-        let (added, depth) = self
+        let max_jobs = self.max_jobs;
+        let (added, depth, refused) = self
             .blocking(move |conn| {
                 let tx = conn.transaction()?;
                 let mut added = 0;
+                let mut depth = jobs_in(&tx)?;
+                let mut refused: Vec<MediaJob> = Vec::new();
                 {
                     let mut insert = tx.prepare_cached(
                         "INSERT OR IGNORE INTO media_jobs
@@ -272,8 +299,24 @@ impl MediaQueue for SqliteMediaQueue {
                           deferred_ms, due_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                     )?;
-                    for job in &jobs {
-                        added += insert.execute(params![
+                    let mut queued = tx.prepare_cached(
+                        "SELECT 1 FROM media_jobs
+                         WHERE channel_id = ?1 AND event_id = ?2 AND attachment = ?3",
+                    )?;
+                    for job in jobs {
+                        if max_jobs > 0 && depth >= max_jobs {
+                            // A provider's retry of a queued job is not new.
+                            let known = queued.exists(params![
+                                job.channel_id,
+                                job.event_id,
+                                job.media.attachment
+                            ])?;
+                            if !known {
+                                refused.push(job);
+                            }
+                            continue;
+                        }
+                        let inserted = insert.execute(params![
                             job.channel_id,
                             job.event_id,
                             job.media.attachment,
@@ -282,14 +325,24 @@ impl MediaQueue for SqliteMediaQueue {
                             job.sender.as_ref().map(Message::encode_to_vec),
                             now,
                         ])? as u64;
+                        added += inserted;
+                        depth += inserted;
                     }
                 }
                 tx.commit()?;
-                Ok((added, count(conn)?))
+                Ok((added, count(conn)?, refused))
             })
             .await?;
         emit!(MediaDeferred { jobs: added } => &self.metrics);
         emit!(MediaQueueDepth { jobs: depth } => &self.metrics);
+        if let Some(first) = refused.first() {
+            emit!(MediaQueueFull {
+                channel: &first.channel_id,
+                event_id: &first.event_id,
+                jobs: refused.len() as u64,
+                max_jobs,
+            } => &self.metrics);
+        }
         if added > 0 {
             self.wake.notify_one();
         }
@@ -357,6 +410,38 @@ mod tests {
         let skipped = queue.due(FAR, 10, |j| j.event_id == "a").await.unwrap();
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].job, job("b", 0));
+    }
+
+    #[tokio::test]
+    async fn beyond_its_maximum_the_queue_keeps_the_oldest_jobs_and_adds_no_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("media-queue.sqlite3");
+        let queue = SqliteMediaQueue::open(&path).unwrap().with_max_jobs(2);
+        queue.defer(vec![job("a", 0)]).await.unwrap();
+        // One fits, the other two do not: none of them fails the defer
+        // (the message is durable; its files keep the provider's refs).
+        queue
+            .defer(vec![job("b", 0), job("c", 0), job("c", 1)])
+            .await
+            .unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 2);
+        // A provider's retry of a queued job is still fine, and a new job
+        // still does not fit.
+        queue.defer(vec![job("a", 0), job("d", 0)]).await.unwrap();
+        let due = queue.due(FAR, 10, |_| false).await.unwrap();
+        let jobs: Vec<MediaJob> = due.into_iter().map(|q| q.job).collect();
+        assert_eq!(jobs, [job("a", 0), job("b", 0)]);
+        // Room again once one is done.
+        queue.complete(&job("a", 0)).await.unwrap();
+        queue.defer(vec![job("d", 0)]).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 2);
+
+        let unlimited = SqliteMediaQueue::open(&dir.path().join("other.sqlite3"))
+            .unwrap()
+            .with_max_jobs(0);
+        let many: Vec<MediaJob> = (0..50).map(|n| job("many", n)).collect();
+        unlimited.defer(many).await.unwrap();
+        assert_eq!(unlimited.depth().await.unwrap(), 50);
     }
 
     #[tokio::test]

@@ -134,7 +134,9 @@ pub(crate) fn start(
     };
     let relay = relay::Relay {
         store: store.shared(),
-        sink: LogSink::new(log.clone(), topics.clone(), settings.log.encoding),
+        sink: LogSink::new(log.clone(), topics.clone(), settings.log.encoding).with_attachments(
+            omni_connector::FsAttachmentStore::new(settings.attachments_dir()),
+        ),
         log,
         topic: topics.timeline,
         metrics,
