@@ -75,6 +75,12 @@ struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Distinct senders of the API messages (`customer-0` ...), taken in
+    /// turn over all connections: 1,000 is a support inbox's regulars; a
+    /// number near the message count gives a new customer every few
+    /// messages, which is what grows the threading state.
+    #[arg(long, default_value_t = 1000)]
+    senders: u64,
     /// What to post: `api` (signed JSON), `wechat` (safe-mode WeChat
     /// text messages; needs the `--wechat-*` options) or `whatsapp`
     /// (WhatsApp Cloud API webhooks of text messages; needs
@@ -431,7 +437,13 @@ async fn connection(
             Payload::Api => {
                 let body = serde_json::json!({
                     "external_id": format!("lg-{run_id}-{conn}-{seq}"),
-                    "sender": { "kind": "external", "value": format!("customer-{}", seq % 1000) },
+                    "sender": {
+                        "kind": "external",
+                        "value": format!(
+                            "customer-{}",
+                            (seq * args.connections as u64 + conn as u64) % args.senders.max(1)
+                        ),
+                    },
                     "text": text,
                 })
                 .to_string();
