@@ -277,8 +277,8 @@ pub struct SqliteOptions {
     /// When snapshots run.
     pub snapshots: SnapshotLimits,
     /// How much of the per-customer state memory keeps after a snapshot,
-    /// as bytes of the customer groups on disk (memory takes about three
-    /// times that); the least recently used groups beyond it are dropped
+    /// as bytes of the customer groups on disk (their rows and indexes in
+    /// memory take several times that); the least recently used groups beyond it are dropped
     /// and loaded again when a lookup needs them. Groups changed since the
     /// snapshot and groups with SLA timers always stay.
     pub cache_bytes: u64,

@@ -634,15 +634,7 @@ impl State {
         if !self.customers.contains_key(survivor) {
             return Vec::new();
         }
-        std::iter::once(survivor.clone())
-            .chain(
-                self.merged_from
-                    .get(survivor)
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            )
-            .collect()
+        self.members(survivor)
     }
 
     /// Reads what a batch wanting `wants` can look at into `overlay`, as

@@ -636,9 +636,10 @@ pub struct ThreadingSettings {
     pub dedupe_window_days: u64,
     /// MiB of customer state (as stored on disk) the embedded store keeps
     /// in memory after each snapshot; the least recently active customers
-    /// beyond it are read back from disk when they write again. Memory
-    /// takes about three times this. Customers changed since the last
-    /// snapshot and those with running SLA timers always stay.
+    /// beyond it are read back from disk when they write again. The rows in
+    /// memory, with their indexes, take several times this. Customers
+    /// changed since the last snapshot and those with running SLA timers
+    /// always stay.
     #[serde(default = "default_threading_cache_mib")]
     pub cache_mib: u64,
     /// Days timeline rows stay in the store after the time they record;
