@@ -29,7 +29,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::settings::{Settings, Topics};
+use crate::{
+    settings::{Settings, Topics},
+    task::{self, BackgroundTask},
+};
 
 /// How long before the cutoff a file must have been last refreshed to be
 /// removed, and the youngest a file removed for the byte limit may be.
@@ -111,21 +114,17 @@ pub(crate) fn oldest_retained_cutoff(
     oldest.checked_sub(MARGIN)
 }
 
-/// The running collector.
-#[derive(Debug)]
-pub(crate) struct AttachmentGc {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
 /// Starts the collector of the store at `settings.attachments_dir()`. The
 /// first pass runs at once (so the size metrics are there from the
 /// start); the task stops at `shutdown`, after the file it is removing.
+/// A pass cut short finishes in the background (its blocking part cannot
+/// be interrupted, and is bounded); a crash or a stop mid-pass leaves
+/// files for the next pass, never a damaged one.
 pub(crate) fn start(
     settings: &Settings,
     embedded: Option<SqliteLog>,
     shutdown: &CancellationToken,
-) -> AttachmentGc {
+) -> BackgroundTask {
     let cutoff = Cutoff::of(settings, embedded);
     let store = FsAttachmentStore::new(settings.attachments_dir());
     let max_bytes = (settings.attachments.max_bytes > 0).then_some(settings.attachments.max_bytes);
@@ -140,26 +139,12 @@ pub(crate) fn start(
         max_bytes,
         "attachment store garbage collection"
     );
-    let stop = shutdown.child_token();
-    let task = tokio::spawn(run(store, cutoff, max_bytes, interval, stop.clone()));
-    AttachmentGc { stop, task }
-}
-
-impl AttachmentGc {
-    /// Stops the task. A pass in progress finishes in the background
-    /// (its blocking part cannot be interrupted, and is bounded); a crash
-    /// or a stop mid-pass leaves files for the next pass, never a damaged
-    /// one.
-    pub(crate) async fn stop(self, grace: Duration) {
-        self.stop.cancel();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
-            tracing::warn!(
-                "attachment garbage collection did not stop within the shutdown timeout"
-            );
-        }
-    }
+    BackgroundTask::spawn(
+        "attachment garbage collection",
+        "the files it did not get to are left for the next pass",
+        shutdown,
+        |stop| run(store, cutoff, max_bytes, interval, stop),
+    )
 }
 
 async fn run(
@@ -170,13 +155,8 @@ async fn run(
     stop: CancellationToken,
 ) {
     let metrics = Arc::new(GcMetrics::register());
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = task::ticks(interval);
+    while task::next_tick(&mut ticks, &stop).await {
         let now = SystemTime::now();
         let unreferenced_before = tokio::select! {
             _ = stop.cancelled() => return,

@@ -24,6 +24,7 @@ pub mod settings;
 mod sink;
 mod supervisor;
 mod tail;
+mod task;
 mod threading;
 mod traces;
 

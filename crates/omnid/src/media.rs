@@ -13,7 +13,7 @@ use omni_connector::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{server::AppState, settings::Settings};
+use crate::{server::AppState, settings::Settings, task};
 
 /// Opens the queue in the data directory; jobs a previous run left are
 /// downloaded once the worker starts.
@@ -68,8 +68,12 @@ impl MediaWorker {
     /// Waits for the worker to stop (after `shutdown`): downloads in
     /// progress are dropped and stay queued for the next start.
     pub(crate) async fn stop(self, grace: Duration) {
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            tracing::error!("media worker did not stop within the shutdown timeout");
-        }
+        task::join_within(
+            self.task,
+            grace,
+            "media worker",
+            "its downloads stay queued for the next start",
+        )
+        .await;
     }
 }

@@ -9,31 +9,25 @@ use std::{collections::HashMap, time::Duration};
 use metrics::{Counter, counter};
 use omni_log::{LogError, RetentionPolicy, SqliteLog};
 use omni_telemetry::{emit, names};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     events::{LogRetained, LogRetentionFailed, TopicRetentionMetrics},
     settings::{Settings, Topics},
+    task::{self, BackgroundTask},
 };
-
-/// The running retention task.
-#[derive(Debug)]
-pub(crate) struct Retention {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
 
 /// Starts the retention task of `log`. `protected` names, per topic, the
 /// consumer groups this daemon runs on it: retention waits for their
 /// commits. The first pass runs at once (so the size metrics are there
-/// from the start); the task stops at `shutdown`, between two batches.
+/// from the start); the task stops at `shutdown`, between two batches
+/// (each batch is its own transaction), and the next start continues.
 pub(crate) fn start(
     settings: &Settings,
     log: SqliteLog,
     protected: &[(String, &'static str)],
     shutdown: &CancellationToken,
-) -> Retention {
+) -> BackgroundTask {
     let topics = Topics::new(&settings.log.topic_prefix);
     let retention = &settings.log.retention;
     let policy = retention.policy(&topics, protected);
@@ -48,35 +42,20 @@ pub(crate) fn start(
             "log retention"
         );
     }
-    let stop = shutdown.child_token();
-    let task = tokio::spawn(run(log, policy, interval, stop.clone()));
-    Retention { stop, task }
-}
-
-impl Retention {
-    /// Stops the task; a pass in progress stops after its current batch
-    /// (each batch is its own transaction), and the next start continues.
-    pub(crate) async fn stop(self, grace: Duration) {
-        self.stop.cancel();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
-            tracing::warn!("log retention did not stop within the shutdown timeout");
-        }
-    }
+    BackgroundTask::spawn(
+        "log retention",
+        "the next start continues its pass",
+        shutdown,
+        |stop| run(log, policy, interval, stop),
+    )
 }
 
 async fn run(log: SqliteLog, policy: RetentionPolicy, interval: Duration, stop: CancellationToken) {
     let failures: Counter = counter!(names::LOG_RETENTION_FAILURES_TOTAL);
     // Per topic, registered when the topic is first seen in the file.
     let mut metrics: HashMap<String, TopicRetentionMetrics> = HashMap::new();
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = task::ticks(interval);
+    while task::next_tick(&mut ticks, &stop).await {
         // Dropping a pass between batches is safe: each batch is committed
         // whole or not at all, and the next pass continues.
         let pass = tokio::select! {

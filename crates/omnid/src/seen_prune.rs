@@ -25,10 +25,12 @@ use omni_connector::{
     state::{self, StateError},
 };
 use omni_telemetry::{InternalEvent, emit, names};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::Settings;
+use crate::{
+    settings::Settings,
+    task::{self, BackgroundTask},
+};
 
 /// Marks removed per transaction.
 pub(crate) const BATCH: usize = 500;
@@ -38,42 +40,27 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(3600);
 
 const DAY_SECS: u64 = 24 * 3600;
 
-/// The running pruning task.
-#[derive(Debug)]
-pub(crate) struct SeenPruner {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
 /// Starts pruning `store` every [`INTERVAL`], or nothing when
-/// `state.seen_window_days` is 0 (marks are then kept forever).
+/// `state.seen_window_days` is 0 (marks are then kept forever). At
+/// `shutdown` a pass in progress stops after its current batch (each
+/// batch is its own transaction), and the next start continues.
 pub(crate) fn start(
     settings: &Settings,
     store: Arc<dyn StateStore>,
     shutdown: &CancellationToken,
-) -> Option<SeenPruner> {
+) -> Option<BackgroundTask> {
     let days = settings.state.seen_window_days;
     if days == 0 {
         tracing::info!("seen ids are kept forever (state.seen_window_days = 0)");
         return None;
     }
     let window = Duration::from_secs(days.saturating_mul(DAY_SECS));
-    let stop = shutdown.child_token();
-    let task = tokio::spawn(run(store, window, INTERVAL, stop.clone()));
-    Some(SeenPruner { stop, task })
-}
-
-impl SeenPruner {
-    /// Stops the task; a pass in progress stops after its current batch
-    /// (each batch is its own transaction), and the next start continues.
-    pub(crate) async fn stop(self, grace: Duration) {
-        self.stop.cancel();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
-            tracing::warn!("seen-id pruning did not stop within the shutdown timeout");
-        }
-    }
+    Some(BackgroundTask::spawn(
+        "seen-id pruning",
+        "the next start continues its pass",
+        shutdown,
+        |stop| run(store, window, INTERVAL, stop),
+    ))
 }
 
 /// Prunes at once, then every `interval`, until `stop`.
@@ -84,13 +71,8 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     let metrics = SeenPruneMetrics::register();
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = task::ticks(interval);
+    while task::next_tick(&mut ticks, &stop).await {
         let started = Instant::now();
         let older_than = cutoff(SystemTime::now(), window);
         let mut removed = 0;

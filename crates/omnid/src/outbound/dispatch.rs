@@ -483,7 +483,7 @@ mod tests {
         topics: &Topics,
         channels: LiveChannels,
         shutdown: &CancellationToken,
-    ) -> crate::outbound::Outbound {
+    ) -> crate::task::BackgroundTask {
         let seen = SqliteStateStore::open(&dir.path().join("channel-state.sqlite3")).unwrap();
         let sender = EventSender::new(Arc::new(LogSink::new(
             log.clone(),

@@ -43,11 +43,10 @@ mod lane;
 mod prepare;
 mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use omni_connector::{EventSender, StateStore};
 use omni_log::EventLog;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use prepare::prepare;
@@ -55,27 +54,22 @@ pub(crate) use prepare::prepare;
 use crate::{
     channels::{LiveChannels, Wiring},
     settings::{Settings, Topics},
+    task::BackgroundTask,
 };
 
 /// The consumer group of the dispatcher on the outbound topic.
 pub(crate) const GROUP: &str = "omnid-outbound";
 
-/// The running dispatcher.
-#[derive(Debug)]
-pub(crate) struct Outbound {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
 /// Starts the dispatcher. It stops at `shutdown`, each channel finishing
-/// the record in hand; [`Outbound::stop`] waits for that.
+/// the record in hand (delivery, status) and committing what is done;
+/// [`BackgroundTask::stop`] waits for that, within its grace.
 pub(crate) fn start(
     settings: &Settings,
     log: Arc<dyn EventLog>,
     wiring: &Wiring,
     channels: LiveChannels,
     shutdown: &CancellationToken,
-) -> Outbound {
+) -> BackgroundTask {
     let topics = Topics::new(&settings.log.topic_prefix);
     spawn(
         log,
@@ -95,34 +89,19 @@ fn spawn(
     seen: Option<Arc<dyn StateStore>>,
     channels: LiveChannels,
     shutdown: &CancellationToken,
-) -> Outbound {
-    let stop = shutdown.child_token();
-    let dispatcher = dispatch::Dispatcher::new(
-        log,
-        topic,
-        lane::Shared {
-            sender,
-            seen,
-            channels,
-            shutdown: stop.clone(),
+) -> BackgroundTask {
+    BackgroundTask::spawn(
+        "outbound dispatcher",
+        "its records will be delivered again",
+        shutdown,
+        |stop| {
+            let shared = lane::Shared {
+                sender,
+                seen,
+                channels,
+                shutdown: stop,
+            };
+            dispatch::Dispatcher::new(log, topic, shared).run()
         },
-    );
-    let task = tokio::spawn(dispatcher.run());
-    Outbound { stop, task }
-}
-
-impl Outbound {
-    /// Stops the dispatcher: each channel finishes the record in hand
-    /// (delivery, status) and what is done is committed, within `grace`;
-    /// anything cut short is delivered again after the restart.
-    pub(crate) async fn stop(self, grace: Duration) {
-        self.stop.cancel();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
-            tracing::warn!(
-                "outbound dispatcher did not stop within the shutdown timeout; its records will be delivered again"
-            );
-        }
-    }
+    )
 }

@@ -66,6 +66,7 @@ use crate::events::{CommandMetrics, ThreadingMetrics};
 use crate::{
     settings::{Settings, Topics},
     sink::LogSink,
+    task,
 };
 
 /// The running worker and relay.
@@ -172,28 +173,17 @@ impl Threading {
     /// Whatever is cut short is done again after the restart.
     pub(crate) async fn stop(self, grace: Duration) {
         self.worker_stop.cancel();
-        for (task, what) in [
-            (self.worker, "threading worker"),
-            (self.commands, "commands consumer"),
-        ] {
-            let Some(task) = task else { continue };
-            let abort = task.abort_handle();
-            if tokio::time::timeout(grace, task).await.is_err() {
-                abort.abort();
-                tracing::warn!(
-                    "{what} did not stop within the shutdown timeout; its batch will be applied again"
-                );
-            }
+        let batch_again = "its batch will be applied again";
+        if let Some(worker) = self.worker {
+            task::join_within(worker, grace, "threading worker", batch_again).await;
+        }
+        if let Some(commands) = self.commands {
+            task::join_within(commands, grace, "commands consumer", batch_again).await;
         }
         self.relay_stop.cancel();
         if let Some(relay) = self.relay {
-            let abort = relay.abort_handle();
-            if tokio::time::timeout(grace, relay).await.is_err() {
-                abort.abort();
-                tracing::warn!(
-                    "timeline relay did not stop within the shutdown timeout; it resumes at the next start"
-                );
-            }
+            let resumes = "it resumes at the next start";
+            task::join_within(relay, grace, "timeline relay", resumes).await;
         }
         self.store.flush().await;
         self.store.close().await;

@@ -19,6 +19,8 @@ use omni_telemetry::{InternalEvent, emit, names};
 use omni_threading::{StoreError, ThreadingStore};
 use tokio_util::sync::CancellationToken;
 
+use crate::task;
+
 /// How often a pass runs: rows only need to go within a small fraction of
 /// the retention, and a pass with nothing to remove reads one window.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(60);
@@ -49,13 +51,8 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     let pruned = counter!(names::THREADING_TIMELINE_PRUNED_TOTAL);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = task::ticks(interval);
+    while task::next_tick(&mut ticks, &stop).await {
         let started = Instant::now();
         let before_ms = cutoff_ms(SystemTime::now(), retention);
         let outcome = tokio::select! {
