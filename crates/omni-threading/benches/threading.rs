@@ -71,7 +71,7 @@ usage: cargo bench -p omni-threading --bench threading -- [options]
   --dir DIR        where the SQLite files go (a temporary directory)
   --keep true      keep the SQLite files (with --dir) to inspect them
   --cache-mib N    customer state the embedded store keeps in memory, MiB
-                   as stored (16); a large value keeps all of it
+                   of JSON (16); a large value keeps all of it
 environment: OMNID_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test)";
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -91,7 +91,7 @@ struct Options {
     postgres: bool,
     dir: Option<PathBuf>,
     keep: bool,
-    /// The embedded store's cache of customer state (MiB as stored).
+    /// The embedded store's cache of customer state (MiB of group JSON).
     cache_mib: u64,
 }
 

@@ -106,15 +106,30 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// A customer group of the embedded store does not decode.
-    #[error("customer group {survivor} does not decode")]
+    /// A customer group of the embedded store does not encode or decode.
+    #[error("customer group {survivor} does not encode or decode")]
     Group {
         /// The group's surviving customer id.
         survivor: String,
-        /// The decoder's error.
+        /// The codec's error.
         #[source]
-        source: serde_json::Error,
+        source: GroupCodecError,
     },
+    /// The customer group codec could not be set up (zstd could not
+    /// allocate its context).
+    #[error("setting up the customer group codec")]
+    GroupCodec(#[source] GroupCodecError),
+}
+
+/// Why a customer group row does not encode or decode.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupCodecError {
+    /// Its JSON (damaged, or written by a newer version).
+    #[error("its JSON does not decode")]
+    Json(#[from] serde_json::Error),
+    /// Its compression (a damaged row).
+    #[error("its compressed form does not decode")]
+    Compression(#[from] std::io::Error),
 }
 
 /// Adds what the store was doing to a driver error.

@@ -20,13 +20,22 @@
 //! every group a write touches, before and after, counts as changed
 //! ([`State::touched_by`]).
 //!
-//! This module holds the pure part: the index keys and the choice of what
-//! to drop; `sqlite.rs` does the reads and writes.
+//! A group is stored as a base row and delta rows: a snapshot appends a
+//! changed group's new writes as a delta and writes it whole only when it
+//! must ([`GroupCache`] says when), so a snapshot costs what changed, not
+//! the customer's history. Each row is the JSON of its writes compressed
+//! with zstd: the JSON repeats field names and ids, and a compressed row
+//! is about 40% of its size. Rows of earlier versions, plain JSON text,
+//! still load.
+//!
+//! This module holds the pure part: the index keys, the row codec and the
+//! choice of what to drop; `sqlite.rs` does the reads and writes.
 
 use std::collections::BTreeSet;
 
 use crate::batch::{Overlay, Wants, Write};
 use crate::commands::CommandLookups;
+use crate::error::GroupCodecError;
 use crate::ids::{CustomerId, HandleKey};
 use crate::state::{HashMap, HashSet, State};
 
@@ -57,6 +66,57 @@ pub(crate) fn conversation_key(id: &str) -> String {
 /// The index key of an email Message-ID.
 pub(crate) fn message_key(id: &str) -> String {
     format!("m{SEP}{id}")
+}
+
+/// Where a zstd frame starts; a row of an earlier version is JSON text
+/// and starts with `[`.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// zstd's fastest level: a snapshot compresses every changed group, and
+/// higher levels gain little on rows this small.
+const ZSTD_LEVEL: i32 = 1;
+
+/// The largest group a row may unpack to: far beyond any real customer,
+/// so a damaged row fails to decode instead of exhausting memory.
+const MAX_GROUP_BYTES: u64 = 256 << 20;
+
+/// Encodes and decodes group rows, reusing zstd's contexts: making one
+/// per row cost more than the compression itself.
+pub(crate) struct GroupCodec {
+    compressor: zstd::bulk::Compressor<'static>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl GroupCodec {
+    pub(crate) fn new() -> Result<GroupCodec, GroupCodecError> {
+        Ok(GroupCodec {
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+            decompressor: zstd::bulk::Decompressor::new()?,
+        })
+    }
+
+    /// A row of `writes`, and the size of their JSON: what the cache
+    /// counts, as it follows what the group costs in memory better than
+    /// the compressed size.
+    pub(crate) fn encode(&mut self, writes: &[Write]) -> Result<(Vec<u8>, u64), GroupCodecError> {
+        let json = serde_json::to_vec(writes)?;
+        let row = self.compressor.compress(&json)?;
+        Ok((row, json.len() as u64))
+    }
+
+    /// The writes of a row, and the size of their JSON.
+    pub(crate) fn decode(&mut self, row: &[u8]) -> Result<(Vec<Write>, u64), GroupCodecError> {
+        if !row.starts_with(&ZSTD_MAGIC) {
+            return Ok((serde_json::from_slice(row)?, row.len() as u64));
+        }
+        let size = zstd::zstd_safe::get_frame_content_size(row)
+            .ok()
+            .flatten()
+            .filter(|&size| size <= MAX_GROUP_BYTES)
+            .ok_or_else(|| std::io::Error::other("no frame size, or too large"))?;
+        let json = self.decompressor.decompress(row, size as usize)?;
+        Ok((serde_json::from_slice(&json)?, json.len() as u64))
+    }
 }
 
 /// The index key every group with an SLA timer is listed under: the clock
@@ -210,15 +270,88 @@ pub(crate) fn keys_of_writes(state: &State, writes: &[Write]) -> Vec<String> {
     keys
 }
 
-/// Which groups memory holds, how recently each was used and how large
-/// it is on disk, and which changed since they were last written.
+/// A group's rows on disk, in bytes of JSON: a base row and the delta
+/// rows appended after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OnDisk {
+    /// The base row; 0 when the group is not on disk yet.
+    pub(crate) base: u64,
+    /// The delta rows together.
+    pub(crate) deltas: u64,
+    /// How many delta rows there are.
+    pub(crate) parts: u32,
+}
+
+impl OnDisk {
+    /// What the cache counts for the group: memory follows the rows it
+    /// was built from.
+    fn bytes(self) -> u64 {
+        self.base + self.deltas
+    }
+}
+
+/// Delta rows a group may have before it is written whole again: loading
+/// reads every one.
+pub(crate) const MAX_PARTS: u32 = 16;
+
+/// A changed group, how the snapshot writes it, and its rows on disk.
+pub(crate) type GroupWrite<'a> = (CustomerId, GroupPlan<'a>, OnDisk);
+
+/// How a snapshot writes a changed group.
+#[derive(Debug)]
+pub(crate) enum GroupPlan<'a> {
+    /// The whole group as one base row (its delta rows go).
+    Whole,
+    /// Only the writes since it was last written, as one more delta row.
+    Delta(&'a [Write]),
+}
+
+/// Whether a delta of `delta` bytes should instead be folded into a new
+/// base row: once the deltas outgrow the base, rewriting the base costs
+/// less than it saves, so a busy group is written whole about once per
+/// doubling of what it holds (amortized, each byte of history is written
+/// a constant number of times, not once per snapshot).
+pub(crate) fn fold_deltas(disk: OnDisk, delta: u64) -> bool {
+    disk.parts >= MAX_PARTS || disk.deltas + delta > disk.base
+}
+
+/// Writes a snapshot can append to a group's rows as a delta: they change
+/// one group's rows in place. The others (a merge, a split's moved
+/// Message-IDs) move rows between groups, so the groups they touch are
+/// written whole.
+fn appendable(write: &Write) -> bool {
+    matches!(
+        write,
+        Write::Customer { .. }
+            | Write::CustomerSegment { .. }
+            | Write::Identity { .. }
+            | Write::Conversation(_)
+            | Write::MessageRef { .. }
+            | Write::InsertSuggestion { .. }
+            | Write::DeleteSuggestion { .. }
+    )
+}
+
+/// Which groups memory holds, how recently each was used and what each
+/// has on disk, and what changed since they were last written.
+///
+/// A snapshot writes a changed group whole only when it must: when it is
+/// new, when a write moved rows between it and another group, or when its
+/// deltas outgrew its base. Otherwise it appends the writes since the
+/// last snapshot, so a customer with a long history costs what its new
+/// messages cost, not its history, at each snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct GroupCache {
-    /// Group id -> (last use, bytes on disk; 0 until first written).
-    loaded: HashMap<CustomerId, (u64, u64)>,
+    /// Group id -> (last use, rows on disk).
+    loaded: HashMap<CustomerId, (u64, OnDisk)>,
     /// Customer ids whose rows changed since the last snapshot (mapped to
     /// their groups when it runs: merges may still move them).
     changed: HashSet<CustomerId>,
+    /// Customer ids whose groups must be written whole.
+    whole: HashSet<CustomerId>,
+    /// Group id (when the write was applied) -> its appendable writes
+    /// since the last snapshot, in order.
+    deltas: HashMap<CustomerId, Vec<Write>>,
     clock: u64,
     /// Bytes on disk of the groups in `loaded`.
     bytes: u64,
@@ -230,34 +363,56 @@ impl GroupCache {
         self.loaded.contains_key(group)
     }
 
-    /// Records a group loaded from disk (`bytes` long there).
-    pub(crate) fn loaded(&mut self, group: CustomerId, bytes: u64) {
+    /// Records a group loaded from disk.
+    pub(crate) fn loaded(&mut self, group: CustomerId, disk: OnDisk) {
         self.clock += 1;
-        let old = self.loaded.insert(group, (self.clock, bytes));
-        self.bytes = self.bytes + bytes - old.map_or(0, |(_, b)| b);
+        let old = self.loaded.insert(group, (self.clock, disk));
+        self.bytes = self.bytes + disk.bytes() - old.map_or(0, |(_, d)| d.bytes());
     }
 
-    /// Records that these customers' rows changed (and their groups were
-    /// used).
-    pub(crate) fn changed(&mut self, state: &State, ids: impl IntoIterator<Item = CustomerId>) {
+    /// Records `write`, just applied to `state`, which changed the rows of
+    /// the customers `touched` (and used their groups).
+    pub(crate) fn changed(&mut self, state: &State, write: &Write, touched: Vec<CustomerId>) {
         self.clock += 1;
-        for id in ids {
-            let group = state.group_of(&id);
+        let mut groups = Vec::with_capacity(touched.len());
+        for id in &touched {
+            let group = state.group_of(id);
             match self.loaded.get_mut(&group) {
                 Some(entry) => entry.0 = self.clock,
                 None => {
-                    self.loaded.insert(group, (self.clock, 0));
+                    self.loaded
+                        .insert(group.clone(), (self.clock, OnDisk::default()));
                 }
             }
-            self.changed.insert(id);
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
         }
+        match groups.as_slice() {
+            [group] if appendable(write) => {
+                self.deltas
+                    .entry(group.clone())
+                    .or_default()
+                    .push(write.clone());
+            }
+            [] => {}
+            _ => self.whole.extend(touched.iter().cloned()),
+        }
+        self.changed.extend(touched);
     }
 
-    /// Marks every group of `state` as changed (an upgrade from the
-    /// format that kept everything in memory).
+    /// Marks every group of `state` as changed, to be written whole (an
+    /// upgrade from the format that kept everything in memory).
     pub(crate) fn all_changed(&mut self, state: &State) {
         let groups = state.all_groups();
-        self.changed(state, groups);
+        self.whole.extend(groups.iter().cloned());
+        self.clock += 1;
+        for group in &groups {
+            self.loaded
+                .entry(group.clone())
+                .or_insert((self.clock, OnDisk::default()));
+        }
+        self.changed.extend(groups);
     }
 
     /// The snapshot's work: the groups to write (by id) and the ids that
@@ -274,20 +429,46 @@ impl GroupCache {
         (groups, gone)
     }
 
-    /// After a snapshot wrote `written` (id, bytes): nothing is changed
-    /// any more, and entries of ids merged away are dropped.
-    pub(crate) fn written(&mut self, state: &State, written: &[(CustomerId, u64)]) {
+    /// How the snapshot writes each group of [`Self::to_write`], with what
+    /// it has on disk now, in group order; and the ids merged away.
+    pub(crate) fn plans(&self, state: &State) -> (Vec<GroupWrite<'_>>, BTreeSet<CustomerId>) {
+        let whole: HashSet<CustomerId> = self.whole.iter().map(|id| state.group_of(id)).collect();
+        let (groups, gone) = self.to_write(state);
+        let plans = groups
+            .into_iter()
+            .map(|group| {
+                let disk = self.loaded.get(&group).map(|(_, d)| *d).unwrap_or_default();
+                let plan = match self.deltas.get(&group) {
+                    Some(writes) if disk.base > 0 && !whole.contains(&group) => {
+                        GroupPlan::Delta(writes)
+                    }
+                    _ => GroupPlan::Whole,
+                };
+                (group, plan, disk)
+            })
+            .collect();
+        (plans, gone)
+    }
+
+    /// After a snapshot wrote `written` (id, rows on disk now): nothing is
+    /// changed any more, and entries of ids merged away are dropped.
+    pub(crate) fn written(&mut self, state: &State, written: &[(CustomerId, OnDisk)]) {
         for id in self.changed.drain() {
             if state.group_of(&id) != id
-                && let Some((_, bytes)) = self.loaded.remove(&id)
+                && let Some((_, disk)) = self.loaded.remove(&id)
             {
-                self.bytes -= bytes;
+                self.bytes -= disk.bytes();
             }
         }
-        for (group, bytes) in written {
-            let entry = self.loaded.entry(group.clone()).or_insert((self.clock, 0));
-            self.bytes = self.bytes + bytes - entry.1;
-            entry.1 = *bytes;
+        self.whole.clear();
+        self.deltas.clear();
+        for (group, disk) in written {
+            let entry = self
+                .loaded
+                .entry(group.clone())
+                .or_insert((self.clock, OnDisk::default()));
+            self.bytes = self.bytes + disk.bytes() - entry.1.bytes();
+            entry.1 = *disk;
         }
     }
 
@@ -313,8 +494,8 @@ impl GroupCache {
             if changed.contains(&group) || state.group_has_timers(&group) {
                 continue;
             }
-            if let Some((_, bytes)) = self.loaded.remove(&group) {
-                self.bytes -= bytes;
+            if let Some((_, disk)) = self.loaded.remove(&group) {
+                self.bytes -= disk.bytes();
             }
             state.evict(&group);
             dropped += 1;
@@ -376,12 +557,23 @@ mod tests {
                 }),
             }),
         ];
-        let mut touched = Vec::new();
         for write in &writes {
-            state.touched_by(write, &mut touched);
-            state.apply(write);
+            apply(state, cache, write);
         }
-        cache.changed(state, touched);
+    }
+
+    fn apply(state: &mut State, cache: &mut GroupCache, write: &Write) {
+        let mut touched = Vec::new();
+        state.touched_by(write, &mut touched);
+        state.apply(write);
+        cache.changed(state, write, touched);
+    }
+
+    fn base(bytes: u64) -> OnDisk {
+        OnDisk {
+            base: bytes,
+            ..OnDisk::default()
+        }
     }
 
     /// After a snapshot the least recently used groups go first, down to
@@ -397,13 +589,14 @@ mod tests {
         let (groups, gone) = cache.to_write(&state);
         assert_eq!(groups.len(), 4);
         assert!(gone.is_empty());
-        let written: Vec<(CustomerId, u64)> = groups.into_iter().map(|g| (g, 100)).collect();
+        let written: Vec<(CustomerId, OnDisk)> =
+            groups.into_iter().map(|g| (g, base(100))).collect();
         cache.written(&state, &written);
         assert_eq!(cache.size(), (4, 400));
         // `a` changes again after the snapshot; `c` is used again (a
         // lookup loaded it).
         customer(&mut state, &mut cache, "a", false);
-        cache.loaded(id("c"), 100);
+        cache.loaded(id("c"), base(100));
 
         // Oldest first: `b` has a timer, so `d` goes, and that is enough.
         assert_eq!(cache.shrink(&mut state, 300), 1);
@@ -419,6 +612,86 @@ mod tests {
         assert_eq!(cache.size(), (2, 200));
     }
 
+    /// A group on disk gets only its new writes as a delta; a new group, and
+    /// both groups of a write that moves rows between them, are written
+    /// whole; deltas are folded once they outgrow the base row.
+    #[test]
+    fn changed_groups_are_appended_to_unless_rows_moved() {
+        let mut state = State::default();
+        let mut cache = GroupCache::default();
+        customer(&mut state, &mut cache, "a", false);
+        customer(&mut state, &mut cache, "b", false);
+        let (plans, _) = cache.plans(&state);
+        assert!(
+            plans
+                .iter()
+                .all(|(_, plan, _)| matches!(plan, GroupPlan::Whole)),
+            "new groups are written whole"
+        );
+        cache.written(&state, &[(id("a"), base(100)), (id("b"), base(100))]);
+
+        let reference = Write::MessageRef {
+            message_id: "m1@x".into(),
+            customer: id("a"),
+            conversation: "conv-a".into(),
+        };
+        apply(&mut state, &mut cache, &reference);
+        let (plans, _) = cache.plans(&state);
+        let [(group, GroupPlan::Delta(writes), disk)] = plans.as_slice() else {
+            panic!("one delta: {plans:?}");
+        };
+        assert_eq!((group, writes.len(), *disk), (&id("a"), 1, base(100)));
+        assert!(!fold_deltas(*disk, 60));
+        assert!(fold_deltas(*disk, 101), "deltas larger than the base");
+        let parts = OnDisk {
+            base: 1000,
+            deltas: 10,
+            parts: MAX_PARTS,
+        };
+        assert!(fold_deltas(parts, 1), "too many deltas");
+        cache.written(
+            &state,
+            &[(
+                id("a"),
+                OnDisk {
+                    base: 100,
+                    deltas: 60,
+                    parts: 1,
+                },
+            )],
+        );
+        assert_eq!(cache.size(), (2, 260));
+
+        // `b`'s handle moves to `a`: both are written whole.
+        let key = HandleKey {
+            kind: "phone".into(),
+            scope: String::new(),
+            value: "+15555550100".into(),
+        };
+        for write in [
+            Write::Identity {
+                key: key.clone(),
+                customer: id("b"),
+                confirmed: true,
+            },
+            Write::Identity {
+                key,
+                customer: id("a"),
+                confirmed: true,
+            },
+        ] {
+            apply(&mut state, &mut cache, &write);
+        }
+        let (plans, _) = cache.plans(&state);
+        assert_eq!(plans.len(), 2);
+        assert!(
+            plans
+                .iter()
+                .all(|(_, plan, _)| matches!(plan, GroupPlan::Whole)),
+            "{plans:?}"
+        );
+    }
+
     /// A merge writes the survivor's group and deletes the loser's.
     #[test]
     fn a_merged_group_is_written_under_its_survivor() {
@@ -430,10 +703,7 @@ mod tests {
             survivor: id("a"),
             loser: id("b"),
         };
-        let mut touched = Vec::new();
-        state.touched_by(&merge, &mut touched);
-        state.apply(&merge);
-        cache.changed(&state, touched);
+        apply(&mut state, &mut cache, &merge);
         let (groups, gone) = cache.to_write(&state);
         assert_eq!(groups, BTreeSet::from([id("a")]));
         assert_eq!(gone, BTreeSet::from([id("b")]));
@@ -447,7 +717,7 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key}");
         }
-        cache.written(&state, &[(id("a"), 300)]);
+        cache.written(&state, &[(id("a"), base(300))]);
         assert!(cache.holds(&id("a")) && !cache.holds(&id("b")));
         assert_eq!(cache.size(), (1, 300));
     }

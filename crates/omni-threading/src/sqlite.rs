@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::batch::{Overlay, Wants, Write, key_chunks, plan_batch, row_chunks};
 use crate::error::{DbContext as _, StoreError, ThreadingError};
-use crate::groups::{self, GroupCache};
+use crate::groups::{self, GroupCache, GroupCodec, GroupPlan, OnDisk};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, InboundEvent, ThreadingConfig};
 use crate::sql::{retrying, sql_shared};
@@ -93,9 +93,6 @@ struct Journaled {
     cache: GroupCache,
     /// Journal rows since the snapshot (what an open replays).
     journal_rows: i64,
-    /// Journal rewrites of an earlier version (every store on the file
-    /// counts them: a store that missed one reloads).
-    generation: i64,
     /// The file was written by a version that kept the whole state in
     /// memory: the first snapshot writes every group.
     upgrade: bool,
@@ -123,7 +120,6 @@ impl Journaled {
         journaled.through = marker.journal;
         journaled.timeline_through = marker.timeline;
         journaled.timeline_snapshot = marker.timeline;
-        journaled.generation = marker.generation;
         journaled.last_snapshot = Some(Instant::now());
         if marker.grouped {
             fault_in(conn, &mut journaled, &[groups::TIMERS_KEY.to_owned()]).await?;
@@ -150,7 +146,6 @@ impl Journaled {
     /// threaded until a snapshot moves them to the tables.
     fn apply(&mut self, journal_id: i64, writes: &[Write]) {
         let mut events = Vec::new();
-        let mut touched = Vec::new();
         for write in writes {
             match write {
                 // A snapshot put it on disk: it stays out of memory.
@@ -162,10 +157,11 @@ impl Journaled {
                 } => self.commands.push((command_id.clone(), *issued_at_ms)),
                 _ => {}
             }
+            let mut touched = Vec::new();
             self.state.touched_by(write, &mut touched);
             self.state.apply(write);
+            self.cache.changed(&self.state, write, touched);
         }
-        self.cache.changed(&self.state, touched);
         if !events.is_empty() {
             self.recent_events += events.len();
             self.recent.push_back((journal_id, events));
@@ -277,9 +273,10 @@ pub struct SqliteOptions {
     /// When snapshots run.
     pub snapshots: SnapshotLimits,
     /// How much of the per-customer state memory keeps after a snapshot,
-    /// as bytes of the customer groups on disk (their rows and indexes in
-    /// memory take several times that); the least recently used groups beyond it are dropped
-    /// and loaded again when a lookup needs them. Groups changed since the
+    /// as bytes of the customer groups' JSON on disk, before compression
+    /// (their rows and indexes in memory take several times that); the
+    /// least recently used groups beyond it are dropped and loaded again
+    /// when a lookup needs them. Groups changed since the
     /// snapshot and groups with SLA timers always stay.
     pub cache_bytes: u64,
 }
@@ -730,20 +727,16 @@ impl Pipeline {
 
 /// Applies the journal rows after `journaled.through` and indexes the
 /// timeline rows after `journaled.timeline_through`: those another process
-/// committed. Should another process have rewritten the journal since,
-/// the state is loaded again.
+/// committed. Should another process's snapshot have deleted rows this
+/// state has not applied, the state is loaded again.
 async fn catch_up(
     conn: &mut SqliteConnection,
     journaled: &mut Journaled,
 ) -> Result<(), StoreError> {
     let marker = read_marker(conn).await?;
     // Another process's snapshot deleted journal rows this state has not
-    // applied (or an earlier version rewrote the journal): start again
-    // from the file.
-    if marker.generation != journaled.generation
-        || marker.journal > journaled.through
-        || (marker.grouped && journaled.upgrade)
-    {
+    // applied, or converted the file to groups: start again from the file.
+    if marker.journal > journaled.through || (marker.grouped && journaled.upgrade) {
         *journaled = Journaled::load(conn).await?;
         return Ok(());
     }
@@ -828,106 +821,183 @@ async fn fault_in(
         .into_iter()
         .filter(|id| !journaled.cache.holds(&CustomerId::from_string(id.clone())))
         .collect();
+    let mut codec = None;
     for list in key_chunks(&missing) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT survivor, writes FROM state_groups WHERE survivor IN (",
-        );
-        let mut ids = q.separated(", ");
-        for id in list {
-            ids.push_bind(id.as_str());
+        let bases: Vec<(String, Vec<u8>)> =
+            rows_of(conn, "state_groups", &list, "loading customer groups").await?;
+        let mut deltas: HashMap<String, Vec<Vec<u8>>> = HashMap::default();
+        for (survivor, row) in rows_of(
+            conn,
+            "state_group_deltas",
+            &list,
+            "loading customer group deltas",
+        )
+        .await?
+        {
+            deltas.entry(survivor).or_default().push(row);
         }
-        q.push(")");
-        let rows: Vec<(String, String)> = q
-            .build_query_as()
-            .fetch_all(&mut *conn)
-            .await
-            .ctx("loading customer groups")?;
-        for (survivor, json) in rows {
+        let codec = match &mut codec {
+            Some(codec) => codec,
+            None => codec.insert(GroupCodec::new().map_err(StoreError::GroupCodec)?),
+        };
+        for (survivor, base) in bases {
+            let parts = deltas.remove(&survivor).unwrap_or_default();
             let survivor = CustomerId::from_string(survivor);
             if journaled.cache.holds(&survivor) {
                 continue;
             }
-            let writes: Vec<Write> =
-                serde_json::from_str(&json).map_err(|source| StoreError::Group {
+            let mut disk = OnDisk::default();
+            for (i, row) in std::iter::once(&base).chain(&parts).enumerate() {
+                let (writes, bytes) = codec.decode(row).map_err(|source| StoreError::Group {
                     survivor: survivor.to_string(),
                     source,
                 })?;
-            for write in &writes {
-                journaled.state.apply(write);
+                for write in &writes {
+                    journaled.state.apply(write);
+                }
+                if i == 0 {
+                    disk.base = bytes;
+                } else {
+                    disk.deltas += bytes;
+                    disk.parts += 1;
+                }
             }
-            journaled.cache.loaded(survivor, json.len() as u64);
+            journaled.cache.loaded(survivor, disk);
         }
     }
     Ok(())
 }
 
-/// Writes the customer groups that changed since the last snapshot, with
-/// their index rows, and deletes the groups merged away; returns each
-/// written group's size.
+/// The rows of `table` (base rows or deltas, in the order written) of the
+/// groups `ids`.
+async fn rows_of(
+    conn: &mut SqliteConnection,
+    table: &str,
+    ids: &[&String],
+    doing: &'static str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+        "SELECT survivor, CAST(writes AS BLOB) FROM {table} WHERE survivor IN ("
+    ));
+    let mut separated = q.separated(", ");
+    for id in ids {
+        separated.push_bind(id.as_str());
+    }
+    q.push(") ORDER BY rowid");
+    q.build_query_as().fetch_all(&mut *conn).await.ctx(doing)
+}
+
+/// Writes the customer groups that changed since the last snapshot (whole,
+/// or their new writes as a delta row), with their index rows, and
+/// deletes the groups merged away; returns what each written group has on
+/// disk now.
 async fn write_groups(
     tx: &mut SqliteConnection,
     journaled: &Journaled,
-) -> Result<Vec<(CustomerId, u64)>, StoreError> {
+) -> Result<Vec<(CustomerId, OnDisk)>, StoreError> {
     let state = &journaled.state;
-    let (changed, gone) = journaled.cache.to_write(state);
+    let (plans, gone) = journaled.cache.plans(state);
     let gone: Vec<&CustomerId> = gone.iter().collect();
-    for list in key_chunks(&gone) {
-        for table in [
+    delete_where_survivor(
+        tx,
+        &[
             "state_groups WHERE survivor",
+            "state_group_deltas WHERE survivor",
             "state_keys WHERE key = 't' AND survivor",
-        ] {
-            let mut q =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("DELETE FROM {table} IN ("));
-            let mut ids = q.separated(", ");
-            for id in &list {
-                ids.push_bind(id.as_str());
-            }
-            q.push(")");
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .ctx("deleting merged customer groups")?;
-        }
-    }
-    let mut groups = Vec::with_capacity(changed.len());
+        ],
+        &gone,
+        "deleting merged customer groups",
+    )
+    .await?;
+    let codec_error = |survivor: &CustomerId| {
+        let survivor = survivor.to_string();
+        move |source| StoreError::Group { survivor, source }
+    };
+    let mut codec = GroupCodec::new().map_err(StoreError::GroupCodec)?;
+    let mut bases = Vec::new();
+    let mut deltas = Vec::new();
+    let mut folded = Vec::new();
     let mut keys = Vec::new();
-    let mut timers = Vec::new();
     let mut no_timers = Vec::new();
-    for survivor in &changed {
-        let writes = state.group_writes(survivor);
-        let json = serde_json::to_string(&writes).map_err(|source| StoreError::Group {
-            survivor: survivor.to_string(),
-            source,
-        })?;
-        for key in groups::keys_of_group(survivor, &writes) {
-            keys.push((key, survivor));
+    let mut written = Vec::new();
+    for (survivor, plan, disk) in &plans {
+        let delta = match plan {
+            GroupPlan::Delta(writes) => {
+                let (row, bytes) = codec.encode(writes).map_err(codec_error(survivor))?;
+                (!groups::fold_deltas(*disk, bytes)).then_some((writes, row, bytes))
+            }
+            GroupPlan::Whole => None,
+        };
+        if let Some((writes, row, bytes)) = delta {
+            for key in groups::keys_of_group(survivor, writes) {
+                keys.push((key, survivor));
+            }
+            deltas.push((survivor, row));
+            written.push((
+                survivor.clone(),
+                OnDisk {
+                    deltas: disk.deltas + bytes,
+                    parts: disk.parts + 1,
+                    ..*disk
+                },
+            ));
+        } else {
+            let writes = state.group_writes(survivor);
+            let (row, bytes) = codec.encode(&writes).map_err(codec_error(survivor))?;
+            for key in groups::keys_of_group(survivor, &writes) {
+                keys.push((key, survivor));
+            }
+            if disk.parts > 0 {
+                folded.push(survivor);
+            }
+            bases.push((survivor, row));
+            written.push((
+                survivor.clone(),
+                OnDisk {
+                    base: bytes,
+                    ..OnDisk::default()
+                },
+            ));
         }
         if state.group_has_timers(survivor) {
-            timers.push((groups::TIMERS_KEY.to_owned(), survivor));
+            keys.push((groups::TIMERS_KEY.to_owned(), survivor));
         } else {
             no_timers.push(survivor);
         }
-        groups.push((survivor, json));
     }
-    let mut written = Vec::with_capacity(groups.len());
-    for rows in row_chunks(&groups) {
+    delete_where_survivor(
+        tx,
+        &["state_group_deltas WHERE survivor"],
+        &folded,
+        "folding customer group deltas",
+    )
+    .await?;
+    for rows in row_chunks(&bases) {
         let mut q =
             sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO state_groups (survivor, writes) ");
-        q.push_values(rows, |mut b, (survivor, json)| {
-            b.push_bind(survivor.as_str()).push_bind(json.as_str());
+        q.push_values(rows, |mut b, (survivor, row)| {
+            b.push_bind(survivor.as_str()).push_bind(row.as_slice());
         });
         q.push(" ON CONFLICT (survivor) DO UPDATE SET writes = excluded.writes");
         q.build()
             .execute(&mut *tx)
             .await
             .ctx("writing customer groups")?;
-        written.extend(
-            rows.iter()
-                .map(|(survivor, json)| ((*survivor).clone(), json.len() as u64)),
-        );
     }
-    keys.extend(timers);
+    for rows in row_chunks(&deltas) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO state_group_deltas (survivor, writes) ",
+        );
+        q.push_values(rows, |mut b, (survivor, row)| {
+            b.push_bind(survivor.as_str()).push_bind(row.as_slice());
+        });
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .ctx("writing customer group deltas")?;
+    }
     keys.sort_unstable();
+    keys.dedup();
     for rows in row_chunks(&keys) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO state_keys (key, survivor) ",
@@ -940,41 +1010,55 @@ async fn write_groups(
             .await
             .ctx("indexing customer groups")?;
     }
-    for list in key_chunks(&no_timers) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "DELETE FROM state_keys WHERE key = 't' AND survivor IN (",
-        );
-        let mut ids = q.separated(", ");
-        for id in list {
-            ids.push_bind(id.as_str());
-        }
-        q.push(")");
-        q.build()
-            .execute(&mut *tx)
-            .await
-            .ctx("indexing customer groups")?;
-    }
+    delete_where_survivor(
+        tx,
+        &["state_keys WHERE key = 't' AND survivor"],
+        &no_timers,
+        "indexing customer groups",
+    )
+    .await?;
     Ok(written)
 }
 
+/// `DELETE FROM <table> IN (ids)` for each of `tables` (each naming its
+/// table and survivor condition).
+async fn delete_where_survivor(
+    tx: &mut SqliteConnection,
+    tables: &[&str],
+    ids: &[&CustomerId],
+    doing: &'static str,
+) -> Result<(), StoreError> {
+    for list in key_chunks(ids) {
+        for table in tables {
+            let mut q =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("DELETE FROM {table} IN ("));
+            let mut separated = q.separated(", ");
+            for id in &list {
+                separated.push_bind(id.as_str());
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await.ctx(doing)?;
+        }
+    }
+    Ok(())
+}
+
 /// The snapshot marker: how far the event ids and the timeline index are
-/// on disk, and the journal's last rewrite.
+/// on disk, and whether the state is in groups.
 #[derive(Debug, Default)]
 struct Marker {
     /// Event ids of journal rows up to here are in `processed_events`.
     journal: i64,
     /// Timeline rows up to here are in `timeline_by_customer`.
     timeline: i64,
-    /// Journal rewrites of an earlier version.
-    generation: i64,
     /// The state is on disk in groups (else as an earlier version left
     /// it: in the journal and the old tables).
     grouped: bool,
 }
 
 async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> {
-    let row: Option<(i64, i64, i64, bool)> = sqlx::query_as(
-        "SELECT journal_through, timeline_through, generation, grouped \
+    let row: Option<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT journal_through, timeline_through, grouped \
          FROM state_snapshot WHERE id = 1",
     )
     .fetch_optional(&mut *conn)
@@ -983,8 +1067,7 @@ async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> 
     Ok(row.map_or_else(Marker::default, |r| Marker {
         journal: r.0,
         timeline: r.1,
-        generation: r.2,
-        grouped: r.3,
+        grouped: r.2,
     }))
 }
 

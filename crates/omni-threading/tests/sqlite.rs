@@ -411,6 +411,106 @@ async fn customer_groups_leave_memory_and_come_back() {
     }
 }
 
+/// An email customer who replies forty times, with a snapshot after each
+/// reply and nothing kept in memory: each snapshot appends the reply as a
+/// delta row instead of rewriting the customer's history, the deltas are
+/// folded into a new base row once they outgrow it, and every reply is
+/// still found by its In-Reply-To, whether its Message-ID is in the base
+/// row or a delta, before and after reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_group_grows_by_deltas_and_is_folded() {
+    use omni_proto::v1::{ChannelKind, HandleKind, IdentityHandle, ThreadingHints};
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+    use sqlx::Connection as _;
+
+    let email = |n: u32| {
+        let sender = IdentityHandle {
+            kind: HandleKind::Email as i32,
+            value: "ana@example.com".into(),
+            ..Default::default()
+        };
+        let mut event = contract::message(
+            &format!("ev-{n}"),
+            "mail",
+            ChannelKind::Email,
+            sender,
+            i64::from(n),
+        );
+        event.threading = Some(ThreadingHints {
+            message_id: format!("m{n}@mail.example"),
+            in_reply_to: (n > 0)
+                .then(|| format!("m{}@mail.example", n - 1))
+                .into_iter()
+                .collect(),
+            // A subject of its own each time: only the Message-ID can
+            // thread the reply.
+            normalized_subject: format!("subject {n}"),
+            ..Default::default()
+        });
+        omni_threading::InboundEvent::new(event)
+    };
+    let files = Files::with(snapshot_always());
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let mut file = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let mut first = None;
+    let mut most_deltas = 0;
+    let mut folds = 0;
+    let mut previous = 0;
+    for n in 0..40 {
+        let Outcome::Threaded {
+            conversation_id, ..
+        } = store.thread(&config, &email(n)).await.unwrap()
+        else {
+            panic!("a new event is not a duplicate");
+        };
+        assert_eq!(
+            &conversation_id,
+            first.get_or_insert_with(|| conversation_id.clone()),
+            "reply {n} threads by its In-Reply-To"
+        );
+        let (groups, deltas): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM state_groups), \
+                    (SELECT COUNT(*) FROM state_group_deltas)",
+        )
+        .fetch_one(&mut file)
+        .await
+        .unwrap();
+        assert_eq!(groups, 1, "one customer, one base row");
+        if deltas < previous {
+            folds += 1;
+        }
+        most_deltas = most_deltas.max(deltas);
+        previous = deltas;
+    }
+    assert!(most_deltas >= 2, "replies were appended ({most_deltas})");
+    assert!(most_deltas <= 16, "at most 16 deltas ({most_deltas})");
+    assert!(folds >= 1, "the deltas were folded into the base row");
+    file.close().await.unwrap();
+    store.close().await;
+    let store = files.open(&path).await;
+    for n in [0, 39] {
+        assert_eq!(
+            store.thread(&config, &email(n)).await.unwrap(),
+            Outcome::Duplicate
+        );
+    }
+    match store.thread(&config, &email(40)).await.unwrap() {
+        Outcome::Threaded {
+            conversation_id,
+            sequences,
+            ..
+        } => {
+            assert_eq!(Some(conversation_id), first);
+            assert_eq!(sequences.0, 42, "the sequence goes on");
+        }
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+}
+
 /// The rules' tags and priority, as the daemon runs the store and with a
 /// snapshot after every write (every customer group then read from disk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -634,8 +634,8 @@ pub struct ThreadingSettings {
     /// days). Older ids are pruned; at least 1.
     #[serde(default = "default_dedupe_window_days")]
     pub dedupe_window_days: u64,
-    /// MiB of customer state (as stored on disk) the embedded store keeps
-    /// in memory after each snapshot; the least recently active customers
+    /// MiB of customer state (counted as its JSON on disk, before
+    /// compression) the embedded store keeps in memory after each snapshot; the least recently active customers
     /// beyond it are read back from disk when they write again. The rows in
     /// memory, with their indexes, take several times this. Customers
     /// changed since the last snapshot and those with running SLA timers
