@@ -295,15 +295,31 @@ impl OnDisk {
 pub(crate) const MAX_PARTS: u32 = 16;
 
 /// A changed group, how the snapshot writes it, and its rows on disk.
-pub(crate) type GroupWrite<'a> = (CustomerId, GroupPlan<'a>, OnDisk);
+pub(crate) type GroupWrite = (CustomerId, GroupPlan, OnDisk);
 
 /// How a snapshot writes a changed group.
 #[derive(Debug)]
-pub(crate) enum GroupPlan<'a> {
+pub(crate) enum GroupPlan {
     /// The whole group as one base row (its delta rows go).
     Whole,
-    /// Only the writes since it was last written, as one more delta row.
-    Delta(&'a [Write]),
+    /// Only the rows changed since it was last written, as they are now,
+    /// in one more delta row.
+    Delta(Vec<Write>),
+}
+
+/// A row of a group that a write changed in place. A delta names rows,
+/// not the writes that changed them: a regular customer's conversation
+/// changed by a thousand messages between two snapshots is one row in
+/// memory and in the delta. Ordered so customers come first, as in a
+/// whole group's writes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Row {
+    Customer(CustomerId),
+    Segment(CustomerId),
+    Identity(HandleKey),
+    Conversation(String),
+    MessageRef(String, CustomerId),
+    Suggestion(CustomerId, HandleKey),
 }
 
 /// Whether a delta of `delta` bytes should instead be folded into a new
@@ -315,21 +331,25 @@ pub(crate) fn fold_deltas(disk: OnDisk, delta: u64) -> bool {
     disk.parts >= MAX_PARTS || disk.deltas + delta > disk.base
 }
 
-/// Writes a snapshot can append to a group's rows as a delta: they change
-/// one group's rows in place. The others (a merge, a split's moved
-/// Message-IDs) move rows between groups, so the groups they touch are
-/// written whole.
-fn appendable(write: &Write) -> bool {
-    matches!(
-        write,
-        Write::Customer { .. }
-            | Write::CustomerSegment { .. }
-            | Write::Identity { .. }
-            | Write::Conversation(_)
-            | Write::MessageRef { .. }
-            | Write::InsertSuggestion { .. }
-            | Write::DeleteSuggestion { .. }
-    )
+/// The row `write` changes in place, for a write a snapshot can append as
+/// a delta. The others (a merge, a split's moved Message-IDs) move rows
+/// between groups, so the groups they touch are written whole.
+fn row_of(write: &Write) -> Option<Row> {
+    Some(match write {
+        Write::Customer { id, .. } => Row::Customer(id.clone()),
+        Write::CustomerSegment { id, .. } => Row::Segment(id.clone()),
+        Write::Identity { key, .. } => Row::Identity(key.clone()),
+        Write::Conversation(c) => Row::Conversation(c.id.clone()),
+        Write::MessageRef {
+            message_id,
+            customer,
+            ..
+        } => Row::MessageRef(message_id.clone(), customer.clone()),
+        Write::InsertSuggestion { customer, key } | Write::DeleteSuggestion { customer, key } => {
+            Row::Suggestion(customer.clone(), key.clone())
+        }
+        _ => return None,
+    })
 }
 
 /// Which groups memory holds, how recently each was used and what each
@@ -349,9 +369,9 @@ pub(crate) struct GroupCache {
     changed: HashSet<CustomerId>,
     /// Customer ids whose groups must be written whole.
     whole: HashSet<CustomerId>,
-    /// Group id (when the write was applied) -> its appendable writes
-    /// since the last snapshot, in order.
-    deltas: HashMap<CustomerId, Vec<Write>>,
+    /// Group id (when the write was applied) -> the rows changed in place
+    /// since the last snapshot.
+    deltas: HashMap<CustomerId, BTreeSet<Row>>,
     clock: u64,
     /// Bytes on disk of the groups in `loaded`.
     bytes: u64,
@@ -388,14 +408,11 @@ impl GroupCache {
                 groups.push(group);
             }
         }
-        match groups.as_slice() {
-            [group] if appendable(write) => {
-                self.deltas
-                    .entry(group.clone())
-                    .or_default()
-                    .push(write.clone());
+        match (groups.as_slice(), row_of(write)) {
+            ([group], Some(row)) => {
+                self.deltas.entry(group.clone()).or_default().insert(row);
             }
-            [] => {}
+            ([], _) => {}
             _ => self.whole.extend(touched.iter().cloned()),
         }
         self.changed.extend(touched);
@@ -431,7 +448,7 @@ impl GroupCache {
 
     /// How the snapshot writes each group of [`Self::to_write`], with what
     /// it has on disk now, in group order; and the ids merged away.
-    pub(crate) fn plans(&self, state: &State) -> (Vec<GroupWrite<'_>>, BTreeSet<CustomerId>) {
+    pub(crate) fn plans(&self, state: &State) -> (Vec<GroupWrite>, BTreeSet<CustomerId>) {
         let whole: HashSet<CustomerId> = self.whole.iter().map(|id| state.group_of(id)).collect();
         let (groups, gone) = self.to_write(state);
         let plans = groups
@@ -439,7 +456,11 @@ impl GroupCache {
             .map(|group| {
                 let disk = self.loaded.get(&group).map(|(_, d)| *d).unwrap_or_default();
                 let plan = match self.deltas.get(&group) {
-                    Some(writes) if disk.base > 0 && !whole.contains(&group) => {
+                    Some(rows) if disk.base > 0 && !whole.contains(&group) => {
+                        let mut writes = Vec::with_capacity(rows.len());
+                        for row in rows {
+                            state.row_writes(row, &mut writes);
+                        }
                         GroupPlan::Delta(writes)
                     }
                     _ => GroupPlan::Whole,
@@ -641,14 +662,42 @@ mod tests {
             panic!("one delta: {plans:?}");
         };
         assert_eq!((group, writes.len(), *disk), (&id("a"), 1, base(100)));
-        assert!(!fold_deltas(*disk, 60));
-        assert!(fold_deltas(*disk, 101), "deltas larger than the base");
+        let disk = *disk;
+        assert!(!fold_deltas(disk, 60));
+        assert!(fold_deltas(disk, 101), "deltas larger than the base");
         let parts = OnDisk {
             base: 1000,
             deltas: 10,
             parts: MAX_PARTS,
         };
         assert!(fold_deltas(parts, 1), "too many deltas");
+        // However often a row changes, the delta holds it once, as it is.
+        let conversation = state
+            .group_writes(&id("a"))
+            .into_iter()
+            .find_map(|w| match w {
+                Write::Conversation(c) => Some(c),
+                _ => None,
+            });
+        let mut conversation = conversation.expect("a's conversation");
+        for at in 2..100 {
+            conversation.last_activity_ms = at;
+            apply(
+                &mut state,
+                &mut cache,
+                &Write::Conversation(conversation.clone()),
+            );
+        }
+        let (plans, _) = cache.plans(&state);
+        let [(_, GroupPlan::Delta(writes), _)] = plans.as_slice() else {
+            panic!("one delta: {plans:?}");
+        };
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(
+            writes
+                .iter()
+                .any(|w| matches!(w, Write::Conversation(c) if c.last_activity_ms == 99))
+        );
         cache.written(
             &state,
             &[(

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 
 use crate::batch::{Overlay, Wants, Write};
 use crate::commands::{CommandLookups, CommandPlan, CommandSnapshot};
+use crate::groups::Row;
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, HandleOwner};
 use crate::sla::{TimerPlan, TimerSnapshot};
@@ -477,6 +478,63 @@ impl State {
             }
         }
         writes
+    }
+
+    /// The writes that set `row` as it is now (a delete for a suggestion
+    /// that went): what a delta appends for it.
+    pub(crate) fn row_writes(&self, row: &Row, out: &mut Vec<Write>) {
+        match row {
+            Row::Customer(id) => out.extend(self.customers.get(id).map(|c| Write::Customer {
+                id: id.clone(),
+                next_sequence: c.next_sequence,
+            })),
+            Row::Segment(id) => {
+                out.extend(self.customers.get(id).map(|c| Write::CustomerSegment {
+                    id: id.clone(),
+                    segment: c.segment.clone(),
+                }))
+            }
+            Row::Identity(key) => {
+                out.extend(
+                    self.identities
+                        .get(key)
+                        .map(|(customer, confirmed)| Write::Identity {
+                            key: key.clone(),
+                            customer: customer.clone(),
+                            confirmed: *confirmed,
+                        }),
+                );
+            }
+            Row::Conversation(id) => {
+                out.extend(self.conversations.get(id).cloned().map(Write::Conversation));
+            }
+            Row::MessageRef(message_id, customer) => {
+                for (owner, conversation) in self.message_refs.get(message_id).into_iter().flatten()
+                {
+                    if owner == customer {
+                        out.push(Write::MessageRef {
+                            message_id: message_id.clone(),
+                            customer: owner.clone(),
+                            conversation: conversation.clone(),
+                        });
+                    }
+                }
+            }
+            Row::Suggestion(customer, key) => {
+                let (customer, key) = (customer.clone(), key.clone());
+                out.push(
+                    if self
+                        .suggested
+                        .get(&key)
+                        .is_some_and(|c| c.contains(&customer))
+                    {
+                        Write::InsertSuggestion { customer, key }
+                    } else {
+                        Write::DeleteSuggestion { customer, key }
+                    },
+                );
+            }
+        }
     }
 
     /// Whether one of the group's conversations has an SLA timer: the
