@@ -424,17 +424,9 @@ impl State {
         let members = self.members(survivor);
         let mut writes = Vec::new();
         for id in &members {
-            if let Some(c) = self.customers.get(id) {
-                writes.push(Write::Customer {
-                    id: id.clone(),
-                    next_sequence: c.next_sequence,
-                });
-                if c.segment.is_some() {
-                    writes.push(Write::CustomerSegment {
-                        id: id.clone(),
-                        segment: c.segment.clone(),
-                    });
-                }
+            self.row_writes(&Row::Customer(id.clone()), &mut writes);
+            if self.customers.get(id).is_some_and(|c| c.segment.is_some()) {
+                self.row_writes(&Row::Segment(id.clone()), &mut writes);
             }
         }
         for loser in &members[1..] {
@@ -444,37 +436,22 @@ impl State {
             });
         }
         for id in &members {
-            for key in self.handles_of.get(id).into_iter().flatten() {
-                if let Some((customer, confirmed)) = self.identities.get(key) {
-                    writes.push(Write::Identity {
-                        key: key.clone(),
-                        customer: customer.clone(),
-                        confirmed: *confirmed,
-                    });
-                }
-            }
-            for conv in self.conversations_of.get(id).into_iter().flatten() {
-                if let Some(c) = self.conversations.get(conv) {
-                    writes.push(Write::Conversation(c.clone()));
-                }
-            }
-            for message_id in self.refs_of.get(id).into_iter().flatten() {
-                for (owner, conversation) in self.message_refs.get(message_id).into_iter().flatten()
-                {
-                    if owner == id {
-                        writes.push(Write::MessageRef {
-                            message_id: message_id.clone(),
-                            customer: owner.clone(),
-                            conversation: conversation.clone(),
-                        });
-                    }
-                }
-            }
-            for key in self.suggestions_of.get(id).into_iter().flatten() {
-                writes.push(Write::InsertSuggestion {
-                    customer: id.clone(),
-                    key: key.clone(),
-                });
+            let rows = (self.handles_of.get(id).into_iter().flatten())
+                .map(|key| Row::Identity(key.clone()))
+                .chain(
+                    (self.conversations_of.get(id).into_iter().flatten())
+                        .map(|conv| Row::Conversation(conv.clone())),
+                )
+                .chain(
+                    (self.refs_of.get(id).into_iter().flatten())
+                        .map(|message_id| Row::MessageRef(message_id.clone(), id.clone())),
+                )
+                .chain(
+                    (self.suggestions_of.get(id).into_iter().flatten())
+                        .map(|key| Row::Suggestion(id.clone(), key.clone())),
+                );
+            for row in rows {
+                self.row_writes(&row, &mut writes);
             }
         }
         writes
