@@ -538,45 +538,29 @@ impl GroupCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logic::{AwaitingResponse, Conversation};
-
-    fn id(s: &str) -> CustomerId {
-        CustomerId::from_string(s.into())
-    }
+    use crate::logic::AwaitingResponse;
+    use crate::state::tests::{conversation, id};
 
     fn customer(state: &mut State, cache: &mut GroupCache, name: &str, awaiting: bool) {
+        let mut conversation = conversation(&format!("conv-{name}"), name);
+        conversation.awaiting = awaiting.then(|| AwaitingResponse {
+            event_id: "ev".into(),
+            since_ms: 0,
+            first: true,
+            priority: omni_rules::Priority::P3,
+            rule_set: "default".into(),
+            target_ms: 60_000,
+            due_ms: 60_000,
+            escalate_at_ms: 60_000,
+            escalated: false,
+            breached: false,
+        });
         let writes = vec![
             Write::Customer {
                 id: id(name),
                 next_sequence: 2,
             },
-            Write::Conversation(Conversation {
-                id: format!("conv-{name}"),
-                customer: id(name),
-                channel_id: "sms".into(),
-                thread_key: String::new(),
-                email: false,
-                subject: String::new(),
-                open: true,
-                last_activity_ms: 1,
-                tags: Vec::new(),
-                priority: None,
-                last_acknowledgement_ms: None,
-                auto_replies: Vec::new(),
-                agent_replied: false,
-                awaiting: awaiting.then(|| AwaitingResponse {
-                    event_id: "ev".into(),
-                    since_ms: 0,
-                    first: true,
-                    priority: omni_rules::Priority::P3,
-                    rule_set: "default".into(),
-                    target_ms: 60_000,
-                    due_ms: 60_000,
-                    escalate_at_ms: 60_000,
-                    escalated: false,
-                    breached: false,
-                }),
-            }),
+            Write::Conversation(conversation),
         ];
         for write in &writes {
             apply(state, cache, write);

@@ -882,7 +882,7 @@ pub(crate) fn command_writes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn key(value: &str) -> HandleKey {
@@ -893,11 +893,12 @@ mod tests {
         }
     }
 
-    fn id(s: &str) -> CustomerId {
+    pub(crate) fn id(s: &str) -> CustomerId {
         CustomerId::from_string(s.into())
     }
 
-    fn conversation(id_: &str, customer: &str) -> Conversation {
+    /// An open email conversation with nothing else set.
+    pub(crate) fn conversation(id_: &str, customer: &str) -> Conversation {
         Conversation {
             id: id_.into(),
             customer: id(customer),
