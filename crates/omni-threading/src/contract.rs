@@ -347,6 +347,43 @@ pub async fn duplicates_are_dropped<S: ThreadingStore>(store: S) {
     assert_eq!(messages(&page.entries), ["e1"]);
 }
 
+/// Marking more rows than one statement takes marks exactly those rows:
+/// the relay marks a whole round (1,024 rows) at once.
+pub async fn marking_published_spans_statements<S: ThreadingStore>(store: S) {
+    let config = crate::ThreadingConfig::default();
+    let events: Vec<InboundEvent> = (0..2_500i64)
+        .map(|i| {
+            InboundEvent::new(sms_from(
+                &format!("m{i}"),
+                &format!("+1415555{:04}", i % 40),
+                i * 10,
+            ))
+        })
+        .collect();
+    for chunk in events.chunks(1_000) {
+        for result in store.thread_batch(&config, chunk).await.expect("batch") {
+            result.expect("threaded");
+        }
+    }
+    let rows = store.pending_outbox(0, 3_000).await.unwrap();
+    // A message entry each, and the conversations' own entries.
+    assert!(rows.len() > 2_500, "{} rows", rows.len());
+    // Every other row, 1,250 ids in one call: two statements.
+    let (marked, left): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.id % 2 == 0);
+    let ids: Vec<i64> = marked.iter().map(|r| r.id).collect();
+    store.mark_published(&ids).await.unwrap();
+    let pending: Vec<i64> = store
+        .pending_outbox(0, 3_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(pending, left.iter().map(|r| r.id).collect::<Vec<_>>());
+    store.mark_published(&pending).await.unwrap();
+    assert!(store.pending_outbox(0, 10).await.unwrap().is_empty());
+}
+
 /// The relay sees every row once, in order, and published rows stay
 /// readable through the timeline.
 pub async fn outbox_publishes_in_order_exactly_once<S: ThreadingStore>(store: S) {

@@ -1577,15 +1577,26 @@ macro_rules! sql_shared {
                 Self::outbox_rows(rows)
             }
 
+            /// One statement per thousand rows, on the writer: on SQLite a
+            /// reader connection upgrading to write would sleep in the busy
+            /// handler while the threading worker commits, for seconds under
+            /// load, where the writer's queue hands it over at once.
             async fn set_published(&self, ids: &[i64]) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
-                let mut tx = self.pool.begin().await.ctx("beginning transaction")?;
-                for id in ids {
-                    sqlx::query("UPDATE timeline SET published = TRUE WHERE id = $1")
-                        .bind(id)
+                let mut tx = self.writer.begin().await.ctx("beginning transaction")?;
+                for chunk in ids.chunks($crate::sql::PUBLISHED_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE timeline SET published = TRUE WHERE id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    q.push(")");
+                    q.build()
                         .execute(&mut *tx)
                         .await
-                        .ctx("marking outbox row published")?;
+                        .ctx("marking outbox rows published")?;
                 }
                 tx.commit().await.ctx("committing")
             }
@@ -1608,7 +1619,7 @@ macro_rules! sql_shared {
                 .bind(holder)
                 .bind(now_ms.saturating_add(ttl_ms))
                 .bind(now_ms)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .ctx("taking the lease")?;
                 Ok(done.rows_affected() == 1)
@@ -1623,7 +1634,7 @@ macro_rules! sql_shared {
                 sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
                     .bind(name)
                     .bind(holder)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .ctx("releasing the lease")?;
                 Ok(())
@@ -1633,6 +1644,10 @@ macro_rules! sql_shared {
 }
 
 pub(crate) use sql_shared;
+
+/// Outbox ids marked published per statement: well under both databases'
+/// limits on bound parameters.
+pub(crate) const PUBLISHED_CHUNK: usize = 1000;
 
 /// Runs one transaction `attempt` until it commits or fails for good: a
 /// conflict with another worker (`retryable`) is retried from the start,

@@ -11,6 +11,7 @@ macro_rules! with_single_store_cases {
             unverified_claim_is_only_a_suggestion,
             duplicates_are_dropped,
             outbox_publishes_in_order_exactly_once,
+            marking_published_spans_statements,
             commands_close_and_reopen_conversations,
             commands_link_merge_split_unlink,
             lease_has_one_holder,
