@@ -14,6 +14,7 @@
 //! `auto.offset.reset=earliest`.
 
 mod catalog;
+mod queue;
 mod retention;
 mod schema;
 mod writer;
@@ -29,7 +30,6 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
-        mpsc::{self, SyncSender, TrySendError},
     },
     time::Duration,
 };
@@ -41,6 +41,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::{
     catalog::Catalog,
+    queue::{QueueSender, TrySendError},
     writer::{Command, PendingRecord, Writer},
 };
 use crate::{
@@ -92,7 +93,7 @@ pub struct SqliteLog {
 
 struct Inner {
     path: PathBuf,
-    tx: SyncSender<Command>,
+    tx: QueueSender<Command>,
     closed: AtomicBool,
     /// Turns true when the writer thread has finished; its sender is dropped
     /// without turning true if the thread panicked.
@@ -159,7 +160,7 @@ impl SqliteLog {
         // Fail now, not at the first read, if readers cannot open the file.
         let reader = schema::open_reader(path)?;
 
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let (tx, rx) = queue::bounded(config.queue_capacity);
         let (appended_tx, appended_rx) = watch::channel(0_u64);
         let (done_tx, done_rx) = watch::channel(false);
         let writer = Writer::new(

@@ -21,6 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use super::catalog::{self, Catalog, PendingHeaders};
+use super::queue::QueueReceiver;
 use crate::{LogError, Position, headers};
 
 /// A record on its way to the writer, with its headers encoded and its
@@ -110,7 +111,7 @@ type Trained = (String, Option<Vec<u8>>);
 pub(super) struct Writer {
     path: PathBuf,
     conn: Connection,
-    rx: Receiver<Command>,
+    rx: QueueReceiver<Command>,
     max_batch: usize,
     topics: HashMap<String, TopicState>,
     catalog: Arc<Catalog>,
@@ -130,7 +131,7 @@ impl Writer {
     pub(super) fn new(
         path: PathBuf,
         conn: Connection,
-        rx: Receiver<Command>,
+        rx: QueueReceiver<Command>,
         max_batch: usize,
         appended: watch::Sender<u64>,
         catalog: Arc<Catalog>,
