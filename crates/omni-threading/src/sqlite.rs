@@ -2,7 +2,6 @@
 //! from the threading state of the customers in use, held in memory and
 //! journaled to the file.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -81,11 +80,6 @@ struct Journaled {
     timeline: HashMap<String, Vec<i64>>,
     timeline_through: i64,
     timeline_snapshot: i64,
-    /// Event ids threaded since the snapshot, by the journal row that
-    /// recorded them: a snapshot moves them to the tables and they leave
-    /// memory.
-    recent: VecDeque<(i64, Vec<String>)>,
-    recent_events: usize,
     /// Commands applied since the snapshot (id, issued at): a snapshot
     /// moves them to `applied_commands` and they leave memory.
     commands: Vec<(String, i64)>,
@@ -142,15 +136,13 @@ impl Journaled {
         self.timeline_through = self.timeline_through.max(id);
     }
 
-    /// Applies one journal row's writes, remembering the event ids it
-    /// threaded until a snapshot moves them to the tables.
+    /// Applies one journal row's writes. The event ids it threaded stay
+    /// in the state's memory until a snapshot moves them to the tables.
     fn apply(&mut self, journal_id: i64, writes: &[Write]) {
-        let mut events = Vec::new();
         for write in writes {
             match write {
                 // A snapshot put it on disk: it stays out of memory.
                 Write::Processed { .. } if journal_id <= self.snapshot_through => continue,
-                Write::Processed { event_id, .. } => events.push(event_id.clone()),
                 Write::Command {
                     command_id,
                     issued_at_ms,
@@ -162,23 +154,15 @@ impl Journaled {
             self.state.apply(write);
             self.cache.changed(&self.state, write, touched);
         }
-        if !events.is_empty() {
-            self.recent_events += events.len();
-            self.recent.push_back((journal_id, events));
-        }
     }
 
     /// Drops from memory what a snapshot through journal row `journal` and
     /// timeline row `timeline` put in the tables.
     fn snapshotted(&mut self, journal: i64, timeline: i64) {
-        while self.recent.front().is_some_and(|(id, _)| *id <= journal) {
-            if let Some((_, events)) = self.recent.pop_front() {
-                self.recent_events -= events.len();
-                for id in events {
-                    self.state.forget_processed(&id);
-                }
-            }
-        }
+        // A snapshot runs through every journal row memory holds, so
+        // every event id in memory is in the tables now.
+        debug_assert!(journal >= self.through);
+        self.state.forget_processed();
         self.timeline.retain(|_, rows| {
             let keep = rows.partition_point(|&id| id <= timeline);
             rows.drain(..keep);
@@ -197,7 +181,7 @@ impl Journaled {
         let pending =
             self.through > self.snapshot_through || self.timeline_through > self.timeline_snapshot;
         pending
-            && (self.recent_events >= limits.events
+            && (self.state.sizes().recent_event_ids >= limits.events
                 || self.cache.changed_count() >= limits.changed_customers
                 || self.through - self.snapshot_through >= limits.journal_rows
                 || self
@@ -1282,12 +1266,7 @@ impl SqliteStore {
         catch_up(&mut tx, &mut journaled).await?;
         let marker = read_marker(&mut tx).await?;
         let now = now_ms();
-        let mut events: Vec<(&String, &String)> = journaled
-            .recent
-            .iter()
-            .flat_map(|(_, ids)| ids)
-            .filter_map(|id| Some((id, journaled.state.processed_conversation(id)?)))
-            .collect();
+        let mut events: Vec<(&String, &String)> = journaled.state.processed().collect();
         events.sort_unstable();
         let mut added = 0;
         for rows in row_chunks(&events) {

@@ -608,10 +608,17 @@ impl State {
         self.applied_commands.remove(command_id);
     }
 
-    /// Forgets an event id a snapshot moved to the tables: the store looks
-    /// ids up there once they are not in memory.
-    pub(crate) fn forget_processed(&mut self, event_id: &str) {
-        self.processed.remove(event_id);
+    /// Forgets the event ids a snapshot moved to the tables: the store
+    /// looks ids up there once they are not in memory. The map is freed,
+    /// not cleared, so memory between snapshots follows the ids since the
+    /// last one, not the most there ever were.
+    pub(crate) fn forget_processed(&mut self) {
+        self.processed = HashMap::default();
+    }
+
+    /// The threaded event ids in memory and their conversations.
+    pub(crate) fn processed(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.processed.iter()
     }
 
     /// Whether `event_id` is among the threaded ids still in memory.
