@@ -5,6 +5,7 @@ drives the daemon and the load; this file samples and draws).
     soak.py point   --out FILE --pid PID --data DIR --url URL [--cpu-base S]
                     [--loadgen JSON] [--extra JSON] [--progress]
     soak.py report  --dir RESULTS [--no-plots]
+    soak.py watch   --out FILE --pid PID [--every S]
     soak.py lag     --data DIR          (the threading lag alone)
     soak.py get     JSON a.b            (one field, for the shell)
 
@@ -16,7 +17,12 @@ topic's end), the
 loadgen result of the chunk just run and whatever `--extra` adds. It needs
 only the standard library, so it runs on Debian's own python3.
 
-`report` reads RESULTS/points.jsonl and writes points.csv, restarts.csv,
+`watch` appends the daemon's VmRSS, RssAnon and RssFile to FILE (CSV)
+every S seconds (0.2) until the process exits: the points come every
+chunk, and a peak between two of them shows only as VmHWM, with nothing
+to say when it came or whether it was heap or mapped file pages.
+
+`report` reads RESULTS/points.jsonl (and watch.csv, when there) and writes points.csv, restarts.csv,
 summary.json and summary.txt, and the PNGs (matplotlib, from the venv
 bench-soak makes).
 """
@@ -217,6 +223,49 @@ def progress_line(r):
     return ", ".join(parts)
 
 
+WATCH_FIELDS = ("time", "pid", "rss_kib", "rss_anon_kib", "rss_file_kib")
+
+
+def cmd_watch(args):
+    new = not os.path.exists(args.out)
+    with open(args.out, "a", newline="") as f:
+        out = csv.writer(f)
+        if new:
+            out.writerow(WATCH_FIELDS)
+        while True:
+            status = proc_status(args.pid)
+            if not status:
+                return
+            out.writerow((f"{time.time():.3f}", args.pid, status.get("VmRSS"),
+                          status.get("RssAnon"), status.get("RssFile")))
+            f.flush()
+            time.sleep(args.every)
+
+
+def load_watch(results):
+    """The watcher's samples, oldest first (none when it did not run)."""
+    path = os.path.join(results, "watch.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [
+            {k: float(v) if k == "time" else int(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(f)
+        ]
+
+
+def watch_peaks(watch, points):
+    """For each point, the highest watched VmRSS since the point before
+    it (the first point: since the load started)."""
+    peaks = []
+    start = 0.0
+    for p in points:
+        inside = [w for w in watch if start < w["time"] <= p["time"] and "rss_kib" in w]
+        peaks.append(max(inside, key=lambda w: w["rss_kib"]) if inside else None)
+        start = p["time"]
+    return peaks
+
+
 def cmd_lag(args):
     """The threading lag alone, for the driver's waits."""
     topics, groups = log_state(os.path.join(args.data, "events.sqlite3"))
@@ -338,7 +387,7 @@ def derive(records, load_start):
         prev = r
 
 
-def summarize(records):
+def summarize(records, watch=()):
     meta = next((r for r in records if r["kind"] == "meta"), {})
     end = next((r for r in records if r["kind"] == "end"), {})
     compare = [r for r in records if r["kind"] == "compare"]
@@ -397,6 +446,18 @@ def summarize(records):
                 "max": r1(max(tps)) if tps else None,
             },
         }
+    if watch:
+        top = max((w for w in watch if "rss_kib" in w), key=lambda w: w["rss_kib"])
+        s["watched"] = {
+            "samples": len(watch),
+            "max_rss_mib": r1(mib(top["rss_kib"])),
+            "anon_at_max_mib": r1(mib(top.get("rss_anon_kib"))),
+            "file_at_max_mib": r1(mib(top.get("rss_file_kib"))),
+            "max_at_s": r1(top["time"] - meta["load_start_time"]) if meta.get("load_start_time") else None,
+            "max_anon_mib": r1(max(mib(w.get("rss_anon_kib", 0)) for w in watch)),
+            "max_file_mib": r1(max(mib(w.get("rss_file_kib", 0)) for w in watch)),
+            "over_target_samples": sum(1 for w in watch if mib(w.get("rss_kib", 0)) > RSS_TARGET_MIB),
+        }
     if restarts:
         s["restarts"] = [
             {
@@ -453,6 +514,12 @@ def text_summary(s):
             p(f"  of which anonymous (heap): final {s['final_rss_anon_mib']} MiB, max at the points "
               f"{s['max_rss_anon_mib']} MiB, last half {s['last_half_rss_anon_mib']['min']}-"
               f"{s['last_half_rss_anon_mib']['max']} MiB; the rest is mapped file pages")
+        if s.get("watched"):
+            w = s["watched"]
+            p(f"  watched every 0.2 s ({w['samples']:,} samples): highest VmRSS {w['max_rss_mib']} MiB "
+              f"({w['anon_at_max_mib']} anonymous, {w['file_at_max_mib']} file) {w['max_at_s']} s into the load; "
+              f"highest anonymous {w['max_anon_mib']} MiB, file {w['max_file_mib']} MiB; "
+              f"{w['over_target_samples']} samples over {RSS_TARGET_MIB} MiB")
         if s.get("final_threading_state_rows"):
             p("  threading store in memory at the end: " + ", ".join(
                 f"{k} {int(v):,}" for k, v in sorted(s["final_threading_state_rows"].items())))
@@ -507,7 +574,7 @@ def fmt_bytes(v):
     return f"{v / 2**30:g} GiB" if v >= 2**30 else f"{v / MIB:g} MiB"
 
 
-def plot(results, s, points, restarts, compare):
+def plot(results, s, points, restarts, compare, watch):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,6 +596,10 @@ def plot(results, s, points, restarts, compare):
     def rss(ax):
         ax.plot(xs, [mib(p["rss_kib"]) for p in points], "o-", ms=3, label="VmRSS")
         ax.plot(xs, [mib(p["hwm_kib"]) for p in points], "--", color="tab:orange", label="VmHWM (peak)")
+        if watch:
+            peaks = watch_peaks(watch, points)
+            ax.plot(xs, [mib(w["rss_kib"]) if w else None for w in peaks], "x", ms=5,
+                    color="tab:red", label="highest VmRSS since the point before (every 0.2 s)")
         if any(p.get("rss_anon_kib") for p in points):
             ax.plot(xs, [mib(p.get("rss_anon_kib")) for p in points], "^-", ms=3, color="tab:cyan",
                     label="RssAnon (heap)")
@@ -647,7 +718,8 @@ def plot(results, s, points, restarts, compare):
 
 def cmd_report(args):
     records = load(args.dir)
-    s, points, restarts, compare, _drain = summarize(records)
+    watch = load_watch(args.dir)
+    s, points, restarts, compare, _drain = summarize(records, watch)
     write_csv(args.dir, points, restarts)
     with open(os.path.join(args.dir, "summary.json"), "w") as f:
         json.dump(s, f, indent=2)
@@ -655,13 +727,18 @@ def cmd_report(args):
     with open(os.path.join(args.dir, "summary.txt"), "w") as f:
         f.write(text + "\n")
     if points and not args.no_plots:
-        plot(args.dir, s, points, restarts, compare)
+        plot(args.dir, s, points, restarts, compare, watch)
     print(text)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("watch", help="append the daemon's RSS to a CSV until it exits")
+    w.add_argument("--out", required=True)
+    w.add_argument("--pid", required=True, type=int)
+    w.add_argument("--every", type=float, default=0.2)
+    w.set_defaults(func=cmd_watch)
     p = sub.add_parser("point", help="sample the daemon and append one JSON line")
     p.add_argument("--out", required=True)
     p.add_argument("--pid", required=True, type=int)
