@@ -563,6 +563,15 @@ async fn two_workers_share_the_stream_and_the_commands_topic() {
         )
         .await;
         let x2 = post_one(&client, &second, CHANNEL, from("x-2", "phone", PHONE)).await;
+        // Both handles threaded before the link: the two workers consume
+        // different partitions, and a link threaded first would find the
+        // phone unowned and claim it, with nothing to merge.
+        wait_for_timeline(&log, "the first two messages", |records| {
+            [&x1, &x2]
+                .iter()
+                .all(|id| records.iter().any(|r| message_id(r) == Some(id.as_str())))
+        })
+        .await;
         let mut linking = from("x-3", "email", "ana@example.com");
         linking["sender_identities"] =
             serde_json::json!([{ "kind": "phone", "value": PHONE, "verified": true }]);
