@@ -168,6 +168,16 @@ mod tests {
     use super::*;
     use crate::trace::TARGET;
 
+    /// The tests that install a subscriber take turns: tracing caches each
+    /// callsite's interest from every subscriber alive at its first use,
+    /// so while the exporter test's subscriber (which wants trace spans)
+    /// was alive, the other test's trace span could come out enabled.
+    static SUBSCRIBERS: Mutex<()> = Mutex::new(());
+
+    fn one_subscriber_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Log lines written by the layers under test.
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<u8>>>);
@@ -203,6 +213,7 @@ mod tests {
 
     #[test]
     fn without_an_exporter_trace_spans_are_disabled_and_logs_unchanged() {
+        let _turn = one_subscriber_at_a_time();
         let lines = Lines::default();
         tracing::subscriber::with_default(subscriber(&lines, None), || {
             let evaluated = std::cell::Cell::new(false);
@@ -255,6 +266,7 @@ mod tests {
 
         #[test]
         fn trace_spans_are_exported_linked_and_kept_out_of_the_log() {
+            let _turn = one_subscriber_at_a_time();
             let collected = Collected::default();
             let provider = SdkTracerProvider::builder()
                 .with_simple_exporter(collected.clone())
