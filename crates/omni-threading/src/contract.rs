@@ -368,7 +368,7 @@ pub async fn marking_published_spans_statements<S: ThreadingStore>(store: S) {
     let rows = store.pending_outbox(0, 3_000).await.unwrap();
     // A message entry each, and the conversations' own entries.
     assert!(rows.len() > 2_500, "{} rows", rows.len());
-    // Every other row, 1,250 ids in one call: two statements.
+    // Every other row, 1,250 ids in one call: several statements.
     let (marked, left): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.id % 2 == 0);
     let ids: Vec<i64> = marked.iter().map(|r| r.id).collect();
     store.mark_published(&ids).await.unwrap();

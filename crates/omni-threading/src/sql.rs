@@ -1577,14 +1577,15 @@ macro_rules! sql_shared {
                 Self::outbox_rows(rows)
             }
 
-            /// One statement per thousand rows, on the writer: on SQLite a
+            /// One statement per key list ([`crate::batch::key_chunks`]:
+            /// a few shapes, each prepared once), on the writer: on SQLite a
             /// reader connection upgrading to write would sleep in the busy
             /// handler while the threading worker commits, for seconds under
             /// load, where the writer's queue hands it over at once.
             async fn set_published(&self, ids: &[i64]) -> Result<(), $crate::StoreError> {
                 use $crate::error::DbContext as _;
                 let mut tx = self.writer.begin().await.ctx("beginning transaction")?;
-                for chunk in ids.chunks($crate::sql::PUBLISHED_CHUNK) {
+                for chunk in $crate::batch::key_chunks(ids) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "UPDATE timeline SET published = TRUE WHERE id IN (",
                     );
@@ -1644,10 +1645,6 @@ macro_rules! sql_shared {
 }
 
 pub(crate) use sql_shared;
-
-/// Outbox ids marked published per statement: well under both databases'
-/// limits on bound parameters.
-pub(crate) const PUBLISHED_CHUNK: usize = 1000;
 
 /// Runs one transaction `attempt` until it commits or fails for good: a
 /// conflict with another worker (`retryable`) is retried from the start,
