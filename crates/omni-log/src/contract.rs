@@ -43,6 +43,7 @@ pub async fn run_all<L: EventLog>(make: impl Fn() -> L) {
     groups_are_independent(make()).await;
     poll_covers_all_topics(make()).await;
     poll_wakes_on_append(make()).await;
+    poll_waits_through_other_topics(make()).await;
     poll_times_out_empty(make()).await;
     close_acknowledges_accepted_appends(make()).await;
     close_then_append_is_closed(make()).await;
@@ -520,6 +521,32 @@ pub async fn poll_wakes_on_append<L: EventLog>(log: L) {
         latency < Duration::from_secs(5),
         "poll woke {latency:?} after the append"
     );
+    close_ok(&*log).await;
+}
+
+/// Appends to topics a subscription does not read neither end its poll
+/// nor hide a later append to its own topic.
+pub async fn poll_waits_through_other_topics<L: EventLog>(log: L) {
+    let log = Arc::new(log);
+    let (mine, other) = (unique_name("mine"), unique_name("other"));
+    let mut subscription = subscribe_ok(&*log, &unique_name("group"), &[&mine]).await;
+    let waiting = tokio::spawn(async move { subscription.poll(10, PATIENCE).await });
+    for i in 0..5 {
+        append_ok(&*log, sample_record(&other, i)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(
+        !waiting.is_finished(),
+        "poll returned for appends to a topic it does not read"
+    );
+    append_ok(&*log, sample_record(&mine, 0)).await;
+    let records = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("poll did not return after an append to its topic")
+        .expect("poll task panicked")
+        .expect("poll");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record, sample_record(&mine, 0));
     close_ok(&*log).await;
 }
 

@@ -47,6 +47,7 @@ contract_cases!(
     groups_are_independent,
     poll_covers_all_topics,
     poll_wakes_on_append,
+    poll_waits_through_other_topics,
     poll_times_out_empty,
     close_acknowledges_accepted_appends,
     close_then_append_is_closed,
@@ -262,6 +263,31 @@ async fn two_logs_on_one_file_keep_offsets_dense() {
     for log in logs {
         log.close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_finds_what_another_log_on_the_file_appended() {
+    // A subscription is woken by its own process's commits only; what
+    // another process appends is found by the read each poll starts with.
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir);
+    let (reading, writing) = (open(&path), open(&path));
+    let mut subscription = reading.subscribe("g", &["t".to_owned()]).await.unwrap();
+    assert!(
+        subscription
+            .poll(10, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    writing.append(sample_record("t", 0)).await.unwrap();
+    // Woken for another topic in between: still nothing new to read here.
+    reading.append(sample_record("x", 0)).await.unwrap();
+    let records = subscription.poll(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].record, sample_record("t", 0));
+    reading.close().await.unwrap();
+    writing.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ use tokio::sync::{oneshot, watch};
 use self::{
     catalog::Catalog,
     queue::{QueueSender, TrySendError},
-    writer::{Command, PendingRecord, Writer},
+    writer::{Command, Ends, PendingRecord, Writer},
 };
 use crate::{
     BoxFuture, EventLog, HeaderDecodeError, LogError, Position, Record, StoredRecord, Subscription,
@@ -98,8 +98,8 @@ struct Inner {
     /// Turns true when the writer thread has finished; its sender is dropped
     /// without turning true if the thread panicked.
     writer_done: watch::Receiver<bool>,
-    /// Generation counter bumped by the writer after each commit with appends.
-    appended: watch::Receiver<u64>,
+    /// Changed by the writer after each commit with appends.
+    appended: watch::Receiver<Ends>,
     readers: Mutex<Vec<Connection>>,
     catalog: Arc<Catalog>,
 }
@@ -161,7 +161,7 @@ impl SqliteLog {
         let reader = schema::open_reader(path)?;
 
         let (tx, rx) = queue::bounded(config.queue_capacity);
-        let (appended_tx, appended_rx) = watch::channel(0_u64);
+        let (appended_tx, appended_rx) = watch::channel(Ends::default());
         let (done_tx, done_rx) = watch::channel(false);
         let writer = Writer::new(
             path.to_owned(),
@@ -332,7 +332,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 fn run_checkpointer(
     path: &Path,
     conn: Connection,
-    mut appended: watch::Receiver<u64>,
+    mut appended: watch::Receiver<Ends>,
     done: watch::Receiver<bool>,
 ) {
     loop {
@@ -662,7 +662,7 @@ struct SqliteSubscription {
     /// Topic `poll` reads first, rotated so one busy topic cannot starve
     /// the others.
     next_topic: usize,
-    appended: watch::Receiver<u64>,
+    appended: watch::Receiver<Ends>,
 }
 
 impl fmt::Debug for SqliteSubscription {
@@ -729,11 +729,24 @@ impl Subscription for SqliteSubscription {
             return Ok(Vec::new());
         }
         let deadline = deadline_after(timeout);
+        // The first read of a poll is unconditional: it also finds what
+        // another process on the file appended, which wakes no one here.
+        let mut first = true;
         loop {
             // Seen before reading: a commit after this point changes the
-            // generation again and wakes the wait below.
-            self.appended.borrow_and_update();
-            if !self.positions.is_empty() {
+            // value again and wakes the wait below.
+            let news = {
+                let ends = self.appended.borrow_and_update();
+                first
+                    || self
+                        .positions
+                        .iter()
+                        .any(|(topic, next)| ends.get(topic).is_some_and(|end| end > next))
+            };
+            first = false;
+            // Woken by a commit to topics this subscription does not read
+            // (every append wakes every subscription): nothing to read.
+            if news && !self.positions.is_empty() {
                 let records = self.fetch(max).await?;
                 if !records.is_empty() {
                     return Ok(records);

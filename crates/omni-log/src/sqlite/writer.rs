@@ -24,6 +24,11 @@ use super::catalog::{self, Catalog, PendingHeaders};
 use super::queue::QueueReceiver;
 use crate::{LogError, Position, headers};
 
+/// Each topic's next offset, as this process's writer last committed it.
+/// Sent after every commit that appended, so a subscription woken by an
+/// append to a topic it does not read goes back to sleep without a read.
+pub(super) type Ends = HashMap<String, i64>;
+
 /// A record on its way to the writer, with its headers encoded and its
 /// payload compressed by the appending task (spreading that work over the
 /// runtime's threads).
@@ -123,8 +128,9 @@ pub(super) struct Writer {
     /// `PRAGMA data_version` after our last transaction; a different value
     /// at the start of the next one means another connection committed.
     data_version: Option<i64>,
-    /// Bumped after every commit that added records, to wake subscriptions.
-    appended: watch::Sender<u64>,
+    /// Changed after every commit that added records, to wake
+    /// subscriptions.
+    appended: watch::Sender<Ends>,
 }
 
 impl Writer {
@@ -133,7 +139,7 @@ impl Writer {
         conn: Connection,
         rx: QueueReceiver<Command>,
         max_batch: usize,
-        appended: watch::Sender<u64>,
+        appended: watch::Sender<Ends>,
         catalog: Arc<Catalog>,
     ) -> Self {
         let (trained_tx, trained_rx) = mpsc::channel();
@@ -237,6 +243,18 @@ impl Writer {
         }
 
         // Committed: only now do the offsets become real and the waiters hear Ok.
+        if !staged.topics.is_empty() {
+            self.appended.send_modify(|ends| {
+                for (topic, state) in &staged.topics {
+                    match ends.get_mut(topic) {
+                        Some(end) => *end = state.next_offset,
+                        None => {
+                            ends.insert(topic.clone(), state.next_offset);
+                        }
+                    }
+                }
+            });
+        }
         self.topics.extend(staged.topics);
         self.catalog.add_templates(staged.templates);
         // Until stored, they stay for the next batch to try again.
@@ -248,11 +266,9 @@ impl Writer {
         self.sample(batch);
         let mut positions = positions.into_iter();
         let mut removals = removals.into_iter();
-        let mut appended = false;
         for command in batch.drain(..) {
             match command {
                 Command::Append { reply, .. } => {
-                    appended = true;
                     let offset = positions.next().unwrap_or_default();
                     // The waiter may have given up (its future dropped); the
                     // record is durable regardless.
@@ -269,10 +285,6 @@ impl Writer {
                 }
                 Command::Shutdown => {}
             }
-        }
-        if appended {
-            self.appended
-                .send_modify(|generation| *generation = generation.wrapping_add(1));
         }
     }
 
