@@ -153,7 +153,8 @@ impl Worker {
         if threadable.is_empty() {
             return Ok(());
         }
-        let inputs: Vec<InboundEvent> = threadable.iter().map(|(_, i)| i.clone()).collect();
+        let (threadable, inputs): (Vec<&StoredRecord>, Vec<InboundEvent>) =
+            threadable.into_iter().unzip();
         let config = ThreadingConfig {
             rules: self.rules.current(),
             ..self.config.clone()
@@ -180,7 +181,7 @@ impl Worker {
                 }
             }
         };
-        for ((stored, input), outcome) in threadable.iter().zip(outcomes) {
+        for ((stored, input), outcome) in threadable.into_iter().zip(&inputs).zip(outcomes) {
             let event = &input.event;
             traced.threaded(&event.event_id, &outcome);
             let emit = |outcome, customer_id: &str| {
