@@ -287,6 +287,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// lock long.
 const PRUNE_BATCH: i64 = 10_000;
 
+/// Rows a query may have in flight between sqlx's connection thread and
+/// the task reading them: the largest batch the store reads at once (the
+/// relay's 1,024 outbox rows), so a read never stalls that thread half
+/// way. The rows are collected in full anyway.
+const ROW_BUFFER: usize = 1024;
+
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path` with the default
     /// options, migrates it and loads its state.
@@ -312,7 +318,12 @@ impl SqliteStore {
             // Checkpoint every ~256 MiB of WAL instead of ~4 MiB: a page
             // written often is copied back once, not once per checkpoint.
             // Durability is the WAL's fsync, unchanged.
-            .pragma("wal_autocheckpoint", "65536");
+            .pragma("wal_autocheckpoint", "65536")
+            // sqlx hands rows from its connection thread to the caller
+            // through a channel of this many; at its default of 50 the
+            // relay's read of up to 1,024 outbox rows put that thread to
+            // sleep and woke it again every 50 rows.
+            .row_buffer_size(ROW_BUFFER);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(connect.clone())
