@@ -376,9 +376,9 @@ fn customer_service(sink: &MemorySink, api_base: &str) -> (Arc<dyn Connector>, C
     build::<omni_wechat::WecomKfConfig>("wx-kf", sink, &settings)
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     for _ in 0..400 {
-        if done() {
+        if done().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -413,15 +413,12 @@ async fn a_callback_pulls_every_page_and_the_cursor_never_runs_ahead_of_the_log(
     // empty, and its cursor (position 0) is stored. Waited for, so that
     // sync cannot land in the middle of what follows.
     let cursor_key = format!("cursor/{KFID}");
-    let mut start_cursor = None;
-    for _ in 0..400 {
-        start_cursor = context.state.get(&cursor_key).await.unwrap();
-        if start_cursor.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(start_cursor.is_some(), "the start-up sync stored no cursor");
+    let stored = async || context.state.get(&cursor_key).await.unwrap();
+    wait_for("the start-up sync's cursor", async || {
+        stored().await.is_some()
+    })
+    .await;
+    let start_cursor = stored().await;
     let synced = fake.sync_requests().len();
 
     // The log refuses everything: a page is fetched, nothing is stored, so
@@ -442,21 +439,24 @@ async fn a_callback_pulls_every_page_and_the_cursor_never_runs_ahead_of_the_log(
     let callback = app.kf_msg_or_event("ENCApHxnGDNAVNY4AaSJKj4Tb5mwsEMzxhFmHVGcra996NR", KFID);
     let response = post(&webhook, &callback).await;
     assert_eq!(body(&response), "success");
-    wait_for("a refused page", || fake.sync_requests().len() > synced).await;
+    wait_for("a refused page", async || {
+        fake.sync_requests().len() > synced
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(context.state.get(&cursor_key).await.unwrap(), start_cursor);
+    assert_eq!(stored().await, start_cursor);
 
     // The log works again: the retry (1 s, then 2 s: no callback, and the
     // next poll is an hour away) reads all 5 in pages of 2, with the
     // callback's token.
     sink.fail_with(None);
-    wait_for("all five messages", || events(&sink).len() >= 5).await;
+    wait_for("all five messages", async || events(&sink).len() >= 5).await;
     let ids: Vec<String> = events(&sink)
         .iter()
         .map(|e| e.provider_message_id.clone())
         .collect();
     assert_eq!(ids, ["msg-0", "msg-1", "msg-2", "msg-3", "msg-4"]);
-    wait_for("the cursor", || {
+    wait_for("the cursor", async || {
         fake.sync_requests()
             .last()
             .is_some_and(|r| r.position == Some(4) && r.answer.is_some())
