@@ -41,7 +41,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 ///
 /// Nothing in memory grows with history: a snapshot (every
 /// [`SnapshotLimits`]) moves the event ids threaded since the last one to
-/// the `processed_events` table, where later batches look them up,
+/// the `threaded_events` table, where later batches look them up,
 /// indexes the new timeline rows by customer on disk, writes the customer
 /// groups that changed (`groups.rs`) and deletes the journal; then memory
 /// keeps the most recently active groups up to
@@ -96,6 +96,9 @@ struct Journaled {
     last_prune: Option<Instant>,
     /// A commit failed after the state had changed: reload before use.
     stale: bool,
+    /// `processed_events`, where versions before `threaded_events` kept
+    /// event ids, still holds some: lookups look there too.
+    legacy_ids: bool,
 }
 
 impl Journaled {
@@ -105,7 +108,10 @@ impl Journaled {
     /// memory) and those the journal since the snapshot changed; the rest
     /// are loaded when a lookup needs them.
     async fn load(conn: &mut SqliteConnection) -> Result<Journaled, StoreError> {
-        let mut journaled = Journaled::default();
+        let mut journaled = Journaled {
+            legacy_ids: legacy_ids(conn).await?,
+            ..Journaled::default()
+        };
         let marker = read_marker(conn).await?;
         if !marker.grouped {
             load_tables(conn, &mut journaled.state).await?;
@@ -402,7 +408,7 @@ impl SqliteStore {
             .iter()
             .filter(|id| !journaled.state.has_processed(id))
             .collect();
-        let processed = processed_on_disk(&mut tx, &on_disk).await?;
+        let processed = processed_on_disk(&mut tx, &on_disk, journaled.legacy_ids).await?;
         // The groups the lookups lead to, from disk where memory lacks
         // them; then whatever the first read names that is still missing
         // (a customer an attachment update's message went to).
@@ -1042,7 +1048,7 @@ async fn delete_where_survivor(
 /// on disk, and whether the state is in groups.
 #[derive(Debug, Default)]
 struct Marker {
-    /// Event ids of journal rows up to here are in `processed_events`.
+    /// Event ids of journal rows up to here are in `threaded_events`.
     journal: i64,
     /// Timeline rows up to here are in `timeline_by_customer`.
     timeline: i64,
@@ -1066,19 +1072,26 @@ async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> 
     }))
 }
 
-/// The conversations of those `ids` a snapshot put in the tables.
+/// The conversations of those `ids` a snapshot put in the tables, found
+/// by their hashes (a hash's other ids are left out); also in the table
+/// of earlier versions while `legacy` says it may hold some.
 async fn processed_on_disk(
     conn: &mut SqliteConnection,
     ids: &[&String],
+    legacy: bool,
 ) -> Result<Vec<(String, String)>, StoreError> {
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let mut hashes: Vec<i64> = ids.iter().map(|id| id_hash(id)).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
     let mut found = Vec::new();
-    for list in key_chunks(ids) {
+    for list in key_chunks(&hashes) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (",
+            "SELECT event_id, conversation_id FROM threaded_events WHERE id_hash IN (",
         );
         let mut keys = q.separated(", ");
-        for id in list {
-            keys.push_bind(id.as_str());
+        for hash in list {
+            keys.push_bind(*hash);
         }
         q.push(")");
         let rows: Vec<(String, String)> = q
@@ -1086,9 +1099,50 @@ async fn processed_on_disk(
             .fetch_all(&mut *conn)
             .await
             .ctx("looking event ids up")?;
-        found.extend(rows);
+        found.extend(
+            rows.into_iter()
+                .filter(|(id, _)| wanted.contains(id.as_str())),
+        );
+    }
+    if legacy {
+        for list in key_chunks(ids) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (",
+            );
+            let mut keys = q.separated(", ");
+            for id in list {
+                keys.push_bind(id.as_str());
+            }
+            q.push(")");
+            let rows: Vec<(String, String)> = q
+                .build_query_as()
+                .fetch_all(&mut *conn)
+                .await
+                .ctx("looking event ids up")?;
+            found.extend(rows);
+        }
     }
     Ok(found)
+}
+
+/// The key an event id is found by on disk: 64-bit FNV-1a of its bytes.
+/// Stable across versions and platforms (it is stored); not a defence
+/// against chosen collisions, which only make a lookup read more rows,
+/// since the ids themselves are compared.
+fn id_hash(id: &str) -> i64 {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Whether the table where versions before `threaded_events` kept event
+/// ids still holds any.
+async fn legacy_ids(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events)")
+        .fetch_one(&mut *conn)
+        .await
+        .ctx("looking for event ids of an earlier version")
 }
 
 /// Loads what the state tables hold: the state an older version of this
@@ -1283,20 +1337,22 @@ impl SqliteStore {
         catch_up(&mut tx, &mut journaled).await?;
         let marker = read_marker(&mut tx).await?;
         let now = now_ms();
-        let mut events: Vec<(&String, &String)> = journaled.state.processed().collect();
+        // In hash order, so each index page is visited once; every id
+        // is new here (a batch looks each up before threading it).
+        let mut events: Vec<(i64, &String, &String)> = journaled
+            .state
+            .processed()
+            .map(|(event, conversation)| (id_hash(event), event, conversation))
+            .collect();
         events.sort_unstable();
         let mut added = 0;
         for rows in row_chunks(&events) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT OR IGNORE INTO processed_events \
-                 (event_id, customer_id, conversation_id, threaded_ms) ",
+                "INSERT INTO threaded_events (id_hash, event_id, conversation_id, threaded_ms) ",
             );
-            // The customer is left out: lookups only need the
-            // conversation, and every byte of these rows is rewritten as
-            // the index pages fill.
-            q.push_values(rows, |mut b, (event, conversation)| {
-                b.push_bind(event.as_str())
-                    .push_bind("")
+            q.push_values(rows, |mut b, (hash, event, conversation)| {
+                b.push_bind(*hash)
+                    .push_bind(event.as_str())
                     .push_bind(conversation.as_str())
                     .push_bind(now);
             });
@@ -1383,22 +1439,43 @@ impl SqliteStore {
     /// retries.
     pub async fn prune_event_ids(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut total = 0;
+        for delete in [
+            "DELETE FROM processed_events WHERE rowid IN (SELECT rowid FROM processed_events \
+             WHERE threaded_ms < $1 ORDER BY threaded_ms LIMIT $2)",
+            "DELETE FROM threaded_events WHERE rowid IN (SELECT rowid FROM threaded_events \
+             WHERE threaded_ms < $1 ORDER BY threaded_ms LIMIT $2)",
+        ] {
+            total += self.prune_ids_with(delete, before_ms).await?;
+        }
+        let mut journaled = self.state.lock().await;
+        if journaled.legacy_ids {
+            let mut conn = self.pool.acquire().await.ctx("pruning event ids")?;
+            journaled.legacy_ids = legacy_ids(&mut conn).await?;
+        }
+        Ok(total)
+    }
+
+    /// [`SqliteStore::prune_event_ids`] in one table, with its `delete`
+    /// statement (a batch of the oldest ids).
+    async fn prune_ids_with(
+        &self,
+        delete: &'static str,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
         loop {
             let mut tx = self
                 .writer
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .ctx("beginning prune")?;
-            let done = sqlx::query(
-                "DELETE FROM processed_events WHERE rowid IN (SELECT rowid FROM processed_events \
-                 WHERE threaded_ms < $1 ORDER BY threaded_ms LIMIT $2)",
-            )
-            .bind(before_ms)
-            .bind(PRUNE_BATCH)
-            .execute(&mut *tx)
-            .await
-            .ctx("pruning event ids")?
-            .rows_affected();
+            let done = sqlx::query(delete)
+                .bind(before_ms)
+                .bind(PRUNE_BATCH)
+                .execute(&mut *tx)
+                .await
+                .ctx("pruning event ids")?
+                .rows_affected();
             sqlx::query("UPDATE state_snapshot SET event_ids = event_ids - $1 WHERE id = 1")
                 .bind(i64::try_from(done).unwrap_or(i64::MAX))
                 .execute(&mut *tx)
@@ -1636,5 +1713,20 @@ impl ThreadingStore for SqliteStore {
 
     async fn prune_timeline(&self, before_ms: i64, batch: u32) -> Result<u64, StoreError> {
         crate::timeline_retention::prune_sqlite(&self.writer, before_ms, batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_hash;
+
+    /// The stored key must never change: FNV-1a's published 64-bit test
+    /// vectors.
+    #[test]
+    fn event_id_hashes_are_fnv_1a() {
+        let as_u64 = |id: &str| u64::from_ne_bytes(id_hash(id).to_ne_bytes());
+        assert_eq!(as_u64(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(as_u64("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(as_u64("foobar"), 0x8594_4171_f739_67e8);
     }
 }

@@ -291,6 +291,89 @@ async fn ids_older_than_the_window_are_pruned() {
     ));
 }
 
+/// Ids on disk are found by a hash, then compared whole: a row whose hash
+/// matches an id but whose id differs does not make that id a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_whose_hash_matches_another_is_not_a_duplicate() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let first = api_message("ev-a", "customer-a", 0);
+    store.thread(&config, &first).await.unwrap();
+    store.snapshot().await.unwrap();
+    assert_eq!(
+        store.thread(&config, &first).await.unwrap(),
+        Outcome::Duplicate,
+        "found on disk by its hash"
+    );
+    // The row keeps ev-a's hash but names another id: as if that id had
+    // the same hash.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let changed = sqlx::query("UPDATE threaded_events SET event_id = 'ev-other'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    pool.close().await;
+    assert!(matches!(
+        store.thread(&config, &first).await.unwrap(),
+        Outcome::Threaded { .. }
+    ));
+}
+
+/// Ids a version before `threaded_events` put on disk still deduplicate,
+/// and are pruned with the window like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_an_earlier_version_kept_are_found_until_pruned() {
+    use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let path = files.fresh_path();
+    files.open(&path).await.close().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    // Threaded just now: the store's own pruning, with its window of
+    // days, leaves it alone.
+    let threaded_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, customer_id, conversation_id, threaded_ms) \
+         VALUES ('old-1', '', 'conv-1', $1)",
+    )
+    .bind(threaded_ms)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE state_snapshot SET event_ids = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let old = api_message("old-1", "customer-a", 0);
+    assert_eq!(
+        store.thread(&config, &old).await.unwrap(),
+        Outcome::Duplicate
+    );
+    store.snapshot().await.unwrap();
+    assert_eq!(store.prune_event_ids(threaded_ms + 1).await.unwrap(), 1);
+    assert_eq!(store.stats().await.unwrap().event_ids_on_disk, 0);
+    assert!(matches!(
+        store.thread(&config, &old).await.unwrap(),
+        Outcome::Threaded { .. }
+    ));
+}
+
 /// A customer's timeline reads the same whether its rows are indexed in
 /// memory, on disk, or some of each: every row once, in order, page by
 /// page.
