@@ -1084,14 +1084,33 @@ async fn processed_on_disk(
     let mut hashes: Vec<i64> = ids.iter().map(|id| id_hash(id)).collect();
     hashes.sort_unstable();
     hashes.dedup();
+    let select = "SELECT event_id, conversation_id FROM threaded_events WHERE id_hash IN (";
+    let mut found = id_rows(conn, select, &hashes).await?;
+    found.retain(|(id, _)| wanted.contains(id.as_str()));
+    if legacy {
+        let ids: Vec<&str> = wanted.into_iter().collect();
+        let select = "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (";
+        found.extend(id_rows(conn, select, &ids).await?);
+    }
+    Ok(found)
+}
+
+/// The (event id, conversation) rows `select` (ending in `IN (`) finds
+/// for `keys`, one statement per key list.
+async fn id_rows<K>(
+    conn: &mut SqliteConnection,
+    select: &'static str,
+    keys: &[K],
+) -> Result<Vec<(String, String)>, StoreError>
+where
+    K: Copy + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
     let mut found = Vec::new();
-    for list in key_chunks(&hashes) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT event_id, conversation_id FROM threaded_events WHERE id_hash IN (",
-        );
-        let mut keys = q.separated(", ");
-        for hash in list {
-            keys.push_bind(*hash);
+    for list in key_chunks(keys) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(select);
+        let mut binds = q.separated(", ");
+        for key in list {
+            binds.push_bind(*key);
         }
         q.push(")");
         let rows: Vec<(String, String)> = q
@@ -1099,28 +1118,7 @@ async fn processed_on_disk(
             .fetch_all(&mut *conn)
             .await
             .ctx("looking event ids up")?;
-        found.extend(
-            rows.into_iter()
-                .filter(|(id, _)| wanted.contains(id.as_str())),
-        );
-    }
-    if legacy {
-        for list in key_chunks(ids) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (",
-            );
-            let mut keys = q.separated(", ");
-            for id in list {
-                keys.push_bind(id.as_str());
-            }
-            q.push(")");
-            let rows: Vec<(String, String)> = q
-                .build_query_as()
-                .fetch_all(&mut *conn)
-                .await
-                .ctx("looking event ids up")?;
-            found.extend(rows);
-        }
+        found.extend(rows);
     }
     Ok(found)
 }
