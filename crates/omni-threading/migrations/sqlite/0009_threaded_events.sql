@@ -1,5 +1,6 @@
 -- The event ids a snapshot moves to disk, found by a 64-bit hash of the id
--- instead of by the id itself (docs/threading.md, "Event ids").
+-- instead of by the id itself (docs/threading.md, "Event ids on disk are
+-- found by a hash").
 --
 -- `processed_events` indexed the ids themselves, at random places, so
 -- once that index outgrew the page cache every snapshot rewrote most of
