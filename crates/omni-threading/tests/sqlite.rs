@@ -34,6 +34,14 @@ fn snapshot_always() -> SqliteOptions {
     }
 }
 
+/// A plain connection pool on the store's file, for writing what another
+/// process or an earlier version would have left there.
+async fn raw_pool(path: &Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap()
+}
+
 impl Files {
     fn new() -> Files {
         Files::with(SqliteOptions::default())
@@ -129,9 +137,7 @@ async fn state_tables_of_an_older_version_load() {
     let files = Files::new();
     let path = files.fresh_path();
     files.open(&path).await.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
+    let pool = raw_pool(&path).await;
     for sql in [
         "INSERT INTO customers (id, merged_into, next_sequence) VALUES ('c-a', NULL, 3), ('c-b', 'c-a', 2)",
         "INSERT INTO identities VALUES ('phone', '', '+14155550134', 'c-a', TRUE)",
@@ -311,9 +317,7 @@ async fn an_id_whose_hash_matches_another_is_not_a_duplicate() {
     );
     // The row keeps ev-a's hash but names another id: as if that id had
     // the same hash.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
+    let pool = raw_pool(&path).await;
     let changed = sqlx::query("UPDATE threaded_events SET event_id = 'ev-other'")
         .execute(&pool)
         .await
@@ -335,9 +339,7 @@ async fn ids_an_earlier_version_kept_are_found_until_pruned() {
     let files = Files::new();
     let path = files.fresh_path();
     files.open(&path).await.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
+    let pool = raw_pool(&path).await;
     // Threaded just now: the store's own pruning, with its window of
     // days, leaves it alone.
     let threaded_ms = std::time::SystemTime::now()
@@ -695,9 +697,7 @@ async fn timeline_retention_waits_for_the_snapshot_and_counts_old_rows_from_the_
     store.snapshot().await.unwrap();
 
     // As an older version wrote them: no time, and an upgrade an hour ago.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
+    let pool = raw_pool(&path).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -773,9 +773,7 @@ async fn a_journal_of_an_earlier_version_becomes_groups() {
         .collect();
     store.thread_batch(&config, &events).await.unwrap();
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
+    let pool = raw_pool(&path).await;
     let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM state_groups")
         .fetch_one(&pool)
         .await
