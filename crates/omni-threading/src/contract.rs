@@ -2287,6 +2287,72 @@ where
     );
 }
 
+/// One batch merges a customer away and creates another, who is left
+/// waiting for a reply: after reopening, the new customer's SLA timer
+/// still fires. (The embedded store may give the new customer the place
+/// on disk the merged-away one held; its list of customers with timers
+/// must end up naming the new one.)
+pub async fn sla_timers_of_a_customer_created_beside_a_merge_survive_reopening<S, F, Fut>(open: F)
+where
+    S: ThreadingStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let config = sla_config();
+    // The survivor first, so the customer merged away is the newer one.
+    let mut phones = ["+14155550501", "+14155550502"];
+    phones.sort_by_key(|phone| CustomerId::for_handle(&key("phone", phone)));
+    let [survivor, merged] = phones;
+    let first = open().await;
+    for (n, phone) in phones.iter().enumerate() {
+        first
+            .thread(
+                &config,
+                &InboundEvent::new(sms_saying(&format!("sm-{n}"), phone, "hello", 0)),
+            )
+            .await
+            .expect("thread event");
+    }
+    let mut link = InboundEvent::new(sms_saying("sm-link", survivor, "me again", 30));
+    link.claims = vec![handle(HandleKind::Phone, merged, "", true)];
+    let newcomer = InboundEvent::new(sms_saying("sm-new", "+14155550503", "hello", 30));
+    for outcome in first
+        .thread_batch(&config, &[link, newcomer])
+        .await
+        .expect("thread batch")
+    {
+        outcome.expect("thread event");
+    }
+    let owner = first
+        .identity(&key("phone", merged))
+        .await
+        .expect("identity")
+        .expect("owned");
+    assert_eq!(
+        owner.customer_id,
+        CustomerId::for_handle(&key("phone", survivor)),
+        "the second customer is merged away"
+    );
+    drain(&first).await;
+    drop(first);
+    let second = open().await;
+    let fired = second
+        .fire_sla_timers((T0 + 10_000) * 1000, 100)
+        .await
+        .expect("timers");
+    let newcomer: Vec<_> = fired
+        .iter()
+        .filter(|e| match &e.entry {
+            Some(Entry::SlaEscalated(x)) => {
+                x.timer.as_ref().is_some_and(|t| t.event_id == "sm-new")
+            }
+            Some(Entry::SlaBreached(x)) => x.timer.as_ref().is_some_and(|t| t.event_id == "sm-new"),
+            _ => false,
+        })
+        .collect();
+    assert_eq!(newcomer.len(), 2, "the newcomer's escalation and breach");
+}
+
 /// SMS rules tagging and raising customers of the `vip` segment.
 fn segment_config() -> ThreadingConfig {
     let book = omni_rules::RuleBook::compile([(

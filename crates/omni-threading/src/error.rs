@@ -119,6 +119,10 @@ pub enum StoreError {
     /// allocate its context).
     #[error("setting up the customer group codec")]
     GroupCodec(#[source] GroupCodecError),
+    /// The embedded store's file has no 16-byte seed for its group index
+    /// (a damaged file): its index keys cannot be computed.
+    #[error("the threading store's group index seed is missing or damaged")]
+    KeySeed,
 }
 
 /// Why a customer group row does not encode or decode.

@@ -119,6 +119,30 @@ impl GroupCodec {
     }
 }
 
+/// Turns an index key into the integer the file stores: SipHash-2-4 with
+/// the file's own random seed. Index keys come from hostile input (email
+/// addresses, Message-IDs), and a key that many groups share would make
+/// every lookup of it load them all; without the seed no one can choose
+/// keys that collide. A collision by chance, like a stale index row, costs
+/// a useless load, never a wrong answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KeyHasher {
+    seed: [u8; 16],
+}
+
+impl KeyHasher {
+    pub(crate) fn new(seed: [u8; 16]) -> KeyHasher {
+        KeyHasher { seed }
+    }
+
+    /// The stored form of `key`: stable across versions and platforms
+    /// for one seed, as it is on disk.
+    pub(crate) fn key(&self, key: &str) -> i64 {
+        let hash = siphasher::sip::SipHasher24::new_with_key(&self.seed).hash(key.as_bytes());
+        i64::from_ne_bytes(hash.to_ne_bytes())
+    }
+}
+
 /// The index key every group with an SLA timer is listed under: the clock
 /// reads timers from memory, so opening the store loads those groups.
 pub(crate) const TIMERS_KEY: &str = "t";
@@ -271,9 +295,12 @@ pub(crate) fn keys_of_writes(state: &State, writes: &[Write]) -> Vec<String> {
 }
 
 /// A group's rows on disk, in bytes of JSON: a base row and the delta
-/// rows appended after it.
+/// rows appended after it, and where the base row is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct OnDisk {
+    /// The base row's rowid, which the index stores for the group; 0
+    /// when the group is not on disk yet.
+    pub(crate) row: i64,
     /// The base row; 0 when the group is not on disk yet.
     pub(crate) base: u64,
     /// The delta rows together.
@@ -456,7 +483,7 @@ impl GroupCache {
             .map(|group| {
                 let disk = self.loaded.get(&group).map(|(_, d)| *d).unwrap_or_default();
                 let plan = match self.deltas.get(&group) {
-                    Some(rows) if disk.base > 0 && !whole.contains(&group) => {
+                    Some(rows) if disk.row > 0 && disk.base > 0 && !whole.contains(&group) => {
                         let mut writes = Vec::with_capacity(rows.len());
                         for row in rows {
                             state.row_writes(row, &mut writes);
@@ -574,8 +601,35 @@ mod tests {
         cache.changed(state, write, touched);
     }
 
+    /// The stored index keys are SipHash-2-4, checked against the
+    /// reference vectors of its paper (key 00..0f, messages 00..n-1), so
+    /// the form on disk cannot drift.
+    #[test]
+    fn index_keys_are_siphash_2_4() {
+        let hasher = KeyHasher::new(std::array::from_fn(|i| i as u8));
+        let message = |n: u8| String::from_utf8((0..n).collect()).unwrap();
+        for (n, expected) in [
+            (0, 0x726f_db47_dd0e_0e31_u64),
+            (1, 0x74f8_39c5_93dc_67fd),
+            (15, 0xa129_ca61_49be_45e5),
+        ] {
+            assert_eq!(
+                hasher.key(&message(n)).cast_unsigned(),
+                expected,
+                "{n} bytes"
+            );
+        }
+        let other = KeyHasher::new([7; 16]);
+        assert_ne!(
+            other.key("m\u{1f}a@b"),
+            hasher.key("m\u{1f}a@b"),
+            "the seed counts"
+        );
+    }
+
     fn base(bytes: u64) -> OnDisk {
         OnDisk {
+            row: 1,
             base: bytes,
             ..OnDisk::default()
         }
@@ -650,6 +704,7 @@ mod tests {
         assert!(!fold_deltas(disk, 60));
         assert!(fold_deltas(disk, 101), "deltas larger than the base");
         let parts = OnDisk {
+            row: 1,
             base: 1000,
             deltas: 10,
             parts: MAX_PARTS,
@@ -687,6 +742,7 @@ mod tests {
             &[(
                 id("a"),
                 OnDisk {
+                    row: 1,
                     base: 100,
                     deltas: 60,
                     parts: 1,

@@ -11,13 +11,13 @@ use async_trait::async_trait;
 use omni_proto::v1::ThreadingCommand;
 use omni_proto::v1::TimelineEvent;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row as _, SqliteConnection, SqlitePool};
+use sqlx::{Connection as _, Row as _, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::batch::{Overlay, Wants, Write, key_chunks, plan_batch, row_chunks};
 use crate::error::{DbContext as _, StoreError, ThreadingError};
-use crate::groups::{self, GroupCache, GroupCodec, GroupPlan, OnDisk};
+use crate::groups::{self, GroupCache, GroupCodec, GroupPlan, KeyHasher, OnDisk};
 use crate::ids::{CustomerId, HandleKey};
 use crate::logic::{Conversation, InboundEvent, ThreadingConfig};
 use crate::sql::{retrying, sql_shared};
@@ -85,6 +85,8 @@ struct Journaled {
     commands: Vec<(String, i64)>,
     /// Which customer groups memory holds, and which changed.
     cache: GroupCache,
+    /// The stored form of the group index's keys, with the file's seed.
+    keys: KeyHasher,
     /// Journal rows since the snapshot (what an open replays).
     journal_rows: i64,
     /// The file was written by a version that kept the whole state in
@@ -113,6 +115,7 @@ impl Journaled {
             ..Journaled::default()
         };
         let marker = read_marker(conn).await?;
+        journaled.keys = KeyHasher::new(marker.seed);
         if !marker.grouped {
             load_tables(conn, &mut journaled.state).await?;
         }
@@ -344,6 +347,9 @@ impl SqliteStore {
             .connect_with(connect.pragma("cache_size", "-16384"))
             .await
             .ctx("opening sqlite store")?;
+        let mut conn = writer.acquire().await.ctx("opening sqlite store")?;
+        index_by_hashes(&mut conn).await?;
+        drop(conn);
         let mut conn = pool.acquire().await.ctx("opening sqlite store")?;
         let journaled = Journaled::load(&mut conn).await?;
         drop(conn);
@@ -801,53 +807,65 @@ async fn fault_in(
     journaled: &mut Journaled,
     keys: &[String],
 ) -> Result<(), StoreError> {
-    let mut found = std::collections::BTreeSet::new();
-    for list in key_chunks(keys) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT survivor FROM state_keys WHERE key IN (",
+    let mut hashes: Vec<i64> = keys.iter().map(|key| journaled.keys.key(key)).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    let mut found = Vec::new();
+    for list in key_chunks(&hashes) {
+        found.extend(
+            in_list("SELECT grp FROM group_keys WHERE key IN (", &list, ")")
+                .build_query_scalar::<i64>()
+                .fetch_all(&mut *conn)
+                .await
+                .ctx("looking customer groups up")?,
         );
-        let mut keys = q.separated(", ");
-        for key in list {
-            keys.push_bind(key.as_str());
-        }
-        q.push(")");
-        let rows: Vec<String> = q
-            .build_query_scalar()
+    }
+    found.sort_unstable();
+    found.dedup();
+    let mut codec = None;
+    for list in key_chunks(&found) {
+        // Each base row with its survivor, in the order written; those
+        // memory holds (changed since, perhaps) are not loaded over.
+        let bases: Vec<(i64, String, Vec<u8>)> = in_list(
+            "SELECT rowid, survivor, CAST(writes AS BLOB) FROM state_groups WHERE rowid IN (",
+            &list,
+            ") ORDER BY rowid",
+        )
+        .build_query_as()
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("loading customer groups")?;
+        let bases: Vec<(i64, CustomerId, Vec<u8>)> = bases
+            .into_iter()
+            .map(|(row, survivor, base)| (row, CustomerId::from_string(survivor), base))
+            .filter(|(_, survivor, _)| !journaled.cache.holds(survivor))
+            .collect();
+        let survivors: Vec<&str> = bases.iter().map(|(_, s, _)| s.as_str()).collect();
+        let mut deltas: HashMap<String, Vec<Vec<u8>>> = HashMap::default();
+        for list in key_chunks(&survivors) {
+            let rows: Vec<(String, Vec<u8>)> = in_list(
+                "SELECT survivor, writes FROM state_group_deltas WHERE survivor IN (",
+                &list,
+                ") ORDER BY rowid",
+            )
+            .build_query_as()
             .fetch_all(&mut *conn)
             .await
-            .ctx("looking customer groups up")?;
-        found.extend(rows);
-    }
-    let missing: Vec<String> = found
-        .into_iter()
-        .filter(|id| !journaled.cache.holds(&CustomerId::from_string(id.clone())))
-        .collect();
-    let mut codec = None;
-    for list in key_chunks(&missing) {
-        let bases: Vec<(String, Vec<u8>)> =
-            rows_of(conn, "state_groups", &list, "loading customer groups").await?;
-        let mut deltas: HashMap<String, Vec<Vec<u8>>> = HashMap::default();
-        for (survivor, row) in rows_of(
-            conn,
-            "state_group_deltas",
-            &list,
-            "loading customer group deltas",
-        )
-        .await?
-        {
-            deltas.entry(survivor).or_default().push(row);
+            .ctx("loading customer group deltas")?;
+            for (survivor, row) in rows {
+                deltas.entry(survivor).or_default().push(row);
+            }
         }
         let codec = match &mut codec {
             Some(codec) => codec,
             None => codec.insert(GroupCodec::new().map_err(StoreError::GroupCodec)?),
         };
-        for (survivor, base) in bases {
-            let parts = deltas.remove(&survivor).unwrap_or_default();
-            let survivor = CustomerId::from_string(survivor);
-            if journaled.cache.holds(&survivor) {
-                continue;
-            }
-            let mut disk = OnDisk::default();
+        for (row, survivor, base) in bases {
+            let parts = deltas.remove(survivor.as_str()).unwrap_or_default();
+            let mut disk = OnDisk {
+                row,
+                ..OnDisk::default()
+            };
             for (i, row) in std::iter::once(&base).chain(&parts).enumerate() {
                 let (writes, bytes) = codec.decode(row).map_err(|source| StoreError::Group {
                     survivor: survivor.to_string(),
@@ -869,23 +887,19 @@ async fn fault_in(
     Ok(())
 }
 
-/// The rows of `table` (base rows or deltas, in the order written) of the
-/// groups `ids`.
-async fn rows_of(
-    conn: &mut SqliteConnection,
-    table: &str,
-    ids: &[&String],
-    doing: &'static str,
-) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-        "SELECT survivor, CAST(writes AS BLOB) FROM {table} WHERE survivor IN ("
-    ));
+/// `before`, the values bound as a comma-separated list, then `after`: a
+/// bulk statement over one of [`key_chunks`]' lists.
+fn in_list<T>(before: &str, values: &[&T], after: &str) -> sqlx::QueryBuilder<sqlx::Sqlite>
+where
+    T: Copy + for<'t> sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    let mut q = sqlx::QueryBuilder::new(before);
     let mut separated = q.separated(", ");
-    for id in ids {
-        separated.push_bind(id.as_str());
+    for value in values {
+        separated.push_bind(**value);
     }
-    q.push(") ORDER BY rowid");
-    q.build_query_as().fetch_all(&mut *conn).await.ctx(doing)
+    q.push(after);
+    q
 }
 
 /// Writes the customer groups that changed since the last snapshot (whole,
@@ -897,19 +911,31 @@ async fn write_groups(
     journaled: &Journaled,
 ) -> Result<Vec<(CustomerId, OnDisk)>, StoreError> {
     let state = &journaled.state;
+    let timers_key = journaled.keys.key(groups::TIMERS_KEY);
     let (plans, gone) = journaled.cache.plans(state);
-    let gone: Vec<&CustomerId> = gone.iter().collect();
-    delete_where_survivor(
-        tx,
-        &[
-            "state_groups WHERE survivor",
-            "state_group_deltas WHERE survivor",
-            "state_keys WHERE key = 't' AND survivor",
-        ],
-        &gone,
-        "deleting merged customer groups",
-    )
-    .await?;
+    let gone: Vec<&str> = gone.iter().map(CustomerId::as_str).collect();
+    for list in key_chunks(&gone) {
+        let rows: Vec<i64> = in_list(
+            "DELETE FROM state_groups WHERE survivor IN (",
+            &list,
+            ") RETURNING rowid",
+        )
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("deleting merged customer groups")?;
+        in_list(
+            "DELETE FROM state_group_deltas WHERE survivor IN (",
+            &list,
+            ")",
+        )
+        .build()
+        .execute(&mut *tx)
+        .await
+        .ctx("deleting merged customer groups")?;
+        // Before any new group can take over one of these rowids.
+        forget_timers(tx, timers_key, rows).await?;
+    }
     let codec_error = |survivor: &CustomerId| {
         let survivor = survivor.to_string();
         move |source| StoreError::Group { survivor, source }
@@ -918,8 +944,9 @@ async fn write_groups(
     let mut bases = Vec::new();
     let mut deltas = Vec::new();
     let mut folded = Vec::new();
-    let mut keys = Vec::new();
-    let mut no_timers = Vec::new();
+    // (index key, the group's place in `written`): a new group's row is
+    // known once its base row is written.
+    let mut keys: Vec<(i64, usize)> = Vec::new();
     let mut written = Vec::new();
     for (survivor, plan, disk) in &plans {
         let delta = match plan {
@@ -931,9 +958,9 @@ async fn write_groups(
         };
         if let Some((writes, row, bytes)) = delta {
             for key in groups::keys_of_group(survivor, writes) {
-                keys.push((key, survivor));
+                keys.push((journaled.keys.key(&key), written.len()));
             }
-            deltas.push((survivor, row));
+            deltas.push((survivor.as_str(), row));
             written.push((
                 survivor.clone(),
                 OnDisk {
@@ -946,103 +973,222 @@ async fn write_groups(
             let writes = state.group_writes(survivor);
             let (row, bytes) = codec.encode(&writes).map_err(codec_error(survivor))?;
             for key in groups::keys_of_group(survivor, &writes) {
-                keys.push((key, survivor));
+                keys.push((journaled.keys.key(&key), written.len()));
             }
             if disk.parts > 0 {
-                folded.push(survivor);
+                folded.push(survivor.as_str());
             }
-            bases.push((survivor, row));
+            bases.push((survivor.as_str(), row));
             written.push((
                 survivor.clone(),
                 OnDisk {
+                    row: disk.row,
                     base: bytes,
                     ..OnDisk::default()
                 },
             ));
         }
         if state.group_has_timers(survivor) {
-            keys.push((groups::TIMERS_KEY.to_owned(), survivor));
-        } else {
-            no_timers.push(survivor);
+            keys.push((timers_key, written.len() - 1));
         }
     }
-    delete_where_survivor(
-        tx,
-        &["state_group_deltas WHERE survivor"],
-        &folded,
-        "folding customer group deltas",
-    )
-    .await?;
-    for rows in row_chunks(&bases) {
+    for list in key_chunks(&folded) {
+        in_list(
+            "DELETE FROM state_group_deltas WHERE survivor IN (",
+            &list,
+            ")",
+        )
+        .build()
+        .execute(&mut *tx)
+        .await
+        .ctx("folding customer group deltas")?;
+    }
+    // New groups get the next rowids, at the end of the table; a group
+    // written whole again keeps its row.
+    let mut rows: HashMap<String, i64> = HashMap::default();
+    for chunk in row_chunks(&bases) {
         let mut q =
             sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO state_groups (survivor, writes) ");
-        q.push_values(rows, |mut b, (survivor, row)| {
-            b.push_bind(survivor.as_str()).push_bind(row.as_slice());
+        q.push_values(chunk, |mut b, (survivor, row)| {
+            b.push_bind(*survivor).push_bind(row.as_slice());
         });
-        q.push(" ON CONFLICT (survivor) DO UPDATE SET writes = excluded.writes");
-        q.build()
-            .execute(&mut *tx)
+        q.push(
+            " ON CONFLICT (survivor) DO UPDATE SET writes = excluded.writes \
+             RETURNING survivor, rowid",
+        );
+        let returned: Vec<(String, i64)> = q
+            .build_query_as()
+            .fetch_all(&mut *tx)
             .await
             .ctx("writing customer groups")?;
+        rows.extend(returned);
     }
-    for rows in row_chunks(&deltas) {
+    for (survivor, disk) in &mut written {
+        if let Some(&row) = rows.get(survivor.as_str()) {
+            disk.row = row;
+        }
+        debug_assert!(disk.row > 0, "group {survivor} written without its row");
+    }
+    for chunk in row_chunks(&deltas) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO state_group_deltas (survivor, writes) ",
         );
-        q.push_values(rows, |mut b, (survivor, row)| {
-            b.push_bind(survivor.as_str()).push_bind(row.as_slice());
+        q.push_values(chunk, |mut b, (survivor, row)| {
+            b.push_bind(*survivor).push_bind(row.as_slice());
         });
         q.build()
             .execute(&mut *tx)
             .await
             .ctx("writing customer group deltas")?;
     }
-    keys.sort_unstable();
-    keys.dedup();
-    for rows in row_chunks(&keys) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT OR IGNORE INTO state_keys (key, survivor) ",
-        );
-        q.push_values(rows, |mut b, (key, survivor)| {
-            b.push_bind(key.as_str()).push_bind(survivor.as_str());
+    let mut index: Vec<(i64, i64)> = keys
+        .into_iter()
+        .map(|(key, group)| (key, written[group].1.row))
+        .collect();
+    index.sort_unstable();
+    index.dedup();
+    for chunk in row_chunks(&index) {
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT OR IGNORE INTO group_keys (key, grp) ");
+        q.push_values(chunk, |mut b, (key, grp)| {
+            b.push_bind(*key).push_bind(*grp);
         });
         q.build()
             .execute(&mut *tx)
             .await
             .ctx("indexing customer groups")?;
     }
-    delete_where_survivor(
-        tx,
-        &["state_keys WHERE key = 't' AND survivor"],
-        &no_timers,
-        "indexing customer groups",
-    )
-    .await?;
+    let no_timers = written
+        .iter()
+        .filter(|(survivor, _)| !state.group_has_timers(survivor))
+        .map(|(_, disk)| disk.row)
+        .collect();
+    forget_timers(tx, timers_key, no_timers).await?;
     Ok(written)
 }
 
-/// `DELETE FROM <table> IN (ids)` for each of `tables` (each naming its
-/// table and survivor condition).
-async fn delete_where_survivor(
+/// Takes the groups at `rows` off the list of groups with SLA timers
+/// (which opening the store loads). Other index rows of a group that is
+/// gone may stay: they only cost a useless load.
+async fn forget_timers(
     tx: &mut SqliteConnection,
-    tables: &[&str],
-    ids: &[&CustomerId],
-    doing: &'static str,
+    timers_key: i64,
+    mut rows: Vec<i64>,
 ) -> Result<(), StoreError> {
-    for list in key_chunks(ids) {
-        for table in tables {
-            let mut q =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("DELETE FROM {table} IN ("));
-            let mut separated = q.separated(", ");
-            for id in &list {
-                separated.push_bind(id.as_str());
-            }
-            q.push(")");
-            q.build().execute(&mut *tx).await.ctx(doing)?;
+    rows.sort_unstable();
+    for list in key_chunks(&rows) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM group_keys WHERE key = ");
+        q.push_bind(timers_key).push(" AND grp IN (");
+        let mut separated = q.separated(", ");
+        for row in list {
+            separated.push_bind(*row);
         }
+        q.push(")");
+        q.build()
+            .execute(&mut *tx)
+            .await
+            .ctx("indexing customer groups")?;
     }
     Ok(())
 }
+
+/// Moves the group index of a file written before `group_keys` (keys and
+/// survivors as text in `state_keys`) to `group_keys`, then drops the old
+/// table.
+///
+/// In steps of [`INDEX_STEP`] rows, each one transaction that inserts the
+/// rows' new entries and deletes them from the old table: together the two
+/// tables always hold every key, and a process killed midway (a startup
+/// probe giving up on a large file) resumes where it stopped instead of
+/// starting over. Lookups only ever read `group_keys`, so every process
+/// finishes this before it loads any state; one that opens the file
+/// meanwhile helps, a step at a time.
+async fn index_by_hashes(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    async fn old_index(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'table' AND name = 'state_keys')",
+        )
+        .fetch_one(conn)
+        .await
+        .ctx("looking for the group index of an earlier version")
+    }
+    if !old_index(&mut *conn).await? {
+        return Ok(());
+    }
+    tracing::info!("moving the customer group index of an earlier version to hashed keys (once)");
+    let started = Instant::now();
+    let mut moved = 0_u64;
+    loop {
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("moving the group index of an earlier version")?;
+        // Another process may have finished meanwhile.
+        if !old_index(&mut tx).await? {
+            return Ok(());
+        }
+        let keys = KeyHasher::new(read_marker(&mut tx).await?.seed);
+        // The first rows left, with their group's row; a row whose group
+        // has been merged away has none, leads nowhere and goes.
+        let step: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT k.key, k.survivor, g.rowid FROM \
+             (SELECT key, survivor FROM state_keys ORDER BY key, survivor LIMIT $1) k \
+             LEFT JOIN state_groups g ON g.survivor = k.survivor",
+        )
+        .bind(INDEX_STEP)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("moving the group index of an earlier version")?;
+        let Some((last_key, last_survivor)) =
+            step.iter().map(|(key, survivor, _)| (key, survivor)).max()
+        else {
+            sqlx::query("DROP TABLE state_keys")
+                .execute(&mut *tx)
+                .await
+                .ctx("moving the group index of an earlier version")?;
+            tx.commit()
+                .await
+                .ctx("moving the group index of an earlier version")?;
+            tracing::info!(
+                keys = moved,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "moved the customer group index of an earlier version to hashed keys"
+            );
+            return Ok(());
+        };
+        let mut rows: Vec<(i64, i64)> = step
+            .iter()
+            .filter_map(|(key, _, row)| Some((keys.key(key), (*row)?)))
+            .collect();
+        rows.sort_unstable();
+        for chunk in row_chunks(&rows) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT OR IGNORE INTO group_keys (key, grp) ",
+            );
+            q.push_values(chunk, |mut b, (key, grp)| {
+                b.push_bind(*key).push_bind(*grp);
+            });
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .ctx("moving the group index of an earlier version")?;
+        }
+        sqlx::query("DELETE FROM state_keys WHERE (key, survivor) <= ($1, $2)")
+            .bind(last_key)
+            .bind(last_survivor)
+            .execute(&mut *tx)
+            .await
+            .ctx("moving the group index of an earlier version")?;
+        tx.commit()
+            .await
+            .ctx("moving the group index of an earlier version")?;
+        moved += step.len() as u64;
+    }
+}
+
+/// Rows of an earlier version's group index moved per transaction.
+const INDEX_STEP: i64 = 16_384;
 
 /// The snapshot marker: how far the event ids and the timeline index are
 /// on disk, and whether the state is in groups.
@@ -1055,21 +1201,26 @@ struct Marker {
     /// The state is on disk in groups (else as an earlier version left
     /// it: in the journal and the old tables).
     grouped: bool,
+    /// The seed of the group index's keys.
+    seed: [u8; 16],
 }
 
 async fn read_marker(conn: &mut SqliteConnection) -> Result<Marker, StoreError> {
-    let row: Option<(i64, i64, bool)> = sqlx::query_as(
-        "SELECT journal_through, timeline_through, grouped \
+    let (journal, timeline, grouped, seed): (i64, i64, bool, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT journal_through, timeline_through, grouped, key_seed \
          FROM state_snapshot WHERE id = 1",
     )
-    .fetch_optional(&mut *conn)
+    .fetch_one(&mut *conn)
     .await
     .ctx("reading snapshot marker")?;
-    Ok(row.map_or_else(Marker::default, |r| Marker {
-        journal: r.0,
-        timeline: r.1,
-        grouped: r.2,
-    }))
+    Ok(Marker {
+        journal,
+        timeline,
+        grouped,
+        seed: seed
+            .and_then(|seed| seed.try_into().ok())
+            .ok_or(StoreError::KeySeed)?,
+    })
 }
 
 /// The conversations of those `ids` a snapshot put in the tables, found

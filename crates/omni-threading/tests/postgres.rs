@@ -191,6 +191,18 @@ async fn sla_timers_survive_reopening() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_timers_of_a_customer_created_beside_a_merge_survive_reopening() {
+    run(|s| async move {
+        let schema = s.create().await;
+        contract::sla_timers_of_a_customer_created_beside_a_merge_survive_reopening(|| {
+            s.store(&schema)
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_set_by_command_reach_the_rules() {
     run(|s| async move {
         let schema = s.create().await;

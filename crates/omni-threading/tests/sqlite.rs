@@ -654,6 +654,18 @@ async fn sla_timers_survive_reopening() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sla_timers_of_a_customer_created_beside_a_merge_survive_reopening() {
+    for options in [SqliteOptions::default(), snapshot_always()] {
+        let files = Files::with(options);
+        let path = files.fresh_path();
+        contract::sla_timers_of_a_customer_created_beside_a_merge_survive_reopening(|| {
+            files.open(&path)
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_set_by_command_reach_the_rules() {
     for options in [SqliteOptions::default(), snapshot_always()] {
         let files = Files::with(options);
@@ -801,5 +813,114 @@ async fn a_journal_of_an_earlier_version_becomes_groups() {
         // Ten messages and the conversation's opening before it.
         Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 12),
         Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    }
+}
+
+/// A file whose group index an earlier version wrote as text
+/// (`state_keys`) is converted when the store opens it, also when an
+/// earlier conversion was stopped midway (some keys moved, the rest not):
+/// every key still leads to its group, rows of groups merged away are
+/// left behind, and the old table goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_index_of_an_earlier_version_is_converted() {
+    use omni_threading::{HandleKey, Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::with(SqliteOptions {
+        cache_bytes: 0,
+        ..SqliteOptions::default()
+    });
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    let events: Vec<_> = (0..40)
+        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 4), n))
+        .collect();
+    store.thread_batch(&config, &events).await.unwrap();
+    store.snapshot().await.unwrap();
+    let handle = |n: usize| HandleKey {
+        kind: "external".into(),
+        scope: "api".into(),
+        value: format!("customer-{n}"),
+    };
+    let mut owners = Vec::new();
+    for n in 0..4 {
+        let owner = store.identity(&handle(n)).await.unwrap().unwrap();
+        owners.push(owner.customer_id.to_string());
+    }
+    store.close().await;
+
+    // Customers 0 and 1 as a stopped conversion left them (moved); 2 and
+    // 3 as the earlier version kept them: their id and handle as text,
+    // beside a row of a group since merged away.
+    let pool = raw_pool(&path).await;
+    sqlx::query(
+        "DELETE FROM group_keys WHERE grp IN \
+         (SELECT rowid FROM state_groups WHERE survivor IN ($1, $2))",
+    )
+    .bind(&owners[2])
+    .bind(&owners[3])
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TABLE state_keys (key TEXT NOT NULL, survivor TEXT NOT NULL, \
+         PRIMARY KEY (key, survivor)) WITHOUT ROWID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (n, owner) in owners.iter().enumerate().skip(2) {
+        for key in [
+            format!("u\u{1f}{owner}"),
+            format!("h\u{1f}external\u{1f}api\u{1f}customer-{n}"),
+        ] {
+            sqlx::query("INSERT INTO state_keys (key, survivor) VALUES ($1, $2)")
+                .bind(key)
+                .bind(owner)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query("INSERT INTO state_keys (key, survivor) VALUES ('u\u{1f}gone', 'gone')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = files.open(&path).await;
+    let pool = raw_pool(&path).await;
+    let old: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'state_keys'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(old, 0, "the old table is dropped");
+    let moved: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM group_keys WHERE grp IN \
+         (SELECT rowid FROM state_groups WHERE survivor IN ($1, $2))",
+    )
+    .bind(&owners[2])
+    .bind(&owners[3])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved, 4,
+        "two keys of each group left, none of the gone one"
+    );
+    pool.close().await;
+    // Nothing is in memory: each customer's handle is found through the
+    // index, so the new message joins its existing timeline.
+    assert_eq!(store.stats().await.unwrap().memory.customers, 0);
+    for (n, expected) in owners.iter().enumerate() {
+        let event = api_message(&format!("ev-new-{n}"), &format!("customer-{n}"), 100);
+        match store.thread(&config, &event).await.unwrap() {
+            // Ten messages and the conversation's opening before it.
+            Outcome::Threaded { sequences, .. } => assert_eq!(sequences.0, 12, "customer {n}"),
+            Outcome::Duplicate => panic!("a new event is not a duplicate"),
+        }
+        let owner = store.identity(&handle(n)).await.unwrap().unwrap();
+        assert_eq!(&owner.customer_id.to_string(), expected);
     }
 }
