@@ -943,7 +943,7 @@ async fn write_groups(
     let mut codec = GroupCodec::new().map_err(StoreError::GroupCodec)?;
     let mut bases = Vec::new();
     let mut deltas = Vec::new();
-    let mut folded = Vec::new();
+    let mut rewritten = Vec::new();
     // (index key, the group's place in `written`): a new group's row is
     // known once its base row is written.
     let mut keys: Vec<(i64, usize)> = Vec::new();
@@ -975,9 +975,10 @@ async fn write_groups(
             for key in groups::keys_of_group(survivor, &writes) {
                 keys.push((journaled.keys.key(&key), written.len()));
             }
-            if disk.parts > 0 {
-                folded.push(survivor.as_str());
-            }
+            // Whatever this store's view of them: another process may
+            // have appended some since it loaded the group, and a delta
+            // left behind a newer base would take its rows back.
+            rewritten.push(survivor.as_str());
             bases.push((survivor.as_str(), row));
             written.push((
                 survivor.clone(),
@@ -992,7 +993,7 @@ async fn write_groups(
             keys.push((timers_key, written.len() - 1));
         }
     }
-    for list in key_chunks(&folded) {
+    for list in key_chunks(&rewritten) {
         in_list(
             "DELETE FROM state_group_deltas WHERE survivor IN (",
             &list,
@@ -1001,7 +1002,7 @@ async fn write_groups(
         .build()
         .execute(&mut *tx)
         .await
-        .ctx("folding customer group deltas")?;
+        .ctx("deleting the deltas of groups written whole")?;
     }
     // New groups get the next rowids, at the end of the table; a group
     // written whole again keeps its row.

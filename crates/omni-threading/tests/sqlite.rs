@@ -924,3 +924,94 @@ async fn a_group_index_of_an_earlier_version_is_converted() {
         assert_eq!(&owner.customer_id.to_string(), expected);
     }
 }
+
+/// A group written whole loses every delta row it had on disk, also those
+/// another process appended after this one loaded it: loading the group
+/// applies its deltas after its base, so an older delta left behind would
+/// take its rows back to older values (a customer's next sequence among
+/// them, and so two timeline entries with one sequence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_written_whole_drops_deltas_another_process_appended() {
+    use omni_proto::v1::{HandleKind, IdentityHandle};
+    use omni_threading::{CustomerId, HandleKey, Outcome, ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::new();
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let config = ThreadingConfig::default();
+    // The survivor of the merge below is the customer with the smaller id.
+    let id = |name: &str| {
+        CustomerId::for_handle(&HandleKey {
+            kind: "external".into(),
+            scope: "api".into(),
+            value: name.into(),
+        })
+    };
+    let mut names = ["customer-x", "customer-z"];
+    names.sort_by_key(|name| id(name));
+    let [survivor, merged] = names;
+    for (n, name) in names.iter().enumerate() {
+        store
+            .thread(&config, &api_message(&format!("ev-{n}"), name, n as i64))
+            .await
+            .unwrap();
+    }
+    store.snapshot().await.unwrap();
+    let sequence = |outcome: Outcome| match outcome {
+        Outcome::Threaded { sequences, .. } => sequences.0,
+        Outcome::Duplicate => panic!("a new event is not a duplicate"),
+    };
+    let second = api_message("ev-2", survivor, 10);
+    assert_eq!(sequence(store.thread(&config, &second).await.unwrap()), 3);
+
+    // Another process appends a delta row to the survivor's group: its
+    // rows as the last snapshot left them.
+    let pool = raw_pool(&path).await;
+    sqlx::query(
+        "INSERT INTO state_group_deltas (survivor, writes) \
+         SELECT survivor, writes FROM state_groups WHERE survivor = $1",
+    )
+    .bind(id(survivor).as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    // A merge: the survivor's group is written whole at the next snapshot.
+    let mut link = api_message("ev-3", survivor, 20);
+    link.claims = vec![IdentityHandle {
+        kind: HandleKind::External as i32,
+        scope: "api".into(),
+        value: merged.into(),
+        verified: true,
+        ..Default::default()
+    }];
+    store.thread(&config, &link).await.unwrap();
+    store.snapshot().await.unwrap();
+    store.close().await;
+
+    let store = files.open(&path).await;
+    let next = sequence(
+        store
+            .thread(&config, &api_message("ev-4", survivor, 30))
+            .await
+            .unwrap(),
+    );
+    let rows = store.timeline(&id(survivor), None, 100).await.unwrap();
+    // Sequences count per customer id (the merged one's rows keep theirs).
+    let mut sequences: Vec<(String, u64)> = rows
+        .entries
+        .iter()
+        .map(|r| (r.event.customer_id.clone(), r.event.sequence))
+        .collect();
+    sequences.sort_unstable();
+    let len = sequences.len();
+    sequences.dedup();
+    assert_eq!(sequences.len(), len, "no sequence twice: {sequences:?}");
+    let own = sequences
+        .iter()
+        .filter(|(customer, _)| *customer == id(survivor).as_str())
+        .map(|&(_, sequence)| sequence)
+        .max();
+    assert_eq!(Some(next), own);
+}
