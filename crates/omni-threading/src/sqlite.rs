@@ -1042,13 +1042,29 @@ async fn write_groups(
             .await
             .ctx("writing customer group deltas")?;
     }
-    let mut index: Vec<(i64, i64)> = keys
+    let index = keys
         .into_iter()
         .map(|(key, group)| (key, written[group].1.row))
         .collect();
-    index.sort_unstable();
-    index.dedup();
-    for chunk in row_chunks(&index) {
+    index_groups(tx, index).await?;
+    let no_timers = written
+        .iter()
+        .filter(|(survivor, _)| !state.group_has_timers(survivor))
+        .map(|(_, disk)| disk.row)
+        .collect();
+    forget_timers(tx, timers_key, no_timers).await?;
+    Ok(written)
+}
+
+/// Adds (index key, group row) entries to the group index, in key order
+/// so each of its pages is visited once.
+async fn index_groups(
+    tx: &mut SqliteConnection,
+    mut entries: Vec<(i64, i64)>,
+) -> Result<(), StoreError> {
+    entries.sort_unstable();
+    entries.dedup();
+    for chunk in row_chunks(&entries) {
         let mut q =
             sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT OR IGNORE INTO group_keys (key, grp) ");
         q.push_values(chunk, |mut b, (key, grp)| {
@@ -1059,13 +1075,7 @@ async fn write_groups(
             .await
             .ctx("indexing customer groups")?;
     }
-    let no_timers = written
-        .iter()
-        .filter(|(survivor, _)| !state.group_has_timers(survivor))
-        .map(|(_, disk)| disk.row)
-        .collect();
-    forget_timers(tx, timers_key, no_timers).await?;
-    Ok(written)
+    Ok(())
 }
 
 /// Takes the groups at `rows` off the list of groups with SLA timers
@@ -1158,23 +1168,11 @@ async fn index_by_hashes(conn: &mut SqliteConnection) -> Result<(), StoreError> 
             );
             return Ok(());
         };
-        let mut rows: Vec<(i64, i64)> = step
+        let rows = step
             .iter()
             .filter_map(|(key, _, row)| Some((keys.key(key), (*row)?)))
             .collect();
-        rows.sort_unstable();
-        for chunk in row_chunks(&rows) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT OR IGNORE INTO group_keys (key, grp) ",
-            );
-            q.push_values(chunk, |mut b, (key, grp)| {
-                b.push_bind(*key).push_bind(*grp);
-            });
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .ctx("moving the group index of an earlier version")?;
-        }
+        index_groups(&mut tx, rows).await?;
         sqlx::query("DELETE FROM state_keys WHERE (key, survivor) <= ($1, $2)")
             .bind(last_key)
             .bind(last_survivor)
@@ -1192,8 +1190,8 @@ async fn index_by_hashes(conn: &mut SqliteConnection) -> Result<(), StoreError> 
 const INDEX_STEP: i64 = 16_384;
 
 /// The snapshot marker: how far the event ids and the timeline index are
-/// on disk, and whether the state is in groups.
-#[derive(Debug, Default)]
+/// on disk, whether the state is in groups, and the group index's seed.
+#[derive(Debug)]
 struct Marker {
     /// Event ids of journal rows up to here are in `threaded_events`.
     journal: i64,
