@@ -924,15 +924,6 @@ async fn write_groups(
         .fetch_all(&mut *tx)
         .await
         .ctx("deleting merged customer groups")?;
-        in_list(
-            "DELETE FROM state_group_deltas WHERE survivor IN (",
-            &list,
-            ")",
-        )
-        .build()
-        .execute(&mut *tx)
-        .await
-        .ctx("deleting merged customer groups")?;
         // Before any new group can take over one of these rowids.
         forget_timers(tx, timers_key, rows).await?;
     }
@@ -943,7 +934,9 @@ async fn write_groups(
     let mut codec = GroupCodec::new().map_err(StoreError::GroupCodec)?;
     let mut bases = Vec::new();
     let mut deltas = Vec::new();
-    let mut rewritten = Vec::new();
+    // Groups whose delta rows go: those merged away and those written
+    // whole.
+    let mut drop_deltas = gone.clone();
     // (index key, the group's place in `written`): a new group's row is
     // known once its base row is written.
     let mut keys: Vec<(i64, usize)> = Vec::new();
@@ -978,7 +971,7 @@ async fn write_groups(
             // Whatever this store's view of them: another process may
             // have appended some since it loaded the group, and a delta
             // left behind a newer base would take its rows back.
-            rewritten.push(survivor.as_str());
+            drop_deltas.push(survivor.as_str());
             bases.push((survivor.as_str(), row));
             written.push((
                 survivor.clone(),
@@ -993,7 +986,7 @@ async fn write_groups(
             keys.push((timers_key, written.len() - 1));
         }
     }
-    for list in key_chunks(&rewritten) {
+    for list in key_chunks(&drop_deltas) {
         in_list(
             "DELETE FROM state_group_deltas WHERE survivor IN (",
             &list,
@@ -1002,7 +995,7 @@ async fn write_groups(
         .build()
         .execute(&mut *tx)
         .await
-        .ctx("deleting the deltas of groups written whole")?;
+        .ctx("deleting customer group deltas")?;
     }
     // New groups get the next rowids, at the end of the table; a group
     // written whole again keeps its row.

@@ -212,6 +212,13 @@ fn api_message(id: &str, sender: &str, seconds: i64) -> omni_threading::InboundE
     ))
 }
 
+/// Forty API messages, from `customer-0` to `customer-3` in turn.
+fn ten_messages_each_from_four_customers() -> Vec<omni_threading::InboundEvent> {
+    (0..40)
+        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 4), n))
+        .collect()
+}
+
 /// After a snapshot the threaded ids are on disk only: memory holds none,
 /// before and after reopening, and a retry of each is still a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,9 +787,7 @@ async fn a_journal_of_an_earlier_version_becomes_groups() {
     let path = files.fresh_path();
     let store = files.open(&path).await;
     let config = ThreadingConfig::default();
-    let events: Vec<_> = (0..40)
-        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 4), n))
-        .collect();
+    let events = ten_messages_each_from_four_customers();
     store.thread_batch(&config, &events).await.unwrap();
     store.close().await;
     let pool = raw_pool(&path).await;
@@ -832,9 +837,7 @@ async fn a_group_index_of_an_earlier_version_is_converted() {
     let path = files.fresh_path();
     let store = files.open(&path).await;
     let config = ThreadingConfig::default();
-    let events: Vec<_> = (0..40)
-        .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 4), n))
-        .collect();
+    let events = ten_messages_each_from_four_customers();
     store.thread_batch(&config, &events).await.unwrap();
     store.snapshot().await.unwrap();
     let handle = |n: usize| HandleKey {
