@@ -212,11 +212,31 @@ fn api_message(id: &str, sender: &str, seconds: i64) -> omni_threading::InboundE
     ))
 }
 
-/// Forty API messages, from `customer-0` to `customer-3` in turn.
-fn ten_messages_each_from_four_customers() -> Vec<omni_threading::InboundEvent> {
-    (0..40)
+/// A store that keeps no customer group in memory after a snapshot, on a
+/// fresh file, which has threaded forty API messages (returned), from
+/// `customer-0` to `customer-3` in turn, in one batch.
+async fn four_customers_without_a_cache() -> (
+    Files,
+    PathBuf,
+    SqliteStore,
+    Vec<omni_threading::InboundEvent>,
+) {
+    use omni_threading::{ThreadingConfig, ThreadingStore as _};
+
+    let files = Files::with(SqliteOptions {
+        cache_bytes: 0,
+        ..SqliteOptions::default()
+    });
+    let path = files.fresh_path();
+    let store = files.open(&path).await;
+    let events: Vec<_> = (0..40)
         .map(|n| api_message(&format!("ev-{n}"), &format!("customer-{}", n % 4), n))
-        .collect()
+        .collect();
+    store
+        .thread_batch(&ThreadingConfig::default(), &events)
+        .await
+        .unwrap();
+    (files, path, store, events)
 }
 
 /// After a snapshot the threaded ids are on disk only: memory holds none,
@@ -780,15 +800,8 @@ async fn timeline_retention_waits_for_the_snapshot_and_counts_old_rows_from_the_
 async fn a_journal_of_an_earlier_version_becomes_groups() {
     use omni_threading::{Outcome, ThreadingConfig, ThreadingStore as _};
 
-    let files = Files::with(SqliteOptions {
-        cache_bytes: 0,
-        ..SqliteOptions::default()
-    });
-    let path = files.fresh_path();
-    let store = files.open(&path).await;
+    let (files, path, store, events) = four_customers_without_a_cache().await;
     let config = ThreadingConfig::default();
-    let events = ten_messages_each_from_four_customers();
-    store.thread_batch(&config, &events).await.unwrap();
     store.close().await;
     let pool = raw_pool(&path).await;
     let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM state_groups")
@@ -830,15 +843,8 @@ async fn a_journal_of_an_earlier_version_becomes_groups() {
 async fn a_group_index_of_an_earlier_version_is_converted() {
     use omni_threading::{HandleKey, Outcome, ThreadingConfig, ThreadingStore as _};
 
-    let files = Files::with(SqliteOptions {
-        cache_bytes: 0,
-        ..SqliteOptions::default()
-    });
-    let path = files.fresh_path();
-    let store = files.open(&path).await;
+    let (files, path, store, _) = four_customers_without_a_cache().await;
     let config = ThreadingConfig::default();
-    let events = ten_messages_each_from_four_customers();
-    store.thread_batch(&config, &events).await.unwrap();
     store.snapshot().await.unwrap();
     let handle = |n: usize| HandleKey {
         kind: "external".into(),
