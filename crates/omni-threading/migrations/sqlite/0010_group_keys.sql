@@ -1,9 +1,9 @@
 -- Which customer group each index key leads to, as two integers instead of
 -- two strings (docs/threading.md, "The group index holds integers").
 --
--- `state_keys` held the key itself and the survivor's id: 82 bytes of
+-- `state_keys` held the key itself and the survivor's id: 74 bytes of
 -- index page an entry, at random places, so once it outgrew the page
--- cache each snapshot rewrote most of its pages. Here `key` is a 64-bit
+-- cache each snapshot rewrote most of its pages. An entry here takes 16. Here `key` is a 64-bit
 -- SipHash of the key, seeded by `state_snapshot.key_seed`, and `grp` is
 -- the rowid of the group's base row in `state_groups`.
 --
