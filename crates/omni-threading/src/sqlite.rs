@@ -1250,13 +1250,7 @@ where
 {
     let mut found = Vec::new();
     for list in key_chunks(keys) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(select);
-        let mut binds = q.separated(", ");
-        for key in list {
-            binds.push_bind(*key);
-        }
-        q.push(")");
-        let rows: Vec<(String, String)> = q
+        let rows: Vec<(String, String)> = in_list(select, &list, ")")
             .build_query_as()
             .fetch_all(&mut *conn)
             .await
