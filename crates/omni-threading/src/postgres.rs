@@ -53,7 +53,11 @@ fn retryable(e: &StoreError) -> bool {
     crate::sql::db_code(e).is_some_and(|code| matches!(code.as_str(), "40001" | "40P01" | "23505"))
 }
 
-sql_shared!(PostgresStore, sqlx::Postgres);
+/// Nothing to add: the timeline's `UNIQUE (customer_id, sequence)` index
+/// finds the customers' rows.
+fn narrow_attachment_search(_: &mut sqlx::QueryBuilder<sqlx::Postgres>, _: &[String]) {}
+
+sql_shared!(PostgresStore, sqlx::Postgres, narrow_attachment_search);
 sql_store!(
     PostgresStore,
     sqlx::Postgres,

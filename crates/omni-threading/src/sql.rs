@@ -1448,8 +1448,13 @@ pub(crate) use sql_store;
 /// outbox), its pages, and the relay lease. The threading state itself is
 /// in tables only on PostgreSQL ([`sql_store`]); the embedded store keeps
 /// it in memory with a journal (`crate::state`).
+///
+/// `$narrow_attachment_search` adds to the lookup of the timeline row an
+/// attachment fills in (which has found it by event id among the
+/// customers' rows) what the store's indexes need to find those rows
+/// without reading the whole table.
 macro_rules! sql_shared {
-    ($store:ident, $db:ty) => {
+    ($store:ident, $db:ty, $narrow_attachment_search:path) => {
         impl $store {
             /// Appends timeline rows to the outbox in order (their ids
             /// increase with it), in multi-row statements.
@@ -1501,6 +1506,7 @@ macro_rules! sql_shared {
                     list.push_bind(customer.clone());
                 }
                 q.push(")");
+                $narrow_attachment_search(&mut q, customers);
                 let rows = q
                     .build()
                     .fetch_all(&mut **tx)

@@ -1395,7 +1395,25 @@ fn retryable(e: &StoreError) -> bool {
     })
 }
 
-sql_shared!(SqliteStore, sqlx::Sqlite);
+/// Keeps the lookup of the timeline row an attachment fills in to the
+/// customers' rows. The embedded timeline has no index by customer (its
+/// appends stay on its last page), so the lookup alone would read the
+/// whole table, inside the writer's transaction, for every file stored:
+/// rows up to the last snapshot are found through `timeline_by_customer`,
+/// later ones by row id.
+fn narrow_attachment_search(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, customers: &[String]) {
+    q.push(
+        " AND (id > (SELECT timeline_through FROM state_snapshot WHERE id = 1) \
+         OR id IN (SELECT id FROM timeline_by_customer WHERE customer_id IN (",
+    );
+    let mut list = q.separated(", ");
+    for customer in customers {
+        list.push_bind(customer.clone());
+    }
+    q.push(")))");
+}
+
+sql_shared!(SqliteStore, sqlx::Sqlite, narrow_attachment_search);
 
 /// What the embedded store holds, for operators' figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1853,7 +1871,7 @@ impl ThreadingStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::id_hash;
+    use super::{SqliteStore, id_hash, narrow_attachment_search};
 
     /// The stored key must never change: FNV-1a's published 64-bit test
     /// vectors.
@@ -1863,5 +1881,40 @@ mod tests {
         assert_eq!(as_u64(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(as_u64("a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(as_u64("foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    /// Filling an attachment in finds its message's row through indexes:
+    /// a whole-table scan would read every message ever kept, inside the
+    /// writer's transaction, for each file stored.
+    #[tokio::test]
+    async fn the_row_an_attachment_fills_in_is_found_without_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("threading.sqlite3"))
+            .await
+            .unwrap();
+        let customers = ["c-1".to_owned(), "c-2".to_owned()];
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "EXPLAIN QUERY PLAN SELECT id, payload FROM timeline WHERE timeline_event_id = ",
+        );
+        q.push_bind("e-1");
+        q.push(" AND customer_id IN (");
+        let mut list = q.separated(", ");
+        for customer in &customers {
+            list.push_bind(customer.clone());
+        }
+        q.push(")");
+        narrow_attachment_search(&mut q, &customers);
+        let plan: Vec<(i64, i64, i64, String)> =
+            q.build_query_as().fetch_all(&store.pool).await.unwrap();
+        let steps: Vec<&str> = plan.iter().map(|step| step.3.as_str()).collect();
+        assert!(
+            steps.iter().all(|step| !step.starts_with("SCAN")),
+            "{steps:?}"
+        );
+        assert!(
+            steps.contains(&"SEARCH timeline_by_customer USING PRIMARY KEY (customer_id=?)"),
+            "{steps:?}"
+        );
+        store.close().await;
     }
 }
