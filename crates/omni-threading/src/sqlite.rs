@@ -810,16 +810,17 @@ async fn fault_in(
     let mut hashes: Vec<i64> = keys.iter().map(|key| journaled.keys.key(key)).collect();
     hashes.sort_unstable();
     hashes.dedup();
-    let mut found = Vec::new();
-    for list in key_chunks(&hashes) {
-        found.extend(
-            in_list("SELECT grp FROM group_keys WHERE key IN (", &list, ")")
-                .build_query_scalar::<i64>()
-                .fetch_all(&mut *conn)
-                .await
-                .ctx("looking customer groups up")?,
-        );
-    }
+    let mut found: Vec<i64> = rows_in::<_, (i64,)>(
+        conn,
+        "SELECT grp FROM group_keys WHERE key IN (",
+        &hashes,
+        ")",
+        "looking customer groups up",
+    )
+    .await?
+    .into_iter()
+    .map(|(grp,)| grp)
+    .collect();
     found.sort_unstable();
     found.dedup();
     let mut codec = None;
@@ -842,19 +843,17 @@ async fn fault_in(
             .collect();
         let survivors: Vec<&str> = bases.iter().map(|(_, s, _)| s.as_str()).collect();
         let mut deltas: HashMap<String, Vec<Vec<u8>>> = HashMap::default();
-        for list in key_chunks(&survivors) {
-            let rows: Vec<(String, Vec<u8>)> = in_list(
-                "SELECT survivor, writes FROM state_group_deltas WHERE survivor IN (",
-                &list,
-                ") ORDER BY rowid",
-            )
-            .build_query_as()
-            .fetch_all(&mut *conn)
-            .await
-            .ctx("loading customer group deltas")?;
-            for (survivor, row) in rows {
-                deltas.entry(survivor).or_default().push(row);
-            }
+        // Each survivor is in one list, so its deltas stay in rowid order.
+        let rows: Vec<(String, Vec<u8>)> = rows_in(
+            conn,
+            "SELECT survivor, writes FROM state_group_deltas WHERE survivor IN (",
+            &survivors,
+            ") ORDER BY rowid",
+            "loading customer group deltas",
+        )
+        .await?;
+        for (survivor, row) in rows {
+            deltas.entry(survivor).or_default().push(row);
         }
         let codec = match &mut codec {
             Some(codec) => codec,
@@ -1228,33 +1227,37 @@ async fn processed_on_disk(
     hashes.sort_unstable();
     hashes.dedup();
     let select = "SELECT event_id, conversation_id FROM threaded_events WHERE id_hash IN (";
-    let mut found = id_rows(conn, select, &hashes).await?;
+    let mut found: Vec<(String, String)> =
+        rows_in(conn, select, &hashes, ")", "looking event ids up").await?;
     found.retain(|(id, _)| wanted.contains(id.as_str()));
     if legacy {
         let ids: Vec<&str> = wanted.into_iter().collect();
         let select = "SELECT event_id, conversation_id FROM processed_events WHERE event_id IN (";
-        found.extend(id_rows(conn, select, &ids).await?);
+        found.extend(rows_in(conn, select, &ids, ")", "looking event ids up").await?);
     }
     Ok(found)
 }
 
-/// The (event id, conversation) rows `select` (ending in `IN (`) finds
-/// for `keys`, one statement per key list.
-async fn id_rows<K>(
+/// The rows `before`, a list of `keys`, then `after` select: one
+/// statement per [`key_chunks`] list, their rows in statement order.
+async fn rows_in<K, R>(
     conn: &mut SqliteConnection,
-    select: &'static str,
+    before: &'static str,
     keys: &[K],
-) -> Result<Vec<(String, String)>, StoreError>
+    after: &'static str,
+    op: &'static str,
+) -> Result<Vec<R>, StoreError>
 where
     K: Copy + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
 {
     let mut found = Vec::new();
     for list in key_chunks(keys) {
-        let rows: Vec<(String, String)> = in_list(select, &list, ")")
+        let rows: Vec<R> = in_list(before, &list, after)
             .build_query_as()
             .fetch_all(&mut *conn)
             .await
-            .ctx("looking event ids up")?;
+            .ctx(op)?;
         found.extend(rows);
     }
     Ok(found)
