@@ -1481,6 +1481,25 @@ macro_rules! sql_shared {
                 Ok(())
             }
 
+            /// Pushes the query for the timeline row of message
+            /// `message_event_id` among `customers`' rows, narrowed to what
+            /// the store's indexes find.
+            pub(crate) fn push_attachment_row_query(
+                q: &mut sqlx::QueryBuilder<$db>,
+                customers: &[String],
+                message_event_id: &str,
+            ) {
+                q.push("SELECT id, payload FROM timeline WHERE timeline_event_id = ");
+                q.push_bind(message_event_id.to_owned());
+                q.push(" AND customer_id IN (");
+                let mut list = q.separated(", ");
+                for customer in customers {
+                    list.push_bind(customer.clone());
+                }
+                q.push(")");
+                $narrow_attachment_search(q, customers);
+            }
+
             /// Fills the timeline row of message `message_event_id`, among
             /// `customers`' rows, in with a stored file (see
             /// [`crate::logic::apply_stored_attachment`]); a row already
@@ -1496,17 +1515,8 @@ macro_rules! sql_shared {
                 if customers.is_empty() {
                     return Ok(());
                 }
-                let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, payload FROM timeline WHERE timeline_event_id = ",
-                );
-                q.push_bind(message_event_id.to_owned());
-                q.push(" AND customer_id IN (");
-                let mut list = q.separated(", ");
-                for customer in customers {
-                    list.push_bind(customer.clone());
-                }
-                q.push(")");
-                $narrow_attachment_search(&mut q, customers);
+                let mut q = sqlx::QueryBuilder::<$db>::new("");
+                Self::push_attachment_row_query(&mut q, customers, message_event_id);
                 let rows = q
                     .build()
                     .fetch_all(&mut **tx)

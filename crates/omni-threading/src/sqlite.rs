@@ -1874,7 +1874,7 @@ impl ThreadingStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{SqliteStore, id_hash, narrow_attachment_search};
+    use super::{SqliteStore, id_hash};
 
     /// The stored key must never change: FNV-1a's published 64-bit test
     /// vectors.
@@ -1896,17 +1896,8 @@ mod tests {
             .await
             .unwrap();
         let customers = ["c-1".to_owned(), "c-2".to_owned()];
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "EXPLAIN QUERY PLAN SELECT id, payload FROM timeline WHERE timeline_event_id = ",
-        );
-        q.push_bind("e-1");
-        q.push(" AND customer_id IN (");
-        let mut list = q.separated(", ");
-        for customer in &customers {
-            list.push_bind(customer.clone());
-        }
-        q.push(")");
-        narrow_attachment_search(&mut q, &customers);
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("EXPLAIN QUERY PLAN ");
+        SqliteStore::push_attachment_row_query(&mut q, &customers, "e-1");
         let plan: Vec<(i64, i64, i64, String)> =
             q.build_query_as().fetch_all(&store.pool).await.unwrap();
         let steps: Vec<&str> = plan.iter().map(|step| step.3.as_str()).collect();
