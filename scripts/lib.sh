@@ -357,3 +357,16 @@ EOF
   rm -rf "$context"
   return "$status"
 }
+
+# The benchmarks' plots: matplotlib in a virtualenv of its own ($VENV).
+MATPLOTLIB_VERSION=3.10.9
+VENV="$HOME/.cache/omnid-bench-venv"
+ensure_plot_venv() {
+  if ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(matplotlib.__version__ != '$MATPLOTLIB_VERSION')" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
+  fi
+}
