@@ -94,18 +94,6 @@ struct Batch {
     timeline: Vec<(u64, usize)>,
 }
 
-impl Batch {
-    fn clear(&mut self) {
-        self.read_ids.clear();
-        self.read_keys.clear();
-        self.read_groups.clear();
-        self.ids.clear();
-        self.keys.clear();
-        self.groups.clear();
-        self.timeline.clear();
-    }
-}
-
 /// The engine-specific half: a batch's reads, then its writes in one
 /// durable commit.
 trait Store {
@@ -176,7 +164,7 @@ struct Stream {
 
 impl Stream {
     fn fill(&mut self, batch: &mut Batch, events: u64, pool: &Pool) {
-        batch.clear();
+        *batch = Batch::default();
         let range = (pool.bytes.len() - pool.group.max(pool.timeline)) as u64;
         for _ in 0..events {
             self.events += 1;
@@ -438,19 +426,14 @@ fn open(args: &Args, dir: &Path) -> Result<Box<dyn Store>> {
 /// This process's CPU time (all threads, background compaction included),
 /// seconds.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 12th and 13th of them, in clock ticks of 1/100 s.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    omni_testkit::cpu::proc_stat(std::process::id()).map_or(0.0, |stat| {
+        stat.ticks as f64 / omni_testkit::cpu::TICKS_PER_SEC
+    })
+}
+
+/// `x` to one decimal, for the printed figures.
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// A line of a `/proc/self` file, as a number (the first one on it).
@@ -487,8 +470,8 @@ fn main() -> Result<()> {
             dir.clone()
         }
         None => {
-            temp = TempDir::new()?;
-            temp.0.clone()
+            temp = tempfile::tempdir().context("creating a temporary directory")?;
+            temp.path().to_owned()
         }
     };
     let pool = Pool::new(args.group_bytes, args.timeline_bytes);
@@ -514,17 +497,17 @@ fn main() -> Result<()> {
             let (secs, cpu) = (mark_at.elapsed().as_secs_f64(), cpu_secs() - mark_cpu);
             let events = stream.events - mark_events;
             println!(
-                "{{\"engine\":\"{:?}\",\"events\":{},\"interval_events_per_s\":{:.0},\
-                 \"interval_cpu_us_per_event\":{:.1},\"written_bytes\":{},\"disk_bytes\":{},\
-                 \"rss_bytes\":{},\"found\":{}}}",
-                args.engine,
-                stream.events,
-                events as f64 / secs,
-                cpu * 1e6 / events as f64,
-                proc_value("/proc/self/io", "wchar:"),
-                disk_bytes(&dir),
-                proc_value("/proc/self/status", "VmRSS:") * 1024,
-                found,
+                "{}",
+                serde_json::json!({
+                    "engine": format!("{:?}", args.engine),
+                    "events": stream.events,
+                    "interval_events_per_s": (events as f64 / secs).round(),
+                    "interval_cpu_us_per_event": round1(cpu * 1e6 / events as f64),
+                    "written_bytes": proc_value("/proc/self/io", "wchar:"),
+                    "disk_bytes": disk_bytes(&dir),
+                    "rss_bytes": proc_value("/proc/self/status", "VmRSS:") * 1024,
+                    "found": found,
+                })
             );
             (mark_at, mark_cpu, mark_events) = (Instant::now(), cpu_secs(), stream.events);
         }
@@ -536,32 +519,16 @@ fn main() -> Result<()> {
     stream.fill(&mut batch, 1, &pool);
     store.read(&batch)?;
     println!(
-        "{{\"engine\":\"{:?}\",\"events\":{},\"events_per_s\":{:.0},\"cpu_us_per_event\":{:.1},\
-         \"cpu_secs\":{:.1},\"disk_bytes\":{},\"reopen_secs\":{:.3}}}",
-        args.engine,
-        args.events,
-        args.events as f64 / secs,
-        cpu * 1e6 / args.events as f64,
-        cpu,
-        disk_bytes(&dir),
-        reopen.elapsed().as_secs_f64(),
+        "{}",
+        serde_json::json!({
+            "engine": format!("{:?}", args.engine),
+            "events": args.events,
+            "events_per_s": (args.events as f64 / secs).round(),
+            "cpu_us_per_event": round1(cpu * 1e6 / args.events as f64),
+            "cpu_secs": round1(cpu),
+            "disk_bytes": disk_bytes(&dir),
+            "reopen_secs": (reopen.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        })
     );
     Ok(())
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let dir = std::env::temp_dir().join(format!("omni-enginebench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).context("creating a temporary directory")?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
